@@ -1,0 +1,560 @@
+//! The agent's request handling: CNI verbs on top of the pool, the store,
+//! the cloud and the dataplane. Pool and store changes are made under one
+//! lock on a blocking thread (the store fsyncs); cloud and kernel work
+//! happens outside it.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proto::wire::{
+    AddReply, AddRequest, AgentError, CheckRequest, DelRequest, ErrorKind, GcRequest, Reply,
+    Request, Response, StatusReply,
+};
+use tokio::sync::Notify;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::cloud::{Cloud, CloudError, NodeInfo};
+use crate::dataplane::{Dataplane, DataplaneError, POD_GATEWAY, PodSpec};
+use crate::ipam::{Allocation, Change, EniRecord, Ipam, IpamError, UnixMillis};
+use crate::pool::{self, Action};
+use crate::server::Handler;
+use crate::store::{Store, StoreError};
+
+/// Tunables of the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// How long a released IP rests before it is handed out again.
+    pub ip_cooldown: Duration,
+    /// Free IPs the pool keeps ready.
+    pub warm_ip_target: usize,
+}
+
+/// The wall clock in Unix milliseconds; injectable so tests control time.
+pub type Clock = Arc<dyn Fn() -> UnixMillis + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    })
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored pool is inconsistent.
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    /// The cloud could not be asked.
+    #[error("cloud: {0}")]
+    Cloud(#[from] CloudError),
+    /// An ENI could not be programmed.
+    #[error("dataplane: {0}")]
+    Dataplane(#[from] DataplaneError),
+}
+
+struct State {
+    ipam: Ipam,
+    store: Box<dyn Store>,
+    /// The last commit failure, until a commit succeeds again.
+    store_error: Option<String>,
+}
+
+/// The agent.
+pub struct Agent<C, D> {
+    cloud: C,
+    dataplane: D,
+    node: NodeInfo,
+    config: AgentConfig,
+    clock: Clock,
+    state: Arc<Mutex<State>>,
+    grow_lock: tokio::sync::Mutex<()>,
+    pool_changed: Notify,
+}
+
+impl<C, D> std::fmt::Debug for Agent<C, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("node", &self.node)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Cloud, D: Dataplane> Agent<C, D> {
+    /// Restores the pool from `store`, adopts secondary ENIs the cloud
+    /// reports that the store does not know (an agent that died between
+    /// attaching and committing), and programs every ENI.
+    pub async fn start(
+        cloud: C,
+        dataplane: D,
+        mut store: Box<dyn Store>,
+        config: AgentConfig,
+        clock: Clock,
+    ) -> Result<Self, StartError> {
+        let snapshot = store.load()?;
+        let mut ipam = Ipam::restore(config.ip_cooldown.as_millis() as u64, snapshot)?;
+        let node = cloud.node().await?;
+        let adopted = adopt_unknown_enis(&ipam, &cloud.list_enis().await?, &node);
+        if !adopted.is_empty() {
+            warn!(
+                count = adopted.len(),
+                "adopting ENIs attached in the cloud but missing from the store"
+            );
+            store.commit(&adopted)?;
+            ipam.apply(&adopted);
+        }
+        for eni in ipam.enis() {
+            dataplane.program_eni(eni).await?;
+        }
+        let counts = ipam.counts(clock());
+        info!(
+            enis = ipam.enis().len(),
+            ips = counts.total,
+            allocated = counts.allocated,
+            cooling = counts.cooling,
+            "pool restored"
+        );
+        Ok(Agent {
+            cloud,
+            dataplane,
+            node,
+            config,
+            clock,
+            state: Arc::new(Mutex::new(State {
+                ipam,
+                store,
+                store_error: None,
+            })),
+            grow_lock: tokio::sync::Mutex::new(()),
+            pool_changed: Notify::new(),
+        })
+    }
+
+    /// Keeps `warm_ip_target` IPs free: after every ADD and every
+    /// `interval`. Runs until the task is dropped.
+    pub async fn maintain_pool(self: Arc<Self>, interval: Duration) {
+        loop {
+            if let Err(e) = self.grow(self.config.warm_ip_target).await {
+                warn!(error = %e.message, "could not warm the pool");
+            }
+            tokio::select! {
+                _ = self.pool_changed.notified() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    async fn add(&self, req: AddRequest) -> Result<Response, AgentError> {
+        let plan = match self.allocate(&req).await {
+            Err(e) if e.kind == ErrorKind::NoIpAvailable => {
+                self.grow(self.config.warm_ip_target.max(1)).await?;
+                self.allocate(&req).await?
+            }
+            other => other?,
+        };
+        self.pool_changed.notify_one();
+        let spec = self.spec(&plan.allocation)?;
+        match self.dataplane.attach_pod(&spec).await {
+            Ok(links) => {
+                info!(ip = %spec.ip, eni = %spec.eni.id, host_veth = %links.host_ifname, repeated = plan.existing, "pod added");
+                Ok(Response::Added(AddReply {
+                    ip: spec.ip,
+                    gateway: POD_GATEWAY,
+                    host_ifname: links.host_ifname,
+                    host_mac: links.host_mac,
+                    pod_mac: links.pod_mac,
+                    mtu: spec.eni.mtu,
+                    eni_id: spec.eni.id.clone(),
+                }))
+            }
+            Err(e) => {
+                warn!(ip = %spec.ip, error = %e, "wiring the pod failed; rolling back");
+                if let Err(cleanup) = self.dataplane.detach_pod(&spec).await {
+                    warn!(error = %cleanup, "cleanup after failed ADD incomplete; GC will finish it");
+                }
+                if !plan.existing {
+                    let key = req.key.clone();
+                    self.commit(move |ipam, now| {
+                        Ok((
+                            ipam.plan_release(&key, now)
+                                .map(|r| r.1)
+                                .unwrap_or_default(),
+                            (),
+                        ))
+                    })
+                    .await?;
+                }
+                Err(dataplane_error(e))
+            }
+        }
+    }
+
+    async fn allocate(&self, req: &AddRequest) -> Result<crate::ipam::AddPlan, AgentError> {
+        let req = req.clone();
+        let limits = self.node.limits;
+        self.commit(move |ipam, now| {
+            let plan = ipam
+                .plan_add(&req.key, &req.netns, req.pod.as_ref(), now)
+                .map_err(|e| {
+                    let why = if pool::can_grow(ipam.enis(), limits) {
+                        "the pool is growing".to_string()
+                    } else {
+                        format!(
+                            "the node is at its limits ({} ENIs, {} IPs each)",
+                            limits.max_enis, limits.max_ips_per_eni
+                        )
+                    };
+                    AgentError::new(ErrorKind::NoIpAvailable, format!("{e}; {why}"))
+                })?;
+            let changes = plan.changes.clone();
+            Ok((changes, plan))
+        })
+        .await
+    }
+
+    async fn del(&self, req: DelRequest) -> Result<Response, AgentError> {
+        let Some(allocation) = self.lock().ipam.allocation(&req.key).cloned() else {
+            debug!("nothing allocated; DEL is a no-op");
+            return Ok(Response::Deleted);
+        };
+        let spec = self.spec(&allocation)?;
+        // Unwire first: if that fails the allocation stays, so the runtime's
+        // retry still knows what to remove.
+        self.dataplane
+            .detach_pod(&spec)
+            .await
+            .map_err(dataplane_error)?;
+        let key = req.key.clone();
+        self.commit(move |ipam, now| {
+            Ok((
+                ipam.plan_release(&key, now)
+                    .map(|r| r.1)
+                    .unwrap_or_default(),
+                (),
+            ))
+        })
+        .await?;
+        info!(ip = %allocation.ip, "pod deleted");
+        Ok(Response::Deleted)
+    }
+
+    async fn check(&self, req: CheckRequest) -> Result<Response, AgentError> {
+        let allocation = self
+            .lock()
+            .ipam
+            .allocation(&req.key)
+            .cloned()
+            .ok_or_else(|| {
+                AgentError::new(
+                    ErrorKind::UnknownAttachment,
+                    format!("no allocation for attachment {}", req.key),
+                )
+            })?;
+        let ours = format!("{}/32", allocation.ip);
+        if !req.expected_addresses.is_empty() && !req.expected_addresses.contains(&ours) {
+            return Err(AgentError::new(
+                ErrorKind::Mismatch,
+                format!(
+                    "prevResult reports [{}] for this interface but the agent allocated {ours}",
+                    req.expected_addresses.join(", ")
+                ),
+            ));
+        }
+        let spec = self.spec(&allocation)?;
+        self.dataplane
+            .check_pod(&spec)
+            .await
+            .map_err(dataplane_error)?;
+        Ok(Response::Checked)
+    }
+
+    async fn gc(&self, req: GcRequest) -> Result<Response, AgentError> {
+        let valid: HashSet<(&str, &str)> = req
+            .valid
+            .iter()
+            .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+            .collect();
+        let stale: Vec<Allocation> = self
+            .lock()
+            .ipam
+            .allocations()
+            .filter(|a| a.key.network == req.network)
+            .filter(|a| !valid.contains(&(a.key.container_id.as_str(), a.key.ifname.as_str())))
+            .cloned()
+            .collect();
+        let mut released = Vec::new();
+        for a in stale {
+            let spec = self.spec(&a)?;
+            match self.dataplane.detach_pod(&spec).await {
+                Ok(()) => released.push(a),
+                Err(e) => {
+                    warn!(attachment = %a.key, error = %e, "GC could not unwire; kept for the next GC")
+                }
+            }
+        }
+        let count = released.len() as u32;
+        self.commit(move |ipam, now| {
+            let changes = released
+                .iter()
+                .filter_map(|a| ipam.plan_release(&a.key, now))
+                .flat_map(|r| r.1)
+                .collect();
+            Ok((changes, ()))
+        })
+        .await?;
+        if count > 0 {
+            info!(network = %req.network, released = count, "GC released stale attachments");
+        }
+        Ok(Response::Collected { released: count })
+    }
+
+    fn status(&self) -> Response {
+        let st = self.lock();
+        let counts = st.ipam.counts((self.clock)());
+        let reason = if let Some(e) = &st.store_error {
+            Some(format!("state store failing: {e}"))
+        } else if counts.free == 0 && !pool::can_grow(st.ipam.enis(), self.node.limits) {
+            Some(format!(
+                "no IP can be served: {} allocated, {} cooling, node at its limits",
+                counts.allocated, counts.cooling
+            ))
+        } else {
+            None
+        };
+        Response::Status(StatusReply {
+            ready: reason.is_none(),
+            reason,
+        })
+    }
+
+    /// Brings the pool to `want_free` free IPs, as far as the limits allow.
+    async fn grow(&self, want_free: usize) -> Result<(), AgentError> {
+        let _serialised = self.grow_lock.lock().await;
+        let (enis, free) = {
+            let st = self.lock();
+            (st.ipam.enis().to_vec(), st.ipam.counts((self.clock)()).free)
+        };
+        for action in pool::plan_growth(&enis, self.node.limits, free, want_free) {
+            match action {
+                Action::AssignIps { eni_id, count } => {
+                    let mut record =
+                        enis.iter()
+                            .find(|e| e.id == eni_id)
+                            .cloned()
+                            .ok_or_else(|| {
+                                AgentError::new(
+                                    ErrorKind::Internal,
+                                    format!("planned ENI {eni_id} vanished"),
+                                )
+                            })?;
+                    let ips = self
+                        .cloud
+                        .assign_ips(&eni_id, count)
+                        .await
+                        .map_err(cloud_error)?;
+                    record.ips.extend(&ips);
+                    if let Err(e) = self
+                        .commit(move |_, _| Ok((vec![Change::PutEni(record)], ())))
+                        .await
+                    {
+                        // The store does not know these IPs: give them back
+                        // rather than leak them.
+                        if let Err(undo) = self.cloud.unassign_ips(&eni_id, &ips).await {
+                            warn!(eni = %eni_id, error = %undo, "could not unassign IPs; adopted at next start");
+                        }
+                        return Err(e);
+                    }
+                    info!(eni = %eni_id, count, "assigned IPs");
+                }
+                Action::CreateEni { table, count } => {
+                    let record = self.create_eni(table, count).await?;
+                    self.commit(move |_, _| Ok((vec![Change::PutEni(record)], ())))
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_eni(&self, table: u32, count: u32) -> Result<EniRecord, AgentError> {
+        let eni = self
+            .cloud
+            .create_eni(&self.node.subnet.id)
+            .await
+            .map_err(cloud_error)?;
+        if let Err(e) = self.cloud.attach_eni(&eni.id).await {
+            // An ENI that is not attached must not outlive this call.
+            if let Err(del) = self.cloud.delete_eni(&eni.id).await {
+                warn!(eni = %eni.id, error = %del, "could not delete unattached ENI");
+            }
+            return Err(cloud_error(e));
+        }
+        let ips = self
+            .cloud
+            .assign_ips(&eni.id, count)
+            .await
+            .map_err(cloud_error)?;
+        let record = EniRecord {
+            id: eni.id,
+            mac: eni.mac,
+            subnet_id: eni.subnet_id,
+            gateway: self.node.subnet.gateway,
+            primary_ip: eni.primary_ip,
+            mtu: self.node.mtu,
+            table,
+            ips,
+        };
+        self.dataplane
+            .program_eni(&record)
+            .await
+            .map_err(dataplane_error)?;
+        info!(eni = %record.id, table, ips = record.ips.len(), "attached ENI");
+        Ok(record)
+    }
+
+    /// Plans changes under the lock, commits them, then applies them: the
+    /// pool never shows what the store does not hold.
+    async fn commit<T: Send + 'static>(
+        &self,
+        plan: impl FnOnce(&Ipam, UnixMillis) -> Result<(Vec<Change>, T), AgentError> + Send + 'static,
+    ) -> Result<T, AgentError> {
+        let state = Arc::clone(&self.state);
+        let clock = Arc::clone(&self.clock);
+        tokio::task::spawn_blocking(move || {
+            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            let (changes, out) = plan(&st.ipam, clock())?;
+            if let Err(e) = st.store.commit(&changes) {
+                st.store_error = Some(e.to_string());
+                return Err(AgentError::new(ErrorKind::Store, e.to_string()));
+            }
+            st.store_error = None;
+            st.ipam.apply(&changes);
+            Ok(out)
+        })
+        .await
+        .map_err(|e| AgentError::new(ErrorKind::Internal, format!("commit task failed: {e}")))?
+    }
+
+    fn spec(&self, a: &Allocation) -> Result<PodSpec, AgentError> {
+        let eni = self.lock().ipam.eni(&a.eni_id).cloned().ok_or_else(|| {
+            AgentError::new(
+                ErrorKind::Internal,
+                format!("ENI {} of {} is not in the pool", a.eni_id, a.key),
+            )
+        })?;
+        Ok(PodSpec {
+            key: a.key.clone(),
+            netns: a.netns.clone(),
+            ip: a.ip,
+            eni,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<C: Cloud, D: Dataplane> Handler for Agent<C, D> {
+    async fn handle(&self, request: Request) -> Reply {
+        let span = match &request {
+            Request::Add(r) => {
+                info_span!("add", network = %r.key.network, container = %r.key.container_id, ifname = %r.key.ifname)
+            }
+            Request::Del(r) => {
+                info_span!("del", network = %r.key.network, container = %r.key.container_id, ifname = %r.key.ifname)
+            }
+            Request::Check(r) => {
+                info_span!("check", network = %r.key.network, container = %r.key.container_id, ifname = %r.key.ifname)
+            }
+            Request::Gc(r) => info_span!("gc", network = %r.network),
+            Request::Status => info_span!("status"),
+            Request::Pool => info_span!("pool"),
+        };
+        async {
+            let reply = match request {
+                Request::Add(r) => self.add(r).await,
+                Request::Del(r) => self.del(r).await,
+                Request::Check(r) => self.check(r).await,
+                Request::Gc(r) => self.gc(r).await,
+                Request::Status => Ok(self.status()),
+                Request::Pool => Ok(Response::Pool(self.lock().ipam.view((self.clock)()))),
+            };
+            if let Err(e) = &reply {
+                warn!(kind = ?e.kind, error = %e.message, "request failed");
+            }
+            reply
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Changes that add the cloud's attached secondary ENIs the pool lacks, and
+/// the IPs the cloud reports on known ENIs that the pool lacks.
+fn adopt_unknown_enis(
+    ipam: &Ipam,
+    cloud_enis: &[crate::cloud::Eni],
+    node: &NodeInfo,
+) -> Vec<Change> {
+    let mut next_table = ipam
+        .enis()
+        .iter()
+        .map(|e| e.table + 1)
+        .max()
+        .unwrap_or(pool::FIRST_ENI_TABLE);
+    let mut changes = Vec::new();
+    for eni in cloud_enis.iter().filter(|e| !e.primary) {
+        match ipam.eni(&eni.id) {
+            Some(known) => {
+                let missing: Vec<_> = eni
+                    .secondary_ips
+                    .iter()
+                    .filter(|ip| !known.ips.contains(ip))
+                    .collect();
+                if !missing.is_empty() {
+                    let mut record = known.clone();
+                    record.ips.extend(missing);
+                    changes.push(Change::PutEni(record));
+                }
+            }
+            None => {
+                changes.push(Change::PutEni(EniRecord {
+                    id: eni.id.clone(),
+                    mac: eni.mac.clone(),
+                    subnet_id: eni.subnet_id.clone(),
+                    gateway: node.subnet.gateway,
+                    primary_ip: eni.primary_ip,
+                    mtu: node.mtu,
+                    table: next_table,
+                    ips: eni.secondary_ips.clone(),
+                }));
+                next_table += 1;
+            }
+        }
+    }
+    changes
+}
+
+fn dataplane_error(e: DataplaneError) -> AgentError {
+    let kind = match e {
+        DataplaneError::Mismatch { .. } => ErrorKind::Mismatch,
+        DataplaneError::Kernel { .. } => ErrorKind::Dataplane,
+    };
+    AgentError::new(kind, e.to_string())
+}
+
+fn cloud_error(e: CloudError) -> AgentError {
+    AgentError::new(ErrorKind::Cloud, e.to_string())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,307 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use proto::wire::{AttachmentKey, GcAttachment, IpState, PodRef};
+
+use super::*;
+use crate::cloud::{SimConfig, SimVpc};
+use crate::dataplane::{FakeDataplane, Recorded};
+use crate::store::{MemoryStore, RedbStore};
+
+type TestAgent = Agent<SimVpc, FakeDataplane>;
+
+struct Harness {
+    agent: TestAgent,
+    now: Arc<AtomicU64>,
+}
+
+fn config() -> AgentConfig {
+    AgentConfig {
+        ip_cooldown: Duration::from_secs(30),
+        warm_ip_target: 2,
+    }
+}
+
+async fn harness_with(sim: SimConfig, store: Box<dyn Store>) -> Harness {
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let t = Arc::clone(&now);
+    let clock: Clock = Arc::new(move || t.load(Ordering::SeqCst));
+    let cloud = SimVpc::open(sim, None).expect("vpc");
+    let agent = Agent::start(cloud, FakeDataplane::default(), store, config(), clock)
+        .await
+        .expect("start");
+    Harness { agent, now }
+}
+
+async fn harness() -> Harness {
+    harness_with(SimConfig::default(), Box::new(MemoryStore::default())).await
+}
+
+fn key(c: &str) -> AttachmentKey {
+    AttachmentKey {
+        network: "vpc".into(),
+        container_id: c.into(),
+        ifname: "eth0".into(),
+    }
+}
+
+fn add_req(c: &str) -> Request {
+    Request::Add(AddRequest {
+        key: key(c),
+        netns: format!("/var/run/netns/{c}"),
+        pod: Some(PodRef {
+            namespace: "default".into(),
+            name: c.into(),
+            uid: None,
+        }),
+    })
+}
+
+fn del_req(c: &str) -> Request {
+    Request::Del(DelRequest {
+        key: key(c),
+        netns: None,
+    })
+}
+
+async fn add(a: &TestAgent, c: &str) -> AddReply {
+    match a.handle(add_req(c)).await {
+        Ok(Response::Added(r)) => r,
+        other => panic!("ADD {c}: {other:?}"),
+    }
+}
+
+fn allocated(a: &TestAgent) -> Vec<(String, std::net::Ipv4Addr)> {
+    let mut v: Vec<_> = a
+        .lock()
+        .ipam
+        .allocations()
+        .map(|x| (x.key.container_id.clone(), x.ip))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn add_grows_an_empty_pool_and_is_idempotent() {
+    let h = harness().await;
+    let first = add(&h.agent, "c1").await;
+    assert_eq!(first.gateway, POD_GATEWAY);
+    assert!(first.host_ifname.starts_with("vpc"));
+    let again = add(&h.agent, "c1").await;
+    assert_eq!(first, again);
+    let other = add(&h.agent, "c2").await;
+    assert_ne!(other.ip, first.ip);
+    assert!(
+        h.agent
+            .dataplane
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Recorded::ProgramEni(_)))
+    );
+}
+
+#[tokio::test]
+async fn del_unwires_releases_and_is_idempotent() {
+    let h = harness().await;
+    let r = add(&h.agent, "c1").await;
+    assert_eq!(h.agent.handle(del_req("c1")).await, Ok(Response::Deleted));
+    assert!(h.agent.dataplane.wired().is_empty());
+    assert!(allocated(&h.agent).is_empty());
+    assert_eq!(h.agent.handle(del_req("c1")).await, Ok(Response::Deleted));
+    assert_eq!(
+        h.agent.handle(del_req("never-added")).await,
+        Ok(Response::Deleted)
+    );
+    let view = h.agent.lock().ipam.view(h.now.load(Ordering::SeqCst));
+    let state = view
+        .enis
+        .iter()
+        .flat_map(|e| &e.ips)
+        .find(|i| i.ip == r.ip)
+        .expect("ip")
+        .state
+        .clone();
+    assert!(matches!(state, IpState::Cooling { .. }));
+}
+
+#[tokio::test]
+async fn a_released_ip_is_not_reused_during_its_cooldown() {
+    let h = harness_with(
+        SimConfig {
+            max_enis: 2,
+            max_ips_per_eni: 3,
+        },
+        Box::new(MemoryStore::default()),
+    )
+    .await;
+    let a = add(&h.agent, "c1").await;
+    add(&h.agent, "c2").await;
+    h.agent.handle(del_req("c1")).await.expect("del");
+    let err = h
+        .agent
+        .handle(add_req("c3"))
+        .await
+        .expect_err("only a cooling IP is left");
+    assert_eq!(err.kind, ErrorKind::NoIpAvailable);
+    assert!(err.message.contains("limits"), "{}", err.message);
+    h.now.fetch_add(30_001, Ordering::SeqCst);
+    assert_eq!(add(&h.agent, "c3").await.ip, a.ip);
+}
+
+#[tokio::test]
+async fn check_confirms_and_reports_what_is_wrong() {
+    let h = harness().await;
+    let r = add(&h.agent, "c1").await;
+    let check = |expected: Vec<String>, c: &str| {
+        Request::Check(CheckRequest {
+            key: key(c),
+            netns: "/var/run/netns/c1".into(),
+            expected_addresses: expected,
+        })
+    };
+    assert_eq!(
+        h.agent
+            .handle(check(vec![format!("{}/32", r.ip)], "c1"))
+            .await,
+        Ok(Response::Checked)
+    );
+    assert_eq!(
+        h.agent.handle(check(vec![], "c1")).await,
+        Ok(Response::Checked)
+    );
+    let e = h
+        .agent
+        .handle(check(vec!["10.9.9.9/32".into()], "c1"))
+        .await
+        .expect_err("mismatch");
+    assert_eq!(e.kind, ErrorKind::Mismatch);
+    let e = h
+        .agent
+        .handle(check(vec![], "nobody"))
+        .await
+        .expect_err("unknown");
+    assert_eq!(e.kind, ErrorKind::UnknownAttachment);
+}
+
+#[tokio::test]
+async fn gc_releases_only_stale_attachments_of_its_network() {
+    let h = harness().await;
+    add(&h.agent, "keep").await;
+    add(&h.agent, "stale").await;
+    let other = AttachmentKey {
+        network: "other".into(),
+        ..key("elsewhere")
+    };
+    h.agent
+        .handle(Request::Add(AddRequest {
+            key: other,
+            netns: "/n".into(),
+            pod: None,
+        }))
+        .await
+        .expect("add other network");
+    let reply = h
+        .agent
+        .handle(Request::Gc(GcRequest {
+            network: "vpc".into(),
+            valid: vec![GcAttachment {
+                container_id: "keep".into(),
+                ifname: "eth0".into(),
+            }],
+        }))
+        .await;
+    assert_eq!(reply, Ok(Response::Collected { released: 1 }));
+    let left: Vec<String> = allocated(&h.agent).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(left, ["elsewhere", "keep"]);
+}
+
+#[tokio::test]
+async fn a_failed_wiring_rolls_the_allocation_back() {
+    let h = harness().await;
+    h.agent.dataplane.fail_attach.store(true, Ordering::SeqCst);
+    let e = h.agent.handle(add_req("c1")).await.expect_err("fails");
+    assert_eq!(e.kind, ErrorKind::Dataplane);
+    assert!(allocated(&h.agent).is_empty());
+}
+
+#[tokio::test]
+async fn status_is_ready_until_nothing_can_be_served() {
+    let h = harness_with(
+        SimConfig {
+            max_enis: 2,
+            max_ips_per_eni: 2,
+        },
+        Box::new(MemoryStore::default()),
+    )
+    .await;
+    let ready = |r: Reply| matches!(r, Ok(Response::Status(StatusReply { ready: true, .. })));
+    assert!(
+        ready(h.agent.handle(Request::Status).await),
+        "an empty pool that can grow is ready"
+    );
+    add(&h.agent, "c1").await;
+    let r = h.agent.handle(Request::Status).await;
+    match r {
+        Ok(Response::Status(StatusReply {
+            ready: false,
+            reason: Some(reason),
+        })) => assert!(reason.contains("limits")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_fails_the_request_and_status() {
+    let h = harness().await;
+    add(&h.agent, "c1").await;
+    h.agent.lock().store = Box::new(MemoryStore::failing());
+    let before = allocated(&h.agent);
+    let e = h.agent.handle(del_req("c1")).await.expect_err("store down");
+    assert_eq!(e.kind, ErrorKind::Store);
+    assert_eq!(
+        allocated(&h.agent),
+        before,
+        "nothing changes that was not committed"
+    );
+    assert!(matches!(
+        h.agent.handle(Request::Status).await,
+        Ok(Response::Status(StatusReply { ready: false, .. }))
+    ));
+}
+
+#[tokio::test]
+async fn restart_restores_allocations_and_adopts_unknown_enis() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("state.redb");
+    let vpc = dir.path().join("vpc.json");
+    let clock = system_clock();
+    let first = {
+        let cloud = SimVpc::open(SimConfig::default(), Some(&vpc)).expect("vpc");
+        let store = Box::new(RedbStore::open(&db).expect("store"));
+        let a = Agent::start(
+            cloud,
+            FakeDataplane::default(),
+            store,
+            config(),
+            Arc::clone(&clock),
+        )
+        .await
+        .expect("start");
+        let r = add(&a, "c1").await;
+        // An ENI attached behind the pool's back, as if the agent died
+        // between attaching and committing.
+        let subnet = a.node.subnet.id.clone();
+        let eni = a.cloud.create_eni(&subnet).await.expect("create");
+        a.cloud.attach_eni(&eni.id).await.expect("attach");
+        a.cloud.assign_ips(&eni.id, 2).await.expect("assign");
+        r
+    };
+    let cloud = SimVpc::open(SimConfig::default(), Some(&vpc)).expect("vpc");
+    let store = Box::new(RedbStore::open(&db).expect("store"));
+    let a = Agent::start(cloud, FakeDataplane::default(), store, config(), clock)
+        .await
+        .expect("restart");
+    assert_eq!(allocated(&a), vec![("c1".to_string(), first.ip)]);
+    assert_eq!(add(&a, "c1").await.ip, first.ip);
+    assert_eq!(a.lock().ipam.enis().len(), 2, "the unknown ENI was adopted");
+}

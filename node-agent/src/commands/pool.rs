@@ -1,0 +1,139 @@
+//! `vpc-cni-agent pool`: the pool as the agent sees it, as a table or JSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use proto::wire::{IpState, PoolView, Request, Response};
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// The agent's JSON.
+    Json,
+}
+
+/// Flags of `pool`.
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    /// The agent's socket.
+    #[arg(long, default_value = proto::cni::config::DEFAULT_AGENT_SOCKET)]
+    socket: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+/// Prints the pool.
+pub fn run(args: PoolArgs) -> Result<(), String> {
+    let reply = proto::client::call(&args.socket, &Request::Pool, Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    let view = match reply {
+        Ok(Response::Pool(view)) => view,
+        Ok(other) => return Err(format!("unexpected reply {other:?}")),
+        Err(e) => return Err(e.message),
+    };
+    let text = match args.output {
+        Output::Json => serde_json::to_string_pretty(&view).map_err(|e| e.to_string())?,
+        Output::Table => table(&view),
+    };
+    writeln!(std::io::stdout().lock(), "{text}").map_err(|e| e.to_string())
+}
+
+fn table(view: &PoolView) -> String {
+    let mut rows = vec![[
+        "ENI".to_string(),
+        "IP".into(),
+        "STATE".into(),
+        "POD".into(),
+        "ATTACHMENT".into(),
+    ]];
+    for eni in &view.enis {
+        for ip in &eni.ips {
+            let (state, pod, attachment) = match &ip.state {
+                IpState::Free => ("free", String::new(), String::new()),
+                IpState::Cooling { .. } => ("cooling", String::new(), String::new()),
+                IpState::Allocated { key, pod } => (
+                    "allocated",
+                    pod.as_ref()
+                        .map(|p| format!("{}/{}", p.namespace, p.name))
+                        .unwrap_or_default(),
+                    key.to_string(),
+                ),
+            };
+            rows.push([
+                eni.id.clone(),
+                ip.ip.to_string(),
+                state.into(),
+                pod,
+                attachment,
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect::<Vec<_>>()
+                .join("   ")
+                .trim_end()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::wire::{AttachmentKey, EniView, IpView, PodRef};
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn table_lists_every_ip_with_its_holder() {
+        let view = PoolView {
+            enis: vec![EniView {
+                id: "eni-1".into(),
+                mac: "m".into(),
+                subnet_id: "s".into(),
+                ips: vec![
+                    IpView {
+                        ip: Ipv4Addr::new(10, 0, 0, 5),
+                        state: IpState::Allocated {
+                            key: AttachmentKey {
+                                network: "vpc".into(),
+                                container_id: "c1".into(),
+                                ifname: "eth0".into(),
+                            },
+                            pod: Some(PodRef {
+                                namespace: "default".into(),
+                                name: "web-0".into(),
+                                uid: None,
+                            }),
+                        },
+                    },
+                    IpView {
+                        ip: Ipv4Addr::new(10, 0, 0, 6),
+                        state: IpState::Free,
+                    },
+                ],
+            }],
+        };
+        let t = table(&view);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[1].contains("10.0.0.5")
+                && lines[1].contains("default/web-0")
+                && lines[1].contains("vpc/c1/eth0")
+        );
+        assert!(lines[2].contains("free"));
+    }
+}

@@ -1,0 +1,117 @@
+//! A dataplane that touches nothing and records every call, keeping the
+//! set of wired pods so CHECK and DEL behave as on a real host.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{Dataplane, DataplaneError, PodLinks, PodSpec, derived_mac, host_ifname};
+use crate::ipam::EniRecord;
+
+/// One recorded call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// `program_eni(id)`.
+    ProgramEni(String),
+    /// `attach_pod(host ifname, ip)`.
+    Attach(String, std::net::Ipv4Addr),
+    /// `detach_pod(host ifname)`.
+    Detach(String),
+}
+
+/// The recording fake.
+#[derive(Debug, Default)]
+pub struct FakeDataplane {
+    calls: Mutex<Vec<Recorded>>,
+    pods: Mutex<HashMap<String, PodSpec>>,
+    /// When set, `attach_pod` fails.
+    pub fail_attach: AtomicBool,
+}
+
+impl FakeDataplane {
+    /// Every call so far.
+    #[cfg(test)]
+    pub fn calls(&self) -> Vec<Recorded> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Host ifnames of the pods currently wired.
+    #[cfg(test)]
+    pub fn wired(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn record(&self, call: Recorded) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(call);
+    }
+}
+
+impl Dataplane for FakeDataplane {
+    async fn program_eni(&self, eni: &EniRecord) -> Result<(), DataplaneError> {
+        self.record(Recorded::ProgramEni(eni.id.clone()));
+        Ok(())
+    }
+
+    async fn attach_pod(&self, pod: &PodSpec) -> Result<PodLinks, DataplaneError> {
+        let name = host_ifname(&pod.key.container_id, &pod.key.ifname);
+        self.record(Recorded::Attach(name.clone(), pod.ip));
+        if self.fail_attach.load(Ordering::SeqCst) {
+            return Err(DataplaneError::Kernel {
+                op: "ip link add",
+                detail: "injected failure".into(),
+            });
+        }
+        self.pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), pod.clone());
+        Ok(PodLinks {
+            host_mac: derived_mac(&[name.as_bytes(), b"host"]),
+            pod_mac: derived_mac(&[name.as_bytes(), b"pod"]),
+            host_ifname: name,
+        })
+    }
+
+    async fn check_pod(&self, pod: &PodSpec) -> Result<(), DataplaneError> {
+        let name = host_ifname(&pod.key.container_id, &pod.key.ifname);
+        match self
+            .pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&name)
+        {
+            Some(wired) if wired.ip == pod.ip => Ok(()),
+            Some(wired) => Err(DataplaneError::Mismatch {
+                pod: pod.key.to_string(),
+                what: "address",
+                detail: format!("{} wired with {}, expected {}", name, wired.ip, pod.ip),
+            }),
+            None => Err(DataplaneError::Mismatch {
+                pod: pod.key.to_string(),
+                what: "veth",
+                detail: format!("{name} does not exist"),
+            }),
+        }
+    }
+
+    async fn detach_pod(&self, pod: &PodSpec) -> Result<(), DataplaneError> {
+        let name = host_ifname(&pod.key.container_id, &pod.key.ifname);
+        self.record(Recorded::Detach(name.clone()));
+        self.pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
+        Ok(())
+    }
+}

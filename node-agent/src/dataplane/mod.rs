@@ -1,0 +1,156 @@
+//! All kernel work for pods and ENIs, behind one trait. The netlink
+//! implementation programs the kernel; [`FakeDataplane`] records calls for
+//! tests and for running the agent without touching the host
+//! (`--dataplane fake`).
+
+mod fake;
+
+pub use fake::FakeDataplane;
+#[cfg(test)]
+pub use fake::Recorded;
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+
+use proto::wire::AttachmentKey;
+
+use crate::ipam::EniRecord;
+
+/// Prefix of the host end of every pod veth this agent creates.
+pub const HOST_VETH_PREFIX: &str = "vpc";
+
+/// The pod's default gateway: link-local, answered by the host veth.
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// Everything needed to wire (or check) one pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodSpec {
+    /// The attachment.
+    pub key: AttachmentKey,
+    /// The pod's netns path.
+    pub netns: String,
+    /// The pod's address.
+    pub ip: Ipv4Addr,
+    /// The ENI carrying it.
+    pub eni: EniRecord,
+}
+
+/// Names and addresses of what was created for a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodLinks {
+    /// Host end of the veth.
+    pub host_ifname: String,
+    /// Host end's MAC.
+    pub host_mac: String,
+    /// Pod end's MAC.
+    pub pod_mac: String,
+}
+
+/// Kernel failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// Something the pod needs is missing or wrong (CHECK).
+    #[error("{what} of {pod} is missing or wrong: {detail}")]
+    Mismatch {
+        /// The attachment.
+        pod: String,
+        /// What is wrong (veth, address, route, rule).
+        what: &'static str,
+        /// Details.
+        detail: String,
+    },
+    /// A kernel request failed.
+    #[error("{op} failed: {detail}")]
+    Kernel {
+        /// The operation, named like its `ip` command.
+        op: &'static str,
+        /// The error.
+        detail: String,
+    },
+}
+
+/// The kernel operations of the agent.
+pub trait Dataplane: Send + Sync + 'static {
+    /// Brings an ENI up and gives it its route table and rules
+    /// (`ip link set ethN up; ip route add default via GW dev ethN table T`).
+    fn program_eni(
+        &self,
+        eni: &EniRecord,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+    /// Creates the pod's veth, address, routes, neighbour and rules
+    /// (`ip link add ... type veth peer ... netns NS`, `ip addr`, `ip route`,
+    /// `ip rule`). Idempotent.
+    fn attach_pod(
+        &self,
+        pod: &PodSpec,
+    ) -> impl Future<Output = Result<PodLinks, DataplaneError>> + Send;
+    /// Verifies what `attach_pod` made is still there.
+    fn check_pod(&self, pod: &PodSpec) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+    /// Removes what `attach_pod` made; anything already gone is fine.
+    fn detach_pod(&self, pod: &PodSpec) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+}
+
+/// The host-side veth name of an attachment: the prefix and 11 hex digits
+/// of a hash of container id and ifname, 14 characters in all, stable across
+/// restarts so DEL and GC find what ADD made.
+pub fn host_ifname(container_id: &str, ifname: &str) -> String {
+    format!(
+        "{HOST_VETH_PREFIX}{:011x}",
+        fnv1a(&[container_id.as_bytes(), b"/", ifname.as_bytes()]) >> 20
+    )
+}
+
+/// A locally administered unicast MAC derived from `seed`.
+pub fn derived_mac(seed: &[&[u8]]) -> String {
+    let h = fnv1a(seed).to_be_bytes();
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        h[0], h[1], h[2], h[3], h[4]
+    )
+}
+
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_fit_linux_and_are_stable() {
+        let a = host_ifname(
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "eth0",
+        );
+        assert_eq!(a.len(), 14);
+        assert!(a.starts_with(HOST_VETH_PREFIX));
+        assert_eq!(
+            a,
+            host_ifname(
+                "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "eth0"
+            )
+        );
+        assert_ne!(
+            a,
+            host_ifname(
+                "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "net1"
+            )
+        );
+        assert_ne!(host_ifname("c1", "eth0"), host_ifname("c2", "eth0"));
+    }
+
+    #[test]
+    fn derived_macs_are_local_unicast() {
+        let mac = derived_mac(&[b"x"]);
+        assert!(mac.starts_with("02:"));
+        assert_eq!(mac.len(), 17);
+    }
+}

@@ -1,0 +1,550 @@
+//! The IP pool as a pure data structure: secondary ENIs and their IPs,
+//! allocations keyed by (network, container id, ifname), and the cooldown
+//! of released IPs. No I/O and no clock: every operation takes `now`, and
+//! every change is first *planned* as a list of [`Change`]s, which the
+//! caller commits to the store and only then [`Ipam::apply`]s. The store's
+//! contents replayed through `apply` rebuild the same pool.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use proto::wire::{AttachmentKey, EniView, IpState, IpView, PodRef, PoolView};
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch; the clock survives restarts.
+pub type UnixMillis = u64;
+
+/// A secondary ENI attached to this node, with the IPs assigned to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EniRecord {
+    /// ENI id.
+    pub id: String,
+    /// MAC address.
+    pub mac: String,
+    /// Subnet id.
+    pub subnet_id: String,
+    /// The subnet's gateway.
+    pub gateway: Ipv4Addr,
+    /// The ENI's own primary address (never given to a pod).
+    pub primary_ip: Ipv4Addr,
+    /// MTU of the ENI.
+    pub mtu: u32,
+    /// The route table that traffic from this ENI's pods uses.
+    pub table: u32,
+    /// Secondary IPs, each handed to at most one pod.
+    pub ips: Vec<Ipv4Addr>,
+}
+
+/// One pod's hold on one IP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// The attachment.
+    pub key: AttachmentKey,
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// The ENI that carries the address.
+    pub eni_id: String,
+    /// The pod's netns path at ADD.
+    pub netns: String,
+    /// The pod, if the runtime named it.
+    pub pod: Option<PodRef>,
+    /// When the allocation was made.
+    pub created_ms: UnixMillis,
+}
+
+/// One durable change to the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Add or replace an ENI.
+    PutEni(EniRecord),
+    /// Record an allocation.
+    PutAllocation(Allocation),
+    /// Drop an allocation.
+    RemoveAllocation(AttachmentKey),
+    /// An IP cools down until the given time.
+    PutCooling(Ipv4Addr, UnixMillis),
+    /// An IP's cooldown record is no longer needed.
+    RemoveCooling(Ipv4Addr),
+}
+
+/// The whole pool as the store holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// ENIs in the order they were added.
+    pub enis: Vec<EniRecord>,
+    /// Allocations.
+    pub allocations: Vec<Allocation>,
+    /// Cooling IPs and the end of their cooldown.
+    pub cooling: Vec<(Ipv4Addr, UnixMillis)>,
+}
+
+/// Why the pool refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IpamError {
+    /// Every IP is allocated or cooling.
+    #[error("no free IP: {allocated} allocated and {cooling} cooling of {total}")]
+    Exhausted {
+        /// IPs in the pool.
+        total: usize,
+        /// IPs held by pods.
+        allocated: usize,
+        /// IPs in their cooldown.
+        cooling: usize,
+    },
+    /// The store holds two allocations on one IP.
+    #[error("store is inconsistent: {ip} is allocated to both {first} and {second}")]
+    DoubleAllocation {
+        /// The address.
+        ip: Ipv4Addr,
+        /// One holder.
+        first: Box<AttachmentKey>,
+        /// The other.
+        second: Box<AttachmentKey>,
+    },
+}
+
+/// What ADD will do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddPlan {
+    /// The allocation the attachment gets (new or the existing one).
+    pub allocation: Allocation,
+    /// Whether the attachment already held it (a repeated ADD).
+    pub existing: bool,
+    /// The changes to commit; empty when `existing`.
+    pub changes: Vec<Change>,
+}
+
+/// Pool counters at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Secondary IPs in the pool.
+    pub total: usize,
+    /// Held by pods.
+    pub allocated: usize,
+    /// In their cooldown.
+    pub cooling: usize,
+    /// Ready to hand out.
+    pub free: usize,
+}
+
+/// The pool.
+#[derive(Clone, Debug, Default)]
+pub struct Ipam {
+    cooldown_ms: u64,
+    enis: Vec<EniRecord>,
+    allocations: BTreeMap<AttachmentKey, Allocation>,
+    holder: HashMap<Ipv4Addr, AttachmentKey>,
+    cooling: HashMap<Ipv4Addr, UnixMillis>,
+}
+
+impl Ipam {
+    /// An empty pool whose released IPs cool down for `cooldown_ms`.
+    pub fn new(cooldown_ms: u64) -> Ipam {
+        Ipam {
+            cooldown_ms,
+            ..Ipam::default()
+        }
+    }
+
+    /// Rebuilds the pool from a snapshot, refusing one that allocates an IP
+    /// twice.
+    pub fn restore(cooldown_ms: u64, snapshot: Snapshot) -> Result<Ipam, IpamError> {
+        let mut ipam = Ipam::new(cooldown_ms);
+        let mut changes: Vec<Change> = snapshot.enis.into_iter().map(Change::PutEni).collect();
+        changes.extend(
+            snapshot
+                .cooling
+                .into_iter()
+                .map(|(ip, until)| Change::PutCooling(ip, until)),
+        );
+        for a in snapshot.allocations {
+            if let Some(first) = ipam.holder.get(&a.ip) {
+                return Err(IpamError::DoubleAllocation {
+                    ip: a.ip,
+                    first: Box::new(first.clone()),
+                    second: Box::new(a.key),
+                });
+            }
+            ipam.holder.insert(a.ip, a.key.clone());
+            changes.push(Change::PutAllocation(a));
+        }
+        ipam.apply(&changes);
+        Ok(ipam)
+    }
+
+    /// Applies committed changes.
+    pub fn apply(&mut self, changes: &[Change]) {
+        for change in changes {
+            match change {
+                Change::PutEni(eni) => {
+                    let mut eni = eni.clone();
+                    eni.ips.sort();
+                    let idx = match self.enis.iter().position(|e| e.id == eni.id) {
+                        Some(i) => i,
+                        None => {
+                            self.enis.push(eni.clone());
+                            self.enis.len() - 1
+                        }
+                    };
+                    self.enis[idx] = eni;
+                }
+                Change::PutAllocation(a) => {
+                    self.holder.insert(a.ip, a.key.clone());
+                    self.allocations.insert(a.key.clone(), a.clone());
+                }
+                Change::RemoveAllocation(key) => {
+                    if let Some(a) = self.allocations.remove(key) {
+                        self.holder.remove(&a.ip);
+                    }
+                }
+                Change::PutCooling(ip, until) => {
+                    self.cooling.insert(*ip, *until);
+                }
+                Change::RemoveCooling(ip) => {
+                    self.cooling.remove(ip);
+                }
+            }
+        }
+    }
+
+    /// Plans ADD: the attachment's existing allocation, or the first free
+    /// IP (lowest ENI first, then lowest address).
+    pub fn plan_add(
+        &self,
+        key: &AttachmentKey,
+        netns: &str,
+        pod: Option<&PodRef>,
+        now: UnixMillis,
+    ) -> Result<AddPlan, IpamError> {
+        if let Some(a) = self.allocations.get(key) {
+            return Ok(AddPlan {
+                allocation: a.clone(),
+                existing: true,
+                changes: Vec::new(),
+            });
+        }
+        let (ip, eni) = self.first_free(now).ok_or_else(|| {
+            let c = self.counts(now);
+            IpamError::Exhausted {
+                total: c.total,
+                allocated: c.allocated,
+                cooling: c.cooling,
+            }
+        })?;
+        let allocation = Allocation {
+            key: key.clone(),
+            ip,
+            eni_id: eni.id.clone(),
+            netns: netns.to_string(),
+            pod: pod.cloned(),
+            created_ms: now,
+        };
+        let mut changes = Vec::new();
+        if self.cooling.contains_key(&ip) {
+            changes.push(Change::RemoveCooling(ip));
+        }
+        changes.push(Change::PutAllocation(allocation.clone()));
+        Ok(AddPlan {
+            allocation,
+            existing: false,
+            changes,
+        })
+    }
+
+    /// Plans DEL: `None` when the attachment holds nothing (DEL is then a
+    /// no-op), otherwise the allocation released and the changes that
+    /// release it into its cooldown.
+    pub fn plan_release(
+        &self,
+        key: &AttachmentKey,
+        now: UnixMillis,
+    ) -> Option<(Allocation, Vec<Change>)> {
+        let a = self.allocations.get(key)?;
+        let changes = vec![
+            Change::RemoveAllocation(key.clone()),
+            Change::PutCooling(a.ip, now.saturating_add(self.cooldown_ms)),
+        ];
+        Some((a.clone(), changes))
+    }
+
+    /// The attachment's allocation.
+    pub fn allocation(&self, key: &AttachmentKey) -> Option<&Allocation> {
+        self.allocations.get(key)
+    }
+
+    /// Every allocation, ordered by key.
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.allocations.values()
+    }
+
+    /// An ENI by id.
+    pub fn eni(&self, id: &str) -> Option<&EniRecord> {
+        self.enis.iter().find(|e| e.id == id)
+    }
+
+    /// Every ENI in the order it joined the pool.
+    pub fn enis(&self) -> &[EniRecord] {
+        &self.enis
+    }
+
+    /// Counters at `now`.
+    pub fn counts(&self, now: UnixMillis) -> Counts {
+        let mut c = Counts::default();
+        for ip in self.enis.iter().flat_map(|e| &e.ips) {
+            c.total += 1;
+            if self.holder.contains_key(ip) {
+                c.allocated += 1;
+            } else if self.is_cooling(ip, now) {
+                c.cooling += 1;
+            } else {
+                c.free += 1;
+            }
+        }
+        c
+    }
+
+    /// The pool as operators see it.
+    pub fn view(&self, now: UnixMillis) -> PoolView {
+        let enis = self
+            .enis
+            .iter()
+            .map(|e| EniView {
+                id: e.id.clone(),
+                mac: e.mac.clone(),
+                subnet_id: e.subnet_id.clone(),
+                ips: e
+                    .ips
+                    .iter()
+                    .map(|ip| IpView {
+                        ip: *ip,
+                        state: self.state_of(ip, now),
+                    })
+                    .collect(),
+            })
+            .collect();
+        PoolView { enis }
+    }
+
+    fn state_of(&self, ip: &Ipv4Addr, now: UnixMillis) -> IpState {
+        if let Some(key) = self.holder.get(ip) {
+            let pod = self.allocations.get(key).and_then(|a| a.pod.clone());
+            return IpState::Allocated {
+                key: key.clone(),
+                pod,
+            };
+        }
+        match self.cooling.get(ip) {
+            Some(until) if *until > now => IpState::Cooling { until_ms: *until },
+            _ => IpState::Free,
+        }
+    }
+
+    fn is_cooling(&self, ip: &Ipv4Addr, now: UnixMillis) -> bool {
+        self.cooling.get(ip).is_some_and(|until| *until > now)
+    }
+
+    fn first_free(&self, now: UnixMillis) -> Option<(Ipv4Addr, &EniRecord)> {
+        self.enis.iter().find_map(|eni| {
+            eni.ips
+                .iter()
+                .find(|ip| !self.holder.contains_key(ip) && !self.is_cooling(ip, now))
+                .map(|ip| (*ip, eni))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(c: &str) -> AttachmentKey {
+        AttachmentKey {
+            network: "vpc".into(),
+            container_id: c.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn eni(id: &str, ips: &[u8]) -> EniRecord {
+        EniRecord {
+            id: id.into(),
+            mac: "02:00:00:00:00:01".into(),
+            subnet_id: "subnet-1".into(),
+            gateway: Ipv4Addr::new(10, 0, 0, 1),
+            primary_ip: Ipv4Addr::new(10, 0, 0, 2),
+            mtu: 1500,
+            table: 101,
+            ips: ips.iter().map(|b| Ipv4Addr::new(10, 0, 0, *b)).collect(),
+        }
+    }
+
+    fn pool(ips: &[u8], cooldown: u64) -> Ipam {
+        let mut p = Ipam::new(cooldown);
+        p.apply(&[Change::PutEni(eni("eni-1", ips))]);
+        p
+    }
+
+    fn add(p: &mut Ipam, c: &str, now: u64) -> Result<Ipv4Addr, IpamError> {
+        let plan = p.plan_add(&key(c), "/n", None, now)?;
+        p.apply(&plan.changes);
+        Ok(plan.allocation.ip)
+    }
+
+    fn del(p: &mut Ipam, c: &str, now: u64) -> Option<Ipv4Addr> {
+        let (a, changes) = p.plan_release(&key(c), now)?;
+        p.apply(&changes);
+        Some(a.ip)
+    }
+
+    #[test]
+    fn add_is_idempotent_per_key() {
+        let mut p = pool(&[10, 11], 0);
+        let a = add(&mut p, "c1", 0).expect("ip");
+        let plan = p.plan_add(&key("c1"), "/n", None, 1).expect("again");
+        assert!(plan.existing);
+        assert!(plan.changes.is_empty());
+        assert_eq!(plan.allocation.ip, a);
+        assert_ne!(add(&mut p, "c2", 0).expect("ip"), a);
+    }
+
+    #[test]
+    fn the_same_container_on_another_ifname_is_another_attachment() {
+        let mut p = pool(&[10, 11], 0);
+        let a = add(&mut p, "c1", 0).expect("ip");
+        let other = AttachmentKey {
+            ifname: "net1".into(),
+            ..key("c1")
+        };
+        let plan = p.plan_add(&other, "/n", None, 0).expect("ip");
+        assert_ne!(plan.allocation.ip, a);
+    }
+
+    #[test]
+    fn released_ips_cool_down_before_reuse() {
+        let mut p = pool(&[10], 30_000);
+        let a = add(&mut p, "c1", 1_000).expect("ip");
+        assert_eq!(del(&mut p, "c1", 2_000), Some(a));
+        let err = add(&mut p, "c2", 2_001).expect_err("cooling");
+        assert_eq!(
+            err,
+            IpamError::Exhausted {
+                total: 1,
+                allocated: 0,
+                cooling: 1
+            }
+        );
+        assert_eq!(add(&mut p, "c2", 32_000).expect("cooled"), a);
+    }
+
+    #[test]
+    fn reusing_a_cooled_ip_clears_its_record() {
+        let mut p = pool(&[10], 10);
+        add(&mut p, "c1", 0).expect("ip");
+        del(&mut p, "c1", 0);
+        let plan = p.plan_add(&key("c2"), "/n", None, 100).expect("ip");
+        assert_eq!(
+            plan.changes[0],
+            Change::RemoveCooling(Ipv4Addr::new(10, 0, 0, 10))
+        );
+    }
+
+    #[test]
+    fn fresh_ips_are_preferred_over_cooled_ones() {
+        let mut p = pool(&[10, 11], 30_000);
+        add(&mut p, "c1", 0).expect("ip");
+        del(&mut p, "c1", 0);
+        assert_eq!(
+            add(&mut p, "c2", 1).expect("ip"),
+            Ipv4Addr::new(10, 0, 0, 11)
+        );
+    }
+
+    #[test]
+    fn releasing_an_unknown_attachment_is_a_no_op() {
+        let p = pool(&[10], 0);
+        assert!(p.plan_release(&key("nobody"), 0).is_none());
+    }
+
+    #[test]
+    fn counts_and_view_agree() {
+        let mut p = pool(&[10, 11, 12], 100);
+        add(&mut p, "c1", 0).expect("ip");
+        add(&mut p, "c2", 0).expect("ip");
+        del(&mut p, "c2", 0);
+        assert_eq!(
+            p.counts(50),
+            Counts {
+                total: 3,
+                allocated: 1,
+                cooling: 1,
+                free: 1
+            }
+        );
+        assert_eq!(
+            p.counts(200),
+            Counts {
+                total: 3,
+                allocated: 1,
+                cooling: 0,
+                free: 2
+            }
+        );
+        let view = p.view(50);
+        let states: Vec<_> = view.enis[0].ips.iter().map(|i| &i.state).collect();
+        assert!(matches!(states[0], IpState::Allocated { .. }));
+        assert!(matches!(states[1], IpState::Cooling { until_ms: 100 }));
+        assert!(matches!(states[2], IpState::Free));
+    }
+
+    #[test]
+    fn restore_rebuilds_the_same_pool() {
+        let mut p = pool(&[10, 11, 12], 100);
+        add(&mut p, "c1", 0).expect("ip");
+        add(&mut p, "c2", 0).expect("ip");
+        del(&mut p, "c1", 5);
+        let snap = Snapshot {
+            enis: p.enis().to_vec(),
+            allocations: p.allocations().cloned().collect(),
+            cooling: vec![(Ipv4Addr::new(10, 0, 0, 10), 105)],
+        };
+        let q = Ipam::restore(100, snap).expect("restore");
+        assert_eq!(q.view(6), p.view(6));
+        assert_eq!(q.counts(6), p.counts(6));
+    }
+
+    #[test]
+    fn restore_refuses_double_allocation() {
+        let a = Allocation {
+            key: key("c1"),
+            ip: Ipv4Addr::new(10, 0, 0, 10),
+            eni_id: "eni-1".into(),
+            netns: "/n".into(),
+            pod: None,
+            created_ms: 0,
+        };
+        let b = Allocation {
+            key: key("c2"),
+            ..a.clone()
+        };
+        let snap = Snapshot {
+            enis: vec![eni("eni-1", &[10])],
+            allocations: vec![a, b],
+            cooling: vec![],
+        };
+        assert!(matches!(
+            Ipam::restore(0, snap),
+            Err(IpamError::DoubleAllocation { .. })
+        ));
+    }
+
+    #[test]
+    fn ips_spread_over_enis_in_attach_order() {
+        let mut p = Ipam::new(0);
+        p.apply(&[
+            Change::PutEni(eni("eni-b", &[20])),
+            Change::PutEni(eni("eni-a", &[10])),
+        ]);
+        let plan = p.plan_add(&key("c1"), "/n", None, 0).expect("ip");
+        assert_eq!(plan.allocation.eni_id, "eni-b");
+    }
+}

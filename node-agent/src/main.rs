@@ -1,0 +1,50 @@
+//! `vpc-cni-agent`: the per-node daemon (`run`) and the operator CLI.
+
+mod agent;
+mod cloud;
+mod commands;
+mod dataplane;
+mod duration;
+mod ipam;
+mod logging;
+mod pool;
+mod server;
+mod store;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vpc-cni-agent",
+    version,
+    about = "vpc-cni node agent: IPAM, ENIs and pod networking"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent.
+    Run(commands::run::RunArgs),
+    /// Show the IP pool: ENIs, IPs and who holds them.
+    Pool(commands::pool::PoolArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => commands::run::run(args),
+        Command::Pool(args) => commands::pool::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vpc-cni-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The agent's Unix socket: one request and one reply per connection, root
+//! callers only, every connection in its own task with read and write
+//! deadlines and a frame size cap, so a slow or broken client never holds
+//! up the others.
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::wire::{self, AgentError, ErrorKind, Reply, Request, WireError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+/// Something that answers requests.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
+    fn handle(&self, request: Request) -> impl Future<Output = Reply> + Send;
+}
+
+/// Limits of the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// How long a client may take to send its request.
+    pub read_timeout: Duration,
+    /// How long a client may take to read its reply.
+    pub write_timeout: Duration,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// The only uid allowed to call (root).
+    pub allowed_uid: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            read_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(5),
+            max_connections: 256,
+            allowed_uid: 0,
+        }
+    }
+}
+
+/// Socket setup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another process answers on the socket.
+    #[error("another agent is already listening on {0}")]
+    InUse(String),
+    /// The path exists and is not a socket.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(String),
+    /// The filesystem refused.
+    #[error("cannot listen on {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Binds the socket at `path` with mode 0600, replacing a stale socket left
+/// by an agent that died, but never a live one or a non-socket file.
+pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    let shown = path.display().to_string();
+    let io_err = |source| BindError::Io {
+        path: shown.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => return Err(BindError::NotASocket(shown)),
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(BindError::InUse(shown));
+            }
+            std::fs::remove_file(path).map_err(io_err)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    Ok(listener)
+}
+
+/// Serves until `shutdown` completes, then waits briefly for requests in
+/// flight.
+pub async fn serve<H: Handler>(
+    listener: UnixListener,
+    handler: Arc<H>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let handler = Arc::clone(&handler);
+                    tokio::spawn(async move {
+                        connection(stream, handler.as_ref(), config).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    info!("shutting down; waiting for requests in flight");
+    let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(Duration::from_secs(5), slots.acquire_many(all)).await;
+}
+
+/// Whether a caller with `uid` may use the agent.
+pub fn authorize(uid: u32, allowed: u32) -> Result<(), AgentError> {
+    if uid == allowed {
+        Ok(())
+    } else {
+        Err(AgentError::new(
+            ErrorKind::PermissionDenied,
+            format!("caller uid {uid} is not allowed; only uid {allowed} may use the agent"),
+        ))
+    }
+}
+
+async fn connection<H: Handler>(mut stream: UnixStream, handler: &H, config: ServerConfig) {
+    let reply = match stream.peer_cred() {
+        Err(e) => Err(AgentError::new(
+            ErrorKind::PermissionDenied,
+            format!("cannot read caller credentials: {e}"),
+        )),
+        Ok(cred) => match authorize(cred.uid(), config.allowed_uid) {
+            Err(e) => {
+                warn!(uid = cred.uid(), pid = ?cred.pid(), "refused caller");
+                Err(e)
+            }
+            Ok(()) => {
+                match tokio::time::timeout(config.read_timeout, read_request(&mut stream)).await {
+                    Err(_) => {
+                        debug!("client sent no complete request in time; dropped");
+                        return;
+                    }
+                    Ok(Err(WireError::Io(e))) => {
+                        debug!(error = %e, "client went away before its request was read");
+                        return;
+                    }
+                    Ok(Err(e)) => Err(AgentError::new(ErrorKind::Protocol, e.to_string())),
+                    Ok(Ok(request)) => handler.handle(request).await,
+                }
+            }
+        },
+    };
+    let payload = match wire::encode_reply(&reply) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "reply could not be encoded");
+            return;
+        }
+    };
+    let write = async {
+        let header =
+            wire::frame_header(payload.len()).map_err(|e| io::Error::other(e.to_string()))?;
+        stream.write_all(&header).await?;
+        stream.write_all(&payload).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout(config.write_timeout, write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "client went away before its reply was written"),
+        Err(_) => debug!("client did not read its reply in time"),
+    }
+}
+
+async fn read_request(stream: &mut UnixStream) -> Result<Request, WireError> {
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).await?;
+    let len = wire::parse_header(header)?;
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).await?;
+    wire::decode_request(&payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::wire::Response;
+    use std::time::Instant;
+
+    struct Echo;
+
+    impl Handler for Echo {
+        async fn handle(&self, request: Request) -> Reply {
+            match request {
+                Request::Status => Ok(Response::Deleted),
+                _ => Err(AgentError::new(ErrorKind::Internal, "only status")),
+            }
+        }
+    }
+
+    fn start(
+        config: ServerConfig,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.sock");
+        let listener = bind(&path).expect("bind");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(serve(listener, Arc::new(Echo), config, async {
+            let _ = rx.await;
+        }));
+        (dir, path, tx)
+    }
+
+    fn call(path: &Path) -> Result<Reply, proto::client::CallError> {
+        proto::client::call(path, &Request::Status, Duration::from_secs(5))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_client_does_not_stall_others() {
+        let (_dir, path, _stop) = start(ServerConfig::default());
+        let mut silent = UnixStream::connect(&path).await.expect("connect");
+        silent.write_all(&[0, 0]).await.expect("half a header");
+        let p = path.clone();
+        let started = Instant::now();
+        let reply = tokio::task::spawn_blocking(move || call(&p))
+            .await
+            .expect("join")
+            .expect("call");
+        assert_eq!(reply, Ok(Response::Deleted));
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oversized_and_garbage_frames_get_protocol_errors() {
+        let (_dir, path, _stop) = start(ServerConfig::default());
+        for frame in [((wire::MAX_FRAME + 1) as u32).to_be_bytes().to_vec(), {
+            let mut f = 5u32.to_be_bytes().to_vec();
+            f.extend_from_slice(b"hello");
+            f
+        }] {
+            let mut s = UnixStream::connect(&path).await.expect("connect");
+            s.write_all(&frame).await.expect("write");
+            let mut header = [0u8; 4];
+            s.read_exact(&mut header).await.expect("header");
+            let mut payload = vec![0u8; wire::parse_header(header).expect("len")];
+            s.read_exact(&mut payload).await.expect("payload");
+            let reply = wire::decode_reply(&payload).expect("reply");
+            assert_eq!(reply.expect_err("error").kind, ErrorKind::Protocol);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_other_than_the_allowed_uid_are_refused() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let (_dir, path, _stop) = start(ServerConfig {
+            allowed_uid: me.wrapping_add(1),
+            ..ServerConfig::default()
+        });
+        let reply = tokio::task::spawn_blocking(move || call(&path))
+            .await
+            .expect("join")
+            .expect("call");
+        assert_eq!(
+            reply.expect_err("refused").kind,
+            ErrorKind::PermissionDenied
+        );
+    }
+
+    #[tokio::test]
+    async fn socket_is_private_and_stale_sockets_are_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.sock");
+        drop(bind(&path).expect("bind"));
+        assert!(
+            path.exists(),
+            "a dropped listener leaves its file, like a killed agent"
+        );
+        let listener = bind(&path).expect("rebind over stale socket");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(bind(&path), Err(BindError::InUse(_))));
+        drop(listener);
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").expect("write");
+        assert!(matches!(bind(&file), Err(BindError::NotASocket(_))));
+    }
+
+    #[test]
+    fn only_the_allowed_uid_passes() {
+        assert!(authorize(0, 0).is_ok());
+        assert_eq!(
+            authorize(1000, 0).expect_err("refused").kind,
+            ErrorKind::PermissionDenied
+        );
+    }
+}

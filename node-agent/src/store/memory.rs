@@ -1,0 +1,66 @@
+//! An in-memory store for tests, with a switch that makes commits fail.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use proto::wire::AttachmentKey;
+
+use super::{Store, StoreError};
+use crate::ipam::{Allocation, Change, EniRecord, Snapshot, UnixMillis};
+
+/// A store that lives in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    enis: Vec<EniRecord>,
+    allocations: BTreeMap<AttachmentKey, Allocation>,
+    cooling: BTreeMap<Ipv4Addr, UnixMillis>,
+    /// When set, every commit fails and changes nothing.
+    pub fail_commits: bool,
+}
+
+impl MemoryStore {
+    /// A store whose every commit fails.
+    pub fn failing() -> MemoryStore {
+        MemoryStore {
+            fail_commits: true,
+            ..MemoryStore::default()
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        Ok(Snapshot {
+            enis: self.enis.clone(),
+            allocations: self.allocations.values().cloned().collect(),
+            cooling: self.cooling.iter().map(|(ip, t)| (*ip, *t)).collect(),
+        })
+    }
+
+    fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        if self.fail_commits {
+            return Err(StoreError::Io("injected commit failure".into()));
+        }
+        for c in changes {
+            match c {
+                Change::PutEni(e) => match self.enis.iter_mut().find(|x| x.id == e.id) {
+                    Some(slot) => *slot = e.clone(),
+                    None => self.enis.push(e.clone()),
+                },
+                Change::PutAllocation(a) => {
+                    self.allocations.insert(a.key.clone(), a.clone());
+                }
+                Change::RemoveAllocation(k) => {
+                    self.allocations.remove(k);
+                }
+                Change::PutCooling(ip, t) => {
+                    self.cooling.insert(*ip, *t);
+                }
+                Change::RemoveCooling(ip) => {
+                    self.cooling.remove(ip);
+                }
+            }
+        }
+        Ok(())
+    }
+}

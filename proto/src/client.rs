@@ -1,0 +1,75 @@
+//! The blocking round trip to the agent: connect, send one request frame,
+//! read one reply frame, all within a deadline.
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::wire::{self, Reply, Request, WireError};
+
+/// Why a call to the agent failed before a reply arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Nothing listens on the socket, or it does not exist.
+    #[error("agent unreachable at {path}: {source}")]
+    Unreachable {
+        /// The socket path.
+        path: String,
+        /// The connect error.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket exists but this caller may not use it.
+    #[error("permission denied connecting to the agent at {path}")]
+    PermissionDenied {
+        /// The socket path.
+        path: String,
+    },
+    /// The agent did not answer in time.
+    #[error("agent did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The exchange itself failed.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+/// Sends `request` to the agent at `socket` and waits at most `timeout` for
+/// each of the write and the read.
+pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply, CallError> {
+    let path = socket.display().to_string();
+    let mut stream = UnixStream::connect(socket).map_err(|source| {
+        if source.kind() == io::ErrorKind::PermissionDenied {
+            CallError::PermissionDenied { path: path.clone() }
+        } else {
+            CallError::Unreachable {
+                path: path.clone(),
+                source,
+            }
+        }
+    })?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(WireError::Io)?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(WireError::Io)?;
+    let payload = wire::encode_request(request)?;
+    wire::write_frame(&mut stream, &payload).map_err(|e| timed_out(e, timeout))?;
+    let reply = wire::read_frame(&mut stream).map_err(|e| timed_out(e, timeout))?;
+    Ok(wire::decode_reply(&reply)?)
+}
+
+fn timed_out(e: WireError, timeout: Duration) -> CallError {
+    match e {
+        WireError::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            CallError::Timeout(timeout)
+        }
+        other => CallError::Wire(other),
+    }
+}

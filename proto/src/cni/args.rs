@@ -1,0 +1,117 @@
+//! `CNI_ARGS`: `KEY=VALUE` pairs separated by `;`, as the CNI conventions
+//! define them, with the keys Kubernetes runtimes send.
+
+use super::{CniError, codes};
+
+/// The pod a CNI call is for, as the runtime names it in `CNI_ARGS`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodArgs {
+    /// `K8S_POD_NAMESPACE`.
+    pub namespace: Option<String>,
+    /// `K8S_POD_NAME`.
+    pub name: Option<String>,
+    /// `K8S_POD_UID`.
+    pub uid: Option<String>,
+    /// `K8S_POD_INFRA_CONTAINER_ID`.
+    pub infra_container_id: Option<String>,
+}
+
+/// Parsed `CNI_ARGS`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CniArgs {
+    /// The Kubernetes pod keys.
+    pub pod: PodArgs,
+    /// Whether `IgnoreUnknown` was set to a true value.
+    pub ignore_unknown: bool,
+}
+
+impl CniArgs {
+    /// Parses `CNI_ARGS`. An unknown key is an error unless `IgnoreUnknown`
+    /// is true; a pair without `=` is always an error.
+    pub fn parse(raw: &str) -> Result<CniArgs, CniError> {
+        let mut args = CniArgs::default();
+        let mut unknown = Vec::new();
+        for pair in raw.split(';').filter(|p| !p.is_empty()) {
+            let Some((key, value)) = pair.split_once('=') else {
+                return Err(bad(format!(
+                    "CNI_ARGS: invalid pair {pair:?}, expected KEY=VALUE"
+                )));
+            };
+            let value = value.to_string();
+            match key {
+                "K8S_POD_NAMESPACE" => args.pod.namespace = Some(value),
+                "K8S_POD_NAME" => args.pod.name = Some(value),
+                "K8S_POD_UID" => args.pod.uid = Some(value),
+                "K8S_POD_INFRA_CONTAINER_ID" => args.pod.infra_container_id = Some(value),
+                "IgnoreUnknown" => args.ignore_unknown = parse_bool(&value)?,
+                _ => unknown.push(key.to_string()),
+            }
+        }
+        if !unknown.is_empty() && !args.ignore_unknown {
+            return Err(bad(format!(
+                "CNI_ARGS: unknown keys [{}] (set IgnoreUnknown=1 to accept them)",
+                unknown.join(", ")
+            )));
+        }
+        Ok(args)
+    }
+}
+
+fn parse_bool(value: &str) -> Result<bool, CniError> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" => Ok(true),
+        "0" | "false" => Ok(false),
+        _ => Err(bad(format!(
+            "CNI_ARGS: IgnoreUnknown={value:?} is not a boolean"
+        ))),
+    }
+}
+
+fn bad(msg: String) -> CniError {
+    CniError::new(codes::INVALID_ENVIRONMENT, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kubelet_args() {
+        let a = CniArgs::parse(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;\
+             K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1",
+        )
+        .expect("parse");
+        assert_eq!(a.pod.namespace.as_deref(), Some("default"));
+        assert_eq!(a.pod.name.as_deref(), Some("web-0"));
+        assert_eq!(a.pod.uid.as_deref(), Some("u-1"));
+        assert_eq!(a.pod.infra_container_id.as_deref(), Some("abc"));
+        assert!(a.ignore_unknown);
+    }
+
+    #[test]
+    fn empty_is_fine() {
+        assert_eq!(CniArgs::parse("").expect("parse"), CniArgs::default());
+    }
+
+    #[test]
+    fn unknown_keys_need_ignore_unknown() {
+        let e = CniArgs::parse("FOO=bar").expect_err("unknown");
+        assert_eq!(e.code, codes::INVALID_ENVIRONMENT);
+        assert!(e.msg.contains("FOO"));
+        assert!(CniArgs::parse("FOO=bar;IgnoreUnknown=true").is_ok());
+        assert!(CniArgs::parse("IgnoreUnknown=0;FOO=bar").is_err());
+    }
+
+    #[test]
+    fn malformed_pairs_and_bools_are_errors() {
+        assert!(CniArgs::parse("K8S_POD_NAME").is_err());
+        assert!(CniArgs::parse("IgnoreUnknown=maybe").is_err());
+    }
+
+    #[test]
+    fn value_may_contain_equals() {
+        let a = CniArgs::parse("K8S_POD_NAME=a=b").expect("parse");
+        assert_eq!(a.pod.name.as_deref(), Some("a=b"));
+    }
+}

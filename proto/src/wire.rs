@@ -1,0 +1,622 @@
+//! The plugin↔agent protocol: one request frame and one reply frame per
+//! connection. A frame is a 4-byte big-endian length followed by that many
+//! bytes of JSON; frames above [`MAX_FRAME`] are refused before they are
+//! read. Both envelopes carry [`PROTOCOL_VERSION`].
+
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cni::codes;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The largest frame either side accepts, in bytes.
+pub const MAX_FRAME: usize = 2 * 1024 * 1024;
+
+/// What can go wrong encoding, decoding or moving a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The frame is larger than [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    /// The frame is not valid JSON of the expected shape.
+    #[error("malformed frame: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// The peer speaks another protocol version.
+    #[error("protocol version {got} is not supported (this side speaks {PROTOCOL_VERSION})")]
+    Version {
+        /// The version the peer sent.
+        got: u32,
+    },
+    /// Reading or writing the socket failed.
+    #[error("socket I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Identifies one attachment, as the CNI spec keys them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentKey {
+    /// The network name from the configuration.
+    pub network: String,
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+}
+
+impl std::fmt::Display for AttachmentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.network, self.container_id, self.ifname)
+    }
+}
+
+/// The Kubernetes pod behind an attachment, when the runtime says.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodRef {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// Pod UID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+/// ADD: allocate an IP and wire the pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddRequest {
+    /// Which attachment.
+    pub key: AttachmentKey,
+    /// `CNI_NETNS`.
+    pub netns: String,
+    /// The pod, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+}
+
+/// DEL: unwire the pod and release its IP. Idempotent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelRequest {
+    /// Which attachment.
+    pub key: AttachmentKey,
+    /// `CNI_NETNS`, absent when the runtime no longer has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+}
+
+/// CHECK: confirm the attachment is as ADD left it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    /// Which attachment.
+    pub key: AttachmentKey,
+    /// `CNI_NETNS`.
+    pub netns: String,
+    /// Addresses `prevResult` reports for this interface (CIDR form).
+    #[serde(default)]
+    pub expected_addresses: Vec<String>,
+}
+
+/// GC: release every attachment of `network` that is not listed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcRequest {
+    /// The network name.
+    pub network: String,
+    /// The attachments that must stay.
+    pub valid: Vec<GcAttachment>,
+}
+
+/// One valid attachment of a GC request.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcAttachment {
+    /// The container id.
+    pub container_id: String,
+    /// The interface name.
+    pub ifname: String,
+}
+
+/// A request to the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// CNI ADD.
+    Add(AddRequest),
+    /// CNI DEL.
+    Del(DelRequest),
+    /// CNI CHECK.
+    Check(CheckRequest),
+    /// CNI GC.
+    Gc(GcRequest),
+    /// CNI STATUS.
+    Status,
+    /// Operator: the pool, its ENIs, IPs and allocations.
+    Pool,
+}
+
+/// What ADD set up, from which the plugin builds the CNI result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddReply {
+    /// The pod's address (a /32).
+    pub ip: Ipv4Addr,
+    /// The pod's default gateway (link-local, reached on-link).
+    pub gateway: Ipv4Addr,
+    /// The host end of the veth pair.
+    pub host_ifname: String,
+    /// The host end's MAC.
+    pub host_mac: String,
+    /// The pod end's MAC.
+    pub pod_mac: String,
+    /// The pod interface's MTU.
+    pub mtu: u32,
+    /// The ENI the address belongs to.
+    pub eni_id: String,
+}
+
+/// STATUS: whether ADD can be served.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusReply {
+    /// Ready to serve ADD.
+    pub ready: bool,
+    /// Why not, when not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// State of one IP of the pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum IpState {
+    /// Free to hand out.
+    Free,
+    /// Held by an attachment.
+    Allocated {
+        /// The attachment.
+        key: AttachmentKey,
+        /// The pod, if known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pod: Option<PodRef>,
+    },
+    /// Released recently; not handed out before `until_ms` (Unix ms).
+    Cooling {
+        /// End of the cooldown, Unix milliseconds.
+        until_ms: u64,
+    },
+}
+
+/// One IP of the pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpView {
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// Its state.
+    #[serde(flatten)]
+    pub state: IpState,
+}
+
+/// One secondary ENI of the pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EniView {
+    /// ENI id.
+    pub id: String,
+    /// MAC address.
+    pub mac: String,
+    /// Subnet id.
+    pub subnet_id: String,
+    /// Its secondary IPs.
+    pub ips: Vec<IpView>,
+}
+
+/// The whole pool, for operators.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolView {
+    /// Secondary ENIs in attach order.
+    pub enis: Vec<EniView>,
+}
+
+/// A successful reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    /// ADD done.
+    Added(AddReply),
+    /// DEL done (also when there was nothing to delete).
+    Deleted,
+    /// CHECK passed.
+    Checked,
+    /// GC done.
+    Collected {
+        /// How many attachments were released.
+        released: u32,
+    },
+    /// STATUS answer.
+    Status(StatusReply),
+    /// Pool view.
+    Pool(PoolView),
+}
+
+/// Why the agent failed a request. Mapped to a CNI code by
+/// [`ErrorKind::cni_code`], the one place that decides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request frame was malformed or of another protocol version.
+    Protocol,
+    /// The request itself is invalid.
+    InvalidRequest,
+    /// The caller is not allowed to talk to the agent.
+    PermissionDenied,
+    /// No IP can be handed out.
+    NoIpAvailable,
+    /// CHECK: no such attachment.
+    UnknownAttachment,
+    /// CHECK: the attachment differs from what was expected.
+    Mismatch,
+    /// Kernel programming failed.
+    Dataplane,
+    /// The state store failed.
+    Store,
+    /// The cloud API failed.
+    Cloud,
+    /// The agent is not ready yet.
+    NotReady,
+    /// Anything else.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The CNI error code the plugin reports for this kind.
+    pub fn cni_code(self) -> u32 {
+        match self {
+            ErrorKind::Protocol => codes::AGENT_PROTOCOL,
+            ErrorKind::InvalidRequest => codes::INVALID_NETWORK_CONFIG,
+            ErrorKind::PermissionDenied => codes::PERMISSION_DENIED,
+            ErrorKind::NoIpAvailable => codes::NO_IP_AVAILABLE,
+            ErrorKind::UnknownAttachment => codes::UNKNOWN_CONTAINER,
+            ErrorKind::Mismatch => codes::CHECK_MISMATCH,
+            ErrorKind::Dataplane => codes::DATAPLANE,
+            ErrorKind::Store => codes::STORE,
+            ErrorKind::Cloud => codes::CLOUD,
+            ErrorKind::NotReady => codes::TRY_AGAIN_LATER,
+            ErrorKind::Internal => codes::AGENT_INTERNAL,
+        }
+    }
+}
+
+/// A failed reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// A message for the operator.
+    pub message: String,
+}
+
+impl AgentError {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> AgentError {
+        AgentError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The outcome of a request.
+pub type Reply = Result<Response, AgentError>;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestEnvelope {
+    version: u32,
+    request: Request,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReplyEnvelope {
+    version: u32,
+    #[serde(flatten)]
+    outcome: Outcome,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Outcome {
+    Ok(Response),
+    Error(AgentError),
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    version: u32,
+}
+
+/// Serialises a request into a frame payload.
+pub fn encode_request(request: &Request) -> Result<Vec<u8>, WireError> {
+    checked(serde_json::to_vec(&RequestEnvelope {
+        version: PROTOCOL_VERSION,
+        request: request.clone(),
+    }))
+}
+
+/// Parses a frame payload into a request; the version is checked first so
+/// a newer peer gets a version error rather than a parse error.
+pub fn decode_request(payload: &[u8]) -> Result<Request, WireError> {
+    check_version(payload)?;
+    let env: RequestEnvelope = serde_json::from_slice(payload).map_err(WireError::Malformed)?;
+    Ok(env.request)
+}
+
+/// Serialises a reply into a frame payload.
+pub fn encode_reply(reply: &Reply) -> Result<Vec<u8>, WireError> {
+    let outcome = match reply {
+        Ok(r) => Outcome::Ok(r.clone()),
+        Err(e) => Outcome::Error(e.clone()),
+    };
+    checked(serde_json::to_vec(&ReplyEnvelope {
+        version: PROTOCOL_VERSION,
+        outcome,
+    }))
+}
+
+/// Parses a frame payload into a reply.
+pub fn decode_reply(payload: &[u8]) -> Result<Reply, WireError> {
+    check_version(payload)?;
+    let env: ReplyEnvelope = serde_json::from_slice(payload).map_err(WireError::Malformed)?;
+    Ok(match env.outcome {
+        Outcome::Ok(r) => Ok(r),
+        Outcome::Error(e) => Err(e),
+    })
+}
+
+/// The frame header for a payload.
+pub fn frame_header(payload_len: usize) -> Result<[u8; 4], WireError> {
+    if payload_len > MAX_FRAME {
+        return Err(WireError::TooLarge(payload_len));
+    }
+    Ok((payload_len as u32).to_be_bytes())
+}
+
+/// The payload length a header announces, refused if above [`MAX_FRAME`].
+pub fn parse_header(header: [u8; 4]) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Writes one frame.
+pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> Result<(), WireError> {
+    let header = frame_header(payload.len())?;
+    w.write_all(&header)?;
+    w.write_all(payload)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one frame.
+pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, WireError> {
+    let mut header = [0u8; 4];
+    r.read_exact(&mut header)?;
+    let len = parse_header(header)?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)?;
+    Ok(payload)
+}
+
+fn check_version(payload: &[u8]) -> Result<(), WireError> {
+    let probe: VersionProbe = serde_json::from_slice(payload).map_err(WireError::Malformed)?;
+    if probe.version != PROTOCOL_VERSION {
+        return Err(WireError::Version { got: probe.version });
+    }
+    Ok(())
+}
+
+fn checked(bytes: serde_json::Result<Vec<u8>>) -> Result<Vec<u8>, WireError> {
+    let bytes = bytes.map_err(WireError::Malformed)?;
+    if bytes.len() > MAX_FRAME {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> AttachmentKey {
+        AttachmentKey {
+            network: "vpc".into(),
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn all_requests() -> Vec<Request> {
+        vec![
+            Request::Add(AddRequest {
+                key: key(),
+                netns: "/var/run/netns/p1".into(),
+                pod: Some(PodRef {
+                    namespace: "default".into(),
+                    name: "web-0".into(),
+                    uid: None,
+                }),
+            }),
+            Request::Del(DelRequest {
+                key: key(),
+                netns: None,
+            }),
+            Request::Check(CheckRequest {
+                key: key(),
+                netns: "/n".into(),
+                expected_addresses: vec!["10.0.0.5/32".into()],
+            }),
+            Request::Gc(GcRequest {
+                network: "vpc".into(),
+                valid: vec![GcAttachment {
+                    container_id: "c1".into(),
+                    ifname: "eth0".into(),
+                }],
+            }),
+            Request::Status,
+            Request::Pool,
+        ]
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        for r in all_requests() {
+            let bytes = encode_request(&r).expect("encode");
+            assert_eq!(decode_request(&bytes).expect("decode"), r);
+        }
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let replies: Vec<Reply> = vec![
+            Ok(Response::Added(AddReply {
+                ip: Ipv4Addr::new(10, 0, 1, 5),
+                gateway: Ipv4Addr::new(169, 254, 1, 1),
+                host_ifname: "vpc0123456789a".into(),
+                host_mac: "02:00:00:00:00:01".into(),
+                pod_mac: "02:00:00:00:00:02".into(),
+                mtu: 1500,
+                eni_id: "eni-1".into(),
+            })),
+            Ok(Response::Deleted),
+            Ok(Response::Collected { released: 3 }),
+            Ok(Response::Status(StatusReply {
+                ready: false,
+                reason: Some("x".into()),
+            })),
+            Ok(Response::Pool(PoolView {
+                enis: vec![EniView {
+                    id: "eni-1".into(),
+                    mac: "m".into(),
+                    subnet_id: "s".into(),
+                    ips: vec![
+                        IpView {
+                            ip: Ipv4Addr::new(10, 0, 0, 1),
+                            state: IpState::Free,
+                        },
+                        IpView {
+                            ip: Ipv4Addr::new(10, 0, 0, 2),
+                            state: IpState::Allocated {
+                                key: key(),
+                                pod: None,
+                            },
+                        },
+                        IpView {
+                            ip: Ipv4Addr::new(10, 0, 0, 3),
+                            state: IpState::Cooling { until_ms: 5 },
+                        },
+                    ],
+                }],
+            })),
+            Err(AgentError::new(ErrorKind::NoIpAvailable, "empty")),
+        ];
+        for r in replies {
+            let bytes = encode_reply(&r).expect("encode");
+            assert_eq!(decode_reply(&bytes).expect("decode"), r);
+        }
+    }
+
+    #[test]
+    fn malformed_requests_are_refused() {
+        for bad in [
+            &b""[..],
+            b"null",
+            b"{}",
+            b"{\"version\":1}",
+            b"{\"version\":1,\"request\":{\"op\":\"explode\"}}",
+            b"{\"version\":1,\"request\":{\"op\":\"add\"}}",
+            b"{\"version\":1,\"request\":{\"op\":\"status\"},\"extra\":1}",
+            b"{\"version\":1,\"request\":{\"op\":\"del\",\"key\":{\"network\":\"n\",\"container_id\":\"c\",\"ifname\":\"e\",\"x\":1}}}",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                matches!(decode_request(bad), Err(WireError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn other_versions_get_a_version_error() {
+        let err = decode_request(br#"{"version":2,"request":{"op":"status","new":true}}"#)
+            .expect_err("version");
+        assert!(matches!(err, WireError::Version { got: 2 }));
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_reading() {
+        let header = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        assert!(matches!(parse_header(header), Err(WireError::TooLarge(_))));
+        let mut input = std::io::Cursor::new(header.to_vec());
+        assert!(matches!(
+            read_frame(&mut input),
+            Err(WireError::TooLarge(_))
+        ));
+        assert!(frame_header(MAX_FRAME + 1).is_err());
+    }
+
+    #[test]
+    fn frames_round_trip_through_io() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, b"hello").expect("write");
+        assert_eq!(
+            read_frame(&mut std::io::Cursor::new(buf)).expect("read"),
+            b"hello"
+        );
+    }
+
+    #[test]
+    fn truncated_frames_are_io_errors() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, b"hello").expect("write");
+        buf.truncate(6);
+        assert!(matches!(
+            read_frame(&mut std::io::Cursor::new(buf)),
+            Err(WireError::Io(_))
+        ));
+    }
+
+    #[test]
+    fn every_error_kind_maps_to_a_documented_code() {
+        use ErrorKind::*;
+        for kind in [
+            Protocol,
+            InvalidRequest,
+            PermissionDenied,
+            NoIpAvailable,
+            UnknownAttachment,
+            Mismatch,
+            Dataplane,
+            Store,
+            Cloud,
+            NotReady,
+            Internal,
+        ] {
+            let code = kind.cni_code();
+            assert!(
+                code < 100 || (100..=107).contains(&code),
+                "{kind:?} -> {code}"
+            );
+        }
+    }
+}
