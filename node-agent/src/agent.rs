@@ -4,6 +4,7 @@
 //! happens outside it.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -77,7 +78,11 @@ pub struct Agent<C, D> {
     state: Arc<Mutex<State>>,
     grow_lock: tokio::sync::Mutex<()>,
     pool_changed: Notify,
+    waiting_for_ip: AtomicUsize,
 }
+
+/// How often one ADD grows the pool before it gives up.
+const MAX_GROW_ATTEMPTS: u32 = 5;
 
 impl<C, D> std::fmt::Debug for Agent<C, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,6 +140,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             })),
             grow_lock: tokio::sync::Mutex::new(()),
             pool_changed: Notify::new(),
+            waiting_for_ip: AtomicUsize::new(0),
         })
     }
 
@@ -153,12 +159,20 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     }
 
     async fn add(&self, req: AddRequest) -> Result<Response, AgentError> {
-        let plan = match self.allocate(&req).await {
-            Err(e) if e.kind == ErrorKind::NoIpAvailable => {
-                self.grow(self.config.warm_ip_target.max(1)).await?;
-                self.allocate(&req).await?
+        let mut attempts = 0;
+        let plan = loop {
+            match self.allocate(&req).await {
+                Err(e) if e.kind == ErrorKind::NoIpAvailable && attempts < MAX_GROW_ATTEMPTS => {
+                    // Grow for everyone waiting, not just this pod; another
+                    // ADD may take what this one grew, hence the retries.
+                    attempts += 1;
+                    let waiting = self.waiting_for_ip.fetch_add(1, Ordering::SeqCst) + 1;
+                    let grown = self.grow(self.config.warm_ip_target.max(1) + waiting).await;
+                    self.waiting_for_ip.fetch_sub(1, Ordering::SeqCst);
+                    grown?;
+                }
+                other => break other?,
             }
-            other => other?,
         };
         self.pool_changed.notify_one();
         let spec = self.spec(&plan.allocation)?;

@@ -1,1 +1,297 @@
-//! Helpers shared by the integration tests.
+//! Helpers for the workspace integration tests: the real `vpc-cni` and
+//! `vpc-cni-agent` binaries, run the way kubelet and a node run them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use proto::wire::{PoolView, Request, Response};
+use serde_json::Value;
+
+/// Path of a workspace binary, building the binaries once if they are
+/// missing (plain `cargo test` builds only test targets).
+pub fn bin(name: &str) -> PathBuf {
+    static BUILD: Once = Once::new();
+    let dir = target_dir();
+    let path = dir.join(name);
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "cni-plugin",
+                "-p",
+                "node-agent",
+                "--bins",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+    });
+    assert!(path.exists(), "{} missing after build", path.display());
+    path
+}
+
+fn target_dir() -> PathBuf {
+    // The test binary lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A running `vpc-cni-agent` on a private socket and state directory.
+#[derive(Debug)]
+pub struct Agent {
+    /// Scratch space: socket, state, logs, fake netns files.
+    pub dir: tempfile::TempDir,
+    /// Extra flags given to `run`.
+    pub flags: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Starts an agent with the fake dataplane and `flags`, and waits until
+    /// it answers.
+    pub fn start(flags: &[&str]) -> Agent {
+        let mut agent = Agent {
+            dir: tempfile::tempdir().expect("tempdir"),
+            flags: flags.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// The agent's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    /// A file standing in for a pod's netns (the fake dataplane never
+    /// enters it, but the plugin checks it exists).
+    pub fn netns(&self, name: &str) -> String {
+        let p = self.dir.path().join(format!("netns-{name}"));
+        std::fs::write(&p, b"").expect("netns file");
+        p.display().to_string()
+    }
+
+    /// Starts the agent process (again) on the same state.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("log file");
+        let child = Command::new(bin("vpc-cni-agent"))
+            .arg("run")
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .args(["--dataplane", "fake", "--log-level", "debug"])
+            .args(&self.flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn agent");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Ok(Response::Status(_))) =
+                proto::client::call(&self.socket(), &Request::Status, Duration::from_secs(2))
+            {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("agent exited with {status} before serving:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready in time:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILLs the agent, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The pool as the agent reports it.
+    pub fn pool(&self) -> PoolView {
+        match proto::client::call(&self.socket(), &Request::Pool, Duration::from_secs(10)) {
+            Ok(Ok(Response::Pool(v))) => v,
+            other => panic!("pool: {other:?}"),
+        }
+    }
+
+    /// A network configuration for this agent.
+    pub fn conf(&self, version: &str) -> Value {
+        serde_json::json!({
+            "cniVersion": version,
+            "name": "vpc",
+            "type": "vpc-cni",
+            "agentSocket": self.socket(),
+            "timeoutSeconds": 10,
+        })
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// What one plugin run produced.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit status was zero.
+    pub ok: bool,
+    /// stdout.
+    pub stdout: String,
+    /// stderr.
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {:?}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// The CNI error code; panics if the run succeeded.
+    pub fn code(&self) -> u64 {
+        assert!(!self.ok, "expected failure, got success: {}", self.stdout);
+        self.json()["code"].as_u64().expect("code")
+    }
+}
+
+/// Environment of one CNI call.
+#[derive(Clone, Debug, Default)]
+pub struct CniEnv {
+    /// `(name, value)` pairs; only these are set.
+    pub vars: Vec<(String, String)>,
+}
+
+impl CniEnv {
+    /// The environment kubelet sets for a per-pod verb.
+    pub fn pod(command: &str, container: &str, netns: &str) -> CniEnv {
+        CniEnv::default()
+            .set("CNI_COMMAND", command)
+            .set("CNI_CONTAINERID", container)
+            .set("CNI_NETNS", netns)
+            .set("CNI_IFNAME", "eth0")
+            .set("CNI_PATH", "/opt/cni/bin")
+            .set(
+                "CNI_ARGS",
+                &format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={container};K8S_POD_INFRA_CONTAINER_ID={container}"),
+            )
+    }
+
+    /// The environment for a verb without an attachment (GC, STATUS, VERSION).
+    pub fn bare(command: &str) -> CniEnv {
+        CniEnv::default()
+            .set("CNI_COMMAND", command)
+            .set("CNI_PATH", "/opt/cni/bin")
+    }
+
+    /// Sets (or replaces) a variable.
+    pub fn set(mut self, name: &str, value: &str) -> CniEnv {
+        self.vars.retain(|(n, _)| n != name);
+        self.vars.push((name.into(), value.into()));
+        self
+    }
+
+    /// Removes a variable.
+    pub fn unset(mut self, name: &str) -> CniEnv {
+        self.vars.retain(|(n, _)| n != name);
+        self
+    }
+}
+
+/// Runs `vpc-cni` with exactly `env` and `stdin`, as kubelet does.
+pub fn cni(env: &CniEnv, stdin: &[u8]) -> Run {
+    cni_as(env, stdin, None)
+}
+
+/// Like [`cni`], as the given uid.
+pub fn cni_as(env: &CniEnv, stdin: &[u8], uid: Option<u32>) -> Run {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(bin("vpc-cni"));
+    cmd.env_clear().envs(env.vars.iter().map(|(k, v)| (k, v)));
+    if let Some(uid) = uid {
+        cmd.uid(uid);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vpc-cni");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    // The plugin may stop reading early (oversized input): ignore EPIPE.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait vpc-cni");
+    let _ = writer.join();
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).trim_end().to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}
+
+/// The `ip/32` a successful ADD result gives the pod interface.
+pub fn pod_address(result: &Value) -> String {
+    let ips = result["ips"].as_array().expect("ips");
+    let idx = result["interfaces"]
+        .as_array()
+        .expect("interfaces")
+        .iter()
+        .position(|i| i["name"] == "eth0" && i.get("sandbox").is_some())
+        .expect("pod interface");
+    ips.iter()
+        .find(|ip| ip["interface"].as_u64() == Some(idx as u64))
+        .and_then(|ip| ip["address"].as_str())
+        .expect("pod address")
+        .to_string()
+}
