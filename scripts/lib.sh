@@ -1,0 +1,40 @@
+# Shared by demo.sh and test.sh: install what the project needs, idempotently.
+# Debian 12, as root (or with sudo available).
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# apt packages, installed only if missing; `apt-get update` runs at most once.
+need_apt() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "==> installing ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+need_rust() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "cargo not found: install Rust 1.90 or newer (rustup) first" >&2
+        exit 1
+    fi
+    if command -v rustup >/dev/null 2>&1; then
+        for comp in "$@"; do
+            rustup component list --installed 2>/dev/null | grep -q "^${comp}" || rustup component add "$comp"
+        done
+    fi
+}
+
+need_nextest() {
+    cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
+}

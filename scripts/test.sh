@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests, the integration tests
+# that run the real binaries (privileged ones too when root), the crash
+# test, and the plugin's size and dependency budget.
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need_apt gcc libc6-dev
+need_rust rustfmt clippy
+need_nextest
+cd "$ROOT"
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "==> the plugin stays free of tokio and kube"
+if cargo tree -p cni-plugin -e normal --prefix none | grep -Eq '^(tokio|kube|k8s-openapi) '; then
+    echo "FAIL: cni-plugin depends on tokio or kube" >&2
+    exit 1
+fi
+
+echo "==> plugin size (release, stripped)"
+cargo build --release --quiet -p cni-plugin
+size=$(stat -c %s target/release/vpc-cni)
+echo "vpc-cni: $size bytes"
+[ "$size" -lt $((2 * 1024 * 1024)) ] || { echo "FAIL: vpc-cni is over 2 MiB" >&2; exit 1; }
+
+echo "==> tests"
+cargo build --workspace --bins --quiet
+cargo nextest run --workspace --no-fail-fast
