@@ -324,8 +324,18 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             Ok((changes, ()))
         })
         .await?;
-        if count > 0 {
-            info!(network = %req.network, released = count, "GC released stale attachments");
+        let live: Vec<Allocation> = self.lock().ipam.allocations().cloned().collect();
+        let keep = live
+            .iter()
+            .map(|a| self.spec(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let leftovers = self
+            .dataplane
+            .collect_garbage(&keep)
+            .await
+            .map_err(dataplane_error)?;
+        if count > 0 || leftovers > 0 {
+            info!(network = %req.network, released = count, leftovers, "GC done");
         }
         Ok(Response::Collected { released: count })
     }

@@ -8,9 +8,9 @@ use clap::{Args, ValueEnum};
 use tracing::level_filters::LevelFilter;
 use tracing::{error, info};
 
-use crate::agent::{Agent, AgentConfig, system_clock};
-use crate::cloud::{SimConfig, SimVpc};
-use crate::dataplane::FakeDataplane;
+use crate::agent::{Agent, AgentConfig, StartError, system_clock};
+use crate::cloud::{Cloud, SimConfig, SimVpc};
+use crate::dataplane::{Dataplane, FakeDataplane, NetlinkDataplane};
 use crate::logging::{self, LogFormat};
 use crate::server::{self, ServerConfig};
 use crate::store::RedbStore;
@@ -18,6 +18,8 @@ use crate::store::RedbStore;
 /// Which dataplane programs the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DataplaneKind {
+    /// Program veths, addresses, routes and rules over netlink.
+    Netlink,
     /// Touch nothing; record what would be done (development and tests).
     Fake,
 }
@@ -37,9 +39,12 @@ pub struct RunArgs {
     /// Free IPs the pool keeps ready for new pods.
     #[arg(long, default_value_t = 4)]
     warm_ip_target: usize,
-    /// The dataplane. Only `fake` exists yet; the netlink one is on its way.
-    #[arg(long, value_enum)]
+    /// The dataplane.
+    #[arg(long, value_enum, default_value = "netlink")]
     dataplane: DataplaneKind,
+    /// The network namespace to program as "the node" (default: the agent's own).
+    #[arg(long)]
+    node_netns: Option<PathBuf>,
     /// Simulated VPC: ENIs per node, the primary included.
     #[arg(long, default_value_t = SimConfig::default().max_enis)]
     sim_max_enis: u32,
@@ -80,18 +85,37 @@ async fn serve(args: RunArgs) -> Result<(), String> {
     };
     let cloud =
         SimVpc::open(sim, Some(&args.state_dir.join("sim-vpc.json"))).map_err(|e| e.to_string())?;
-    let dataplane = match args.dataplane {
-        DataplaneKind::Fake => FakeDataplane::default(),
-    };
     let config = AgentConfig {
         ip_cooldown: args.ip_cooldown,
         warm_ip_target: args.warm_ip_target,
     };
-    let agent = Arc::new(
-        Agent::start(cloud, dataplane, Box::new(store), config, system_clock())
+    let store = Box::new(store);
+    match args.dataplane {
+        DataplaneKind::Netlink => {
+            let dataplane =
+                NetlinkDataplane::new(args.node_netns.as_deref()).map_err(|e| e.to_string())?;
+            listen(
+                args,
+                Agent::start(cloud, dataplane, store, config, system_clock()).await,
+            )
             .await
-            .map_err(|e| e.to_string())?,
-    );
+        }
+        DataplaneKind::Fake => {
+            let dataplane = FakeDataplane::default();
+            listen(
+                args,
+                Agent::start(cloud, dataplane, store, config, system_clock()).await,
+            )
+            .await
+        }
+    }
+}
+
+async fn listen<C: Cloud, D: Dataplane>(
+    args: RunArgs,
+    agent: Result<Agent<C, D>, StartError>,
+) -> Result<(), String> {
+    let agent = Arc::new(agent.map_err(|e| e.to_string())?);
     let listener = server::bind(&args.socket).map_err(|e| e.to_string())?;
     info!(socket = %args.socket.display(), state_dir = %args.state_dir.display(), "agent ready");
     let warm = tokio::spawn(Arc::clone(&agent).maintain_pool(Duration::from_secs(30)));

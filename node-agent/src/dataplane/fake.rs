@@ -105,6 +105,17 @@ impl Dataplane for FakeDataplane {
         }
     }
 
+    async fn collect_garbage(&self, keep: &[PodSpec]) -> Result<u32, DataplaneError> {
+        let keep: Vec<String> = keep
+            .iter()
+            .map(|p| host_ifname(&p.key.container_id, &p.key.ifname))
+            .collect();
+        let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let before = pods.len();
+        pods.retain(|name, _| keep.contains(name));
+        Ok((before - pods.len()) as u32)
+    }
+
     async fn detach_pod(&self, pod: &PodSpec) -> Result<(), DataplaneError> {
         let name = host_ifname(&pod.key.container_id, &pod.key.ifname);
         self.record(Recorded::Detach(name.clone()));

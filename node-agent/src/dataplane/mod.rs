@@ -1,13 +1,15 @@
-//! All kernel work for pods and ENIs, behind one trait. The netlink
-//! implementation programs the kernel; [`FakeDataplane`] records calls for
-//! tests and for running the agent without touching the host
+//! All kernel work for pods and ENIs, behind one trait.
+//! [`NetlinkDataplane`] programs the kernel; [`FakeDataplane`] records
+//! calls for tests and for running the agent without touching the host
 //! (`--dataplane fake`).
 
 mod fake;
+mod netlink;
 
 pub use fake::FakeDataplane;
 #[cfg(test)]
 pub use fake::Recorded;
+pub use netlink::NetlinkDataplane;
 
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -88,6 +90,12 @@ pub trait Dataplane: Send + Sync + 'static {
     fn check_pod(&self, pod: &PodSpec) -> impl Future<Output = Result<(), DataplaneError>> + Send;
     /// Removes what `attach_pod` made; anything already gone is fine.
     fn detach_pod(&self, pod: &PodSpec) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+    /// Removes every veth, route and rule of ours that belongs to none of
+    /// `keep`; returns how many objects it removed.
+    fn collect_garbage(
+        &self,
+        keep: &[PodSpec],
+    ) -> impl Future<Output = Result<u32, DataplaneError>> + Send;
 }
 
 /// The host-side veth name of an attachment: the prefix and 11 hex digits

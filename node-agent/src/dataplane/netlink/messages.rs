@@ -1,0 +1,217 @@
+//! Pure builders of the netlink messages the data path sends; each names
+//! its `ip` equivalent. Kept apart from sending so they are tested without
+//! root.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::RawFd;
+
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
+use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleHeader, RuleMessage};
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+
+use crate::dataplane::POD_GATEWAY;
+
+/// Route protocol number tagging every route this agent adds, so GC can
+/// tell ours from anyone else's (`ip route show proto 175`).
+pub const ROUTE_PROTOCOL: u8 = 175;
+/// Priority of "to <pod> lookup main": traffic to a local pod stays local.
+pub const RULE_TO_POD_PRIORITY: u32 = 512;
+/// Priority of "from <pod> lookup <ENI table>": pod traffic leaves by its ENI.
+pub const RULE_FROM_POD_PRIORITY: u32 = 1536;
+/// The main routing table.
+pub const MAIN_TABLE: u32 = 254;
+
+/// `ip link add HOST mtu MTU type veth peer name PEER mtu MTU netns FD`:
+/// the pod end is created directly inside the pod's namespace.
+pub fn veth_pair(host: &str, peer: &str, mtu: u32, peer_netns: RawFd) -> LinkMessage {
+    let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer)
+        .mtu(mtu)
+        .setns_by_fd(peer_netns)
+        .build();
+    LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        .name(host)
+        .mtu(mtu)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+        .build()
+}
+
+/// `ip route replace default via 169.254.1.1 dev IF onlink` (in the pod).
+pub fn pod_default_route(ifindex: u32) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(POD_GATEWAY)
+        .output_interface(ifindex)
+        .onlink()
+        .build()
+}
+
+/// `ip route replace POD/32 dev HOSTVETH scope link proto 175`.
+pub fn host_route(pod: Ipv4Addr, ifindex: u32) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(pod, 32)
+        .output_interface(ifindex)
+        .scope(RouteScope::Link)
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+        .table_id(MAIN_TABLE)
+        .build()
+}
+
+/// `ip route replace GW/32 dev ENI scope link table T proto 175`.
+pub fn eni_gateway_route(gateway: Ipv4Addr, ifindex: u32, table: u32) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(gateway, 32)
+        .output_interface(ifindex)
+        .scope(RouteScope::Link)
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+        .table_id(table)
+        .build()
+}
+
+/// `ip route replace default via GW dev ENI onlink table T proto 175`.
+pub fn eni_default_route(gateway: Ipv4Addr, ifindex: u32, table: u32) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(gateway)
+        .output_interface(ifindex)
+        .onlink()
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+        .table_id(table)
+        .build()
+}
+
+/// `ip rule add to POD/32 lookup main priority 512 protocol 175`.
+pub fn rule_to_pod(pod: Ipv4Addr) -> RuleMessage {
+    rule(
+        RuleAttribute::Destination(IpAddr::V4(pod)),
+        MAIN_TABLE,
+        RULE_TO_POD_PRIORITY,
+    )
+}
+
+/// `ip rule add from POD/32 lookup T priority 1536 protocol 175`.
+pub fn rule_from_pod(pod: Ipv4Addr, table: u32) -> RuleMessage {
+    rule(
+        RuleAttribute::Source(IpAddr::V4(pod)),
+        table,
+        RULE_FROM_POD_PRIORITY,
+    )
+}
+
+fn rule(selector: RuleAttribute, table: u32, priority: u32) -> RuleMessage {
+    let mut msg = RuleMessage::default();
+    msg.header = RuleHeader {
+        family: AddressFamily::Inet,
+        dst_len: if matches!(selector, RuleAttribute::Destination(_)) {
+            32
+        } else {
+            0
+        },
+        src_len: if matches!(selector, RuleAttribute::Source(_)) {
+            32
+        } else {
+            0
+        },
+        // Without an explicit action the kernel takes the rule as
+        // "unspecified" and never looks the table up.
+        action: RuleAction::ToTable,
+        table: if table < 256 { table as u8 } else { 0 },
+        ..RuleHeader::default()
+    };
+    msg.attributes = vec![
+        selector,
+        RuleAttribute::Table(table),
+        RuleAttribute::Priority(priority),
+        RuleAttribute::Protocol(RouteProtocol::Other(ROUTE_PROTOCOL)),
+    ];
+    msg
+}
+
+/// The pod address a rule of ours selects, if it is one of ours.
+pub fn rule_pod(rule: &RuleMessage) -> Option<Ipv4Addr> {
+    let ours = rule
+        .attributes
+        .contains(&RuleAttribute::Protocol(RouteProtocol::Other(
+            ROUTE_PROTOCOL,
+        )));
+    if !ours {
+        return None;
+    }
+    rule.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Destination(IpAddr::V4(ip)) | RuleAttribute::Source(IpAddr::V4(ip)) => {
+            Some(*ip)
+        }
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_route::link::{LinkAttribute, LinkInfo};
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags};
+
+    #[test]
+    fn the_peer_is_created_inside_the_pod_namespace() {
+        let msg = veth_pair("vpc0123", "eth0", 1500, 7);
+        assert!(
+            msg.attributes
+                .contains(&LinkAttribute::IfName("vpc0123".into()))
+        );
+        let info = msg
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::LinkInfo(i) => Some(i),
+                _ => None,
+            })
+            .expect("link info");
+        let peer = info
+            .iter()
+            .find_map(|i| match i {
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) => Some(p),
+                _ => None,
+            })
+            .expect("peer");
+        assert!(
+            peer.attributes
+                .contains(&LinkAttribute::IfName("eth0".into()))
+        );
+        assert!(peer.attributes.contains(&LinkAttribute::NetNsFd(7)));
+        assert!(peer.attributes.contains(&LinkAttribute::Mtu(1500)));
+    }
+
+    #[test]
+    fn rules_carry_an_action_a_table_and_our_protocol() {
+        let pod = Ipv4Addr::new(10, 0, 16, 5);
+        let r = rule_from_pod(pod, 101);
+        assert_eq!(r.header.action, RuleAction::ToTable);
+        assert_eq!(r.header.src_len, 32);
+        assert!(r.attributes.contains(&RuleAttribute::Table(101)));
+        assert!(
+            r.attributes
+                .contains(&RuleAttribute::Priority(RULE_FROM_POD_PRIORITY))
+        );
+        assert_eq!(rule_pod(&r), Some(pod));
+        let t = rule_to_pod(pod);
+        assert_eq!(t.header.dst_len, 32);
+        assert!(t.attributes.contains(&RuleAttribute::Table(MAIN_TABLE)));
+        assert_eq!(rule_pod(&RuleMessage::default()), None);
+    }
+
+    #[test]
+    fn routes_are_tagged_and_pod_default_is_onlink() {
+        let r = host_route(Ipv4Addr::new(10, 0, 16, 5), 9);
+        assert_eq!(r.header.protocol, RouteProtocol::Other(ROUTE_PROTOCOL));
+        assert_eq!(r.header.scope, RouteScope::Link);
+        assert_eq!(r.header.destination_prefix_length, 32);
+        let d = pod_default_route(3);
+        assert!(d.header.flags.contains(RouteFlags::Onlink));
+        assert!(
+            d.attributes
+                .contains(&RouteAttribute::Gateway(RouteAddress::Inet(POD_GATEWAY)))
+        );
+        let e = eni_default_route(Ipv4Addr::new(10, 0, 16, 1), 4, 101);
+        assert_eq!(e.header.table, 101);
+    }
+}

@@ -1,0 +1,553 @@
+//! The data path over rtnetlink. One long-lived netlink socket in the
+//! node's namespace; a short-lived one inside a pod's namespace for the
+//! pod-side steps of ADD and CHECK.
+//!
+//! ADD sends 11 requests: the veth pair with its pod end created in the pod
+//! namespace, host end up, pod end up, pod address, neighbour entry for the
+//! gateway, pod default route, host route, two rules (plus two lookups of
+//! link index and MAC). DEL removes the two rules and the host route before
+//! it answers and deletes the veth in the background: that costs the
+//! kernel about 20 ms, and the pod's namespace going away removes it too.
+
+mod messages;
+mod netns;
+
+pub use messages::{RULE_FROM_POD_PRIORITY, RULE_TO_POD_PRIORITY};
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::neighbour::NeighbourState;
+use rtnetlink::packet_route::route::{RouteAttribute, RouteProtocol};
+use rtnetlink::packet_route::rule::RuleMessage;
+use rtnetlink::{Handle, IpVersion, LinkUnspec};
+use tracing::{debug, warn};
+
+use super::{
+    Dataplane, DataplaneError, HOST_VETH_PREFIX, POD_GATEWAY, PodLinks, PodSpec, host_ifname,
+};
+use crate::ipam::EniRecord;
+
+const EEXIST: i32 = 17;
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+const ENODEV: i32 = 19;
+const EADDRNOTAVAIL: i32 = 99;
+
+/// How long `program_eni` waits for an attached ENI's link to appear.
+const ENI_LINK_WAIT: Duration = Duration::from_secs(10);
+
+/// The netlink data path.
+#[derive(Debug)]
+pub struct NetlinkDataplane {
+    node: Handle,
+    node_netns: Option<PathBuf>,
+    /// One lock per host veth name, held by a DEL until its veth is gone,
+    /// so an ADD of the same attachment never races the deletion.
+    gates: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl NetlinkDataplane {
+    /// Opens the data path for the node namespace at `node_netns` (the
+    /// agent's own when `None`) and enables IPv4 forwarding there.
+    pub fn new(node_netns: Option<&Path>) -> Result<NetlinkDataplane, DataplaneError> {
+        let node = netns::connect(node_netns)
+            .map_err(io_err("open netlink socket in the node namespace"))?;
+        netns::write_sysctl(node_netns, "net/ipv4/ip_forward", "1")
+            .map_err(io_err("sysctl net.ipv4.ip_forward=1"))?;
+        Ok(NetlinkDataplane {
+            node,
+            node_netns: node_netns.map(Path::to_path_buf),
+            gates: Arc::default(),
+        })
+    }
+
+    fn gate(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(gates.entry(name.to_string()).or_default())
+    }
+
+    async fn remove_host_side(&self, pod: &PodSpec) -> Result<(), DataplaneError> {
+        let mut errors = Vec::new();
+        for rule in [
+            messages::rule_to_pod(pod.ip),
+            messages::rule_from_pod(pod.ip, pod.eni.table),
+        ] {
+            if let Err(e) = tolerate(self.node.rule().del(rule).execute().await, &[ENOENT]) {
+                errors.push(kernel("ip rule del", e));
+            }
+        }
+        let route = messages::host_route(pod.ip, 0);
+        let mut route = route;
+        route
+            .attributes
+            .retain(|a| !matches!(a, RouteAttribute::Oif(_)));
+        if let Err(e) = tolerate(
+            self.node.route().del(route).execute().await,
+            &[ESRCH, ENOENT],
+        ) {
+            errors.push(kernel("ip route del", e));
+        }
+        match errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Dataplane for NetlinkDataplane {
+    async fn program_eni(&self, eni: &EniRecord) -> Result<(), DataplaneError> {
+        let link = wait_for_mac(&self.node, &eni.mac).await?;
+        let index = link.header.index;
+        let name = link_name(&link).unwrap_or_default();
+        self.node
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(eni.mtu).up().build())
+            .execute()
+            .await
+            .map_err(|e| kernel("ip link set up", e))?;
+        tolerate(
+            self.node
+                .address()
+                .add(index, IpAddr::V4(eni.primary_ip), 32)
+                .execute()
+                .await,
+            &[EEXIST],
+        )
+        .map_err(|e| kernel("ip addr add", e))?;
+        self.node
+            .route()
+            .add(messages::eni_gateway_route(eni.gateway, index, eni.table))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| kernel("ip route replace (ENI gateway)", e))?;
+        self.node
+            .route()
+            .add(messages::eni_default_route(eni.gateway, index, eni.table))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| kernel("ip route replace (ENI default)", e))?;
+        // Replies to a pod leave by its ENI while the main table points the
+        // subnet elsewhere: loose reverse-path filtering on the ENI.
+        netns::write_sysctl(
+            self.node_netns.as_deref(),
+            &format!("net/ipv4/conf/{name}/rp_filter"),
+            "2",
+        )
+        .map_err(io_err("sysctl rp_filter"))?;
+        debug!(eni = %eni.id, link = %name, table = eni.table, "ENI programmed");
+        Ok(())
+    }
+
+    async fn attach_pod(&self, pod: &PodSpec) -> Result<PodLinks, DataplaneError> {
+        let host = host_ifname(&pod.key.container_id, &pod.key.ifname);
+        let gate = self.gate(&host);
+        let _serialised = gate.lock().await;
+        let pod_ns = std::fs::File::open(&pod.netns).map_err(io_err("open pod netns"))?;
+        if find_link(&self.node, &host).await?.is_none() {
+            self.node
+                .link()
+                .add(messages::veth_pair(
+                    &host,
+                    &pod.key.ifname,
+                    pod.eni.mtu,
+                    pod_ns.as_raw_fd(),
+                ))
+                .execute()
+                .await
+                .map_err(|e| kernel("ip link add type veth", e))?;
+        }
+        let host_link =
+            find_link(&self.node, &host)
+                .await?
+                .ok_or_else(|| DataplaneError::Kernel {
+                    op: "ip link show",
+                    detail: format!("{host} vanished after creation"),
+                })?;
+        let host_mac = link_mac(&host_link).unwrap_or_default();
+        self.node
+            .link()
+            .set(
+                LinkUnspec::new_with_index(host_link.header.index)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| kernel("ip link set up (host veth)", e))?;
+
+        let inside = netns::connect(Some(Path::new(&pod.netns)))
+            .map_err(io_err("netlink socket in pod netns"))?;
+        let pod_link =
+            find_link(&inside, &pod.key.ifname)
+                .await?
+                .ok_or_else(|| DataplaneError::Kernel {
+                    op: "ip link show",
+                    detail: format!("{} missing in {}", pod.key.ifname, pod.netns),
+                })?;
+        let idx = pod_link.header.index;
+        inside
+            .link()
+            .set(LinkUnspec::new_with_index(idx).up().build())
+            .execute()
+            .await
+            .map_err(|e| kernel("ip link set up (pod)", e))?;
+        tolerate(
+            inside
+                .address()
+                .add(idx, IpAddr::V4(pod.ip), 32)
+                .execute()
+                .await,
+            &[EEXIST],
+        )
+        .map_err(|e| kernel("ip addr add (pod)", e))?;
+        inside
+            .neighbours()
+            .add(idx, IpAddr::V4(POD_GATEWAY))
+            .link_layer_address(&mac_bytes(&host_mac))
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| kernel("ip neigh replace (pod gateway)", e))?;
+        inside
+            .route()
+            .add(messages::pod_default_route(idx))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| kernel("ip route replace default (pod)", e))?;
+        drop(inside);
+
+        self.node
+            .route()
+            .add(messages::host_route(pod.ip, host_link.header.index))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| kernel("ip route replace (host)", e))?;
+        for rule in [
+            messages::rule_to_pod(pod.ip),
+            messages::rule_from_pod(pod.ip, pod.eni.table),
+        ] {
+            let mut req = self.node.rule().add();
+            *req.message_mut() = rule;
+            tolerate(req.execute().await, &[EEXIST]).map_err(|e| kernel("ip rule add", e))?;
+        }
+        Ok(PodLinks {
+            host_ifname: host,
+            host_mac,
+            pod_mac: link_mac(&pod_link).unwrap_or_default(),
+        })
+    }
+
+    async fn check_pod(&self, pod: &PodSpec) -> Result<(), DataplaneError> {
+        let who = pod.key.to_string();
+        let missing = |what: &'static str, detail: String| DataplaneError::Mismatch {
+            pod: who.clone(),
+            what,
+            detail,
+        };
+        let host = host_ifname(&pod.key.container_id, &pod.key.ifname);
+        let host_link = find_link(&self.node, &host)
+            .await?
+            .ok_or_else(|| missing("host veth", format!("{host} does not exist")))?;
+        if !link_is_up(&host_link) {
+            return Err(missing("host veth", format!("{host} is down")));
+        }
+        let routes: Vec<_> = self
+            .node
+            .route()
+            .get(
+                rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+                    .table_id(messages::MAIN_TABLE)
+                    .build(),
+            )
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| kernel("ip route show", e))?;
+        let has_route = routes.iter().any(|r| {
+            r.header.destination_prefix_length == 32
+                && r.attributes.contains(&RouteAttribute::Destination(
+                    rtnetlink::packet_route::route::RouteAddress::Inet(pod.ip),
+                ))
+                && r.attributes
+                    .contains(&RouteAttribute::Oif(host_link.header.index))
+        });
+        if !has_route {
+            return Err(missing(
+                "host route",
+                format!("no route {}/32 dev {host}", pod.ip),
+            ));
+        }
+        let rules = our_rules(&self.node).await?;
+        for (priority, what) in [
+            (RULE_TO_POD_PRIORITY, "rule to pod"),
+            (RULE_FROM_POD_PRIORITY, "rule from pod"),
+        ] {
+            let found = rules.iter().any(|r| {
+                messages::rule_pod(r) == Some(pod.ip)
+                    && r.attributes.contains(
+                        &rtnetlink::packet_route::rule::RuleAttribute::Priority(priority),
+                    )
+            });
+            if !found {
+                return Err(missing(
+                    what,
+                    format!("no rule for {} at priority {priority}", pod.ip),
+                ));
+            }
+        }
+        let inside = netns::connect(Some(Path::new(&pod.netns)))
+            .map_err(io_err("netlink socket in pod netns"))?;
+        let pod_link = find_link(&inside, &pod.key.ifname).await?.ok_or_else(|| {
+            missing(
+                "pod interface",
+                format!("{} missing in {}", pod.key.ifname, pod.netns),
+            )
+        })?;
+        let addrs: Vec<_> = inside
+            .address()
+            .get()
+            .set_link_index_filter(pod_link.header.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| kernel("ip addr show (pod)", e))?;
+        let has_addr = addrs.iter().any(|a| {
+            a.header.prefix_len == 32
+                && a.attributes.iter().any(|x| {
+                    matches!(x, rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) if *ip == pod.ip)
+                })
+        });
+        if !has_addr {
+            return Err(missing(
+                "pod address",
+                format!("{}/32 not on {}", pod.ip, pod.key.ifname),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn detach_pod(&self, pod: &PodSpec) -> Result<(), DataplaneError> {
+        let host = host_ifname(&pod.key.container_id, &pod.key.ifname);
+        let gate = self.gate(&host);
+        let held = Arc::clone(&gate).lock_owned().await;
+        self.remove_host_side(pod).await?;
+        let Some(link) = find_link(&self.node, &host).await? else {
+            return Ok(());
+        };
+        let node = self.node.clone();
+        let gates = Arc::clone(&self.gates);
+        tokio::spawn(async move {
+            if let Err(e) = tolerate(
+                node.link().del(link.header.index).execute().await,
+                &[ENODEV],
+            ) {
+                warn!(veth = %host, error = %e, "deleting veth failed; GC will retry");
+            }
+            drop(held);
+            gates
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&host);
+        });
+        Ok(())
+    }
+
+    async fn collect_garbage(&self, keep: &[PodSpec]) -> Result<u32, DataplaneError> {
+        let names: HashSet<String> = keep
+            .iter()
+            .map(|p| host_ifname(&p.key.container_id, &p.key.ifname))
+            .collect();
+        let ips: HashSet<Ipv4Addr> = keep.iter().map(|p| p.ip).collect();
+        let mut removed = 0;
+        let links: Vec<LinkMessage> = self
+            .node
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| kernel("ip link show", e))?;
+        for link in links {
+            let Some(name) = link_name(&link) else {
+                continue;
+            };
+            if name.starts_with(HOST_VETH_PREFIX) && name.len() == 14 && !names.contains(&name) {
+                tolerate(
+                    self.node.link().del(link.header.index).execute().await,
+                    &[ENODEV],
+                )
+                .map_err(|e| kernel("ip link del", e))?;
+                removed += 1;
+            }
+        }
+        for rule in our_rules(&self.node).await? {
+            if messages::rule_pod(&rule).is_some_and(|ip| !ips.contains(&ip)) {
+                tolerate(self.node.rule().del(rule).execute().await, &[ENOENT])
+                    .map_err(|e| kernel("ip rule del", e))?;
+                removed += 1;
+            }
+        }
+        let routes: Vec<_> = self
+            .node
+            .route()
+            .get(
+                rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+                    .table_id(messages::MAIN_TABLE)
+                    .build(),
+            )
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| kernel("ip route show", e))?;
+        for route in routes {
+            let ours = route.header.protocol == RouteProtocol::Other(messages::ROUTE_PROTOCOL)
+                && route.header.destination_prefix_length == 32;
+            let dst = route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(
+                    rtnetlink::packet_route::route::RouteAddress::Inet(ip),
+                ) => Some(*ip),
+                _ => None,
+            });
+            if ours && dst.is_some_and(|ip| !ips.contains(&ip)) {
+                tolerate(
+                    self.node.route().del(route).execute().await,
+                    &[ESRCH, ENOENT],
+                )
+                .map_err(|e| kernel("ip route del", e))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+async fn our_rules(handle: &Handle) -> Result<Vec<RuleMessage>, DataplaneError> {
+    let rules: Vec<RuleMessage> = handle
+        .rule()
+        .get(IpVersion::V4)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| kernel("ip rule show", e))?;
+    Ok(rules
+        .into_iter()
+        .filter(|r| messages::rule_pod(r).is_some())
+        .collect())
+}
+
+async fn find_link(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, DataplaneError> {
+    match handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(link) => Ok(link),
+        Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+        Err(e) => Err(kernel("ip link show", e)),
+    }
+}
+
+async fn wait_for_mac(handle: &Handle, mac: &str) -> Result<LinkMessage, DataplaneError> {
+    let deadline = tokio::time::Instant::now() + ENI_LINK_WAIT;
+    loop {
+        let links: Vec<LinkMessage> = handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| kernel("ip link show", e))?;
+        if let Some(link) = links
+            .into_iter()
+            .find(|l| link_mac(l).is_some_and(|m| m.eq_ignore_ascii_case(mac)))
+        {
+            return Ok(link);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(DataplaneError::Kernel {
+                op: "ip link show",
+                detail: format!("no link with MAC {mac} appeared within {ENI_LINK_WAIT:?}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn link_name(link: &LinkMessage) -> Option<String> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+fn link_mac(link: &LinkMessage) -> Option<String> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(b) if b.len() == 6 => Some(
+            b.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+        ),
+        _ => None,
+    })
+}
+
+fn link_is_up(link: &LinkMessage) -> bool {
+    link.header.flags.contains(LinkFlags::Up)
+}
+
+fn mac_bytes(mac: &str) -> Vec<u8> {
+    mac.split(':')
+        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+        .collect()
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// Success, or one of the errors that mean "already so".
+fn tolerate(r: Result<(), rtnetlink::Error>, benign: &[i32]) -> Result<(), rtnetlink::Error> {
+    match r {
+        Err(e)
+            if errno(&e).is_some_and(|n| {
+                benign.contains(&n) || n == EADDRNOTAVAIL && benign.contains(&ENOENT)
+            }) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn kernel(op: &'static str, e: rtnetlink::Error) -> DataplaneError {
+    DataplaneError::Kernel {
+        op,
+        detail: e.to_string(),
+    }
+}
+
+fn io_err(op: &'static str) -> impl FnOnce(std::io::Error) -> DataplaneError {
+    move |e| DataplaneError::Kernel {
+        op,
+        detail: e.to_string(),
+    }
+}
