@@ -3,15 +3,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use proto::wire::{AttachmentKey, GcAttachment, IpState, PodRef};
 
 use super::*;
-use crate::cloud::{SimConfig, SimVpc};
+use crate::cloud::SimCloud;
 use crate::dataplane::{FakeDataplane, Recorded};
 use crate::store::{MemoryStore, RedbStore};
+use vpc_sim::world::NodeLimits;
 
-type TestAgent = Agent<SimVpc, FakeDataplane>;
+type TestAgent = Agent<SimCloud, FakeDataplane>;
 
 struct Harness {
     agent: TestAgent,
     now: Arc<AtomicU64>,
+    _dir: tempfile::TempDir,
 }
 
 fn config() -> AgentConfig {
@@ -21,19 +23,24 @@ fn config() -> AgentConfig {
     }
 }
 
-async fn harness_with(sim: SimConfig, store: Box<dyn Store>) -> Harness {
+async fn harness_with(sim: NodeLimits, store: Box<dyn Store>) -> Harness {
     let now = Arc::new(AtomicU64::new(1_000_000));
     let t = Arc::clone(&now);
     let clock: Clock = Arc::new(move || t.load(Ordering::SeqCst));
-    let cloud = SimVpc::open(sim, None).expect("vpc");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = SimCloud::open(&dir.path().join("vpc.json"), None, sim).expect("vpc");
     let agent = Agent::start(cloud, FakeDataplane::default(), store, config(), clock)
         .await
         .expect("start");
-    Harness { agent, now }
+    Harness {
+        agent,
+        now,
+        _dir: dir,
+    }
 }
 
 async fn harness() -> Harness {
-    harness_with(SimConfig::default(), Box::new(MemoryStore::default())).await
+    harness_with(NodeLimits::default(), Box::new(MemoryStore::default())).await
 }
 
 fn key(c: &str) -> AttachmentKey {
@@ -127,7 +134,7 @@ async fn del_unwires_releases_and_is_idempotent() {
 #[tokio::test]
 async fn a_released_ip_is_not_reused_during_its_cooldown() {
     let h = harness_with(
-        SimConfig {
+        NodeLimits {
             max_enis: 2,
             max_ips_per_eni: 3,
         },
@@ -227,7 +234,7 @@ async fn a_failed_wiring_rolls_the_allocation_back() {
 #[tokio::test]
 async fn status_is_ready_until_nothing_can_be_served() {
     let h = harness_with(
-        SimConfig {
+        NodeLimits {
             max_enis: 2,
             max_ips_per_eni: 2,
         },
@@ -276,7 +283,7 @@ async fn restart_restores_allocations_and_adopts_unknown_enis() {
     let vpc = dir.path().join("vpc.json");
     let clock = system_clock();
     let first = {
-        let cloud = SimVpc::open(SimConfig::default(), Some(&vpc)).expect("vpc");
+        let cloud = SimCloud::open(&vpc, None, NodeLimits::default()).expect("vpc");
         let store = Box::new(RedbStore::open(&db).expect("store"));
         let a = Agent::start(
             cloud,
@@ -296,7 +303,7 @@ async fn restart_restores_allocations_and_adopts_unknown_enis() {
         a.cloud.assign_ips(&eni.id, 2).await.expect("assign");
         r
     };
-    let cloud = SimVpc::open(SimConfig::default(), Some(&vpc)).expect("vpc");
+    let cloud = SimCloud::open(&vpc, None, NodeLimits::default()).expect("vpc");
     let store = Box::new(RedbStore::open(&db).expect("store"));
     let a = Agent::start(cloud, FakeDataplane::default(), store, config(), clock)
         .await

@@ -1,10 +1,10 @@
-//! The cloud operations the pool needs, behind one trait. The in-process
-//! VPC model ([`SimVpc`]) implements it today; the Tencent Cloud VPC API
-//! client will implement the same trait.
+//! The cloud operations the pool needs, behind one trait. The simulated
+//! VPC of `vpc-sim` ([`SimCloud`]) implements it today; the Tencent Cloud
+//! VPC API client will implement the same trait.
 
 mod sim;
 
-pub use sim::{SimConfig, SimVpc};
+pub use sim::SimCloud;
 
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -72,6 +72,12 @@ pub struct Eni {
 /// Cloud failures.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CloudError {
+    /// The VPC has used up its ENI quota.
+    #[error("the VPC's ENI quota of {quota} is used up")]
+    EniQuota {
+        /// The quota.
+        quota: u32,
+    },
     /// The instance already has its maximum number of ENIs.
     #[error("instance {instance} already has its limit of {limit} ENIs")]
     EniLimit {
@@ -93,12 +99,15 @@ pub enum CloudError {
     /// The subnet has no free address.
     #[error("subnet {0} has no free IP left")]
     SubnetExhausted(String),
-    /// No such ENI.
-    #[error("ENI {0} not found")]
+    /// No such object.
+    #[error("{0} not found")]
     NotFound(String),
-    /// The cloud state could not be read or saved.
-    #[error("cloud state: {0}")]
-    State(String),
+    /// The object is in the wrong state, or the request is not allowed.
+    #[error("{0}")]
+    InvalidState(String),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
 }
 
 /// The VPC operations the pool uses.

@@ -9,11 +9,12 @@ use tracing::level_filters::LevelFilter;
 use tracing::{error, info};
 
 use crate::agent::{Agent, AgentConfig, StartError, system_clock};
-use crate::cloud::{Cloud, SimConfig, SimVpc};
+use crate::cloud::{Cloud, SimCloud};
 use crate::dataplane::{Dataplane, FakeDataplane, NetlinkDataplane};
 use crate::logging::{self, LogFormat};
 use crate::server::{self, ServerConfig};
 use crate::store::RedbStore;
+use vpc_sim::world::NodeLimits;
 
 /// Which dataplane programs the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -45,11 +46,18 @@ pub struct RunArgs {
     /// The network namespace to program as "the node" (default: the agent's own).
     #[arg(long)]
     node_netns: Option<PathBuf>,
-    /// Simulated VPC: ENIs per node, the primary included.
-    #[arg(long, default_value_t = SimConfig::default().max_enis)]
+    /// The simulated VPC's shared state file (written by `vpc-sim up`);
+    /// default: a single-node VPC of this agent's own in the state directory.
+    #[arg(long)]
+    sim_state: Option<PathBuf>,
+    /// This node's instance id in the simulated VPC.
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Own single-node VPC: ENIs per node, the primary included.
+    #[arg(long, default_value_t = NodeLimits::default().max_enis)]
     sim_max_enis: u32,
-    /// Simulated VPC: IPs per ENI, its primary IP included.
-    #[arg(long, default_value_t = SimConfig::default().max_ips_per_eni)]
+    /// Own single-node VPC: IPs per ENI, its primary IP included.
+    #[arg(long, default_value_t = NodeLimits::default().max_ips_per_eni)]
     sim_ips_per_eni: u32,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
@@ -79,12 +87,16 @@ async fn serve(args: RunArgs) -> Result<(), String> {
     std::fs::create_dir_all(&args.state_dir)
         .map_err(|e| format!("cannot create state dir {}: {e}", args.state_dir.display()))?;
     let store = RedbStore::open(&args.state_dir.join("state.redb")).map_err(|e| e.to_string())?;
-    let sim = SimConfig {
+    let limits = NodeLimits {
         max_enis: args.sim_max_enis,
         max_ips_per_eni: args.sim_ips_per_eni,
     };
-    let cloud =
-        SimVpc::open(sim, Some(&args.state_dir.join("sim-vpc.json"))).map_err(|e| e.to_string())?;
+    let sim_state = args
+        .sim_state
+        .clone()
+        .unwrap_or_else(|| args.state_dir.join("sim-vpc.json"));
+    let cloud = SimCloud::open(&sim_state, args.instance_id.as_deref(), limits)
+        .map_err(|e| e.to_string())?;
     let config = AgentConfig {
         ip_cooldown: args.ip_cooldown,
         warm_ip_target: args.warm_ip_target,

@@ -1,0 +1,398 @@
+//! `vpc-sim demo`: two nodes, pods created as a runtime creates them and
+//! wired by the real `vpc-cni` binary as kubelet runs it, then real ICMP
+//! between pods on one node, across nodes and to the subnet gateway; then
+//! every pod deleted and the nodes checked for leftovers.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use proto::wire::{IpState, PoolView, Request, Response};
+use serde_json::Value;
+use vpc_sim::fabric::{self, Fabric};
+use vpc_sim::world::{NodeLimits, SUBNET_ID, SharedWorld};
+
+use super::sibling_binary;
+use super::up::{Node, UpArgs, up, world_file};
+
+/// Flags of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Pods per node (at least 2: one same-node pair per node).
+    #[arg(long, default_value_t = 4)]
+    pub pods_per_node: usize,
+    /// The plugin binary (default: next to vpc-sim, else on PATH).
+    #[arg(long)]
+    pub cni_bin: Option<PathBuf>,
+    /// The agent binary (default: next to vpc-sim, else on PATH).
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
+}
+
+struct Pod {
+    name: String,
+    node: usize,
+    netns: String,
+    ip: String,
+    result: Value,
+}
+
+struct Checks {
+    results: Vec<(String, Result<(), String>)>,
+}
+
+impl Checks {
+    fn record(&mut self, what: String, outcome: Result<(), String>) {
+        let mut out = std::io::stdout().lock();
+        let _ = match &outcome {
+            Ok(()) => writeln!(out, "  ok    {what}"),
+            Err(e) => writeln!(out, "  FAIL  {what}: {e}"),
+        };
+        self.results.push((what, outcome));
+    }
+
+    fn failed(&self) -> Vec<&str> {
+        self.results
+            .iter()
+            .filter(|(_, r)| r.is_err())
+            .map(|(w, _)| w.as_str())
+            .collect()
+    }
+}
+
+/// Runs the demo; fails if any check failed.
+pub fn run(args: DemoArgs) -> Result<(), String> {
+    if args.pods_per_node < 2 {
+        return Err("--pods-per-node must be at least 2".into());
+    }
+    if Command::new("ping").arg("-V").output().is_err() {
+        return Err("`ping` is missing (apt-get install iputils-ping)".into());
+    }
+    let dir = std::env::temp_dir().join(format!("vpc-sim-demo-{}", std::process::id()));
+    let up_args = UpArgs {
+        nodes: 2,
+        state: dir.clone(),
+        max_enis: NodeLimits::default().max_enis,
+        ips_per_eni: 10,
+        eni_quota: vpc_sim::model::DEFAULT_ENI_QUOTA,
+        agent_bin: args.agent_bin.clone(),
+        agent_flags: Vec::new(),
+    };
+    say(&format!(
+        "==> vpc-sim up: 2 nodes, agents with the netlink data path ({})",
+        dir.display()
+    ));
+    let sim = up(&up_args)?;
+    let cni = args
+        .cni_bin
+        .clone()
+        .unwrap_or_else(|| sibling_binary("vpc-cni"));
+    let mut pods = Vec::new();
+    let outcome = exercise(&args, &sim.nodes, &sim.tag, &cni, &dir, &mut pods);
+    for pod in &pods {
+        let _ = fabric::ip(&["netns", "del", &pod.netns]);
+    }
+    say("==> vpc-sim down");
+    let down = super::down::down(&dir);
+    let checks = outcome?;
+    down?;
+    let failed = checks.failed();
+    if failed.is_empty() {
+        say(&format!("PASS: all {} checks passed", checks.results.len()));
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {} checks failed: {}",
+            failed.len(),
+            checks.results.len(),
+            failed.join("; ")
+        ))
+    }
+}
+
+fn exercise(
+    args: &DemoArgs,
+    nodes: &[Node],
+    tag: &str,
+    cni: &Path,
+    dir: &Path,
+    pods: &mut Vec<Pod>,
+) -> Result<Checks, String> {
+    let mut checks = Checks {
+        results: Vec::new(),
+    };
+    say(&format!(
+        "==> ADD {} pods per node through {}",
+        args.pods_per_node,
+        cni.display()
+    ));
+    for (n, node) in nodes.iter().enumerate() {
+        let conf = node_conf(node)?;
+        for k in 1..=args.pods_per_node {
+            let name = format!("pod-{}-{k}", n + 1);
+            let netns = format!("vpcsim-{tag}-p{}-{k}", n + 1);
+            fabric::ip(&["netns", "add", &netns]).map_err(|e| e.to_string())?;
+            let out = plugin(cni, "ADD", &name, &netns, &conf)?;
+            let ip = out["ips"][0]["address"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_end_matches("/32")
+                .to_string();
+            checks.record(
+                format!("ADD {name} on node{}", n + 1),
+                if ip.is_empty() {
+                    Err(out.to_string())
+                } else {
+                    Ok(())
+                },
+            );
+            pods.push(Pod {
+                name,
+                node: n,
+                netns,
+                ip,
+                result: out,
+            });
+        }
+    }
+
+    let enis = eni_of_pods(nodes)?;
+    say("==> pods");
+    let mut table = vec![["POD".to_string(), "NODE".into(), "IP".into(), "ENI".into()]];
+    for p in pods.iter() {
+        let eni = enis.get(&p.name).cloned().unwrap_or_else(|| "?".into());
+        table.push([
+            p.name.clone(),
+            format!("node{}", p.node + 1),
+            p.ip.clone(),
+            eni,
+        ]);
+    }
+    say(&render(&table));
+
+    say("==> CHECK every pod with its ADD result as prevResult");
+    for p in pods.iter() {
+        let mut conf = node_conf(&nodes[p.node])?;
+        conf["prevResult"] = p.result.clone();
+        checks.record(
+            format!("CHECK {}", p.name),
+            plugin(cni, "CHECK", &p.name, &p.netns, &conf).map(|_| ()),
+        );
+    }
+
+    say("==> ping");
+    let gateway = SharedWorld::at(&world_file(dir))
+        .read()
+        .map_err(|e| e.to_string())?
+        .vpc
+        .subnets[SUBNET_ID]
+        .gateway()
+        .to_string();
+    let by_node = |n: usize| pods.iter().filter(move |p| p.node == n && !p.ip.is_empty());
+    for n in 0..nodes.len() {
+        let local: Vec<&Pod> = by_node(n).collect();
+        if let [a, b, ..] = local.as_slice() {
+            checks.record(
+                format!("{} -> {} (same node)", a.name, b.name),
+                ping(&a.netns, &b.ip),
+            );
+        }
+    }
+    for (a, b) in by_node(0).zip(by_node(1)) {
+        checks.record(
+            format!("{} -> {} (across nodes)", a.name, b.name),
+            ping(&a.netns, &b.ip),
+        );
+        checks.record(
+            format!("{} -> {} (across nodes)", b.name, a.name),
+            ping(&b.netns, &a.ip),
+        );
+    }
+    for p in pods.iter().filter(|p| !p.ip.is_empty()) {
+        checks.record(
+            format!("{} -> gateway {gateway}", p.name),
+            ping(&p.netns, &gateway),
+        );
+    }
+
+    say("==> DEL every pod, then look for leftovers");
+    for p in pods.iter() {
+        let conf = node_conf(&nodes[p.node])?;
+        checks.record(
+            format!("DEL {}", p.name),
+            plugin(cni, "DEL", &p.name, &p.netns, &conf).map(|_| ()),
+        );
+    }
+    for (n, node) in nodes.iter().enumerate() {
+        checks.record(
+            format!("node{} has no pod veths, routes or rules left", n + 1),
+            no_leftovers(&node.netns),
+        );
+        checks.record(
+            format!("node{} has no allocation left", n + 1),
+            no_allocations(node),
+        );
+    }
+    Ok(checks)
+}
+
+fn node_conf(node: &Node) -> Result<Value, String> {
+    let list: Value =
+        serde_json::from_slice(&std::fs::read(&node.conflist).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let mut conf = list["plugins"][0].clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    conf["name"] = list["name"].clone();
+    Ok(conf)
+}
+
+/// Runs the plugin the way kubelet does: a clean environment, the config
+/// on stdin, the result on stdout.
+fn plugin(cni: &Path, verb: &str, pod: &str, netns: &str, conf: &Value) -> Result<Value, String> {
+    let mut child = Command::new(cni)
+        .env_clear()
+        .env("CNI_COMMAND", verb)
+        .env("CNI_CONTAINERID", format!("ctr-{pod}"))
+        .env("CNI_NETNS", Fabric::netns_path(netns))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni.parent().unwrap_or(Path::new("/opt/cni/bin")))
+        .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=ctr-{pod}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", cni.display()))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(conf.to_string().as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("{verb} failed: {}", stdout.trim()));
+    }
+    if stdout.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(&stdout).map_err(|e| format!("{verb} printed no JSON ({e}): {stdout}"))
+}
+
+fn ping(netns: &str, ip: &str) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "ping", "-c", "1", "-W", "2", ip])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("no reply from {ip}"))
+    }
+}
+
+fn pool(node: &Node) -> Result<PoolView, String> {
+    match proto::client::call(&node.socket, &Request::Pool, Duration::from_secs(10)) {
+        Ok(Ok(Response::Pool(view))) => Ok(view),
+        other => Err(format!("pool of {}: {other:?}", node.instance)),
+    }
+}
+
+fn eni_of_pods(nodes: &[Node]) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for node in nodes {
+        for eni in pool(node)?.enis {
+            for ip in eni.ips {
+                if let IpState::Allocated { pod: Some(pod), .. } = ip.state {
+                    out.insert(pod.name, eni.id.clone());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn no_allocations(node: &Node) -> Result<(), String> {
+    let held: Vec<String> = pool(node)?
+        .enis
+        .iter()
+        .flat_map(|e| &e.ips)
+        .filter(|ip| matches!(ip.state, IpState::Allocated { .. }))
+        .map(|ip| ip.ip.to_string())
+        .collect();
+    if held.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("still allocated: {}", held.join(", ")))
+    }
+}
+
+/// Veths are deleted in the background after DEL answers: wait for them.
+fn no_leftovers(netns: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let links = ip_output(&["-n", netns, "-o", "link", "show"])?;
+        let veths: Vec<&str> = links
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n))
+            .filter(|n| n.starts_with("vpc"))
+            .collect();
+        let rules: Vec<String> = ip_output(&["-n", netns, "rule", "show"])?
+            .lines()
+            .filter(|l| l.contains("proto 175"))
+            .map(str::to_string)
+            .collect();
+        let routes = ip_output(&["-n", netns, "route", "show", "proto", "175"])?;
+        if veths.is_empty() && rules.is_empty() && routes.trim().is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "veths {veths:?}, rules {rules:?}, routes {:?}",
+                routes.trim()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ip_output(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn render(rows: &[[String; 4]]) -> String {
+    let widths: Vec<usize> = (0..4)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect::<Vec<_>>()
+                .join("   ")
+                .trim_end()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn say(line: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}

@@ -1,0 +1,265 @@
+//! `vpc-sim up`: the fabric, the nodes and one agent per node.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use proto::wire::{Request, Response};
+use serde::{Deserialize, Serialize};
+use vpc_sim::fabric::Fabric;
+use vpc_sim::model::DEFAULT_ENI_QUOTA;
+use vpc_sim::world::{NodeLimits, SharedWorld, World};
+
+use super::sibling_binary;
+
+/// Flags of `up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 2)]
+    pub nodes: usize,
+    /// Directory for the simulation's state, sockets, logs and `env`; must be empty or absent.
+    #[arg(long)]
+    pub state: PathBuf,
+    /// ENIs per node, the primary included.
+    #[arg(long, default_value_t = NodeLimits::default().max_enis)]
+    pub max_enis: u32,
+    /// IPs per ENI, its primary IP included.
+    #[arg(long, default_value_t = NodeLimits::default().max_ips_per_eni)]
+    pub ips_per_eni: u32,
+    /// ENIs the VPC may hold in all.
+    #[arg(long, default_value_t = DEFAULT_ENI_QUOTA)]
+    pub eni_quota: u32,
+    /// The agent binary (default: next to vpc-sim, else on PATH).
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
+    /// Extra flags for every agent, such as `--ip-cooldown=1s`.
+    #[arg(long = "agent-flag", allow_hyphen_values = true)]
+    pub agent_flags: Vec<String>,
+}
+
+/// One simulated node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Node {
+    /// Instance id.
+    pub instance: String,
+    /// Network namespace name.
+    pub netns: String,
+    /// The agent's socket.
+    pub socket: PathBuf,
+    /// A conflist for this node.
+    pub conflist: PathBuf,
+    /// The agent's pid.
+    pub agent_pid: Option<u32>,
+}
+
+/// What `down` needs: written before any agent starts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Sim {
+    /// Tag in every namespace name.
+    pub tag: String,
+    /// The nodes.
+    pub nodes: Vec<Node>,
+}
+
+/// The file that records a running simulation.
+pub fn sim_file(dir: &Path) -> PathBuf {
+    dir.join("sim.json")
+}
+
+/// The shared VPC state file.
+pub fn world_file(dir: &Path) -> PathBuf {
+    dir.join("vpc.json")
+}
+
+/// Runs `up` and prints where everything is.
+pub fn run(args: UpArgs) -> Result<(), String> {
+    let sim = up(&args)?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "vpc-sim up: {} nodes in {}",
+        sim.nodes.len(),
+        args.state.display()
+    );
+    let _ = write!(
+        out,
+        "{}",
+        fs::read_to_string(args.state.join("env")).unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "stop with: vpc-sim down --state {}",
+        args.state.display()
+    );
+    Ok(())
+}
+
+/// Brings a simulation up; on failure removes whatever it made.
+pub fn up(args: &UpArgs) -> Result<Sim, String> {
+    if args.nodes == 0 {
+        return Err("--nodes must be at least 1".into());
+    }
+    if args.state.exists()
+        && fs::read_dir(&args.state)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(format!(
+            "{} is not empty (is a simulation already up there?)",
+            args.state.display()
+        ));
+    }
+    fs::create_dir_all(&args.state).map_err(|e| format!("{}: {e}", args.state.display()))?;
+    let result = build(args);
+    if result.is_err() {
+        let _ = super::down::down(&args.state);
+    }
+    result
+}
+
+fn build(args: &UpArgs) -> Result<Sim, String> {
+    let dir = fs::canonicalize(&args.state).map_err(|e| e.to_string())?;
+    let limits = NodeLimits {
+        max_enis: args.max_enis,
+        max_ips_per_eni: args.ips_per_eni,
+    };
+    let mut world = World::new(args.nodes, limits, args.eni_quota).map_err(|e| e.to_string())?;
+    let tag = tag();
+    let fabric = Fabric::create(&tag, &world.vpc).map_err(|e| e.to_string())?;
+    let mut sim = Sim {
+        tag,
+        nodes: world
+            .vpc
+            .instances
+            .keys()
+            .enumerate()
+            .map(|(i, id)| {
+                let node_dir = dir.join(format!("node{}", i + 1));
+                Node {
+                    instance: id.clone(),
+                    netns: fabric.nodes[id].clone(),
+                    socket: node_dir.join("agent.sock"),
+                    conflist: node_dir.join("10-vpc-cni.conflist"),
+                    agent_pid: None,
+                }
+            })
+            .collect(),
+    };
+    world.fabric = Some(fabric);
+    save_sim(&dir, &sim)?;
+    let fabric = world.fabric.clone().expect("just set");
+    for eni in world.vpc.enis.values().filter(|e| e.primary) {
+        fabric.plug(&world.vpc, eni).map_err(|e| e.to_string())?;
+    }
+    SharedWorld::at(&world_file(&dir))
+        .create_if_missing(|| Ok(world))
+        .map_err(|e| e.to_string())?;
+
+    let agent = args
+        .agent_bin
+        .clone()
+        .unwrap_or_else(|| sibling_binary("vpc-cni-agent"));
+    for i in 0..sim.nodes.len() {
+        let node = sim.nodes[i].clone();
+        let node_dir = node.socket.parent().expect("node dir").to_path_buf();
+        fs::create_dir_all(&node_dir).map_err(|e| e.to_string())?;
+        let log = fs::File::create(node_dir.join("agent.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(&agent)
+            .arg("run")
+            .arg("--socket")
+            .arg(&node.socket)
+            .arg("--state-dir")
+            .arg(node_dir.join("state"))
+            .arg("--node-netns")
+            .arg(Fabric::netns_path(&node.netns))
+            .arg("--sim-state")
+            .arg(world_file(&dir))
+            .args(["--instance-id", &node.instance, "--log-format", "json"])
+            .args(&args.agent_flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", agent.display()))?;
+        sim.nodes[i].agent_pid = Some(child.id());
+        save_sim(&dir, &sim)?;
+        write_conflist(&node)?;
+    }
+    for node in &sim.nodes {
+        wait_ready(node)?;
+    }
+    write_env(&dir, &sim)?;
+    Ok(sim)
+}
+
+fn wait_ready(node: &Node) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match proto::client::call(&node.socket, &Request::Status, Duration::from_secs(2)) {
+            Ok(Ok(Response::Status(s))) if s.ready => return Ok(()),
+            _ if Instant::now() > deadline => {
+                let log = node.socket.with_file_name("agent.log");
+                let tail = fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                return Err(format!(
+                    "agent of {} not ready within 30 s; last log lines ({}):\n{}",
+                    node.instance,
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn write_conflist(node: &Node) -> Result<(), String> {
+    let conf = serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "vpc-cni",
+        "plugins": [{"type": "vpc-cni", "agentSocket": node.socket, "timeoutSeconds": 30}],
+    });
+    fs::write(
+        &node.conflist,
+        serde_json::to_vec_pretty(&conf).expect("json"),
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn write_env(dir: &Path, sim: &Sim) -> Result<(), String> {
+    let mut env = String::new();
+    env.push_str(&format!("VPCSIM_NODES={}\n", sim.nodes.len()));
+    for (i, node) in sim.nodes.iter().enumerate() {
+        let n = i + 1;
+        env.push_str(&format!("NODE{n}_INSTANCE={}\n", node.instance));
+        env.push_str(&format!(
+            "NODE{n}_NETNS={}\n",
+            Fabric::netns_path(&node.netns).display()
+        ));
+        env.push_str(&format!("NODE{n}_SOCKET={}\n", node.socket.display()));
+        env.push_str(&format!("NODE{n}_CONFLIST={}\n", node.conflist.display()));
+    }
+    fs::write(dir.join("env"), env).map_err(|e| e.to_string())
+}
+
+fn save_sim(dir: &Path, sim: &Sim) -> Result<(), String> {
+    fs::write(sim_file(dir), serde_json::to_vec_pretty(sim).expect("json"))
+        .map_err(|e| e.to_string())
+}
+
+fn tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:06x}",
+        (nanos ^ std::process::id().rotate_left(12)) & 0xff_ffff
+    )
+}

@@ -1,0 +1,263 @@
+//! The fabric: what makes the model's ENIs real links. One network
+//! namespace plays the VPC router and holds one bridge per subnet with the
+//! subnet's gateway address; every node is a network namespace. Attaching
+//! an ENI creates a veth pair whose node end appears in the node as
+//! `eth<device index>` with the ENI's MAC and whose other end joins the
+//! subnet's bridge. Assigning a secondary IP adds a permanent neighbour
+//! entry on the router so the VPC delivers that IP to the ENI's MAC, as a
+//! cloud's VPC does; unassigning removes it.
+//!
+//! The fabric is simulator tooling, so it drives iproute2 (`ip`) rather
+//! than netlink: it runs only when ENIs come and go, never on a pod's path.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Eni, Vpc};
+
+/// Where named network namespaces live.
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+/// Fabric failures.
+#[derive(Debug, thiserror::Error)]
+pub enum FabricError {
+    /// An `ip` command failed.
+    #[error("`{command}` failed: {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it printed.
+        stderr: String,
+    },
+    /// `ip` could not be run.
+    #[error("cannot run `ip` (is iproute2 installed?): {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// The fabric of one simulated VPC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fabric {
+    /// The router's namespace name.
+    pub router: String,
+    /// Node namespace names by instance id.
+    pub nodes: BTreeMap<String, String>,
+    /// Bridge names by subnet id.
+    pub bridges: BTreeMap<String, String>,
+}
+
+impl Fabric {
+    /// Creates the router namespace and a bridge per subnet of `vpc`, and a
+    /// namespace per instance, all named after `tag` so two simulations
+    /// never collide. On failure, whatever was made is removed again.
+    pub fn create(tag: &str, vpc: &Vpc) -> Result<Fabric, FabricError> {
+        let mut fabric = Fabric {
+            router: format!("vpcsim-{tag}-vpc"),
+            nodes: BTreeMap::new(),
+            bridges: BTreeMap::new(),
+        };
+        let made = fabric.build(tag, vpc);
+        if made.is_err() {
+            fabric.destroy();
+        }
+        made.map(|()| fabric)
+    }
+
+    fn build(&mut self, tag: &str, vpc: &Vpc) -> Result<(), FabricError> {
+        ip(&["netns", "add", &self.router])?;
+        ip(&["-n", &self.router, "link", "set", "lo", "up"])?;
+        in_netns(
+            &self.router,
+            "echo 1 > /proc/sys/net/ipv4/ip_forward && echo 0 > /proc/sys/net/ipv4/conf/all/send_redirects",
+        )?;
+        for (i, subnet) in vpc.subnets.values().enumerate() {
+            let bridge = format!("br{i}");
+            ip(&["-n", &self.router, "link", "add", &bridge, "type", "bridge"])?;
+            let gw = format!("{}/{}", subnet.gateway(), subnet.cidr.prefix);
+            ip(&["-n", &self.router, "addr", "add", &gw, "dev", &bridge])?;
+            ip(&["-n", &self.router, "link", "set", &bridge, "up"])?;
+            self.bridges.insert(subnet.id.clone(), bridge);
+        }
+        for (i, instance) in vpc.instances.keys().enumerate() {
+            let ns = format!("vpcsim-{tag}-n{}", i + 1);
+            ip(&["netns", "add", &ns])?;
+            self.nodes.insert(instance.clone(), ns.clone());
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+
+    /// The path of a namespace by name.
+    pub fn netns_path(name: &str) -> PathBuf {
+        PathBuf::from(NETNS_DIR).join(name)
+    }
+
+    /// Plugs an attached ENI into its node and subnet. A primary ENI also
+    /// gets the node's address and default route, as a booted instance has.
+    pub fn plug(&self, vpc: &Vpc, eni: &Eni) -> Result<(), FabricError> {
+        let (Some(instance), Some(index)) = (&eni.attached_to, eni.device_index) else {
+            return Ok(());
+        };
+        let Some(node) = self.nodes.get(instance) else {
+            return Ok(());
+        };
+        let outside = format!("e{}", eni.seq);
+        let inside = format!("eth{index}");
+        let bridge = &self.bridges[&eni.subnet_id];
+        ip(&[
+            "-n",
+            &self.router,
+            "link",
+            "add",
+            &outside,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inside,
+            "address",
+            &eni.mac,
+            "netns",
+            node,
+        ])?;
+        ip(&[
+            "-n",
+            &self.router,
+            "link",
+            "set",
+            &outside,
+            "master",
+            bridge,
+            "up",
+        ])?;
+        if eni.primary {
+            let subnet = &vpc.subnets[&eni.subnet_id];
+            ip(&[
+                "-n",
+                node,
+                "addr",
+                "add",
+                &format!("{}/{}", eni.primary_ip, subnet.cidr.prefix),
+                "dev",
+                &inside,
+            ])?;
+            ip(&["-n", node, "link", "set", &inside, "up"])?;
+            ip(&[
+                "-n",
+                node,
+                "route",
+                "add",
+                "default",
+                "via",
+                &subnet.gateway().to_string(),
+                "dev",
+                &inside,
+            ])?;
+        }
+        for ip in &eni.secondary_ips {
+            self.deliver(&eni.subnet_id, *ip, &eni.mac)?;
+        }
+        Ok(())
+    }
+
+    /// Unplugs an ENI (its node end goes with it).
+    pub fn unplug(&self, eni: &Eni) -> Result<(), FabricError> {
+        for ip in &eni.secondary_ips {
+            self.withdraw(&eni.subnet_id, *ip)?;
+        }
+        ignore_missing(ip(&[
+            "-n",
+            &self.router,
+            "link",
+            "del",
+            &format!("e{}", eni.seq),
+        ]))
+    }
+
+    /// Makes the VPC deliver `addr` to the ENI with `mac`.
+    pub fn deliver(&self, subnet_id: &str, addr: Ipv4Addr, mac: &str) -> Result<(), FabricError> {
+        let bridge = &self.bridges[subnet_id];
+        ip(&[
+            "-n",
+            &self.router,
+            "neigh",
+            "replace",
+            &addr.to_string(),
+            "lladdr",
+            mac,
+            "dev",
+            bridge,
+            "nud",
+            "permanent",
+        ])
+    }
+
+    /// Stops delivering `addr`.
+    pub fn withdraw(&self, subnet_id: &str, addr: Ipv4Addr) -> Result<(), FabricError> {
+        let bridge = &self.bridges[subnet_id];
+        ignore_missing(ip(&[
+            "-n",
+            &self.router,
+            "neigh",
+            "del",
+            &addr.to_string(),
+            "dev",
+            bridge,
+        ]))
+    }
+
+    /// Deletes every namespace of the fabric; returns what could not be
+    /// deleted (missing ones are fine).
+    pub fn destroy(&self) -> Vec<FabricError> {
+        self.nodes
+            .values()
+            .chain([&self.router])
+            .filter_map(|ns| ignore_missing(ip(&["netns", "del", ns])).err())
+            .collect()
+    }
+}
+
+/// Runs `ip ARGS`.
+pub fn ip(args: &[&str]) -> Result<(), FabricError> {
+    run(
+        Command::new("ip").args(args),
+        &format!("ip {}", args.join(" ")),
+    )
+}
+
+/// Runs a shell snippet inside a named namespace (for `/proc/sys` writes).
+pub fn in_netns(netns: &str, script: &str) -> Result<(), FabricError> {
+    run(
+        Command::new("ip").args(["netns", "exec", netns, "sh", "-c", script]),
+        &format!("ip netns exec {netns} sh -c '{script}'"),
+    )
+}
+
+fn run(cmd: &mut Command, shown: &str) -> Result<(), FabricError> {
+    let out = cmd.output().map_err(FabricError::Spawn)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(FabricError::Command {
+            command: shown.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+fn ignore_missing(r: Result<(), FabricError>) -> Result<(), FabricError> {
+    match r {
+        Err(FabricError::Command { stderr, .. })
+            if stderr.contains("Cannot find device")
+                || stderr.contains("No such file")
+                || stderr.contains("No such process")
+                || stderr.contains("not found") =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}

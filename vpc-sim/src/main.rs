@@ -1,0 +1,43 @@
+//! `vpc-sim`: a simulated multi-node VPC on one Linux machine.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vpc-sim",
+    version,
+    about = "A simulated VPC with real links: nodes, ENIs and vpc-cni agents on one machine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the fabric and N nodes, each with its vpc-cni agent; returns once all are ready.
+    Up(commands::up::UpArgs),
+    /// Stop the agents and remove everything `up` made.
+    Down(commands::down::DownArgs),
+    /// Up with 2 nodes, pods through the real vpc-cni, ping checks, teardown.
+    Demo(commands::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Up(args) => commands::up::run(args),
+        Command::Down(args) => commands::down::run(args),
+        Command::Demo(args) => commands::demo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vpc-sim: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! The VPC model: one VPC with a CIDR, subnets each in one availability
+//! zone, instances each in a zone with ENI-count and IPs-per-ENI limits,
+//! ENIs and their private IPs, and the VPC-wide ENI quota. Pure data: no
+//! I/O, every rule of the cloud checked here.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// The VPC ENI quota unless configured otherwise.
+pub const DEFAULT_ENI_QUOTA: u32 = 1000;
+
+/// An IPv4 network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cidr {
+    /// Network address.
+    pub network: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n`, refusing host bits.
+    pub fn parse(s: &str) -> Result<Cidr, ModelError> {
+        let bad = || ModelError::InvalidParameter(format!("invalid CIDR {s:?}"));
+        let (ip, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let network: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if prefix > 30 || u32::from(network) & !mask(prefix) != 0 {
+            return Err(bad());
+        }
+        Ok(Cidr { network, prefix })
+    }
+
+    /// Number of addresses.
+    pub fn size(&self) -> u32 {
+        1u32 << (32 - self.prefix)
+    }
+
+    /// The `n`th address of the network.
+    pub fn host(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + n)
+    }
+
+    /// Whether `other` lies within this network.
+    pub fn contains(&self, other: &Cidr) -> bool {
+        other.prefix >= self.prefix
+            && u32::from(other.network) & mask(self.prefix) == u32::from(self.network)
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+fn mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    }
+}
+
+/// A subnet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subnet {
+    /// Subnet id.
+    pub id: String,
+    /// Availability zone.
+    pub zone: String,
+    /// Its network.
+    pub cidr: Cidr,
+    /// Next never-used host offset.
+    next_host: u32,
+    /// Addresses given back, handed out again first.
+    released: Vec<Ipv4Addr>,
+}
+
+impl Subnet {
+    /// The gateway: the first host address.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.cidr.host(1)
+    }
+
+    /// Addresses still free.
+    pub fn free_ips(&self) -> u32 {
+        // Network, gateway and broadcast are never handed out.
+        self.cidr.size().saturating_sub(self.next_host + 1) + self.released.len() as u32
+    }
+
+    fn take_ip(&mut self) -> Option<Ipv4Addr> {
+        if let Some(ip) = self.released.pop() {
+            return Some(ip);
+        }
+        if self.next_host + 1 >= self.cidr.size() {
+            return None;
+        }
+        let ip = self.cidr.host(self.next_host);
+        self.next_host += 1;
+        Some(ip)
+    }
+}
+
+/// An instance (a node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Instance id.
+    pub id: String,
+    /// Availability zone.
+    pub zone: String,
+    /// ENIs it may have, the primary included.
+    pub max_enis: u32,
+    /// Private IPs per ENI, the ENI's primary IP included.
+    pub max_ips_per_eni: u32,
+}
+
+/// An elastic network interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Eni {
+    /// ENI id.
+    pub id: String,
+    /// Creation sequence number (names its fabric link).
+    pub seq: u32,
+    /// MAC address.
+    pub mac: String,
+    /// Subnet id.
+    pub subnet_id: String,
+    /// Primary private IP.
+    pub primary_ip: Ipv4Addr,
+    /// Secondary private IPs.
+    pub secondary_ips: Vec<Ipv4Addr>,
+    /// Whether it is an instance's primary ENI.
+    pub primary: bool,
+    /// The instance it is attached to.
+    pub attached_to: Option<String>,
+    /// Its device index on that instance (`eth<N>`).
+    pub device_index: Option<u32>,
+}
+
+/// What the cloud refuses, with the reason it gives.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    /// No such object.
+    #[error("{kind} {id} not found")]
+    NotFound {
+        /// Object kind.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The VPC has its quota of ENIs.
+    #[error("the VPC already has its quota of {quota} ENIs")]
+    EniQuotaExceeded {
+        /// The quota.
+        quota: u32,
+    },
+    /// The instance has its maximum of ENIs.
+    #[error("instance {instance} already has its limit of {limit} ENIs")]
+    InstanceEniLimit {
+        /// Instance id.
+        instance: String,
+        /// Limit.
+        limit: u32,
+    },
+    /// The ENI cannot take more IPs.
+    #[error("ENI {eni} cannot take {requested} more IPs (limit {limit} per ENI)")]
+    EniIpLimit {
+        /// ENI id.
+        eni: String,
+        /// Asked for.
+        requested: u32,
+        /// Limit.
+        limit: u32,
+    },
+    /// The subnet has no free address.
+    #[error("subnet {0} has no free IP")]
+    SubnetExhausted(String),
+    /// ENI and instance are in different zones.
+    #[error("subnet zone {subnet_zone} does not match instance zone {instance_zone}")]
+    ZoneMismatch {
+        /// The ENI's subnet's zone.
+        subnet_zone: String,
+        /// The instance's zone.
+        instance_zone: String,
+    },
+    /// The object is in the wrong state for the operation.
+    #[error("invalid state: {0}")]
+    InvalidState(String),
+    /// A parameter is malformed.
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+}
+
+/// The VPC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vpc {
+    /// VPC id.
+    pub id: String,
+    /// Its CIDR.
+    pub cidr: Cidr,
+    /// How many ENIs the VPC may hold.
+    pub eni_quota: u32,
+    /// Subnets by id.
+    pub subnets: BTreeMap<String, Subnet>,
+    /// Instances by id.
+    pub instances: BTreeMap<String, Instance>,
+    /// ENIs by id.
+    pub enis: BTreeMap<String, Eni>,
+    next_eni: u32,
+}
+
+impl Vpc {
+    /// An empty VPC.
+    pub fn new(id: &str, cidr: Cidr, eni_quota: u32) -> Vpc {
+        Vpc {
+            id: id.into(),
+            cidr,
+            eni_quota,
+            subnets: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            enis: BTreeMap::new(),
+            next_eni: 0,
+        }
+    }
+
+    /// Adds a subnet inside the VPC's CIDR.
+    pub fn add_subnet(&mut self, id: &str, zone: &str, cidr: Cidr) -> Result<&Subnet, ModelError> {
+        if !self.cidr.contains(&cidr) {
+            return Err(ModelError::InvalidParameter(format!(
+                "{cidr} is outside the VPC's {}",
+                self.cidr
+            )));
+        }
+        if self
+            .subnets
+            .values()
+            .any(|s| s.cidr.contains(&cidr) || cidr.contains(&s.cidr))
+        {
+            return Err(ModelError::InvalidParameter(format!(
+                "{cidr} overlaps another subnet"
+            )));
+        }
+        let subnet = Subnet {
+            id: id.into(),
+            zone: zone.into(),
+            cidr,
+            next_host: 2,
+            released: Vec::new(),
+        };
+        Ok(self.subnets.entry(id.into()).or_insert(subnet))
+    }
+
+    /// Adds an instance with its primary ENI (device 0) in `subnet_id`.
+    pub fn add_instance(
+        &mut self,
+        id: &str,
+        zone: &str,
+        max_enis: u32,
+        max_ips_per_eni: u32,
+        subnet_id: &str,
+    ) -> Result<Eni, ModelError> {
+        if max_enis < 1 || max_ips_per_eni < 1 {
+            return Err(ModelError::InvalidParameter(
+                "an instance needs at least one ENI and one IP".into(),
+            ));
+        }
+        self.instances.insert(
+            id.into(),
+            Instance {
+                id: id.into(),
+                zone: zone.into(),
+                max_enis,
+                max_ips_per_eni,
+            },
+        );
+        let eni = self.create_eni(subnet_id)?;
+        self.enis.get_mut(&eni.id).expect("just created").primary = true;
+        self.attach_eni(&eni.id, id)?;
+        Ok(self.enis[&eni.id].clone())
+    }
+
+    /// Creates an ENI with a primary IP in `subnet_id`.
+    pub fn create_eni(&mut self, subnet_id: &str) -> Result<Eni, ModelError> {
+        if self.enis.len() as u32 >= self.eni_quota {
+            return Err(ModelError::EniQuotaExceeded {
+                quota: self.eni_quota,
+            });
+        }
+        let subnet = self
+            .subnets
+            .get_mut(subnet_id)
+            .ok_or_else(|| not_found("subnet", subnet_id))?;
+        let primary_ip = subnet
+            .take_ip()
+            .ok_or_else(|| ModelError::SubnetExhausted(subnet_id.into()))?;
+        self.next_eni += 1;
+        let seq = self.next_eni;
+        let eni = Eni {
+            id: format!("eni-{seq:08x}"),
+            seq,
+            mac: format!(
+                "02:56:50:{:02x}:{:02x}:{:02x}",
+                (seq >> 16) & 0xff,
+                (seq >> 8) & 0xff,
+                seq & 0xff
+            ),
+            subnet_id: subnet_id.into(),
+            primary_ip,
+            secondary_ips: Vec::new(),
+            primary: false,
+            attached_to: None,
+            device_index: None,
+        };
+        self.enis.insert(eni.id.clone(), eni.clone());
+        Ok(eni)
+    }
+
+    /// Attaches an ENI to an instance in the same zone; returns the device
+    /// index (the lowest free one).
+    pub fn attach_eni(&mut self, eni_id: &str, instance_id: &str) -> Result<u32, ModelError> {
+        let instance = self
+            .instances
+            .get(instance_id)
+            .ok_or_else(|| not_found("instance", instance_id))?
+            .clone();
+        let eni = self
+            .enis
+            .get(eni_id)
+            .ok_or_else(|| not_found("ENI", eni_id))?;
+        if let Some(other) = &eni.attached_to {
+            return Err(ModelError::InvalidState(format!(
+                "ENI {eni_id} is already attached to {other}"
+            )));
+        }
+        let subnet_zone = self.subnets[&eni.subnet_id].zone.clone();
+        if subnet_zone != instance.zone {
+            return Err(ModelError::ZoneMismatch {
+                subnet_zone,
+                instance_zone: instance.zone,
+            });
+        }
+        let used: Vec<u32> = self
+            .enis_of(instance_id)
+            .filter_map(|e| e.device_index)
+            .collect();
+        if used.len() as u32 >= instance.max_enis {
+            return Err(ModelError::InstanceEniLimit {
+                instance: instance_id.into(),
+                limit: instance.max_enis,
+            });
+        }
+        let index = (0..)
+            .find(|i| !used.contains(i))
+            .expect("a free index below the limit");
+        let eni = self.enis.get_mut(eni_id).expect("checked above");
+        eni.attached_to = Some(instance_id.into());
+        eni.device_index = Some(index);
+        Ok(index)
+    }
+
+    /// Detaches a secondary ENI.
+    pub fn detach_eni(&mut self, eni_id: &str) -> Result<Eni, ModelError> {
+        let eni = self
+            .enis
+            .get_mut(eni_id)
+            .ok_or_else(|| not_found("ENI", eni_id))?;
+        if eni.primary {
+            return Err(ModelError::InvalidState(format!(
+                "{eni_id} is a primary ENI"
+            )));
+        }
+        if eni.attached_to.is_none() {
+            return Err(ModelError::InvalidState(format!(
+                "{eni_id} is not attached"
+            )));
+        }
+        let before = eni.clone();
+        eni.attached_to = None;
+        eni.device_index = None;
+        Ok(before)
+    }
+
+    /// Deletes a detached ENI and returns its addresses to the subnet.
+    pub fn delete_eni(&mut self, eni_id: &str) -> Result<(), ModelError> {
+        let eni = self
+            .enis
+            .get(eni_id)
+            .ok_or_else(|| not_found("ENI", eni_id))?;
+        if eni.attached_to.is_some() {
+            return Err(ModelError::InvalidState(format!(
+                "{eni_id} is attached; detach it first"
+            )));
+        }
+        let eni = self.enis.remove(eni_id).expect("checked above");
+        let subnet = self
+            .subnets
+            .get_mut(&eni.subnet_id)
+            .expect("ENI subnets exist");
+        subnet.released.push(eni.primary_ip);
+        subnet.released.extend(eni.secondary_ips);
+        Ok(())
+    }
+
+    /// Assigns `count` secondary IPs from the ENI's subnet.
+    pub fn assign_ips(&mut self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, ModelError> {
+        let eni = self
+            .enis
+            .get(eni_id)
+            .ok_or_else(|| not_found("ENI", eni_id))?;
+        if let Some(limit) = eni
+            .attached_to
+            .as_ref()
+            .map(|i| self.instances[i].max_ips_per_eni)
+        {
+            let held = 1 + eni.secondary_ips.len() as u32;
+            if held + count > limit {
+                return Err(ModelError::EniIpLimit {
+                    eni: eni_id.into(),
+                    requested: count,
+                    limit,
+                });
+            }
+        }
+        let subnet_id = eni.subnet_id.clone();
+        let subnet = self.subnets.get_mut(&subnet_id).expect("ENI subnets exist");
+        if subnet.free_ips() < count {
+            return Err(ModelError::SubnetExhausted(subnet_id));
+        }
+        let ips: Vec<Ipv4Addr> = (0..count).filter_map(|_| subnet.take_ip()).collect();
+        self.enis
+            .get_mut(eni_id)
+            .expect("checked above")
+            .secondary_ips
+            .extend(&ips);
+        Ok(ips)
+    }
+
+    /// Unassigns secondary IPs; addresses the ENI does not hold are refused.
+    pub fn unassign_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), ModelError> {
+        let eni = self
+            .enis
+            .get_mut(eni_id)
+            .ok_or_else(|| not_found("ENI", eni_id))?;
+        if let Some(ip) = ips.iter().find(|ip| !eni.secondary_ips.contains(ip)) {
+            return Err(ModelError::InvalidParameter(format!(
+                "{ip} is not a secondary IP of {eni_id}"
+            )));
+        }
+        eni.secondary_ips.retain(|ip| !ips.contains(ip));
+        let subnet = self
+            .subnets
+            .get_mut(&eni.subnet_id)
+            .expect("ENI subnets exist");
+        subnet.released.extend(ips);
+        Ok(())
+    }
+
+    /// The ENIs attached to an instance.
+    pub fn enis_of<'a>(&'a self, instance_id: &'a str) -> impl Iterator<Item = &'a Eni> + 'a {
+        self.enis
+            .values()
+            .filter(move |e| e.attached_to.as_deref() == Some(instance_id))
+    }
+
+    /// The subnets of a zone, most free addresses first.
+    pub fn subnets_in_zone(&self, zone: &str) -> Vec<&Subnet> {
+        let mut v: Vec<&Subnet> = self.subnets.values().filter(|s| s.zone == zone).collect();
+        v.sort_by_key(|s| std::cmp::Reverse(s.free_ips()));
+        v
+    }
+}
+
+fn not_found(kind: &'static str, id: &str) -> ModelError {
+    ModelError::NotFound {
+        kind,
+        id: id.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vpc() -> Vpc {
+        let mut v = Vpc::new("vpc-1", Cidr::parse("10.0.0.0/16").expect("cidr"), 6);
+        v.add_subnet(
+            "subnet-a",
+            "zone-a",
+            Cidr::parse("10.0.16.0/28").expect("cidr"),
+        )
+        .expect("subnet");
+        v.add_subnet(
+            "subnet-b",
+            "zone-b",
+            Cidr::parse("10.0.32.0/24").expect("cidr"),
+        )
+        .expect("subnet");
+        v
+    }
+
+    #[test]
+    fn cidrs() {
+        assert!(Cidr::parse("10.0.0.1/16").is_err());
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        let c = Cidr::parse("10.0.16.0/20").expect("cidr");
+        assert_eq!(c.host(1), Ipv4Addr::new(10, 0, 16, 1));
+        assert!(Cidr::parse("10.0.0.0/16").expect("cidr").contains(&c));
+        assert!(!c.contains(&Cidr::parse("10.0.0.0/16").expect("cidr")));
+    }
+
+    #[test]
+    fn instances_get_a_primary_eni_at_device_zero() {
+        let mut v = vpc();
+        let eni = v
+            .add_instance("ins-1", "zone-a", 3, 4, "subnet-a")
+            .expect("instance");
+        assert!(eni.primary);
+        assert_eq!(eni.device_index, Some(0));
+        assert_eq!(eni.primary_ip, Ipv4Addr::new(10, 0, 16, 2));
+    }
+
+    #[test]
+    fn attach_checks_zone_and_instance_limit() {
+        let mut v = vpc();
+        v.add_instance("ins-1", "zone-a", 2, 4, "subnet-a")
+            .expect("instance");
+        let wrong = v.create_eni("subnet-b").expect("eni");
+        assert!(matches!(
+            v.attach_eni(&wrong.id, "ins-1"),
+            Err(ModelError::ZoneMismatch { .. })
+        ));
+        let ok = v.create_eni("subnet-a").expect("eni");
+        assert_eq!(v.attach_eni(&ok.id, "ins-1"), Ok(1));
+        let third = v.create_eni("subnet-a").expect("eni");
+        assert!(matches!(
+            v.attach_eni(&third.id, "ins-1"),
+            Err(ModelError::InstanceEniLimit { limit: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn ip_limits_and_subnet_exhaustion() {
+        let mut v = vpc();
+        v.add_instance("ins-1", "zone-a", 3, 4, "subnet-a")
+            .expect("instance");
+        let eni = v.create_eni("subnet-a").expect("eni");
+        v.attach_eni(&eni.id, "ins-1").expect("attach");
+        assert_eq!(v.assign_ips(&eni.id, 3).expect("assign").len(), 3);
+        assert!(matches!(
+            v.assign_ips(&eni.id, 1),
+            Err(ModelError::EniIpLimit { .. })
+        ));
+        // A /28 has 13 usable addresses beyond the gateway; 5 are used.
+        let big = v.create_eni("subnet-a").expect("eni");
+        assert!(matches!(
+            v.assign_ips(&big.id, 20),
+            Err(ModelError::SubnetExhausted(_))
+        ));
+    }
+
+    #[test]
+    fn the_quota_counts_every_eni_in_the_vpc() {
+        let mut v = vpc();
+        for _ in 0..6 {
+            v.create_eni("subnet-b").expect("eni");
+        }
+        assert_eq!(
+            v.create_eni("subnet-b"),
+            Err(ModelError::EniQuotaExceeded { quota: 6 })
+        );
+    }
+
+    #[test]
+    fn deleted_enis_return_their_addresses() {
+        let mut v = vpc();
+        let eni = v.create_eni("subnet-b").expect("eni");
+        let ips = v.assign_ips(&eni.id, 2).expect("assign");
+        assert!(v.delete_eni(&eni.id).is_ok());
+        let again = v.create_eni("subnet-b").expect("eni");
+        let more = v.assign_ips(&again.id, 2).expect("assign");
+        let reused: Vec<_> = more
+            .iter()
+            .chain([&again.primary_ip])
+            .filter(|ip| ips.contains(ip) || **ip == eni.primary_ip)
+            .collect();
+        assert!(!reused.is_empty());
+    }
+
+    #[test]
+    fn attached_enis_cannot_be_deleted_and_primaries_cannot_be_detached() {
+        let mut v = vpc();
+        let primary = v
+            .add_instance("ins-1", "zone-a", 3, 4, "subnet-a")
+            .expect("instance");
+        assert!(matches!(
+            v.detach_eni(&primary.id),
+            Err(ModelError::InvalidState(_))
+        ));
+        let eni = v.create_eni("subnet-a").expect("eni");
+        v.attach_eni(&eni.id, "ins-1").expect("attach");
+        assert!(matches!(
+            v.delete_eni(&eni.id),
+            Err(ModelError::InvalidState(_))
+        ));
+        v.detach_eni(&eni.id).expect("detach");
+        assert!(v.delete_eni(&eni.id).is_ok());
+    }
+
+    #[test]
+    fn unassign_refuses_foreign_addresses() {
+        let mut v = vpc();
+        let eni = v.create_eni("subnet-b").expect("eni");
+        let ips = v.assign_ips(&eni.id, 2).expect("assign");
+        assert!(
+            v.unassign_ips(&eni.id, &[Ipv4Addr::new(1, 2, 3, 4)])
+                .is_err()
+        );
+        v.unassign_ips(&eni.id, &ips[..1]).expect("unassign");
+        assert_eq!(v.enis[&eni.id].secondary_ips, ips[1..]);
+    }
+}

@@ -1,0 +1,290 @@
+//! The simulated world — the VPC model plus its fabric — kept in one JSON
+//! file shared by every process that plays the cloud (the node agents in
+//! the simulation). Every change takes an exclusive `flock`, reads the
+//! file, applies the change to the model and the fabric, and writes the
+//! file back atomically (temp file, fsync, rename).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::fabric::{Fabric, FabricError};
+use crate::model::{Cidr, DEFAULT_ENI_QUOTA, Eni, ModelError, Vpc};
+
+/// The VPC id of every simulation.
+pub const VPC_ID: &str = "vpc-sim0001";
+/// The subnet of every simulation.
+pub const SUBNET_ID: &str = "subnet-sim0001";
+/// The zone of every simulation.
+pub const ZONE: &str = "sim-zone-1";
+/// The MTU of simulated ENIs.
+pub const MTU: u32 = 1500;
+
+/// Failures of the simulated cloud.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The model refused.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The fabric failed.
+    #[error("fabric: {0}")]
+    Fabric(#[from] FabricError),
+    /// The state file could not be read, locked or written.
+    #[error("simulated VPC state {path}: {detail}")]
+    State {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// Per-node limits of a simulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeLimits {
+    /// ENIs per node, the primary included.
+    pub max_enis: u32,
+    /// IPs per ENI, its primary IP included.
+    pub max_ips_per_eni: u32,
+}
+
+impl Default for NodeLimits {
+    fn default() -> NodeLimits {
+        NodeLimits {
+            max_enis: 4,
+            max_ips_per_eni: 20,
+        }
+    }
+}
+
+/// The model and, when the simulation has real links, the fabric.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct World {
+    /// The VPC.
+    pub vpc: Vpc,
+    /// The fabric; `None` for a model without links.
+    pub fabric: Option<Fabric>,
+}
+
+impl World {
+    /// A VPC `10.0.0.0/16` with subnet `10.0.16.0/20` in one zone and
+    /// `nodes` instances `ins-sim0001`…, each with its primary ENI.
+    pub fn new(nodes: usize, limits: NodeLimits, eni_quota: u32) -> Result<World, SimError> {
+        let mut vpc = Vpc::new(VPC_ID, Cidr::parse("10.0.0.0/16")?, eni_quota);
+        vpc.add_subnet(SUBNET_ID, ZONE, Cidr::parse("10.0.16.0/20")?)?;
+        for i in 1..=nodes {
+            vpc.add_instance(
+                &instance_id(i),
+                ZONE,
+                limits.max_enis,
+                limits.max_ips_per_eni,
+                SUBNET_ID,
+            )?;
+        }
+        Ok(World { vpc, fabric: None })
+    }
+
+    /// A single-node world with the default quota.
+    pub fn single_node(limits: NodeLimits) -> Result<World, SimError> {
+        World::new(1, limits, DEFAULT_ENI_QUOTA)
+    }
+
+    /// Creates an ENI.
+    pub fn create_eni(&mut self, subnet_id: &str) -> Result<Eni, SimError> {
+        Ok(self.vpc.create_eni(subnet_id)?)
+    }
+
+    /// Attaches an ENI and plugs it in.
+    pub fn attach_eni(&mut self, eni_id: &str, instance_id: &str) -> Result<Eni, SimError> {
+        self.vpc.attach_eni(eni_id, instance_id)?;
+        let eni = self.vpc.enis[eni_id].clone();
+        if let Some(f) = &self.fabric {
+            f.plug(&self.vpc, &eni)?;
+        }
+        Ok(eni)
+    }
+
+    /// Detaches an ENI and unplugs it.
+    pub fn detach_eni(&mut self, eni_id: &str) -> Result<(), SimError> {
+        let eni = self.vpc.detach_eni(eni_id)?;
+        if let Some(f) = &self.fabric {
+            f.unplug(&eni)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a detached ENI.
+    pub fn delete_eni(&mut self, eni_id: &str) -> Result<(), SimError> {
+        Ok(self.vpc.delete_eni(eni_id)?)
+    }
+
+    /// Assigns IPs and has the fabric deliver them.
+    pub fn assign_ips(&mut self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, SimError> {
+        let ips = self.vpc.assign_ips(eni_id, count)?;
+        let eni = &self.vpc.enis[eni_id];
+        if let (Some(f), Some(_)) = (&self.fabric, &eni.attached_to) {
+            for ip in &ips {
+                f.deliver(&eni.subnet_id, *ip, &eni.mac)?;
+            }
+        }
+        Ok(ips)
+    }
+
+    /// Unassigns IPs and stops their delivery.
+    pub fn unassign_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), SimError> {
+        self.vpc.unassign_ips(eni_id, ips)?;
+        let subnet = self.vpc.enis[eni_id].subnet_id.clone();
+        if let Some(f) = &self.fabric {
+            for ip in ips {
+                f.withdraw(&subnet, *ip)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The id of the `n`th simulated instance (from 1).
+pub fn instance_id(n: usize) -> String {
+    format!("ins-sim{n:04}")
+}
+
+/// The world's file, shared between processes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedWorld {
+    path: PathBuf,
+}
+
+impl SharedWorld {
+    /// The world stored at `path`.
+    pub fn at(path: &Path) -> SharedWorld {
+        SharedWorld {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `world` as the initial state, unless the file exists.
+    pub fn create_if_missing(
+        &self,
+        world: impl FnOnce() -> Result<World, SimError>,
+    ) -> Result<(), SimError> {
+        let _lock = self.lock()?;
+        if self.path.exists() {
+            return Ok(());
+        }
+        self.save(&world()?)
+    }
+
+    /// The current state.
+    pub fn read(&self) -> Result<World, SimError> {
+        let _lock = self.lock()?;
+        self.load()
+    }
+
+    /// Applies `change` under the lock; the file changes only if it succeeds.
+    pub fn update<T>(
+        &self,
+        change: impl FnOnce(&mut World) -> Result<T, SimError>,
+    ) -> Result<T, SimError> {
+        let _lock = self.lock()?;
+        let mut world = self.load()?;
+        let out = change(&mut world)?;
+        self.save(&world)?;
+        Ok(out)
+    }
+
+    fn lock(&self) -> Result<Flock<File>, SimError> {
+        let lock_path = self.path.with_extension("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| self.state_err(e))?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| self.state_err(e))
+    }
+
+    fn load(&self) -> Result<World, SimError> {
+        let bytes = std::fs::read(&self.path).map_err(|e| self.state_err(e))?;
+        serde_json::from_slice(&bytes).map_err(|e| self.state_err(e))
+    }
+
+    fn save(&self, world: &World) -> Result<(), SimError> {
+        let tmp = self.path.with_extension("tmp");
+        let bytes = serde_json::to_vec_pretty(world).map_err(|e| self.state_err(e))?;
+        let mut f = File::create(&tmp).map_err(|e| self.state_err(e))?;
+        f.write_all(&bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| self.state_err(e))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| self.state_err(e))
+    }
+
+    fn state_err(&self, e: impl std::fmt::Display) -> SimError {
+        SimError::State {
+            path: self.path.display().to_string(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_persist_and_failed_updates_change_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = SharedWorld::at(&dir.path().join("vpc.json"));
+        shared
+            .create_if_missing(|| World::new(2, NodeLimits::default(), 10))
+            .expect("create");
+        let eni = shared
+            .update(|w| {
+                let eni = w.create_eni(SUBNET_ID)?;
+                w.attach_eni(&eni.id, &instance_id(1))
+            })
+            .expect("attach");
+        assert_eq!(eni.device_index, Some(1));
+        let before = shared.read().expect("read");
+        let err = shared.update(|w| w.attach_eni(&eni.id, &instance_id(2)));
+        assert!(matches!(
+            err,
+            Err(SimError::Model(ModelError::InvalidState(_)))
+        ));
+        assert_eq!(shared.read().expect("read"), before);
+        shared
+            .create_if_missing(|| World::new(5, NodeLimits::default(), 10))
+            .expect("no-op");
+        assert_eq!(shared.read().expect("read").vpc.instances.len(), 2);
+    }
+
+    #[test]
+    fn concurrent_writers_never_lose_an_update() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = SharedWorld::at(&dir.path().join("vpc.json"));
+        shared
+            .create_if_missing(|| World::new(1, NodeLimits::default(), 1000))
+            .expect("create");
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let shared = shared.clone();
+                s.spawn(move || {
+                    for _ in 0..10 {
+                        shared
+                            .update(|w| w.create_eni(SUBNET_ID))
+                            .expect("create eni");
+                    }
+                });
+            }
+        });
+        assert_eq!(shared.read().expect("read").vpc.enis.len(), 41);
+    }
+}
