@@ -4,7 +4,7 @@
 # test, and the plugin's size and dependency budget.
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-need_apt gcc libc6-dev
+need_apt gcc libc6-dev iproute2 iputils-ping
 need_rust rustfmt clippy
 need_nextest
 cd "$ROOT"

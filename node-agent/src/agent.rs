@@ -119,6 +119,23 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         for eni in ipam.enis() {
             dataplane.program_eni(eni).await?;
         }
+        // Whatever the kernel holds that no allocation owns is a leftover of
+        // a crash or of a DEL whose veth was still queued: remove it.
+        let keep: Vec<PodSpec> = ipam
+            .allocations()
+            .filter_map(|a| {
+                ipam.eni(&a.eni_id).map(|eni| PodSpec {
+                    key: a.key.clone(),
+                    netns: a.netns.clone(),
+                    ip: a.ip,
+                    eni: eni.clone(),
+                })
+            })
+            .collect();
+        let leftovers = dataplane.collect_garbage(&keep).await?;
+        if leftovers > 0 {
+            info!(leftovers, "removed kernel objects no allocation owns");
+        }
         let counts = ipam.counts(clock());
         info!(
             enis = ipam.enis().len(),

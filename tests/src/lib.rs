@@ -295,3 +295,150 @@ pub fn pod_address(result: &Value) -> String {
         .expect("pod address")
         .to_string()
 }
+
+/// A `vpc-sim up` simulation, brought down on drop.
+#[derive(Debug)]
+pub struct Sim {
+    /// Holds the state directory's parent.
+    pub dir: tempfile::TempDir,
+    /// `DIR/env` as key/value pairs.
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+impl Sim {
+    /// Brings up `nodes` nodes with extra `vpc-sim up` flags.
+    pub fn up(nodes: usize, flags: &[&str]) -> Sim {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("sim");
+        let out = Command::new(bin("vpc-sim"))
+            .args(["up", "--nodes", &nodes.to_string(), "--state"])
+            .arg(&state)
+            .args(flags)
+            .output()
+            .expect("run vpc-sim up");
+        assert!(
+            out.status.success(),
+            "vpc-sim up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = std::fs::read_to_string(state.join("env"))
+            .expect("env file")
+            .lines()
+            .filter_map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        Sim { dir, env }
+    }
+
+    /// A value from `DIR/env`.
+    pub fn get(&self, key: &str) -> &str {
+        self.env
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("{key} not in env"))
+    }
+
+    /// The network configuration for node `n` (from 1), as libcni derives
+    /// it from the node's conflist.
+    pub fn conf(&self, n: usize, version: &str) -> Value {
+        let list: Value = serde_json::from_slice(
+            &std::fs::read(self.get(&format!("NODE{n}_CONFLIST"))).expect("conflist"),
+        )
+        .expect("json");
+        let mut conf = list["plugins"][0].clone();
+        conf["cniVersion"] = Value::from(version);
+        conf["name"] = list["name"].clone();
+        conf
+    }
+
+    /// Runs `ip -n <node n's namespace> ARGS` and returns its output.
+    pub fn node_ip(&self, n: usize, args: &[&str]) -> String {
+        let netns = self
+            .get(&format!("NODE{n}_NETNS"))
+            .rsplit('/')
+            .next()
+            .expect("name")
+            .to_string();
+        ip(&[&["-n", &netns], args].concat())
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = Command::new(bin("vpc-sim"))
+            .arg("down")
+            .arg("--state")
+            .arg(self.dir.path().join("sim"))
+            .output();
+    }
+}
+
+/// A pod network namespace with a unique name, deleted on drop.
+#[derive(Debug)]
+pub struct PodNetns {
+    /// Its name.
+    pub name: String,
+}
+
+impl PodNetns {
+    /// Creates one.
+    pub fn new() -> PodNetns {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "vpct-{}-pod{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        ip(&["netns", "add", &name]);
+        PodNetns { name }
+    }
+
+    /// Its path, as `CNI_NETNS`.
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    /// Runs `ip -n <this> ARGS`.
+    pub fn ip(&self, args: &[&str]) -> String {
+        ip(&[&["-n", self.name.as_str()], args].concat())
+    }
+
+    /// Whether one ICMP echo to `dst` is answered.
+    pub fn ping(&self, dst: &str) -> bool {
+        Command::new("ip")
+            .args([
+                "netns", "exec", &self.name, "ping", "-c", "1", "-W", "2", dst,
+            ])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+}
+
+impl Default for PodNetns {
+    fn default() -> PodNetns {
+        PodNetns::new()
+    }
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Runs `ip ARGS`, panicking on failure.
+pub fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -6,19 +6,19 @@
 //! namespace, host end up, pod end up, pod address, neighbour entry for the
 //! gateway, pod default route, host route, two rules (plus two lookups of
 //! link index and MAC). DEL removes the two rules and the host route before
-//! it answers and deletes the veth in the background: that costs the
-//! kernel about 20 ms, and the pod's namespace going away removes it too.
+//! it answers and leaves the veth to the [`reaper`].
 
 mod messages;
 mod netns;
+mod reaper;
 
 pub use messages::{RULE_FROM_POD_PRIORITY, RULE_TO_POD_PRIORITY};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
@@ -27,7 +27,7 @@ use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{RouteAttribute, RouteProtocol};
 use rtnetlink::packet_route::rule::RuleMessage;
 use rtnetlink::{Handle, IpVersion, LinkUnspec};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{
     Dataplane, DataplaneError, HOST_VETH_PREFIX, POD_GATEWAY, PodLinks, PodSpec, host_ifname,
@@ -48,9 +48,7 @@ const ENI_LINK_WAIT: Duration = Duration::from_secs(10);
 pub struct NetlinkDataplane {
     node: Handle,
     node_netns: Option<PathBuf>,
-    /// One lock per host veth name, held by a DEL until its veth is gone,
-    /// so an ADD of the same attachment never races the deletion.
-    gates: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    reaper: Arc<reaper::Reaper>,
 }
 
 impl NetlinkDataplane {
@@ -62,15 +60,10 @@ impl NetlinkDataplane {
         netns::write_sysctl(node_netns, "net/ipv4/ip_forward", "1")
             .map_err(io_err("sysctl net.ipv4.ip_forward=1"))?;
         Ok(NetlinkDataplane {
+            reaper: reaper::Reaper::start(node.clone()),
             node,
             node_netns: node_netns.map(Path::to_path_buf),
-            gates: Arc::default(),
         })
-    }
-
-    fn gate(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(gates.entry(name.to_string()).or_default())
     }
 
     async fn remove_host_side(&self, pod: &PodSpec) -> Result<(), DataplaneError> {
@@ -148,22 +141,29 @@ impl Dataplane for NetlinkDataplane {
     }
 
     async fn attach_pod(&self, pod: &PodSpec) -> Result<PodLinks, DataplaneError> {
+        self.reaper.touch();
         let host = host_ifname(&pod.key.container_id, &pod.key.ifname);
-        let gate = self.gate(&host);
-        let _serialised = gate.lock().await;
         let pod_ns = std::fs::File::open(&pod.netns).map_err(io_err("open pod netns"))?;
-        if find_link(&self.node, &host).await?.is_none() {
-            self.node
-                .link()
-                .add(messages::veth_pair(
-                    &host,
-                    &pod.key.ifname,
-                    pod.eni.mtu,
-                    pod_ns.as_raw_fd(),
-                ))
-                .execute()
-                .await
-                .map_err(|e| kernel("ip link add type veth", e))?;
+        {
+            let _links = self.reaper.links.lock().await;
+            // A veth queued for deletion belongs to an earlier incarnation of
+            // this attachment: start afresh rather than inherit its address.
+            if self.reaper.cancel(&host) {
+                delete_link_named(&self.node, &host).await?;
+            }
+            if find_link(&self.node, &host).await?.is_none() {
+                self.node
+                    .link()
+                    .add(messages::veth_pair(
+                        &host,
+                        &pod.key.ifname,
+                        pod.eni.mtu,
+                        pod_ns.as_raw_fd(),
+                    ))
+                    .execute()
+                    .await
+                    .map_err(|e| kernel("ip link add type veth", e))?;
+            }
         }
         let host_link =
             find_link(&self.node, &host)
@@ -250,6 +250,7 @@ impl Dataplane for NetlinkDataplane {
     }
 
     async fn check_pod(&self, pod: &PodSpec) -> Result<(), DataplaneError> {
+        self.reaper.touch();
         let who = pod.key.to_string();
         let missing = |what: &'static str, detail: String| DataplaneError::Mismatch {
             pod: who.clone(),
@@ -339,28 +340,12 @@ impl Dataplane for NetlinkDataplane {
     }
 
     async fn detach_pod(&self, pod: &PodSpec) -> Result<(), DataplaneError> {
-        let host = host_ifname(&pod.key.container_id, &pod.key.ifname);
-        let gate = self.gate(&host);
-        let held = Arc::clone(&gate).lock_owned().await;
+        self.reaper.touch();
         self.remove_host_side(pod).await?;
-        let Some(link) = find_link(&self.node, &host).await? else {
-            return Ok(());
-        };
-        let node = self.node.clone();
-        let gates = Arc::clone(&self.gates);
-        tokio::spawn(async move {
-            if let Err(e) = tolerate(
-                node.link().del(link.header.index).execute().await,
-                &[ENODEV],
-            ) {
-                warn!(veth = %host, error = %e, "deleting veth failed; GC will retry");
-            }
-            drop(held);
-            gates
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&host);
-        });
+        let host = host_ifname(&pod.key.container_id, &pod.key.ifname);
+        if find_link(&self.node, &host).await?.is_some() {
+            self.reaper.schedule(host);
+        }
         Ok(())
     }
 
@@ -431,6 +416,18 @@ impl Dataplane for NetlinkDataplane {
         }
         Ok(removed)
     }
+}
+
+/// `ip link del NAME`; a link already gone is fine.
+async fn delete_link_named(handle: &Handle, name: &str) -> Result<(), DataplaneError> {
+    let Some(link) = find_link(handle, name).await? else {
+        return Ok(());
+    };
+    tolerate(
+        handle.link().del(link.header.index).execute().await,
+        &[ENODEV],
+    )
+    .map_err(|e| kernel("ip link del", e))
 }
 
 async fn our_rules(handle: &Handle) -> Result<Vec<RuleMessage>, DataplaneError> {
@@ -551,3 +548,6 @@ fn io_err(op: &'static str) -> impl FnOnce(std::io::Error) -> DataplaneError {
         detail: e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;

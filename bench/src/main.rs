@@ -1,0 +1,385 @@
+//! `cni-latency`: times CNI ADD and DEL of vpc-cni (through a warm agent on
+//! a one-node `vpc-sim`) and of the reference `ptp` + `host-local` plugins,
+//! every call a separate process with kubelet's environment, in one run on
+//! one machine; then 110 pods added 8 at a time with each.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sched::{CloneFlags, setns};
+use serde_json::{Value, json};
+
+const REFERENCE_DIR: &str = "/usr/lib/cni";
+
+struct Options {
+    pods: usize,
+    burst_pods: usize,
+    parallel: usize,
+    bin_dir: PathBuf,
+}
+
+fn main() {
+    if let Err(e) = run(parse_args()) {
+        eprintln!("cni-latency: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn parse_args() -> Options {
+    let mut o = Options {
+        pods: 100,
+        burst_pods: 110,
+        parallel: 8,
+        bin_dir: PathBuf::from("target/release"),
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        match flag.as_str() {
+            "--pods" => {
+                o.pods = value
+                    .parse()
+                    .unwrap_or_else(|_| usage("--pods takes a number"))
+            }
+            "--burst-pods" => {
+                o.burst_pods = value
+                    .parse()
+                    .unwrap_or_else(|_| usage("--burst-pods takes a number"))
+            }
+            "--parallel" => {
+                o.parallel = value
+                    .parse()
+                    .unwrap_or_else(|_| usage("--parallel takes a number"))
+            }
+            "--bin-dir" => o.bin_dir = PathBuf::from(value),
+            _ => usage(&format!("unknown flag {flag}")),
+        }
+    }
+    if o.pods == 0 || o.parallel == 0 {
+        usage("--pods and --parallel must be positive");
+    }
+    o
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!(
+        "cni-latency: {msg}\nusage: cni-latency [--pods N] [--burst-pods N] [--parallel N] [--bin-dir DIR]"
+    );
+    std::process::exit(2)
+}
+
+/// One CNI network to measure: how to call it and where its plugin is.
+struct Network {
+    label: &'static str,
+    plugin: PathBuf,
+    cni_path: String,
+    conf: Value,
+}
+
+fn run(o: Options) -> Result<(), String> {
+    let tag = std::process::id();
+    let work = std::env::temp_dir().join(format!("cni-latency-{tag}"));
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    // The reference plugins create their host ends in the caller's
+    // namespace: give the whole run a scratch one.
+    let host_ns = format!("cnilat-{tag}-host");
+    ip(&["netns", "add", &host_ns])?;
+    let result = measure(&o, &work, &host_ns);
+    let _ = ip(&["netns", "del", &host_ns]);
+    let _ = Command::new(o.bin_dir.join("vpc-sim"))
+        .arg("down")
+        .arg("--state")
+        .arg(work.join("sim"))
+        .output();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn measure(o: &Options, work: &Path, host_ns: &str) -> Result<(), String> {
+    let state = work.join("sim");
+    let capacity = o.pods + o.burst_pods + 10;
+    let up = Command::new(o.bin_dir.join("vpc-sim"))
+        .args([
+            "up",
+            "--nodes",
+            "1",
+            "--max-enis",
+            "8",
+            "--ips-per-eni",
+            "50",
+            "--state",
+        ])
+        .arg(&state)
+        .arg(format!("--agent-flag=--warm-ip-target={capacity}"))
+        .output()
+        .map_err(|e| format!("vpc-sim up: {e}"))?;
+    if !up.status.success() {
+        return Err(format!(
+            "vpc-sim up: {}",
+            String::from_utf8_lossy(&up.stderr)
+        ));
+    }
+    let socket = state.join("node1/agent.sock");
+    wait_warm(&socket, capacity)?;
+    let agent_pid = agent_pid(&state);
+
+    let own = File::open(format!("/var/run/netns/{host_ns}")).map_err(|e| e.to_string())?;
+    setns(&own, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
+
+    let vpc = Network {
+        label: "vpc-cni",
+        plugin: o.bin_dir.join("vpc-cni"),
+        cni_path: o.bin_dir.display().to_string(),
+        conf: json!({"cniVersion": "1.0.0", "name": "vpc-cni", "type": "vpc-cni", "agentSocket": socket}),
+    };
+    let reference = Network {
+        label: "ptp+host-local",
+        plugin: PathBuf::from(REFERENCE_DIR).join("ptp"),
+        cni_path: REFERENCE_DIR.into(),
+        conf: json!({
+            "cniVersion": "1.0.0", "name": format!("cnilat-{}", std::process::id()), "type": "ptp", "ipMasq": false,
+            "ipam": {"type": "host-local", "subnet": "10.250.0.0/16", "dataDir": work.join("host-local")},
+        }),
+    };
+    if !reference.plugin.exists() {
+        return Err(format!(
+            "{} missing: apt-get install containernetworking-plugins",
+            reference.plugin.display()
+        ));
+    }
+
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{} pods, each CNI call a new process, one machine, one run\n",
+        o.pods
+    );
+    let _ = writeln!(
+        out,
+        "{:<16} {:>5} {:>11} {:>11}",
+        "plugin", "verb", "median ms", "p99 ms"
+    );
+    let mut medians = Vec::new();
+    for net in [&vpc, &reference] {
+        let pods = make_pods(host_ns, o.pods)?;
+        let adds = time_each(net, "ADD", &pods)?;
+        let dels = time_each(net, "DEL", &pods)?;
+        // As a runtime does after DEL: the pod namespaces go.
+        drop(pods);
+        settle();
+        for (verb, samples) in [("ADD", &adds), ("DEL", &dels)] {
+            let _ = writeln!(
+                out,
+                "{:<16} {:>5} {:>11.2} {:>11.2}",
+                net.label,
+                verb,
+                pct(samples, 50.0),
+                pct(samples, 99.0)
+            );
+        }
+        medians.push((pct(&adds, 50.0), pct(&dels, 50.0)));
+    }
+    let _ = writeln!(
+        out,
+        "\nvpc-cni / ptp+host-local at the median: ADD {:.3}x, DEL {:.3}x",
+        medians[0].0 / medians[1].0,
+        medians[0].1 / medians[1].1
+    );
+
+    let _ = writeln!(
+        out,
+        "\n{} pods added {} at a time (wall time):",
+        o.burst_pods, o.parallel
+    );
+    for net in [&vpc, &reference] {
+        let pods = make_pods(host_ns, o.burst_pods)?;
+        let started = Instant::now();
+        burst(net, "ADD", &pods, o.parallel)?;
+        let wall = started.elapsed();
+        let _ = writeln!(
+            out,
+            "  {:<16} {:>8.1} ms",
+            net.label,
+            wall.as_secs_f64() * 1e3
+        );
+        if net.label == "vpc-cni"
+            && let Some(rss) = agent_pid.and_then(rss_kib)
+        {
+            let _ = writeln!(
+                out,
+                "  (agent resident memory with {} pods: {:.1} MiB)",
+                o.burst_pods,
+                rss as f64 / 1024.0
+            );
+        }
+        burst(net, "DEL", &pods, o.parallel)?;
+        drop(pods);
+        settle();
+    }
+    Ok(())
+}
+
+/// Lets the kernel finish tearing down namespaces (and the agent its
+/// deferred veth deletions) so one phase does not slow the next.
+fn settle() {
+    std::thread::sleep(Duration::from_secs(3));
+}
+
+fn make_pods(host_ns: &str, n: usize) -> Result<Vec<Pod>, String> {
+    (0..n).map(|i| Pod::new(host_ns, i)).collect()
+}
+
+struct Pod {
+    id: String,
+    netns: String,
+}
+
+impl Pod {
+    fn new(host_ns: &str, i: usize) -> Result<Pod, String> {
+        let netns = format!("{host_ns}-p{i}");
+        ip(&["netns", "add", &netns])?;
+        Ok(Pod {
+            id: format!("cnilat{i:04}"),
+            netns,
+        })
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
+
+fn call(net: &Network, verb: &str, pod: &Pod) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut child = Command::new(&net.plugin)
+        .env_clear()
+        .env("CNI_COMMAND", verb)
+        .env("CNI_CONTAINERID", &pod.id)
+        .env("CNI_NETNS", format!("/var/run/netns/{}", pod.netns))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", &net.cni_path)
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={}",
+                pod.id
+            ),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", net.plugin.display()))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(net.conf.to_string().as_bytes())
+        .map_err(|e| e.to_string())?;
+    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    let elapsed = started.elapsed();
+    if !output.status.success() {
+        return Err(format!(
+            "{} {verb} {}: {}",
+            net.label,
+            pod.id,
+            String::from_utf8_lossy(&output.stdout)
+        ));
+    }
+    Ok(elapsed)
+}
+
+fn time_each(net: &Network, verb: &str, pods: &[Pod]) -> Result<Vec<f64>, String> {
+    pods.iter()
+        .map(|p| call(net, verb, p).map(|d| d.as_secs_f64() * 1e3))
+        .collect()
+}
+
+fn burst(net: &Network, verb: &str, pods: &[Pod], parallel: usize) -> Result<(), String> {
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..parallel)
+            .map(|w| {
+                s.spawn(move || {
+                    pods.iter()
+                        .skip(w)
+                        .step_by(parallel)
+                        .try_for_each(|p| call(net, verb, p).map(|_| ()))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().map_err(|_| "worker panicked".to_string())?)
+    })
+}
+
+fn pct(samples: &[f64], p: f64) -> f64 {
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (v.len() as f64 - 1.0)).round() as usize;
+    v[rank.min(v.len() - 1)]
+}
+
+fn wait_warm(socket: &Path, free: usize) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Ok(proto::wire::Response::Pool(view))) =
+            proto::client::call(socket, &proto::wire::Request::Pool, Duration::from_secs(5))
+        {
+            let n = view
+                .enis
+                .iter()
+                .flat_map(|e| &e.ips)
+                .filter(|i| i.state == proto::wire::IpState::Free)
+                .count();
+            if n >= free {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the pool did not reach {free} free IPs within 60 s"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn agent_pid(state: &Path) -> Option<u32> {
+    let sim: Value = serde_json::from_slice(&std::fs::read(state.join("sim.json")).ok()?).ok()?;
+    sim["nodes"][0]["agent_pid"].as_u64().map(|p| p as u32)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}

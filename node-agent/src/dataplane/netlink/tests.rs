@@ -1,0 +1,324 @@
+//! Privileged tests of the netlink data path: each runs in fresh network
+//! namespaces with unique names, removed again even when the test fails.
+//! They skip, saying so, when not run as root.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use proto::wire::AttachmentKey;
+
+use super::*;
+
+/// A named network namespace that is deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(role: &str) -> Netns {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "vpct-{}-{}-{role}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run command");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: privileged test needs root");
+    }
+    root
+}
+
+/// A node with one secondary ENI (`eth1`, its far end in a "wire" namespace).
+struct Bed {
+    node: Netns,
+    _wire: Netns,
+    eni: EniRecord,
+}
+
+fn bed() -> Bed {
+    let node = Netns::new("node");
+    let wire = Netns::new("wire");
+    let mac = "02:aa:00:00:00:01";
+    wire.ip(&[
+        "link", "add", "f1", "type", "veth", "peer", "name", "eth1", "address", mac, "netns",
+        &node.name,
+    ]);
+    wire.ip(&["link", "set", "f1", "up"]);
+    let eni = EniRecord {
+        id: "eni-test".into(),
+        mac: mac.into(),
+        subnet_id: "subnet-test".into(),
+        gateway: Ipv4Addr::new(10, 9, 0, 1),
+        primary_ip: Ipv4Addr::new(10, 9, 0, 2),
+        mtu: 1500,
+        table: 101,
+        ips: vec![Ipv4Addr::new(10, 9, 0, 10), Ipv4Addr::new(10, 9, 0, 11)],
+    };
+    Bed {
+        node,
+        _wire: wire,
+        eni,
+    }
+}
+
+fn spec(bed: &Bed, pod: &Netns, container: &str, ip: Ipv4Addr) -> PodSpec {
+    PodSpec {
+        key: AttachmentKey {
+            network: "vpc".into(),
+            container_id: container.into(),
+            ifname: "eth0".into(),
+        },
+        netns: pod.path().display().to_string(),
+        ip,
+        eni: bed.eni.clone(),
+    }
+}
+
+async fn wait_gone(ns: &Netns, link: &str) -> bool {
+    for _ in 0..50 {
+        if !ns.ip(&["-o", "link", "show"]).contains(link) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_program_eni_sets_up_its_table_and_rp_filter() {
+    if !root() {
+        return;
+    }
+    let bed = bed();
+    let dp = NetlinkDataplane::new(Some(&bed.node.path())).expect("dataplane");
+    dp.program_eni(&bed.eni).await.expect("program");
+    dp.program_eni(&bed.eni)
+        .await
+        .expect("programming twice is fine");
+    let table = bed.node.ip(&["route", "show", "table", "101"]);
+    assert!(table.contains("default via 10.9.0.1 dev eth1"), "{table}");
+    assert!(table.contains("10.9.0.1 dev eth1"), "{table}");
+    assert!(
+        bed.node
+            .ip(&["addr", "show", "eth1"])
+            .contains("10.9.0.2/32")
+    );
+    assert!(bed.node.ip(&["link", "show", "eth1"]).contains("state UP"));
+    let rp = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &bed.node.name,
+        "cat",
+        "/proc/sys/net/ipv4/conf/eth1/rp_filter",
+    ]);
+    assert_eq!(rp.trim(), "2");
+    let fwd = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &bed.node.name,
+        "cat",
+        "/proc/sys/net/ipv4/ip_forward",
+    ]);
+    assert_eq!(fwd.trim(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_attach_check_detach_a_pod() {
+    if !root() {
+        return;
+    }
+    let bed = bed();
+    let pod = Netns::new("pod");
+    let dp = NetlinkDataplane::new(Some(&bed.node.path())).expect("dataplane");
+    dp.program_eni(&bed.eni).await.expect("program");
+    let s = spec(&bed, &pod, "c1", bed.eni.ips[0]);
+
+    let links = dp.attach_pod(&s).await.expect("attach");
+    assert_eq!(links.host_ifname, host_ifname("c1", "eth0"));
+    assert_eq!(
+        dp.attach_pod(&s).await.expect("attach is idempotent"),
+        links
+    );
+
+    let inside = pod.ip(&["addr", "show", "eth0"]);
+    assert!(inside.contains("10.9.0.10/32"), "{inside}");
+    assert!(inside.contains("mtu 1500"), "{inside}");
+    assert!(
+        pod.ip(&["route"])
+            .contains("default via 169.254.1.1 dev eth0 proto static onlink")
+    );
+    let neigh = pod.ip(&["neigh"]);
+    assert!(
+        neigh.contains(&format!(
+            "169.254.1.1 dev eth0 lladdr {} PERMANENT",
+            links.host_mac
+        )),
+        "{neigh}"
+    );
+    let host_route = bed.node.ip(&["route", "show", "10.9.0.10"]);
+    assert!(
+        host_route.contains(&format!("dev {} proto 175 scope link", links.host_ifname)),
+        "{host_route}"
+    );
+    let rules = bed.node.ip(&["rule"]);
+    assert!(
+        rules.contains("512:\tfrom all to 10.9.0.10 lookup main proto 175"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("1536:\tfrom 10.9.0.10 lookup 101 proto 175"),
+        "{rules}"
+    );
+
+    dp.check_pod(&s).await.expect("check");
+    bed.node.ip(&["route", "del", "10.9.0.10/32"]);
+    match dp.check_pod(&s).await {
+        Err(DataplaneError::Mismatch {
+            what: "host route", ..
+        }) => {}
+        other => panic!("CHECK should name the missing route: {other:?}"),
+    }
+    dp.attach_pod(&s).await.expect("re-attach repairs");
+    dp.check_pod(&s).await.expect("check after repair");
+
+    dp.detach_pod(&s).await.expect("detach");
+    assert!(
+        !bed.node.ip(&["rule"]).contains("10.9.0.10"),
+        "rules go before DEL answers"
+    );
+    assert!(
+        bed.node
+            .ip(&["route", "show", "10.9.0.10"])
+            .trim()
+            .is_empty(),
+        "the route goes before DEL answers"
+    );
+    assert!(
+        wait_gone(&bed.node, &links.host_ifname).await,
+        "the veth goes in the background"
+    );
+    dp.detach_pod(&s).await.expect("detaching twice is fine");
+    assert!(matches!(
+        dp.check_pod(&s).await,
+        Err(DataplaneError::Mismatch {
+            what: "host veth",
+            ..
+        })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_detach_tolerates_a_vanished_pod_namespace() {
+    if !root() {
+        return;
+    }
+    let bed = bed();
+    let dp = NetlinkDataplane::new(Some(&bed.node.path())).expect("dataplane");
+    dp.program_eni(&bed.eni).await.expect("program");
+    let pod = Netns::new("pod");
+    let s = spec(&bed, &pod, "gone", bed.eni.ips[0]);
+    let links = dp.attach_pod(&s).await.expect("attach");
+    drop(pod);
+    assert!(
+        wait_gone(&bed.node, &links.host_ifname).await,
+        "the pair dies with the namespace"
+    );
+    dp.detach_pod(&s)
+        .await
+        .expect("detach after the runtime removed the namespace");
+    assert!(!bed.node.ip(&["rule"]).contains("10.9.0.10"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_gc_removes_only_what_no_pod_owns() {
+    if !root() {
+        return;
+    }
+    let bed = bed();
+    let dp = NetlinkDataplane::new(Some(&bed.node.path())).expect("dataplane");
+    dp.program_eni(&bed.eni).await.expect("program");
+    let (p1, p2) = (Netns::new("pod"), Netns::new("pod"));
+    let keep = spec(&bed, &p1, "keep", bed.eni.ips[0]);
+    let stale = spec(&bed, &p2, "stale", bed.eni.ips[1]);
+    let kept = dp.attach_pod(&keep).await.expect("attach");
+    let gone = dp.attach_pod(&stale).await.expect("attach");
+    let removed = dp
+        .collect_garbage(std::slice::from_ref(&keep))
+        .await
+        .expect("gc");
+    assert_eq!(removed, 4, "one veth, two rules, one route");
+    let links = bed.node.ip(&["-o", "link", "show"]);
+    assert!(
+        links.contains(&kept.host_ifname) && !links.contains(&gone.host_ifname),
+        "{links}"
+    );
+    assert!(!bed.node.ip(&["rule"]).contains("10.9.0.11"));
+    dp.check_pod(&keep).await.expect("the kept pod is intact");
+    assert_eq!(dp.collect_garbage(&[keep]).await.expect("gc"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_a_re_add_after_del_starts_from_a_fresh_veth() {
+    if !root() {
+        return;
+    }
+    let bed = bed();
+    let pod = Netns::new("pod");
+    let dp = NetlinkDataplane::new(Some(&bed.node.path())).expect("dataplane");
+    dp.program_eni(&bed.eni).await.expect("program");
+    let first = spec(&bed, &pod, "again", bed.eni.ips[0]);
+    dp.attach_pod(&first).await.expect("attach");
+    dp.detach_pod(&first).await.expect("detach");
+    let second = spec(&bed, &pod, "again", bed.eni.ips[1]);
+    dp.attach_pod(&second)
+        .await
+        .expect("re-attach with the veth still queued");
+    let inside = pod.ip(&["addr", "show", "eth0"]);
+    assert!(
+        inside.contains("10.9.0.11/32") && !inside.contains("10.9.0.10/32"),
+        "{inside}"
+    );
+    dp.check_pod(&second).await.expect("check");
+}

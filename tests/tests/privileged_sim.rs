@@ -1,0 +1,157 @@
+//! Privileged: the real binaries on a `vpc-sim` simulation with real links.
+//! Every namespace is uniquely named and removed on drop, even on failure.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use vpc_cni_tests::{CniEnv, PodNetns, Sim, bin, cni, is_root, pod_address};
+
+fn skip() -> bool {
+    if !is_root() {
+        eprintln!("skipped: privileged test needs root");
+        return true;
+    }
+    false
+}
+
+fn bytes(v: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(v).expect("json")
+}
+
+#[test]
+fn privileged_demo_two_nodes_ping_each_other() {
+    if skip() {
+        return;
+    }
+    let out = Command::new(bin("vpc-sim"))
+        .arg("demo")
+        .output()
+        .expect("run vpc-sim demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("(across nodes)") && stdout.contains("PASS"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+#[test]
+fn privileged_add_check_gc_del_program_the_kernel() {
+    if skip() {
+        return;
+    }
+    let sim = Sim::up(1, &[]);
+    let conf = sim.conf(1, "1.1.0");
+    let (a, b) = (PodNetns::new(), PodNetns::new());
+    let add = |pod: &PodNetns, id: &str| {
+        let run = cni(&CniEnv::pod("ADD", id, &pod.path()), &bytes(&conf));
+        assert!(run.ok, "ADD {id}: {} {}", run.stdout, run.stderr);
+        run.json()
+    };
+    let ra = add(&a, "ctr-a");
+    let rb = add(&b, "ctr-b");
+    let ip_a = pod_address(&ra);
+    let ip_b = pod_address(&rb);
+    assert!(a.ip(&["addr", "show", "eth0"]).contains(&ip_a));
+    assert!(
+        a.ping(ip_b.trim_end_matches("/32")),
+        "pod to pod on one node"
+    );
+    assert!(a.ping("10.0.16.1"), "pod to its subnet gateway");
+
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = ra.clone();
+    let check = cni(
+        &CniEnv::pod("CHECK", "ctr-a", &a.path()),
+        &bytes(&with_prev),
+    );
+    assert!(check.ok, "CHECK: {}", check.stdout);
+    let host_veth = ra["interfaces"][0]["name"]
+        .as_str()
+        .expect("host veth")
+        .to_string();
+    sim.node_ip(1, &["link", "set", &host_veth, "down"]);
+    let check = cni(
+        &CniEnv::pod("CHECK", "ctr-a", &a.path()),
+        &bytes(&with_prev),
+    );
+    assert_eq!(
+        check.code(),
+        102,
+        "CHECK names what is wrong: {}",
+        check.stdout
+    );
+    assert!(
+        check.json()["msg"]
+            .as_str()
+            .expect("msg")
+            .contains("host veth")
+    );
+    sim.node_ip(1, &["link", "set", &host_veth, "up"]);
+
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "ctr-a", "ifname": "eth0"}]);
+    assert!(cni(&CniEnv::bare("GC"), &bytes(&gc)).ok);
+    let rules = sim.node_ip(1, &["rule"]);
+    assert!(
+        !rules.contains(ip_b.trim_end_matches("/32")),
+        "GC removed b's rules: {rules}"
+    );
+    assert!(
+        rules.contains(ip_a.trim_end_matches("/32")),
+        "GC kept a's rules: {rules}"
+    );
+
+    let del = cni(&CniEnv::pod("DEL", "ctr-a", &a.path()), &bytes(&conf));
+    assert!(del.ok, "DEL: {}", del.stdout);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.node_ip(1, &["-o", "link", "show"]).contains(&host_veth) {
+        assert!(Instant::now() < deadline, "veth {host_veth} not removed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!sim.node_ip(1, &["rule"]).contains("proto 175"));
+    assert!(
+        sim.node_ip(1, &["route", "show", "proto", "175"])
+            .trim()
+            .is_empty()
+    );
+    let del = cni(
+        &CniEnv::pod("DEL", "ctr-a", &a.path()).unset("CNI_NETNS"),
+        &bytes(&conf),
+    );
+    assert!(del.ok, "DEL again: {}", del.stdout);
+}
+
+#[test]
+fn privileged_pods_on_two_nodes_reach_each_other() {
+    if skip() {
+        return;
+    }
+    let sim = Sim::up(2, &[]);
+    let (a, b) = (PodNetns::new(), PodNetns::new());
+    let ra = cni(
+        &CniEnv::pod("ADD", "x-a", &a.path()),
+        &bytes(&sim.conf(1, "1.0.0")),
+    );
+    let rb = cni(
+        &CniEnv::pod("ADD", "x-b", &b.path()),
+        &bytes(&sim.conf(2, "1.0.0")),
+    );
+    assert!(ra.ok && rb.ok, "{} {}", ra.stdout, rb.stdout);
+    let ip_b = pod_address(&rb.json());
+    let ip_a = pod_address(&ra.json());
+    assert!(
+        a.ping(ip_b.trim_end_matches("/32")),
+        "node1 pod to node2 pod"
+    );
+    assert!(
+        b.ping(ip_a.trim_end_matches("/32")),
+        "node2 pod to node1 pod"
+    );
+}
