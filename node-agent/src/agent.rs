@@ -6,7 +6,9 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::committer::{Committer, Pending};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::wire::{
     AddReply, AddRequest, AgentError, CheckRequest, DelRequest, ErrorKind, GcRequest, Reply,
@@ -63,9 +65,9 @@ pub enum StartError {
 
 struct State {
     ipam: Ipam,
-    store: Box<dyn Store>,
-    /// The last commit failure, until a commit succeeds again.
-    store_error: Option<String>,
+    /// Set once a commit fails: the pool may then be ahead of the store, so
+    /// nothing more is changed until the agent restarts from the store.
+    poisoned: Option<String>,
 }
 
 /// The agent.
@@ -75,7 +77,8 @@ pub struct Agent<C, D> {
     node: NodeInfo,
     config: AgentConfig,
     clock: Clock,
-    state: Arc<Mutex<State>>,
+    state: Mutex<State>,
+    committer: Committer,
     grow_lock: tokio::sync::Mutex<()>,
     pool_changed: Notify,
     waiting_for_ip: AtomicUsize,
@@ -150,11 +153,11 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             node,
             config,
             clock,
-            state: Arc::new(Mutex::new(State {
+            state: Mutex::new(State {
                 ipam,
-                store,
-                store_error: None,
-            })),
+                poisoned: None,
+            }),
+            committer: Committer::start(store),
             grow_lock: tokio::sync::Mutex::new(()),
             pool_changed: Notify::new(),
             waiting_for_ip: AtomicUsize::new(0),
@@ -176,9 +179,10 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     }
 
     async fn add(&self, req: AddRequest) -> Result<Response, AgentError> {
+        let started = Instant::now();
         let mut attempts = 0;
-        let plan = loop {
-            match self.allocate(&req).await {
+        let (plan, pending) = loop {
+            match self.reserve(&req) {
                 Err(e) if e.kind == ErrorKind::NoIpAvailable && attempts < MAX_GROW_ATTEMPTS => {
                     // Grow for everyone waiting, not just this pod; another
                     // ADD may take what this one grew, hence the retries.
@@ -193,9 +197,20 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         };
         self.pool_changed.notify_one();
         let spec = self.spec(&plan.allocation)?;
-        match self.dataplane.attach_pod(&spec).await {
-            Ok(links) => {
-                info!(ip = %spec.ip, eni = %spec.eni.id, host_veth = %links.host_ifname, repeated = plan.existing, "pod added");
+        // The pod is wired while its allocation is being made durable; the
+        // reply waits for both.
+        let (wired, committed) =
+            tokio::join!(self.dataplane.attach_pod(&spec), self.durable(pending));
+        match (wired, committed) {
+            (Ok(links), Ok(())) => {
+                info!(
+                    ip = %spec.ip,
+                    eni = %spec.eni.id,
+                    host_veth = %links.host_ifname,
+                    repeated = plan.existing,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "pod added"
+                );
                 Ok(Response::Added(AddReply {
                     ip: spec.ip,
                     gateway: POD_GATEWAY,
@@ -206,11 +221,12 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     eni_id: spec.eni.id.clone(),
                 }))
             }
-            Err(e) => {
-                warn!(ip = %spec.ip, error = %e, "wiring the pod failed; rolling back");
+            (wired, committed) => {
+                warn!(ip = %spec.ip, wired = ?wired.as_ref().err(), committed = ?committed.as_ref().err(), "ADD failed; rolling back");
                 if let Err(cleanup) = self.dataplane.detach_pod(&spec).await {
                     warn!(error = %cleanup, "cleanup after failed ADD incomplete; GC will finish it");
                 }
+                committed?;
                 if !plan.existing {
                     let key = req.key.clone();
                     self.commit(move |ipam, now| {
@@ -223,15 +239,14 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     })
                     .await?;
                 }
-                Err(dataplane_error(e))
+                Err(dataplane_error(wired.expect_err("one side failed")))
             }
         }
     }
 
-    async fn allocate(&self, req: &AddRequest) -> Result<crate::ipam::AddPlan, AgentError> {
-        let req = req.clone();
+    fn reserve(&self, req: &AddRequest) -> Result<(crate::ipam::AddPlan, Pending), AgentError> {
         let limits = self.node.limits;
-        self.commit(move |ipam, now| {
+        self.change(|ipam, now| {
             let plan = ipam
                 .plan_add(&req.key, &req.netns, req.pod.as_ref(), now)
                 .map_err(|e| {
@@ -248,7 +263,6 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             let changes = plan.changes.clone();
             Ok((changes, plan))
         })
-        .await
     }
 
     async fn del(&self, req: DelRequest) -> Result<Response, AgentError> {
@@ -360,8 +374,8 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     fn status(&self) -> Response {
         let st = self.lock();
         let counts = st.ipam.counts((self.clock)());
-        let reason = if let Some(e) = &st.store_error {
-            Some(format!("state store failing: {e}"))
+        let reason = if let Some(e) = &st.poisoned {
+            Some(format!("state store failed ({e}); restart the agent"))
         } else if counts.free == 0 && !pool::can_grow(st.ipam.enis(), self.node.limits) {
             Some(format!(
                 "no IP can be served: {} allocated, {} cooling, node at its limits",
@@ -461,27 +475,41 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         Ok(record)
     }
 
-    /// Plans changes under the lock, commits them, then applies them: the
-    /// pool never shows what the store does not hold.
-    async fn commit<T: Send + 'static>(
+    /// Plans changes under the pool lock, applies them and queues them for
+    /// the store in that same order. The caller answers only once the
+    /// returned [`Pending`] is [`durable`](Self::durable).
+    fn change<T>(
         &self,
-        plan: impl FnOnce(&Ipam, UnixMillis) -> Result<(Vec<Change>, T), AgentError> + Send + 'static,
-    ) -> Result<T, AgentError> {
-        let state = Arc::clone(&self.state);
-        let clock = Arc::clone(&self.clock);
-        tokio::task::spawn_blocking(move || {
-            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-            let (changes, out) = plan(&st.ipam, clock())?;
-            if let Err(e) = st.store.commit(&changes) {
-                st.store_error = Some(e.to_string());
-                return Err(AgentError::new(ErrorKind::Store, e.to_string()));
-            }
-            st.store_error = None;
-            st.ipam.apply(&changes);
-            Ok(out)
+        plan: impl FnOnce(&Ipam, UnixMillis) -> Result<(Vec<Change>, T), AgentError>,
+    ) -> Result<(T, Pending), AgentError> {
+        let mut st = self.lock();
+        if let Some(why) = &st.poisoned {
+            return Err(AgentError::new(
+                ErrorKind::Store,
+                format!("the state store failed earlier ({why}); restart the agent to reload it"),
+            ));
+        }
+        let (changes, out) = plan(&st.ipam, (self.clock)())?;
+        st.ipam.apply(&changes);
+        Ok((out, self.committer.submit(changes)))
+    }
+
+    /// Waits until queued changes are durable; a failure poisons the agent.
+    async fn durable(&self, pending: Pending) -> Result<(), AgentError> {
+        pending.wait().await.map_err(|e| {
+            self.lock().poisoned.get_or_insert_with(|| e.clone());
+            AgentError::new(ErrorKind::Store, e)
         })
-        .await
-        .map_err(|e| AgentError::new(ErrorKind::Internal, format!("commit task failed: {e}")))?
+    }
+
+    /// [`change`](Self::change), then [`durable`](Self::durable).
+    async fn commit<T>(
+        &self,
+        plan: impl FnOnce(&Ipam, UnixMillis) -> Result<(Vec<Change>, T), AgentError>,
+    ) -> Result<T, AgentError> {
+        let (out, pending) = self.change(plan)?;
+        self.durable(pending).await?;
+        Ok(out)
     }
 
     fn spec(&self, a: &Allocation) -> Result<PodSpec, AgentError> {

@@ -3,6 +3,7 @@
 mod agent;
 mod cloud;
 mod commands;
+mod committer;
 mod dataplane;
 mod duration;
 mod ipam;

@@ -258,18 +258,25 @@ async fn status_is_ready_until_nothing_can_be_served() {
 }
 
 #[tokio::test]
-async fn a_failing_store_fails_the_request_and_status() {
-    let h = harness().await;
+async fn a_failed_commit_stops_all_changes_until_restart() {
+    let store = MemoryStore::default();
+    let fail = Arc::clone(&store.fail_commits);
+    let h = harness_with(NodeLimits::default(), Box::new(store)).await;
     add(&h.agent, "c1").await;
-    h.agent.lock().store = Box::new(MemoryStore::failing());
-    let before = allocated(&h.agent);
-    let e = h.agent.handle(del_req("c1")).await.expect_err("store down");
+    fail.store(true, Ordering::SeqCst);
+    let e = h.agent.handle(add_req("c2")).await.expect_err("store down");
     assert_eq!(e.kind, ErrorKind::Store);
-    assert_eq!(
-        allocated(&h.agent),
-        before,
-        "nothing changes that was not committed"
+    assert!(
+        h.agent
+            .dataplane
+            .wired()
+            .iter()
+            .all(|w| w != &crate::dataplane::host_ifname("c2", "eth0")),
+        "the failed ADD was unwired"
     );
+    fail.store(false, Ordering::SeqCst);
+    let e = h.agent.handle(del_req("c1")).await.expect_err("poisoned");
+    assert!(e.message.contains("restart"), "{}", e.message);
     assert!(matches!(
         h.agent.handle(Request::Status).await,
         Ok(Response::Status(StatusReply { ready: false, .. }))

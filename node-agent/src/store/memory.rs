@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use proto::wire::AttachmentKey;
 
@@ -14,18 +16,8 @@ pub struct MemoryStore {
     enis: Vec<EniRecord>,
     allocations: BTreeMap<AttachmentKey, Allocation>,
     cooling: BTreeMap<Ipv4Addr, UnixMillis>,
-    /// When set, every commit fails and changes nothing.
-    pub fail_commits: bool,
-}
-
-impl MemoryStore {
-    /// A store whose every commit fails.
-    pub fn failing() -> MemoryStore {
-        MemoryStore {
-            fail_commits: true,
-            ..MemoryStore::default()
-        }
-    }
+    /// While set, every commit fails and changes nothing.
+    pub fail_commits: Arc<AtomicBool>,
 }
 
 impl Store for MemoryStore {
@@ -38,7 +30,7 @@ impl Store for MemoryStore {
     }
 
     fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError> {
-        if self.fail_commits {
+        if self.fail_commits.load(Ordering::SeqCst) {
             return Err(StoreError::Io("injected commit failure".into()));
         }
         for c in changes {

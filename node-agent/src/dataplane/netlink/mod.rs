@@ -24,9 +24,9 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::neighbour::NeighbourState;
-use rtnetlink::packet_route::route::{RouteAttribute, RouteProtocol};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use rtnetlink::packet_route::rule::RuleMessage;
-use rtnetlink::{Handle, IpVersion, LinkUnspec};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 use tracing::debug;
 
 use super::{
@@ -268,7 +268,7 @@ impl Dataplane for NetlinkDataplane {
             .node
             .route()
             .get(
-                rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+                RouteMessageBuilder::<Ipv4Addr>::new()
                     .table_id(messages::MAIN_TABLE)
                     .build(),
             )
@@ -278,9 +278,8 @@ impl Dataplane for NetlinkDataplane {
             .map_err(|e| kernel("ip route show", e))?;
         let has_route = routes.iter().any(|r| {
             r.header.destination_prefix_length == 32
-                && r.attributes.contains(&RouteAttribute::Destination(
-                    rtnetlink::packet_route::route::RouteAddress::Inet(pod.ip),
-                ))
+                && r.attributes
+                    .contains(&RouteAttribute::Destination(RouteAddress::Inet(pod.ip)))
                 && r.attributes
                     .contains(&RouteAttribute::Oif(host_link.header.index))
         });
@@ -336,6 +335,30 @@ impl Dataplane for NetlinkDataplane {
                 format!("{}/32 not on {}", pod.ip, pod.key.ifname),
             ));
         }
+        let pod_routes: Vec<_> = inside
+            .route()
+            .get(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .table_id(messages::MAIN_TABLE)
+                    .build(),
+            )
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| kernel("ip route show (pod)", e))?;
+        let has_default = pod_routes.iter().any(|r| {
+            r.header.destination_prefix_length == 0
+                && r.attributes
+                    .contains(&RouteAttribute::Gateway(RouteAddress::Inet(POD_GATEWAY)))
+                && r.attributes
+                    .contains(&RouteAttribute::Oif(pod_link.header.index))
+        });
+        if !has_default {
+            return Err(missing(
+                "pod default route",
+                format!("no default via {POD_GATEWAY} dev {}", pod.key.ifname),
+            ));
+        }
         Ok(())
     }
 
@@ -388,7 +411,7 @@ impl Dataplane for NetlinkDataplane {
             .node
             .route()
             .get(
-                rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+                RouteMessageBuilder::<Ipv4Addr>::new()
                     .table_id(messages::MAIN_TABLE)
                     .build(),
             )
@@ -400,9 +423,7 @@ impl Dataplane for NetlinkDataplane {
             let ours = route.header.protocol == RouteProtocol::Other(messages::ROUTE_PROTOCOL)
                 && route.header.destination_prefix_length == 32;
             let dst = route.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Destination(
-                    rtnetlink::packet_route::route::RouteAddress::Inet(ip),
-                ) => Some(*ip),
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
                 _ => None,
             });
             if ours && dst.is_some_and(|ip| !ips.contains(&ip)) {

@@ -222,6 +222,15 @@ async fn privileged_attach_check_detach_a_pod() {
     }
     dp.attach_pod(&s).await.expect("re-attach repairs");
     dp.check_pod(&s).await.expect("check after repair");
+    pod.ip(&["route", "del", "default"]);
+    match dp.check_pod(&s).await {
+        Err(DataplaneError::Mismatch {
+            what: "pod default route",
+            ..
+        }) => {}
+        other => panic!("CHECK should name the missing pod route: {other:?}"),
+    }
+    dp.attach_pod(&s).await.expect("re-attach repairs");
 
     dp.detach_pod(&s).await.expect("detach");
     assert!(
