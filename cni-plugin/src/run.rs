@@ -3,9 +3,10 @@
 //! agent call and the netns existence check, so it is driven by tests with
 //! a fake environment.
 
+use std::fs::File;
 use std::io::Read;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::os::fd::AsFd;
 
 use proto::client::{self, CallError};
 use proto::cni::result::addresses_of;
@@ -75,12 +76,7 @@ fn execute(
 
 fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, CniError> {
     let netns = inv.netns.clone().unwrap_or_default();
-    if !Path::new(&netns).exists() {
-        return Err(CniError::new(
-            codes::INVALID_ENVIRONMENT,
-            format!("CNI_NETNS {netns:?} does not exist"),
-        ));
-    }
+    let ns = open_netns(&netns)?;
     let pod = match (&inv.args.pod.namespace, &inv.args.pod.name) {
         (Some(namespace), Some(name)) => Some(PodRef {
             namespace: namespace.clone(),
@@ -94,7 +90,7 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, CniError> {
         netns: netns.clone(),
         pod,
     });
-    match call(conf, &request, codes::TRY_AGAIN_LATER)? {
+    match call(conf, &request, codes::TRY_AGAIN_LATER, Some(&ns))? {
         Response::Added(reply) => {
             let result = add_result(&reply, inv, &netns, conf);
             Ok(Some(
@@ -142,7 +138,9 @@ fn del(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, CniError> {
         key: key(inv, conf),
         netns: inv.netns.clone(),
     });
-    match call(conf, &request, codes::TRY_AGAIN_LATER)? {
+    // DEL must work when the namespace is already gone.
+    let ns = inv.netns.as_deref().and_then(|p| File::open(p).ok());
+    match call(conf, &request, codes::TRY_AGAIN_LATER, ns.as_ref())? {
         Response::Deleted => Ok(None),
         other => Err(unexpected(&other)),
     }
@@ -161,12 +159,13 @@ fn check(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, CniError> {
         .as_ref()
         .map(|prev| addresses_of(prev, &inv.ifname, &netns))
         .unwrap_or_default();
+    let ns = open_netns(&netns)?;
     let request = Request::Check(CheckRequest {
         key: key(inv, conf),
         netns,
         expected_addresses,
     });
-    match call(conf, &request, codes::TRY_AGAIN_LATER)? {
+    match call(conf, &request, codes::TRY_AGAIN_LATER, Some(&ns))? {
         Response::Checked => Ok(None),
         other => Err(unexpected(&other)),
     }
@@ -196,7 +195,7 @@ fn gc(conf: &NetConf) -> Result<Option<String>, CniError> {
         network: conf.name.clone(),
         valid,
     });
-    match call(conf, &request, codes::TRY_AGAIN_LATER)? {
+    match call(conf, &request, codes::TRY_AGAIN_LATER, None)? {
         Response::Collected { .. } => Ok(None),
         other => Err(unexpected(&other)),
     }
@@ -209,7 +208,7 @@ fn status(conf: &NetConf) -> Result<Option<String>, CniError> {
             "config version does not allow STATUS",
         ));
     }
-    match call(conf, &Request::Status, codes::NOT_AVAILABLE)? {
+    match call(conf, &Request::Status, codes::NOT_AVAILABLE, None)? {
         Response::Status(s) if s.ready => Ok(None),
         Response::Status(s) => Err(CniError::new(
             codes::NOT_AVAILABLE,
@@ -220,24 +219,32 @@ fn status(conf: &NetConf) -> Result<Option<String>, CniError> {
     }
 }
 
-/// One round trip; a transport failure becomes `unreachable_code` (11 for
-/// the attachment verbs, 50 for STATUS), an agent error its own code.
-fn call(conf: &NetConf, request: &Request, unreachable_code: u32) -> Result<Response, CniError> {
-    let reply = client::call(&conf.agent_socket, request, conf.timeout).map_err(|e| {
-        let code = match &e {
-            CallError::Unreachable { .. }
-            | CallError::Timeout(_)
-            | CallError::Wire(WireError::Io(_)) => unreachable_code,
-            CallError::PermissionDenied { .. } => codes::PERMISSION_DENIED,
-            CallError::Wire(_) => codes::AGENT_PROTOCOL,
-        };
-        let msg = if code == codes::AGENT_PROTOCOL {
-            "bad reply from vpc-cni agent"
-        } else {
-            "vpc-cni agent unavailable"
-        };
-        CniError::new(code, msg).with_details(e.to_string())
-    })?;
+/// One round trip, passing the pod's namespace along when there is one; a
+/// transport failure becomes `unreachable_code` (11 for the attachment
+/// verbs, 50 for STATUS), an agent error its own code.
+fn call(
+    conf: &NetConf,
+    request: &Request,
+    unreachable_code: u32,
+    netns: Option<&File>,
+) -> Result<Response, CniError> {
+    let fd = netns.map(AsFd::as_fd);
+    let reply =
+        client::call_with_netns(&conf.agent_socket, request, conf.timeout, fd).map_err(|e| {
+            let code = match &e {
+                CallError::Unreachable { .. }
+                | CallError::Timeout(_)
+                | CallError::Wire(WireError::Io(_)) => unreachable_code,
+                CallError::PermissionDenied { .. } => codes::PERMISSION_DENIED,
+                CallError::Wire(_) => codes::AGENT_PROTOCOL,
+            };
+            let msg = if code == codes::AGENT_PROTOCOL {
+                "bad reply from vpc-cni agent"
+            } else {
+                "vpc-cni agent unavailable"
+            };
+            CniError::new(code, msg).with_details(e.to_string())
+        })?;
     reply.map_err(|e| {
         let code = if unreachable_code == codes::NOT_AVAILABLE
             && e.kind == proto::wire::ErrorKind::NotReady
@@ -247,6 +254,17 @@ fn call(conf: &NetConf, request: &Request, unreachable_code: u32) -> Result<Resp
             e.kind.cni_code()
         };
         CniError::new(code, e.message)
+    })
+}
+
+/// Opens `CNI_NETNS` as this process sees it; the agent gets the open
+/// descriptor, not the path.
+fn open_netns(path: &str) -> Result<File, CniError> {
+    File::open(path).map_err(|e| {
+        CniError::new(
+            codes::INVALID_ENVIRONMENT,
+            format!("CNI_NETNS {path:?} cannot be opened: {e}"),
+        )
     })
 }
 

@@ -4,6 +4,7 @@
 //! happens outside it.
 
 use std::collections::HashSet;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -18,7 +19,7 @@ use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::cloud::{Cloud, CloudError, NodeInfo};
-use crate::dataplane::{Dataplane, DataplaneError, POD_GATEWAY, PodSpec};
+use crate::dataplane::{Dataplane, DataplaneError, POD_GATEWAY, PodNetns, PodSpec};
 use crate::ipam::{Allocation, Change, EniRecord, Ipam, IpamError, UnixMillis};
 use crate::pool::{self, Action};
 use crate::server::Handler;
@@ -129,7 +130,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             .filter_map(|a| {
                 ipam.eni(&a.eni_id).map(|eni| PodSpec {
                     key: a.key.clone(),
-                    netns: a.netns.clone(),
+                    netns: PodNetns::at(&a.netns),
                     ip: a.ip,
                     eni: eni.clone(),
                 })
@@ -178,7 +179,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         }
     }
 
-    async fn add(&self, req: AddRequest) -> Result<Response, AgentError> {
+    async fn add(&self, req: AddRequest, netns: Option<OwnedFd>) -> Result<Response, AgentError> {
         let started = Instant::now();
         let mut attempts = 0;
         let (plan, pending) = loop {
@@ -196,7 +197,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             }
         };
         self.pool_changed.notify_one();
-        let spec = self.spec(&plan.allocation)?;
+        let spec = with_netns(self.spec(&plan.allocation)?, netns);
         // The pod is wired while its allocation is being made durable; the
         // reply waits for both.
         let (wired, committed) =
@@ -291,7 +292,11 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         Ok(Response::Deleted)
     }
 
-    async fn check(&self, req: CheckRequest) -> Result<Response, AgentError> {
+    async fn check(
+        &self,
+        req: CheckRequest,
+        netns: Option<OwnedFd>,
+    ) -> Result<Response, AgentError> {
         let allocation = self
             .lock()
             .ipam
@@ -313,7 +318,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 ),
             ));
         }
-        let spec = self.spec(&allocation)?;
+        let spec = with_netns(self.spec(&allocation)?, netns);
         self.dataplane
             .check_pod(&spec)
             .await
@@ -521,7 +526,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         })?;
         Ok(PodSpec {
             key: a.key.clone(),
-            netns: a.netns.clone(),
+            netns: PodNetns::at(&a.netns),
             ip: a.ip,
             eni,
         })
@@ -533,7 +538,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
 }
 
 impl<C: Cloud, D: Dataplane> Handler for Agent<C, D> {
-    async fn handle(&self, request: Request) -> Reply {
+    async fn handle(&self, request: Request, netns: Option<OwnedFd>) -> Reply {
         let span = match &request {
             Request::Add(r) => {
                 info_span!("add", network = %r.key.network, container = %r.key.container_id, ifname = %r.key.ifname)
@@ -550,9 +555,9 @@ impl<C: Cloud, D: Dataplane> Handler for Agent<C, D> {
         };
         async {
             let reply = match request {
-                Request::Add(r) => self.add(r).await,
+                Request::Add(r) => self.add(r, netns).await,
                 Request::Del(r) => self.del(r).await,
-                Request::Check(r) => self.check(r).await,
+                Request::Check(r) => self.check(r, netns).await,
                 Request::Gc(r) => self.gc(r).await,
                 Request::Status => Ok(self.status()),
                 Request::Pool => Ok(Response::Pool(self.lock().ipam.view((self.clock)()))),
@@ -611,6 +616,14 @@ fn adopt_unknown_enis(
         }
     }
     changes
+}
+
+/// The spec with the namespace the caller passed, when it passed one.
+fn with_netns(mut spec: PodSpec, netns: Option<OwnedFd>) -> PodSpec {
+    if let Some(fd) = netns {
+        spec.netns.fd = Some(Arc::new(fd));
+    }
+    spec
 }
 
 fn dataplane_error(e: DataplaneError) -> AgentError {

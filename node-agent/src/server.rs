@@ -11,15 +11,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::wire::{self, AgentError, ErrorKind, Reply, Request, WireError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 /// Something that answers requests.
 pub trait Handler: Send + Sync + 'static {
-    /// Answers one request.
-    fn handle(&self, request: Request) -> impl Future<Output = Reply> + Send;
+    /// Answers one request; `netns` is the pod's network namespace when the
+    /// caller passed it along.
+    fn handle(
+        &self,
+        request: Request,
+        netns: Option<OwnedFd>,
+    ) -> impl Future<Output = Reply> + Send;
 }
 
 /// Limits of the server.
@@ -163,7 +170,7 @@ async fn connection<H: Handler>(mut stream: UnixStream, handler: &H, config: Ser
                         return;
                     }
                     Ok(Err(e)) => Err(AgentError::new(ErrorKind::Protocol, e.to_string())),
-                    Ok(Ok(request)) => handler.handle(request).await,
+                    Ok(Ok((request, netns))) => handler.handle(request, netns).await,
                 }
             }
         },
@@ -189,26 +196,71 @@ async fn connection<H: Handler>(mut stream: UnixStream, handler: &H, config: Ser
     }
 }
 
-async fn read_request(stream: &mut UnixStream) -> Result<Request, WireError> {
+/// Reads one request frame and the descriptor that may come with its
+/// header.
+async fn read_request(stream: &mut UnixStream) -> Result<(Request, Option<OwnedFd>), WireError> {
     let mut header = [0u8; 4];
-    stream.read_exact(&mut header).await?;
+    let (got, netns) = recv_with_fd(stream, &mut header).await?;
+    if got == 0 {
+        return Err(WireError::Io(io::ErrorKind::UnexpectedEof.into()));
+    }
+    stream.read_exact(&mut header[got..]).await?;
     let len = wire::parse_header(header)?;
     let mut payload = vec![0u8; len];
     stream.read_exact(&mut payload).await?;
-    wire::decode_request(&payload)
+    Ok((wire::decode_request(&payload)?, netns))
+}
+
+/// `recvmsg` into `buf`, taking at most one descriptor passed with it
+/// (any others are closed).
+async fn recv_with_fd(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    loop {
+        stream.readable().await?;
+        let received = stream.try_io(Interest::READABLE, || {
+            let mut iov = [std::io::IoSliceMut::new(buf)];
+            let mut space = nix::cmsg_space!([RawFd; 1]);
+            let msg = recvmsg::<()>(
+                stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(io::Error::from)?;
+            let mut fds = Vec::new();
+            for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(received) = cmsg {
+                    fds.extend(received);
+                }
+            }
+            // SAFETY: the kernel has just installed these descriptors in this
+            // process for us; nothing else owns them.
+            let owned: Vec<OwnedFd> = fds
+                .into_iter()
+                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+                .collect();
+            Ok((msg.bytes, owned.into_iter().next()))
+        });
+        match received {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proto::wire::Response;
+    use std::os::fd::AsFd;
     use std::time::Instant;
 
     struct Echo;
 
     impl Handler for Echo {
-        async fn handle(&self, request: Request) -> Reply {
+        async fn handle(&self, request: Request, netns: Option<OwnedFd>) -> Reply {
             match request {
+                Request::Status if netns.is_some() => Ok(Response::Checked),
                 Request::Status => Ok(Response::Deleted),
                 _ => Err(AgentError::new(ErrorKind::Internal, "only status")),
             }
@@ -249,6 +301,24 @@ mod tests {
             .expect("call");
         assert_eq!(reply, Ok(Response::Deleted));
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_namespace_descriptor_travels_with_the_request() {
+        let (_dir, path, _stop) = start(ServerConfig::default());
+        let reply = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open("/proc/self/ns/net").expect("own netns");
+            proto::client::call_with_netns(
+                &path,
+                &Request::Status,
+                Duration::from_secs(5),
+                Some(file.as_fd()),
+            )
+        })
+        .await
+        .expect("join")
+        .expect("call");
+        assert_eq!(reply, Ok(Response::Checked));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,3 +155,50 @@ fn privileged_pods_on_two_nodes_reach_each_other() {
         "node2 pod to node1 pod"
     );
 }
+
+#[test]
+fn privileged_a_caller_in_another_mount_namespace_is_served() {
+    // As when a runtime runs under `ip netns exec`: the pod namespace's
+    // bind mount exists only in the caller's private mount namespace, and
+    // the agent sees an empty file at that path.
+    if skip() {
+        return;
+    }
+    let sim = Sim::up(1, &[]);
+    let node = sim
+        .get("NODE1_NETNS")
+        .rsplit('/')
+        .next()
+        .expect("name")
+        .to_string();
+    let inner = format!("vpct-{}-inner", std::process::id());
+    let conf_file = sim.dir.path().join("conf.json");
+    std::fs::write(&conf_file, bytes(&sim.conf(1, "1.0.0"))).expect("conf");
+    let env = |verb: &str| {
+        format!(
+            "env -i CNI_COMMAND={verb} CNI_CONTAINERID=mnt-ns CNI_NETNS=/var/run/netns/{inner} CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin {} < {}",
+            bin("vpc-cni").display(),
+            conf_file.display()
+        )
+    };
+    let script = format!(
+        "ip netns add {inner} && {add} && ip -n {inner} -o addr show eth0; rc=$?; {del}; ip netns del {inner}; exit $rc",
+        add = env("ADD"),
+        del = env("DEL"),
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &node, "sh", "-c", &script])
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_file(format!("/var/run/netns/{inner}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("inet 10.0.16.") && stdout.contains("/32"),
+        "{stdout}"
+    );
+}

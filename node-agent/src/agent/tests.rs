@@ -71,7 +71,7 @@ fn del_req(c: &str) -> Request {
 }
 
 async fn add(a: &TestAgent, c: &str) -> AddReply {
-    match a.handle(add_req(c)).await {
+    match a.handle(add_req(c), None).await {
         Ok(Response::Added(r)) => r,
         other => panic!("ADD {c}: {other:?}"),
     }
@@ -111,12 +111,18 @@ async fn add_grows_an_empty_pool_and_is_idempotent() {
 async fn del_unwires_releases_and_is_idempotent() {
     let h = harness().await;
     let r = add(&h.agent, "c1").await;
-    assert_eq!(h.agent.handle(del_req("c1")).await, Ok(Response::Deleted));
+    assert_eq!(
+        h.agent.handle(del_req("c1"), None).await,
+        Ok(Response::Deleted)
+    );
     assert!(h.agent.dataplane.wired().is_empty());
     assert!(allocated(&h.agent).is_empty());
-    assert_eq!(h.agent.handle(del_req("c1")).await, Ok(Response::Deleted));
     assert_eq!(
-        h.agent.handle(del_req("never-added")).await,
+        h.agent.handle(del_req("c1"), None).await,
+        Ok(Response::Deleted)
+    );
+    assert_eq!(
+        h.agent.handle(del_req("never-added"), None).await,
         Ok(Response::Deleted)
     );
     let view = h.agent.lock().ipam.view(h.now.load(Ordering::SeqCst));
@@ -143,10 +149,10 @@ async fn a_released_ip_is_not_reused_during_its_cooldown() {
     .await;
     let a = add(&h.agent, "c1").await;
     add(&h.agent, "c2").await;
-    h.agent.handle(del_req("c1")).await.expect("del");
+    h.agent.handle(del_req("c1"), None).await.expect("del");
     let err = h
         .agent
-        .handle(add_req("c3"))
+        .handle(add_req("c3"), None)
         .await
         .expect_err("only a cooling IP is left");
     assert_eq!(err.kind, ErrorKind::NoIpAvailable);
@@ -168,23 +174,23 @@ async fn check_confirms_and_reports_what_is_wrong() {
     };
     assert_eq!(
         h.agent
-            .handle(check(vec![format!("{}/32", r.ip)], "c1"))
+            .handle(check(vec![format!("{}/32", r.ip)], "c1"), None)
             .await,
         Ok(Response::Checked)
     );
     assert_eq!(
-        h.agent.handle(check(vec![], "c1")).await,
+        h.agent.handle(check(vec![], "c1"), None).await,
         Ok(Response::Checked)
     );
     let e = h
         .agent
-        .handle(check(vec!["10.9.9.9/32".into()], "c1"))
+        .handle(check(vec!["10.9.9.9/32".into()], "c1"), None)
         .await
         .expect_err("mismatch");
     assert_eq!(e.kind, ErrorKind::Mismatch);
     let e = h
         .agent
-        .handle(check(vec![], "nobody"))
+        .handle(check(vec![], "nobody"), None)
         .await
         .expect_err("unknown");
     assert_eq!(e.kind, ErrorKind::UnknownAttachment);
@@ -200,22 +206,28 @@ async fn gc_releases_only_stale_attachments_of_its_network() {
         ..key("elsewhere")
     };
     h.agent
-        .handle(Request::Add(AddRequest {
-            key: other,
-            netns: "/n".into(),
-            pod: None,
-        }))
+        .handle(
+            Request::Add(AddRequest {
+                key: other,
+                netns: "/n".into(),
+                pod: None,
+            }),
+            None,
+        )
         .await
         .expect("add other network");
     let reply = h
         .agent
-        .handle(Request::Gc(GcRequest {
-            network: "vpc".into(),
-            valid: vec![GcAttachment {
-                container_id: "keep".into(),
-                ifname: "eth0".into(),
-            }],
-        }))
+        .handle(
+            Request::Gc(GcRequest {
+                network: "vpc".into(),
+                valid: vec![GcAttachment {
+                    container_id: "keep".into(),
+                    ifname: "eth0".into(),
+                }],
+            }),
+            None,
+        )
         .await;
     assert_eq!(reply, Ok(Response::Collected { released: 1 }));
     let left: Vec<String> = allocated(&h.agent).into_iter().map(|(c, _)| c).collect();
@@ -226,7 +238,11 @@ async fn gc_releases_only_stale_attachments_of_its_network() {
 async fn a_failed_wiring_rolls_the_allocation_back() {
     let h = harness().await;
     h.agent.dataplane.fail_attach.store(true, Ordering::SeqCst);
-    let e = h.agent.handle(add_req("c1")).await.expect_err("fails");
+    let e = h
+        .agent
+        .handle(add_req("c1"), None)
+        .await
+        .expect_err("fails");
     assert_eq!(e.kind, ErrorKind::Dataplane);
     assert!(allocated(&h.agent).is_empty());
 }
@@ -243,11 +259,11 @@ async fn status_is_ready_until_nothing_can_be_served() {
     .await;
     let ready = |r: Reply| matches!(r, Ok(Response::Status(StatusReply { ready: true, .. })));
     assert!(
-        ready(h.agent.handle(Request::Status).await),
+        ready(h.agent.handle(Request::Status, None).await),
         "an empty pool that can grow is ready"
     );
     add(&h.agent, "c1").await;
-    let r = h.agent.handle(Request::Status).await;
+    let r = h.agent.handle(Request::Status, None).await;
     match r {
         Ok(Response::Status(StatusReply {
             ready: false,
@@ -264,7 +280,11 @@ async fn a_failed_commit_stops_all_changes_until_restart() {
     let h = harness_with(NodeLimits::default(), Box::new(store)).await;
     add(&h.agent, "c1").await;
     fail.store(true, Ordering::SeqCst);
-    let e = h.agent.handle(add_req("c2")).await.expect_err("store down");
+    let e = h
+        .agent
+        .handle(add_req("c2"), None)
+        .await
+        .expect_err("store down");
     assert_eq!(e.kind, ErrorKind::Store);
     assert!(
         h.agent
@@ -275,10 +295,14 @@ async fn a_failed_commit_stops_all_changes_until_restart() {
         "the failed ADD was unwired"
     );
     fail.store(false, Ordering::SeqCst);
-    let e = h.agent.handle(del_req("c1")).await.expect_err("poisoned");
+    let e = h
+        .agent
+        .handle(del_req("c1"), None)
+        .await
+        .expect_err("poisoned");
     assert!(e.message.contains("restart"), "{}", e.message);
     assert!(matches!(
-        h.agent.handle(Request::Status).await,
+        h.agent.handle(Request::Status, None).await,
         Ok(Response::Status(StatusReply { ready: false, .. }))
     ));
 }

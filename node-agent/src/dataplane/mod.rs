@@ -13,6 +13,8 @@ pub use netlink::NetlinkDataplane;
 
 use std::future::Future;
 use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use proto::wire::AttachmentKey;
 
@@ -24,13 +26,54 @@ pub const HOST_VETH_PREFIX: &str = "vpc";
 /// The pod's default gateway: link-local, answered by the host veth.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
+/// How the data path reaches a pod's network namespace: the descriptor the
+/// caller passed along, or else its path as the agent sees it.
+#[derive(Clone, Debug)]
+pub struct PodNetns {
+    /// `CNI_NETNS` as the runtime gave it.
+    pub path: String,
+    /// The namespace the plugin opened and passed, if it did.
+    pub fd: Option<Arc<OwnedFd>>,
+}
+
+impl PodNetns {
+    /// A namespace known only by its path.
+    pub fn at(path: &str) -> PodNetns {
+        PodNetns {
+            path: path.to_string(),
+            fd: None,
+        }
+    }
+
+    /// An open descriptor of the namespace, checked to be one.
+    pub fn open(&self) -> Result<OwnedFd, DataplaneError> {
+        let fail = |detail: String| DataplaneError::Kernel {
+            op: "open pod netns",
+            detail,
+        };
+        let fd = match &self.fd {
+            Some(fd) => fd.try_clone(),
+            None => std::fs::File::open(&self.path).map(OwnedFd::from),
+        }
+        .map_err(|e| fail(format!("{}: {e}", self.path)))?;
+        let fs = nix::sys::statfs::fstatfs(&fd).map_err(|e| fail(format!("{}: {e}", self.path)))?;
+        if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+            return Err(fail(format!(
+                "{} is not a namespace as the agent sees it (it is in another mount namespace and the caller did not pass it)",
+                self.path
+            )));
+        }
+        Ok(fd)
+    }
+}
+
 /// Everything needed to wire (or check) one pod.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct PodSpec {
     /// The attachment.
     pub key: AttachmentKey,
-    /// The pod's netns path.
-    pub netns: String,
+    /// The pod's network namespace.
+    pub netns: PodNetns,
     /// The pod's address.
     pub ip: Ipv4Addr,
     /// The ENI carrying it.

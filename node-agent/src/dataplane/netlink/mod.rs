@@ -16,7 +16,7 @@ pub use messages::{RULE_FROM_POD_PRIORITY, RULE_TO_POD_PRIORITY};
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,9 +55,9 @@ impl NetlinkDataplane {
     /// Opens the data path for the node namespace at `node_netns` (the
     /// agent's own when `None`) and enables IPv4 forwarding there.
     pub fn new(node_netns: Option<&Path>) -> Result<NetlinkDataplane, DataplaneError> {
-        let node = netns::connect(node_netns)
+        let node = netns::connect(open_path(node_netns)?)
             .map_err(io_err("open netlink socket in the node namespace"))?;
-        netns::write_sysctl(node_netns, "net/ipv4/ip_forward", "1")
+        netns::write_sysctl(open_path(node_netns)?, "net/ipv4/ip_forward", "1")
             .map_err(io_err("sysctl net.ipv4.ip_forward=1"))?;
         Ok(NetlinkDataplane {
             reaper: reaper::Reaper::start(node.clone()),
@@ -131,7 +131,7 @@ impl Dataplane for NetlinkDataplane {
         // Replies to a pod leave by its ENI while the main table points the
         // subnet elsewhere: loose reverse-path filtering on the ENI.
         netns::write_sysctl(
-            self.node_netns.as_deref(),
+            open_path(self.node_netns.as_deref())?,
             &format!("net/ipv4/conf/{name}/rp_filter"),
             "2",
         )
@@ -143,7 +143,7 @@ impl Dataplane for NetlinkDataplane {
     async fn attach_pod(&self, pod: &PodSpec) -> Result<PodLinks, DataplaneError> {
         self.reaper.touch();
         let host = host_ifname(&pod.key.container_id, &pod.key.ifname);
-        let pod_ns = std::fs::File::open(&pod.netns).map_err(io_err("open pod netns"))?;
+        let pod_ns = pod.netns.open()?;
         {
             let _links = self.reaper.links.lock().await;
             // A veth queued for deletion belongs to an earlier incarnation of
@@ -184,14 +184,14 @@ impl Dataplane for NetlinkDataplane {
             .await
             .map_err(|e| kernel("ip link set up (host veth)", e))?;
 
-        let inside = netns::connect(Some(Path::new(&pod.netns)))
+        let inside = netns::connect(Some(pod.netns.open()?))
             .map_err(io_err("netlink socket in pod netns"))?;
         let pod_link =
             find_link(&inside, &pod.key.ifname)
                 .await?
                 .ok_or_else(|| DataplaneError::Kernel {
                     op: "ip link show",
-                    detail: format!("{} missing in {}", pod.key.ifname, pod.netns),
+                    detail: format!("{} missing in {}", pod.key.ifname, pod.netns.path),
                 })?;
         let idx = pod_link.header.index;
         inside
@@ -307,12 +307,12 @@ impl Dataplane for NetlinkDataplane {
                 ));
             }
         }
-        let inside = netns::connect(Some(Path::new(&pod.netns)))
+        let inside = netns::connect(Some(pod.netns.open()?))
             .map_err(io_err("netlink socket in pod netns"))?;
         let pod_link = find_link(&inside, &pod.key.ifname).await?.ok_or_else(|| {
             missing(
                 "pod interface",
-                format!("{} missing in {}", pod.key.ifname, pod.netns),
+                format!("{} missing in {}", pod.key.ifname, pod.netns.path),
             )
         })?;
         let addrs: Vec<_> = inside
@@ -561,6 +561,16 @@ fn kernel(op: &'static str, e: rtnetlink::Error) -> DataplaneError {
         op,
         detail: e.to_string(),
     }
+}
+
+/// The node namespace's descriptor, or `None` for the agent's own.
+fn open_path(path: Option<&Path>) -> Result<Option<OwnedFd>, DataplaneError> {
+    path.map(|p| {
+        std::fs::File::open(p)
+            .map(OwnedFd::from)
+            .map_err(io_err("open node netns"))
+    })
+    .transpose()
 }
 
 fn io_err(op: &'static str) -> impl FnOnce(std::io::Error) -> DataplaneError {

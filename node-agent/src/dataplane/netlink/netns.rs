@@ -1,22 +1,20 @@
 //! Network namespaces: work done on a short-lived thread that entered the
 //! namespace, so no thread of the async runtime ever changes namespace.
 
-use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::os::fd::OwnedFd;
 
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::Handle;
 
-/// Runs `f` on a new thread inside the network namespace at `netns`, or in
+/// Runs `f` on a new thread inside the network namespace `netns`, or in
 /// the agent's own namespace when `netns` is `None`.
 pub fn run_in<T: Send + 'static>(
-    netns: Option<&Path>,
+    netns: Option<OwnedFd>,
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
-    let file = netns.map(File::open).transpose()?;
     std::thread::spawn(move || {
-        if let Some(ns) = &file {
+        if let Some(ns) = &netns {
             setns(ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
         }
         f()
@@ -28,7 +26,7 @@ pub fn run_in<T: Send + 'static>(
 /// A netlink handle whose socket was opened inside `netns` (a socket stays
 /// in the namespace it was created in). Its connection runs on the current
 /// runtime until the handle is dropped.
-pub fn connect(netns: Option<&Path>) -> io::Result<Handle> {
+pub fn connect(netns: Option<OwnedFd>) -> io::Result<Handle> {
     let runtime = tokio::runtime::Handle::current();
     let (connection, handle) = run_in(netns, move || {
         let _entered = runtime.enter();
@@ -41,7 +39,7 @@ pub fn connect(netns: Option<&Path>) -> io::Result<Handle> {
 
 /// Writes a sysctl, given as its path under `/proc/sys` (such as
 /// `net/ipv4/ip_forward`), as seen from `netns`.
-pub fn write_sysctl(netns: Option<&Path>, key: &str, value: &str) -> io::Result<()> {
+pub fn write_sysctl(netns: Option<OwnedFd>, key: &str, value: &str) -> io::Result<()> {
     let path = format!("/proc/sys/{key}");
     let value = value.to_string();
     run_in(netns, move || std::fs::write(&path, value))

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use proto::wire::AttachmentKey;
 
 use super::*;
+use crate::dataplane::PodNetns;
 
 /// A named network namespace that is deleted on drop.
 struct Netns {
@@ -108,7 +109,7 @@ fn spec(bed: &Bed, pod: &Netns, container: &str, ip: Ipv4Addr) -> PodSpec {
             container_id: container.into(),
             ifname: "eth0".into(),
         },
-        netns: pod.path().display().to_string(),
+        netns: PodNetns::at(&pod.path().display().to_string()),
         ip,
         eni: bed.eni.clone(),
     }
