@@ -220,8 +220,10 @@ fn wait_ready(node: &Node) -> Result<(), String> {
 }
 
 fn write_conflist(node: &Node) -> Result<(), String> {
+    // 1.0.0: what libcni before 1.2 (containerd 1.7, podman 4) and the
+    // reference plugins of Debian 12 understand.
     let conf = serde_json::json!({
-        "cniVersion": "1.1.0",
+        "cniVersion": "1.0.0",
         "name": "vpc-cni",
         "plugins": [{"type": "vpc-cni", "agentSocket": node.socket, "timeoutSeconds": 30}],
     });
