@@ -95,8 +95,9 @@ impl Fabric {
         PathBuf::from(NETNS_DIR).join(name)
     }
 
-    /// Plugs an attached ENI into its node and subnet. A primary ENI also
-    /// gets the node's address and default route, as a booted instance has.
+    /// Plugs an attached ENI into its node and subnet, with its primary IP.
+    /// A primary ENI also gets the subnet prefix and the node's default
+    /// route, as a booted instance has.
     pub fn plug(&self, vpc: &Vpc, eni: &Eni) -> Result<(), FabricError> {
         let (Some(instance), Some(index)) = (&eni.attached_to, eni.device_index) else {
             return Ok(());
@@ -133,17 +134,10 @@ impl Fabric {
             bridge,
             "up",
         ])?;
+        let subnet = &vpc.subnets[&eni.subnet_id];
         if eni.primary {
-            let subnet = &vpc.subnets[&eni.subnet_id];
-            ip(&[
-                "-n",
-                node,
-                "addr",
-                "add",
-                &format!("{}/{}", eni.primary_ip, subnet.cidr.prefix),
-                "dev",
-                &inside,
-            ])?;
+            let address = format!("{}/{}", eni.primary_ip, subnet.cidr.prefix);
+            ip(&["-n", node, "addr", "add", &address, "dev", &inside])?;
             ip(&["-n", node, "link", "set", &inside, "up"])?;
             ip(&[
                 "-n",
@@ -156,6 +150,11 @@ impl Fabric {
                 "dev",
                 &inside,
             ])?;
+        } else {
+            // A secondary ENI arrives with its primary IP, but routes are the
+            // node's business (the agent gives it its own table).
+            let address = format!("{}/32", eni.primary_ip);
+            ip(&["-n", node, "addr", "add", &address, "dev", &inside])?;
         }
         for ip in &eni.secondary_ips {
             self.deliver(&eni.subnet_id, *ip, &eni.mac)?;

@@ -24,7 +24,7 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::neighbour::NeighbourState;
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::packet_route::rule::RuleMessage;
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 use tracing::debug;
@@ -264,18 +264,7 @@ impl Dataplane for NetlinkDataplane {
         if !link_is_up(&host_link) {
             return Err(missing("host veth", format!("{host} is down")));
         }
-        let routes: Vec<_> = self
-            .node
-            .route()
-            .get(
-                RouteMessageBuilder::<Ipv4Addr>::new()
-                    .table_id(messages::MAIN_TABLE)
-                    .build(),
-            )
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| kernel("ip route show", e))?;
+        let routes = main_routes(&self.node).await?;
         let has_route = routes.iter().any(|r| {
             r.header.destination_prefix_length == 32
                 && r.attributes
@@ -335,17 +324,7 @@ impl Dataplane for NetlinkDataplane {
                 format!("{}/32 not on {}", pod.ip, pod.key.ifname),
             ));
         }
-        let pod_routes: Vec<_> = inside
-            .route()
-            .get(
-                RouteMessageBuilder::<Ipv4Addr>::new()
-                    .table_id(messages::MAIN_TABLE)
-                    .build(),
-            )
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| kernel("ip route show (pod)", e))?;
+        let pod_routes = main_routes(&inside).await?;
         let has_default = pod_routes.iter().any(|r| {
             r.header.destination_prefix_length == 0
                 && r.attributes
@@ -407,18 +386,7 @@ impl Dataplane for NetlinkDataplane {
                 removed += 1;
             }
         }
-        let routes: Vec<_> = self
-            .node
-            .route()
-            .get(
-                RouteMessageBuilder::<Ipv4Addr>::new()
-                    .table_id(messages::MAIN_TABLE)
-                    .build(),
-            )
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| kernel("ip route show", e))?;
+        let routes = main_routes(&self.node).await?;
         for route in routes {
             let ours = route.header.protocol == RouteProtocol::Other(messages::ROUTE_PROTOCOL)
                 && route.header.destination_prefix_length == 32;
@@ -449,6 +417,21 @@ async fn delete_link_named(handle: &Handle, name: &str) -> Result<(), DataplaneE
         &[ENODEV],
     )
     .map_err(|e| kernel("ip link del", e))
+}
+
+/// `ip route show table main`.
+async fn main_routes(handle: &Handle) -> Result<Vec<RouteMessage>, DataplaneError> {
+    handle
+        .route()
+        .get(
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .table_id(messages::MAIN_TABLE)
+                .build(),
+        )
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| kernel("ip route show", e))
 }
 
 async fn our_rules(handle: &Handle) -> Result<Vec<RuleMessage>, DataplaneError> {
