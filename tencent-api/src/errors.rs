@@ -1,0 +1,117 @@
+//! The error codes of the VPC API that the pool acts on, typed. The
+//! emulator answers with [`Kind::code`]; the client classifies whatever it
+//! receives with [`Kind::of`], so an unknown code is still an error with
+//! its text intact.
+
+/// What a `Response.Error.Code` means for the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// The signature does not match (`AuthFailure.SignatureFailure`).
+    SignatureFailure,
+    /// The request's timestamp is too far from the server's clock.
+    SignatureExpired,
+    /// The SecretId is unknown.
+    SecretIdNotFound,
+    /// Too many requests (`RequestLimitExceeded`): retry later.
+    Throttled,
+    /// The VPC's ENI quota is used up.
+    EniQuotaExceeded,
+    /// The instance already has its maximum number of ENIs.
+    InstanceEniLimit,
+    /// The ENI already has its maximum number of private IPs.
+    EniIpLimit,
+    /// The subnet has no free address.
+    SubnetExhausted,
+    /// The ENI's subnet is not in the instance's zone.
+    ZoneMismatch,
+    /// The object is in the wrong state for the operation.
+    InvalidState,
+    /// No such object.
+    NotFound,
+    /// A parameter is malformed.
+    InvalidParameter,
+    /// The service failed: retry later.
+    Internal,
+    /// A code the client does not know.
+    Other,
+}
+
+const TABLE: &[(Kind, &str)] = &[
+    (Kind::SignatureFailure, "AuthFailure.SignatureFailure"),
+    (Kind::SignatureExpired, "AuthFailure.SignatureExpire"),
+    (Kind::SecretIdNotFound, "AuthFailure.SecretIdNotFound"),
+    (Kind::Throttled, "RequestLimitExceeded"),
+    (
+        Kind::EniQuotaExceeded,
+        "LimitExceeded.NetworkInterfaceLimitExceeded",
+    ),
+    (
+        Kind::InstanceEniLimit,
+        "LimitExceeded.InstanceNetworkInterfaceLimit",
+    ),
+    (Kind::EniIpLimit, "LimitExceeded.PrivateIpAddressLimit"),
+    (Kind::SubnetExhausted, "ResourceInsufficient.Subnet"),
+    (Kind::ZoneMismatch, "UnsupportedOperation.ZoneMismatch"),
+    (Kind::InvalidState, "UnsupportedOperation.InvalidState"),
+    (Kind::NotFound, "ResourceNotFound"),
+    (Kind::InvalidParameter, "InvalidParameterValue"),
+    (Kind::Internal, "InternalError"),
+];
+
+impl Kind {
+    /// The code the API answers with.
+    pub fn code(self) -> &'static str {
+        TABLE
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map_or("UnknownError", |(_, c)| c)
+    }
+
+    /// Classifies a code; subcodes of a known family fall back to it
+    /// (`ResourceNotFound.Foo` is `NotFound`).
+    pub fn of(code: &str) -> Kind {
+        if let Some((kind, _)) = TABLE.iter().find(|(_, c)| *c == code) {
+            return *kind;
+        }
+        match code.split('.').next().unwrap_or_default() {
+            "RequestLimitExceeded" => Kind::Throttled,
+            "ResourceNotFound" => Kind::NotFound,
+            "InvalidParameter" | "InvalidParameterValue" | "MissingParameter" => {
+                Kind::InvalidParameter
+            }
+            "InternalError" => Kind::Internal,
+            "AuthFailure" => Kind::SignatureFailure,
+            _ => Kind::Other,
+        }
+    }
+
+    /// Whether the same request may simply be sent again later.
+    pub fn retryable(self) -> bool {
+        matches!(self, Kind::Throttled | Kind::Internal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_its_code() {
+        for (kind, code) in TABLE {
+            assert_eq!(Kind::of(code), *kind, "{code}");
+            assert_eq!(kind.code(), *code);
+        }
+    }
+
+    #[test]
+    fn families_and_unknown_codes() {
+        assert_eq!(Kind::of("ResourceNotFound.Eni"), Kind::NotFound);
+        assert_eq!(
+            Kind::of("InvalidParameterValue.Malformed"),
+            Kind::InvalidParameter
+        );
+        assert_eq!(Kind::of("FailedOperation.Whatever"), Kind::Other);
+        assert!(Kind::Throttled.retryable() && Kind::Internal.retryable());
+        assert!(!Kind::EniQuotaExceeded.retryable());
+    }
+}
