@@ -4,7 +4,7 @@
 # test, and the plugin's size and dependency budget.
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-need_apt gcc libc6-dev iproute2 iputils-ping
+need_apt gcc libc6-dev iproute2 iputils-ping python3 python3-venv
 need_rust rustfmt clippy
 need_nextest
 cd "$ROOT"
@@ -26,6 +26,14 @@ cargo build --release --quiet -p cni-plugin
 size=$(stat -c %s target/release/vpc-cni)
 echo "vpc-cni: $size bytes"
 [ "$size" -lt $((2 * 1024 * 1024)) ] || { echo "FAIL: vpc-cni is over 2 MiB" >&2; exit 1; }
+
+echo "==> Tencent Cloud's Python SDK, for the emulator's compatibility test"
+SDK_VENV="$ROOT/target/sdk-venv"
+if ! "$SDK_VENV/bin/python" -c 'import tencentcloud.vpc.v20170312' 2>/dev/null; then
+    python3 -m venv "$SDK_VENV"
+    "$SDK_VENV/bin/pip" install -q tencentcloud-sdk-python-common==3.1.195 tencentcloud-sdk-python-vpc==3.1.193
+fi
+export VPC_CNI_SDK_PYTHON="$SDK_VENV/bin/python"
 
 echo "==> tests"
 cargo build --workspace --bins --quiet

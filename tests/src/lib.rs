@@ -442,3 +442,79 @@ pub fn ip(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A `vpc-sim serve` emulator over a fresh model-only world, stopped on drop.
+#[derive(Debug)]
+pub struct Emulator {
+    /// Its state directory.
+    pub dir: tempfile::TempDir,
+    /// `host:port` it listens on.
+    pub address: String,
+    /// The SecretId it accepts.
+    pub secret_id: String,
+    /// The SecretKey it accepts.
+    pub secret_key: String,
+    child: Child,
+}
+
+impl Emulator {
+    /// Starts one with `nodes` instances and extra `serve` flags.
+    pub fn start(nodes: usize, flags: &[&str]) -> Emulator {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (secret_id, secret_key) = (
+            "AKIDvpcsimtest".to_string(),
+            format!("key-{}", std::process::id()),
+        );
+        let credentials = dir.path().join("credentials");
+        std::fs::write(
+            &credentials,
+            format!("SecretId={secret_id}\nSecretKey={secret_key}\n"),
+        )
+        .expect("credentials");
+        let address_file = dir.path().join("address");
+        let log = std::fs::File::create(dir.path().join("emulator.log")).expect("log");
+        let child = Command::new(bin("vpc-sim"))
+            .arg("serve")
+            .arg("--world")
+            .arg(dir.path().join("vpc.json"))
+            .arg("--credentials")
+            .arg(&credentials)
+            .arg("--address-file")
+            .arg(&address_file)
+            .args(["--nodes", &nodes.to_string()])
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn vpc-sim serve");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let address = loop {
+            if let Ok(a) = std::fs::read_to_string(&address_file)
+                && !a.is_empty()
+            {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "emulator did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Emulator {
+            dir,
+            address,
+            secret_id,
+            secret_key,
+            child,
+        }
+    }
+
+    /// The emulator's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("emulator.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,7 +1,9 @@
 //! The simulated VPC: a model of the cloud's VPC (`model`), the Linux
 //! fabric that makes its ENIs real links in node network namespaces
-//! (`fabric`), and the shared, locked state both live in (`world`).
+//! (`fabric`), the shared, locked state both live in (`world`), and the
+//! Tencent Cloud VPC API emulator in front of them (`api`).
 
+pub mod api;
 pub mod fabric;
 pub mod model;
 pub mod world;

@@ -25,6 +25,8 @@ enum Command {
     Down(commands::down::DownArgs),
     /// Up with 2 nodes, pods through the real vpc-cni, ping checks, teardown.
     Demo(commands::demo::DemoArgs),
+    /// Serve the Tencent Cloud VPC API and instance metadata for a world.
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
         Command::Up(args) => commands::up::run(args),
         Command::Down(args) => commands::down::run(args),
         Command::Demo(args) => commands::demo::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -138,6 +138,9 @@ pub struct Eni {
     pub attached_to: Option<String>,
     /// Its device index on that instance (`eth<N>`).
     pub device_index: Option<u32>,
+    /// Tags, such as the cluster and node that own it.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// What the cloud refuses, with the reason it gives.
@@ -313,6 +316,7 @@ impl Vpc {
             primary: false,
             attached_to: None,
             device_index: None,
+            tags: BTreeMap::new(),
         };
         self.enis.insert(eni.id.clone(), eni.clone());
         Ok(eni)
@@ -455,6 +459,45 @@ impl Vpc {
             .get_mut(&eni.subnet_id)
             .expect("ENI subnets exist");
         subnet.released.extend(ips);
+        Ok(())
+    }
+
+    /// Moves a secondary IP to another ENI of the same subnet.
+    pub fn migrate_ip(&mut self, from: &str, to: &str, ip: Ipv4Addr) -> Result<(), ModelError> {
+        let source = self.enis.get(from).ok_or_else(|| not_found("ENI", from))?;
+        if !source.secondary_ips.contains(&ip) {
+            return Err(ModelError::InvalidParameter(format!(
+                "{ip} is not a secondary IP of {from}"
+            )));
+        }
+        let dest = self.enis.get(to).ok_or_else(|| not_found("ENI", to))?;
+        if dest.subnet_id != source.subnet_id {
+            return Err(ModelError::InvalidParameter(format!(
+                "{from} and {to} are in different subnets"
+            )));
+        }
+        if let Some(limit) = dest
+            .attached_to
+            .as_ref()
+            .map(|i| self.instances[i].max_ips_per_eni)
+            && 2 + dest.secondary_ips.len() as u32 > limit
+        {
+            return Err(ModelError::EniIpLimit {
+                eni: to.into(),
+                requested: 1,
+                limit,
+            });
+        }
+        self.enis
+            .get_mut(from)
+            .expect("checked")
+            .secondary_ips
+            .retain(|x| *x != ip);
+        self.enis
+            .get_mut(to)
+            .expect("checked")
+            .secondary_ips
+            .push(ip);
         Ok(())
     }
 

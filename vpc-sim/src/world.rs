@@ -134,6 +134,19 @@ impl World {
         Ok(ips)
     }
 
+    /// Moves a secondary IP to another ENI and delivers it there.
+    pub fn migrate_ip(&mut self, from: &str, to: &str, ip: Ipv4Addr) -> Result<(), SimError> {
+        self.vpc.migrate_ip(from, to, ip)?;
+        let dest = &self.vpc.enis[to];
+        if let Some(f) = &self.fabric {
+            match dest.attached_to {
+                Some(_) => f.deliver(&dest.subnet_id, ip, &dest.mac)?,
+                None => f.withdraw(&dest.subnet_id, ip)?,
+            }
+        }
+        Ok(())
+    }
+
     /// Unassigns IPs and stops their delivery.
     pub fn unassign_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), SimError> {
         self.vpc.unassign_ips(eni_id, ips)?;

@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod down;
+pub mod serve;
 pub mod up;
 
 use std::path::PathBuf;

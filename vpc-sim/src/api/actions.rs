@@ -1,0 +1,353 @@
+//! The VPC actions, each a function of the world and the request's JSON
+//! parameters to the response's fields.
+
+use std::net::Ipv4Addr;
+
+use serde_json::{Value, json};
+use tencent_api::errors::Kind;
+
+use super::ApiError;
+use crate::model::{Eni, ModelError};
+use crate::world::{SharedWorld, SimError, World};
+
+/// Whether an action is asynchronous (its RequestId is a task id for
+/// `DescribeVpcTaskResult`).
+pub fn is_async(action: &str) -> bool {
+    matches!(
+        action,
+        "AttachNetworkInterface"
+            | "DetachNetworkInterface"
+            | "DeleteNetworkInterface"
+            | "AssignPrivateIpAddresses"
+            | "UnassignPrivateIpAddresses"
+            | "MigratePrivateIpAddress"
+    )
+}
+
+/// Runs one action.
+pub fn run(
+    world: &SharedWorld,
+    action: &str,
+    p: &Value,
+    _request_id: &str,
+) -> Result<Value, ApiError> {
+    match action {
+        "DescribeNetworkInterfaceLimit" => read(world, |w| {
+            let id = text(p, "InstanceId")?;
+            let ins = w
+                .vpc
+                .instances
+                .get(id)
+                .ok_or_else(|| not_found("instance", id))?;
+            Ok(json!({
+                "EniQuantity": ins.max_enis.saturating_sub(1),
+                "EniPrivateIpAddressQuantity": ins.max_ips_per_eni,
+                "ExtendEniQuantity": 0,
+                "ExtendEniPrivateIpAddressQuantity": 0,
+            }))
+        }),
+        "DescribeNetworkInterfaces" => read(world, |w| describe_enis(w, p)),
+        "DescribeSubnets" => read(world, |w| {
+            let filters = filters(p);
+            let ids = strings(p, "SubnetIds");
+            let subnets: Vec<Value> = w
+                .vpc
+                .subnets
+                .values()
+                .filter(|s| ids.is_empty() || ids.contains(&s.id))
+                .filter(|s| matches(&filters, "subnet-id", &s.id))
+                .filter(|s| matches(&filters, "zone", &s.zone))
+                .filter(|_| matches(&filters, "vpc-id", &w.vpc.id))
+                .map(|s| {
+                    json!({
+                        "VpcId": w.vpc.id, "SubnetId": s.id, "SubnetName": s.id, "CidrBlock": s.cidr.to_string(),
+                        "Zone": s.zone, "AvailableIpAddressCount": s.free_ips(),
+                        "TotalIpAddressCount": s.cidr.size().saturating_sub(3), "IsDefault": false,
+                    })
+                })
+                .collect();
+            Ok(json!({ "TotalCount": subnets.len(), "SubnetSet": subnets }))
+        }),
+        "CreateNetworkInterface" => write(world, |w| {
+            let vpc = text(p, "VpcId")?;
+            if vpc != w.vpc.id {
+                return Err(not_found("VPC", vpc).into());
+            }
+            let eni = w.create_eni(text(p, "SubnetId")?)?;
+            let count = number(p, "SecondaryPrivateIpAddressCount").unwrap_or(0);
+            if count > 0 {
+                w.assign_ips(&eni.id, count)?;
+            }
+            let tags: Vec<(String, String)> = p
+                .get("Tags")
+                .and_then(Value::as_array)
+                .map(|t| {
+                    t.iter()
+                        .filter_map(|kv| {
+                            Some((
+                                kv.get("Key")?.as_str()?.to_string(),
+                                kv.get("Value")?.as_str()?.to_string(),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let stored = w.vpc.enis.get_mut(&eni.id).expect("just created");
+            stored.tags.extend(tags);
+            let eni = stored.clone();
+            Ok(json!({ "NetworkInterface": eni_json(w, &eni) }))
+        }),
+        "AttachNetworkInterface" => write(world, |w| {
+            w.attach_eni(text(p, "NetworkInterfaceId")?, text(p, "InstanceId")?)?;
+            Ok(json!({}))
+        }),
+        "DetachNetworkInterface" => write(world, |w| {
+            let id = text(p, "NetworkInterfaceId")?;
+            let on = w.vpc.enis.get(id).and_then(|e| e.attached_to.clone());
+            if on.as_deref() != Some(text(p, "InstanceId")?) {
+                return Err(ModelError::InvalidState(format!(
+                    "{id} is not attached to that instance"
+                ))
+                .into());
+            }
+            w.detach_eni(id)?;
+            Ok(json!({}))
+        }),
+        "DeleteNetworkInterface" => write(world, |w| {
+            w.delete_eni(text(p, "NetworkInterfaceId")?)?;
+            Ok(json!({}))
+        }),
+        "AssignPrivateIpAddresses" => write(world, |w| {
+            let id = text(p, "NetworkInterfaceId")?;
+            let count = number(p, "SecondaryPrivateIpAddressCount").ok_or_else(|| {
+                ApiError::new(
+                    Kind::InvalidParameter,
+                    "SecondaryPrivateIpAddressCount is required",
+                )
+            })?;
+            let ips = w.assign_ips(id, count)?;
+            Ok(
+                json!({ "PrivateIpAddressSet": ips.iter().map(|ip| ip_json(*ip, false)).collect::<Vec<_>>() }),
+            )
+        }),
+        "UnassignPrivateIpAddresses" => write(world, |w| {
+            let id = text(p, "NetworkInterfaceId")?;
+            let ips = addresses(p)?;
+            w.unassign_ips(id, &ips)?;
+            Ok(json!({}))
+        }),
+        "MigratePrivateIpAddress" => write(world, |w| {
+            let from = text(p, "SourceNetworkInterfaceId")?;
+            let to = text(p, "DestinationNetworkInterfaceId")?;
+            let ip: Ipv4Addr = text(p, "PrivateIpAddress")?.parse().map_err(|_| {
+                ApiError::new(
+                    Kind::InvalidParameter,
+                    "PrivateIpAddress is not an IPv4 address",
+                )
+            })?;
+            w.migrate_ip(from, to, ip)?;
+            Ok(json!({}))
+        }),
+        other => Err(ApiError::new(
+            Kind::InvalidParameter,
+            format!("action {other} is not supported by the emulator"),
+        )),
+    }
+}
+
+fn describe_enis(w: &World, p: &Value) -> Result<Value, ApiError> {
+    let filters = filters(p);
+    let ids = strings(p, "NetworkInterfaceIds");
+    let all: Vec<&Eni> = w
+        .vpc
+        .enis
+        .values()
+        .filter(|e| ids.is_empty() || ids.contains(&e.id))
+        .filter(|_| matches(&filters, "vpc-id", &w.vpc.id))
+        .filter(|e| matches(&filters, "subnet-id", &e.subnet_id))
+        .filter(|e| matches(&filters, "network-interface-id", &e.id))
+        .filter(|e| {
+            matches(
+                &filters,
+                "attachment.instance-id",
+                e.attached_to.as_deref().unwrap_or(""),
+            )
+        })
+        .filter(|e| {
+            matches(
+                &filters,
+                "is-primary",
+                if e.primary { "true" } else { "false" },
+            )
+        })
+        .filter(|e| {
+            filters
+                .iter()
+                .filter_map(|(name, values)| name.strip_prefix("tag:").map(|k| (k, values)))
+                .all(|(key, values)| e.tags.get(key).is_some_and(|v| values.contains(v)))
+        })
+        .collect();
+    let offset = number(p, "Offset").unwrap_or(0) as usize;
+    let limit = number(p, "Limit").unwrap_or(20).clamp(1, 100) as usize;
+    let page: Vec<Value> = all
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|e| eni_json(w, e))
+        .collect();
+    Ok(json!({ "TotalCount": all.len(), "NetworkInterfaceSet": page }))
+}
+
+fn eni_json(w: &World, e: &Eni) -> Value {
+    let zone = w
+        .vpc
+        .subnets
+        .get(&e.subnet_id)
+        .map(|s| s.zone.clone())
+        .unwrap_or_default();
+    let mut ips = vec![ip_json(e.primary_ip, true)];
+    ips.extend(e.secondary_ips.iter().map(|ip| ip_json(*ip, false)));
+    json!({
+        "NetworkInterfaceId": e.id,
+        "NetworkInterfaceName": e.id,
+        "NetworkInterfaceDescription": "",
+        "VpcId": w.vpc.id,
+        "SubnetId": e.subnet_id,
+        "MacAddress": e.mac.to_ascii_uppercase(),
+        "State": "AVAILABLE",
+        "Primary": e.primary,
+        "Zone": zone,
+        "PrivateIpAddressSet": ips,
+        "Attachment": e.attached_to.as_ref().map(|i| json!({
+            "InstanceId": i, "DeviceIndex": e.device_index.unwrap_or(0), "InstanceAccountId": "", "AttachTime": "",
+        })),
+        "TagSet": e.tags.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
+        "GroupSet": [],
+        "CreatedTime": "",
+    })
+}
+
+fn ip_json(ip: Ipv4Addr, primary: bool) -> Value {
+    json!({ "PrivateIpAddress": ip.to_string(), "Primary": primary, "State": "AVAILABLE", "IsWanIpBlocked": false })
+}
+
+fn read(
+    world: &SharedWorld,
+    f: impl FnOnce(&World) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
+    let w = world.read().map_err(api_error)?;
+    f(&w)
+}
+
+fn write(
+    world: &SharedWorld,
+    f: impl FnOnce(&mut World) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
+    let mut failure = None;
+    let out = world.update(|w| {
+        f(w).map_err(|e| {
+            failure = Some(e);
+            SimError::State {
+                path: String::new(),
+                detail: String::new(),
+            }
+        })
+    });
+    match (out, failure) {
+        (_, Some(e)) => Err(e),
+        (Ok(v), None) => Ok(v),
+        (Err(e), None) => Err(api_error(e)),
+    }
+}
+
+fn text<'a>(p: &'a Value, key: &str) -> Result<&'a str, ApiError> {
+    p.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::new(Kind::InvalidParameter, format!("{key} is required")))
+}
+
+fn number(p: &Value, key: &str) -> Option<u32> {
+    p.get(key)
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+}
+
+fn strings(p: &Value, key: &str) -> Vec<String> {
+    p.get(key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn addresses(p: &Value) -> Result<Vec<Ipv4Addr>, ApiError> {
+    p.get("PrivateIpAddresses")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::new(Kind::InvalidParameter, "PrivateIpAddresses is required"))?
+        .iter()
+        .map(|a| {
+            a.get("PrivateIpAddress")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| ApiError::new(Kind::InvalidParameter, "bad PrivateIpAddress"))
+        })
+        .collect()
+}
+
+fn filters(p: &Value) -> Vec<(String, Vec<String>)> {
+    p.get("Filters")
+        .and_then(Value::as_array)
+        .map(|fs| {
+            fs.iter()
+                .filter_map(|f| Some((f.get("Name")?.as_str()?.to_string(), strings(f, "Values"))))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn matches(filters: &[(String, Vec<String>)], name: &str, value: &str) -> bool {
+    filters
+        .iter()
+        .filter(|(n, _)| n == name)
+        .all(|(_, values)| values.iter().any(|v| v == value))
+}
+
+fn not_found(kind: &'static str, id: &str) -> ModelError {
+    ModelError::NotFound {
+        kind,
+        id: id.into(),
+    }
+}
+
+impl From<ModelError> for ApiError {
+    fn from(e: ModelError) -> ApiError {
+        let kind = match &e {
+            ModelError::NotFound { .. } => Kind::NotFound,
+            ModelError::EniQuotaExceeded { .. } => Kind::EniQuotaExceeded,
+            ModelError::InstanceEniLimit { .. } => Kind::InstanceEniLimit,
+            ModelError::EniIpLimit { .. } => Kind::EniIpLimit,
+            ModelError::SubnetExhausted(_) => Kind::SubnetExhausted,
+            ModelError::ZoneMismatch { .. } => Kind::ZoneMismatch,
+            ModelError::InvalidState(_) => Kind::InvalidState,
+            ModelError::InvalidParameter(_) => Kind::InvalidParameter,
+        };
+        ApiError::new(kind, e.to_string())
+    }
+}
+
+impl From<SimError> for ApiError {
+    fn from(e: SimError) -> ApiError {
+        api_error(e)
+    }
+}
+
+fn api_error(e: SimError) -> ApiError {
+    match e {
+        SimError::Model(m) => m.into(),
+        other => ApiError::new(Kind::Internal, other.to_string()),
+    }
+}

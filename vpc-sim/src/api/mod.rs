@@ -1,0 +1,321 @@
+//! The emulator: the Tencent Cloud VPC API (version 2017-03-12) over HTTP,
+//! with the same envelope (`Response{..., RequestId}`,
+//! `Response.Error{Code, Message}`), TC3-HMAC-SHA256 signatures and clock
+//! skew checked, backed by the simulated world, plus the instance metadata
+//! paths of every node. [`Emulator::handle`] is a plain function from a
+//! request to a response, so it is tested without sockets; `vpc-sim serve`
+//! puts it behind a listener.
+
+mod actions;
+mod metadata;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Value, json};
+use tencent_api::errors::Kind;
+use tencent_api::sign;
+
+use crate::world::SharedWorld;
+
+/// The API version served.
+pub const VERSION: &str = "2017-03-12";
+/// The service name in signatures.
+pub const SERVICE: &str = "vpc";
+/// The largest accepted difference between a request's timestamp and now.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
+
+/// An HTTP request as the emulator needs it.
+#[derive(Clone, Debug, Default)]
+pub struct HttpRequest {
+    /// `GET` or `POST`.
+    pub method: String,
+    /// The path.
+    pub path: String,
+    /// Headers, names lower-cased.
+    pub headers: HashMap<String, String>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// An HTTP response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// The key pair the emulator accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    /// SecretId.
+    pub secret_id: String,
+    /// SecretKey.
+    pub secret_key: String,
+}
+
+/// Injected failures, changeable while running.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", default)]
+pub struct Faults {
+    /// Share of API calls answered `RequestLimitExceeded` (0.0–1.0).
+    pub throttle_rate: f64,
+    /// Share of API calls answered `InternalError` (0.0–1.0).
+    pub error_rate: f64,
+    /// Latency added to every API call, in milliseconds.
+    pub latency_ms: u64,
+}
+
+/// An API error answered in the envelope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    /// The error's kind (its code).
+    pub kind: Kind,
+    /// The message.
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(kind: Kind, message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The emulator.
+#[derive(Debug)]
+pub struct Emulator {
+    world: SharedWorld,
+    credentials: Credentials,
+    faults: Mutex<Faults>,
+    requests: AtomicU64,
+    /// `ClientToken` → the response first given for it.
+    tokens: Mutex<HashMap<String, Value>>,
+    /// Finished asynchronous tasks by id.
+    tasks: Mutex<HashMap<String, &'static str>>,
+    clock: fn() -> u64,
+}
+
+impl Emulator {
+    /// An emulator over `world` accepting `credentials`.
+    pub fn new(world: SharedWorld, credentials: Credentials, faults: Faults) -> Emulator {
+        Emulator {
+            world,
+            credentials,
+            faults: Mutex::new(faults),
+            requests: AtomicU64::new(0),
+            tokens: Mutex::default(),
+            tasks: Mutex::default(),
+            clock: unix_now,
+        }
+    }
+
+    /// The faults in force.
+    pub fn faults(&self) -> Faults {
+        *self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Answers one HTTP request.
+    pub fn handle(&self, req: &HttpRequest) -> HttpResponse {
+        match (req.method.as_str(), req.path.as_str()) {
+            ("POST", "/") => self.api(req),
+            ("GET", "/_sim/faults") => json_response(200, &json!(self.faults())),
+            ("POST", "/_sim/faults") => match serde_json::from_slice::<Faults>(&req.body) {
+                Ok(f) => {
+                    *self.faults.lock().unwrap_or_else(|p| p.into_inner()) = f;
+                    json_response(200, &json!(f))
+                }
+                Err(e) => text_response(400, &format!("bad faults: {e}")),
+            },
+            ("GET", path) => match metadata::answer(&self.world, path) {
+                Some(text) => text_response(200, &text),
+                None => text_response(404, "not found"),
+            },
+            _ => text_response(404, "not found"),
+        }
+    }
+
+    fn api(&self, req: &HttpRequest) -> HttpResponse {
+        let n = self.requests.fetch_add(1, Ordering::SeqCst);
+        let request_id = format!(
+            "{:08x}-sim0-4000-8000-{:012x}",
+            (self.clock)() & 0xffff_ffff,
+            n
+        );
+        let outcome = self.authenticate(req).and_then(|action| {
+            let faults = self.faults();
+            if faults.latency_ms > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(faults.latency_ms));
+            }
+            if chance(n, 1, faults.throttle_rate) {
+                return Err(ApiError::new(
+                    Kind::Throttled,
+                    "request rate limit exceeded (injected)",
+                ));
+            }
+            if chance(n, 2, faults.error_rate) {
+                return Err(ApiError::new(Kind::Internal, "internal error (injected)"));
+            }
+            let params: Value = if req.body.is_empty() {
+                json!({})
+            } else {
+                serde_json::from_slice(&req.body).map_err(|e| {
+                    ApiError::new(Kind::InvalidParameter, format!("body is not JSON: {e}"))
+                })?
+            };
+            self.action(&action, &params, &request_id)
+        });
+        let body = match outcome {
+            Ok(Value::Object(mut fields)) => {
+                fields.insert("RequestId".into(), json!(request_id));
+                json!({ "Response": fields })
+            }
+            Ok(other) => json!({ "Response": { "Result": other, "RequestId": request_id } }),
+            Err(e) => json!({ "Response": {
+                "Error": { "Code": e.kind.code(), "Message": e.message },
+                "RequestId": request_id,
+            }}),
+        };
+        json_response(200, &body)
+    }
+
+    /// Checks headers, clock skew and signature; returns the action.
+    fn authenticate(&self, req: &HttpRequest) -> Result<String, ApiError> {
+        let header = |name: &str| req.headers.get(name).map(String::as_str);
+        let action = header("x-tc-action")
+            .ok_or_else(|| ApiError::new(Kind::InvalidParameter, "missing X-TC-Action"))?;
+        if let Some(version) = header("x-tc-version")
+            && version != VERSION
+        {
+            return Err(ApiError::new(
+                Kind::InvalidParameter,
+                format!("version {version} is not {VERSION}"),
+            ));
+        }
+        let timestamp: u64 = header("x-tc-timestamp")
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| {
+                ApiError::new(Kind::InvalidParameter, "missing or bad X-TC-Timestamp")
+            })?;
+        if (self.clock)().abs_diff(timestamp) > MAX_CLOCK_SKEW_SECS {
+            return Err(ApiError::new(
+                Kind::SignatureExpired,
+                "the request's timestamp is too far from the server's clock",
+            ));
+        }
+        let auth = sign::Authorization::parse(header("authorization").unwrap_or_default())
+            .map_err(|e| ApiError::new(Kind::SignatureFailure, e.to_string()))?;
+        if auth.secret_id != self.credentials.secret_id {
+            return Err(ApiError::new(
+                Kind::SecretIdNotFound,
+                "the SecretId is not found",
+            ));
+        }
+        let signed = sign::Request {
+            service: &auth.service,
+            host: header("host").unwrap_or_default(),
+            content_type: header("content-type").unwrap_or_default(),
+            payload: &req.body,
+            timestamp,
+        };
+        if auth.signed_headers != sign::SIGNED_HEADERS
+            || auth.date != signed.date()
+            || signed.signature(&self.credentials.secret_key) != auth.signature
+        {
+            return Err(ApiError::new(
+                Kind::SignatureFailure,
+                "the provided credentials could not be validated",
+            ));
+        }
+        Ok(action.to_string())
+    }
+
+    fn action(&self, action: &str, params: &Value, request_id: &str) -> Result<Value, ApiError> {
+        let token = params
+            .get("ClientToken")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if let Some(t) = &token
+            && let Some(previous) = self.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(t)
+        {
+            return Ok(previous.clone());
+        }
+        let out = match action {
+            "DescribeVpcTaskResult" => {
+                let id = params
+                    .get("TaskId")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let status = self
+                    .task(id)
+                    .ok_or_else(|| ApiError::new(Kind::NotFound, format!("task {id} not found")))?;
+                json!({ "Status": status, "Output": "" })
+            }
+            _ => actions::run(&self.world, action, params, request_id)?,
+        };
+        if actions::is_async(action) {
+            self.tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(request_id.to_string(), "SUCCESS");
+        }
+        if let Some(t) = token {
+            self.tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(t, out.clone());
+        }
+        Ok(out)
+    }
+
+    /// The status of an asynchronous task, for `DescribeVpcTaskResult`.
+    pub fn task(&self, id: &str) -> Option<&'static str> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+    }
+}
+
+/// Deterministic pseudo-random draw for fault injection.
+fn chance(n: u64, salt: u64, rate: f64) -> bool {
+    if rate <= 0.0 {
+        return false;
+    }
+    let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 29;
+    (x as f64 / u64::MAX as f64) < rate
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn json_response(status: u16, v: &Value) -> HttpResponse {
+    HttpResponse {
+        status,
+        content_type: "application/json",
+        body: v.to_string().into_bytes(),
+    }
+}
+
+fn text_response(status: u16, s: &str) -> HttpResponse {
+    HttpResponse {
+        status,
+        content_type: "text/plain",
+        body: s.as_bytes().to_vec(),
+    }
+}
