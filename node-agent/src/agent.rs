@@ -83,6 +83,8 @@ pub struct Agent<C, D> {
     grow_lock: tokio::sync::Mutex<()>,
     pool_changed: Notify,
     waiting_for_ip: AtomicUsize,
+    /// Held shared by ADD and DEL, exclusively by GC.
+    gc_lock: tokio::sync::RwLock<()>,
 }
 
 /// How often one ADD grows the pool before it gives up.
@@ -121,7 +123,10 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             ipam.apply(&adopted);
         }
         for eni in ipam.enis() {
-            dataplane.program_eni(eni).await?;
+            // One ENI gone missing must not keep the whole node from serving.
+            if let Err(e) = dataplane.program_eni(eni).await {
+                warn!(eni = %eni.id, error = %e, "cannot program ENI; pods on it will not be reachable");
+            }
         }
         // Whatever the kernel holds that no allocation owns is a leftover of
         // a crash or of a DEL whose veth was still queued: remove it.
@@ -162,6 +167,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             grow_lock: tokio::sync::Mutex::new(()),
             pool_changed: Notify::new(),
             waiting_for_ip: AtomicUsize::new(0),
+            gc_lock: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -181,6 +187,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
 
     async fn add(&self, req: AddRequest, netns: Option<OwnedFd>) -> Result<Response, AgentError> {
         let started = Instant::now();
+        let _no_gc = self.gc_lock.read().await;
         let mut attempts = 0;
         let (plan, pending) = loop {
             match self.reserve(&req) {
@@ -267,7 +274,12 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     }
 
     async fn del(&self, req: DelRequest) -> Result<Response, AgentError> {
+        let _no_gc = self.gc_lock.read().await;
         let Some(allocation) = self.lock().ipam.allocation(&req.key).cloned() else {
+            // Nothing to do, but only once an earlier release of this
+            // attachment still in the queue is durable (and never while
+            // poisoned: the pool may then be ahead of the store).
+            self.commit(|_, _| Ok((Vec::new(), ()))).await?;
             debug!("nothing allocated; DEL is a no-op");
             return Ok(Response::Deleted);
         };
@@ -327,6 +339,8 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     }
 
     async fn gc(&self, req: GcRequest) -> Result<Response, AgentError> {
+        // No ADD or DEL runs meanwhile: what GC reads as owned stays so.
+        let _exclusive = self.gc_lock.write().await;
         let valid: HashSet<(&str, &str)> = req
             .valid
             .iter()
@@ -452,16 +466,16 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             .map_err(cloud_error)?;
         if let Err(e) = self.cloud.attach_eni(&eni.id).await {
             // An ENI that is not attached must not outlive this call.
-            if let Err(del) = self.cloud.delete_eni(&eni.id).await {
-                warn!(eni = %eni.id, error = %del, "could not delete unattached ENI");
-            }
+            self.discard_eni(&eni.id, false).await;
             return Err(cloud_error(e));
         }
-        let ips = self
-            .cloud
-            .assign_ips(&eni.id, count)
-            .await
-            .map_err(cloud_error)?;
+        let ips = match self.cloud.assign_ips(&eni.id, count).await {
+            Ok(ips) => ips,
+            Err(e) => {
+                self.discard_eni(&eni.id, true).await;
+                return Err(cloud_error(e));
+            }
+        };
         let record = EniRecord {
             id: eni.id,
             mac: eni.mac,
@@ -472,12 +486,24 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             table,
             ips,
         };
-        self.dataplane
-            .program_eni(&record)
-            .await
-            .map_err(dataplane_error)?;
+        if let Err(e) = self.dataplane.program_eni(&record).await {
+            self.discard_eni(&record.id, true).await;
+            return Err(dataplane_error(e));
+        }
         info!(eni = %record.id, table, ips = record.ips.len(), "attached ENI");
         Ok(record)
+    }
+
+    /// Detaches (if attached) and deletes an ENI the pool never recorded,
+    /// so nothing is left that no one owns.
+    async fn discard_eni(&self, eni_id: &str, attached: bool) {
+        if attached && let Err(e) = self.cloud.detach_eni(eni_id).await {
+            warn!(eni = %eni_id, error = %e, "could not detach unused ENI; adopted at next start");
+            return;
+        }
+        if let Err(e) = self.cloud.delete_eni(eni_id).await {
+            warn!(eni = %eni_id, error = %e, "could not delete unused ENI");
+        }
     }
 
     /// Plans changes under the pool lock, applies them and queues them for

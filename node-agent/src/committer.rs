@@ -64,13 +64,10 @@ impl Committer {
         }
     }
 
-    /// Queues `changes`; empty changes resolve at once.
+    /// Queues `changes`. Empty changes go through the queue too: they
+    /// resolve once everything queued before them is durable (a barrier).
     pub fn submit(&self, changes: Vec<Change>) -> Pending {
         let (done, wait) = oneshot::channel();
-        if changes.is_empty() {
-            let _ = done.send(Ok(()));
-            return Pending(wait);
-        }
         let batch = Batch { changes, done };
         let refused = match &self.queue {
             Some(queue) => queue.send(batch).err().map(|mpsc::SendError(b)| b),

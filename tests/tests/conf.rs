@@ -23,3 +23,22 @@ fn shipped_conflist_is_valid() {
         Some(proto::cni::config::DEFAULT_AGENT_SOCKET)
     );
 }
+
+#[test]
+fn vpc_sim_down_refuses_a_directory_it_did_not_make() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let precious = dir.path().join("precious");
+    std::fs::write(&precious, b"keep me").expect("write");
+    let out = std::process::Command::new(vpc_cni_tests::bin("vpc-sim"))
+        .arg("down")
+        .arg("--state")
+        .arg(dir.path())
+        .output()
+        .expect("run vpc-sim down");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing is up"));
+    assert!(
+        precious.exists(),
+        "down must not remove what up did not make"
+    );
+}

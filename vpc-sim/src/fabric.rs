@@ -99,6 +99,15 @@ impl Fabric {
     /// A primary ENI also gets the subnet prefix and the node's default
     /// route, as a booted instance has.
     pub fn plug(&self, vpc: &Vpc, eni: &Eni) -> Result<(), FabricError> {
+        let plugged = self.plug_links(vpc, eni);
+        if plugged.is_err() {
+            // Leave nothing half-made that the next attach would trip over.
+            let _ = ip(&["-n", &self.router, "link", "del", &format!("e{}", eni.seq)]);
+        }
+        plugged
+    }
+
+    fn plug_links(&self, vpc: &Vpc, eni: &Eni) -> Result<(), FabricError> {
         let (Some(instance), Some(index)) = (&eni.attached_to, eni.device_index) else {
             return Ok(());
         };

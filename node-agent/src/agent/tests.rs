@@ -301,6 +301,16 @@ async fn a_failed_commit_stops_all_changes_until_restart() {
         .await
         .expect_err("poisoned");
     assert!(e.message.contains("restart"), "{}", e.message);
+    let e = h
+        .agent
+        .handle(del_req("c2"), None)
+        .await
+        .expect_err("poisoned");
+    assert_eq!(
+        e.kind,
+        ErrorKind::Store,
+        "even a DEL with nothing to do must not claim success"
+    );
     assert!(matches!(
         h.agent.handle(Request::Status, None).await,
         Ok(Response::Status(StatusReply { ready: false, .. }))
@@ -342,4 +352,25 @@ async fn restart_restores_allocations_and_adopts_unknown_enis() {
     assert_eq!(allocated(&a), vec![("c1".to_string(), first.ip)]);
     assert_eq!(add(&a, "c1").await.ip, first.ip);
     assert_eq!(a.lock().ipam.enis().len(), 2, "the unknown ENI was adopted");
+}
+
+#[tokio::test]
+async fn an_eni_that_cannot_be_programmed_is_detached_and_deleted() {
+    let h = harness().await;
+    h.agent
+        .dataplane
+        .fail_program_eni
+        .store(true, Ordering::SeqCst);
+    let e = h
+        .agent
+        .handle(add_req("c1"), None)
+        .await
+        .expect_err("no usable ENI");
+    assert_eq!(e.kind, ErrorKind::Dataplane);
+    let enis = h.agent.cloud.list_enis().await.expect("list");
+    assert!(
+        enis.iter().all(|e| e.primary),
+        "no ENI left behind: {enis:?}"
+    );
+    assert!(h.agent.lock().ipam.enis().is_empty());
 }

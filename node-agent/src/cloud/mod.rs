@@ -118,6 +118,8 @@ pub trait Cloud: Send + Sync + 'static {
     fn create_eni(&self, subnet_id: &str) -> impl Future<Output = Result<Eni, CloudError>> + Send;
     /// Attaches an ENI to this node.
     fn attach_eni(&self, eni_id: &str) -> impl Future<Output = Result<(), CloudError>> + Send;
+    /// Detaches an ENI from this node.
+    fn detach_eni(&self, eni_id: &str) -> impl Future<Output = Result<(), CloudError>> + Send;
     /// Deletes a detached ENI.
     fn delete_eni(&self, eni_id: &str) -> impl Future<Output = Result<(), CloudError>> + Send;
     /// Assigns `count` new secondary IPs to an ENI; returns them.

@@ -123,6 +123,12 @@ impl Cloud for SimCloud {
         .await
     }
 
+    async fn detach_eni(&self, eni_id: &str) -> Result<(), CloudError> {
+        let eni_id = eni_id.to_string();
+        self.run(move |world, _| world.update(|w| w.detach_eni(&eni_id)))
+            .await
+    }
+
     async fn delete_eni(&self, eni_id: &str) -> Result<(), CloudError> {
         let eni_id = eni_id.to_string();
         self.run(move |world, _| world.update(|w| w.delete_eni(&eni_id)))

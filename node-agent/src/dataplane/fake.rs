@@ -26,6 +26,8 @@ pub struct FakeDataplane {
     pods: Mutex<HashMap<String, PodSpec>>,
     /// When set, `attach_pod` fails.
     pub fail_attach: AtomicBool,
+    /// When set, `program_eni` fails.
+    pub fail_program_eni: AtomicBool,
 }
 
 impl FakeDataplane {
@@ -60,6 +62,12 @@ impl FakeDataplane {
 impl Dataplane for FakeDataplane {
     async fn program_eni(&self, eni: &EniRecord) -> Result<(), DataplaneError> {
         self.record(Recorded::ProgramEni(eni.id.clone()));
+        if self.fail_program_eni.load(Ordering::SeqCst) {
+            return Err(DataplaneError::Kernel {
+                op: "ip link show",
+                detail: "injected: no link with that MAC".into(),
+            });
+        }
         Ok(())
     }
 

@@ -135,27 +135,34 @@ fn exercise(
             let name = format!("pod-{}-{k}", n + 1);
             let netns = format!("vpcsim-{tag}-p{}-{k}", n + 1);
             fabric::ip(&["netns", "add", &netns]).map_err(|e| e.to_string())?;
-            let out = plugin(cni, "ADD", &name, &netns, &conf)?;
-            let ip = out["ips"][0]["address"]
-                .as_str()
-                .unwrap_or_default()
-                .trim_end_matches("/32")
-                .to_string();
+            // Recorded before ADD so its namespace is removed whatever ADD does.
+            pods.push(Pod {
+                name: name.clone(),
+                node: n,
+                netns: netns.clone(),
+                ip: String::new(),
+                result: Value::Null,
+            });
+            let added = plugin(cni, "ADD", &name, &netns, &conf).and_then(|out| {
+                let ip = out["ips"][0]["address"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .trim_end_matches("/32")
+                    .to_string();
+                if ip.is_empty() {
+                    Err(format!("no address in {out}"))
+                } else {
+                    Ok((ip, out))
+                }
+            });
+            let pod = pods.last_mut().expect("just pushed");
             checks.record(
                 format!("ADD {name} on node{}", n + 1),
-                if ip.is_empty() {
-                    Err(out.to_string())
-                } else {
-                    Ok(())
-                },
+                added.map(|(ip, out)| {
+                    pod.ip = ip;
+                    pod.result = out;
+                }),
             );
-            pods.push(Pod {
-                name,
-                node: n,
-                netns,
-                ip,
-                result: out,
-            });
         }
     }
 

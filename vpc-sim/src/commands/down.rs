@@ -28,12 +28,12 @@ pub fn run(args: DownArgs) -> Result<(), String> {
 /// then SIGKILL after 5 s), node and router namespaces deleted, the state
 /// directory removed.
 pub fn down(dir: &Path) -> Result<(), String> {
-    let sim: Sim = match fs::read(sim_file(dir)) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{}: {e}", sim_file(dir).display()))?,
-        Err(_) if !dir.exists() => return Err(format!("nothing is up in {}", dir.display())),
-        Err(_) => Sim::default(),
-    };
+    // Only ever tear down what `up` recorded: never a directory that merely
+    // exists.
+    let bytes = fs::read(sim_file(dir))
+        .map_err(|_| format!("nothing is up in {} (no sim.json)", dir.display()))?;
+    let sim: Sim =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", sim_file(dir).display()))?;
     let mut problems = Vec::new();
     for node in &sim.nodes {
         if let Some(pid) = node
@@ -48,8 +48,33 @@ pub fn down(dir: &Path) -> Result<(), String> {
     {
         problems.extend(fabric.destroy().into_iter().map(|e| e.to_string()));
     }
-    if let Err(e) = fs::remove_dir_all(dir) {
-        problems.push(format!("{}: {e}", dir.display()));
+    // Whatever else carries the simulation's tag (a half-built fabric, pods
+    // a client left behind) goes too.
+    if !sim.tag.is_empty() {
+        let prefix = format!("vpcsim-{}-", sim.tag);
+        for entry in fs::read_dir(vpc_sim::fabric::NETNS_DIR)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix)
+                && let Err(e) = vpc_sim::fabric::ip(&["netns", "del", &name])
+            {
+                problems.push(e.to_string());
+            }
+        }
+    }
+    for node in &sim.nodes {
+        if let Some(node_dir) = node.socket.parent() {
+            let _ = fs::remove_dir_all(node_dir);
+        }
+    }
+    for name in ["vpc.json", "vpc.lock", "vpc.tmp", "env", "sim.json"] {
+        let _ = fs::remove_file(dir.join(name));
+    }
+    if let Err(e) = fs::remove_dir(dir) {
+        problems.push(format!("{} left in place: {e}", dir.display()));
     }
     if problems.is_empty() {
         Ok(())

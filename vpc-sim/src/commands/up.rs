@@ -150,15 +150,23 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
             })
             .collect(),
     };
-    world.fabric = Some(fabric);
+    world.fabric = Some(fabric.clone());
     save_sim(&dir, &sim)?;
-    let fabric = world.fabric.clone().expect("just set");
-    for eni in world.vpc.enis.values().filter(|e| e.primary) {
-        fabric.plug(&world.vpc, eni).map_err(|e| e.to_string())?;
-    }
+    // Recorded before anything is plugged, so `down` can undo a half-built one.
+    let primaries: Vec<_> = world
+        .vpc
+        .enis
+        .values()
+        .filter(|e| e.primary)
+        .cloned()
+        .collect();
+    let vpc = world.vpc.clone();
     SharedWorld::at(&world_file(&dir))
         .create_if_missing(|| Ok(world))
         .map_err(|e| e.to_string())?;
+    for eni in &primaries {
+        fabric.plug(&vpc, eni).map_err(|e| e.to_string())?;
+    }
 
     let agent = args
         .agent_bin
