@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::Read;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto::client::{self, CallError};
 use proto::cni::result::addresses_of;
@@ -85,10 +86,15 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, CniError> {
         }),
         _ => None,
     };
+    let deadline = SystemTime::now() + conf.timeout;
     let request = Request::Add(AddRequest {
         key: key(inv, conf),
         netns: netns.clone(),
         pod,
+        deadline_ms: deadline
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as u64),
     });
     match call(conf, &request, codes::TRY_AGAIN_LATER, Some(&ns))? {
         Response::Added(reply) => {

@@ -188,6 +188,13 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     async fn add(&self, req: AddRequest, netns: Option<OwnedFd>) -> Result<Response, AgentError> {
         let started = Instant::now();
         let _no_gc = self.gc_lock.read().await;
+        let past_deadline = || req.deadline_ms.is_some_and(|d| (self.clock)() > d);
+        if past_deadline() {
+            return Err(AgentError::new(
+                ErrorKind::NotReady,
+                "the caller's deadline passed before the ADD started",
+            ));
+        }
         let mut attempts = 0;
         let (plan, pending) = loop {
             match self.reserve(&req) {
@@ -210,6 +217,28 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let (wired, committed) =
             tokio::join!(self.dataplane.attach_pod(&spec), self.durable(pending));
         match (wired, committed) {
+            (Ok(_), Ok(())) if past_deadline() && !plan.existing => {
+                // The caller gave up and will not DEL what it never heard of.
+                warn!(ip = %spec.ip, "ADD finished after the caller's deadline; undoing it");
+                self.dataplane
+                    .detach_pod(&spec)
+                    .await
+                    .map_err(dataplane_error)?;
+                let key = req.key.clone();
+                self.commit(move |ipam, now| {
+                    Ok((
+                        ipam.plan_release(&key, now)
+                            .map(|r| r.1)
+                            .unwrap_or_default(),
+                        (),
+                    ))
+                })
+                .await?;
+                Err(AgentError::new(
+                    ErrorKind::NotReady,
+                    "the ADD finished after the caller's deadline and was undone",
+                ))
+            }
             (Ok(links), Ok(())) => {
                 info!(
                     ip = %spec.ip,

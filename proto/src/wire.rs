@@ -77,6 +77,10 @@ pub struct AddRequest {
     /// The pod, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodRef>,
+    /// When the caller stops waiting (Unix ms): an ADD that cannot finish
+    /// by then is undone rather than left behind for a caller that gave up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 /// DEL: unwire the pod and release its IP. Idempotent.
@@ -455,6 +459,7 @@ mod tests {
                     name: "web-0".into(),
                     uid: None,
                 }),
+                deadline_ms: Some(1),
             }),
             Request::Del(DelRequest {
                 key: key(),

@@ -1,5 +1,5 @@
-//! The shipped configuration is accepted by the plugin, as libcni hands it
-//! over: each plugin entry with the list's `cniVersion` and `name` added.
+//! What ships and what operators run by hand: the conflist is accepted by the
+//! plugin as libcni hands it over, and `vpc-sim down` keeps to what `up` made.
 
 use proto::cni::NetConf;
 use serde_json::Value;

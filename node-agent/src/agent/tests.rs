@@ -60,6 +60,7 @@ fn add_req(c: &str) -> Request {
             name: c.into(),
             uid: None,
         }),
+        deadline_ms: None,
     })
 }
 
@@ -211,6 +212,7 @@ async fn gc_releases_only_stale_attachments_of_its_network() {
                 key: other,
                 netns: "/n".into(),
                 pod: None,
+                deadline_ms: None,
             }),
             None,
         )
@@ -373,4 +375,20 @@ async fn an_eni_that_cannot_be_programmed_is_detached_and_deleted() {
         "no ENI left behind: {enis:?}"
     );
     assert!(h.agent.lock().ipam.enis().is_empty());
+}
+
+#[tokio::test]
+async fn an_add_past_the_callers_deadline_is_refused_and_leaves_nothing() {
+    let h = harness().await;
+    let now = h.now.load(Ordering::SeqCst);
+    let late = Request::Add(AddRequest {
+        key: key("late"),
+        netns: "/n".into(),
+        pod: None,
+        deadline_ms: Some(now - 1),
+    });
+    let e = h.agent.handle(late, None).await.expect_err("too late");
+    assert_eq!(e.kind, ErrorKind::NotReady);
+    assert!(allocated(&h.agent).is_empty());
+    assert!(h.agent.dataplane.wired().is_empty());
 }
