@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the agent.
-    Run(commands::run::RunArgs),
+    Run(Box<commands::run::RunArgs>),
     /// Show the IP pool: ENIs, IPs and who holds them.
     Pool(commands::pool::PoolArgs),
 }
@@ -38,7 +38,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => commands::run::run(args),
+        Command::Run(args) => commands::run::run(*args),
         Command::Pool(args) => commands::pool::run(args),
     };
     match result {

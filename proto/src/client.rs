@@ -69,11 +69,20 @@ pub fn call_with_netns(
         .set_write_timeout(Some(timeout))
         .map_err(WireError::Io)?;
     let payload = wire::encode_request(request)?;
-    match netns {
+    let sent = match netns {
         None => wire::write_frame(&mut stream, &payload),
         Some(fd) => send_with_fd(&mut stream, &payload, fd),
+    };
+    match sent {
+        // The agent may answer before reading everything (a refused caller,
+        // an oversized frame) and close: its answer is still there to read.
+        Err(WireError::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) => {}
+        other => other.map_err(|e| timed_out(e, timeout))?,
     }
-    .map_err(|e| timed_out(e, timeout))?;
     let reply = wire::read_frame(&mut stream).map_err(|e| timed_out(e, timeout))?;
     Ok(wire::decode_reply(&reply)?)
 }

@@ -4,3 +4,17 @@
 
 pub mod errors;
 pub mod sign;
+
+/// Whether a VPC action completes asynchronously: its `RequestId` is then a
+/// task id to poll with `DescribeVpcTaskResult`.
+pub fn is_async(action: &str) -> bool {
+    matches!(
+        action,
+        "AttachNetworkInterface"
+            | "DetachNetworkInterface"
+            | "DeleteNetworkInterface"
+            | "AssignPrivateIpAddresses"
+            | "UnassignPrivateIpAddresses"
+            | "MigratePrivateIpAddress"
+    )
+}

@@ -50,23 +50,32 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A running `vpc-cni-agent` on a private socket and state directory.
+/// A running `vpc-cni-agent` on a private socket and state directory, with
+/// the fake dataplane, talking to its own emulator over HTTP.
 #[derive(Debug)]
 pub struct Agent {
     /// Scratch space: socket, state, logs, fake netns files.
     pub dir: tempfile::TempDir,
     /// Extra flags given to `run`.
     pub flags: Vec<String>,
+    /// The cloud it talks to.
+    pub emulator: Emulator,
     child: Option<Child>,
 }
 
 impl Agent {
-    /// Starts an agent with the fake dataplane and `flags`, and waits until
+    /// Starts an agent with `flags` on a one-node emulator, and waits until
     /// it answers.
     pub fn start(flags: &[&str]) -> Agent {
+        Agent::start_with(&[], flags)
+    }
+
+    /// Like [`Agent::start`], with extra `vpc-sim serve` flags (limits).
+    pub fn start_with(emulator_flags: &[&str], flags: &[&str]) -> Agent {
         let mut agent = Agent {
             dir: tempfile::tempdir().expect("tempdir"),
             flags: flags.iter().map(|s| s.to_string()).collect(),
+            emulator: Emulator::start(1, emulator_flags),
             child: None,
         };
         agent.spawn();
@@ -100,6 +109,16 @@ impl Agent {
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
             .args(["--dataplane", "fake", "--log-level", "debug"])
+            .args([
+                "--cloud-endpoint",
+                &format!("http://{}", self.emulator.address),
+            ])
+            .args([
+                "--metadata-url",
+                &format!("http://{}/ins-sim0001", self.emulator.address),
+            ])
+            .arg("--credentials-file")
+            .arg(self.emulator.dir.path().join("credentials"))
             .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -69,14 +69,10 @@ fn allocations(view: &PoolView) -> Vec<(String, String)> {
 
 #[test]
 fn kill_9_during_interleaved_add_del_loses_nothing() {
-    let agent = Agent::start(&[
-        "--sim-max-enis",
-        "8",
-        "--sim-ips-per-eni",
-        "30",
-        "--warm-ip-target",
-        "8",
-    ]);
+    let agent = Agent::start_with(
+        &["--max-enis", "8", "--ips-per-eni", "30"],
+        &["--warm-ip-target", "8"],
+    );
     let conf = serde_json::to_vec(&agent.conf("1.0.0")).expect("conf");
     let netns: Vec<String> = (0..CONTAINERS)
         .map(|c| agent.netns(&format!("c{c}")))

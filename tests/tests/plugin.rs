@@ -179,7 +179,7 @@ fn status_is_ready_with_an_agent_and_50_without() {
 
 #[test]
 fn status_is_not_ready_when_no_ip_can_be_served() {
-    let agent = Agent::start(&["--sim-max-enis", "2", "--sim-ips-per-eni", "2"]);
+    let agent = Agent::start_with(&["--max-enis", "2", "--ips-per-eni", "2"], &[]);
     let conf = agent.conf("1.1.0");
     assert!(
         cni(

@@ -3,18 +3,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use proto::wire::{AttachmentKey, GcAttachment, IpState, PodRef};
 
 use super::*;
-use crate::cloud::SimCloud;
+use crate::cloud::Limits;
+use crate::cloud::fake::FakeCloud;
 use crate::dataplane::{FakeDataplane, Recorded};
 use crate::store::{MemoryStore, RedbStore};
-use vpc_sim::world::NodeLimits;
 
-type TestAgent = Agent<SimCloud, FakeDataplane>;
+type TestAgent = Agent<FakeCloud, FakeDataplane>;
 
 struct Harness {
     agent: TestAgent,
     now: Arc<AtomicU64>,
-    _dir: tempfile::TempDir,
 }
+
+const DEFAULT_LIMITS: Limits = Limits {
+    max_enis: 4,
+    max_ips_per_eni: 20,
+};
 
 fn config() -> AgentConfig {
     AgentConfig {
@@ -23,24 +27,19 @@ fn config() -> AgentConfig {
     }
 }
 
-async fn harness_with(sim: NodeLimits, store: Box<dyn Store>) -> Harness {
+async fn harness_with(limits: Limits, store: Box<dyn Store>) -> Harness {
     let now = Arc::new(AtomicU64::new(1_000_000));
     let t = Arc::clone(&now);
     let clock: Clock = Arc::new(move || t.load(Ordering::SeqCst));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cloud = SimCloud::open(&dir.path().join("vpc.json"), None, sim).expect("vpc");
+    let cloud = FakeCloud::new(limits);
     let agent = Agent::start(cloud, FakeDataplane::default(), store, config(), clock)
         .await
         .expect("start");
-    Harness {
-        agent,
-        now,
-        _dir: dir,
-    }
+    Harness { agent, now }
 }
 
 async fn harness() -> Harness {
-    harness_with(NodeLimits::default(), Box::new(MemoryStore::default())).await
+    harness_with(DEFAULT_LIMITS, Box::new(MemoryStore::default())).await
 }
 
 fn key(c: &str) -> AttachmentKey {
@@ -141,7 +140,7 @@ async fn del_unwires_releases_and_is_idempotent() {
 #[tokio::test]
 async fn a_released_ip_is_not_reused_during_its_cooldown() {
     let h = harness_with(
-        NodeLimits {
+        Limits {
             max_enis: 2,
             max_ips_per_eni: 3,
         },
@@ -252,7 +251,7 @@ async fn a_failed_wiring_rolls_the_allocation_back() {
 #[tokio::test]
 async fn status_is_ready_until_nothing_can_be_served() {
     let h = harness_with(
-        NodeLimits {
+        Limits {
             max_enis: 2,
             max_ips_per_eni: 2,
         },
@@ -279,7 +278,7 @@ async fn status_is_ready_until_nothing_can_be_served() {
 async fn a_failed_commit_stops_all_changes_until_restart() {
     let store = MemoryStore::default();
     let fail = Arc::clone(&store.fail_commits);
-    let h = harness_with(NodeLimits::default(), Box::new(store)).await;
+    let h = harness_with(DEFAULT_LIMITS, Box::new(store)).await;
     add(&h.agent, "c1").await;
     fail.store(true, Ordering::SeqCst);
     let e = h
@@ -323,10 +322,10 @@ async fn a_failed_commit_stops_all_changes_until_restart() {
 async fn restart_restores_allocations_and_adopts_unknown_enis() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("state.redb");
-    let vpc = dir.path().join("vpc.json");
+    let shared = FakeCloud::new(DEFAULT_LIMITS);
     let clock = system_clock();
     let first = {
-        let cloud = SimCloud::open(&vpc, None, NodeLimits::default()).expect("vpc");
+        let cloud = shared.clone();
         let store = Box::new(RedbStore::open(&db).expect("store"));
         let a = Agent::start(
             cloud,
@@ -346,7 +345,7 @@ async fn restart_restores_allocations_and_adopts_unknown_enis() {
         a.cloud.assign_ips(&eni.id, 2).await.expect("assign");
         r
     };
-    let cloud = SimCloud::open(&vpc, None, NodeLimits::default()).expect("vpc");
+    let cloud = shared.clone();
     let store = Box::new(RedbStore::open(&db).expect("store"));
     let a = Agent::start(cloud, FakeDataplane::default(), store, config(), clock)
         .await

@@ -1,10 +1,12 @@
-//! The cloud operations the pool needs, behind one trait. The simulated
-//! VPC of `vpc-sim` ([`SimCloud`]) implements it today; the Tencent Cloud
-//! VPC API client will implement the same trait.
+//! The cloud operations the pool needs, behind one trait, implemented by
+//! the Tencent Cloud VPC API client ([`TencentCloud`]); `vpc-sim serve`
+//! answers that same API for simulations and tests.
 
-mod sim;
+#[cfg(test)]
+pub mod fake;
+pub mod tencent;
 
-pub use sim::SimCloud;
+pub use tencent::TencentCloud;
 
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -69,42 +71,36 @@ pub struct Eni {
     pub attached_to: Option<String>,
 }
 
-/// Cloud failures.
+/// Cloud failures, typed where the pool acts on them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CloudError {
     /// The VPC has used up its ENI quota.
-    #[error("the VPC's ENI quota of {quota} is used up")]
-    EniQuota {
-        /// The quota.
-        quota: u32,
-    },
+    #[error("the VPC's ENI quota is used up ({0})")]
+    EniQuota(String),
     /// The instance already has its maximum number of ENIs.
-    #[error("instance {instance} already has its limit of {limit} ENIs")]
-    EniLimit {
-        /// Instance id.
-        instance: String,
-        /// The limit.
-        limit: u32,
-    },
+    #[error("the instance is at its ENI limit ({0})")]
+    EniLimit(String),
     /// The ENI already holds its maximum number of IPs.
-    #[error("ENI {eni} cannot take {requested} more IPs (limit {limit} per ENI)")]
-    IpLimit {
-        /// ENI id.
-        eni: String,
-        /// IPs asked for.
-        requested: u32,
-        /// The limit.
-        limit: u32,
-    },
+    #[error("the ENI is at its IP limit ({0})")]
+    IpLimit(String),
     /// The subnet has no free address.
-    #[error("subnet {0} has no free IP left")]
+    #[error("the subnet has no free IP ({0})")]
     SubnetExhausted(String),
+    /// No subnet of the node's zone may be used.
+    #[error("no subnet in zone {0} to take ENIs from")]
+    NoSubnetInZone(String),
     /// No such object.
-    #[error("{0} not found")]
+    #[error("not found: {0}")]
     NotFound(String),
     /// The object is in the wrong state, or the request is not allowed.
     #[error("{0}")]
     InvalidState(String),
+    /// Throttled even after retries.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// The credentials were refused.
+    #[error("authentication failed: {0}")]
+    Auth(String),
     /// Anything else.
     #[error("{0}")]
     Other(String),

@@ -9,12 +9,12 @@ use tracing::level_filters::LevelFilter;
 use tracing::{error, info};
 
 use crate::agent::{Agent, AgentConfig, StartError, system_clock};
-use crate::cloud::{Cloud, SimCloud};
+use crate::cloud::tencent::{self, Identity, Settings};
+use crate::cloud::{Cloud, TencentCloud};
 use crate::dataplane::{Dataplane, FakeDataplane, NetlinkDataplane};
 use crate::logging::{self, LogFormat};
 use crate::server::{self, ServerConfig};
 use crate::store::RedbStore;
-use vpc_sim::world::NodeLimits;
 
 /// Which dataplane programs the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -46,19 +46,39 @@ pub struct RunArgs {
     /// The network namespace to program as "the node" (default: the agent's own).
     #[arg(long)]
     node_netns: Option<PathBuf>,
-    /// The simulated VPC's shared state file (written by `vpc-sim up`);
-    /// default: a single-node VPC of this agent's own in the state directory.
+    /// VPC API endpoint (a simulation's emulator: `http://HOST:PORT`).
+    #[arg(long, default_value = "https://vpc.tencentcloudapi.com")]
+    cloud_endpoint: String,
+    /// Region (default: from the metadata service).
     #[arg(long)]
-    sim_state: Option<PathBuf>,
-    /// This node's instance id in the simulated VPC.
+    region: Option<String>,
+    /// File with `SecretId=`, `SecretKey=` and optional `Token=` lines
+    /// (default: TENCENTCLOUD_SECRET_ID, TENCENTCLOUD_SECRET_KEY and
+    /// TENCENTCLOUD_SESSION_TOKEN from the environment).
+    #[arg(long)]
+    credentials_file: Option<PathBuf>,
+    /// Instance metadata service base URL.
+    #[arg(long, default_value = "http://metadata.tencentyun.com")]
+    metadata_url: String,
+    /// This node's instance id (default: from the metadata service).
     #[arg(long)]
     instance_id: Option<String>,
-    /// Own single-node VPC: ENIs per node, the primary included.
-    #[arg(long, default_value_t = NodeLimits::default().max_enis)]
-    sim_max_enis: u32,
-    /// Own single-node VPC: IPs per ENI, its primary IP included.
-    #[arg(long, default_value_t = NodeLimits::default().max_ips_per_eni)]
-    sim_ips_per_eni: u32,
+    /// This node's availability zone (default: from the metadata service).
+    #[arg(long)]
+    zone: Option<String>,
+    /// This node's VPC id (default: from the metadata service).
+    #[arg(long)]
+    vpc_id: Option<String>,
+    /// Subnets ENIs may come from, comma-separated (default: any subnet of
+    /// the node's zone; the one with the most free IPs is used).
+    #[arg(long, value_delimiter = ',')]
+    subnet_ids: Vec<String>,
+    /// Cloud API calls per second at most (0: no limit).
+    #[arg(long, default_value_t = 10.0)]
+    cloud_qps: f64,
+    /// Cluster name written into the tags of the ENIs this agent creates.
+    #[arg(long, default_value = "default")]
+    cluster_name: String,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -70,9 +90,6 @@ pub struct RunArgs {
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(args: RunArgs) -> Result<(), String> {
     logging::init(args.log_format, args.log_level);
-    if args.sim_max_enis < 2 || args.sim_ips_per_eni < 2 {
-        return Err("--sim-max-enis and --sim-ips-per-eni must be at least 2".into());
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -87,16 +104,7 @@ async fn serve(args: RunArgs) -> Result<(), String> {
     std::fs::create_dir_all(&args.state_dir)
         .map_err(|e| format!("cannot create state dir {}: {e}", args.state_dir.display()))?;
     let store = RedbStore::open(&args.state_dir.join("state.redb")).map_err(|e| e.to_string())?;
-    let limits = NodeLimits {
-        max_enis: args.sim_max_enis,
-        max_ips_per_eni: args.sim_ips_per_eni,
-    };
-    let sim_state = args
-        .sim_state
-        .clone()
-        .unwrap_or_else(|| args.state_dir.join("sim-vpc.json"));
-    let cloud = SimCloud::open(&sim_state, args.instance_id.as_deref(), limits)
-        .map_err(|e| e.to_string())?;
+    let cloud = cloud(&args).await?;
     let config = AgentConfig {
         ip_cooldown: args.ip_cooldown,
         warm_ip_target: args.warm_ip_target,
@@ -122,6 +130,40 @@ async fn serve(args: RunArgs) -> Result<(), String> {
         }
     }
 }
+
+/// The Tencent Cloud client, with the node's identity and region from flags
+/// or the metadata service.
+async fn cloud(args: &RunArgs) -> Result<TencentCloud, String> {
+    let credentials =
+        tencent::load_credentials(args.credentials_file.as_deref()).map_err(|e| e.to_string())?;
+    let known = Identity {
+        instance_id: args.instance_id.clone().unwrap_or_default(),
+        zone: args.zone.clone().unwrap_or_default(),
+        vpc_id: args.vpc_id.clone().unwrap_or_default(),
+        region: args.region.clone().unwrap_or_default(),
+    };
+    let url = args.metadata_url.clone();
+    let identity = tokio::task::spawn_blocking(move || {
+        tencent::identity_from_metadata(&url, known, CLOUD_TIMEOUT)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("node identity: {e}"))?;
+    info!(instance = %identity.instance_id, zone = %identity.zone, vpc = %identity.vpc_id, region = %identity.region, "node identity");
+    Ok(TencentCloud::new(Settings {
+        endpoint: args.cloud_endpoint.clone(),
+        region: identity.region.clone(),
+        credentials,
+        qps: args.cloud_qps,
+        timeout: CLOUD_TIMEOUT,
+        identity,
+        subnets: args.subnet_ids.clone(),
+        cluster: args.cluster_name.clone(),
+    }))
+}
+
+/// Timeout of one cloud or metadata HTTP exchange.
+const CLOUD_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn listen<C: Cloud, D: Dataplane>(
     args: RunArgs,

@@ -10,20 +10,6 @@ use super::ApiError;
 use crate::model::{Eni, ModelError};
 use crate::world::{SharedWorld, SimError, World};
 
-/// Whether an action is asynchronous (its RequestId is a task id for
-/// `DescribeVpcTaskResult`).
-pub fn is_async(action: &str) -> bool {
-    matches!(
-        action,
-        "AttachNetworkInterface"
-            | "DetachNetworkInterface"
-            | "DeleteNetworkInterface"
-            | "AssignPrivateIpAddresses"
-            | "UnassignPrivateIpAddresses"
-            | "MigratePrivateIpAddress"
-    )
-}
-
 /// Runs one action.
 pub fn run(
     world: &SharedWorld,

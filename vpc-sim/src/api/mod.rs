@@ -260,7 +260,7 @@ impl Emulator {
             }
             _ => actions::run(&self.world, action, params, request_id)?,
         };
-        if actions::is_async(action) {
+        if tencent_api::is_async(action) {
             self.tasks
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

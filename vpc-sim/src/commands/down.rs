@@ -38,10 +38,16 @@ pub fn down(dir: &Path) -> Result<(), String> {
     for node in &sim.nodes {
         if let Some(pid) = node
             .agent_pid
-            .filter(|pid| is_our_agent(*pid, &node.socket))
+            .filter(|pid| runs(*pid, "vpc-cni-agent", &node.socket))
         {
             stop(pid);
         }
+    }
+    if let Some(pid) = sim
+        .emulator_pid
+        .filter(|pid| runs(*pid, "vpc-sim", &world_file(dir)))
+    {
+        stop(pid);
     }
     if let Ok(world) = SharedWorld::at(&world_file(dir)).read()
         && let Some(fabric) = world.fabric
@@ -70,7 +76,16 @@ pub fn down(dir: &Path) -> Result<(), String> {
             let _ = fs::remove_dir_all(node_dir);
         }
     }
-    for name in ["vpc.json", "vpc.lock", "vpc.tmp", "env", "sim.json"] {
+    for name in [
+        "vpc.json",
+        "vpc.lock",
+        "vpc.tmp",
+        "env",
+        "credentials",
+        "emulator.address",
+        "emulator.log",
+        "sim.json",
+    ] {
         let _ = fs::remove_file(dir.join(name));
     }
     if let Err(e) = fs::remove_dir(dir) {
@@ -83,13 +98,13 @@ pub fn down(dir: &Path) -> Result<(), String> {
     }
 }
 
-/// Whether `pid` is still the agent serving `socket` (pids get reused).
-fn is_our_agent(pid: u32, socket: &Path) -> bool {
+/// Whether `pid` is still `program` started with `path` (pids get reused).
+fn runs(pid: u32, program: &str, path: &Path) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
     let cmdline = String::from_utf8_lossy(&cmdline);
-    cmdline.contains("vpc-cni-agent") && cmdline.contains(&*socket.to_string_lossy())
+    cmdline.contains(program) && cmdline.contains(&*path.to_string_lossy())
 }
 
 fn stop(pid: u32) {

@@ -64,6 +64,9 @@ pub struct Sim {
     pub tag: String,
     /// The nodes.
     pub nodes: Vec<Node>,
+    /// The emulator's pid.
+    #[serde(default)]
+    pub emulator_pid: Option<u32>,
 }
 
 /// The file that records a running simulation.
@@ -133,6 +136,7 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
     let fabric = Fabric::create(&tag, &world.vpc).map_err(|e| e.to_string())?;
     let mut sim = Sim {
         tag,
+        emulator_pid: None,
         nodes: world
             .vpc
             .instances
@@ -168,6 +172,7 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
         fabric.plug(&vpc, eni).map_err(|e| e.to_string())?;
     }
 
+    let address = start_emulator(&dir, &mut sim)?;
     let agent = args
         .agent_bin
         .clone()
@@ -185,9 +190,14 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
             .arg(node_dir.join("state"))
             .arg("--node-netns")
             .arg(Fabric::netns_path(&node.netns))
-            .arg("--sim-state")
-            .arg(world_file(&dir))
-            .args(["--instance-id", &node.instance, "--log-format", "json"])
+            .args(["--cloud-endpoint", &format!("http://{address}")])
+            .args([
+                "--metadata-url",
+                &format!("http://{address}/{}", node.instance),
+            ])
+            .arg("--credentials-file")
+            .arg(credentials_file(&dir))
+            .args(["--log-format", "json"])
             .args(&args.agent_flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -204,6 +214,63 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
     }
     write_env(&dir, &sim)?;
     Ok(sim)
+}
+
+/// The credentials every agent and the emulator share.
+pub fn credentials_file(dir: &Path) -> PathBuf {
+    dir.join("credentials")
+}
+
+/// Starts `vpc-sim serve` for the world in `dir`, detached; returns its
+/// address once it listens.
+fn start_emulator(dir: &Path, sim: &mut Sim) -> Result<String, String> {
+    let credentials = credentials_file(dir);
+    let key = format!("{:016x}{:08x}", nanos(), std::process::id());
+    fs::write(
+        &credentials,
+        format!("SecretId=AKIDvpcsim{}\nSecretKey={key}\n", sim.tag),
+    )
+    .map_err(|e| e.to_string())?;
+    fs::set_permissions(
+        &credentials,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .map_err(|e| e.to_string())?;
+    let address_file = dir.join("emulator.address");
+    let log = fs::File::create(dir.join("emulator.log")).map_err(|e| e.to_string())?;
+    let child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .arg("serve")
+        .arg("--world")
+        .arg(world_file(dir))
+        .arg("--credentials")
+        .arg(&credentials)
+        .arg("--address-file")
+        .arg(&address_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start the emulator: {e}"))?;
+    sim.emulator_pid = Some(child.id());
+    save_sim(dir, sim)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match fs::read_to_string(&address_file) {
+            Ok(a) if !a.is_empty() => return Ok(a),
+            _ if Instant::now() > deadline => {
+                return Err("the emulator did not start within 10 s".into());
+            }
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn wait_ready(node: &Node) -> Result<(), String> {

@@ -1,0 +1,115 @@
+//! An in-memory cloud for the agent's unit tests: the `vpc-sim` model
+//! without files, fabric or HTTP, seen as its first instance.
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use vpc_sim::model::{Cidr, ModelError, Vpc};
+
+use super::{Cloud, CloudError, Eni, Limits, NodeInfo, Subnet};
+
+const INSTANCE: &str = "ins-test";
+const SUBNET: &str = "subnet-test";
+
+/// The fake; clones share one VPC, as agents restarting on one node do.
+#[derive(Clone, Debug)]
+pub struct FakeCloud {
+    vpc: Arc<Mutex<Vpc>>,
+}
+
+impl FakeCloud {
+    /// One instance with these limits in a /20.
+    pub fn new(limits: Limits) -> FakeCloud {
+        let mut vpc = Vpc::new("vpc-test", Cidr::parse("10.0.0.0/16").expect("cidr"), 1000);
+        vpc.add_subnet(SUBNET, "zone-a", Cidr::parse("10.0.16.0/20").expect("cidr"))
+            .expect("subnet");
+        vpc.add_instance(
+            INSTANCE,
+            "zone-a",
+            limits.max_enis,
+            limits.max_ips_per_eni,
+            SUBNET,
+        )
+        .expect("instance");
+        FakeCloud {
+            vpc: Arc::new(Mutex::new(vpc)),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Vpc) -> Result<T, ModelError>) -> Result<T, CloudError> {
+        f(&mut self.vpc.lock().unwrap_or_else(|p| p.into_inner())).map_err(|e| match e {
+            ModelError::EniQuotaExceeded { .. } => CloudError::EniQuota(e.to_string()),
+            ModelError::InstanceEniLimit { .. } => CloudError::EniLimit(e.to_string()),
+            ModelError::EniIpLimit { .. } => CloudError::IpLimit(e.to_string()),
+            ModelError::SubnetExhausted(_) => CloudError::SubnetExhausted(e.to_string()),
+            ModelError::NotFound { .. } => CloudError::NotFound(e.to_string()),
+            other => CloudError::InvalidState(other.to_string()),
+        })
+    }
+}
+
+fn to_eni(e: &vpc_sim::model::Eni) -> Eni {
+    Eni {
+        id: e.id.clone(),
+        mac: e.mac.clone(),
+        subnet_id: e.subnet_id.clone(),
+        primary_ip: e.primary_ip,
+        secondary_ips: e.secondary_ips.clone(),
+        primary: e.primary,
+        attached_to: e.attached_to.clone(),
+    }
+}
+
+impl Cloud for FakeCloud {
+    async fn node(&self) -> Result<NodeInfo, CloudError> {
+        self.with(|v| {
+            let ins = &v.instances[INSTANCE];
+            let s = &v.subnets[SUBNET];
+            Ok(NodeInfo {
+                instance_id: INSTANCE.into(),
+                zone: ins.zone.clone(),
+                vpc_id: v.id.clone(),
+                subnet: Subnet {
+                    id: s.id.clone(),
+                    zone: s.zone.clone(),
+                    gateway: s.gateway(),
+                    network: s.cidr.network,
+                    prefix_len: s.cidr.prefix,
+                },
+                limits: Limits {
+                    max_enis: ins.max_enis,
+                    max_ips_per_eni: ins.max_ips_per_eni,
+                },
+                mtu: 1500,
+            })
+        })
+    }
+
+    async fn create_eni(&self, subnet_id: &str) -> Result<Eni, CloudError> {
+        self.with(|v| v.create_eni(subnet_id).map(|e| to_eni(&e)))
+    }
+
+    async fn attach_eni(&self, eni_id: &str) -> Result<(), CloudError> {
+        self.with(|v| v.attach_eni(eni_id, INSTANCE).map(|_| ()))
+    }
+
+    async fn detach_eni(&self, eni_id: &str) -> Result<(), CloudError> {
+        self.with(|v| v.detach_eni(eni_id).map(|_| ()))
+    }
+
+    async fn delete_eni(&self, eni_id: &str) -> Result<(), CloudError> {
+        self.with(|v| v.delete_eni(eni_id))
+    }
+
+    async fn assign_ips(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, CloudError> {
+        self.with(|v| v.assign_ips(eni_id, count))
+    }
+
+    async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
+        self.with(|v| v.unassign_ips(eni_id, ips))
+    }
+
+    async fn list_enis(&self) -> Result<Vec<Eni>, CloudError> {
+        self.with(|v| Ok(v.enis_of(INSTANCE).map(to_eni).collect()))
+    }
+}

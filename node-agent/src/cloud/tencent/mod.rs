@@ -1,0 +1,394 @@
+//! The Tencent Cloud VPC API (2017-03-12) as the pool's [`Cloud`]: node
+//! identity from the instance metadata service (or flags), limits from
+//! `DescribeNetworkInterfaceLimit`, the subnet of the node's zone with the
+//! most free addresses from `DescribeSubnets`, and ENI and IP changes with
+//! a `ClientToken` so a retried create never creates twice.
+
+mod retry;
+mod transport;
+
+pub use transport::Credentials;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{Cloud, CloudError, Eni, Limits, NodeInfo, Subnet};
+use transport::Transport;
+
+/// The MTU of Tencent Cloud ENIs.
+pub const MTU: u32 = 1500;
+/// Tag naming the cluster an ENI belongs to.
+pub const TAG_CLUSTER: &str = "vpc-cni/cluster";
+/// Tag naming the node (instance) an ENI was created for.
+pub const TAG_NODE: &str = "vpc-cni/node";
+
+/// Where the node is, as flags or the metadata service say.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Instance id.
+    pub instance_id: String,
+    /// Availability zone.
+    pub zone: String,
+    /// VPC id.
+    pub vpc_id: String,
+    /// Region.
+    pub region: String,
+}
+
+/// Settings of the client.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// API endpoint, such as `https://vpc.tencentcloudapi.com`.
+    pub endpoint: String,
+    /// Region, such as `ap-guangzhou`.
+    pub region: String,
+    /// Key pair.
+    pub credentials: Credentials,
+    /// Client-side rate limit, calls per second (0: none).
+    pub qps: f64,
+    /// Timeout of one HTTP exchange.
+    pub timeout: Duration,
+    /// The node.
+    pub identity: Identity,
+    /// Subnets ENIs may come from; empty: any of the node's zone.
+    pub subnets: Vec<String>,
+    /// Cluster name for the ENIs' tags.
+    pub cluster: String,
+}
+
+/// The client.
+#[derive(Clone, Debug)]
+pub struct TencentCloud {
+    transport: Arc<Transport>,
+    settings: Arc<Settings>,
+}
+
+impl TencentCloud {
+    /// A client with `settings`.
+    pub fn new(settings: Settings) -> TencentCloud {
+        let transport = Transport::new(
+            &settings.endpoint,
+            &settings.region,
+            settings.credentials.clone(),
+            settings.qps,
+            settings.timeout,
+        );
+        TencentCloud {
+            transport: Arc::new(transport),
+            settings: Arc::new(settings),
+        }
+    }
+
+    async fn call(&self, action: &'static str, params: Value) -> Result<Value, CloudError> {
+        let transport = Arc::clone(&self.transport);
+        tokio::task::spawn_blocking(move || transport.call(action, &params))
+            .await
+            .map_err(|e| CloudError::Other(format!("{action}: {e}")))?
+    }
+}
+
+/// The key pair: from `file` (`SecretId=`, `SecretKey=`, optional `Token=`
+/// lines) or from TENCENTCLOUD_SECRET_ID, TENCENTCLOUD_SECRET_KEY and
+/// TENCENTCLOUD_SESSION_TOKEN.
+pub fn load_credentials(file: Option<&std::path::Path>) -> Result<Credentials, CloudError> {
+    let (id, key, token) = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CloudError::Auth(format!("{}: {e}", path.display())))?;
+            let get = |k: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+                    .map(|v| v.trim().to_string())
+            };
+            (get("SecretId"), get("SecretKey"), get("Token"))
+        }
+        None => (
+            std::env::var("TENCENTCLOUD_SECRET_ID").ok(),
+            std::env::var("TENCENTCLOUD_SECRET_KEY").ok(),
+            std::env::var("TENCENTCLOUD_SESSION_TOKEN").ok(),
+        ),
+    };
+    match (id.filter(|s| !s.is_empty()), key.filter(|s| !s.is_empty())) {
+        (Some(secret_id), Some(secret_key)) => Ok(Credentials { secret_id, secret_key, token: token.filter(|t| !t.is_empty()) }),
+        _ => Err(CloudError::Auth(
+            "no credentials: give --credentials-file or set TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY".into(),
+        )),
+    }
+}
+
+/// Reads the node's identity from the metadata service at `base`
+/// (`http://metadata.tencentyun.com`), each field unless already known.
+pub fn identity_from_metadata(
+    base: &str,
+    known: Identity,
+    timeout: Duration,
+) -> Result<Identity, CloudError> {
+    let http = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .build(),
+    );
+    let get = |path: &str| -> Result<String, CloudError> {
+        let url = format!("{}/latest/meta-data/{path}", base.trim_end_matches('/'));
+        http.get(&url)
+            .call()
+            .and_then(|mut r| r.body_mut().read_to_string())
+            .map(|s| s.trim().to_string())
+            .map_err(|e| CloudError::Other(format!("metadata {url}: {e}")))
+    };
+    let instance_id = if known.instance_id.is_empty() {
+        get("instance-id")?
+    } else {
+        known.instance_id
+    };
+    let zone = if known.zone.is_empty() {
+        get("placement/zone")?
+    } else {
+        known.zone
+    };
+    let vpc_id = if known.vpc_id.is_empty() {
+        let mac = get("mac")?;
+        get(&format!("network/interfaces/macs/{mac}/vpc-id"))?
+    } else {
+        known.vpc_id
+    };
+    let region = if known.region.is_empty() {
+        get("placement/region")?
+    } else {
+        known.region
+    };
+    Ok(Identity {
+        instance_id,
+        zone,
+        vpc_id,
+        region,
+    })
+}
+
+impl Cloud for TencentCloud {
+    async fn node(&self) -> Result<NodeInfo, CloudError> {
+        let id = &self.settings.identity;
+        let limits = self
+            .call(
+                "DescribeNetworkInterfaceLimit",
+                json!({ "InstanceId": id.instance_id }),
+            )
+            .await?;
+        let number = |k: &str| limits.get(k).and_then(Value::as_u64).unwrap_or(0) as u32;
+        let subnets = self
+            .call(
+                "DescribeSubnets",
+                json!({ "Filters": [
+                    {"Name": "vpc-id", "Values": [id.vpc_id]},
+                    {"Name": "zone", "Values": [id.zone]},
+                ]}),
+            )
+            .await?;
+        let wanted = &self.settings.subnets;
+        let best = subnets
+            .get("SubnetSet")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|s| s.get("Zone").and_then(Value::as_str) == Some(id.zone.as_str()))
+            .filter(|s| {
+                wanted.is_empty()
+                    || s.get("SubnetId")
+                        .and_then(Value::as_str)
+                        .is_some_and(|i| wanted.iter().any(|w| w == i))
+            })
+            .max_by_key(|s| {
+                s.get("AvailableIpAddressCount")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+            })
+            .ok_or_else(|| CloudError::NoSubnetInZone(id.zone.clone()))?;
+        let subnet_id = best
+            .get("SubnetId")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let cidr = best
+            .get("CidrBlock")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let (network, prefix_len) =
+            parse_cidr(cidr).ok_or_else(|| CloudError::Other(format!("bad CidrBlock {cidr:?}")))?;
+        Ok(NodeInfo {
+            instance_id: id.instance_id.clone(),
+            zone: id.zone.clone(),
+            vpc_id: id.vpc_id.clone(),
+            subnet: Subnet {
+                id: subnet_id,
+                zone: id.zone.clone(),
+                gateway: Ipv4Addr::from(u32::from(network) + 1),
+                network,
+                prefix_len,
+            },
+            limits: Limits {
+                max_enis: number("EniQuantity") + 1,
+                max_ips_per_eni: number("EniPrivateIpAddressQuantity"),
+            },
+            mtu: MTU,
+        })
+    }
+
+    async fn create_eni(&self, subnet_id: &str) -> Result<Eni, CloudError> {
+        let s = &self.settings;
+        let out = self
+            .call(
+                "CreateNetworkInterface",
+                json!({
+                    "VpcId": s.identity.vpc_id,
+                    "SubnetId": subnet_id,
+                    "NetworkInterfaceName": format!("vpc-cni-{}", s.identity.instance_id),
+                    "Tags": [
+                        {"Key": TAG_CLUSTER, "Value": s.cluster},
+                        {"Key": TAG_NODE, "Value": s.identity.instance_id},
+                    ],
+                    "ClientToken": client_token(),
+                }),
+            )
+            .await?;
+        to_eni(out.get("NetworkInterface").unwrap_or(&Value::Null))
+    }
+
+    async fn attach_eni(&self, eni_id: &str) -> Result<(), CloudError> {
+        let params = json!({ "NetworkInterfaceId": eni_id, "InstanceId": self.settings.identity.instance_id });
+        self.call("AttachNetworkInterface", params)
+            .await
+            .map(|_| ())
+    }
+
+    async fn detach_eni(&self, eni_id: &str) -> Result<(), CloudError> {
+        let params = json!({ "NetworkInterfaceId": eni_id, "InstanceId": self.settings.identity.instance_id });
+        self.call("DetachNetworkInterface", params)
+            .await
+            .map(|_| ())
+    }
+
+    async fn delete_eni(&self, eni_id: &str) -> Result<(), CloudError> {
+        self.call(
+            "DeleteNetworkInterface",
+            json!({ "NetworkInterfaceId": eni_id }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn assign_ips(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, CloudError> {
+        let out = self
+            .call(
+                "AssignPrivateIpAddresses",
+                json!({ "NetworkInterfaceId": eni_id, "SecondaryPrivateIpAddressCount": count }),
+            )
+            .await?;
+        Ok(addresses(out.get("PrivateIpAddressSet"))
+            .into_iter()
+            .map(|(ip, _)| ip)
+            .collect())
+    }
+
+    async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
+        let list: Vec<Value> = ips
+            .iter()
+            .map(|ip| json!({ "PrivateIpAddress": ip.to_string() }))
+            .collect();
+        self.call(
+            "UnassignPrivateIpAddresses",
+            json!({ "NetworkInterfaceId": eni_id, "PrivateIpAddresses": list }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn list_enis(&self) -> Result<Vec<Eni>, CloudError> {
+        let mut enis = Vec::new();
+        loop {
+            let page = self
+                .call(
+                    "DescribeNetworkInterfaces",
+                    json!({
+                        "Filters": [{"Name": "attachment.instance-id", "Values": [self.settings.identity.instance_id]}],
+                        "Offset": enis.len(),
+                        "Limit": 100,
+                    }),
+                )
+                .await?;
+            let set = page
+                .get("NetworkInterfaceSet")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let total = page.get("TotalCount").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let got = set.len();
+            for e in &set {
+                enis.push(to_eni(e)?);
+            }
+            if got == 0 || enis.len() >= total {
+                return Ok(enis);
+            }
+        }
+    }
+}
+
+fn to_eni(v: &Value) -> Result<Eni, CloudError> {
+    let text = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let id = text("NetworkInterfaceId");
+    if id.is_empty() {
+        return Err(CloudError::Other(format!(
+            "an ENI without NetworkInterfaceId: {v}"
+        )));
+    }
+    let ips = addresses(v.get("PrivateIpAddressSet"));
+    let primary_ip = ips
+        .iter()
+        .find(|(_, primary)| *primary)
+        .map(|(ip, _)| *ip)
+        .ok_or_else(|| CloudError::Other(format!("ENI {id} has no primary IP")))?;
+    Ok(Eni {
+        mac: text("MacAddress").to_ascii_lowercase(),
+        subnet_id: text("SubnetId"),
+        primary_ip,
+        secondary_ips: ips.iter().filter(|(_, p)| !p).map(|(ip, _)| *ip).collect(),
+        primary: v.get("Primary").and_then(Value::as_bool).unwrap_or(false),
+        attached_to: v
+            .get("Attachment")
+            .and_then(|a| a.get("InstanceId"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        id,
+    })
+}
+
+fn addresses(set: Option<&Value>) -> Vec<(Ipv4Addr, bool)> {
+    set.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            let ip = a.get("PrivateIpAddress")?.as_str()?.parse().ok()?;
+            Some((
+                ip,
+                a.get("Primary").and_then(Value::as_bool).unwrap_or(false),
+            ))
+        })
+        .collect()
+}
+
+fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, len) = s.split_once('/')?;
+    Some((ip.parse().ok()?, len.parse().ok()?))
+}
+
+/// A fresh idempotency token for one create.
+fn client_token() -> String {
+    format!("vpc-cni-{:016x}", retry::jitter_seed())
+}

@@ -1,0 +1,228 @@
+//! One signed call of the VPC API, with the client's rate limit, retries
+//! on throttling, server errors and timeouts, and polling of asynchronous
+//! actions to completion. Blocking: the agent runs it off its runtime.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tencent_api::errors::Kind;
+use tencent_api::sign;
+use tracing::{debug, warn};
+
+use super::retry::{RateLimiter, RetryPolicy, jitter_seed};
+use crate::cloud::CloudError;
+
+/// The API version spoken.
+pub const VERSION: &str = "2017-03-12";
+/// How long an asynchronous action may take.
+pub const TASK_DEADLINE: Duration = Duration::from_secs(120);
+
+/// SecretId, SecretKey and an optional session token. Never logged.
+#[derive(Clone)]
+pub struct Credentials {
+    /// SecretId.
+    pub secret_id: String,
+    /// SecretKey.
+    pub secret_key: String,
+    /// Session token of temporary credentials.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("secret_id", &self.secret_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The HTTP side of the client.
+#[derive(Debug)]
+pub struct Transport {
+    http: ureq::Agent,
+    endpoint: String,
+    host: String,
+    region: String,
+    credentials: Credentials,
+    limiter: Mutex<RateLimiter>,
+    policy: RetryPolicy,
+}
+
+impl Transport {
+    /// A transport to `endpoint` (`https://vpc.tencentcloudapi.com`, or the
+    /// emulator's `http://...`).
+    pub fn new(
+        endpoint: &str,
+        region: &str,
+        credentials: Credentials,
+        qps: f64,
+        timeout: Duration,
+    ) -> Transport {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build();
+        let host = endpoint
+            .split("://")
+            .nth(1)
+            .unwrap_or(endpoint)
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        Transport {
+            http: ureq::Agent::new_with_config(config),
+            endpoint: endpoint.trim_end_matches('/').to_string() + "/",
+            host,
+            region: region.to_string(),
+            credentials,
+            limiter: Mutex::new(RateLimiter::new(qps, Instant::now())),
+            policy: RetryPolicy::default(),
+        }
+    }
+
+    /// Calls `action`, retrying what may be retried, and for an
+    /// asynchronous action waits until its task has finished.
+    pub fn call(&self, action: &str, params: &Value) -> Result<Value, CloudError> {
+        let response = self.call_with_retries(action, params)?;
+        if tencent_api::is_async(action)
+            && let Some(task) = response.get("RequestId").and_then(Value::as_str)
+        {
+            self.wait_for_task(action, task)?;
+        }
+        Ok(response)
+    }
+
+    fn call_with_retries(&self, action: &str, params: &Value) -> Result<Value, CloudError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.call_once(action, params) {
+                Err((kind, e)) if kind.retryable() && attempt < self.policy.max_attempts => {
+                    let wait = self.policy.backoff(attempt, jitter_seed());
+                    warn!(action, attempt, error = %e, wait_ms = wait.as_millis() as u64, "cloud call failed; retrying");
+                    std::thread::sleep(wait);
+                }
+                Err((_, e)) => return Err(e),
+                Ok(v) => return Ok(v),
+            }
+        }
+    }
+
+    fn wait_for_task(&self, action: &str, task: &str) -> Result<(), CloudError> {
+        let deadline = Instant::now() + TASK_DEADLINE;
+        loop {
+            let status =
+                self.call_with_retries("DescribeVpcTaskResult", &json!({ "TaskId": task }))?;
+            match status.get("Status").and_then(Value::as_str) {
+                Some("SUCCESS") => return Ok(()),
+                Some("FAILED") => {
+                    let output = status
+                        .get("Output")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    return Err(CloudError::Other(format!(
+                        "{action} task {task} failed: {output}"
+                    )));
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(CloudError::Other(format!(
+                        "{action} task {task} not done within {TASK_DEADLINE:?}"
+                    )));
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    fn call_once(&self, action: &str, params: &Value) -> Result<Value, (Kind, CloudError)> {
+        let wait = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(Instant::now());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+        let body = serde_json::to_vec(params).expect("JSON values serialise");
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let signed = sign::Request {
+            service: "vpc",
+            host: &self.host,
+            content_type: sign::JSON_CONTENT_TYPE,
+            payload: &body,
+            timestamp,
+        };
+        let mut request = self
+            .http
+            .post(&self.endpoint)
+            .header(
+                "Authorization",
+                signed.authorization(&self.credentials.secret_id, &self.credentials.secret_key),
+            )
+            .header("Content-Type", sign::JSON_CONTENT_TYPE)
+            .header("X-TC-Action", action)
+            .header("X-TC-Version", VERSION)
+            .header("X-TC-Timestamp", timestamp.to_string())
+            .header("X-TC-Region", &self.region);
+        if let Some(token) = &self.credentials.token {
+            request = request.header("X-TC-Token", token);
+        }
+        let transient = |e: String| (Kind::Internal, CloudError::Other(e));
+        let mut response = request
+            .send(&body[..])
+            .map_err(|e| transient(format!("{action}: {e}")))?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| transient(format!("{action}: {e}")))?;
+        if status >= 500 {
+            return Err(transient(format!("{action}: HTTP {status}")));
+        }
+        let envelope: Value = serde_json::from_str(&text).map_err(|e| {
+            (
+                Kind::Other,
+                CloudError::Other(format!("{action}: response is not JSON: {e}")),
+            )
+        })?;
+        let response = envelope.get("Response").cloned().unwrap_or(Value::Null);
+        if let Some(error) = response.get("Error") {
+            let code = error
+                .get("Code")
+                .and_then(Value::as_str)
+                .unwrap_or("UnknownError");
+            let message = error
+                .get("Message")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let kind = Kind::of(code);
+            return Err((kind, typed(kind, format!("{action}: {code}: {message}"))));
+        }
+        debug!(action, "cloud call done");
+        Ok(response)
+    }
+}
+
+/// The cloud error for an API error kind.
+fn typed(kind: Kind, message: String) -> CloudError {
+    match kind {
+        Kind::EniQuotaExceeded => CloudError::EniQuota(message),
+        Kind::InstanceEniLimit => CloudError::EniLimit(message),
+        Kind::EniIpLimit => CloudError::IpLimit(message),
+        Kind::SubnetExhausted => CloudError::SubnetExhausted(message),
+        Kind::NotFound => CloudError::NotFound(message),
+        Kind::ZoneMismatch | Kind::InvalidState | Kind::InvalidParameter => {
+            CloudError::InvalidState(message)
+        }
+        Kind::Throttled => CloudError::Throttled(message),
+        Kind::SignatureFailure | Kind::SignatureExpired | Kind::SecretIdNotFound => {
+            CloudError::Auth(message)
+        }
+        Kind::Internal | Kind::Other => CloudError::Other(message),
+    }
+}
