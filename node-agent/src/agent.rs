@@ -3,7 +3,7 @@
 //! lock on a blocking thread (the store fsyncs); cloud and kernel work
 //! happens outside it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,8 +12,8 @@ use crate::committer::{Committer, Pending};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::wire::{
-    AddReply, AddRequest, AgentError, CheckRequest, DelRequest, ErrorKind, GcRequest, Reply,
-    Request, Response, StatusReply,
+    AddReply, AddRequest, AgentError, CheckRequest, ConditionView, DelRequest, ErrorKind,
+    GcRequest, Reply, Request, Response, StatusReply,
 };
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -85,7 +85,14 @@ pub struct Agent<C, D> {
     waiting_for_ip: AtomicUsize,
     /// Held shared by ADD and DEL, exclusively by GC.
     gc_lock: tokio::sync::RwLock<()>,
+    /// Conditions by kind: message and since when.
+    conditions: Mutex<BTreeMap<&'static str, (String, UnixMillis)>>,
 }
+
+/// Condition: the VPC's ENI quota is used up.
+pub const ENI_LIMIT: &str = "ENILimit";
+/// Condition: no subnet of the node's zone may be used.
+pub const NO_SUBNET_IN_ZONE: &str = "NoSubnetInZone";
 
 /// How often one ADD grows the pool before it gives up.
 const MAX_GROW_ATTEMPTS: u32 = 5;
@@ -168,6 +175,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             pool_changed: Notify::new(),
             waiting_for_ip: AtomicUsize::new(0),
             gc_lock: tokio::sync::RwLock::new(()),
+            conditions: Mutex::default(),
         })
     }
 
@@ -429,6 +437,10 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 "no IP can be served: {} allocated, {} cooling, node at its limits",
                 counts.allocated, counts.cooling
             ))
+        } else if counts.free == 0
+            && let Some((kind, (message, _))) = self.conditions().into_iter().next()
+        {
+            Some(format!("no IP can be served: {kind}: {message}"))
         } else {
             None
         };
@@ -488,11 +500,21 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     }
 
     async fn create_eni(&self, table: u32, count: u32) -> Result<EniRecord, AgentError> {
-        let eni = self
-            .cloud
-            .create_eni(&self.node.subnet.id)
-            .await
-            .map_err(cloud_error)?;
+        let Some(subnet) = &self.node.subnet else {
+            let e = CloudError::NoSubnetInZone(self.node.zone.clone());
+            self.set_condition(NO_SUBNET_IN_ZONE, &e.to_string());
+            return Err(cloud_error(e));
+        };
+        let eni = match self.cloud.create_eni(&subnet.id).await {
+            Ok(eni) => eni,
+            Err(e) => {
+                if matches!(e, CloudError::EniQuota(_)) {
+                    self.set_condition(ENI_LIMIT, &e.to_string());
+                }
+                return Err(cloud_error(e));
+            }
+        };
+        self.clear_condition(ENI_LIMIT);
         if let Err(e) = self.cloud.attach_eni(&eni.id).await {
             // An ENI that is not attached must not outlive this call.
             self.discard_eni(&eni.id, false).await;
@@ -509,7 +531,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             id: eni.id,
             mac: eni.mac,
             subnet_id: eni.subnet_id,
-            gateway: self.node.subnet.gateway,
+            gateway: subnet.gateway,
             primary_ip: eni.primary_ip,
             mtu: self.node.mtu,
             table,
@@ -587,6 +609,36 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         })
     }
 
+    /// Records a condition (kept with its first time until cleared).
+    fn set_condition(&self, kind: &'static str, message: &str) {
+        let now = (self.clock)();
+        let mut c = self.conditions.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = c.entry(kind).or_insert_with(|| (String::new(), now));
+        if entry.0 != message {
+            warn!(condition = kind, message, "condition");
+            entry.0 = message.to_string();
+        }
+    }
+
+    fn clear_condition(&self, kind: &'static str) {
+        if self
+            .conditions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(kind)
+            .is_some()
+        {
+            info!(condition = kind, "condition cleared");
+        }
+    }
+
+    fn conditions(&self) -> BTreeMap<&'static str, (String, UnixMillis)> {
+        self.conditions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -615,7 +667,19 @@ impl<C: Cloud, D: Dataplane> Handler for Agent<C, D> {
                 Request::Check(r) => self.check(r, netns).await,
                 Request::Gc(r) => self.gc(r).await,
                 Request::Status => Ok(self.status()),
-                Request::Pool => Ok(Response::Pool(self.lock().ipam.view((self.clock)()))),
+                Request::Pool => {
+                    let mut view = self.lock().ipam.view((self.clock)());
+                    view.conditions = self
+                        .conditions()
+                        .into_iter()
+                        .map(|(kind, (message, since_ms))| ConditionView {
+                            kind: kind.to_string(),
+                            message,
+                            since_ms,
+                        })
+                        .collect();
+                    Ok(Response::Pool(view))
+                }
             };
             if let Err(e) = &reply {
                 warn!(kind = ?e.kind, error = %e.message, "request failed");
@@ -656,11 +720,16 @@ fn adopt_unknown_enis(
                 }
             }
             None => {
+                // Its gateway is known only for the node's own subnet.
+                let Some(subnet) = node.subnet.as_ref().filter(|s| s.id == eni.subnet_id) else {
+                    warn!(eni = %eni.id, subnet = %eni.subnet_id, "not adopting an ENI of another subnet");
+                    continue;
+                };
                 changes.push(Change::PutEni(EniRecord {
                     id: eni.id.clone(),
                     mac: eni.mac.clone(),
                     subnet_id: eni.subnet_id.clone(),
-                    gateway: node.subnet.gateway,
+                    gateway: subnet.gateway,
                     primary_ip: eni.primary_ip,
                     mtu: node.mtu,
                     table: next_table,
@@ -690,7 +759,12 @@ fn dataplane_error(e: DataplaneError) -> AgentError {
 }
 
 fn cloud_error(e: CloudError) -> AgentError {
-    AgentError::new(ErrorKind::Cloud, e.to_string())
+    match e {
+        CloudError::EniQuota(_) => {
+            AgentError::new(ErrorKind::EniLimit, format!("{ENI_LIMIT}: {e}"))
+        }
+        _ => AgentError::new(ErrorKind::Cloud, e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -322,7 +322,10 @@ impl Ipam {
                     .collect(),
             })
             .collect();
-        PoolView { enis }
+        PoolView {
+            enis,
+            conditions: Vec::new(),
+        }
     }
 
     fn state_of(&self, ip: &Ipv4Addr, now: UnixMillis) -> IpState {

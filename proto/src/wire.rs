@@ -227,6 +227,21 @@ pub struct EniView {
 pub struct PoolView {
     /// Secondary ENIs in attach order.
     pub enis: Vec<EniView>,
+    /// Conditions the agent is in, such as `ENILimit`.
+    #[serde(default)]
+    pub conditions: Vec<ConditionView>,
+}
+
+/// A condition of the node's pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionView {
+    /// The condition, such as `ENILimit` or `NoSubnetInZone`.
+    pub kind: String,
+    /// What happened.
+    pub message: String,
+    /// Since when (Unix ms).
+    pub since_ms: u64,
 }
 
 /// A successful reply.
@@ -273,6 +288,8 @@ pub enum ErrorKind {
     Store,
     /// The cloud API failed.
     Cloud,
+    /// The VPC's ENI quota is used up: no ENI can be added (`ENILimit`).
+    EniLimit,
     /// The agent is not ready yet.
     NotReady,
     /// Anything else.
@@ -292,6 +309,7 @@ impl ErrorKind {
             ErrorKind::Dataplane => codes::DATAPLANE,
             ErrorKind::Store => codes::STORE,
             ErrorKind::Cloud => codes::CLOUD,
+            ErrorKind::EniLimit => codes::ENI_LIMIT,
             ErrorKind::NotReady => codes::TRY_AGAIN_LATER,
             ErrorKind::Internal => codes::AGENT_INTERNAL,
         }
@@ -531,6 +549,11 @@ mod tests {
                         },
                     ],
                 }],
+                conditions: vec![ConditionView {
+                    kind: "ENILimit".into(),
+                    message: "quota".into(),
+                    since_ms: 1,
+                }],
             })),
             Err(AgentError::new(ErrorKind::NoIpAvailable, "empty")),
         ];
@@ -614,12 +637,13 @@ mod tests {
             Dataplane,
             Store,
             Cloud,
+            EniLimit,
             NotReady,
             Internal,
         ] {
             let code = kind.cni_code();
             assert!(
-                code < 100 || (100..=107).contains(&code),
+                code < 100 || (100..=108).contains(&code),
                 "{kind:?} -> {code}"
             );
         }

@@ -529,6 +529,25 @@ impl Emulator {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("emulator.log")).unwrap_or_default()
     }
+
+    /// The simulated world as the emulator keeps it (its JSON file).
+    pub fn world(&self) -> Value {
+        serde_json::from_slice(
+            &std::fs::read(self.dir.path().join("vpc.json")).expect("world file"),
+        )
+        .expect("json")
+    }
+
+    /// Ids of the secondary (non-primary) ENIs in the world.
+    pub fn secondary_enis(&self) -> Vec<String> {
+        self.world()["vpc"]["enis"]
+            .as_object()
+            .expect("enis")
+            .values()
+            .filter(|e| e["primary"] == false)
+            .map(|e| e["id"].as_str().expect("id").to_string())
+            .collect()
+    }
 }
 
 impl Drop for Emulator {

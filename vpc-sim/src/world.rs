@@ -21,6 +21,8 @@ pub const VPC_ID: &str = "vpc-sim0001";
 pub const SUBNET_ID: &str = "subnet-sim0001";
 /// The zone of every simulation.
 pub const ZONE: &str = "sim-zone-1";
+/// The subnet's CIDR unless told otherwise.
+pub const SUBNET_CIDR: &str = "10.0.16.0/20";
 /// The MTU of simulated ENIs.
 pub const MTU: u32 = 1500;
 
@@ -74,8 +76,18 @@ impl World {
     /// A VPC `10.0.0.0/16` with subnet `10.0.16.0/20` in one zone and
     /// `nodes` instances `ins-sim0001`…, each with its primary ENI.
     pub fn new(nodes: usize, limits: NodeLimits, eni_quota: u32) -> Result<World, SimError> {
+        World::with_subnet(nodes, limits, eni_quota, Cidr::parse(SUBNET_CIDR)?)
+    }
+
+    /// Like [`World::new`] with another subnet CIDR (inside `10.0.0.0/16`).
+    pub fn with_subnet(
+        nodes: usize,
+        limits: NodeLimits,
+        eni_quota: u32,
+        subnet: Cidr,
+    ) -> Result<World, SimError> {
         let mut vpc = Vpc::new(VPC_ID, Cidr::parse("10.0.0.0/16")?, eni_quota);
-        vpc.add_subnet(SUBNET_ID, ZONE, Cidr::parse("10.0.16.0/20")?)?;
+        vpc.add_subnet(SUBNET_ID, ZONE, subnet)?;
         for i in 1..=nodes {
             vpc.add_instance(
                 &instance_id(i),

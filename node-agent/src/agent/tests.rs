@@ -339,7 +339,7 @@ async fn restart_restores_allocations_and_adopts_unknown_enis() {
         let r = add(&a, "c1").await;
         // An ENI attached behind the pool's back, as if the agent died
         // between attaching and committing.
-        let subnet = a.node.subnet.id.clone();
+        let subnet = a.node.subnet.clone().expect("a subnet").id;
         let eni = a.cloud.create_eni(&subnet).await.expect("create");
         a.cloud.attach_eni(&eni.id).await.expect("attach");
         a.cloud.assign_ips(&eni.id, 2).await.expect("assign");

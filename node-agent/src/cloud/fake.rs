@@ -69,13 +69,13 @@ impl Cloud for FakeCloud {
                 instance_id: INSTANCE.into(),
                 zone: ins.zone.clone(),
                 vpc_id: v.id.clone(),
-                subnet: Subnet {
+                subnet: Some(Subnet {
                     id: s.id.clone(),
                     zone: s.zone.clone(),
                     gateway: s.gateway(),
                     network: s.cidr.network,
                     prefix_len: s.cidr.prefix,
-                },
+                }),
                 limits: Limits {
                     max_enis: ins.max_enis,
                     max_ips_per_eni: ins.max_ips_per_eni,

@@ -44,8 +44,9 @@ pub struct NodeInfo {
     pub zone: String,
     /// VPC id.
     pub vpc_id: String,
-    /// The subnet secondary ENIs are created in.
-    pub subnet: Subnet,
+    /// The subnet secondary ENIs are created in; `None` when the node's
+    /// zone has none it may use.
+    pub subnet: Option<Subnet>,
     /// The instance's limits.
     pub limits: Limits,
     /// MTU of the node's ENIs.

@@ -38,7 +38,13 @@ pub fn run(args: PoolArgs) -> Result<(), String> {
     };
     let text = match args.output {
         Output::Json => serde_json::to_string_pretty(&view).map_err(|e| e.to_string())?,
-        Output::Table => table(&view),
+        Output::Table => {
+            let mut text = table(&view);
+            for c in &view.conditions {
+                text.push_str(&format!("\ncondition {}: {}", c.kind, c.message));
+            }
+            text
+        }
     };
     writeln!(std::io::stdout().lock(), "{text}").map_err(|e| e.to_string())
 }
@@ -125,6 +131,7 @@ mod tests {
                     },
                 ],
             }],
+            conditions: Vec::new(),
         };
         let t = table(&view);
         let lines: Vec<&str> = t.lines().collect();

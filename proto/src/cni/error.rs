@@ -42,6 +42,8 @@ pub mod codes {
     pub const PERMISSION_DENIED: u32 = 106;
     /// Any other failure inside the agent.
     pub const AGENT_INTERNAL: u32 = 107;
+    /// `ENILimit`: the VPC's ENI quota is used up and the node has no free IP.
+    pub const ENI_LIMIT: u32 = 108;
 }
 
 /// A CNI error result.

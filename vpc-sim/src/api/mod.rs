@@ -100,6 +100,8 @@ pub struct Emulator {
     tokens: Mutex<HashMap<String, Value>>,
     /// Finished asynchronous tasks by id.
     tasks: Mutex<HashMap<String, &'static str>>,
+    /// Actions that always fail (to test a client's cleanup).
+    failing: Vec<String>,
     clock: fn() -> u64,
 }
 
@@ -113,8 +115,16 @@ impl Emulator {
             requests: AtomicU64::new(0),
             tokens: Mutex::default(),
             tasks: Mutex::default(),
+            failing: Vec::new(),
             clock: unix_now,
         }
+    }
+
+    /// The same emulator, failing every call of `actions` with
+    /// `UnsupportedOperation.InvalidState`.
+    pub fn failing(mut self, actions: Vec<String>) -> Emulator {
+        self.failing = actions;
+        self
     }
 
     /// The faults in force.
@@ -238,6 +248,12 @@ impl Emulator {
     }
 
     fn action(&self, action: &str, params: &Value, request_id: &str) -> Result<Value, ApiError> {
+        if self.failing.iter().any(|a| a == action) {
+            return Err(ApiError::new(
+                Kind::InvalidState,
+                format!("{action} fails in this simulation (--fail-actions)"),
+            ));
+        }
         let token = params
             .get("ClientToken")
             .and_then(Value::as_str)

@@ -45,6 +45,13 @@ pub struct ServeArgs {
     /// For a created world: ENIs the VPC may hold in all.
     #[arg(long, default_value_t = vpc_sim::model::DEFAULT_ENI_QUOTA)]
     pub eni_quota: u32,
+    /// For a created world: the subnet's CIDR.
+    #[arg(long, default_value = vpc_sim::world::SUBNET_CIDR)]
+    pub subnet_cidr: String,
+    /// Actions that always fail with `UnsupportedOperation.InvalidState`
+    /// (comma-separated), to test how a client cleans up.
+    #[arg(long, value_delimiter = ',')]
+    pub fail_actions: Vec<String>,
 }
 
 /// Runs the emulator.
@@ -60,10 +67,12 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         max_enis: args.max_enis,
         max_ips_per_eni: args.ips_per_eni,
     };
+    let cidr = vpc_sim::model::Cidr::parse(&args.subnet_cidr).map_err(|e| e.to_string())?;
     world
-        .create_if_missing(|| World::new(args.nodes, limits, args.eni_quota))
+        .create_if_missing(|| World::with_subnet(args.nodes, limits, args.eni_quota, cidr))
         .map_err(|e| e.to_string())?;
-    let emulator = Arc::new(Emulator::new(world, credentials, faults));
+    let emulator =
+        Arc::new(Emulator::new(world, credentials, faults).failing(args.fail_actions.clone()));
     let server = tiny_http::Server::http(&args.listen)
         .map_err(|e| format!("listen on {}: {e}", args.listen))?;
     let bound = server

@@ -204,30 +204,34 @@ impl Cloud for TencentCloud {
                 s.get("AvailableIpAddressCount")
                     .and_then(Value::as_u64)
                     .unwrap_or(0)
-            })
-            .ok_or_else(|| CloudError::NoSubnetInZone(id.zone.clone()))?;
-        let subnet_id = best
-            .get("SubnetId")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let cidr = best
-            .get("CidrBlock")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let (network, prefix_len) =
-            parse_cidr(cidr).ok_or_else(|| CloudError::Other(format!("bad CidrBlock {cidr:?}")))?;
+            });
+        let subnet = match best {
+            None => None,
+            Some(best) => {
+                let cidr = best
+                    .get("CidrBlock")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let (network, prefix_len) = parse_cidr(cidr)
+                    .ok_or_else(|| CloudError::Other(format!("bad CidrBlock {cidr:?}")))?;
+                Some(Subnet {
+                    id: best
+                        .get("SubnetId")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    zone: id.zone.clone(),
+                    gateway: Ipv4Addr::from(u32::from(network) + 1),
+                    network,
+                    prefix_len,
+                })
+            }
+        };
         Ok(NodeInfo {
             instance_id: id.instance_id.clone(),
             zone: id.zone.clone(),
             vpc_id: id.vpc_id.clone(),
-            subnet: Subnet {
-                id: subnet_id,
-                zone: id.zone.clone(),
-                gateway: Ipv4Addr::from(u32::from(network) + 1),
-                network,
-                prefix_len,
-            },
+            subnet,
             limits: Limits {
                 max_enis: number("EniQuantity") + 1,
                 max_ips_per_eni: number("EniPrivateIpAddressQuantity"),
