@@ -30,8 +30,8 @@ use crate::store::{Store, StoreError};
 pub struct AgentConfig {
     /// How long a released IP rests before it is handed out again.
     pub ip_cooldown: Duration,
-    /// Free IPs the pool keeps ready.
-    pub warm_ip_target: usize,
+    /// How large the pool should be.
+    pub pool: pool::Targets,
 }
 
 /// The wall clock in Unix milliseconds; injectable so tests control time.
@@ -179,12 +179,16 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         })
     }
 
-    /// Keeps `warm_ip_target` IPs free: after every ADD and every
-    /// `interval`. Runs until the task is dropped.
+    /// Keeps the pool at its targets: grows it after every ADD and every
+    /// `interval`, and gives back what is beyond them a batch at a time.
+    /// Runs until the task is dropped.
     pub async fn maintain_pool(self: Arc<Self>, interval: Duration) {
         loop {
-            if let Err(e) = self.grow(self.config.warm_ip_target).await {
+            if let Err(e) = self.grow(0).await {
                 warn!(error = %e.message, "could not warm the pool");
+            }
+            if let Err(e) = self.shrink().await {
+                warn!(error = %e.message, "could not give back spare IPs");
             }
             tokio::select! {
                 _ = self.pool_changed.notified() => {}
@@ -211,7 +215,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     // ADD may take what this one grew, hence the retries.
                     attempts += 1;
                     let waiting = self.waiting_for_ip.fetch_add(1, Ordering::SeqCst) + 1;
-                    let grown = self.grow(self.config.warm_ip_target.max(1) + waiting).await;
+                    let grown = self.grow(waiting).await;
                     self.waiting_for_ip.fetch_sub(1, Ordering::SeqCst);
                     grown?;
                 }
@@ -290,7 +294,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     }
 
     fn reserve(&self, req: &AddRequest) -> Result<(crate::ipam::AddPlan, Pending), AgentError> {
-        let limits = self.node.limits;
+        let limits = self.limits();
         self.change(|ipam, now| {
             let plan = ipam
                 .plan_add(&req.key, &req.netns, req.pod.as_ref(), now)
@@ -432,7 +436,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let counts = st.ipam.counts((self.clock)());
         let reason = if let Some(e) = &st.poisoned {
             Some(format!("state store failed ({e}); restart the agent"))
-        } else if counts.free == 0 && !pool::can_grow(st.ipam.enis(), self.node.limits) {
+        } else if counts.free == 0 && !pool::can_grow(st.ipam.enis(), self.limits()) {
             Some(format!(
                 "no IP can be served: {} allocated, {} cooling, node at its limits",
                 counts.allocated, counts.cooling
@@ -450,14 +454,26 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         })
     }
 
-    /// Brings the pool to `want_free` free IPs, as far as the limits allow.
-    async fn grow(&self, want_free: usize) -> Result<(), AgentError> {
+    /// The node's limits narrowed by the targets.
+    fn limits(&self) -> crate::cloud::Limits {
+        self.config.pool.limits(self.node.limits)
+    }
+
+    /// Brings the pool to its targets plus `extra` free IPs (one per ADD
+    /// waiting for an IP), as far as the limits allow.
+    async fn grow(&self, extra: usize) -> Result<(), AgentError> {
         let _serialised = self.grow_lock.lock().await;
-        let (enis, free) = {
+        let (enis, counts) = {
             let st = self.lock();
-            (st.ipam.enis().to_vec(), st.ipam.counts((self.clock)()).free)
+            (st.ipam.enis().to_vec(), st.ipam.counts((self.clock)()))
         };
-        for action in pool::plan_growth(&enis, self.node.limits, free, want_free) {
+        let limits = self.limits();
+        let want_free = self
+            .config
+            .pool
+            .want_free(limits, counts.total, counts.free)
+            + extra;
+        for action in pool::plan_growth(&enis, limits, counts.free, want_free) {
             match action {
                 Action::AssignIps { eni_id, count } => {
                     let mut record =
@@ -493,6 +509,57 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     let record = self.create_eni(table, count).await?;
                     self.commit(move |_, _| Ok((vec![Change::PutEni(record)], ())))
                         .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back free IPs beyond the targets, a batch at a time, and the
+    /// ENIs left with none. The pool drops them (durably) before the cloud
+    /// is asked, so no pod can get an IP on its way out.
+    async fn shrink(&self) -> Result<(), AgentError> {
+        let _serialised = self.grow_lock.lock().await;
+        let targets = self.config.pool;
+        let limits = self.limits();
+        let plan = self
+            .commit(move |ipam, now| {
+                let c = ipam.counts(now);
+                let plan = pool::plan_release(
+                    &ipam.usage(now),
+                    targets,
+                    targets.want_free(limits, c.total, c.free),
+                );
+                let mut changes = Vec::new();
+                for step in &plan {
+                    match step {
+                        pool::Release::Ips { eni_id, ips } => {
+                            if let Some(mut record) = ipam.eni(eni_id).cloned() {
+                                record.ips.retain(|ip| !ips.contains(ip));
+                                changes.push(Change::PutEni(record));
+                            }
+                        }
+                        pool::Release::Eni { eni_id } => {
+                            changes.push(Change::RemoveEni(eni_id.clone()))
+                        }
+                    }
+                }
+                Ok((changes, plan))
+            })
+            .await?;
+        for step in plan {
+            match step {
+                pool::Release::Ips { eni_id, ips } => {
+                    match self.cloud.unassign_ips(&eni_id, &ips).await {
+                        Ok(()) => info!(eni = %eni_id, count = ips.len(), "gave back spare IPs"),
+                        Err(e) => {
+                            warn!(eni = %eni_id, error = %e, "could not unassign spare IPs; adopted again at next start")
+                        }
+                    }
+                }
+                pool::Release::Eni { eni_id } => {
+                    self.discard_eni(&eni_id, true).await;
+                    info!(eni = %eni_id, "gave back an empty ENI");
                 }
             }
         }

@@ -57,6 +57,8 @@ pub struct Allocation {
 pub enum Change {
     /// Add or replace an ENI.
     PutEni(EniRecord),
+    /// Drop an ENI that holds no allocated IP.
+    RemoveEni(String),
     /// Record an allocation.
     PutAllocation(Allocation),
     /// Drop an allocation.
@@ -112,6 +114,17 @@ pub struct AddPlan {
     pub existing: bool,
     /// The changes to commit; empty when `existing`.
     pub changes: Vec<Change>,
+}
+
+/// One ENI's share of the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EniUsage {
+    /// ENI id.
+    pub id: String,
+    /// Its free IPs (neither allocated nor cooling).
+    pub free: Vec<Ipv4Addr>,
+    /// All its secondary IPs.
+    pub total: usize,
 }
 
 /// Pool counters at one instant.
@@ -188,6 +201,7 @@ impl Ipam {
                     };
                     self.enis[idx] = eni;
                 }
+                Change::RemoveEni(id) => self.enis.retain(|e| &e.id != id),
                 Change::PutAllocation(a) => {
                     self.holder.insert(a.ip, a.key.clone());
                     self.allocations.insert(a.key.clone(), a.clone());
@@ -301,6 +315,23 @@ impl Ipam {
             }
         }
         c
+    }
+
+    /// Per ENI, in attach order: its free IPs and how many it holds in all.
+    pub fn usage(&self, now: UnixMillis) -> Vec<EniUsage> {
+        self.enis
+            .iter()
+            .map(|e| EniUsage {
+                id: e.id.clone(),
+                free: e
+                    .ips
+                    .iter()
+                    .filter(|ip| !self.holder.contains_key(ip) && !self.is_cooling(ip, now))
+                    .copied()
+                    .collect(),
+                total: e.ips.len(),
+            })
+            .collect()
     }
 
     /// The pool as operators see it.

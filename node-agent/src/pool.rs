@@ -1,9 +1,98 @@
-//! Growing the pool, "plan, then apply": [`plan_growth`] is a pure function
-//! of the pool and the node's limits; the agent carries out its actions
-//! against the cloud.
+//! Sizing the pool, "plan, then apply": [`plan_growth`] and
+//! [`plan_release`] are pure functions of the pool, the node's limits and
+//! the targets; the agent carries out their actions against the cloud.
+
+use std::net::Ipv4Addr;
 
 use crate::cloud::Limits;
-use crate::ipam::EniRecord;
+use crate::ipam::{EniRecord, EniUsage};
+
+/// How large the pool should be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Targets {
+    /// Free IPs to keep ready.
+    pub warm_ip: usize,
+    /// Whole ENIs' worth of free IPs to keep ready.
+    pub warm_eni: usize,
+    /// IPs the pool holds at least, free or not.
+    pub min_ip: usize,
+    /// ENIs the node may have at most, the primary included (the
+    /// instance's own limit applies too).
+    pub max_eni: Option<u32>,
+    /// IPs given back per maintenance round at most.
+    pub release_batch: usize,
+}
+
+impl Targets {
+    /// The node's limits narrowed by `max_eni`.
+    pub fn limits(&self, node: Limits) -> Limits {
+        Limits {
+            max_enis: self.max_eni.map_or(node.max_enis, |m| m.min(node.max_enis)),
+            ..node
+        }
+    }
+
+    /// Free IPs wanted, for a pool of `total` IPs with `free` of them free.
+    pub fn want_free(&self, limits: Limits, total: usize, free: usize) -> usize {
+        let per_eni = limits.max_ips_per_eni.saturating_sub(1) as usize;
+        let warm = self.warm_ip.max(self.warm_eni * per_eni);
+        match self.min_ip.saturating_sub(total) {
+            0 => warm,
+            short => warm.max(free + short),
+        }
+    }
+}
+
+/// One step of giving IPs back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Unassign these free IPs of an ENI.
+    Ips {
+        /// ENI id.
+        eni_id: String,
+        /// The IPs.
+        ips: Vec<Ipv4Addr>,
+    },
+    /// Detach and delete an ENI left with no IP.
+    Eni {
+        /// ENI id.
+        eni_id: String,
+    },
+}
+
+/// What to give back when more than `want_free` IPs are free: at most
+/// `targets.release_batch` IPs, never leaving fewer than `targets.min_ip`
+/// in the pool, newest ENIs first; an ENI left with no IP at all goes too.
+pub fn plan_release(usage: &[EniUsage], targets: Targets, want_free: usize) -> Vec<Release> {
+    let free: usize = usage.iter().map(|u| u.free.len()).sum();
+    let total: usize = usage.iter().map(|u| u.total).sum();
+    let mut budget = free
+        .saturating_sub(want_free)
+        .min(total.saturating_sub(targets.min_ip))
+        .min(targets.release_batch);
+    let mut plan = Vec::new();
+    for u in usage.iter().rev() {
+        if budget == 0 {
+            break;
+        }
+        let take: Vec<Ipv4Addr> = u.free.iter().rev().take(budget).copied().collect();
+        if take.is_empty() {
+            continue;
+        }
+        budget -= take.len();
+        let emptied = take.len() == u.total;
+        plan.push(Release::Ips {
+            eni_id: u.id.clone(),
+            ips: take,
+        });
+        if emptied {
+            plan.push(Release::Eni {
+                eni_id: u.id.clone(),
+            });
+        }
+    }
+    plan
+}
 
 /// The first route table number given to a secondary ENI.
 pub const FIRST_ENI_TABLE: u32 = 101;
@@ -78,7 +167,6 @@ pub fn can_grow(enis: &[EniRecord], limits: Limits) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
 
     fn eni(id: &str, table: u32, n: usize) -> EniRecord {
         EniRecord {
@@ -133,6 +221,90 @@ mod tests {
         assert!(plan_growth(&enis, LIMITS, 0, 1).is_empty());
         assert!(!can_grow(&enis, LIMITS));
         assert!(can_grow(&enis[..1], LIMITS));
+    }
+
+    fn usage(id: &str, free: &[u8], total: usize) -> EniUsage {
+        EniUsage {
+            id: id.into(),
+            free: free.iter().map(|b| Ipv4Addr::new(10, 0, 1, *b)).collect(),
+            total,
+        }
+    }
+
+    const T: Targets = Targets {
+        warm_ip: 2,
+        warm_eni: 0,
+        min_ip: 3,
+        max_eni: None,
+        release_batch: 10,
+    };
+
+    #[test]
+    fn releases_the_excess_newest_eni_first_and_drops_emptied_enis() {
+        let u = [usage("a", &[1, 2], 4), usage("b", &[5, 6], 2)];
+        assert_eq!(
+            plan_release(&u, T, 2),
+            vec![
+                Release::Ips {
+                    eni_id: "b".into(),
+                    ips: vec![Ipv4Addr::new(10, 0, 1, 6), Ipv4Addr::new(10, 0, 1, 5)]
+                },
+                Release::Eni { eni_id: "b".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn never_below_the_minimum_and_at_most_a_batch() {
+        let u = [usage("a", &[1, 2, 3, 4], 4)];
+        assert_eq!(
+            plan_release(&u, T, 0),
+            vec![Release::Ips {
+                eni_id: "a".into(),
+                ips: vec![Ipv4Addr::new(10, 0, 1, 4)]
+            }]
+        );
+        let small_batch = Targets {
+            min_ip: 0,
+            release_batch: 2,
+            ..T
+        };
+        assert_eq!(plan_release(&u, small_batch, 0).len(), 1);
+        if let Release::Ips { ips, .. } = &plan_release(&u, small_batch, 0)[0] {
+            assert_eq!(ips.len(), 2);
+        }
+        assert!(
+            plan_release(&u, T, 4).is_empty(),
+            "nothing above what is wanted"
+        );
+    }
+
+    #[test]
+    fn targets_combine() {
+        let l = Limits {
+            max_enis: 4,
+            max_ips_per_eni: 11,
+        };
+        let t = Targets {
+            warm_ip: 3,
+            warm_eni: 1,
+            min_ip: 0,
+            max_eni: Some(2),
+            release_batch: 5,
+        };
+        assert_eq!(t.want_free(l, 0, 0), 10, "one ENI's worth beats three IPs");
+        assert_eq!(t.limits(l).max_enis, 2);
+        let t = Targets { min_ip: 20, ..t };
+        assert_eq!(
+            t.want_free(l, 5, 2),
+            17,
+            "grow until the pool holds the minimum"
+        );
+        assert_eq!(
+            t.want_free(l, 30, 25),
+            10,
+            "above the minimum only the warm target counts"
+        );
     }
 
     #[test]

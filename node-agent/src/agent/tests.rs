@@ -23,16 +23,26 @@ const DEFAULT_LIMITS: Limits = Limits {
 fn config() -> AgentConfig {
     AgentConfig {
         ip_cooldown: Duration::from_secs(30),
-        warm_ip_target: 2,
+        pool: pool::Targets {
+            warm_ip: 2,
+            warm_eni: 0,
+            min_ip: 0,
+            max_eni: None,
+            release_batch: 5,
+        },
     }
 }
 
 async fn harness_with(limits: Limits, store: Box<dyn Store>) -> Harness {
+    harness_configured(limits, store, config()).await
+}
+
+async fn harness_configured(limits: Limits, store: Box<dyn Store>, config: AgentConfig) -> Harness {
     let now = Arc::new(AtomicU64::new(1_000_000));
     let t = Arc::clone(&now);
     let clock: Clock = Arc::new(move || t.load(Ordering::SeqCst));
     let cloud = FakeCloud::new(limits);
-    let agent = Agent::start(cloud, FakeDataplane::default(), store, config(), clock)
+    let agent = Agent::start(cloud, FakeDataplane::default(), store, config, clock)
         .await
         .expect("start");
     Harness { agent, now }
@@ -390,4 +400,127 @@ async fn an_add_past_the_callers_deadline_is_refused_and_leaves_nothing() {
     assert_eq!(e.kind, ErrorKind::NotReady);
     assert!(allocated(&h.agent).is_empty());
     assert!(h.agent.dataplane.wired().is_empty());
+}
+
+async fn churn(h: &Harness, pods: usize) {
+    for i in 0..pods {
+        add(&h.agent, &format!("p{i}")).await;
+    }
+    for i in 0..pods {
+        h.agent
+            .handle(del_req(&format!("p{i}")), None)
+            .await
+            .expect("del");
+    }
+    h.now.fetch_add(30_001, Ordering::SeqCst);
+}
+
+async fn cloud_ips(h: &Harness) -> usize {
+    h.agent
+        .cloud
+        .list_enis()
+        .await
+        .expect("list")
+        .iter()
+        .filter(|e| !e.primary)
+        .map(|e| e.secondary_ips.len())
+        .sum()
+}
+
+#[tokio::test]
+async fn spare_ips_go_back_a_batch_at_a_time_down_to_the_warm_target() {
+    let h = harness().await;
+    churn(&h, 10).await;
+    let before = h.agent.lock().ipam.counts(h.now.load(Ordering::SeqCst));
+    h.agent.shrink().await.expect("shrink");
+    let after = h.agent.lock().ipam.counts(h.now.load(Ordering::SeqCst));
+    assert_eq!(after.total, before.total - 5, "one batch of five");
+    while h
+        .agent
+        .lock()
+        .ipam
+        .counts(h.now.load(Ordering::SeqCst))
+        .free
+        > 2
+    {
+        h.agent.shrink().await.expect("shrink");
+    }
+    let end = h.agent.lock().ipam.counts(h.now.load(Ordering::SeqCst));
+    assert_eq!(end.free, 2, "the warm target stays");
+    assert_eq!(cloud_ips(&h).await, end.total, "the cloud got them back");
+}
+
+#[tokio::test]
+async fn the_minimum_holds_and_an_emptied_eni_goes() {
+    let targets = |min_ip| AgentConfig {
+        ip_cooldown: Duration::from_secs(30),
+        pool: pool::Targets {
+            warm_ip: 0,
+            warm_eni: 0,
+            min_ip,
+            max_eni: None,
+            release_batch: 100,
+        },
+    };
+    let h = harness_configured(DEFAULT_LIMITS, Box::new(MemoryStore::default()), targets(3)).await;
+    churn(&h, 6).await;
+    h.agent.shrink().await.expect("shrink");
+    assert_eq!(
+        h.agent
+            .lock()
+            .ipam
+            .counts(h.now.load(Ordering::SeqCst))
+            .total,
+        3,
+        "never below the minimum"
+    );
+
+    let h = harness_configured(DEFAULT_LIMITS, Box::new(MemoryStore::default()), targets(0)).await;
+    churn(&h, 6).await;
+    h.agent.shrink().await.expect("shrink");
+    assert!(
+        h.agent.lock().ipam.enis().is_empty(),
+        "the empty ENI left the pool"
+    );
+    assert!(
+        h.agent
+            .cloud
+            .list_enis()
+            .await
+            .expect("list")
+            .iter()
+            .all(|e| e.primary),
+        "and the node"
+    );
+}
+
+#[tokio::test]
+async fn max_eni_caps_growth() {
+    let config = AgentConfig {
+        ip_cooldown: Duration::from_secs(30),
+        pool: pool::Targets {
+            warm_ip: 0,
+            warm_eni: 0,
+            min_ip: 0,
+            max_eni: Some(2),
+            release_batch: 5,
+        },
+    };
+    let h = harness_configured(
+        Limits {
+            max_enis: 4,
+            max_ips_per_eni: 3,
+        },
+        Box::new(MemoryStore::default()),
+        config,
+    )
+    .await;
+    add(&h.agent, "a").await;
+    add(&h.agent, "b").await;
+    let e = h
+        .agent
+        .handle(add_req("c"), None)
+        .await
+        .expect_err("one secondary ENI of two IPs at most");
+    assert_eq!(e.kind, ErrorKind::NoIpAvailable);
 }

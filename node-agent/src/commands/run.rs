@@ -13,6 +13,7 @@ use crate::cloud::tencent::{self, Identity, Settings};
 use crate::cloud::{Cloud, TencentCloud};
 use crate::dataplane::{Dataplane, FakeDataplane, NetlinkDataplane};
 use crate::logging::{self, LogFormat};
+use crate::pool::Targets;
 use crate::server::{self, ServerConfig};
 use crate::store::RedbStore;
 
@@ -40,6 +41,17 @@ pub struct RunArgs {
     /// Free IPs the pool keeps ready for new pods.
     #[arg(long, default_value_t = 4)]
     warm_ip_target: usize,
+    /// Whole ENIs' worth of free IPs the pool keeps ready.
+    #[arg(long, default_value_t = 0)]
+    warm_eni_target: usize,
+    /// IPs the pool holds at least, free or not; spare IPs are given back
+    /// only down to this.
+    #[arg(long, default_value_t = 0)]
+    min_ip_target: usize,
+    /// ENIs this node uses at most, the primary included (the instance's own
+    /// limit applies too).
+    #[arg(long)]
+    max_eni: Option<u32>,
     /// The dataplane.
     #[arg(long, value_enum, default_value = "netlink")]
     dataplane: DataplaneKind,
@@ -107,7 +119,13 @@ async fn serve(args: RunArgs) -> Result<(), String> {
     let cloud = cloud(&args).await?;
     let config = AgentConfig {
         ip_cooldown: args.ip_cooldown,
-        warm_ip_target: args.warm_ip_target,
+        pool: Targets {
+            warm_ip: args.warm_ip_target,
+            warm_eni: args.warm_eni_target,
+            min_ip: args.min_ip_target,
+            max_eni: args.max_eni,
+            release_batch: RELEASE_BATCH,
+        },
     };
     let store = Box::new(store);
     match args.dataplane {
@@ -161,6 +179,9 @@ async fn cloud(args: &RunArgs) -> Result<TencentCloud, String> {
         cluster: args.cluster_name.clone(),
     }))
 }
+
+/// Spare IPs given back per maintenance round at most.
+const RELEASE_BATCH: usize = 5;
 
 /// Timeout of one cloud or metadata HTTP exchange.
 const CLOUD_TIMEOUT: Duration = Duration::from_secs(10);

@@ -39,6 +39,7 @@ impl Store for MemoryStore {
                     Some(slot) => *slot = e.clone(),
                     None => self.enis.push(e.clone()),
                 },
+                Change::RemoveEni(id) => self.enis.retain(|e| &e.id != id),
                 Change::PutAllocation(a) => {
                     self.allocations.insert(a.key.clone(), a.clone());
                 }

@@ -99,6 +99,9 @@ impl Store for RedbStore {
                         enis.insert(e.id.as_str(), encode(e).as_slice())
                             .map_err(io)?;
                     }
+                    Change::RemoveEni(id) => {
+                        enis.remove(id.as_str()).map_err(io)?;
+                    }
                     Change::PutAllocation(a) => {
                         allocations
                             .insert(a.key.to_string().as_str(), encode(a).as_slice())

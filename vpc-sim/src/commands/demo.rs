@@ -289,16 +289,19 @@ fn plugin(cni: &Path, verb: &str, pod: &str, netns: &str, conf: &Value) -> Resul
     serde_json::from_str(&stdout).map_err(|e| format!("{verb} printed no JSON ({e}): {stdout}"))
 }
 
+/// One echo answered in at most three tries (a packet lost while the
+/// neighbours along the way resolve on a loaded machine is no failure).
 fn ping(netns: &str, ip: &str) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", netns, "ping", "-c", "1", "-W", "2", ip])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("no reply from {ip}"))
+    for _ in 0..3 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", netns, "ping", "-c", "1", "-W", "2", ip])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            return Ok(());
+        }
     }
+    Err(format!("no reply from {ip} in three tries"))
 }
 
 fn pool(node: &Node) -> Result<PoolView, String> {
