@@ -108,17 +108,29 @@ fn runs(pid: u32, program: &str, path: &Path) -> bool {
 }
 
 fn stop(pid: u32) {
-    let pid = Pid::from_raw(pid as i32);
-    let _ = kill(pid, Signal::SIGTERM);
+    let raw = Pid::from_raw(pid as i32);
+    let _ = kill(raw, Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while kill(pid, None).is_ok() && Instant::now() < deadline {
-        reap(pid);
+    while alive(pid) && Instant::now() < deadline {
+        reap(raw);
         std::thread::sleep(Duration::from_millis(20));
     }
-    if kill(pid, None).is_ok() {
-        let _ = kill(pid, Signal::SIGKILL);
-        reap(pid);
+    if alive(pid) {
+        let _ = kill(raw, Signal::SIGKILL);
+        reap(raw);
     }
+}
+
+/// Whether the process still runs: gone, or a zombie nobody has reaped yet
+/// (a detached agent's parent is whatever adopted it), counts as stopped.
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, None | Some('Z') | Some('X'))
 }
 
 /// Collects the exit status when the agent is our own child (as in `demo`).
