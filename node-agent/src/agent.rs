@@ -120,14 +120,11 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let snapshot = store.load()?;
         let mut ipam = Ipam::restore(config.ip_cooldown.as_millis() as u64, snapshot)?;
         let node = cloud.node().await?;
-        let adopted = adopt_unknown_enis(&ipam, &cloud.list_enis().await?, &node);
-        if !adopted.is_empty() {
-            warn!(
-                count = adopted.len(),
-                "adopting ENIs attached in the cloud but missing from the store"
-            );
-            store.commit(&adopted)?;
-            ipam.apply(&adopted);
+        let reconciled = reconcile(&ipam, &cloud.list_enis().await?, &node);
+        if !reconciled.is_empty() {
+            info!(changes = reconciled.len(), "pool reconciled with the cloud");
+            store.commit(&reconciled)?;
+            ipam.apply(&reconciled);
         }
         for eni in ipam.enis() {
             // One ENI gone missing must not keep the whole node from serving.
@@ -758,13 +755,12 @@ impl<C: Cloud, D: Dataplane> Handler for Agent<C, D> {
     }
 }
 
-/// Changes that add the cloud's attached secondary ENIs the pool lacks, and
-/// the IPs the cloud reports on known ENIs that the pool lacks.
-fn adopt_unknown_enis(
-    ipam: &Ipam,
-    cloud_enis: &[crate::cloud::Eni],
-    node: &NodeInfo,
-) -> Vec<Change> {
+/// Changes that bring the pool in line with the ENIs the cloud reports
+/// attached to this node: ENIs and IPs the pool lacks are adopted (an agent
+/// that died between the cloud call and the commit); ENIs and IPs that
+/// vanished are dropped, unless a pod holds them, which is kept and logged.
+fn reconcile(ipam: &Ipam, cloud_enis: &[crate::cloud::Eni], node: &NodeInfo) -> Vec<Change> {
+    let held: HashSet<std::net::Ipv4Addr> = ipam.allocations().map(|a| a.ip).collect();
     let mut next_table = ipam
         .enis()
         .iter()
@@ -772,18 +768,46 @@ fn adopt_unknown_enis(
         .max()
         .unwrap_or(pool::FIRST_ENI_TABLE);
     let mut changes = Vec::new();
-    for eni in cloud_enis.iter().filter(|e| !e.primary) {
+    let secondary: Vec<&crate::cloud::Eni> = cloud_enis.iter().filter(|e| !e.primary).collect();
+    for known in ipam.enis() {
+        if secondary.iter().any(|e| e.id == known.id) {
+            continue;
+        }
+        if known.ips.iter().any(|ip| held.contains(ip)) {
+            warn!(eni = %known.id, "ENI vanished from the cloud while pods hold its IPs; kept until they go");
+        } else {
+            warn!(eni = %known.id, "ENI vanished from the cloud; dropped from the pool");
+            changes.push(Change::RemoveEni(known.id.clone()));
+        }
+    }
+    for eni in secondary {
         match ipam.eni(&eni.id) {
             Some(known) => {
-                let missing: Vec<_> = eni
-                    .secondary_ips
+                let mut ips: Vec<_> = known
+                    .ips
                     .iter()
-                    .filter(|ip| !known.ips.contains(ip))
+                    .filter(|ip| {
+                        let there = eni.secondary_ips.contains(ip);
+                        if !there && held.contains(ip) {
+                            warn!(eni = %eni.id, ip = %ip, "IP vanished from the cloud while a pod holds it; kept");
+                        }
+                        there || held.contains(ip)
+                    })
+                    .copied()
                     .collect();
-                if !missing.is_empty() {
-                    let mut record = known.clone();
-                    record.ips.extend(missing);
-                    changes.push(Change::PutEni(record));
+                ips.extend(
+                    eni.secondary_ips
+                        .iter()
+                        .filter(|ip| !known.ips.contains(ip)),
+                );
+                ips.sort();
+                let mut before = known.ips.clone();
+                before.sort();
+                if ips != before {
+                    changes.push(Change::PutEni(EniRecord {
+                        ips,
+                        ..known.clone()
+                    }));
                 }
             }
             None => {

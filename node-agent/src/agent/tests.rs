@@ -524,3 +524,69 @@ async fn max_eni_caps_growth() {
         .expect_err("one secondary ENI of two IPs at most");
     assert_eq!(e.kind, ErrorKind::NoIpAvailable);
 }
+
+#[tokio::test]
+async fn restart_drops_what_vanished_from_the_cloud_but_never_a_held_ip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("state.redb");
+    let cloud = FakeCloud::new(Limits {
+        max_enis: 4,
+        max_ips_per_eni: 4,
+    });
+    let (held, spare, eni) = {
+        let store = Box::new(RedbStore::open(&db).expect("store"));
+        let a = Agent::start(
+            cloud.clone(),
+            FakeDataplane::default(),
+            store,
+            config(),
+            system_clock(),
+        )
+        .await
+        .expect("start");
+        let held = add(&a, "keeper").await.ip;
+        let eni = a.lock().ipam.enis()[0].clone();
+        let spare: Vec<_> = eni.ips.iter().copied().filter(|ip| *ip != held).collect();
+        (held, spare, eni.id)
+    };
+    // Behind the agent's back: the spare IPs go.
+    cloud.unassign_ips(&eni, &spare).await.expect("unassign");
+    let store = Box::new(RedbStore::open(&db).expect("store"));
+    let a = Agent::start(
+        cloud.clone(),
+        FakeDataplane::default(),
+        store,
+        config(),
+        system_clock(),
+    )
+    .await
+    .expect("restart");
+    let ips = a
+        .lock()
+        .ipam
+        .eni(&eni)
+        .expect("eni kept: a pod holds one of its IPs")
+        .ips
+        .clone();
+    assert_eq!(ips, vec![held]);
+    assert_eq!(allocated(&a), vec![("keeper".to_string(), held)]);
+    a.handle(del_req("keeper"), None).await.expect("del");
+    drop(a);
+    // Now the whole ENI goes, and no pod holds anything on it.
+    cloud.detach_eni(&eni).await.expect("detach");
+    cloud.delete_eni(&eni).await.expect("delete");
+    let store = Box::new(RedbStore::open(&db).expect("store"));
+    let a = Agent::start(
+        cloud,
+        FakeDataplane::default(),
+        store,
+        config(),
+        system_clock(),
+    )
+    .await
+    .expect("restart");
+    assert!(
+        a.lock().ipam.eni(&eni).is_none(),
+        "the vanished ENI left the pool"
+    );
+}
