@@ -32,6 +32,9 @@ pub struct AgentConfig {
     pub ip_cooldown: Duration,
     /// How large the pool should be.
     pub pool: pool::Targets,
+    /// How old an unattached ENI of this cluster must be before it counts
+    /// as leaked and is deleted.
+    pub leaked_eni_grace: Duration,
 }
 
 /// The wall clock in Unix milliseconds; injectable so tests control time.
@@ -186,6 +189,9 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             }
             if let Err(e) = self.shrink().await {
                 warn!(error = %e.message, "could not give back spare IPs");
+            }
+            if let Err(e) = self.reap_leaked_enis().await {
+                warn!(error = %e.message, "could not look for leaked ENIs");
             }
             tokio::select! {
                 _ = self.pool_changed.notified() => {}
@@ -561,6 +567,38 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             }
         }
         Ok(())
+    }
+
+    /// Deletes ENIs of this cluster that are attached nowhere and older
+    /// than the grace period: left by an agent that died between creating
+    /// and attaching, or by a node that is gone. Younger ones may be on
+    /// their way to a node and are left alone.
+    async fn reap_leaked_enis(&self) -> Result<usize, AgentError> {
+        let now = (self.clock)() / 1000;
+        let grace = self.config.leaked_eni_grace.as_secs();
+        let leaked: Vec<_> = self
+            .cloud
+            .list_cluster_enis()
+            .await
+            .map_err(cloud_error)?
+            .into_iter()
+            .filter(|e| !e.primary && e.attached_to.is_none())
+            .filter(|e| {
+                e.created_unix
+                    .is_some_and(|c| c.saturating_add(grace) < now)
+            })
+            .collect();
+        let mut deleted = 0;
+        for eni in leaked {
+            match self.cloud.delete_eni(&eni.id).await {
+                Ok(()) => {
+                    info!(eni = %eni.id, "deleted a leaked ENI");
+                    deleted += 1;
+                }
+                Err(e) => warn!(eni = %eni.id, error = %e, "could not delete a leaked ENI"),
+            }
+        }
+        Ok(deleted)
     }
 
     async fn create_eni(&self, table: u32, count: u32) -> Result<EniRecord, AgentError> {

@@ -155,6 +155,41 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix timestamp, the API's time format.
+pub fn utc_datetime(timestamp: u64) -> String {
+    let secs = timestamp % 86_400;
+    format!(
+        "{} {:02}:{:02}:{:02}",
+        utc_date(timestamp),
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// The Unix timestamp of a `YYYY-MM-DD HH:MM:SS` (UTC) time.
+pub fn parse_utc_datetime(s: &str) -> Option<u64> {
+    let (date, time) = s.trim().split_once(' ')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':').map(|p| p.parse::<u64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days)
+        .ok()
+        .map(|d| d * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
 /// `YYYY-MM-DD` (UTC) of a Unix timestamp.
 pub fn utc_date(timestamp: u64) -> String {
     // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
@@ -253,6 +288,16 @@ mod tests {
         ] {
             assert!(Authorization::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn datetimes_round_trip() {
+        for t in [0, 951_782_400, 1_551_113_065, 1_795_910_399] {
+            assert_eq!(parse_utc_datetime(&utc_datetime(t)), Some(t), "{t}");
+        }
+        assert_eq!(utc_datetime(1_551_113_065), "2019-02-25 16:44:25");
+        assert_eq!(parse_utc_datetime("2019-13-01 00:00:00"), None);
+        assert_eq!(parse_utc_datetime("garbage"), None);
     }
 
     #[test]

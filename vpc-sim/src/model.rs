@@ -141,6 +141,9 @@ pub struct Eni {
     /// Tags, such as the cluster and node that own it.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// When it was created (Unix seconds; 0 if unknown).
+    #[serde(default)]
+    pub created_unix: u64,
 }
 
 /// What the cloud refuses, with the reason it gives.
@@ -317,6 +320,7 @@ impl Vpc {
             attached_to: None,
             device_index: None,
             tags: BTreeMap::new(),
+            created_unix: 0,
         };
         self.enis.insert(eni.id.clone(), eni.clone());
         Ok(eni)

@@ -105,9 +105,16 @@ impl World {
         World::new(1, limits, DEFAULT_ENI_QUOTA)
     }
 
-    /// Creates an ENI.
+    /// Creates an ENI, stamped with the time.
     pub fn create_eni(&mut self, subnet_id: &str) -> Result<Eni, SimError> {
-        Ok(self.vpc.create_eni(subnet_id)?)
+        let eni = self.vpc.create_eni(subnet_id)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let stored = self.vpc.enis.get_mut(&eni.id).expect("just created");
+        stored.created_unix = now;
+        Ok(stored.clone())
     }
 
     /// Attaches an ENI and plugs it in.

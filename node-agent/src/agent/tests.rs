@@ -22,6 +22,7 @@ const DEFAULT_LIMITS: Limits = Limits {
 
 fn config() -> AgentConfig {
     AgentConfig {
+        leaked_eni_grace: Duration::from_secs(600),
         ip_cooldown: Duration::from_secs(30),
         pool: pool::Targets {
             warm_ip: 2,
@@ -454,6 +455,7 @@ async fn spare_ips_go_back_a_batch_at_a_time_down_to_the_warm_target() {
 async fn the_minimum_holds_and_an_emptied_eni_goes() {
     let targets = |min_ip| AgentConfig {
         ip_cooldown: Duration::from_secs(30),
+        leaked_eni_grace: Duration::from_secs(600),
         pool: pool::Targets {
             warm_ip: 0,
             warm_eni: 0,
@@ -498,6 +500,7 @@ async fn the_minimum_holds_and_an_emptied_eni_goes() {
 async fn max_eni_caps_growth() {
     let config = AgentConfig {
         ip_cooldown: Duration::from_secs(30),
+        leaked_eni_grace: Duration::from_secs(600),
         pool: pool::Targets {
             warm_ip: 0,
             warm_eni: 0,
@@ -589,4 +592,38 @@ async fn restart_drops_what_vanished_from_the_cloud_but_never_a_held_ip() {
         a.lock().ipam.eni(&eni).is_none(),
         "the vanished ENI left the pool"
     );
+}
+
+#[tokio::test]
+async fn leaked_enis_are_deleted_once_older_than_the_grace_period() {
+    let cloud = FakeCloud::new(DEFAULT_LIMITS);
+    let store = Box::new(MemoryStore::default());
+    let a = Agent::start(
+        cloud.clone(),
+        FakeDataplane::default(),
+        store,
+        config(),
+        system_clock(),
+    )
+    .await
+    .expect("start");
+    add(&a, "in-use").await;
+    let subnet = a.node.subnet.clone().expect("subnet").id;
+    let old = cloud.create_eni(&subnet).await.expect("create");
+    let young = cloud.create_eni(&subnet).await.expect("create");
+    cloud.age_eni(&old.id, 3600);
+    assert_eq!(a.reap_leaked_enis().await.expect("reap"), 1);
+    let left: Vec<String> = cloud
+        .list_cluster_enis()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert!(!left.contains(&old.id), "the old unattached ENI went");
+    assert!(
+        left.contains(&young.id),
+        "a young one may be on its way to a node"
+    );
+    assert_eq!(left.len(), 2, "the pool's attached ENI stays: {left:?}");
 }

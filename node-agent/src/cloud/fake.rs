@@ -48,6 +48,23 @@ impl FakeCloud {
     }
 }
 
+impl FakeCloud {
+    /// Makes an ENI `secs` older.
+    pub fn age_eni(&self, id: &str, secs: u64) {
+        let mut v = self.vpc.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = v.enis.get_mut(id) {
+            e.created_unix = e.created_unix.saturating_sub(secs);
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 fn to_eni(e: &vpc_sim::model::Eni) -> Eni {
     Eni {
         id: e.id.clone(),
@@ -57,6 +74,7 @@ fn to_eni(e: &vpc_sim::model::Eni) -> Eni {
         secondary_ips: e.secondary_ips.clone(),
         primary: e.primary,
         attached_to: e.attached_to.clone(),
+        created_unix: Some(e.created_unix),
     }
 }
 
@@ -86,7 +104,12 @@ impl Cloud for FakeCloud {
     }
 
     async fn create_eni(&self, subnet_id: &str) -> Result<Eni, CloudError> {
-        self.with(|v| v.create_eni(subnet_id).map(|e| to_eni(&e)))
+        self.with(|v| {
+            let id = v.create_eni(subnet_id)?.id;
+            let eni = v.enis.get_mut(&id).expect("just created");
+            eni.created_unix = unix_now();
+            Ok(to_eni(eni))
+        })
     }
 
     async fn attach_eni(&self, eni_id: &str) -> Result<(), CloudError> {
@@ -107,6 +130,10 @@ impl Cloud for FakeCloud {
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
         self.with(|v| v.unassign_ips(eni_id, ips))
+    }
+
+    async fn list_cluster_enis(&self) -> Result<Vec<Eni>, CloudError> {
+        self.with(|v| Ok(v.enis.values().filter(|e| !e.primary).map(to_eni).collect()))
     }
 
     async fn list_enis(&self) -> Result<Vec<Eni>, CloudError> {

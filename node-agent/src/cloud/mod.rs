@@ -70,6 +70,8 @@ pub struct Eni {
     pub primary: bool,
     /// The instance it is attached to, if any.
     pub attached_to: Option<String>,
+    /// When it was created (Unix seconds), if the cloud says.
+    pub created_unix: Option<u64>,
 }
 
 /// Cloud failures, typed where the pool acts on them.
@@ -131,6 +133,8 @@ pub trait Cloud: Send + Sync + 'static {
         eni_id: &str,
         ips: &[Ipv4Addr],
     ) -> impl Future<Output = Result<(), CloudError>> + Send;
+    /// The ENIs this cluster's agents created (by tag), wherever they are.
+    fn list_cluster_enis(&self) -> impl Future<Output = Result<Vec<Eni>, CloudError>> + Send;
     /// The ENIs attached to this node.
     fn list_enis(&self) -> impl Future<Output = Result<Vec<Eni>, CloudError>> + Send;
 }

@@ -52,6 +52,9 @@ pub struct RunArgs {
     /// limit applies too).
     #[arg(long)]
     max_eni: Option<u32>,
+    /// Unattached ENIs of this cluster older than this are deleted as leaked.
+    #[arg(long, default_value = "10m", value_parser = crate::duration::parse)]
+    leaked_eni_grace: Duration,
     /// The dataplane.
     #[arg(long, value_enum, default_value = "netlink")]
     dataplane: DataplaneKind,
@@ -126,6 +129,7 @@ async fn serve(args: RunArgs) -> Result<(), String> {
             max_eni: args.max_eni,
             release_batch: RELEASE_BATCH,
         },
+        leaked_eni_grace: args.leaked_eni_grace,
     };
     let store = Box::new(store);
     match args.dataplane {

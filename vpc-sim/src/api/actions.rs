@@ -209,7 +209,7 @@ fn eni_json(w: &World, e: &Eni) -> Value {
         })),
         "TagSet": e.tags.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
         "GroupSet": [],
-        "CreatedTime": "",
+        "CreatedTime": tencent_api::sign::utc_datetime(e.created_unix),
     })
 }
 

@@ -310,16 +310,27 @@ impl Cloud for TencentCloud {
     }
 
     async fn list_enis(&self) -> Result<Vec<Eni>, CloudError> {
+        let filter = json!({"Name": "attachment.instance-id", "Values": [self.settings.identity.instance_id]});
+        self.describe_enis(filter).await
+    }
+
+    async fn list_cluster_enis(&self) -> Result<Vec<Eni>, CloudError> {
+        self.describe_enis(
+            json!({"Name": format!("tag:{TAG_CLUSTER}"), "Values": [self.settings.cluster]}),
+        )
+        .await
+    }
+}
+
+impl TencentCloud {
+    /// `DescribeNetworkInterfaces` with one filter, every page.
+    async fn describe_enis(&self, filter: Value) -> Result<Vec<Eni>, CloudError> {
         let mut enis = Vec::new();
         loop {
             let page = self
                 .call(
                     "DescribeNetworkInterfaces",
-                    json!({
-                        "Filters": [{"Name": "attachment.instance-id", "Values": [self.settings.identity.instance_id]}],
-                        "Offset": enis.len(),
-                        "Limit": 100,
-                    }),
+                    json!({ "Filters": [filter], "Offset": enis.len(), "Limit": 100 }),
                 )
                 .await?;
             let set = page
@@ -369,6 +380,10 @@ fn to_eni(v: &Value) -> Result<Eni, CloudError> {
             .and_then(|a| a.get("InstanceId"))
             .and_then(Value::as_str)
             .map(str::to_string),
+        created_unix: v
+            .get("CreatedTime")
+            .and_then(Value::as_str)
+            .and_then(tencent_api::sign::parse_utc_datetime),
         id,
     })
 }
