@@ -9,29 +9,28 @@ use std::time::{Duration, Instant};
 use proto::wire::{PoolView, Request, Response};
 use serde_json::Value;
 
-/// Path of a workspace binary, building the binaries once if they are
-/// missing (plain `cargo test` builds only test targets).
+/// Path of a workspace binary. `scripts/test.sh` builds them all first
+/// (`cargo build --workspace --bins`); only when one is missing are they
+/// built here, once: building again from inside a test run could rebuild
+/// them with another feature set and race the other tests using them.
 pub fn bin(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
-    let dir = target_dir();
-    let path = dir.join(name);
-    BUILD.call_once(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "cni-plugin",
-                "-p",
-                "node-agent",
-                "--bins",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the binaries failed");
-    });
-    assert!(path.exists(), "{} missing after build", path.display());
+    let path = target_dir().join(name);
+    if !path.exists() {
+        BUILD.call_once(|| {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "--workspace", "--bins"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building the binaries failed");
+        });
+    }
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo build --workspace --bins`",
+        path.display()
+    );
     path
 }
 

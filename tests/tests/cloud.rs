@@ -131,3 +131,131 @@ fn a_failed_attach_leaves_no_eni_behind() {
         "the created ENI was deleted"
     );
 }
+
+/// The pool's IPs, and the cloud's IPs on the node's secondary ENIs.
+fn pool_and_cloud_ips(agent: &Agent) -> (Vec<String>, Vec<String>) {
+    let mut pool: Vec<String> = agent
+        .pool()
+        .enis
+        .iter()
+        .flat_map(|e| e.ips.iter().map(|ip| ip.ip.to_string()))
+        .collect();
+    let world = agent.emulator.world();
+    let mut cloud: Vec<String> = world["vpc"]["enis"]
+        .as_object()
+        .expect("enis")
+        .values()
+        .filter(|e| e["primary"] == false && e["attached_to"] == "ins-sim0001")
+        .flat_map(|e| {
+            e["secondary_ips"]
+                .as_array()
+                .expect("ips")
+                .iter()
+                .map(|ip| ip.as_str().expect("ip").to_string())
+        })
+        .collect();
+    pool.sort();
+    cloud.sort();
+    (pool, cloud)
+}
+
+#[test]
+fn under_throttling_and_errors_nothing_leaks() {
+    let agent = Agent::start_with(
+        &[
+            "--throttle-rate",
+            "0.2",
+            "--error-rate",
+            "0.1",
+            "--max-enis",
+            "3",
+            "--ips-per-eni",
+            "6",
+        ],
+        &["--warm-ip-target", "2", "--ip-cooldown", "0s"],
+    );
+    for round in 0..3 {
+        for i in 0..6 {
+            let run = add(&agent, &format!("r{round}p{i}"));
+            assert!(
+                run.ok || run.code() == 101 || run.code() == 105,
+                "{}",
+                run.stdout
+            );
+        }
+        for i in 0..6 {
+            let id = format!("r{round}p{i}");
+            let run = cni(
+                &CniEnv::pod("DEL", &id, &agent.netns(&id)),
+                &bytes(&agent.conf("1.1.0")),
+            );
+            assert!(run.ok, "DEL {id}: {}", run.stdout);
+        }
+    }
+    // The maintenance loop may be mid-change: judge once the two agree.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (pool, cloud) = pool_and_cloud_ips(&agent);
+        let unattached: Vec<Value> = agent.emulator.world()["vpc"]["enis"]
+            .as_object()
+            .expect("enis")
+            .values()
+            .filter(|e| e["attached_to"].is_null())
+            .cloned()
+            .collect();
+        if pool == cloud && unattached.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leaked: pool {pool:?}, cloud {cloud:?}, unattached ENIs {unattached:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_restart_reconciles_the_pool_with_the_cloud() {
+    let mut agent = Agent::start(&["--warm-ip-target", "3"]);
+    assert!(add(&agent, "keep").ok);
+    let held: Vec<String> = agent
+        .pool()
+        .enis
+        .iter()
+        .flat_map(|e| &e.ips)
+        .filter(|ip| matches!(ip.state, proto::wire::IpState::Allocated { .. }))
+        .map(|ip| ip.ip.to_string())
+        .collect();
+    agent.kill9();
+    // While the agent is down, the cloud loses every IP nobody holds.
+    let path = agent.emulator.dir.path().join("vpc.json");
+    let mut world: Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("world")).expect("json");
+    for eni in world["vpc"]["enis"]
+        .as_object_mut()
+        .expect("enis")
+        .values_mut()
+    {
+        if eni["primary"] == false {
+            eni["secondary_ips"] = Value::from(
+                eni["secondary_ips"]
+                    .as_array()
+                    .expect("ips")
+                    .iter()
+                    .filter(|ip| held.iter().any(|h| ip.as_str() == Some(h)))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+    std::fs::write(&path, serde_json::to_vec(&world).expect("json")).expect("write");
+    agent.spawn();
+    let (pool, cloud) = pool_and_cloud_ips(&agent);
+    assert!(
+        pool.iter().all(|ip| cloud.contains(ip)),
+        "no IP the cloud took back is still in the pool: {pool:?} vs {cloud:?}"
+    );
+    for ip in &held {
+        assert!(pool.contains(ip), "the held IP stayed");
+    }
+}
