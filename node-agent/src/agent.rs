@@ -12,8 +12,8 @@ use crate::committer::{Committer, Pending};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::wire::{
-    AddReply, AddRequest, AgentError, CheckRequest, ConditionView, DelRequest, ErrorKind,
-    GcRequest, Reply, Request, Response, StatusReply,
+    AddReply, AddRequest, AgentError, CheckRequest, ConditionView, DelRequest, EniView, ErrorKind,
+    GcRequest, IpState, IpView, Reply, Request, Response, StatusReply,
 };
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -90,6 +90,9 @@ pub struct Agent<C, D> {
     gc_lock: tokio::sync::RwLock<()>,
     /// Conditions by kind: message and since when.
     conditions: Mutex<BTreeMap<&'static str, (String, UnixMillis)>>,
+    /// ENIs on their way to the node (or whose attach just failed, with the
+    /// error), shown by `pool` until they join it.
+    attaching: Mutex<BTreeMap<String, (crate::cloud::Eni, Option<String>)>>,
 }
 
 /// Condition: the VPC's ENI quota is used up.
@@ -176,6 +179,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             waiting_for_ip: AtomicUsize::new(0),
             gc_lock: tokio::sync::RwLock::new(()),
             conditions: Mutex::default(),
+            attaching: Mutex::default(),
         })
     }
 
@@ -607,7 +611,12 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             self.set_condition(NO_SUBNET_IN_ZONE, &e.to_string());
             return Err(cloud_error(e));
         };
-        let eni = match self.cloud.create_eni(&subnet.id).await {
+        // The last failed attempt stops being news once a new one starts.
+        self.attaching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, (_, error)| error.is_none());
+        let eni = match self.cloud.create_eni(&subnet.id, count).await {
             Ok(eni) => eni,
             Err(e) => {
                 if matches!(e, CloudError::EniQuota(_)) {
@@ -617,34 +626,42 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             }
         };
         self.clear_condition(ENI_LIMIT);
+        self.attaching_state(&eni, None);
         if let Err(e) = self.cloud.attach_eni(&eni.id).await {
+            self.attaching_state(&eni, Some(e.to_string()));
             // An ENI that is not attached must not outlive this call.
             self.discard_eni(&eni.id, false).await;
             return Err(cloud_error(e));
         }
-        let ips = match self.cloud.assign_ips(&eni.id, count).await {
-            Ok(ips) => ips,
-            Err(e) => {
-                self.discard_eni(&eni.id, true).await;
-                return Err(cloud_error(e));
-            }
-        };
         let record = EniRecord {
-            id: eni.id,
-            mac: eni.mac,
-            subnet_id: eni.subnet_id,
+            id: eni.id.clone(),
+            mac: eni.mac.clone(),
+            subnet_id: eni.subnet_id.clone(),
             gateway: subnet.gateway,
             primary_ip: eni.primary_ip,
             mtu: self.node.mtu,
             table,
-            ips,
+            ips: eni.secondary_ips.clone(),
         };
         if let Err(e) = self.dataplane.program_eni(&record).await {
+            self.attaching_state(&eni, Some(e.to_string()));
             self.discard_eni(&record.id, true).await;
             return Err(dataplane_error(e));
         }
+        self.attaching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&eni.id);
         info!(eni = %record.id, table, ips = record.ips.len(), "attached ENI");
         Ok(record)
+    }
+
+    /// Shows an ENI (and its IPs) as attaching, with the error if it failed.
+    fn attaching_state(&self, eni: &crate::cloud::Eni, error: Option<String>) {
+        self.attaching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(eni.id.clone(), (eni.clone(), error));
     }
 
     /// Detaches (if attached) and deletes an ENI the pool never recorded,
@@ -771,6 +788,28 @@ impl<C: Cloud, D: Dataplane> Handler for Agent<C, D> {
                 Request::Status => Ok(self.status()),
                 Request::Pool => {
                     let mut view = self.lock().ipam.view((self.clock)());
+                    for (eni, error) in self
+                        .attaching
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .values()
+                    {
+                        view.enis.push(EniView {
+                            id: eni.id.clone(),
+                            mac: eni.mac.clone(),
+                            subnet_id: eni.subnet_id.clone(),
+                            ips: eni
+                                .secondary_ips
+                                .iter()
+                                .map(|ip| IpView {
+                                    ip: *ip,
+                                    state: IpState::Attaching {
+                                        error: error.clone(),
+                                    },
+                                })
+                                .collect(),
+                        });
+                    }
                     view.conditions = self
                         .conditions()
                         .into_iter()

@@ -195,6 +195,13 @@ pub enum IpState {
         /// End of the cooldown, Unix milliseconds.
         until_ms: u64,
     },
+    /// Assigned to an ENI that is still being attached to the node; not
+    /// usable yet.
+    Attaching {
+        /// Why the attach failed, if it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 /// One IP of the pool.

@@ -130,6 +130,20 @@ fn a_failed_attach_leaves_no_eni_behind() {
         agent.emulator.secondary_enis().is_empty(),
         "the created ENI was deleted"
     );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let shown = agent.pool().enis.iter().flat_map(|e| &e.ips).any(|ip| {
+            matches!(&ip.state, proto::wire::IpState::Attaching { error: Some(e) } if e.contains("AttachNetworkInterface"))
+        });
+        if shown {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failed attach is shown with its error"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The pool's IPs, and the cloud's IPs on the node's secondary ENIs.
@@ -258,4 +272,41 @@ fn a_restart_reconciles_the_pool_with_the_cloud() {
     for ip in &held {
         assert!(pool.contains(ip), "the held IP stayed");
     }
+}
+
+#[test]
+fn ips_of_an_eni_being_attached_show_as_attaching_then_join_the_pool() {
+    let agent = Agent::start_with(&["--task-latency-ms", "1500"], &["--warm-ip-target", "3"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen_attaching = false;
+    loop {
+        let pool = agent.pool();
+        let states: Vec<&proto::wire::IpState> = pool
+            .enis
+            .iter()
+            .flat_map(|e| &e.ips)
+            .map(|ip| &ip.state)
+            .collect();
+        seen_attaching |= states
+            .iter()
+            .any(|s| matches!(s, proto::wire::IpState::Attaching { error: None }));
+        if states
+            .iter()
+            .filter(|s| matches!(s, proto::wire::IpState::Free))
+            .count()
+            >= 3
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the warm pool never filled: {pool:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        seen_attaching,
+        "while the attach task ran, its IPs were shown as attaching"
+    );
+    assert!(add(&agent, "after").ok);
 }

@@ -351,7 +351,7 @@ async fn restart_restores_allocations_and_adopts_unknown_enis() {
         // An ENI attached behind the pool's back, as if the agent died
         // between attaching and committing.
         let subnet = a.node.subnet.clone().expect("a subnet").id;
-        let eni = a.cloud.create_eni(&subnet).await.expect("create");
+        let eni = a.cloud.create_eni(&subnet, 0).await.expect("create");
         a.cloud.attach_eni(&eni.id).await.expect("attach");
         a.cloud.assign_ips(&eni.id, 2).await.expect("assign");
         r
@@ -609,8 +609,8 @@ async fn leaked_enis_are_deleted_once_older_than_the_grace_period() {
     .expect("start");
     add(&a, "in-use").await;
     let subnet = a.node.subnet.clone().expect("subnet").id;
-    let old = cloud.create_eni(&subnet).await.expect("create");
-    let young = cloud.create_eni(&subnet).await.expect("create");
+    let old = cloud.create_eni(&subnet, 0).await.expect("create");
+    let young = cloud.create_eni(&subnet, 0).await.expect("create");
     cloud.age_eni(&old.id, 3600);
     assert_eq!(a.reap_leaked_enis().await.expect("reap"), 1);
     let left: Vec<String> = cloud

@@ -103,9 +103,12 @@ impl Cloud for FakeCloud {
         })
     }
 
-    async fn create_eni(&self, subnet_id: &str) -> Result<Eni, CloudError> {
+    async fn create_eni(&self, subnet_id: &str, ips: u32) -> Result<Eni, CloudError> {
         self.with(|v| {
             let id = v.create_eni(subnet_id)?.id;
+            if ips > 0 {
+                v.assign_ips(&id, ips)?;
+            }
             let eni = v.enis.get_mut(&id).expect("just created");
             eni.created_unix = unix_now();
             Ok(to_eni(eni))

@@ -113,8 +113,13 @@ pub enum CloudError {
 pub trait Cloud: Send + Sync + 'static {
     /// This node's zone, subnet and limits.
     fn node(&self) -> impl Future<Output = Result<NodeInfo, CloudError>> + Send;
-    /// Creates an ENI (with its primary IP) in `subnet_id`.
-    fn create_eni(&self, subnet_id: &str) -> impl Future<Output = Result<Eni, CloudError>> + Send;
+    /// Creates an ENI (with its primary IP) in `subnet_id` with `ips`
+    /// secondary IPs.
+    fn create_eni(
+        &self,
+        subnet_id: &str,
+        ips: u32,
+    ) -> impl Future<Output = Result<Eni, CloudError>> + Send;
     /// Attaches an ENI to this node.
     fn attach_eni(&self, eni_id: &str) -> impl Future<Output = Result<(), CloudError>> + Send;
     /// Detaches an ENI from this node.

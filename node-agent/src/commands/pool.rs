@@ -62,6 +62,14 @@ fn table(view: &PoolView) -> String {
             let (state, pod, attachment) = match &ip.state {
                 IpState::Free => ("free", String::new(), String::new()),
                 IpState::Cooling { .. } => ("cooling", String::new(), String::new()),
+                IpState::Attaching { error } => (
+                    "attaching",
+                    String::new(),
+                    error
+                        .as_ref()
+                        .map(|e| format!("attach failed: {e}"))
+                        .unwrap_or_default(),
+                ),
                 IpState::Allocated { key, pod } => (
                     "allocated",
                     pod.as_ref()

@@ -69,6 +69,10 @@ pub struct Faults {
     pub error_rate: f64,
     /// Latency added to every API call, in milliseconds.
     pub latency_ms: u64,
+    /// How long an asynchronous task runs before `DescribeVpcTaskResult`
+    /// reports it done, in milliseconds; an ENI being attached shows
+    /// `ATTACHING` (being detached, `DETACHING`) meanwhile.
+    pub task_latency_ms: u64,
 }
 
 /// An API error answered in the envelope.
@@ -98,8 +102,10 @@ pub struct Emulator {
     requests: AtomicU64,
     /// `ClientToken` → the response first given for it.
     tokens: Mutex<HashMap<String, Value>>,
-    /// Finished asynchronous tasks by id.
-    tasks: Mutex<HashMap<String, &'static str>>,
+    /// Asynchronous tasks by id, with when they finish (Unix ms).
+    tasks: Mutex<HashMap<String, u64>>,
+    /// ENIs in transition: their shown state and until when (Unix ms).
+    transitions: Mutex<HashMap<String, (&'static str, u64)>>,
     /// Actions that always fail (to test a client's cleanup).
     failing: Vec<String>,
     clock: fn() -> u64,
@@ -115,6 +121,7 @@ impl Emulator {
             requests: AtomicU64::new(0),
             tokens: Mutex::default(),
             tasks: Mutex::default(),
+            transitions: Mutex::default(),
             failing: Vec::new(),
             clock: unix_now,
         }
@@ -274,13 +281,33 @@ impl Emulator {
                     .ok_or_else(|| ApiError::new(Kind::NotFound, format!("task {id} not found")))?;
                 json!({ "Status": status, "Output": "" })
             }
+            "DescribeNetworkInterfaces" => {
+                let mut out = actions::run(&self.world, action, params, request_id)?;
+                self.show_transitions(&mut out);
+                out
+            }
             _ => actions::run(&self.world, action, params, request_id)?,
         };
         if tencent_api::is_async(action) {
+            let done = now_ms() + self.faults().task_latency_ms;
             self.tasks
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(request_id.to_string(), "SUCCESS");
+                .insert(request_id.to_string(), done);
+            let shown = match action {
+                "AttachNetworkInterface" => Some("ATTACHING"),
+                "DetachNetworkInterface" => Some("DETACHING"),
+                _ => None,
+            };
+            if let (Some(state), Some(eni)) = (
+                shown,
+                params.get("NetworkInterfaceId").and_then(Value::as_str),
+            ) {
+                self.transitions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(eni.to_string(), (state, done));
+            }
         }
         if let Some(t) = token {
             self.tokens
@@ -293,11 +320,40 @@ impl Emulator {
 
     /// The status of an asynchronous task, for `DescribeVpcTaskResult`.
     pub fn task(&self, id: &str) -> Option<&'static str> {
-        self.tasks
+        let done = *self
+            .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .copied()
+            .get(id)?;
+        Some(if now_ms() < done {
+            "RUNNING"
+        } else {
+            "SUCCESS"
+        })
+    }
+
+    /// Shows ENIs still in an attach or detach task as `ATTACHING` or
+    /// `DETACHING`.
+    fn show_transitions(&self, out: &mut Value) {
+        let now = now_ms();
+        let transitions = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
+        for eni in out
+            .get_mut("NetworkInterfaceSet")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let id = eni
+                .get("NetworkInterfaceId")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if let Some((state, until)) = transitions.get(&id)
+                && now < *until
+            {
+                eni["State"] = json!(state);
+            }
+        }
     }
 }
 
@@ -311,6 +367,13 @@ fn chance(n: u64, salt: u64, rate: f64) -> bool {
     x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^= x >> 29;
     (x as f64 / u64::MAX as f64) < rate
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn unix_now() -> u64 {

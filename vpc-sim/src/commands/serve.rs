@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// Latency added to every API call, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// How long asynchronous tasks (attach, detach, ...) run, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub task_latency_ms: u64,
     /// When the world file does not exist: create a world of this many
     /// nodes, without a fabric (no links; for tests that are not root).
     #[arg(long, default_value_t = 1)]
@@ -61,6 +64,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         throttle_rate: args.throttle_rate,
         error_rate: args.error_rate,
         latency_ms: args.latency_ms,
+        task_latency_ms: args.task_latency_ms,
     };
     let world = SharedWorld::at(&args.world);
     let limits = NodeLimits {

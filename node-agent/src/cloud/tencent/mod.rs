@@ -240,7 +240,7 @@ impl Cloud for TencentCloud {
         })
     }
 
-    async fn create_eni(&self, subnet_id: &str) -> Result<Eni, CloudError> {
+    async fn create_eni(&self, subnet_id: &str, ips: u32) -> Result<Eni, CloudError> {
         let s = &self.settings;
         let out = self
             .call(
@@ -253,6 +253,7 @@ impl Cloud for TencentCloud {
                         {"Key": TAG_CLUSTER, "Value": s.cluster},
                         {"Key": TAG_NODE, "Value": s.identity.instance_id},
                     ],
+                    "SecondaryPrivateIpAddressCount": ips,
                     "ClientToken": client_token(),
                 }),
             )
