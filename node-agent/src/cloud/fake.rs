@@ -43,6 +43,7 @@ impl FakeCloud {
             ModelError::EniIpLimit { .. } => CloudError::IpLimit(e.to_string()),
             ModelError::SubnetExhausted(_) => CloudError::SubnetExhausted(e.to_string()),
             ModelError::NotFound { .. } => CloudError::NotFound(e.to_string()),
+            ModelError::ZoneMismatch { .. } => CloudError::ZoneMismatch(e.to_string()),
             other => CloudError::InvalidState(other.to_string()),
         })
     }
@@ -133,6 +134,10 @@ impl Cloud for FakeCloud {
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
         self.with(|v| v.unassign_ips(eni_id, ips))
+    }
+
+    async fn migrate_ip(&self, from: &str, to: &str, ip: Ipv4Addr) -> Result<(), CloudError> {
+        self.with(|v| v.migrate_ip(from, to, ip))
     }
 
     async fn list_cluster_enis(&self) -> Result<Vec<Eni>, CloudError> {

@@ -92,6 +92,9 @@ pub enum CloudError {
     /// No subnet of the node's zone may be used.
     #[error("no subnet in zone {0} to take ENIs from")]
     NoSubnetInZone(String),
+    /// The ENI's subnet is not in the node's zone.
+    #[error("zone mismatch: {0}")]
+    ZoneMismatch(String),
     /// No such object.
     #[error("not found: {0}")]
     NotFound(String),
@@ -137,6 +140,18 @@ pub trait Cloud: Send + Sync + 'static {
         &self,
         eni_id: &str,
         ips: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<(), CloudError>> + Send;
+    /// Moves a secondary IP to another ENI of the same subnet, on this node
+    /// or another (how a static IP follows its pod to another node).
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "static IPs moving between nodes will use it")
+    )]
+    fn migrate_ip(
+        &self,
+        from: &str,
+        to: &str,
+        ip: Ipv4Addr,
     ) -> impl Future<Output = Result<(), CloudError>> + Send;
     /// The ENIs this cluster's agents created (by tag), wherever they are.
     fn list_cluster_enis(&self) -> impl Future<Output = Result<Vec<Eni>, CloudError>> + Send;

@@ -5,6 +5,8 @@
 //! a `ClientToken` so a retried create never creates twice.
 
 mod retry;
+#[cfg(test)]
+mod tests;
 mod transport;
 
 pub use transport::Credentials;
@@ -313,6 +315,17 @@ impl Cloud for TencentCloud {
     async fn list_enis(&self) -> Result<Vec<Eni>, CloudError> {
         let filter = json!({"Name": "attachment.instance-id", "Values": [self.settings.identity.instance_id]});
         self.describe_enis(filter).await
+    }
+
+    async fn migrate_ip(&self, from: &str, to: &str, ip: Ipv4Addr) -> Result<(), CloudError> {
+        let params = json!({
+            "SourceNetworkInterfaceId": from,
+            "DestinationNetworkInterfaceId": to,
+            "PrivateIpAddress": ip.to_string(),
+        });
+        self.call("MigratePrivateIpAddress", params)
+            .await
+            .map(|_| ())
     }
 
     async fn list_cluster_enis(&self) -> Result<Vec<Eni>, CloudError> {

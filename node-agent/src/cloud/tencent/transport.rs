@@ -216,9 +216,8 @@ fn typed(kind: Kind, message: String) -> CloudError {
         Kind::EniIpLimit => CloudError::IpLimit(message),
         Kind::SubnetExhausted => CloudError::SubnetExhausted(message),
         Kind::NotFound => CloudError::NotFound(message),
-        Kind::ZoneMismatch | Kind::InvalidState | Kind::InvalidParameter => {
-            CloudError::InvalidState(message)
-        }
+        Kind::ZoneMismatch => CloudError::ZoneMismatch(message),
+        Kind::InvalidState | Kind::InvalidParameter => CloudError::InvalidState(message),
         Kind::Throttled => CloudError::Throttled(message),
         Kind::SignatureFailure | Kind::SignatureExpired | Kind::SecretIdNotFound => {
             CloudError::Auth(message)
