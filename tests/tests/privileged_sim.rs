@@ -202,3 +202,49 @@ fn privileged_a_caller_in_another_mount_namespace_is_served() {
         "{stdout}"
     );
 }
+
+#[test]
+fn privileged_the_router_keeps_delivering_every_ip_as_enis_join() {
+    // A bridge without a fixed address takes its lowest port's, and flushes
+    // its neighbours (the delivered IPs) whenever that changes: ENIs plugged
+    // later would silently cut off earlier ones.
+    if skip() {
+        return;
+    }
+    let sim = Sim::up(2, &[]);
+    for n in 1..=2 {
+        let pod = PodNetns::new();
+        let run = cni(
+            &CniEnv::pod("ADD", &format!("nb{n}"), &pod.path()),
+            &bytes(&sim.conf(n, "1.0.0")),
+        );
+        assert!(run.ok, "{}", run.stdout);
+    }
+    let node = sim
+        .get("NODE1_NETNS")
+        .rsplit('/')
+        .next()
+        .expect("name")
+        .to_string();
+    let router = node.trim_end_matches("-n1").to_string() + "-vpc";
+    let world: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sim.dir.path().join("sim/vpc.json")).expect("world"))
+            .expect("json");
+    let neigh = vpc_cni_tests::ip(&["-n", &router, "neigh", "show"]);
+    let mut checked = 0;
+    for eni in world["vpc"]["enis"].as_object().expect("enis").values() {
+        if eni["primary"] == true || eni["attached_to"].is_null() {
+            continue;
+        }
+        let mac = eni["mac"].as_str().expect("mac");
+        for ip in eni["secondary_ips"].as_array().expect("ips") {
+            let line = format!(
+                "{} dev br0 lladdr {mac} PERMANENT",
+                ip.as_str().expect("ip")
+            );
+            assert!(neigh.contains(&line), "missing `{line}` in:\n{neigh}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "both nodes' ENIs were checked");
+}

@@ -75,7 +75,21 @@ impl Fabric {
         )?;
         for (i, subnet) in vpc.subnets.values().enumerate() {
             let bridge = format!("br{i}");
-            ip(&["-n", &self.router, "link", "add", &bridge, "type", "bridge"])?;
+            // A fixed address: a bridge otherwise takes the lowest of its
+            // ports' and, when that changes as ENIs come and go, flushes its
+            // neighbour table, permanent entries (the delivered IPs) included.
+            let mac = format!("02:56:51:00:{:02x}:{:02x}", (i >> 8) & 0xff, i & 0xff);
+            ip(&[
+                "-n",
+                &self.router,
+                "link",
+                "add",
+                &bridge,
+                "address",
+                &mac,
+                "type",
+                "bridge",
+            ])?;
             let gw = format!("{}/{}", subnet.gateway(), subnet.cidr.prefix);
             ip(&["-n", &self.router, "addr", "add", &gw, "dev", &bridge])?;
             ip(&["-n", &self.router, "link", "set", &bridge, "up"])?;

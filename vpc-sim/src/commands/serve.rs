@@ -108,6 +108,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                 body,
             };
             let resp = emulator.handle(&req);
+            log_failure(&req, &resp);
             let header = tiny_http::Header::from_bytes("Content-Type", resp.content_type)
                 .expect("static header");
             let _ = request.respond(
@@ -133,4 +134,24 @@ pub fn read_credentials(path: &std::path::Path) -> Result<Credentials, String> {
         secret_id: get("SecretId")?,
         secret_key: get("SecretKey")?,
     })
+}
+
+/// One line on stderr for every API call that failed, for whoever reads
+/// the emulator's log.
+fn log_failure(req: &HttpRequest, resp: &vpc_sim::api::HttpResponse) {
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&resp.body) else {
+        return;
+    };
+    if let Some(error) = body.get("Response").and_then(|r| r.get("Error")) {
+        let action = req
+            .headers
+            .get("x-tc-action")
+            .map(String::as_str)
+            .unwrap_or("?");
+        eprintln!(
+            "{action}: {} {}",
+            error["Code"].as_str().unwrap_or("?"),
+            error["Message"].as_str().unwrap_or("")
+        );
+    }
 }
