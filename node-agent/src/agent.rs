@@ -12,8 +12,8 @@ use crate::committer::{Committer, Pending};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::wire::{
-    AddReply, AddRequest, AgentError, CheckRequest, ConditionView, DelRequest, EniView, ErrorKind,
-    GcRequest, IpState, IpView, Reply, Request, Response, StatusReply,
+    AddReply, AddRequest, AgentError, AttachmentKey, CheckRequest, ConditionView, DelRequest,
+    EniView, ErrorKind, GcRequest, IpState, IpView, Reply, Request, Response, StatusReply,
 };
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -243,16 +243,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     .detach_pod(&spec)
                     .await
                     .map_err(dataplane_error)?;
-                let key = req.key.clone();
-                self.commit(move |ipam, now| {
-                    Ok((
-                        ipam.plan_release(&key, now)
-                            .map(|r| r.1)
-                            .unwrap_or_default(),
-                        (),
-                    ))
-                })
-                .await?;
+                self.release(&req.key).await?;
                 Err(AgentError::new(
                     ErrorKind::NotReady,
                     "the ADD finished after the caller's deadline and was undone",
@@ -284,16 +275,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 }
                 committed?;
                 if !plan.existing {
-                    let key = req.key.clone();
-                    self.commit(move |ipam, now| {
-                        Ok((
-                            ipam.plan_release(&key, now)
-                                .map(|r| r.1)
-                                .unwrap_or_default(),
-                            (),
-                        ))
-                    })
-                    .await?;
+                    self.release(&req.key).await?;
                 }
                 Err(dataplane_error(wired.expect_err("one side failed")))
             }
@@ -338,16 +320,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             .detach_pod(&spec)
             .await
             .map_err(dataplane_error)?;
-        let key = req.key.clone();
-        self.commit(move |ipam, now| {
-            Ok((
-                ipam.plan_release(&key, now)
-                    .map(|r| r.1)
-                    .unwrap_or_default(),
-                (),
-            ))
-        })
-        .await?;
+        self.release(&req.key).await?;
         info!(ip = %allocation.ip, "pod deleted");
         Ok(Response::Deleted)
     }
@@ -520,6 +493,20 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             }
         }
         Ok(())
+    }
+
+    /// Releases the attachment's IP into its cooldown, durably.
+    async fn release(&self, key: &AttachmentKey) -> Result<(), AgentError> {
+        let key = key.clone();
+        self.commit(move |ipam, now| {
+            Ok((
+                ipam.plan_release(&key, now)
+                    .map(|r| r.1)
+                    .unwrap_or_default(),
+                (),
+            ))
+        })
+        .await
     }
 
     /// Gives back free IPs beyond the targets, a batch at a time, and the
