@@ -10,11 +10,12 @@ use std::os::fd::AsFd;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto::client::{self, CallError};
+use proto::cni::args::ClaimDeletePolicy;
 use proto::cni::result::addresses_of;
 use proto::cni::{CniError, CniResult, CniVersion, Interface, IpConfig, NetConf, Route, codes};
 use proto::wire::{
     AddReply, AddRequest, AttachmentKey, CheckRequest, DelRequest, GcAttachment, GcRequest, PodRef,
-    Request, Response, WireError,
+    Request, Response, StaticIpRequest, WireError,
 };
 
 use crate::env::{self, Command, Invocation};
@@ -91,6 +92,7 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, CniError> {
         key: key(inv, conf),
         netns: netns.clone(),
         pod,
+        static_ip: static_ip(inv, conf),
         deadline_ms: deadline
             .duration_since(UNIX_EPOCH)
             .ok()
@@ -107,6 +109,22 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, CniError> {
         }
         other => Err(unexpected(&other)),
     }
+}
+
+/// A static IP for pods that ask (`CNI_ARGS`), or by the configuration's
+/// default; only a named pod can keep an IP.
+fn static_ip(inv: &Invocation, conf: &NetConf) -> Option<StaticIpRequest> {
+    let policy = inv
+        .args
+        .claim_delete_policy
+        .unwrap_or(conf.claim_delete_policy);
+    let named = inv.args.pod.namespace.is_some() && inv.args.pod.name.is_some();
+    (policy == ClaimDeletePolicy::Never && named).then(|| StaticIpRequest {
+        expire_after_ms: inv
+            .args
+            .claim_expired_duration
+            .map(|d| d.as_millis() as u64),
+    })
 }
 
 fn add_result(reply: &AddReply, inv: &Invocation, netns: &str, conf: &NetConf) -> CniResult {

@@ -12,15 +12,16 @@ use crate::committer::{Committer, Pending};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::wire::{
-    AddReply, AddRequest, AgentError, AttachmentKey, CheckRequest, ConditionView, DelRequest,
-    EniView, ErrorKind, GcRequest, IpState, IpView, Reply, Request, Response, StatusReply,
+    AddReply, AddRequest, AgentError, AttachmentKey, CheckRequest, ClaimView, ConditionView,
+    DelRequest, EniView, ErrorKind, GcRequest, IpState, IpView, Reply, Request, Response,
+    StatusReply,
 };
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::cloud::{Cloud, CloudError, NodeInfo};
 use crate::dataplane::{Dataplane, DataplaneError, POD_GATEWAY, PodNetns, PodSpec};
-use crate::ipam::{Allocation, Change, EniRecord, Ipam, IpamError, UnixMillis};
+use crate::ipam::{Allocation, Change, EniRecord, Ipam, IpamError, StaticIp, UnixMillis};
 use crate::pool::{self, Action};
 use crate::server::Handler;
 use crate::store::{Store, StoreError};
@@ -35,6 +36,9 @@ pub struct AgentConfig {
     /// How old an unattached ENI of this cluster must be before it counts
     /// as leaked and is deleted.
     pub leaked_eni_grace: Duration,
+    /// How long a released static IP stays reserved for its pod; `None`:
+    /// until reclaimed by hand.
+    pub claim_expiry: Option<Duration>,
 }
 
 /// The wall clock in Unix milliseconds; injectable so tests control time.
@@ -194,6 +198,9 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             if let Err(e) = self.shrink().await {
                 warn!(error = %e.message, "could not give back spare IPs");
             }
+            if let Err(e) = self.expire_claims().await {
+                warn!(error = %e.message, "could not expire static IP claims");
+            }
             if let Err(e) = self.reap_leaked_enis().await {
                 warn!(error = %e.message, "could not look for leaked ENIs");
             }
@@ -285,9 +292,17 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     fn reserve(&self, req: &AddRequest) -> Result<(crate::ipam::AddPlan, Pending), AgentError> {
         let limits = self.limits();
         self.change(|ipam, now| {
+            let claim = req.static_ip.as_ref().map(|s| StaticIp {
+                expire_after_ms: s.expire_after_ms,
+            });
             let plan = ipam
-                .plan_add(&req.key, &req.netns, req.pod.as_ref(), now)
+                .plan_add(&req.key, &req.netns, req.pod.as_ref(), claim, now)
                 .map_err(|e| {
+                    if let IpamError::ClaimInUse { .. } = e {
+                        // The pod's previous sandbox still holds it; its DEL
+                        // is on its way.
+                        return AgentError::new(ErrorKind::NotReady, e.to_string());
+                    }
                     let why = if pool::can_grow(ipam.enis(), limits) {
                         "the pool is growing".to_string()
                     } else {
@@ -491,6 +506,26 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                         .await?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Ends released static claims whose time is up; their IPs cool down
+    /// and return to the pool.
+    async fn expire_claims(&self) -> Result<(), AgentError> {
+        let default = self.config.claim_expiry.map(|d| d.as_millis() as u64);
+        let ended = self
+            .commit(move |ipam, now| {
+                let changes = ipam.plan_expire(now, default);
+                let n = changes
+                    .iter()
+                    .filter(|c| matches!(c, Change::RemoveClaim(..)))
+                    .count();
+                Ok((changes, n))
+            })
+            .await?;
+        if ended > 0 {
+            info!(claims = ended, "static IP claims expired");
         }
         Ok(())
     }
@@ -715,6 +750,56 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         })
     }
 
+    /// Every pod's claim: static claims (bound or reserved) and the plain
+    /// allocations of named pods.
+    fn claims(&self) -> Vec<ClaimView> {
+        let default = self.config.claim_expiry.map(|d| d.as_millis() as u64);
+        let st = self.lock();
+        let node = self.node.instance_id.clone();
+        let mut out: Vec<ClaimView> = st
+            .ipam
+            .claims()
+            .map(|c| ClaimView {
+                namespace: c.namespace.clone(),
+                name: c.name.clone(),
+                ip: c.ip,
+                status: if c.released_ms.is_some() {
+                    "Reserved"
+                } else {
+                    "Bound"
+                }
+                .into(),
+                node: node.clone(),
+                eni_id: c.eni_id.clone(),
+                policy: "Never".into(),
+                created_ms: c.created_ms,
+                expires_ms: c.expires_ms(default),
+            })
+            .collect();
+        for a in st.ipam.allocations() {
+            let Some(pod) = &a.pod else { continue };
+            if out
+                .iter()
+                .any(|c| c.namespace == pod.namespace && c.name == pod.name && c.ip == a.ip)
+            {
+                continue;
+            }
+            out.push(ClaimView {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                ip: a.ip,
+                status: "Bound".into(),
+                node: node.clone(),
+                eni_id: a.eni_id.clone(),
+                policy: "Immediate".into(),
+                created_ms: a.created_ms,
+                expires_ms: None,
+            });
+        }
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
+    }
+
     /// Records a condition (kept with its first time until cleared).
     fn set_condition(&self, kind: &'static str, message: &str) {
         let now = (self.clock)();
@@ -765,6 +850,7 @@ impl<C: Cloud, D: Dataplane> Handler for Agent<C, D> {
             Request::Gc(r) => info_span!("gc", network = %r.network),
             Request::Status => info_span!("status"),
             Request::Pool => info_span!("pool"),
+            Request::Claims => info_span!("claims"),
         };
         async {
             let reply = match request {
@@ -773,6 +859,9 @@ impl<C: Cloud, D: Dataplane> Handler for Agent<C, D> {
                 Request::Check(r) => self.check(r, netns).await,
                 Request::Gc(r) => self.gc(r).await,
                 Request::Status => Ok(self.status()),
+                Request::Claims => Ok(Response::Claims {
+                    claims: self.claims(),
+                }),
                 Request::Pool => {
                     let mut view = self.lock().ipam.view((self.clock)());
                     for (eni, error) in self

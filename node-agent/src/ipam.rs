@@ -52,6 +52,45 @@ pub struct Allocation {
     pub created_ms: UnixMillis,
 }
 
+/// A static IP claim: a pod, named by namespace and name, keeps its IP
+/// across sandboxes; while no sandbox holds it the IP is reserved for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// The claimed address.
+    pub ip: Ipv4Addr,
+    /// The ENI carrying it.
+    pub eni_id: String,
+    /// When the claim was made.
+    pub created_ms: UnixMillis,
+    /// When a sandbox last took it.
+    pub last_bound_ms: UnixMillis,
+    /// When the last sandbox let go of it; `None` while one holds it.
+    pub released_ms: Option<UnixMillis>,
+    /// How long it stays reserved once released, if the pod said; else
+    /// the agent's default applies.
+    pub expire_after_ms: Option<u64>,
+}
+
+impl Claim {
+    /// The key of a claim: namespace and name.
+    pub fn id(&self) -> (String, String) {
+        (self.namespace.clone(), self.name.clone())
+    }
+
+    /// When a released claim expires under `default_ms`; `None` while bound
+    /// or when claims never expire.
+    pub fn expires_ms(&self, default_ms: Option<u64>) -> Option<UnixMillis> {
+        Some(
+            self.released_ms?
+                .saturating_add(self.expire_after_ms.or(default_ms)?),
+        )
+    }
+}
+
 /// One durable change to the pool.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
@@ -63,6 +102,10 @@ pub enum Change {
     PutAllocation(Allocation),
     /// Drop an allocation.
     RemoveAllocation(AttachmentKey),
+    /// Record a static IP claim.
+    PutClaim(Claim),
+    /// Drop a static IP claim (namespace, name).
+    RemoveClaim(String, String),
     /// An IP cools down until the given time.
     PutCooling(Ipv4Addr, UnixMillis),
     /// An IP's cooldown record is no longer needed.
@@ -78,6 +121,8 @@ pub struct Snapshot {
     pub allocations: Vec<Allocation>,
     /// Cooling IPs and the end of their cooldown.
     pub cooling: Vec<(Ipv4Addr, UnixMillis)>,
+    /// Static IP claims.
+    pub claims: Vec<Claim>,
 }
 
 /// Why the pool refused.
@@ -93,6 +138,18 @@ pub enum IpamError {
         /// IPs in their cooldown.
         cooling: usize,
     },
+    /// The pod's claimed IP is held by another of its sandboxes.
+    #[error("{namespace}/{name} has its static IP {ip} in use by another sandbox ({holder})")]
+    ClaimInUse {
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+        /// The IP.
+        ip: Ipv4Addr,
+        /// The attachment holding it.
+        holder: Box<AttachmentKey>,
+    },
     /// The store holds two allocations on one IP.
     #[error("store is inconsistent: {ip} is allocated to both {first} and {second}")]
     DoubleAllocation {
@@ -103,6 +160,13 @@ pub enum IpamError {
         /// The other.
         second: Box<AttachmentKey>,
     },
+}
+
+/// How a pod asks for a static IP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StaticIp {
+    /// How long its IP stays reserved once released (default: the agent's).
+    pub expire_after_ms: Option<u64>,
 }
 
 /// What ADD will do.
@@ -136,6 +200,8 @@ pub struct Counts {
     pub allocated: usize,
     /// In their cooldown.
     pub cooling: usize,
+    /// Reserved for a released static claim.
+    pub reserved: usize,
     /// Ready to hand out.
     pub free: usize,
 }
@@ -148,6 +214,7 @@ pub struct Ipam {
     allocations: BTreeMap<AttachmentKey, Allocation>,
     holder: HashMap<Ipv4Addr, AttachmentKey>,
     cooling: HashMap<Ipv4Addr, UnixMillis>,
+    claims: BTreeMap<(String, String), Claim>,
 }
 
 impl Ipam {
@@ -181,6 +248,7 @@ impl Ipam {
             ipam.holder.insert(a.ip, a.key.clone());
             changes.push(Change::PutAllocation(a));
         }
+        changes.extend(snapshot.claims.into_iter().map(Change::PutClaim));
         ipam.apply(&changes);
         Ok(ipam)
     }
@@ -206,6 +274,12 @@ impl Ipam {
                     self.holder.insert(a.ip, a.key.clone());
                     self.allocations.insert(a.key.clone(), a.clone());
                 }
+                Change::PutClaim(c) => {
+                    self.claims.insert(c.id(), c.clone());
+                }
+                Change::RemoveClaim(namespace, name) => {
+                    self.claims.remove(&(namespace.clone(), name.clone()));
+                }
                 Change::RemoveAllocation(key) => {
                     if let Some(a) = self.allocations.remove(key) {
                         self.holder.remove(&a.ip);
@@ -221,13 +295,15 @@ impl Ipam {
         }
     }
 
-    /// Plans ADD: the attachment's existing allocation, or the first free
-    /// IP (lowest ENI first, then lowest address).
+    /// Plans ADD: the attachment's existing allocation; else the pod's
+    /// static claim's IP; else the first free IP (lowest ENI first, then
+    /// lowest address), claimed for the pod when `claim` says it is static.
     pub fn plan_add(
         &self,
         key: &AttachmentKey,
         netns: &str,
         pod: Option<&PodRef>,
+        claim: Option<StaticIp>,
         now: UnixMillis,
     ) -> Result<AddPlan, IpamError> {
         if let Some(a) = self.allocations.get(key) {
@@ -237,18 +313,35 @@ impl Ipam {
                 changes: Vec::new(),
             });
         }
-        let (ip, eni) = self.first_free(now).ok_or_else(|| {
-            let c = self.counts(now);
-            IpamError::Exhausted {
-                total: c.total,
-                allocated: c.allocated,
-                cooling: c.cooling,
+        let held = pod.and_then(|p| self.claims.get(&(p.namespace.clone(), p.name.clone())));
+        let (ip, eni_id) = match held {
+            Some(c) => {
+                if let Some(holder) = self.holder.get(&c.ip) {
+                    return Err(IpamError::ClaimInUse {
+                        namespace: c.namespace.clone(),
+                        name: c.name.clone(),
+                        ip: c.ip,
+                        holder: Box::new(holder.clone()),
+                    });
+                }
+                (c.ip, c.eni_id.clone())
             }
-        })?;
+            None => {
+                let (ip, eni) = self.first_free(now).ok_or_else(|| {
+                    let c = self.counts(now);
+                    IpamError::Exhausted {
+                        total: c.total,
+                        allocated: c.allocated,
+                        cooling: c.cooling,
+                    }
+                })?;
+                (ip, eni.id.clone())
+            }
+        };
         let allocation = Allocation {
             key: key.clone(),
             ip,
-            eni_id: eni.id.clone(),
+            eni_id: eni_id.clone(),
             netns: netns.to_string(),
             pod: pod.cloned(),
             created_ms: now,
@@ -258,6 +351,24 @@ impl Ipam {
             changes.push(Change::RemoveCooling(ip));
         }
         changes.push(Change::PutAllocation(allocation.clone()));
+        match (held, pod, claim) {
+            (Some(c), _, _) => changes.push(Change::PutClaim(Claim {
+                last_bound_ms: now,
+                released_ms: None,
+                ..c.clone()
+            })),
+            (None, Some(p), Some(s)) => changes.push(Change::PutClaim(Claim {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                ip,
+                eni_id,
+                created_ms: now,
+                last_bound_ms: now,
+                released_ms: None,
+                expire_after_ms: s.expire_after_ms,
+            })),
+            _ => {}
+        }
         Ok(AddPlan {
             allocation,
             existing: false,
@@ -266,19 +377,49 @@ impl Ipam {
     }
 
     /// Plans DEL: `None` when the attachment holds nothing (DEL is then a
-    /// no-op), otherwise the allocation released and the changes that
-    /// release it into its cooldown.
+    /// no-op); otherwise the allocation released and the changes: a static
+    /// claim's IP stays reserved for its pod, any other cools down.
     pub fn plan_release(
         &self,
         key: &AttachmentKey,
         now: UnixMillis,
     ) -> Option<(Allocation, Vec<Change>)> {
         let a = self.allocations.get(key)?;
-        let changes = vec![
-            Change::RemoveAllocation(key.clone()),
-            Change::PutCooling(a.ip, now.saturating_add(self.cooldown_ms)),
-        ];
-        Some((a.clone(), changes))
+        let claim = a
+            .pod
+            .as_ref()
+            .and_then(|p| self.claims.get(&(p.namespace.clone(), p.name.clone())))
+            .filter(|c| c.ip == a.ip);
+        let keep = match claim {
+            Some(c) => Change::PutClaim(Claim {
+                released_ms: Some(now),
+                ..c.clone()
+            }),
+            None => Change::PutCooling(a.ip, now.saturating_add(self.cooldown_ms)),
+        };
+        Some((a.clone(), vec![Change::RemoveAllocation(key.clone()), keep]))
+    }
+
+    /// Plans the end of released claims whose time is up at `now` (a
+    /// claim's own expiry, else `default_ms`; never when neither is set):
+    /// their IPs go back to the pool through the cooldown.
+    pub fn plan_expire(&self, now: UnixMillis, default_ms: Option<u64>) -> Vec<Change> {
+        self.claims
+            .values()
+            .filter(|c| c.expires_ms(default_ms).is_some_and(|t| t <= now))
+            .filter(|c| !self.holder.contains_key(&c.ip))
+            .flat_map(|c| {
+                [
+                    Change::RemoveClaim(c.namespace.clone(), c.name.clone()),
+                    Change::PutCooling(c.ip, now.saturating_add(self.cooldown_ms)),
+                ]
+            })
+            .collect()
+    }
+
+    /// Every static claim, ordered by namespace and name.
+    pub fn claims(&self) -> impl Iterator<Item = &Claim> {
+        self.claims.values()
     }
 
     /// The attachment's allocation.
@@ -308,6 +449,8 @@ impl Ipam {
             c.total += 1;
             if self.holder.contains_key(ip) {
                 c.allocated += 1;
+            } else if self.is_reserved(ip) {
+                c.reserved += 1;
             } else if self.is_cooling(ip, now) {
                 c.cooling += 1;
             } else {
@@ -326,7 +469,7 @@ impl Ipam {
                 free: e
                     .ips
                     .iter()
-                    .filter(|ip| !self.holder.contains_key(ip) && !self.is_cooling(ip, now))
+                    .filter(|ip| self.is_free(ip, now))
                     .copied()
                     .collect(),
                 total: e.ips.len(),
@@ -367,10 +510,25 @@ impl Ipam {
                 pod,
             };
         }
+        if let Some(c) = self.claims.values().find(|c| c.ip == *ip) {
+            return IpState::Reserved {
+                namespace: c.namespace.clone(),
+                name: c.name.clone(),
+            };
+        }
         match self.cooling.get(ip) {
             Some(until) if *until > now => IpState::Cooling { until_ms: *until },
             _ => IpState::Free,
         }
+    }
+
+    /// Whether the IP is reserved for a static claim no sandbox holds.
+    fn is_reserved(&self, ip: &Ipv4Addr) -> bool {
+        !self.holder.contains_key(ip) && self.claims.values().any(|c| c.ip == *ip)
+    }
+
+    fn is_free(&self, ip: &Ipv4Addr, now: UnixMillis) -> bool {
+        !self.holder.contains_key(ip) && !self.is_cooling(ip, now) && !self.is_reserved(ip)
     }
 
     fn is_cooling(&self, ip: &Ipv4Addr, now: UnixMillis) -> bool {
@@ -381,7 +539,7 @@ impl Ipam {
         self.enis.iter().find_map(|eni| {
             eni.ips
                 .iter()
-                .find(|ip| !self.holder.contains_key(ip) && !self.is_cooling(ip, now))
+                .find(|ip| self.is_free(ip, now))
                 .map(|ip| (*ip, eni))
         })
     }
@@ -419,7 +577,7 @@ mod tests {
     }
 
     fn add(p: &mut Ipam, c: &str, now: u64) -> Result<Ipv4Addr, IpamError> {
-        let plan = p.plan_add(&key(c), "/n", None, now)?;
+        let plan = p.plan_add(&key(c), "/n", None, None, now)?;
         p.apply(&plan.changes);
         Ok(plan.allocation.ip)
     }
@@ -434,7 +592,7 @@ mod tests {
     fn add_is_idempotent_per_key() {
         let mut p = pool(&[10, 11], 0);
         let a = add(&mut p, "c1", 0).expect("ip");
-        let plan = p.plan_add(&key("c1"), "/n", None, 1).expect("again");
+        let plan = p.plan_add(&key("c1"), "/n", None, None, 1).expect("again");
         assert!(plan.existing);
         assert!(plan.changes.is_empty());
         assert_eq!(plan.allocation.ip, a);
@@ -449,7 +607,7 @@ mod tests {
             ifname: "net1".into(),
             ..key("c1")
         };
-        let plan = p.plan_add(&other, "/n", None, 0).expect("ip");
+        let plan = p.plan_add(&other, "/n", None, None, 0).expect("ip");
         assert_ne!(plan.allocation.ip, a);
     }
 
@@ -475,7 +633,7 @@ mod tests {
         let mut p = pool(&[10], 10);
         add(&mut p, "c1", 0).expect("ip");
         del(&mut p, "c1", 0);
-        let plan = p.plan_add(&key("c2"), "/n", None, 100).expect("ip");
+        let plan = p.plan_add(&key("c2"), "/n", None, None, 100).expect("ip");
         assert_eq!(
             plan.changes[0],
             Change::RemoveCooling(Ipv4Addr::new(10, 0, 0, 10))
@@ -511,6 +669,7 @@ mod tests {
                 total: 3,
                 allocated: 1,
                 cooling: 1,
+                reserved: 0,
                 free: 1
             }
         );
@@ -520,6 +679,7 @@ mod tests {
                 total: 3,
                 allocated: 1,
                 cooling: 0,
+                reserved: 0,
                 free: 2
             }
         );
@@ -540,6 +700,7 @@ mod tests {
             enis: p.enis().to_vec(),
             allocations: p.allocations().cloned().collect(),
             cooling: vec![(Ipv4Addr::new(10, 0, 0, 10), 105)],
+            claims: vec![],
         };
         let q = Ipam::restore(100, snap).expect("restore");
         assert_eq!(q.view(6), p.view(6));
@@ -564,11 +725,130 @@ mod tests {
             enis: vec![eni("eni-1", &[10])],
             allocations: vec![a, b],
             cooling: vec![],
+            claims: vec![],
         };
         assert!(matches!(
             Ipam::restore(0, snap),
             Err(IpamError::DoubleAllocation { .. })
         ));
+    }
+
+    fn pod(name: &str) -> PodRef {
+        PodRef {
+            namespace: "default".into(),
+            name: name.into(),
+            uid: None,
+        }
+    }
+
+    fn add_pod(
+        p: &mut Ipam,
+        c: &str,
+        name: &str,
+        claim: Option<StaticIp>,
+        now: u64,
+    ) -> Result<Ipv4Addr, IpamError> {
+        let plan = p.plan_add(&key(c), "/n", Some(&pod(name)), claim, now)?;
+        p.apply(&plan.changes);
+        Ok(plan.allocation.ip)
+    }
+
+    const STATIC: Option<StaticIp> = Some(StaticIp {
+        expire_after_ms: None,
+    });
+
+    #[test]
+    fn a_static_ip_stays_reserved_for_its_pod_and_comes_back_to_it() {
+        let mut p = pool(&[10, 11, 12], 0);
+        let ip = add_pod(&mut p, "sandbox-1", "web-0", STATIC, 0).expect("ip");
+        assert_eq!(del(&mut p, "sandbox-1", 10), Some(ip));
+        assert_eq!(p.counts(20).reserved, 1);
+        assert!(matches!(
+            p.view(20).enis[0].ips[0].state,
+            IpState::Reserved { .. }
+        ));
+        for (i, other) in ["a", "b"].iter().enumerate() {
+            let got = add_pod(&mut p, &format!("other-{i}"), other, None, 20).expect("ip");
+            assert_ne!(got, ip, "nobody else gets a reserved IP");
+        }
+        assert!(
+            add_pod(&mut p, "other-2", "c", None, 20).is_err(),
+            "the reserved IP is not free"
+        );
+        let again = add_pod(&mut p, "sandbox-2", "web-0", STATIC, 30).expect("its own IP");
+        assert_eq!(again, ip);
+        let claim = p.claims().next().expect("claim");
+        assert_eq!(
+            (claim.released_ms, claim.last_bound_ms, claim.created_ms),
+            (None, 30, 0)
+        );
+    }
+
+    #[test]
+    fn a_plain_pod_keeps_nothing() {
+        let mut p = pool(&[10, 11], 30_000);
+        let ip = add_pod(&mut p, "s1", "job-0", None, 0).expect("ip");
+        del(&mut p, "s1", 0);
+        assert_ne!(add_pod(&mut p, "s2", "job-0", None, 1).expect("ip"), ip);
+        assert_eq!(p.claims().count(), 0);
+    }
+
+    #[test]
+    fn a_claim_held_by_another_sandbox_is_refused_until_that_one_goes() {
+        let mut p = pool(&[10, 11], 0);
+        add_pod(&mut p, "old", "web-0", STATIC, 0).expect("ip");
+        assert!(matches!(
+            add_pod(&mut p, "new", "web-0", STATIC, 1),
+            Err(IpamError::ClaimInUse { .. })
+        ));
+        del(&mut p, "old", 2);
+        assert!(add_pod(&mut p, "new", "web-0", STATIC, 3).is_ok());
+    }
+
+    #[test]
+    fn released_claims_expire_by_their_own_time_or_the_default() {
+        let mut p = pool(&[10, 11], 1_000);
+        let own = Some(StaticIp {
+            expire_after_ms: Some(100),
+        });
+        let a = add_pod(&mut p, "s1", "short", own, 0).expect("ip");
+        add_pod(&mut p, "s2", "long", STATIC, 0).expect("ip");
+        del(&mut p, "s1", 10);
+        del(&mut p, "s2", 10);
+        assert!(p.plan_expire(100, None).is_empty(), "not yet");
+        let changes = p.plan_expire(110, None);
+        assert_eq!(
+            changes,
+            vec![
+                Change::RemoveClaim("default".into(), "short".into()),
+                Change::PutCooling(a, 1_110)
+            ]
+        );
+        p.apply(&changes);
+        assert!(
+            p.plan_expire(1_000_000, None).is_empty(),
+            "no default: the other never expires"
+        );
+        assert_eq!(
+            p.plan_expire(1_010, Some(1_000)).len(),
+            2,
+            "with a default it does"
+        );
+    }
+
+    #[test]
+    fn claims_survive_restore() {
+        let mut p = pool(&[10, 11], 0);
+        let ip = add_pod(&mut p, "s1", "web-0", STATIC, 0).expect("ip");
+        del(&mut p, "s1", 5);
+        let snap = Snapshot {
+            enis: p.enis().to_vec(),
+            allocations: p.allocations().cloned().collect(),
+            cooling: vec![],
+            claims: p.claims().cloned().collect(),
+        };
+        let mut q = Ipam::restore(0, snap).expect("restore");
+        assert_eq!(add_pod(&mut q, "s2", "web-0", STATIC, 9).expect("ip"), ip);
     }
 
     #[test]
@@ -578,7 +858,7 @@ mod tests {
             Change::PutEni(eni("eni-b", &[20])),
             Change::PutEni(eni("eni-a", &[10])),
         ]);
-        let plan = p.plan_add(&key("c1"), "/n", None, 0).expect("ip");
+        let plan = p.plan_add(&key("c1"), "/n", None, None, 0).expect("ip");
         assert_eq!(plan.allocation.eni_id, "eni-b");
     }
 }

@@ -5,7 +5,6 @@ mod cloud;
 mod commands;
 mod committer;
 mod dataplane;
-mod duration;
 mod ipam;
 mod logging;
 mod pool;
@@ -33,6 +32,8 @@ enum Command {
     Run(Box<commands::run::RunArgs>),
     /// Show the IP pool: ENIs, IPs and who holds them.
     Pool(commands::pool::PoolArgs),
+    /// The pods' IP claims (static IPs among them).
+    Claims(commands::claims::ClaimsArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => commands::run::run(*args),
         Command::Pool(args) => commands::pool::run(args),
+        Command::Claims(args) => commands::claims::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,4 +8,5 @@
 
 pub mod client;
 pub mod cni;
+pub mod duration;
 pub mod wire;

@@ -81,6 +81,20 @@ pub struct AddRequest {
     /// by then is undone rather than left behind for a caller that gave up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// The pod wants a static IP: kept for its namespace and name across
+    /// sandboxes (needs `pod`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_ip: Option<StaticIpRequest>,
+}
+
+/// A pod's request for a static IP.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticIpRequest {
+    /// How long the IP stays reserved after the pod is gone, in ms
+    /// (default: the agent's `--claim-expired-duration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_after_ms: Option<u64>,
 }
 
 /// DEL: unwire the pod and release its IP. Idempotent.
@@ -143,6 +157,8 @@ pub enum Request {
     Status,
     /// Operator: the pool, its ENIs, IPs and allocations.
     Pool,
+    /// Operator: every pod's IP claim.
+    Claims,
 }
 
 /// What ADD set up, from which the plugin builds the CNI result.
@@ -194,6 +210,13 @@ pub enum IpState {
     Cooling {
         /// End of the cooldown, Unix milliseconds.
         until_ms: u64,
+    },
+    /// Reserved for a pod's static claim while no sandbox of it runs.
+    Reserved {
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
     },
     /// Assigned to an ENI that is still being attached to the node; not
     /// usable yet.
@@ -270,6 +293,37 @@ pub enum Response {
     Status(StatusReply),
     /// Pool view.
     Pool(PoolView),
+    /// Claims view.
+    Claims {
+        /// One per pod with an IP, static or not, and per reserved static IP.
+        claims: Vec<ClaimView>,
+    },
+}
+
+/// A pod's claim on an IP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimView {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// The IP.
+    pub ip: Ipv4Addr,
+    /// `Bound` while a sandbox holds it, `Reserved` while a static IP waits
+    /// for its pod.
+    pub status: String,
+    /// The node (instance id).
+    pub node: String,
+    /// The ENI carrying the IP.
+    pub eni_id: String,
+    /// `Never` for a static IP, `Immediate` otherwise.
+    pub policy: String,
+    /// When the claim was made (Unix ms).
+    pub created_ms: u64,
+    /// When its reservation ends (Unix ms), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
 }
 
 /// Why the agent failed a request. Mapped to a CNI code by
@@ -485,6 +539,9 @@ mod tests {
                     uid: None,
                 }),
                 deadline_ms: Some(1),
+                static_ip: Some(StaticIpRequest {
+                    expire_after_ms: Some(3_600_000),
+                }),
             }),
             Request::Del(DelRequest {
                 key: key(),

@@ -23,6 +23,7 @@ const DEFAULT_LIMITS: Limits = Limits {
 fn config() -> AgentConfig {
     AgentConfig {
         leaked_eni_grace: Duration::from_secs(600),
+        claim_expiry: None,
         ip_cooldown: Duration::from_secs(30),
         pool: pool::Targets {
             warm_ip: 2,
@@ -71,6 +72,7 @@ fn add_req(c: &str) -> Request {
             uid: None,
         }),
         deadline_ms: None,
+        static_ip: None,
     })
 }
 
@@ -223,6 +225,7 @@ async fn gc_releases_only_stale_attachments_of_its_network() {
                 netns: "/n".into(),
                 pod: None,
                 deadline_ms: None,
+                static_ip: None,
             }),
             None,
         )
@@ -396,6 +399,7 @@ async fn an_add_past_the_callers_deadline_is_refused_and_leaves_nothing() {
         netns: "/n".into(),
         pod: None,
         deadline_ms: Some(now - 1),
+        static_ip: None,
     });
     let e = h.agent.handle(late, None).await.expect_err("too late");
     assert_eq!(e.kind, ErrorKind::NotReady);
@@ -456,6 +460,7 @@ async fn the_minimum_holds_and_an_emptied_eni_goes() {
     let targets = |min_ip| AgentConfig {
         ip_cooldown: Duration::from_secs(30),
         leaked_eni_grace: Duration::from_secs(600),
+        claim_expiry: None,
         pool: pool::Targets {
             warm_ip: 0,
             warm_eni: 0,
@@ -501,6 +506,7 @@ async fn max_eni_caps_growth() {
     let config = AgentConfig {
         ip_cooldown: Duration::from_secs(30),
         leaked_eni_grace: Duration::from_secs(600),
+        claim_expiry: None,
         pool: pool::Targets {
             warm_ip: 0,
             warm_eni: 0,

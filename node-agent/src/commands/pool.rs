@@ -62,6 +62,9 @@ fn table(view: &PoolView) -> String {
             let (state, pod, attachment) = match &ip.state {
                 IpState::Free => ("free", String::new(), String::new()),
                 IpState::Cooling { .. } => ("cooling", String::new(), String::new()),
+                IpState::Reserved { namespace, name } => {
+                    ("reserved", format!("{namespace}/{name}"), String::new())
+                }
                 IpState::Attaching { error } => (
                     "attaching",
                     String::new(),

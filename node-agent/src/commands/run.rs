@@ -36,7 +36,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "/var/lib/vpc-cni")]
     state_dir: PathBuf,
     /// How long a released IP rests before another pod may get it.
-    #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "30s", value_parser = proto::duration::parse)]
     ip_cooldown: Duration,
     /// Free IPs the pool keeps ready for new pods.
     #[arg(long, default_value_t = 4)]
@@ -52,8 +52,12 @@ pub struct RunArgs {
     /// limit applies too).
     #[arg(long)]
     max_eni: Option<u32>,
+    /// How long a static IP stays reserved after its pod is gone (at least
+    /// 5m; unset: until reclaimed by hand). A pod may say otherwise.
+    #[arg(long, value_parser = claim_expiry)]
+    claim_expired_duration: Option<Duration>,
     /// Unattached ENIs of this cluster older than this are deleted as leaked.
-    #[arg(long, default_value = "10m", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "10m", value_parser = proto::duration::parse)]
     leaked_eni_grace: Duration,
     /// The dataplane.
     #[arg(long, value_enum, default_value = "netlink")]
@@ -130,6 +134,7 @@ async fn serve(args: RunArgs) -> Result<(), String> {
             release_batch: RELEASE_BATCH,
         },
         leaked_eni_grace: args.leaked_eni_grace,
+        claim_expiry: args.claim_expired_duration,
     };
     let store = Box::new(store);
     match args.dataplane {
@@ -182,6 +187,19 @@ async fn cloud(args: &RunArgs) -> Result<TencentCloud, String> {
         subnets: args.subnet_ids.clone(),
         cluster: args.cluster_name.clone(),
     }))
+}
+
+/// The shortest `--claim-expired-duration` accepted.
+const MIN_CLAIM_EXPIRY: Duration = Duration::from_secs(300);
+
+fn claim_expiry(s: &str) -> Result<Duration, String> {
+    let d = proto::duration::parse(s)?;
+    if d < MIN_CLAIM_EXPIRY {
+        return Err(format!(
+            "{s} is below the minimum of 5m: a pod restarting slowly would lose its static IP"
+        ));
+    }
+    Ok(d)
 }
 
 /// Spare IPs given back per maintenance round at most.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use proto::wire::AttachmentKey;
 
 use super::{Store, StoreError};
-use crate::ipam::{Allocation, Change, EniRecord, Snapshot, UnixMillis};
+use crate::ipam::{Allocation, Change, Claim, EniRecord, Snapshot, UnixMillis};
 
 /// A store that lives in memory.
 #[derive(Debug, Default)]
@@ -16,6 +16,7 @@ pub struct MemoryStore {
     enis: Vec<EniRecord>,
     allocations: BTreeMap<AttachmentKey, Allocation>,
     cooling: BTreeMap<Ipv4Addr, UnixMillis>,
+    claims: BTreeMap<(String, String), Claim>,
     /// While set, every commit fails and changes nothing.
     pub fail_commits: Arc<AtomicBool>,
 }
@@ -26,6 +27,7 @@ impl Store for MemoryStore {
             enis: self.enis.clone(),
             allocations: self.allocations.values().cloned().collect(),
             cooling: self.cooling.iter().map(|(ip, t)| (*ip, *t)).collect(),
+            claims: self.claims.values().cloned().collect(),
         })
     }
 
@@ -40,6 +42,12 @@ impl Store for MemoryStore {
                     None => self.enis.push(e.clone()),
                 },
                 Change::RemoveEni(id) => self.enis.retain(|e| &e.id != id),
+                Change::PutClaim(c) => {
+                    self.claims.insert(c.id(), c.clone());
+                }
+                Change::RemoveClaim(ns, name) => {
+                    self.claims.remove(&(ns.clone(), name.clone()));
+                }
                 Change::PutAllocation(a) => {
                     self.allocations.insert(a.key.clone(), a.clone());
                 }

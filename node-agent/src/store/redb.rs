@@ -2,7 +2,8 @@
 //! commits, fsync on commit), values as JSON so an operator can read them.
 //!
 //! Tables: `meta` (format version), `enis` (id → ENI), `allocations`
-//! (`network/container/ifname` → allocation), `cooling` (IPv4 as u32 →
+//! (`network/container/ifname` → allocation), `claims` (`namespace/name`
+//! → static IP claim), `cooling` (IPv4 as u32 →
 //! end of cooldown in Unix ms). The attachment key joins its parts with `/`,
 //! which none of them may contain.
 
@@ -20,6 +21,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ENIS: TableDefinition<&str, &[u8]> = TableDefinition::new("enis");
 const ALLOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("allocations");
 const COOLING: TableDefinition<u32, u64> = TableDefinition::new("cooling");
+const CLAIMS: TableDefinition<&str, &[u8]> = TableDefinition::new("claims");
 const FORMAT_KEY: &str = "format_version";
 
 /// The redb-backed store.
@@ -50,6 +52,7 @@ impl RedbStore {
             txn.open_table(ENIS).map_err(io)?;
             txn.open_table(ALLOCATIONS).map_err(io)?;
             txn.open_table(COOLING).map_err(io)?;
+            txn.open_table(CLAIMS).map_err(io)?;
         }
         txn.commit().map_err(io)?;
         Ok(RedbStore { db })
@@ -78,6 +81,10 @@ impl Store for RedbStore {
             let (k, v) = row.map_err(io)?;
             snap.cooling.push((Ipv4Addr::from(k.value()), v.value()));
         }
+        for row in txn.open_table(CLAIMS).map_err(io)?.iter().map_err(io)? {
+            let (k, v) = row.map_err(io)?;
+            snap.claims.push(decode("claims", k.value(), v.value())?);
+        }
         // ENIs come back in id order; the pool keeps them in attach order,
         // which the table number records.
         snap.enis.sort_by_key(|e: &EniRecord| e.table);
@@ -93,6 +100,7 @@ impl Store for RedbStore {
             let mut enis = txn.open_table(ENIS).map_err(io)?;
             let mut allocations = txn.open_table(ALLOCATIONS).map_err(io)?;
             let mut cooling = txn.open_table(COOLING).map_err(io)?;
+            let mut claims = txn.open_table(CLAIMS).map_err(io)?;
             for c in changes {
                 match c {
                     Change::PutEni(e) => {
@@ -115,6 +123,15 @@ impl Store for RedbStore {
                     }
                     Change::RemoveCooling(ip) => {
                         cooling.remove(u32::from(*ip)).map_err(io)?;
+                    }
+                    Change::PutClaim(c) => {
+                        let key = format!("{}/{}", c.namespace, c.name);
+                        claims
+                            .insert(key.as_str(), encode(c).as_slice())
+                            .map_err(io)?;
+                    }
+                    Change::RemoveClaim(ns, name) => {
+                        claims.remove(format!("{ns}/{name}").as_str()).map_err(io)?;
                     }
                 }
             }

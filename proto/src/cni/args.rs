@@ -21,6 +21,12 @@ pub struct PodArgs {
 pub struct CniArgs {
     /// The Kubernetes pod keys.
     pub pod: PodArgs,
+    /// `VPC_IP_CLAIM_DELETE_POLICY`: `Never` keeps the pod's IP across its
+    /// sandboxes (a static IP), `Immediate` releases it at DEL.
+    pub claim_delete_policy: Option<ClaimDeletePolicy>,
+    /// `VPC_IP_CLAIM_EXPIRED_DURATION`: how long a static IP stays reserved
+    /// once the pod is gone.
+    pub claim_expired_duration: Option<std::time::Duration>,
     /// Whether `IgnoreUnknown` was set to a true value.
     pub ignore_unknown: bool,
 }
@@ -44,6 +50,15 @@ impl CniArgs {
                 "K8S_POD_UID" => args.pod.uid = Some(value),
                 "K8S_POD_INFRA_CONTAINER_ID" => args.pod.infra_container_id = Some(value),
                 "IgnoreUnknown" => args.ignore_unknown = parse_bool(&value)?,
+                "VPC_IP_CLAIM_DELETE_POLICY" => {
+                    args.claim_delete_policy = Some(ClaimDeletePolicy::parse(&value).map_err(bad)?)
+                }
+                "VPC_IP_CLAIM_EXPIRED_DURATION" => {
+                    args.claim_expired_duration =
+                        Some(crate::duration::parse(&value).map_err(|e| {
+                            bad(format!("CNI_ARGS: VPC_IP_CLAIM_EXPIRED_DURATION: {e}"))
+                        })?)
+                }
                 _ => unknown.push(key.to_string()),
             }
         }
@@ -54,6 +69,28 @@ impl CniArgs {
             )));
         }
         Ok(args)
+    }
+}
+
+/// When a pod's IP claim ends (TKE's `vpc-ip-claim-delete-policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimDeletePolicy {
+    /// At DEL: the IP goes back to the pool.
+    Immediate,
+    /// Never at DEL: the IP stays the pod's (a static IP).
+    Never,
+}
+
+impl ClaimDeletePolicy {
+    /// Parses `Immediate` or `Never`.
+    pub fn parse(s: &str) -> Result<ClaimDeletePolicy, String> {
+        match s {
+            "Immediate" => Ok(ClaimDeletePolicy::Immediate),
+            "Never" => Ok(ClaimDeletePolicy::Never),
+            other => Err(format!(
+                "claim delete policy {other:?} is neither Immediate nor Never"
+            )),
+        }
     }
 }
 
@@ -87,6 +124,19 @@ mod tests {
         assert_eq!(a.pod.uid.as_deref(), Some("u-1"));
         assert_eq!(a.pod.infra_container_id.as_deref(), Some("abc"));
         assert!(a.ignore_unknown);
+    }
+
+    #[test]
+    fn static_ip_keys() {
+        let a = CniArgs::parse("VPC_IP_CLAIM_DELETE_POLICY=Never;VPC_IP_CLAIM_EXPIRED_DURATION=2h")
+            .expect("parse");
+        assert_eq!(a.claim_delete_policy, Some(ClaimDeletePolicy::Never));
+        assert_eq!(
+            a.claim_expired_duration,
+            Some(std::time::Duration::from_secs(7200))
+        );
+        assert!(CniArgs::parse("VPC_IP_CLAIM_DELETE_POLICY=Sometimes").is_err());
+        assert!(CniArgs::parse("VPC_IP_CLAIM_EXPIRED_DURATION=soon").is_err());
     }
 
     #[test]

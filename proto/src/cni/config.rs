@@ -43,6 +43,8 @@ pub struct NetConf {
     pub dns: Option<Dns>,
     /// `cni.dev/valid-attachments`, or libcni's `cni.dev/attachments`.
     pub valid_attachments: Option<Vec<ValidAttachment>>,
+    /// `claimDeletePolicy`: the default for pods that do not say.
+    pub claim_delete_policy: super::args::ClaimDeletePolicy,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +61,8 @@ struct Raw {
     valid_attachments: Option<Vec<ValidAttachment>>,
     #[serde(rename = "cni.dev/attachments")]
     attachments: Option<Vec<ValidAttachment>>,
+    #[serde(rename = "claimDeletePolicy")]
+    claim_delete_policy: Option<String>,
 }
 
 impl NetConf {
@@ -133,6 +137,10 @@ impl NetConf {
             prev_result: raw.prev_result,
             dns: raw.dns,
             valid_attachments: raw.valid_attachments.or(raw.attachments),
+            claim_delete_policy: match raw.claim_delete_policy {
+                None => super::args::ClaimDeletePolicy::Immediate,
+                Some(p) => super::args::ClaimDeletePolicy::parse(&p).map_err(invalid)?,
+            },
         })
     }
 

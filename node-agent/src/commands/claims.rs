@@ -1,0 +1,155 @@
+//! `vpc-cni-agent claims`: the pods' IP claims, like `kubectl get`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Subcommand};
+use proto::wire::{ClaimView, Request, Response};
+
+use super::pool::Output;
+
+/// Flags of `claims`.
+#[derive(Debug, Args)]
+pub struct ClaimsArgs {
+    /// The agent's socket.
+    #[arg(long, default_value = proto::cni::config::DEFAULT_AGENT_SOCKET, global = true)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: ClaimsCommand,
+}
+
+/// What to do with claims.
+#[derive(Debug, Subcommand)]
+enum ClaimsCommand {
+    /// List every claim: NAMESPACE, NAME, IP, STATUS, NODE, ENI, POLICY, AGE, EXPIRES.
+    List {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+/// Runs `claims`.
+pub fn run(args: ClaimsArgs) -> Result<(), String> {
+    match args.command {
+        ClaimsCommand::List { output } => {
+            let reply =
+                proto::client::call(&args.socket, &Request::Claims, Duration::from_secs(10))
+                    .map_err(|e| e.to_string())?;
+            let claims = match reply {
+                Ok(Response::Claims { claims }) => claims,
+                Ok(other) => return Err(format!("unexpected reply {other:?}")),
+                Err(e) => return Err(e.message),
+            };
+            let text = match output {
+                Output::Json => serde_json::to_string_pretty(&claims).map_err(|e| e.to_string())?,
+                Output::Table => table(&claims, now_ms()),
+            };
+            writeln!(std::io::stdout().lock(), "{text}").map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `kubectl`-style ages: `45s`, `12m`, `3h`, `2d`.
+fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+fn table(claims: &[ClaimView], now: u64) -> String {
+    let mut rows = vec![
+        [
+            "NAMESPACE",
+            "NAME",
+            "IP",
+            "STATUS",
+            "NODE",
+            "ENI",
+            "POLICY",
+            "AGE",
+            "EXPIRES",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for c in claims {
+        rows.push(vec![
+            c.namespace.clone(),
+            c.name.clone(),
+            c.ip.to_string(),
+            c.status.clone(),
+            c.node.clone(),
+            c.eni_id.clone(),
+            c.policy.clone(),
+            age(now.saturating_sub(c.created_ms)),
+            match c.expires_ms {
+                Some(t) if t > now => format!("in {}", age(t - now)),
+                Some(_) => "now".into(),
+                None => "<never>".into(),
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..9)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect::<Vec<_>>()
+                .join("   ")
+                .trim_end()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn the_table_reads_like_kubectl() {
+        let c = ClaimView {
+            namespace: "default".into(),
+            name: "web-0".into(),
+            ip: Ipv4Addr::new(10, 0, 16, 5),
+            status: "Reserved".into(),
+            node: "ins-1".into(),
+            eni_id: "eni-1".into(),
+            policy: "Never".into(),
+            created_ms: 0,
+            expires_ms: Some(7_200_000),
+        };
+        let t = table(&[c], 3_600_000);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("NAMESPACE"));
+        for word in [
+            "default",
+            "web-0",
+            "10.0.16.5",
+            "Reserved",
+            "Never",
+            "1h",
+            "in 1h",
+        ] {
+            assert!(lines[1].contains(word), "{word} in {}", lines[1]);
+        }
+    }
+}
