@@ -248,3 +248,34 @@ fn privileged_the_router_keeps_delivering_every_ip_as_enis_join() {
     }
     assert!(checked >= 2, "both nodes' ENIs were checked");
 }
+
+#[test]
+fn privileged_a_static_pod_keeps_its_ip_and_its_connectivity() {
+    if skip() {
+        return;
+    }
+    let sim = Sim::up(1, &[]);
+    let conf = sim.conf(1, "1.0.0");
+    let static_env = |verb: &str, sandbox: &str, netns: &PodNetns| {
+        CniEnv::pod(verb, sandbox, &netns.path()).set(
+            "CNI_ARGS",
+            "K8S_POD_NAMESPACE=default;K8S_POD_NAME=db-0;VPC_IP_CLAIM_DELETE_POLICY=Never",
+        )
+    };
+    let first = PodNetns::new();
+    let run = cni(&static_env("ADD", "db-0-a", &first), &bytes(&conf));
+    assert!(run.ok, "{}", run.stdout);
+    let ip = pod_address(&run.json());
+    assert!(first.ping("10.0.16.1"));
+    assert!(cni(&static_env("DEL", "db-0-a", &first), &bytes(&conf)).ok);
+    drop(first);
+    let second = PodNetns::new();
+    let run = cni(&static_env("ADD", "db-0-b", &second), &bytes(&conf));
+    assert!(run.ok, "{}", run.stdout);
+    assert_eq!(
+        pod_address(&run.json()),
+        ip,
+        "the pod's next sandbox has its IP"
+    );
+    assert!(second.ping("10.0.16.1"), "and its connectivity");
+}
