@@ -14,8 +14,8 @@ use proto::cni::args::ClaimDeletePolicy;
 use proto::cni::result::addresses_of;
 use proto::cni::{CniError, CniResult, CniVersion, Interface, IpConfig, NetConf, Route, codes};
 use proto::wire::{
-    AddReply, AddRequest, AttachmentKey, CheckRequest, DelRequest, GcAttachment, GcRequest, PodRef,
-    Request, Response, StaticIpRequest, WireError,
+    AddReply, AddRequest, AttachmentKey, CheckRequest, DelRequest, GcAttachment, GcRequest,
+    OwnerRef, PodRef, Request, Response, StaticIpRequest, WireError,
 };
 
 use crate::env::{self, Command, Invocation};
@@ -124,6 +124,11 @@ fn static_ip(inv: &Invocation, conf: &NetConf) -> Option<StaticIpRequest> {
             .args
             .claim_expired_duration
             .map(|d| d.as_millis() as u64),
+        owner: inv
+            .args
+            .owner
+            .clone()
+            .map(|(kind, name, uid)| OwnerRef { kind, name, uid }),
     })
 }
 

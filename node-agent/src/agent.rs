@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::wire::{
     AddReply, AddRequest, AgentError, AttachmentKey, CheckRequest, ClaimView, ConditionView,
-    DelRequest, EniView, ErrorKind, GcRequest, IpState, IpView, Reply, Request, Response,
-    StatusReply,
+    DelRequest, EniView, ErrorKind, GcRequest, IpState, IpView, ReclaimView, Reply, Request,
+    Response, StatusReply,
 };
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -39,6 +39,8 @@ pub struct AgentConfig {
     /// How long a released static IP stays reserved for its pod; `None`:
     /// until reclaimed by hand.
     pub claim_expiry: Option<Duration>,
+    /// Record static claims' owners, so deleting the owner reclaims them.
+    pub enable_ownerref: bool,
 }
 
 /// The wall clock in Unix milliseconds; injectable so tests control time.
@@ -294,6 +296,8 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         self.change(|ipam, now| {
             let claim = req.static_ip.as_ref().map(|s| StaticIp {
                 expire_after_ms: s.expire_after_ms,
+                // Only claims made while cascade is on carry their owner.
+                owner: s.owner.clone().filter(|_| self.config.enable_ownerref),
             });
             let plan = ipam
                 .plan_add(&req.key, &req.netns, req.pod.as_ref(), claim, now)
@@ -508,6 +512,94 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             }
         }
         Ok(())
+    }
+
+    /// Ends a static claim by hand (`claims delete`).
+    async fn delete_claim(
+        &self,
+        namespace: &str,
+        name: &str,
+        force: bool,
+    ) -> Result<Response, AgentError> {
+        let planned = self
+            .lock()
+            .ipam
+            .plan_delete_claim(namespace, name, force, (self.clock)());
+        let (claim, holder, _) = planned.map_err(|e| {
+            let kind = match e {
+                IpamError::ClaimNotFound { .. } => ErrorKind::UnknownAttachment,
+                _ => ErrorKind::InvalidRequest,
+            };
+            AgentError::new(kind, e.to_string())
+        })?;
+        if let Some(a) = &holder {
+            // Forced: the running sandbox loses its network first.
+            let spec = self.spec(a)?;
+            self.dataplane
+                .detach_pod(&spec)
+                .await
+                .map_err(dataplane_error)?;
+        }
+        let (ns, n) = (namespace.to_string(), name.to_string());
+        self.commit(move |ipam, now| {
+            let (_, _, changes) = ipam
+                .plan_delete_claim(&ns, &n, force, now)
+                .map_err(|e| AgentError::new(ErrorKind::InvalidRequest, e.to_string()))?;
+            Ok((changes, ()))
+        })
+        .await?;
+        info!(namespace, name, ip = %claim.ip, forced = holder.is_some(), "static IP claim deleted by hand");
+        Ok(Response::Reclaimed {
+            claims: vec![ReclaimView {
+                namespace: claim.namespace,
+                name: claim.name,
+                ip: claim.ip,
+                reason: "deleted by hand".into(),
+            }],
+        })
+    }
+
+    /// Reclaims the claims that are due now (expired); a dry run only says.
+    async fn reclaim(&self, dry_run: bool) -> Result<Response, AgentError> {
+        let default = self.config.claim_expiry.map(|d| d.as_millis() as u64);
+        let due = self.lock().ipam.expired((self.clock)(), default);
+        if !dry_run {
+            self.expire_claims().await?;
+        }
+        let claims = due
+            .into_iter()
+            .map(|(c, at)| ReclaimView {
+                namespace: c.namespace,
+                name: c.name,
+                ip: c.ip,
+                reason: format!("expired {} s ago", (self.clock)().saturating_sub(at) / 1000),
+            })
+            .collect();
+        Ok(Response::Reclaimed { claims })
+    }
+
+    /// Cascade: the owner is gone, so are its pods' claims.
+    async fn owner_deleted(&self, owner: proto::wire::OwnerRef) -> Result<Response, AgentError> {
+        let o = owner.clone();
+        let ended = self
+            .commit(move |ipam, now| {
+                let (ended, changes) = ipam.plan_owner_deleted(&o, now);
+                Ok((changes, ended))
+            })
+            .await?;
+        if !ended.is_empty() {
+            info!(kind = %owner.kind, name = %owner.name, claims = ended.len(), "owner deleted; its claims reclaimed");
+        }
+        let claims = ended
+            .into_iter()
+            .map(|c| ReclaimView {
+                namespace: c.namespace,
+                name: c.name,
+                ip: c.ip,
+                reason: format!("owner {} {} deleted", owner.kind, owner.name),
+            })
+            .collect();
+        Ok(Response::Reclaimed { claims })
     }
 
     /// Ends released static claims whose time is up; their IPs cool down
@@ -851,6 +943,13 @@ impl<C: Cloud, D: Dataplane> Handler for Agent<C, D> {
             Request::Status => info_span!("status"),
             Request::Pool => info_span!("pool"),
             Request::Claims => info_span!("claims"),
+            Request::DeleteClaim {
+                namespace, name, ..
+            } => info_span!("delete-claim", %namespace, %name),
+            Request::Reclaim { dry_run } => info_span!("reclaim", dry_run),
+            Request::OwnerDeleted(o) => {
+                info_span!("owner-deleted", kind = %o.kind, name = %o.name, uid = %o.uid)
+            }
         };
         async {
             let reply = match request {
@@ -862,6 +961,13 @@ impl<C: Cloud, D: Dataplane> Handler for Agent<C, D> {
                 Request::Claims => Ok(Response::Claims {
                     claims: self.claims(),
                 }),
+                Request::DeleteClaim {
+                    namespace,
+                    name,
+                    force,
+                } => self.delete_claim(&namespace, &name, force).await,
+                Request::Reclaim { dry_run } => self.reclaim(dry_run).await,
+                Request::OwnerDeleted(owner) => self.owner_deleted(owner).await,
                 Request::Pool => {
                     let mut view = self.lock().ipam.view((self.clock)());
                     for (eni, error) in self

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
-use proto::wire::{AttachmentKey, EniView, IpState, IpView, PodRef, PoolView};
+use proto::wire::{AttachmentKey, EniView, IpState, IpView, OwnerRef, PodRef, PoolView};
 use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch; the clock survives restarts.
@@ -73,6 +73,9 @@ pub struct Claim {
     /// How long it stays reserved once released, if the pod said; else
     /// the agent's default applies.
     pub expire_after_ms: Option<u64>,
+    /// The workload owning the pod, recorded with `--enable-ownerref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerRef>,
 }
 
 impl Claim {
@@ -150,6 +153,28 @@ pub enum IpamError {
         /// The attachment holding it.
         holder: Box<AttachmentKey>,
     },
+    /// No static claim of that pod.
+    #[error("{namespace}/{name} has no static IP claim")]
+    ClaimNotFound {
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+    },
+    /// A sandbox of the pod holds the claimed IP.
+    #[error(
+        "{namespace}/{name} still runs with {ip} ({holder}); deleting its claim would cut its network (force to do it anyway)"
+    )]
+    ClaimBound {
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+        /// The IP.
+        ip: Ipv4Addr,
+        /// The attachment holding it.
+        holder: Box<AttachmentKey>,
+    },
     /// The store holds two allocations on one IP.
     #[error("store is inconsistent: {ip} is allocated to both {first} and {second}")]
     DoubleAllocation {
@@ -163,10 +188,12 @@ pub enum IpamError {
 }
 
 /// How a pod asks for a static IP.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StaticIp {
     /// How long its IP stays reserved once released (default: the agent's).
     pub expire_after_ms: Option<u64>,
+    /// The pod's owner, to record.
+    pub owner: Option<OwnerRef>,
 }
 
 /// What ADD will do.
@@ -366,6 +393,7 @@ impl Ipam {
                 last_bound_ms: now,
                 released_ms: None,
                 expire_after_ms: s.expire_after_ms,
+                owner: s.owner,
             })),
             _ => {}
         }
@@ -413,6 +441,88 @@ impl Ipam {
                     Change::RemoveClaim(c.namespace.clone(), c.name.clone()),
                     Change::PutCooling(c.ip, now.saturating_add(self.cooldown_ms)),
                 ]
+            })
+            .collect()
+    }
+
+    /// Plans ending a claim by hand: its IP cools down and returns to the
+    /// pool. A claim a sandbox holds is refused unless `force`, which also
+    /// ends that sandbox's allocation (returned, for unwiring).
+    pub fn plan_delete_claim(
+        &self,
+        namespace: &str,
+        name: &str,
+        force: bool,
+        now: UnixMillis,
+    ) -> Result<(Claim, Option<Allocation>, Vec<Change>), IpamError> {
+        let c = self
+            .claims
+            .get(&(namespace.to_string(), name.to_string()))
+            .ok_or_else(|| IpamError::ClaimNotFound {
+                namespace: namespace.into(),
+                name: name.into(),
+            })?;
+        let holder = self
+            .holder
+            .get(&c.ip)
+            .and_then(|k| self.allocations.get(k))
+            .cloned();
+        let mut changes = Vec::new();
+        if let Some(a) = &holder {
+            if !force {
+                return Err(IpamError::ClaimBound {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    ip: c.ip,
+                    holder: Box::new(a.key.clone()),
+                });
+            }
+            changes.push(Change::RemoveAllocation(a.key.clone()));
+        }
+        changes.push(Change::RemoveClaim(namespace.into(), name.into()));
+        changes.push(Change::PutCooling(
+            c.ip,
+            now.saturating_add(self.cooldown_ms),
+        ));
+        Ok((c.clone(), holder, changes))
+    }
+
+    /// Plans reclaiming every claim of a deleted owner: a released one's IP
+    /// cools down now; a bound one stops being static, so its sandbox's DEL
+    /// releases the IP like any other.
+    pub fn plan_owner_deleted(
+        &self,
+        owner: &OwnerRef,
+        now: UnixMillis,
+    ) -> (Vec<Claim>, Vec<Change>) {
+        let mut ended = Vec::new();
+        let mut changes = Vec::new();
+        for c in self
+            .claims
+            .values()
+            .filter(|c| c.owner.as_ref() == Some(owner))
+        {
+            changes.push(Change::RemoveClaim(c.namespace.clone(), c.name.clone()));
+            if !self.holder.contains_key(&c.ip) {
+                changes.push(Change::PutCooling(
+                    c.ip,
+                    now.saturating_add(self.cooldown_ms),
+                ));
+            }
+            ended.push(c.clone());
+        }
+        (ended, changes)
+    }
+
+    /// The released claims whose time is up at `now`, with when it was.
+    pub fn expired(&self, now: UnixMillis, default_ms: Option<u64>) -> Vec<(Claim, UnixMillis)> {
+        self.claims
+            .values()
+            .filter(|c| !self.holder.contains_key(&c.ip))
+            .filter_map(|c| {
+                c.expires_ms(default_ms)
+                    .filter(|t| *t <= now)
+                    .map(|t| (c.clone(), t))
             })
             .collect()
     }
@@ -755,6 +865,7 @@ mod tests {
 
     const STATIC: Option<StaticIp> = Some(StaticIp {
         expire_after_ms: None,
+        owner: None,
     });
 
     #[test]
@@ -810,6 +921,7 @@ mod tests {
         let mut p = pool(&[10, 11], 1_000);
         let own = Some(StaticIp {
             expire_after_ms: Some(100),
+            owner: None,
         });
         let a = add_pod(&mut p, "s1", "short", own, 0).expect("ip");
         add_pod(&mut p, "s2", "long", STATIC, 0).expect("ip");
@@ -833,6 +945,51 @@ mod tests {
             p.plan_expire(1_010, Some(1_000)).len(),
             2,
             "with a default it does"
+        );
+    }
+
+    #[test]
+    fn claims_are_deleted_by_hand_or_with_their_owner() {
+        let mut p = pool(&[10, 11, 12], 100);
+        let ip = add_pod(&mut p, "s1", "web-0", STATIC, 0).expect("ip");
+        assert!(matches!(
+            p.plan_delete_claim("default", "web-0", false, 1),
+            Err(IpamError::ClaimBound { .. })
+        ));
+        let (_, holder, changes) = p
+            .plan_delete_claim("default", "web-0", true, 1)
+            .expect("forced");
+        assert_eq!(holder.expect("the running sandbox").ip, ip);
+        p.apply(&changes);
+        assert_eq!(p.claims().count(), 0);
+        assert_eq!(p.counts(2).cooling, 1, "its IP cools down");
+        assert!(matches!(
+            p.plan_delete_claim("default", "web-0", false, 1),
+            Err(IpamError::ClaimNotFound { .. })
+        ));
+
+        let owner = OwnerRef {
+            kind: "StatefulSet".into(),
+            name: "db".into(),
+            uid: "u".into(),
+        };
+        let owned = Some(StaticIp {
+            expire_after_ms: None,
+            owner: Some(owner.clone()),
+        });
+        add_pod(&mut p, "s2", "db-0", owned.clone(), 10).expect("ip");
+        add_pod(&mut p, "s3", "db-1", owned, 10).expect("ip");
+        del(&mut p, "s2", 20);
+        let (ended, changes) = p.plan_owner_deleted(&owner, 30);
+        assert_eq!(ended.len(), 2);
+        p.apply(&changes);
+        assert_eq!(p.claims().count(), 0);
+        assert_eq!(p.counts(31).allocated, 1, "db-1's sandbox keeps running");
+        del(&mut p, "s3", 40);
+        assert_eq!(
+            p.counts(41).reserved,
+            0,
+            "and at its DEL its IP is not kept"
         );
     }
 

@@ -95,6 +95,22 @@ pub struct StaticIpRequest {
     /// (default: the agent's `--claim-expired-duration`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expire_after_ms: Option<u64>,
+    /// The workload that owns the pod, when known: its deletion reclaims
+    /// the claim (with the agent's `--enable-ownerref`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerRef>,
+}
+
+/// A pod's owner (a StatefulSet, say).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerRef {
+    /// Kind, such as `StatefulSet`.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// UID.
+    pub uid: String,
 }
 
 /// DEL: unwire the pod and release its IP. Idempotent.
@@ -159,6 +175,23 @@ pub enum Request {
     Pool,
     /// Operator: every pod's IP claim.
     Claims,
+    /// Operator: end a static claim and free its IP.
+    DeleteClaim {
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+        /// Also when a sandbox of the pod holds the IP (cuts its network).
+        force: bool,
+    },
+    /// Operator: reclaim what is due (expired claims); with `dry_run`, only
+    /// say what and why.
+    Reclaim {
+        /// Only report.
+        dry_run: bool,
+    },
+    /// The workload owning pods was deleted: reclaim its pods' claims.
+    OwnerDeleted(OwnerRef),
 }
 
 /// What ADD set up, from which the plugin builds the CNI result.
@@ -293,11 +326,30 @@ pub enum Response {
     Status(StatusReply),
     /// Pool view.
     Pool(PoolView),
+    /// What was (or, in a dry run, would be) reclaimed.
+    Reclaimed {
+        /// One per claim.
+        claims: Vec<ReclaimView>,
+    },
     /// Claims view.
     Claims {
         /// One per pod with an IP, static or not, and per reserved static IP.
         claims: Vec<ClaimView>,
     },
+}
+
+/// A claim reclaimed, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReclaimView {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// The IP going back to the pool.
+    pub ip: Ipv4Addr,
+    /// Why: `expired`, `deleted by hand`, `owner deleted`.
+    pub reason: String,
 }
 
 /// A pod's claim on an IP.
@@ -541,6 +593,11 @@ mod tests {
                 deadline_ms: Some(1),
                 static_ip: Some(StaticIpRequest {
                     expire_after_ms: Some(3_600_000),
+                    owner: Some(OwnerRef {
+                        kind: "StatefulSet".into(),
+                        name: "db".into(),
+                        uid: "u".into(),
+                    }),
                 }),
             }),
             Request::Del(DelRequest {
@@ -561,6 +618,18 @@ mod tests {
             }),
             Request::Status,
             Request::Pool,
+            Request::Claims,
+            Request::DeleteClaim {
+                namespace: "default".into(),
+                name: "web-0".into(),
+                force: true,
+            },
+            Request::Reclaim { dry_run: true },
+            Request::OwnerDeleted(OwnerRef {
+                kind: "StatefulSet".into(),
+                name: "db".into(),
+                uid: "u".into(),
+            }),
         ]
     }
 

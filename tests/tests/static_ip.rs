@@ -115,3 +115,146 @@ fn the_configuration_can_make_every_pod_static() {
     );
     assert_eq!(bad.code(), 4);
 }
+
+fn request(agent: &Agent, request: Request) -> Result<Response, proto::wire::AgentError> {
+    proto::client::call(&agent.socket(), &request, std::time::Duration::from_secs(5)).expect("call")
+}
+
+fn cli(agent: &Agent, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(vpc_cni_tests::bin("vpc-cni-agent"))
+        .arg("claims")
+        .args(args)
+        .arg("--socket")
+        .arg(agent.socket())
+        .output()
+        .expect("run the CLI");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_claim_is_deleted_by_hand_but_not_under_a_running_pod_unless_forced() {
+    let agent = Agent::start(&[]);
+    let ip = add(&agent, "web-1-a", "web-1", Some("Never"));
+    let (ok, text) = cli(&agent, &["delete", "default/web-1"]);
+    assert!(!ok && text.contains("cut its network"), "{text}");
+    del(&agent, "web-1-a", "web-1");
+    let (ok, text) = cli(&agent, &["delete", "default/web-1"]);
+    assert!(ok && text.contains(ip.trim_end_matches("/32")), "{text}");
+    assert!(claims(&agent).is_empty());
+    let (ok, text) = cli(&agent, &["delete", "default/web-1"]);
+    assert!(!ok && text.contains("no static IP claim"), "{text}");
+
+    add(&agent, "web-2-a", "web-2", Some("Never"));
+    let (ok, text) = cli(&agent, &["delete", "--force", "default/web-2"]);
+    assert!(ok, "{text}");
+    assert!(
+        claims(&agent).is_empty(),
+        "the forced delete ended the sandbox's allocation too"
+    );
+}
+
+#[test]
+fn expired_claims_are_previewed_then_reclaimed() {
+    let agent = Agent::start(&[]);
+    let args = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=tmp-0;VPC_IP_CLAIM_DELETE_POLICY=Never;VPC_IP_CLAIM_EXPIRED_DURATION=1s";
+    let netns = agent.netns("tmp-a");
+    let run = cni(
+        &CniEnv::pod("ADD", "tmp-a", &netns).set("CNI_ARGS", args),
+        &bytes(&agent.conf("1.0.0")),
+    );
+    let ip = pod_address(&run.json());
+    assert!(
+        cni(
+            &CniEnv::pod("DEL", "tmp-a", &netns).set("CNI_ARGS", args),
+            &bytes(&agent.conf("1.0.0"))
+        )
+        .ok
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let (ok, text) = cli(&agent, &["reclaim", "--dry-run"]);
+    assert!(
+        ok && text.contains("would reclaim default/tmp-0") && text.contains("expired"),
+        "{text}"
+    );
+    assert_eq!(claims(&agent).len(), 1, "a dry run changes nothing");
+    let (ok, text) = cli(&agent, &["reclaim"]);
+    assert!(
+        ok && text.contains("reclaimed default/tmp-0"),
+        "{text}: {ip}"
+    );
+    assert!(claims(&agent).is_empty());
+}
+
+#[test]
+fn deleting_the_owner_reclaims_its_pods_claims_made_with_ownerref() {
+    let agent = Agent::start(&["--enable-ownerref"]);
+    let owned = |pod: &str| {
+        format!(
+            "K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod};VPC_IP_CLAIM_DELETE_POLICY=Never;\
+             K8S_POD_OWNER_KIND=StatefulSet;K8S_POD_OWNER_NAME=db;K8S_POD_OWNER_UID=u-1"
+        )
+    };
+    for pod in ["db-0", "db-1"] {
+        let netns = agent.netns(pod);
+        let env = CniEnv::pod("ADD", pod, &netns).set("CNI_ARGS", &owned(pod));
+        assert!(cni(&env, &bytes(&agent.conf("1.0.0"))).ok);
+    }
+    del(&agent, "db-0", "db-0");
+    let owner = proto::wire::OwnerRef {
+        kind: "StatefulSet".into(),
+        name: "db".into(),
+        uid: "u-1".into(),
+    };
+    match request(&agent, Request::OwnerDeleted(owner.clone())) {
+        Ok(Response::Reclaimed { claims }) => assert_eq!(claims.len(), 2, "{claims:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        claims(&agent).iter().all(|c| c.policy == "Immediate"),
+        "db-1 runs on, no longer static"
+    );
+
+    let plain = Agent::start(&[]);
+    let netns = plain.netns("db-0");
+    assert!(
+        cni(
+            &CniEnv::pod("ADD", "db-0", &netns).set("CNI_ARGS", &owned("db-0")),
+            &bytes(&plain.conf("1.0.0"))
+        )
+        .ok
+    );
+    match request(&plain, Request::OwnerDeleted(owner)) {
+        Ok(Response::Reclaimed { claims }) => assert!(
+            claims.is_empty(),
+            "made without --enable-ownerref: untouched"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_expiry_below_five_minutes_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(vpc_cni_tests::bin("vpc-cni-agent"))
+        .args([
+            "run",
+            "--dataplane",
+            "fake",
+            "--claim-expired-duration",
+            "1m",
+            "--socket",
+        ])
+        .arg(dir.path().join("a.sock"))
+        .arg("--state-dir")
+        .arg(dir.path())
+        .output()
+        .expect("run the agent");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("minimum of 5m"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -24,6 +24,7 @@ fn config() -> AgentConfig {
     AgentConfig {
         leaked_eni_grace: Duration::from_secs(600),
         claim_expiry: None,
+        enable_ownerref: true,
         ip_cooldown: Duration::from_secs(30),
         pool: pool::Targets {
             warm_ip: 2,
@@ -461,6 +462,7 @@ async fn the_minimum_holds_and_an_emptied_eni_goes() {
         ip_cooldown: Duration::from_secs(30),
         leaked_eni_grace: Duration::from_secs(600),
         claim_expiry: None,
+        enable_ownerref: true,
         pool: pool::Targets {
             warm_ip: 0,
             warm_eni: 0,
@@ -507,6 +509,7 @@ async fn max_eni_caps_growth() {
         ip_cooldown: Duration::from_secs(30),
         leaked_eni_grace: Duration::from_secs(600),
         claim_expiry: None,
+        enable_ownerref: true,
         pool: pool::Targets {
             warm_ip: 0,
             warm_eni: 0,

@@ -28,11 +28,70 @@ enum ClaimsCommand {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// End a pod's static claim and free its IP (refused while the pod runs).
+    Delete {
+        /// `NAMESPACE/NAME` of the pod.
+        pod: String,
+        /// Also while a sandbox of the pod runs: it loses its network.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Reclaim what is due now (expired claims), saying what and why.
+    Reclaim {
+        /// Only say what would be reclaimed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Report a workload deleted: claims it owns are reclaimed (`--enable-ownerref`).
+    OwnerDeleted {
+        /// Kind, such as `StatefulSet`.
+        kind: String,
+        /// Name.
+        name: String,
+        /// UID.
+        uid: String,
+    },
 }
 
 /// Runs `claims`.
 pub fn run(args: ClaimsArgs) -> Result<(), String> {
+    let reclaim = |request: Request, verb: &str| -> Result<(), String> {
+        match call(&args.socket, &request)? {
+            Response::Reclaimed { claims } if claims.is_empty() => say(&format!("nothing {verb}")),
+            Response::Reclaimed { claims } => {
+                let lines: Vec<String> = claims
+                    .iter()
+                    .map(|c| format!("{verb} {}/{} {}: {}", c.namespace, c.name, c.ip, c.reason))
+                    .collect();
+                say(&lines.join("\n"))
+            }
+            other => Err(format!("unexpected reply {other:?}")),
+        }
+    };
     match args.command {
+        ClaimsCommand::Delete { pod, force } => {
+            let (namespace, name) = pod
+                .split_once('/')
+                .ok_or_else(|| format!("{pod:?} is not NAMESPACE/NAME"))?;
+            let request = Request::DeleteClaim {
+                namespace: namespace.into(),
+                name: name.into(),
+                force,
+            };
+            reclaim(request, "deleted")
+        }
+        ClaimsCommand::Reclaim { dry_run } => reclaim(
+            Request::Reclaim { dry_run },
+            if dry_run {
+                "would reclaim"
+            } else {
+                "reclaimed"
+            },
+        ),
+        ClaimsCommand::OwnerDeleted { kind, name, uid } => reclaim(
+            Request::OwnerDeleted(proto::wire::OwnerRef { kind, name, uid }),
+            "reclaimed",
+        ),
         ClaimsCommand::List { output } => {
             let reply =
                 proto::client::call(&args.socket, &Request::Claims, Duration::from_secs(10))
@@ -49,6 +108,19 @@ pub fn run(args: ClaimsArgs) -> Result<(), String> {
             writeln!(std::io::stdout().lock(), "{text}").map_err(|e| e.to_string())
         }
     }
+}
+
+fn call(socket: &std::path::Path, request: &Request) -> Result<Response, String> {
+    match proto::client::call(socket, request, Duration::from_secs(30))
+        .map_err(|e| e.to_string())?
+    {
+        Ok(r) => Ok(r),
+        Err(e) => Err(e.message),
+    }
+}
+
+fn say(text: &str) -> Result<(), String> {
+    writeln!(std::io::stdout().lock(), "{text}").map_err(|e| e.to_string())
 }
 
 fn now_ms() -> u64 {

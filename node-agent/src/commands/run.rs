@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// 5m; unset: until reclaimed by hand). A pod may say otherwise.
     #[arg(long, value_parser = claim_expiry)]
     claim_expired_duration: Option<Duration>,
+    /// Record the owners of static claims made from now on, so that deleting
+    /// the owner (`claims owner-deleted`) reclaims them.
+    #[arg(long)]
+    enable_ownerref: bool,
     /// Unattached ENIs of this cluster older than this are deleted as leaked.
     #[arg(long, default_value = "10m", value_parser = proto::duration::parse)]
     leaked_eni_grace: Duration,
@@ -135,6 +139,7 @@ async fn serve(args: RunArgs) -> Result<(), String> {
         },
         leaked_eni_grace: args.leaked_eni_grace,
         claim_expiry: args.claim_expired_duration,
+        enable_ownerref: args.enable_ownerref,
     };
     let store = Box::new(store);
     match args.dataplane {

@@ -27,6 +27,9 @@ pub struct CniArgs {
     /// `VPC_IP_CLAIM_EXPIRED_DURATION`: how long a static IP stays reserved
     /// once the pod is gone.
     pub claim_expired_duration: Option<std::time::Duration>,
+    /// `K8S_POD_OWNER_KIND`, `K8S_POD_OWNER_NAME`, `K8S_POD_OWNER_UID`: the
+    /// workload owning the pod, all three or none.
+    pub owner: Option<(String, String, String)>,
     /// Whether `IgnoreUnknown` was set to a true value.
     pub ignore_unknown: bool,
 }
@@ -37,6 +40,7 @@ impl CniArgs {
     pub fn parse(raw: &str) -> Result<CniArgs, CniError> {
         let mut args = CniArgs::default();
         let mut unknown = Vec::new();
+        let (mut owner_kind, mut owner_name, mut owner_uid) = (None, None, None);
         for pair in raw.split(';').filter(|p| !p.is_empty()) {
             let Some((key, value)) = pair.split_once('=') else {
                 return Err(bad(format!(
@@ -50,6 +54,9 @@ impl CniArgs {
                 "K8S_POD_UID" => args.pod.uid = Some(value),
                 "K8S_POD_INFRA_CONTAINER_ID" => args.pod.infra_container_id = Some(value),
                 "IgnoreUnknown" => args.ignore_unknown = parse_bool(&value)?,
+                "K8S_POD_OWNER_KIND" => owner_kind = Some(value),
+                "K8S_POD_OWNER_NAME" => owner_name = Some(value),
+                "K8S_POD_OWNER_UID" => owner_uid = Some(value),
                 "VPC_IP_CLAIM_DELETE_POLICY" => {
                     args.claim_delete_policy = Some(ClaimDeletePolicy::parse(&value).map_err(bad)?)
                 }
@@ -60,6 +67,15 @@ impl CniArgs {
                         })?)
                 }
                 _ => unknown.push(key.to_string()),
+            }
+        }
+        match (owner_kind, owner_name, owner_uid) {
+            (Some(k), Some(n), Some(u)) => args.owner = Some((k, n, u)),
+            (None, None, None) => {}
+            _ => {
+                return Err(bad(
+                    "CNI_ARGS: K8S_POD_OWNER_KIND, K8S_POD_OWNER_NAME and K8S_POD_OWNER_UID go together".into(),
+                ));
             }
         }
         if !unknown.is_empty() && !args.ignore_unknown {
