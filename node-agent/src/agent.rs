@@ -848,6 +848,18 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let default = self.config.claim_expiry.map(|d| d.as_millis() as u64);
         let st = self.lock();
         let node = self.node.instance_id.clone();
+        let subnet_of = |eni: &str| {
+            st.ipam
+                .eni(eni)
+                .map(|e| e.subnet_id.clone())
+                .unwrap_or_default()
+        };
+        let sandbox_of = |ip: std::net::Ipv4Addr| {
+            st.ipam
+                .allocations()
+                .find(|a| a.ip == ip)
+                .map(|a| a.key.container_id.clone())
+        };
         let mut out: Vec<ClaimView> = st
             .ipam
             .claims()
@@ -862,9 +874,14 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 }
                 .into(),
                 node: node.clone(),
+                subnet_id: subnet_of(&c.eni_id),
                 eni_id: c.eni_id.clone(),
+                container_id: sandbox_of(c.ip),
                 policy: "Never".into(),
+                owner: c.owner.clone(),
                 created_ms: c.created_ms,
+                last_bound_ms: c.last_bound_ms,
+                released_ms: c.released_ms,
                 expires_ms: c.expires_ms(default),
             })
             .collect();
@@ -882,9 +899,14 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 ip: a.ip,
                 status: "Bound".into(),
                 node: node.clone(),
+                subnet_id: subnet_of(&a.eni_id),
                 eni_id: a.eni_id.clone(),
+                container_id: Some(a.key.container_id.clone()),
                 policy: "Immediate".into(),
+                owner: None,
                 created_ms: a.created_ms,
+                last_bound_ms: a.created_ms,
+                released_ms: None,
                 expires_ms: None,
             });
         }

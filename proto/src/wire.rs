@@ -367,12 +367,25 @@ pub struct ClaimView {
     pub status: String,
     /// The node (instance id).
     pub node: String,
+    /// The subnet of the IP.
+    pub subnet_id: String,
     /// The ENI carrying the IP.
     pub eni_id: String,
+    /// The sandbox holding it, while one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
     /// `Never` for a static IP, `Immediate` otherwise.
     pub policy: String,
+    /// The pod's owner, when recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerRef>,
     /// When the claim was made (Unix ms).
     pub created_ms: u64,
+    /// When a sandbox last took it (Unix ms).
+    pub last_bound_ms: u64,
+    /// When the last sandbox let go of it (Unix ms), while reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_ms: Option<u64>,
     /// When its reservation ends (Unix ms), if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<u64>,

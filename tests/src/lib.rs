@@ -371,6 +371,62 @@ impl Sim {
         conf
     }
 
+    /// Kills node `n`'s agent with SIGKILL, as a crash would, and starts it
+    /// again with the same command line; returns once it answers.
+    pub fn crash_agent(&self, n: usize) {
+        let state = self.dir.path().join("sim");
+        let sim: Value =
+            serde_json::from_slice(&std::fs::read(state.join("sim.json")).expect("sim.json"))
+                .expect("json");
+        let pid = sim["nodes"][n - 1]["agent_pid"]
+            .as_u64()
+            .expect("agent pid");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("agent cmdline");
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        // SAFETY: plain kill(2) on a pid this simulation started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+        {
+            assert!(Instant::now() < deadline, "agent {pid} did not die");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(state.join(format!("node{n}/agent.log")))
+            .expect("agent log");
+        let child = Command::new(&args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("restart agent");
+        // So that `vpc-sim down` stops the new one.
+        let mut sim = sim;
+        sim["nodes"][n - 1]["agent_pid"] = Value::from(child.id());
+        std::fs::write(
+            state.join("sim.json"),
+            serde_json::to_vec_pretty(&sim).expect("json"),
+        )
+        .expect("sim.json");
+        let socket = PathBuf::from(self.get(&format!("NODE{n}_SOCKET")));
+        loop {
+            if let Ok(Ok(Response::Status(s))) =
+                proto::client::call(&socket, &Request::Status, Duration::from_secs(2))
+                && s.ready
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "agent did not come back");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Runs `ip -n <node n's namespace> ARGS` and returns its output.
     pub fn node_ip(&self, n: usize, args: &[&str]) -> String {
         let netns = self

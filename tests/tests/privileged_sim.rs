@@ -278,4 +278,35 @@ fn privileged_a_static_pod_keeps_its_ip_and_its_connectivity() {
         "the pod's next sandbox has its IP"
     );
     assert!(second.ping("10.0.16.1"), "and its connectivity");
+
+    // Across a crash of the agent too.
+    assert!(cni(&static_env("DEL", "db-0-b", &second), &bytes(&conf)).ok);
+    drop(second);
+    sim.crash_agent(1);
+    let third = PodNetns::new();
+    let run = cni(&static_env("ADD", "db-0-c", &third), &bytes(&conf));
+    assert!(run.ok, "{}", run.stdout);
+    assert_eq!(
+        pod_address(&run.json()),
+        ip,
+        "after the crash the pod still gets its IP"
+    );
+    assert!(third.ping("10.0.16.1"), "with connectivity");
+
+    // A plain pod keeps nothing.
+    let plain_env = |verb: &str, sandbox: &str, netns: &PodNetns| {
+        CniEnv::pod(verb, sandbox, &netns.path())
+            .set("CNI_ARGS", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=job-0")
+    };
+    let a = PodNetns::new();
+    let plain_ip = pod_address(&cni(&plain_env("ADD", "job-0-a", &a), &bytes(&conf)).json());
+    assert!(cni(&plain_env("DEL", "job-0-a", &a), &bytes(&conf)).ok);
+    let b = PodNetns::new();
+    let run = cni(&plain_env("ADD", "job-0-b", &b), &bytes(&conf));
+    assert_ne!(
+        pod_address(&run.json()),
+        plain_ip,
+        "a plain pod's next sandbox gets another IP"
+    );
+    assert!(b.ping("10.0.16.1"));
 }

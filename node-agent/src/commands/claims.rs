@@ -204,9 +204,14 @@ mod tests {
             ip: Ipv4Addr::new(10, 0, 16, 5),
             status: "Reserved".into(),
             node: "ins-1".into(),
+            subnet_id: "subnet-1".into(),
             eni_id: "eni-1".into(),
+            container_id: None,
             policy: "Never".into(),
+            owner: None,
             created_ms: 0,
+            last_bound_ms: 0,
+            released_ms: Some(0),
             expires_ms: Some(7_200_000),
         };
         let t = table(&[c], 3_600_000);
