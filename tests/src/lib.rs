@@ -399,6 +399,10 @@ impl Sim {
             .append(true)
             .open(state.join(format!("node{n}/agent.log")))
             .expect("agent log");
+        #[expect(
+            clippy::zombie_processes,
+            reason = "the restarted agent outlives this handle; `vpc-sim down` stops it by pid"
+        )]
         let child = Command::new(&args[0])
             .args(&args[1..])
             .stdin(Stdio::null())
