@@ -258,3 +258,182 @@ fn an_expiry_below_five_minutes_is_refused_at_start() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// ADD with arbitrary `CNI_ARGS` beyond the pod's namespace and name.
+fn add_with(agent: &Agent, sandbox: &str, pod: &str, extra: &str) -> String {
+    let args = format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}{extra}");
+    let run = cni(
+        &CniEnv::pod("ADD", sandbox, &agent.netns(sandbox)).set("CNI_ARGS", &args),
+        &bytes(&agent.conf("1.0.0")),
+    );
+    assert!(run.ok, "ADD {sandbox}: {} {}", run.stdout, run.stderr);
+    pod_address(&run.json())
+}
+
+/// StatefulSet-like churn of static and plain pods with agent crashes in
+/// the middle, then the three reclaim paths; at the end every IP on the
+/// node's ENIs is bound to a running pod, reserved for a live claim, or
+/// free (or cooling) in the pool, counted through the agent and through
+/// the cloud API alike.
+#[test]
+fn churn_with_crashes_and_every_reclaim_path_leaves_every_ip_accounted_for() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut agent = Agent::start(&["--enable-ownerref"]);
+    let owned = ";VPC_IP_CLAIM_DELETE_POLICY=Never;K8S_POD_OWNER_KIND=StatefulSet;\
+                 K8S_POD_OWNER_NAME=web;K8S_POD_OWNER_UID=u-web";
+    let expiring = ";VPC_IP_CLAIM_DELETE_POLICY=Never;VPC_IP_CLAIM_EXPIRED_DURATION=1s";
+    let never = ";VPC_IP_CLAIM_DELETE_POLICY=Never";
+    let mut pods: Vec<(String, &str)> = Vec::new();
+    for i in 0..4 {
+        pods.push((format!("web-{i}"), owned));
+        pods.push((format!("job-{i}"), ""));
+    }
+    pods.push(("tmp-0".into(), expiring));
+    pods.push(("keep-0".into(), never));
+    let is_static = |extra: &str| !extra.is_empty();
+
+    let mut first: BTreeMap<String, String> = BTreeMap::new();
+    for round in 0..3 {
+        let mut bound = BTreeSet::new();
+        for (pod, extra) in &pods {
+            let ip = add_with(&agent, &format!("{pod}-{round}"), pod, extra);
+            assert!(bound.insert(ip.clone()), "{ip} handed out twice");
+            if is_static(extra) {
+                let was = first.entry(pod.clone()).or_insert_with(|| ip.clone());
+                assert_eq!(*was, ip, "{pod} kept its static IP in round {round}");
+            } else {
+                assert!(
+                    !first.values().any(|s| *s == ip),
+                    "plain pod {pod} got a static IP {ip}"
+                );
+            }
+        }
+        if round == 1 {
+            // A crash with every pod running: their DELs reach the new agent.
+            agent.kill9();
+            agent.spawn();
+        }
+        for (pod, _) in &pods {
+            del(&agent, &format!("{pod}-{round}"), pod);
+        }
+        if round == 0 {
+            // A crash with every static IP reserved and nothing running.
+            agent.kill9();
+            agent.spawn();
+        }
+    }
+    let reserved = claims(&agent);
+    assert_eq!(reserved.len(), 6, "{reserved:?}");
+    assert!(reserved.iter().all(|c| c.status == "Reserved"));
+
+    // Pods that run on through the reclaims.
+    let db = add_with(&agent, "db-0-a", "db-0", never);
+    let run = add_with(&agent, "run-0-a", "run-0", "");
+
+    // Manual, expiry and cascade.
+    let (ok, text) = cli(&agent, &["delete", "default/web-3"]);
+    assert!(ok, "{text}");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let (ok, text) = cli(&agent, &["reclaim", "--dry-run"]);
+    assert!(ok && text.contains("would reclaim default/tmp-0"), "{text}");
+    // The expiry clock survives a crash: the restarted agent's maintenance
+    // reclaims the claim by itself.
+    agent.kill9();
+    agent.spawn();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while claims(&agent).iter().any(|c| c.name == "tmp-0") {
+        assert!(std::time::Instant::now() < deadline, "tmp-0 never expired");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let owner = proto::wire::OwnerRef {
+        kind: "StatefulSet".into(),
+        name: "web".into(),
+        uid: "u-web".into(),
+    };
+    match request(&agent, Request::OwnerDeleted(owner)) {
+        Ok(Response::Reclaimed { claims }) => assert_eq!(claims.len(), 3, "{claims:?}"),
+        other => panic!("{other:?}"),
+    }
+
+    let left: BTreeMap<String, (String, String)> = claims(&agent)
+        .into_iter()
+        .map(|c| (c.name, (c.ip.to_string(), c.status)))
+        .collect();
+    let keep = first["keep-0"].trim_end_matches("/32").to_string();
+    let want: BTreeMap<String, (String, String)> = [
+        ("db-0", (db.trim_end_matches("/32"), "Bound")),
+        ("keep-0", (keep.as_str(), "Reserved")),
+        ("run-0", (run.trim_end_matches("/32"), "Bound")),
+    ]
+    .into_iter()
+    .map(|(n, (ip, s))| (n.to_string(), (ip.to_string(), s.to_string())))
+    .collect();
+    assert_eq!(left, want);
+
+    let claimed: BTreeMap<String, &str> = want
+        .values()
+        .map(|(ip, s)| (ip.clone(), s.as_str()))
+        .collect();
+    // The pool may be shrinking in the background: compare once it is
+    // the same before and after reading the cloud's view.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let before = ips_through_agent(&agent, &claimed);
+        let cloud = ips_through_cloud(&agent);
+        if before == ips_through_agent(&agent, &claimed) && before == cloud {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent and cloud disagree: {before:?} vs {cloud:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// (ENI, IP) pairs in the agent's pool, checking that each IP is in one
+/// state and that the bound and reserved ones are exactly `claimed`'s.
+fn ips_through_agent(
+    agent: &Agent,
+    claimed: &std::collections::BTreeMap<String, &str>,
+) -> std::collections::BTreeSet<(String, String)> {
+    use proto::wire::IpState;
+    let mut held = std::collections::BTreeMap::new();
+    let mut all = std::collections::BTreeSet::new();
+    for eni in agent.pool().enis {
+        for ip in eni.ips {
+            assert!(all.insert((eni.id.clone(), ip.ip.to_string())));
+            match ip.state {
+                IpState::Allocated { .. } => {
+                    held.insert(ip.ip.to_string(), "Bound");
+                }
+                IpState::Reserved { .. } => {
+                    held.insert(ip.ip.to_string(), "Reserved");
+                }
+                IpState::Free | IpState::Cooling { .. } => {}
+                other => panic!("{} is {other:?}", ip.ip),
+            }
+        }
+    }
+    assert_eq!(&held, claimed);
+    all
+}
+
+/// (ENI, IP) pairs of the secondary IPs on attached secondary ENIs, as the
+/// cloud keeps them.
+fn ips_through_cloud(agent: &Agent) -> std::collections::BTreeSet<(String, String)> {
+    agent.emulator.world()["vpc"]["enis"]
+        .as_object()
+        .expect("enis")
+        .values()
+        .filter(|e| e["primary"] == false && !e["attached_to"].is_null())
+        .flat_map(|e| {
+            let id = e["id"].as_str().expect("id").to_string();
+            e["secondary_ips"]
+                .as_array()
+                .expect("ips")
+                .iter()
+                .map(move |ip| (id.clone(), ip.as_str().expect("ip").to_string()))
+        })
+        .collect()
+}
