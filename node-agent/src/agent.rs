@@ -19,6 +19,7 @@ use proto::wire::{
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::claims::{ClaimChange, ClaimStore, LocalClaims};
 use crate::cloud::{Cloud, CloudError, NodeInfo};
 use crate::dataplane::{Dataplane, DataplaneError, POD_GATEWAY, PodNetns, PodSpec};
 use crate::ipam::{Allocation, Change, EniRecord, Ipam, IpamError, StaticIp, UnixMillis};
@@ -89,6 +90,8 @@ pub struct Agent<C, D> {
     clock: Clock,
     state: Mutex<State>,
     committer: Committer,
+    /// The cluster's view of this node's static claims.
+    claim_store: Arc<dyn ClaimStore>,
     grow_lock: tokio::sync::Mutex<()>,
     pool_changed: Notify,
     waiting_for_ip: AtomicUsize,
@@ -125,9 +128,30 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     pub async fn start(
         cloud: C,
         dataplane: D,
+        store: Box<dyn Store>,
+        config: AgentConfig,
+        clock: Clock,
+    ) -> Result<Self, StartError> {
+        Self::start_with_claims(
+            cloud,
+            dataplane,
+            store,
+            config,
+            clock,
+            Arc::new(LocalClaims),
+        )
+        .await
+    }
+
+    /// [`start`](Self::start) with the cluster's claim store, which is told
+    /// every claim the node holds before any request is served.
+    pub async fn start_with_claims(
+        cloud: C,
+        dataplane: D,
         mut store: Box<dyn Store>,
         config: AgentConfig,
         clock: Clock,
+        claim_store: Arc<dyn ClaimStore>,
     ) -> Result<Self, StartError> {
         let snapshot = store.load()?;
         let mut ipam = Ipam::restore(config.ip_cooldown.as_millis() as u64, snapshot)?;
@@ -169,6 +193,8 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             cooling = counts.cooling,
             "pool restored"
         );
+        let claims: Vec<_> = ipam.claims().cloned().collect();
+        claim_store.sync(&node.instance_id, &claims);
         Ok(Agent {
             cloud,
             dataplane,
@@ -180,6 +206,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 poisoned: None,
             }),
             committer: Committer::start(store),
+            claim_store,
             grow_lock: tokio::sync::Mutex::new(()),
             pool_changed: Notify::new(),
             waiting_for_ip: AtomicUsize::new(0),
@@ -223,6 +250,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 "the caller's deadline passed before the ADD started",
             ));
         }
+        self.not_claimed_elsewhere(&req).await?;
         let mut attempts = 0;
         let (plan, pending) = loop {
             match self.reserve(&req) {
@@ -288,6 +316,39 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 }
                 Err(dataplane_error(wired.expect_err("one side failed")))
             }
+        }
+    }
+
+    /// A static pod this node holds no claim for may hold one on another
+    /// node: it must not get a new IP here meanwhile.
+    async fn not_claimed_elsewhere(&self, req: &AddRequest) -> Result<(), AgentError> {
+        let (Some(_), Some(pod)) = (&req.static_ip, &req.pod) else {
+            return Ok(());
+        };
+        let held_here = self
+            .lock()
+            .ipam
+            .claims()
+            .any(|c| c.namespace == pod.namespace && c.name == pod.name);
+        if held_here {
+            return Ok(());
+        }
+        match self.claim_store.locate(&pod.namespace, &pod.name).await {
+            Ok(None) => Ok(()),
+            Ok(Some(held)) if held.node == self.node.instance_id => Ok(()),
+            Ok(Some(held)) => Err(AgentError::new(
+                ErrorKind::NotReady,
+                format!(
+                    "the static IP {} of {}/{} is held by node {} (ENI {}, subnet {}); this \
+                     agent cannot move it here yet: delete the pod's claim on that node to give \
+                     the pod a new IP",
+                    held.ip, pod.namespace, pod.name, held.node, held.eni_id, held.subnet_id
+                ),
+            )),
+            Err(e) => Err(AgentError::new(
+                ErrorKind::NotReady,
+                format!("{e}; a static pod waits rather than take a new IP"),
+            )),
         }
     }
 
@@ -806,6 +867,20 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         }
         let (changes, out) = plan(&st.ipam, (self.clock)())?;
         st.ipam.apply(&changes);
+        let claims: Vec<ClaimChange> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::PutClaim(claim) => Some(ClaimChange::Put(claim.clone())),
+                Change::RemoveClaim(ns, name) => {
+                    Some(ClaimChange::Removed(ns.clone(), name.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        if !claims.is_empty() {
+            // Under the pool lock, so the cluster sees them in order.
+            self.claim_store.publish(&self.node.instance_id, &claims);
+        }
         Ok((out, self.committer.submit(changes)))
     }
 

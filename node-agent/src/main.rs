@@ -1,6 +1,7 @@
 //! `vpc-cni-agent`: the per-node daemon (`run`) and the operator CLI.
 
 mod agent;
+mod claims;
 mod cloud;
 mod commands;
 mod committer;
