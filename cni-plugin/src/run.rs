@@ -200,13 +200,19 @@ fn check(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, CniError> {
     }
 }
 
-fn gc(conf: &NetConf) -> Result<Option<String>, CniError> {
-    if !conf.cni_version.allows_gc_and_status() {
-        return Err(CniError::new(
-            codes::INCOMPATIBLE_VERSION,
-            "config version does not allow GC",
-        ));
+/// GC and STATUS exist from cniVersion 1.1.0 on.
+fn needs_gc_and_status(conf: &NetConf, verb: &str) -> Result<(), CniError> {
+    if conf.cni_version.allows_gc_and_status() {
+        return Ok(());
     }
+    Err(CniError::new(
+        codes::INCOMPATIBLE_VERSION,
+        format!("config version does not allow {verb}"),
+    ))
+}
+
+fn gc(conf: &NetConf) -> Result<Option<String>, CniError> {
+    needs_gc_and_status(conf, "GC")?;
     let Some(valid) = &conf.valid_attachments else {
         return Err(CniError::new(
             codes::INVALID_NETWORK_CONFIG,
@@ -231,12 +237,7 @@ fn gc(conf: &NetConf) -> Result<Option<String>, CniError> {
 }
 
 fn status(conf: &NetConf) -> Result<Option<String>, CniError> {
-    if !conf.cni_version.allows_gc_and_status() {
-        return Err(CniError::new(
-            codes::INCOMPATIBLE_VERSION,
-            "config version does not allow STATUS",
-        ));
-    }
+    needs_gc_and_status(conf, "STATUS")?;
     match call(conf, &Request::Status, codes::NOT_AVAILABLE, None)? {
         Response::Status(s) if s.ready => Ok(None),
         Response::Status(s) => Err(CniError::new(
