@@ -2,13 +2,15 @@
 //! applied them and committed by one thread; whatever queued up while a
 //! commit was in flight goes into the next one (group commit), so a burst
 //! of ADDs pays for few fsyncs, and an ADD wires its pod while its commit
-//! is under way.
+//! is under way. Each batch that became durable is handed to the
+//! [`Outbox`], in commit order, before its waiter hears of it.
 
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use tokio::sync::oneshot;
 
 use crate::ipam::Change;
+use crate::outbox::Outbox;
 use crate::store::Store;
 
 struct Batch {
@@ -39,7 +41,8 @@ impl Pending {
 
 impl Committer {
     /// Starts the writer thread; it stops when the committer is dropped.
-    pub fn start(mut store: Box<dyn Store>) -> Committer {
+    /// Durable batches go to `outbox`.
+    pub fn start(mut store: Box<dyn Store>, outbox: Arc<Outbox>) -> Committer {
         let (queue, batches) = mpsc::channel::<Batch>();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
@@ -53,6 +56,9 @@ impl Committer {
                         .collect();
                     let result = store.commit(&changes).map_err(|e| e.to_string());
                     for batch in group {
+                        if result.is_ok() {
+                            outbox.publish(batch.changes);
+                        }
                         let _ = batch.done.send(result.clone());
                     }
                 }
@@ -94,14 +100,17 @@ impl Drop for Committer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipam::Ipam;
+    use crate::outbox::Delivery;
     use crate::store::MemoryStore;
     use std::net::Ipv4Addr;
-    use std::sync::Arc;
     use std::sync::atomic::Ordering;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_submission_is_committed_in_order_and_reported() {
-        let committer = Committer::start(Box::new(MemoryStore::default()));
+        let outbox = Outbox::new(Ipam::new(0));
+        let mut stream = outbox.subscribe();
+        let committer = Committer::start(Box::new(MemoryStore::default()), Arc::clone(&outbox));
         let pending: Vec<Pending> = (0..200u32)
             .map(|i| committer.submit(vec![Change::PutCooling(Ipv4Addr::from(i), u64::from(i))]))
             .collect();
@@ -109,6 +118,20 @@ mod tests {
             assert_eq!(p.wait().await, Ok(()));
         }
         assert_eq!(committer.submit(Vec::new()).wait().await, Ok(()));
+        assert!(matches!(
+            stream.next().await,
+            Some(Delivery::Snapshot { seq: 0, .. })
+        ));
+        for i in 0..200u32 {
+            match stream.next().await {
+                Some(Delivery::Batch(b)) => assert_eq!(
+                    b.changes,
+                    vec![Change::PutCooling(Ipv4Addr::from(i), u64::from(i))],
+                    "published in commit order"
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[tokio::test]
@@ -116,8 +139,14 @@ mod tests {
         let store = MemoryStore::default();
         let fail = Arc::clone(&store.fail_commits);
         fail.store(true, Ordering::SeqCst);
-        let committer = Committer::start(Box::new(store));
+        let outbox = Outbox::new(Ipam::new(0));
+        let committer = Committer::start(Box::new(store), Arc::clone(&outbox));
         let p = committer.submit(vec![Change::RemoveCooling(Ipv4Addr::LOCALHOST)]);
         assert!(p.wait().await.expect_err("fails").contains("injected"));
+        assert_eq!(
+            outbox.published(),
+            0,
+            "nothing that is not durable is published"
+        );
     }
 }

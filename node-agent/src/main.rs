@@ -1,13 +1,15 @@
 //! `vpc-cni-agent`: the per-node daemon (`run`) and the operator CLI.
 
 mod agent;
-mod claims;
+mod claim_store;
+mod clock;
 mod cloud;
 mod commands;
 mod committer;
 mod dataplane;
 mod ipam;
 mod logging;
+mod outbox;
 mod pool;
 mod server;
 mod store;

@@ -416,6 +416,9 @@ pub enum ErrorKind {
     Cloud,
     /// The VPC's ENI quota is used up: no ENI can be added (`ENILimit`).
     EniLimit,
+    /// A static claim's address is lost: the cloud no longer has it on
+    /// this node and it could not be got back.
+    ClaimLost,
     /// The agent is not ready yet.
     NotReady,
     /// Anything else.
@@ -436,6 +439,7 @@ impl ErrorKind {
             ErrorKind::Store => codes::STORE,
             ErrorKind::Cloud => codes::CLOUD,
             ErrorKind::EniLimit => codes::ENI_LIMIT,
+            ErrorKind::ClaimLost => codes::CLAIM_LOST,
             ErrorKind::NotReady => codes::TRY_AGAIN_LATER,
             ErrorKind::Internal => codes::AGENT_INTERNAL,
         }

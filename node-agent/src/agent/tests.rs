@@ -1,11 +1,20 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use proto::wire::{AttachmentKey, GcAttachment, IpState, PodRef};
+use std::time::Duration;
+
+use proto::wire::{
+    AddReply, AddRequest, AttachmentKey, CheckRequest, DelRequest, ErrorKind, GcAttachment,
+    GcRequest, IpState, PodRef, StatusReply,
+};
 
 use super::*;
+use crate::claim_store::ClaimChange;
+use crate::clock::{Clock, system_clock};
 use crate::cloud::Limits;
 use crate::cloud::fake::FakeCloud;
+use crate::dataplane::POD_GATEWAY;
 use crate::dataplane::{FakeDataplane, Recorded};
+use crate::store::Store;
 use crate::store::{MemoryStore, RedbStore};
 
 type TestAgent = Agent<FakeCloud, FakeDataplane>;
@@ -26,6 +35,8 @@ fn config() -> AgentConfig {
         claim_expiry: None,
         enable_ownerref: true,
         ip_cooldown: Duration::from_secs(30),
+        maintenance_interval: Duration::from_secs(30),
+        reconcile_interval: Duration::from_secs(300),
         pool: pool::Targets {
             warm_ip: 2,
             warm_eni: 0,
@@ -93,8 +104,7 @@ async fn add(a: &TestAgent, c: &str) -> AddReply {
 
 fn allocated(a: &TestAgent) -> Vec<(String, std::net::Ipv4Addr)> {
     let mut v: Vec<_> = a
-        .lock()
-        .ipam
+        .pool()
         .allocations()
         .map(|x| (x.key.container_id.clone(), x.ip))
         .collect();
@@ -139,7 +149,7 @@ async fn del_unwires_releases_and_is_idempotent() {
         h.agent.handle(del_req("never-added"), None).await,
         Ok(Response::Deleted)
     );
-    let view = h.agent.lock().ipam.view(h.now.load(Ordering::SeqCst));
+    let view = h.agent.pool_view();
     let state = view
         .enis
         .iter()
@@ -354,10 +364,10 @@ async fn restart_restores_allocations_and_adopts_unknown_enis() {
         let r = add(&a, "c1").await;
         // An ENI attached behind the pool's back, as if the agent died
         // between attaching and committing.
-        let subnet = a.node.subnet.clone().expect("a subnet").id;
+        let subnet = a.node().and_then(|n| n.subnet).expect("a subnet").id;
         let eni = a.cloud.create_eni(&subnet, 0).await.expect("create");
         a.cloud.attach_eni(&eni.id).await.expect("attach");
-        a.cloud.assign_ips(&eni.id, 2).await.expect("assign");
+        a.cloud.assign_ips(&eni.id, 2, &[]).await.expect("assign");
         r
     };
     let cloud = shared.clone();
@@ -367,7 +377,7 @@ async fn restart_restores_allocations_and_adopts_unknown_enis() {
         .expect("restart");
     assert_eq!(allocated(&a), vec![("c1".to_string(), first.ip)]);
     assert_eq!(add(&a, "c1").await.ip, first.ip);
-    assert_eq!(a.lock().ipam.enis().len(), 2, "the unknown ENI was adopted");
+    assert_eq!(a.pool().enis().len(), 2, "the unknown ENI was adopted");
 }
 
 #[tokio::test]
@@ -388,7 +398,7 @@ async fn an_eni_that_cannot_be_programmed_is_detached_and_deleted() {
         enis.iter().all(|e| e.primary),
         "no ENI left behind: {enis:?}"
     );
-    assert!(h.agent.lock().ipam.enis().is_empty());
+    assert!(h.agent.pool().enis().is_empty());
 }
 
 #[tokio::test]
@@ -437,21 +447,14 @@ async fn cloud_ips(h: &Harness) -> usize {
 async fn spare_ips_go_back_a_batch_at_a_time_down_to_the_warm_target() {
     let h = harness().await;
     churn(&h, 10).await;
-    let before = h.agent.lock().ipam.counts(h.now.load(Ordering::SeqCst));
+    let before = h.agent.pool().counts(h.now.load(Ordering::SeqCst));
     h.agent.shrink().await.expect("shrink");
-    let after = h.agent.lock().ipam.counts(h.now.load(Ordering::SeqCst));
+    let after = h.agent.pool().counts(h.now.load(Ordering::SeqCst));
     assert_eq!(after.total, before.total - 5, "one batch of five");
-    while h
-        .agent
-        .lock()
-        .ipam
-        .counts(h.now.load(Ordering::SeqCst))
-        .free
-        > 2
-    {
+    while h.agent.pool().counts(h.now.load(Ordering::SeqCst)).free > 2 {
         h.agent.shrink().await.expect("shrink");
     }
-    let end = h.agent.lock().ipam.counts(h.now.load(Ordering::SeqCst));
+    let end = h.agent.pool().counts(h.now.load(Ordering::SeqCst));
     assert_eq!(end.free, 2, "the warm target stays");
     assert_eq!(cloud_ips(&h).await, end.total, "the cloud got them back");
 }
@@ -463,6 +466,8 @@ async fn the_minimum_holds_and_an_emptied_eni_goes() {
         leaked_eni_grace: Duration::from_secs(600),
         claim_expiry: None,
         enable_ownerref: true,
+        maintenance_interval: Duration::from_secs(30),
+        reconcile_interval: Duration::from_secs(300),
         pool: pool::Targets {
             warm_ip: 0,
             warm_eni: 0,
@@ -475,11 +480,7 @@ async fn the_minimum_holds_and_an_emptied_eni_goes() {
     churn(&h, 6).await;
     h.agent.shrink().await.expect("shrink");
     assert_eq!(
-        h.agent
-            .lock()
-            .ipam
-            .counts(h.now.load(Ordering::SeqCst))
-            .total,
+        h.agent.pool().counts(h.now.load(Ordering::SeqCst)).total,
         3,
         "never below the minimum"
     );
@@ -488,7 +489,7 @@ async fn the_minimum_holds_and_an_emptied_eni_goes() {
     churn(&h, 6).await;
     h.agent.shrink().await.expect("shrink");
     assert!(
-        h.agent.lock().ipam.enis().is_empty(),
+        h.agent.pool().enis().is_empty(),
         "the empty ENI left the pool"
     );
     assert!(
@@ -510,6 +511,8 @@ async fn max_eni_caps_growth() {
         leaked_eni_grace: Duration::from_secs(600),
         claim_expiry: None,
         enable_ownerref: true,
+        maintenance_interval: Duration::from_secs(30),
+        reconcile_interval: Duration::from_secs(300),
         pool: pool::Targets {
             warm_ip: 0,
             warm_eni: 0,
@@ -557,7 +560,7 @@ async fn restart_drops_what_vanished_from_the_cloud_but_never_a_held_ip() {
         .await
         .expect("start");
         let held = add(&a, "keeper").await.ip;
-        let eni = a.lock().ipam.enis()[0].clone();
+        let eni = a.pool().enis()[0].clone();
         let spare: Vec<_> = eni.ips.iter().copied().filter(|ip| *ip != held).collect();
         (held, spare, eni.id)
     };
@@ -574,8 +577,7 @@ async fn restart_drops_what_vanished_from_the_cloud_but_never_a_held_ip() {
     .await
     .expect("restart");
     let ips = a
-        .lock()
-        .ipam
+        .pool()
         .eni(&eni)
         .expect("eni kept: a pod holds one of its IPs")
         .ips
@@ -598,7 +600,7 @@ async fn restart_drops_what_vanished_from_the_cloud_but_never_a_held_ip() {
     .await
     .expect("restart");
     assert!(
-        a.lock().ipam.eni(&eni).is_none(),
+        a.pool().eni(&eni).is_none(),
         "the vanished ENI left the pool"
     );
 }
@@ -617,18 +619,27 @@ async fn leaked_enis_are_deleted_once_older_than_the_grace_period() {
     .await
     .expect("start");
     add(&a, "in-use").await;
-    let subnet = a.node.subnet.clone().expect("subnet").id;
+    let subnet = a.node().and_then(|n| n.subnet).expect("subnet").id;
     let old = cloud.create_eni(&subnet, 0).await.expect("create");
     let young = cloud.create_eni(&subnet, 0).await.expect("create");
     cloud.age_eni(&old.id, 3600);
     assert_eq!(a.reap_leaked_enis().await.expect("reap"), 1);
-    let left: Vec<String> = cloud
-        .list_cluster_enis()
+    let mut left: Vec<String> = cloud
+        .list_node_detached_enis()
         .await
         .expect("list")
         .into_iter()
         .map(|e| e.id)
         .collect();
+    left.extend(
+        cloud
+            .list_enis()
+            .await
+            .expect("list")
+            .into_iter()
+            .filter(|e| !e.primary)
+            .map(|e| e.id),
+    );
     assert!(!left.contains(&old.id), "the old unattached ENI went");
     assert!(
         left.contains(&young.id),
@@ -640,7 +651,7 @@ async fn leaked_enis_are_deleted_once_older_than_the_grace_period() {
 /// A claim store that records what it is told and answers `locate` as set.
 #[derive(Default)]
 struct RecordingClaims {
-    answer: Mutex<Option<Result<Option<crate::claims::HeldElsewhere>, String>>>,
+    answer: Mutex<Option<Result<Option<crate::claim_store::HeldElsewhere>, String>>>,
     located: Mutex<Vec<String>>,
     synced: Mutex<Vec<Vec<crate::ipam::Claim>>>,
     published: Mutex<Vec<ClaimChange>>,
@@ -651,7 +662,7 @@ impl ClaimStore for RecordingClaims {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> crate::claims::ClaimFuture<'a, Option<crate::claims::HeldElsewhere>> {
+    ) -> crate::claim_store::ClaimFuture<'a, Option<crate::claim_store::HeldElsewhere>> {
         self.located
             .lock()
             .expect("lock")
@@ -662,19 +673,41 @@ impl ClaimStore for RecordingClaims {
             .expect("lock")
             .clone()
             .unwrap_or(Ok(None));
-        Box::pin(async move { answer.map_err(crate::claims::ClaimStoreError) })
+        Box::pin(async move { answer.map_err(crate::claim_store::ClaimStoreError) })
     }
 
-    fn sync(&self, _: &str, claims: &[crate::ipam::Claim]) {
+    fn sync<'a>(
+        &'a self,
+        _: &'a str,
+        claims: &'a [crate::ipam::Claim],
+    ) -> crate::claim_store::ClaimFuture<'a, ()> {
         self.synced.lock().expect("lock").push(claims.to_vec());
+        Box::pin(async { Ok(()) })
     }
 
-    fn publish(&self, _: &str, changes: &[ClaimChange]) {
+    fn publish<'a>(
+        &'a self,
+        _: &'a str,
+        changes: &'a [ClaimChange],
+    ) -> crate::claim_store::ClaimFuture<'a, ()> {
         self.published
             .lock()
             .expect("lock")
             .extend_from_slice(changes);
+        Box::pin(async { Ok(()) })
     }
+}
+
+/// Waits (a few seconds at most) until `done` holds: the claim store hears
+/// from the outbox asynchronously.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
 }
 
 fn static_add_req(c: &str, pod: &str) -> Request {
@@ -722,6 +755,10 @@ async fn the_claim_store_sees_every_claim_change_in_order_and_all_claims_at_star
         ["default/web-0"],
         "asked once: after that the node holds the claim; plain pods are never asked"
     );
+    eventually("three claim changes published", || {
+        claims.published.lock().expect("lock").len() >= 3
+    })
+    .await;
     let published = claims.published.lock().expect("lock").clone();
     let states: Vec<_> = published
         .iter()
@@ -746,6 +783,10 @@ async fn the_claim_store_sees_every_claim_change_in_order_and_all_claims_at_star
     )
     .await
     .expect("delete claim");
+    eventually("the release and the removal published", || {
+        claims.published.lock().expect("lock").len() >= 5
+    })
+    .await;
     assert!(matches!(
         claims.published.lock().expect("lock").last(),
         Some(ClaimChange::Removed(ns, n)) if ns == "default" && n == "web-0"
@@ -760,6 +801,10 @@ async fn the_claim_store_sees_every_claim_change_in_order_and_all_claims_at_star
         Box::new(RedbStore::open(&path).expect("store")),
         Arc::clone(&again),
     )
+    .await;
+    eventually("the restarted agent synced", || {
+        !again.synced.lock().expect("lock").is_empty()
+    })
     .await;
     let synced = again.synced.lock().expect("lock").clone();
     assert_eq!(synced.len(), 1);
@@ -777,7 +822,7 @@ async fn the_claim_store_sees_every_claim_change_in_order_and_all_claims_at_star
 async fn a_static_pod_held_on_another_node_or_unlocatable_gets_no_new_ip() {
     let claims = Arc::new(RecordingClaims::default());
     let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
-    *claims.answer.lock().expect("lock") = Some(Ok(Some(crate::claims::HeldElsewhere {
+    *claims.answer.lock().expect("lock") = Some(Ok(Some(crate::claim_store::HeldElsewhere {
         node: "ins-other".into(),
         ip: std::net::Ipv4Addr::new(10, 0, 9, 9),
         subnet_id: "subnet-1".into(),

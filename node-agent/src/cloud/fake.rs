@@ -80,6 +80,10 @@ fn to_eni(e: &vpc_sim::model::Eni) -> Eni {
 }
 
 impl Cloud for FakeCloud {
+    fn instance_id(&self) -> String {
+        INSTANCE.into()
+    }
+
     async fn node(&self) -> Result<NodeInfo, CloudError> {
         self.with(|v| {
             let ins = &v.instances[INSTANCE];
@@ -128,8 +132,17 @@ impl Cloud for FakeCloud {
         self.with(|v| v.delete_eni(eni_id))
     }
 
-    async fn assign_ips(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, CloudError> {
+    async fn assign_ips(
+        &self,
+        eni_id: &str,
+        count: u32,
+        _held: &[Ipv4Addr],
+    ) -> Result<Vec<Ipv4Addr>, CloudError> {
         self.with(|v| v.assign_ips(eni_id, count))
+    }
+
+    async fn assign_named_ips(&self, _eni_id: &str, _ips: &[Ipv4Addr]) -> Result<(), CloudError> {
+        Err(CloudError::Other("not supported by the fake yet".into()))
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
@@ -140,8 +153,14 @@ impl Cloud for FakeCloud {
         self.with(|v| v.migrate_ip(from, to, ip))
     }
 
-    async fn list_cluster_enis(&self) -> Result<Vec<Eni>, CloudError> {
-        self.with(|v| Ok(v.enis.values().filter(|e| !e.primary).map(to_eni).collect()))
+    async fn list_node_detached_enis(&self) -> Result<Vec<Eni>, CloudError> {
+        self.with(|v| {
+            Ok(v.enis
+                .values()
+                .filter(|e| !e.primary && e.attached_to.is_none())
+                .map(to_eni)
+                .collect())
+        })
     }
 
     async fn list_enis(&self) -> Result<Vec<Eni>, CloudError> {

@@ -104,6 +104,9 @@ pub enum CloudError {
     /// Throttled even after retries.
     #[error("throttled: {0}")]
     Throttled(String),
+    /// An address asked for by name is taken.
+    #[error("address in use: {0}")]
+    AddressInUse(String),
     /// The credentials were refused.
     #[error("authentication failed: {0}")]
     Auth(String),
@@ -114,6 +117,8 @@ pub enum CloudError {
 
 /// The VPC operations the pool uses.
 pub trait Cloud: Send + Sync + 'static {
+    /// This node's instance id, known without asking the VPC API.
+    fn instance_id(&self) -> String;
     /// This node's zone, subnet and limits.
     fn node(&self) -> impl Future<Output = Result<NodeInfo, CloudError>> + Send;
     /// Creates an ENI (with its primary IP) in `subnet_id` with `ips`
@@ -129,12 +134,22 @@ pub trait Cloud: Send + Sync + 'static {
     fn detach_eni(&self, eni_id: &str) -> impl Future<Output = Result<(), CloudError>> + Send;
     /// Deletes a detached ENI.
     fn delete_eni(&self, eni_id: &str) -> impl Future<Output = Result<(), CloudError>> + Send;
-    /// Assigns `count` new secondary IPs to an ENI; returns them.
+    /// Assigns `count` new secondary IPs to an ENI that holds `held`;
+    /// returns the new ones. A retry after a lost response never assigns
+    /// twice.
     fn assign_ips(
         &self,
         eni_id: &str,
         count: u32,
+        held: &[Ipv4Addr],
     ) -> impl Future<Output = Result<Vec<Ipv4Addr>, CloudError>> + Send;
+    /// Assigns these exact addresses to an ENI (how a static claim gets its
+    /// address back); [`CloudError::AddressInUse`] when one is taken.
+    fn assign_named_ips(
+        &self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<(), CloudError>> + Send;
     /// Unassigns secondary IPs from an ENI.
     fn unassign_ips(
         &self,
@@ -153,8 +168,9 @@ pub trait Cloud: Send + Sync + 'static {
         to: &str,
         ip: Ipv4Addr,
     ) -> impl Future<Output = Result<(), CloudError>> + Send;
-    /// The ENIs this cluster's agents created (by tag), wherever they are.
-    fn list_cluster_enis(&self) -> impl Future<Output = Result<Vec<Eni>, CloudError>> + Send;
+    /// The ENIs created for this node (by its tag) that are attached
+    /// nowhere: candidates for the leaked-ENI check.
+    fn list_node_detached_enis(&self) -> impl Future<Output = Result<Vec<Eni>, CloudError>> + Send;
     /// The ENIs attached to this node.
     fn list_enis(&self) -> impl Future<Output = Result<Vec<Eni>, CloudError>> + Send;
 }

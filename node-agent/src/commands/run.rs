@@ -8,7 +8,8 @@ use clap::{Args, ValueEnum};
 use tracing::level_filters::LevelFilter;
 use tracing::{error, info};
 
-use crate::agent::{Agent, AgentConfig, StartError, system_clock};
+use crate::agent::{Agent, AgentConfig, MIN_CLAIM_EXPIRY, StartError};
+use crate::clock::{self, Clock};
 use crate::cloud::tencent::{self, Identity, Settings};
 use crate::cloud::{Cloud, TencentCloud};
 use crate::dataplane::{Dataplane, FakeDataplane, NetlinkDataplane};
@@ -102,6 +103,18 @@ pub struct RunArgs {
     /// Cluster name written into the tags of the ENIs this agent creates.
     #[arg(long, default_value = "default")]
     cluster_name: String,
+    /// How often the pool is compared with the cloud and this node's leaked
+    /// ENIs are looked for (jittered by up to a fifth).
+    #[arg(long, default_value = "5m", value_parser = proto::duration::parse)]
+    reconcile_interval: Duration,
+    /// Period of the maintenance tick (pool targets, claim expiry, the
+    /// cloud coming back). Tests shorten it.
+    #[arg(long, default_value = "30s", value_parser = proto::duration::parse, hide = true)]
+    maintenance_interval: Duration,
+    /// Test only: the agent's clock runs ahead of the system's by the
+    /// milliseconds written in this file (claims expire without waiting).
+    #[arg(long, hide = true)]
+    test_clock_offset_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -140,6 +153,12 @@ async fn serve(args: RunArgs) -> Result<(), String> {
         leaked_eni_grace: args.leaked_eni_grace,
         claim_expiry: args.claim_expired_duration,
         enable_ownerref: args.enable_ownerref,
+        maintenance_interval: args.maintenance_interval,
+        reconcile_interval: args.reconcile_interval,
+    };
+    let clock: Clock = match &args.test_clock_offset_file {
+        Some(file) => clock::offset_clock(file.clone()),
+        None => clock::system_clock(),
     };
     let store = Box::new(store);
     match args.dataplane {
@@ -148,7 +167,7 @@ async fn serve(args: RunArgs) -> Result<(), String> {
                 NetlinkDataplane::new(args.node_netns.as_deref()).map_err(|e| e.to_string())?;
             listen(
                 args,
-                Agent::start(cloud, dataplane, store, config, system_clock()).await,
+                Agent::start(cloud, dataplane, store, config, clock).await,
             )
             .await
         }
@@ -156,7 +175,7 @@ async fn serve(args: RunArgs) -> Result<(), String> {
             let dataplane = FakeDataplane::default();
             listen(
                 args,
-                Agent::start(cloud, dataplane, store, config, system_clock()).await,
+                Agent::start(cloud, dataplane, store, config, clock).await,
             )
             .await
         }
@@ -194,9 +213,6 @@ async fn cloud(args: &RunArgs) -> Result<TencentCloud, String> {
     }))
 }
 
-/// The shortest `--claim-expired-duration` accepted.
-const MIN_CLAIM_EXPIRY: Duration = Duration::from_secs(300);
-
 fn claim_expiry(s: &str) -> Result<Duration, String> {
     let d = proto::duration::parse(s)?;
     if d < MIN_CLAIM_EXPIRY {
@@ -220,12 +236,33 @@ async fn listen<C: Cloud, D: Dataplane>(
     let agent = Arc::new(agent.map_err(|e| e.to_string())?);
     let listener = server::bind(&args.socket).map_err(|e| e.to_string())?;
     info!(socket = %args.socket.display(), state_dir = %args.state_dir.display(), "agent ready");
-    let warm = tokio::spawn(Arc::clone(&agent).maintain_pool(Duration::from_secs(30)));
-    server::serve(listener, agent, ServerConfig::default(), shutdown_signal()).await;
+    let warm = tokio::spawn(Arc::clone(&agent).maintain_pool());
+    let mut poisoned = agent.poisoned();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => None,
+            why = poisoned.wait_for(Option::is_some) => why.ok().and_then(|w| w.clone()),
+        }
+    };
+    // The server finishes what is in flight before it returns.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let stop = async move {
+        let _ = tx.send(stop.await);
+    };
+    server::serve(listener, agent, ServerConfig::default(), stop).await;
     warm.abort();
     let _ = std::fs::remove_file(&args.socket);
-    info!("agent stopped");
-    Ok(())
+    match rx.await.ok().flatten() {
+        // Crash-only: the supervisor restarts the agent, which reloads the
+        // store; the pool in memory may be ahead of it.
+        Some(why) => Err(format!(
+            "the state store failed ({why}); exiting so the agent restarts from the store"
+        )),
+        None => {
+            info!("agent stopped");
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -16,9 +16,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use proto::wire::AttachmentKey;
-
-use crate::ipam::EniRecord;
+use crate::ipam::{AttachmentKey, EniRecord};
 
 /// Prefix of the host end of every pod veth this agent creates.
 pub const HOST_VETH_PREFIX: &str = "vpc";

@@ -5,10 +5,8 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use proto::wire::AttachmentKey;
-
 use super::{Store, StoreError};
-use crate::ipam::{Allocation, Change, Claim, EniRecord, Snapshot, UnixMillis};
+use crate::ipam::{Allocation, AttachmentKey, Change, Claim, EniRecord, Snapshot, UnixMillis};
 
 /// A store that lives in memory.
 #[derive(Debug, Default)]

@@ -4,6 +4,7 @@
 
 #[cfg(test)]
 mod memory;
+mod records;
 mod redb;
 
 #[cfg(test)]
@@ -12,8 +13,7 @@ pub use redb::RedbStore;
 
 use crate::ipam::{Change, Snapshot};
 
-/// The store's file format version; a store of another version is refused.
-pub const FORMAT_VERSION: u64 = 1;
+pub use records::{FORMAT_VERSION, OLDEST_FORMAT};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ pub enum StoreError {
     },
     /// The store was written by an incompatible version.
     #[error(
-        "state store format {found} is not supported (this agent reads format {FORMAT_VERSION})"
+        "state store format {found} is not supported (this agent reads formats {OLDEST_FORMAT} to {FORMAT_VERSION}; a newer agent wrote it)"
     )]
     Format {
         /// The version found.

@@ -3,9 +3,9 @@
 //!
 //! Tables: `meta` (format version), `enis` (id → ENI), `allocations`
 //! (`network/container/ifname` → allocation), `claims` (`namespace/name`
-//! → static IP claim), `cooling` (IPv4 as u32 →
-//! end of cooldown in Unix ms). The attachment key joins its parts with `/`,
-//! which none of them may contain.
+//! → static IP claim), `cooling` (IPv4 as u32 → end of cooldown in Unix
+//! ms). The attachment key joins its parts with `/`, which none of them may
+//! contain. Records are the types of `records.rs`, versioned there.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -13,9 +13,11 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::info;
 
-use super::{FORMAT_VERSION, Store, StoreError};
-use crate::ipam::{Allocation, Change, EniRecord, Snapshot};
+use super::records::{AllocationRow, ClaimRow, EniRow, FORMAT_VERSION, OLDEST_FORMAT};
+use super::{Store, StoreError};
+use crate::ipam::{Change, EniRecord, Snapshot};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ENIS: TableDefinition<&str, &[u8]> = TableDefinition::new("enis");
@@ -31,8 +33,9 @@ pub struct RedbStore {
 }
 
 impl RedbStore {
-    /// Opens (creating if needed) the store at `path`. Fails if another
-    /// process holds it or it was written in another format.
+    /// Opens (creating if needed) the store at `path`, migrating an older
+    /// format in place. Fails if another process holds it or it was written
+    /// in a format this agent does not know.
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
         let db = Database::create(path).map_err(|e| StoreError::Open {
             path: path.display().to_string(),
@@ -43,7 +46,15 @@ impl RedbStore {
             let mut meta = txn.open_table(META).map_err(io)?;
             let found = meta.get(FORMAT_KEY).map_err(io)?.map(|v| v.value());
             match found {
-                Some(v) if v != FORMAT_VERSION => return Err(StoreError::Format { found: v }),
+                Some(v) if !(OLDEST_FORMAT..=FORMAT_VERSION).contains(&v) => {
+                    return Err(StoreError::Format { found: v });
+                }
+                Some(v) if v < FORMAT_VERSION => {
+                    // 1 → 2: the claims table may be missing (it came
+                    // without a bump); rows gain fields with defaults.
+                    info!(from = v, to = FORMAT_VERSION, "migrating the state store");
+                    meta.insert(FORMAT_KEY, FORMAT_VERSION).map_err(io)?;
+                }
                 Some(_) => {}
                 None => {
                     meta.insert(FORMAT_KEY, FORMAT_VERSION).map_err(io)?;
@@ -57,6 +68,14 @@ impl RedbStore {
         txn.commit().map_err(io)?;
         Ok(RedbStore { db })
     }
+
+    /// The format version recorded in the store.
+    #[cfg(test)]
+    pub fn format(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let meta = txn.open_table(META).map_err(io)?;
+        Ok(meta.get(FORMAT_KEY).map_err(io)?.map_or(0, |v| v.value()))
+    }
 }
 
 impl Store for RedbStore {
@@ -65,7 +84,8 @@ impl Store for RedbStore {
         let mut snap = Snapshot::default();
         for row in txn.open_table(ENIS).map_err(io)?.iter().map_err(io)? {
             let (k, v) = row.map_err(io)?;
-            snap.enis.push(decode("enis", k.value(), v.value())?);
+            let eni: EniRow = decode("enis", k.value(), v.value())?;
+            snap.enis.push(eni.into());
         }
         for row in txn
             .open_table(ALLOCATIONS)
@@ -74,8 +94,8 @@ impl Store for RedbStore {
             .map_err(io)?
         {
             let (k, v) = row.map_err(io)?;
-            snap.allocations
-                .push(decode::<Allocation>("allocations", k.value(), v.value())?);
+            let a: AllocationRow = decode("allocations", k.value(), v.value())?;
+            snap.allocations.push(a.into());
         }
         for row in txn.open_table(COOLING).map_err(io)?.iter().map_err(io)? {
             let (k, v) = row.map_err(io)?;
@@ -83,7 +103,8 @@ impl Store for RedbStore {
         }
         for row in txn.open_table(CLAIMS).map_err(io)?.iter().map_err(io)? {
             let (k, v) = row.map_err(io)?;
-            snap.claims.push(decode("claims", k.value(), v.value())?);
+            let c: ClaimRow = decode("claims", k.value(), v.value())?;
+            snap.claims.push(c.into());
         }
         // ENIs come back in id order; the pool keeps them in attach order,
         // which the table number records.
@@ -104,7 +125,7 @@ impl Store for RedbStore {
             for c in changes {
                 match c {
                     Change::PutEni(e) => {
-                        enis.insert(e.id.as_str(), encode(e).as_slice())
+                        enis.insert(e.id.as_str(), encode(&EniRow::from(e)).as_slice())
                             .map_err(io)?;
                     }
                     Change::RemoveEni(id) => {
@@ -112,7 +133,10 @@ impl Store for RedbStore {
                     }
                     Change::PutAllocation(a) => {
                         allocations
-                            .insert(a.key.to_string().as_str(), encode(a).as_slice())
+                            .insert(
+                                a.key.to_string().as_str(),
+                                encode(&AllocationRow::from(a)).as_slice(),
+                            )
                             .map_err(io)?;
                     }
                     Change::RemoveAllocation(k) => {
@@ -127,7 +151,7 @@ impl Store for RedbStore {
                     Change::PutClaim(c) => {
                         let key = format!("{}/{}", c.namespace, c.name);
                         claims
-                            .insert(key.as_str(), encode(c).as_slice())
+                            .insert(key.as_str(), encode(&ClaimRow::from(c)).as_slice())
                             .map_err(io)?;
                     }
                     Change::RemoveClaim(ns, name) => {
@@ -161,115 +185,4 @@ fn io(e: impl Into<redb::Error>) -> StoreError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proto::wire::AttachmentKey;
-
-    fn eni(id: &str, table: u32) -> EniRecord {
-        EniRecord {
-            id: id.into(),
-            mac: "02:00:00:00:00:01".into(),
-            subnet_id: "subnet-1".into(),
-            gateway: Ipv4Addr::new(10, 0, 0, 1),
-            primary_ip: Ipv4Addr::new(10, 0, 0, 2),
-            mtu: 1500,
-            table,
-            ips: vec![Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 11)],
-        }
-    }
-
-    fn alloc(c: &str, ip: u8) -> Allocation {
-        Allocation {
-            key: AttachmentKey {
-                network: "vpc".into(),
-                container_id: c.into(),
-                ifname: "eth0".into(),
-            },
-            ip: Ipv4Addr::new(10, 0, 0, ip),
-            eni_id: "eni-z".into(),
-            netns: "/n".into(),
-            pod: None,
-            created_ms: 7,
-        }
-    }
-
-    #[test]
-    fn commits_survive_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("state.redb");
-        {
-            let mut s = RedbStore::open(&path).expect("open");
-            s.commit(&[
-                Change::PutEni(eni("eni-z", 101)),
-                Change::PutEni(eni("eni-a", 102)),
-                Change::PutAllocation(alloc("c1", 10)),
-                Change::PutAllocation(alloc("c2", 11)),
-            ])
-            .expect("commit");
-            s.commit(&[
-                Change::RemoveAllocation(alloc("c2", 11).key),
-                Change::PutCooling(Ipv4Addr::new(10, 0, 0, 11), 99),
-            ])
-            .expect("commit");
-        }
-        let s = RedbStore::open(&path).expect("reopen");
-        let snap = s.load().expect("load");
-        assert_eq!(
-            snap.enis.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-            ["eni-z", "eni-a"]
-        );
-        assert_eq!(snap.allocations, vec![alloc("c1", 10)]);
-        assert_eq!(snap.cooling, vec![(Ipv4Addr::new(10, 0, 0, 11), 99)]);
-    }
-
-    #[test]
-    fn a_second_opener_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("state.redb");
-        let _held = RedbStore::open(&path).expect("open");
-        assert!(matches!(
-            RedbStore::open(&path),
-            Err(StoreError::Open { .. })
-        ));
-    }
-
-    #[test]
-    fn other_formats_are_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("state.redb");
-        {
-            let s = RedbStore::open(&path).expect("open");
-            let txn = s.db.begin_write().expect("txn");
-            txn.open_table(META)
-                .expect("meta")
-                .insert(FORMAT_KEY, 99)
-                .expect("insert");
-            txn.commit().expect("commit");
-        }
-        assert!(matches!(
-            RedbStore::open(&path),
-            Err(StoreError::Format { found: 99 })
-        ));
-    }
-
-    #[test]
-    fn corrupt_records_are_reported_with_their_key() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("state.redb");
-        let s = RedbStore::open(&path).expect("open");
-        let txn = s.db.begin_write().expect("txn");
-        txn.open_table(ALLOCATIONS)
-            .expect("t")
-            .insert("vpc/c/eth0", &b"{not json"[..])
-            .expect("insert");
-        txn.commit().expect("commit");
-        match s.load() {
-            Err(StoreError::Corrupt {
-                table: "allocations",
-                key,
-                ..
-            }) => assert_eq!(key, "vpc/c/eth0"),
-            other => panic!("{other:?}"),
-        }
-    }
-}
+mod tests;

@@ -44,6 +44,8 @@ pub mod codes {
     pub const AGENT_INTERNAL: u32 = 107;
     /// `ENILimit`: the VPC's ENI quota is used up and the node has no free IP.
     pub const ENI_LIMIT: u32 = 108;
+    /// A static claim's address is lost (taken, or out of this node's reach).
+    pub const CLAIM_LOST: u32 = 109;
 }
 
 /// A CNI error result.

@@ -286,7 +286,29 @@ impl Cloud for TencentCloud {
         .map(|_| ())
     }
 
-    async fn assign_ips(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, CloudError> {
+    fn instance_id(&self) -> String {
+        self.settings.identity.instance_id.clone()
+    }
+
+    async fn assign_named_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
+        let list: Vec<Value> = ips
+            .iter()
+            .map(|ip| json!({ "PrivateIpAddress": ip.to_string() }))
+            .collect();
+        self.call(
+            "AssignPrivateIpAddresses",
+            json!({ "NetworkInterfaceId": eni_id, "PrivateIpAddresses": list }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn assign_ips(
+        &self,
+        eni_id: &str,
+        count: u32,
+        _held: &[Ipv4Addr],
+    ) -> Result<Vec<Ipv4Addr>, CloudError> {
         let out = self
             .call(
                 "AssignPrivateIpAddresses",
@@ -328,11 +350,14 @@ impl Cloud for TencentCloud {
             .map(|_| ())
     }
 
-    async fn list_cluster_enis(&self) -> Result<Vec<Eni>, CloudError> {
-        self.describe_enis(
-            json!({"Name": format!("tag:{TAG_CLUSTER}"), "Values": [self.settings.cluster]}),
-        )
-        .await
+    async fn list_node_detached_enis(&self) -> Result<Vec<Eni>, CloudError> {
+        let enis = self
+            .describe_enis(json!({"Name": format!("tag:{TAG_NODE}"), "Values": [self.settings.identity.instance_id]}))
+            .await?;
+        Ok(enis
+            .into_iter()
+            .filter(|e| e.attached_to.is_none())
+            .collect())
     }
 }
 

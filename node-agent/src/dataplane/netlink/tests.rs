@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use proto::wire::AttachmentKey;
+use crate::ipam::AttachmentKey;
 
 use super::*;
 use crate::dataplane::PodNetns;

@@ -1,0 +1,269 @@
+//! Static IP claims: checked before a static pod's ADD (held elsewhere?
+//! address still in the cloud? got back by name, or marked lost), ended by
+//! hand, by expiry or with their owner.
+
+use proto::wire::{AddRequest, AgentError, ErrorKind, OwnerRef, ReclaimView, Response};
+use tracing::{info, warn};
+
+use super::Agent;
+use super::convert;
+use super::errors::{claim_error, cloud_error, dataplane_error};
+use crate::cloud::{Cloud, CloudError};
+use crate::dataplane::Dataplane;
+use crate::ipam::{Change, Claim, EniRecord};
+
+impl<C: Cloud, D: Dataplane> Agent<C, D> {
+    /// Before a static pod's ADD: a claim this node holds must still have
+    /// its address in the cloud (else it is got back by name, or marked
+    /// lost); a pod this node holds no claim for must not hold one on
+    /// another node.
+    pub(super) async fn prepare_claim(&self, req: &AddRequest) -> Result<(), AgentError> {
+        let Some(pod) = &req.pod else { return Ok(()) };
+        let here = self.txn.read(|ipam, _| {
+            ipam.claim(&pod.namespace, &pod.name)
+                .filter(|c| ipam.holder_of(&c.ip).is_none())
+                .cloned()
+        });
+        match here {
+            Some(claim) => self.verify_claim(claim).await,
+            None if req.static_ip.is_some() => self.not_claimed_elsewhere(req).await,
+            None => Ok(()),
+        }
+    }
+
+    /// A reserved claim is about to be bound again: make sure its address
+    /// is where the pool says, or get it back.
+    async fn verify_claim(&self, claim: Claim) -> Result<(), AgentError> {
+        // A lost claim is tried again too: the operator may have freed
+        // the address since.
+        let _serialised = self.grow_lock.lock().await;
+        self.txn.ensure_healthy()?;
+        let listed = match self.cloud.list_enis().await {
+            Ok(listed) => listed,
+            Err(e) => {
+                // The cloud cannot say: trust the pool, unless it already
+                // knows the address is gone.
+                warn!(error = %e, ip = %claim.ip, "cannot verify a static IP with the VPC API");
+                return match self.txn.read(|ipam, _| ipam.claim_trouble(&claim)) {
+                    None => Ok(()),
+                    Some(why) => Err(AgentError::new(
+                        ErrorKind::NotReady,
+                        format!(
+                            "the static IP {} of {}/{} must be got back ({why}) but the VPC API does not answer: {e}",
+                            claim.ip, claim.namespace, claim.name
+                        ),
+                    )),
+                };
+            }
+        };
+        let on_ours = listed
+            .iter()
+            .find(|e| !e.primary && e.secondary_ips.contains(&claim.ip));
+        if let Some(eni) = on_ours
+            && eni.id == claim.eni_id
+            && self
+                .txn
+                .read(|ipam, _| ipam.claim_trouble(&claim))
+                .is_none()
+        {
+            return Ok(());
+        }
+        // The address is on another ENI of this node (or back on its own):
+        // follow it there.
+        if let Some(eni) = on_ours
+            && let Some(record) = self.txn.read(|ipam, _| ipam.eni(&eni.id).cloned())
+        {
+            info!(ip = %claim.ip, eni = %record.id, "static IP found on another ENI of this node");
+            return self.commit_restored(&claim, &record).await;
+        }
+        warn!(ip = %claim.ip, eni = %claim.eni_id, namespace = %claim.namespace, name = %claim.name, "static IP vanished from the cloud; asking for it back by address");
+        let subnet = if claim.subnet_id.is_empty() {
+            self.node()
+                .and_then(|n| n.subnet)
+                .map(|s| s.id)
+                .unwrap_or_default()
+        } else {
+            claim.subnet_id.clone()
+        };
+        let max_ips = self.limits().map_or(0, |l| l.max_ips_per_eni as usize);
+        let target = self.txn.read(|ipam, _| {
+            ipam.enis()
+                .iter()
+                .find(|e| e.subnet_id == subnet && e.ips.len() + 1 < max_ips)
+                .cloned()
+        });
+        let Some(target) = target else {
+            let why = format!(
+                "no ENI of this node in subnet {subnet} has room for it (the subnet may not be reachable from this node's zone)"
+            );
+            return self.mark_lost(&claim, &why).await;
+        };
+        match self.cloud.assign_named_ips(&target.id, &[claim.ip]).await {
+            Ok(()) => {
+                info!(ip = %claim.ip, eni = %target.id, "static IP assigned again by address");
+                self.commit_restored(&claim, &target).await
+            }
+            Err(CloudError::AddressInUse(detail)) => {
+                let why = format!("the address was taken by someone else in the VPC ({detail})");
+                self.mark_lost(&claim, &why).await
+            }
+            Err(e) => Err(cloud_error(e)),
+        }
+    }
+
+    async fn commit_restored(&self, claim: &Claim, eni: &EniRecord) -> Result<(), AgentError> {
+        let (claim, eni) = (claim.clone(), eni.clone());
+        self.txn
+            .commit(move |ipam, _| Ok((ipam.plan_claim_restored(&claim, &eni), ())))
+            .await
+    }
+
+    /// Marks the claim lost (durably, visible in `claims list`) and fails
+    /// the ADD with what happened and what to do.
+    async fn mark_lost(&self, claim: &Claim, why: &str) -> Result<(), AgentError> {
+        let (c, w) = (claim.clone(), why.to_string());
+        self.txn
+            .commit(move |ipam, _| Ok((ipam.plan_claim_lost(&c, &w), ())))
+            .await?;
+        warn!(ip = %claim.ip, namespace = %claim.namespace, name = %claim.name, why, "static IP lost");
+        Err(lost_error(claim, why))
+    }
+
+    /// A static pod this node holds no claim for may hold one on another
+    /// node: it must not get a new IP here meanwhile.
+    async fn not_claimed_elsewhere(&self, req: &AddRequest) -> Result<(), AgentError> {
+        let Some(pod) = &req.pod else { return Ok(()) };
+        match self.claim_store.locate(&pod.namespace, &pod.name).await {
+            Ok(None) => Ok(()),
+            Ok(Some(held)) if held.node == self.instance_id => Ok(()),
+            Ok(Some(held)) => Err(AgentError::new(
+                ErrorKind::NotReady,
+                format!(
+                    "the static IP {} of {}/{} is held by node {} (ENI {}, subnet {}); this \
+                     agent cannot move it here yet: delete the pod's claim on that node to give \
+                     the pod a new IP",
+                    held.ip, pod.namespace, pod.name, held.node, held.eni_id, held.subnet_id
+                ),
+            )),
+            Err(e) => Err(AgentError::new(
+                ErrorKind::NotReady,
+                format!("{e}; a static pod waits rather than take a new IP"),
+            )),
+        }
+    }
+
+    /// Ends a static claim by hand (`claims delete`).
+    pub(super) async fn delete_claim(
+        &self,
+        namespace: &str,
+        name: &str,
+        force: bool,
+    ) -> Result<Response, AgentError> {
+        let planned = self
+            .txn
+            .read(|ipam, now| ipam.plan_delete_claim(namespace, name, force, now));
+        let (claim, holder, _) = planned.map_err(claim_error)?;
+        if let Some(a) = &holder {
+            // Forced: the running sandbox loses its network first.
+            self.dataplane
+                .detach_pod(&self.spec(a))
+                .await
+                .map_err(dataplane_error)?;
+        }
+        let (ns, n) = (namespace.to_string(), name.to_string());
+        self.txn
+            .commit(move |ipam, now| {
+                let (_, _, changes) = ipam
+                    .plan_delete_claim(&ns, &n, force, now)
+                    .map_err(claim_error)?;
+                Ok((changes, ()))
+            })
+            .await?;
+        info!(namespace, name, ip = %claim.ip, forced = holder.is_some(), "static IP claim deleted by hand");
+        Ok(Response::Reclaimed {
+            claims: vec![ReclaimView {
+                namespace: claim.namespace,
+                name: claim.name,
+                ip: claim.ip,
+                reason: "deleted by hand".into(),
+            }],
+        })
+    }
+
+    /// Reclaims the claims that are due now (expired); a dry run only says.
+    pub(super) async fn reclaim(&self, dry_run: bool) -> Result<Response, AgentError> {
+        let default = self.config.claim_expiry.map(|d| d.as_millis() as u64);
+        let (due, now) = self.txn.read(|ipam, now| (ipam.expired(now, default), now));
+        if !dry_run {
+            self.expire_claims().await?;
+        }
+        let claims = due
+            .into_iter()
+            .map(|(c, at)| ReclaimView {
+                namespace: c.namespace,
+                name: c.name,
+                ip: c.ip,
+                reason: format!("expired {} s ago", now.saturating_sub(at) / 1000),
+            })
+            .collect();
+        Ok(Response::Reclaimed { claims })
+    }
+
+    /// Cascade: the owner is gone, so are its pods' claims.
+    pub(super) async fn owner_deleted(&self, owner: OwnerRef) -> Result<Response, AgentError> {
+        let o = convert::owner(&owner);
+        let ended = self
+            .txn
+            .commit(move |ipam, now| {
+                let (ended, changes) = ipam.plan_owner_deleted(&o, now);
+                Ok((changes, ended))
+            })
+            .await?;
+        if !ended.is_empty() {
+            info!(kind = %owner.kind, name = %owner.name, claims = ended.len(), "owner deleted; its claims reclaimed");
+        }
+        let claims = ended
+            .into_iter()
+            .map(|c| ReclaimView {
+                namespace: c.namespace,
+                name: c.name,
+                ip: c.ip,
+                reason: format!("owner {} {} deleted", owner.kind, owner.name),
+            })
+            .collect();
+        Ok(Response::Reclaimed { claims })
+    }
+
+    /// Ends released static claims whose time is up; their IPs cool down
+    /// and return to the pool.
+    pub(super) async fn expire_claims(&self) -> Result<(), AgentError> {
+        let default = self.config.claim_expiry.map(|d| d.as_millis() as u64);
+        let ended = self
+            .txn
+            .commit(move |ipam, now| {
+                let changes = ipam.plan_expire(now, default);
+                let n = changes
+                    .iter()
+                    .filter(|c| matches!(c, Change::RemoveClaim(..)))
+                    .count();
+                Ok((changes, n))
+            })
+            .await?;
+        if ended > 0 {
+            info!(claims = ended, "static IP claims expired");
+        }
+        Ok(())
+    }
+}
+
+fn lost_error(claim: &Claim, why: &str) -> AgentError {
+    AgentError::new(
+        ErrorKind::ClaimLost,
+        format!(
+            "the static IP {} of {}/{} is lost: {why}. The pod cannot start with it; delete its claim \
+             (`vpc-cni-agent claims delete {}/{}`) to give it a new IP, or free the address in the VPC \
+             and start the pod again",
+            claim.ip, claim.namespace, claim.name, claim.namespace, claim.name
+        ),
+    )
+}

@@ -1,0 +1,342 @@
+//! The CNI verbs: ADD, DEL, CHECK, GC and STATUS.
+
+use std::collections::HashSet;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use proto::wire::{
+    AddReply, AddRequest, AgentError, CheckRequest, DelRequest, ErrorKind, GcRequest, Response,
+    StatusReply,
+};
+use tracing::{debug, info, warn};
+
+use super::conditions::CLOUD_UNREACHABLE;
+use super::convert;
+use super::errors::{claim_error, dataplane_error};
+use super::recovery::missing_eni;
+use super::{Agent, MIN_CLAIM_EXPIRY};
+use crate::cloud::Cloud;
+use crate::committer::Pending;
+use crate::dataplane::{Dataplane, POD_GATEWAY, PodNetns, PodSpec};
+use crate::ipam::{AddPlan, Allocation, AttachmentKey, IpamError, StaticIp};
+use crate::pool;
+
+/// How often one ADD grows the pool before it gives up.
+const MAX_GROW_ATTEMPTS: u32 = 5;
+
+impl<C: Cloud, D: Dataplane> Agent<C, D> {
+    pub(super) async fn add(
+        &self,
+        req: AddRequest,
+        netns: Option<OwnedFd>,
+    ) -> Result<Response, AgentError> {
+        let started = Instant::now();
+        let _no_gc = self.gc_lock.read().await;
+        let past_deadline = || req.deadline_ms.is_some_and(|d| self.txn.now() > d);
+        if past_deadline() {
+            return Err(AgentError::new(
+                ErrorKind::NotReady,
+                "the caller's deadline passed before the ADD started",
+            ));
+        }
+        if let Some(s) = &req.static_ip
+            && let Some(ms) = s.expire_after_ms
+            && ms < MIN_CLAIM_EXPIRY.as_millis() as u64
+        {
+            return Err(AgentError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "the pod's static IP expiry ({} s) is below the minimum of 5m: a pod restarting slowly would lose its IP",
+                    ms / 1000
+                ),
+            ));
+        }
+        let key = convert::key(&req.key);
+        self.prepare_claim(&req).await?;
+        let mut attempts = 0;
+        let (plan, pending) = loop {
+            match self.reserve(&req, &key) {
+                Err(e) if e.kind == ErrorKind::NoIpAvailable && attempts < MAX_GROW_ATTEMPTS => {
+                    // Grow for everyone waiting, not just this pod; another
+                    // ADD may take what this one grew, hence the retries.
+                    attempts += 1;
+                    let waiting = self.waiting_for_ip.fetch_add(1, Ordering::SeqCst) + 1;
+                    let grown = self.grow(waiting).await;
+                    self.waiting_for_ip.fetch_sub(1, Ordering::SeqCst);
+                    grown?;
+                }
+                other => break other?,
+            }
+        };
+        self.pool_changed.notify_one();
+        let spec = with_netns(self.spec(&plan.allocation), netns);
+        // The pod is wired while its allocation is being made durable; the
+        // reply waits for both.
+        let (wired, committed) =
+            tokio::join!(self.dataplane.attach_pod(&spec), self.txn.durable(pending));
+        match (wired, committed) {
+            (Ok(_), Ok(())) if past_deadline() && !plan.existing => {
+                // The caller gave up and will not DEL what it never heard of.
+                warn!(ip = %spec.ip, "ADD finished after the caller's deadline; undoing it");
+                self.dataplane
+                    .detach_pod(&spec)
+                    .await
+                    .map_err(dataplane_error)?;
+                self.release(&key).await?;
+                Err(AgentError::new(
+                    ErrorKind::NotReady,
+                    "the ADD finished after the caller's deadline and was undone",
+                ))
+            }
+            (Ok(links), Ok(())) => {
+                info!(
+                    ip = %spec.ip,
+                    eni = %spec.eni.id,
+                    host_veth = %links.host_ifname,
+                    repeated = plan.existing,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "pod added"
+                );
+                Ok(Response::Added(AddReply {
+                    ip: spec.ip,
+                    gateway: POD_GATEWAY,
+                    host_ifname: links.host_ifname,
+                    host_mac: links.host_mac,
+                    pod_mac: links.pod_mac,
+                    mtu: spec.eni.mtu,
+                    eni_id: spec.eni.id.clone(),
+                }))
+            }
+            (wired, committed) => {
+                warn!(ip = %spec.ip, wired = ?wired.as_ref().err(), committed = ?committed.as_ref().err(), repeated = plan.existing, "ADD failed");
+                if !plan.existing {
+                    // A repeated ADD of a pod that was working keeps its
+                    // network whatever failed now; a new one is undone.
+                    if let Err(cleanup) = self.dataplane.detach_pod(&spec).await {
+                        warn!(error = %cleanup, "cleanup after failed ADD incomplete; GC will finish it");
+                    }
+                }
+                committed?;
+                if !plan.existing {
+                    self.release(&key).await?;
+                }
+                Err(dataplane_error(wired.expect_err("one side failed")))
+            }
+        }
+    }
+
+    fn reserve(
+        &self,
+        req: &AddRequest,
+        key: &AttachmentKey,
+    ) -> Result<(AddPlan, Pending), AgentError> {
+        let limits = self.limits();
+        let cloud_down = self.conditions.get(CLOUD_UNREACHABLE);
+        let pod = req.pod.as_ref().map(convert::pod);
+        self.txn.change(|ipam, now| {
+            let claim = req.static_ip.as_ref().map(|s| StaticIp {
+                expire_after_ms: s.expire_after_ms,
+                // Only claims made while cascade is on carry their owner.
+                owner: s
+                    .owner
+                    .as_ref()
+                    .map(convert::owner)
+                    .filter(|_| self.config.enable_ownerref),
+            });
+            let plan = ipam
+                .plan_add(key, &req.netns, pod.as_ref(), claim, now)
+                .map_err(|e| match e {
+                    IpamError::Exhausted { .. } => {
+                        let why = match (limits, &cloud_down) {
+                            (_, Some((message, _))) => {
+                                format!("the VPC API is unreachable ({message})")
+                            }
+                            (None, None) => "the VPC API has not answered yet".to_string(),
+                            (Some(l), None) if pool::can_grow(ipam.enis(), l) => {
+                                "the pool is growing".to_string()
+                            }
+                            (Some(l), None) => format!(
+                                "the node is at its limits ({} ENIs, {} IPs each)",
+                                l.max_enis, l.max_ips_per_eni
+                            ),
+                        };
+                        AgentError::new(ErrorKind::NoIpAvailable, format!("{e}; {why}"))
+                    }
+                    // The pod's previous sandbox still holds it (its DEL is
+                    // on its way), or its address is lost.
+                    other => claim_error(other),
+                })?;
+            let changes = plan.changes.clone();
+            Ok((changes, plan))
+        })
+    }
+
+    pub(super) async fn del(&self, req: DelRequest) -> Result<Response, AgentError> {
+        let _no_gc = self.gc_lock.read().await;
+        let key = convert::key(&req.key);
+        let Some(allocation) = self.txn.read(|ipam, _| ipam.allocation(&key).cloned()) else {
+            // Nothing to do, but only once an earlier release of this
+            // attachment still in the queue is durable (and never while
+            // poisoned: the pool may then be ahead of the store).
+            self.txn.commit(|_, _| Ok((Vec::new(), ()))).await?;
+            debug!("nothing allocated; DEL is a no-op");
+            return Ok(Response::Deleted);
+        };
+        let spec = self.spec(&allocation);
+        // Unwire first: if that fails the allocation stays, so the runtime's
+        // retry still knows what to remove.
+        self.dataplane
+            .detach_pod(&spec)
+            .await
+            .map_err(dataplane_error)?;
+        self.release(&key).await?;
+        info!(ip = %allocation.ip, "pod deleted");
+        Ok(Response::Deleted)
+    }
+
+    pub(super) async fn check(
+        &self,
+        req: CheckRequest,
+        netns: Option<OwnedFd>,
+    ) -> Result<Response, AgentError> {
+        let key = convert::key(&req.key);
+        let allocation = self
+            .txn
+            .read(|ipam, _| ipam.allocation(&key).cloned())
+            .ok_or_else(|| {
+                AgentError::new(
+                    ErrorKind::UnknownAttachment,
+                    format!("no allocation for attachment {key}"),
+                )
+            })?;
+        let ours = format!("{}/32", allocation.ip);
+        if !req.expected_addresses.is_empty() && !req.expected_addresses.contains(&ours) {
+            return Err(AgentError::new(
+                ErrorKind::Mismatch,
+                format!(
+                    "prevResult reports [{}] for this interface but the agent allocated {ours}",
+                    req.expected_addresses.join(", ")
+                ),
+            ));
+        }
+        let spec = with_netns(self.spec(&allocation), netns);
+        self.dataplane
+            .check_pod(&spec)
+            .await
+            .map_err(dataplane_error)?;
+        Ok(Response::Checked)
+    }
+
+    pub(super) async fn gc(&self, req: GcRequest) -> Result<Response, AgentError> {
+        // No ADD or DEL runs meanwhile: what GC reads as owned stays so.
+        let _exclusive = self.gc_lock.write().await;
+        let valid: HashSet<(&str, &str)> = req
+            .valid
+            .iter()
+            .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+            .collect();
+        let stale: Vec<Allocation> = self.txn.read(|ipam, _| {
+            ipam.allocations()
+                .filter(|a| a.key.network == req.network)
+                .filter(|a| !valid.contains(&(a.key.container_id.as_str(), a.key.ifname.as_str())))
+                .cloned()
+                .collect()
+        });
+        let mut released = Vec::new();
+        for a in stale {
+            match self.dataplane.detach_pod(&self.spec(&a)).await {
+                Ok(()) => released.push(a),
+                Err(e) => {
+                    warn!(attachment = %a.key, error = %e, "GC could not unwire; kept for the next GC")
+                }
+            }
+        }
+        let count = released.len() as u32;
+        self.txn
+            .commit(move |ipam, now| {
+                let changes = released
+                    .iter()
+                    .filter_map(|a| ipam.plan_release(&a.key, now))
+                    .flat_map(|r| r.1)
+                    .collect();
+                Ok((changes, ()))
+            })
+            .await?;
+        let leftovers = self
+            .dataplane
+            .collect_garbage(&self.live_specs())
+            .await
+            .map_err(dataplane_error)?;
+        if count > 0 || leftovers > 0 {
+            info!(network = %req.network, released = count, leftovers, "GC done");
+        }
+        Ok(Response::Collected { released: count })
+    }
+
+    pub(super) fn status(&self) -> Response {
+        let counts = self.txn.read(|ipam, now| ipam.counts(now));
+        let can_grow = self
+            .limits()
+            .is_some_and(|l| self.txn.read(|ipam, _| pool::can_grow(ipam.enis(), l)));
+        let conditions = self.conditions.all();
+        let reason = if let Some(e) = self.txn.poisoned() {
+            Some(format!("state store failed ({e}); the agent is restarting"))
+        } else if counts.free == 0
+            && let Some((kind, (message, _))) = conditions.iter().next()
+        {
+            Some(format!("no IP can be served: {kind}: {message}"))
+        } else if counts.free == 0 && !can_grow {
+            Some(format!(
+                "no IP can be served: {} allocated, {} cooling, {} reserved, node at its limits",
+                counts.allocated, counts.cooling, counts.reserved
+            ))
+        } else {
+            None
+        };
+        Response::Status(StatusReply {
+            ready: reason.is_none(),
+            reason,
+        })
+    }
+
+    /// Releases the attachment's IP (into its cooldown, or its static
+    /// claim), durably.
+    pub(super) async fn release(&self, key: &AttachmentKey) -> Result<(), AgentError> {
+        let key = key.clone();
+        self.txn
+            .commit(move |ipam, now| {
+                Ok((
+                    ipam.plan_release(&key, now)
+                        .map(|r| r.1)
+                        .unwrap_or_default(),
+                    (),
+                ))
+            })
+            .await
+    }
+
+    /// What the dataplane needs for an allocation. An allocation whose ENI
+    /// the pool no longer has can still be unwired.
+    pub(super) fn spec(&self, a: &Allocation) -> PodSpec {
+        let eni = self
+            .txn
+            .read(|ipam, _| ipam.eni(&a.eni_id).cloned())
+            .unwrap_or_else(|| missing_eni(&a.eni_id));
+        PodSpec {
+            key: a.key.clone(),
+            netns: PodNetns::at(&a.netns),
+            ip: a.ip,
+            eni,
+        }
+    }
+}
+
+/// The spec with the namespace the caller passed, when it passed one.
+fn with_netns(mut spec: PodSpec, netns: Option<OwnedFd>) -> PodSpec {
+    if let Some(fd) = netns {
+        spec.netns.fd = Some(Arc::new(fd));
+    }
+    spec
+}

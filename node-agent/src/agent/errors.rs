@@ -1,0 +1,44 @@
+//! Failures of the layers below, turned into the agent's errors (and so
+//! into CNI codes, which `proto::wire::ErrorKind::cni_code` decides).
+
+use proto::wire::{AgentError, ErrorKind};
+
+use super::conditions::ENI_LIMIT;
+use crate::cloud::CloudError;
+use crate::dataplane::DataplaneError;
+use crate::ipam::IpamError;
+
+/// A kernel failure.
+pub fn dataplane_error(e: DataplaneError) -> AgentError {
+    let kind = match e {
+        DataplaneError::Mismatch { .. } => ErrorKind::Mismatch,
+        DataplaneError::Kernel { .. } => ErrorKind::Dataplane,
+    };
+    AgentError::new(kind, e.to_string())
+}
+
+/// A cloud failure.
+pub fn cloud_error(e: CloudError) -> AgentError {
+    match e {
+        CloudError::EniQuota(_) => {
+            AgentError::new(ErrorKind::EniLimit, format!("{ENI_LIMIT}: {e}"))
+        }
+        _ => AgentError::new(ErrorKind::Cloud, e.to_string()),
+    }
+}
+
+/// A refusal of the pool, for requests about claims.
+pub fn claim_error(e: IpamError) -> AgentError {
+    let kind = match e {
+        IpamError::ClaimNotFound { .. } => ErrorKind::UnknownAttachment,
+        IpamError::ClaimLost { .. } => ErrorKind::ClaimLost,
+        IpamError::ClaimInUse { .. } => ErrorKind::NotReady,
+        _ => ErrorKind::InvalidRequest,
+    };
+    AgentError::new(kind, e.to_string())
+}
+
+/// An internal inconsistency.
+pub fn internal(message: impl Into<String>) -> AgentError {
+    AgentError::new(ErrorKind::Internal, message)
+}

@@ -1,0 +1,478 @@
+//! Start-up and reconciliation. The agent starts from its store alone: the
+//! VPC API is asked for the node's details and ENIs when it answers, at
+//! start or later, and the pool is then brought in line with what the cloud
+//! reports ([`reconcile`], a pure plan). Meanwhile the agent serves DEL,
+//! CHECK, GC, STATUS, and ADD from the IPs it holds.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use super::conditions::{CLOUD_UNREACHABLE, Conditions};
+use super::errors::cloud_error;
+use super::txn::Txn;
+use super::{Agent, AgentConfig};
+use crate::claim_store::{self, ClaimStore, LocalClaims};
+use crate::clock::Clock;
+use crate::cloud::{Cloud, CloudError, Eni, NodeInfo};
+use crate::committer::Committer;
+use crate::dataplane::{Dataplane, PodNetns, PodSpec};
+use crate::ipam::{Change, EniRecord, Ipam, IpamError};
+use crate::outbox::Outbox;
+use crate::pool;
+use crate::store::{Store, StoreError};
+
+/// How long start-up waits for the VPC API before serving without it.
+const CLOUD_AT_START: Duration = Duration::from_secs(5);
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored pool is inconsistent.
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+}
+
+impl<C: Cloud, D: Dataplane> Agent<C, D> {
+    /// Restores the pool from `store`, and serves from it at once; the
+    /// cloud is asked for the node's details and ENIs (adopting what the
+    /// store lacks, dropping what vanished) when it answers.
+    pub async fn start(
+        cloud: C,
+        dataplane: D,
+        store: Box<dyn Store>,
+        config: AgentConfig,
+        clock: Clock,
+    ) -> Result<Self, StartError> {
+        Self::start_with_claims(
+            cloud,
+            dataplane,
+            store,
+            config,
+            clock,
+            Arc::new(LocalClaims),
+        )
+        .await
+    }
+
+    /// [`start`](Self::start) with the cluster's claim store, which follows
+    /// the outbox from a snapshot of every claim the node holds.
+    pub async fn start_with_claims(
+        cloud: C,
+        dataplane: D,
+        store: Box<dyn Store>,
+        config: AgentConfig,
+        clock: Clock,
+        claim_store: Arc<dyn ClaimStore>,
+    ) -> Result<Self, StartError> {
+        // Reading the store may touch the disk: off the runtime's workers.
+        let (store, snapshot) = tokio::task::spawn_blocking(move || {
+            let snapshot = store.load();
+            (store, snapshot)
+        })
+        .await
+        .map_err(|e| StoreError::Io(e.to_string().into()))?;
+        let ipam = Ipam::restore(config.ip_cooldown.as_millis() as u64, snapshot?)?;
+        let outbox = Outbox::new(ipam.clone());
+        let committer = Committer::start(store, Arc::clone(&outbox));
+        let agent = Agent {
+            instance_id: cloud.instance_id(),
+            cloud,
+            dataplane,
+            node: RwLock::new(None),
+            config,
+            txn: Txn::new(ipam, committer, clock),
+            claim_store: Arc::clone(&claim_store),
+            grow_lock: tokio::sync::Mutex::new(()),
+            pool_changed: Notify::new(),
+            waiting_for_ip: AtomicUsize::new(0),
+            gc_lock: tokio::sync::RwLock::new(()),
+            conditions: Conditions::default(),
+            attaching: Mutex::default(),
+            last_reconcile: Mutex::new(0),
+        };
+        match tokio::time::timeout(CLOUD_AT_START, agent.connect_cloud()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e.message, "serving from the store until the VPC API answers")
+            }
+            Err(_) => {
+                agent.cloud_unreachable("no answer within 5 s at start");
+                warn!("the VPC API did not answer at start; serving from the store meanwhile");
+            }
+        }
+        let enis: Vec<EniRecord> = agent.txn.read(|ipam, _| ipam.enis().to_vec());
+        for eni in &enis {
+            // One ENI gone missing must not keep the whole node from serving.
+            if let Err(e) = agent.dataplane.program_eni(eni).await {
+                warn!(eni = %eni.id, error = %e, "cannot program ENI; pods on it will not be reachable");
+            }
+        }
+        // Whatever the kernel holds that no allocation owns is a leftover of
+        // a crash or of a DEL whose veth was still queued: remove it. A
+        // failure here is logged, never a reason not to start.
+        match agent.dataplane.collect_garbage(&agent.live_specs()).await {
+            Ok(0) => {}
+            Ok(leftovers) => info!(leftovers, "removed kernel objects no allocation owns"),
+            Err(e) => warn!(error = %e, "start-up garbage collection incomplete"),
+        }
+        let counts = agent.txn.read(|ipam, now| ipam.counts(now));
+        info!(
+            enis = enis.len(),
+            ips = counts.total,
+            allocated = counts.allocated,
+            cooling = counts.cooling,
+            reserved = counts.reserved,
+            "pool restored"
+        );
+        tokio::spawn(claim_store::follow(
+            outbox,
+            claim_store,
+            agent.instance_id.clone(),
+        ));
+        Ok(agent)
+    }
+
+    /// Asks the VPC API for the node's details (once) and its ENIs, and
+    /// brings the pool in line. Programs ENIs it adopts. Sets or clears
+    /// the `CloudUnreachable` condition.
+    pub(super) async fn connect_cloud(&self) -> Result<(), proto::wire::AgentError> {
+        self.txn.ensure_healthy()?;
+        let node = match self.node() {
+            Some(node) => node,
+            None => {
+                let node = self.cloud.node().await.map_err(|e| self.cloud_failed(e))?;
+                info!(zone = %node.zone, subnet = ?node.subnet.as_ref().map(|s| &s.id), "node details from the VPC API");
+                *self.node.write().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
+                node
+            }
+        };
+        let listed = self
+            .cloud
+            .list_enis()
+            .await
+            .map_err(|e| self.cloud_failed(e))?;
+        self.conditions.clear(CLOUD_UNREACHABLE);
+        *self
+            .last_reconcile
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = self.txn.now();
+        let adopted = self
+            .txn
+            .commit(|ipam, _| {
+                let changes = reconcile(ipam, &listed, &node);
+                let adopted: Vec<EniRecord> = changes
+                    .iter()
+                    .filter_map(|c| match c {
+                        Change::PutEni(e) if ipam.eni(&e.id).is_none() => Some(e.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if !changes.is_empty() {
+                    info!(changes = changes.len(), "pool reconciled with the cloud");
+                }
+                Ok((changes, adopted))
+            })
+            .await?;
+        for eni in adopted {
+            if let Err(e) = self.dataplane.program_eni(&eni).await {
+                warn!(eni = %eni.id, error = %e, "cannot program an adopted ENI");
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that the cloud failed; unreachable-like failures set the
+    /// condition.
+    fn cloud_failed(&self, e: CloudError) -> proto::wire::AgentError {
+        if matches!(
+            e,
+            CloudError::Other(_) | CloudError::Auth(_) | CloudError::Throttled(_)
+        ) {
+            self.cloud_unreachable(&e.to_string());
+        }
+        cloud_error(e)
+    }
+
+    pub(super) fn cloud_unreachable(&self, why: &str) {
+        self.conditions.set(CLOUD_UNREACHABLE, why, self.txn.now());
+    }
+
+    /// Every live allocation as the dataplane needs it.
+    pub(super) fn live_specs(&self) -> Vec<PodSpec> {
+        self.txn.read(|ipam, _| {
+            ipam.allocations()
+                .map(|a| PodSpec {
+                    key: a.key.clone(),
+                    netns: PodNetns::at(&a.netns),
+                    ip: a.ip,
+                    eni: ipam
+                        .eni(&a.eni_id)
+                        .cloned()
+                        .unwrap_or_else(|| missing_eni(&a.eni_id)),
+                })
+                .collect()
+        })
+    }
+}
+
+/// A stand-in for an ENI the pool no longer has, so that a pod on it can
+/// still be unwired: table 0 matches the pod's rule in any table.
+pub(super) fn missing_eni(id: &str) -> EniRecord {
+    EniRecord {
+        id: id.to_string(),
+        mac: String::new(),
+        subnet_id: String::new(),
+        gateway: Ipv4Addr::UNSPECIFIED,
+        primary_ip: Ipv4Addr::UNSPECIFIED,
+        mtu: 1500,
+        table: 0,
+        ips: Vec::new(),
+    }
+}
+
+/// Changes that bring the pool in line with the ENIs the cloud reports
+/// attached to this node: ENIs and IPs the pool lacks are adopted (an agent
+/// that died between the cloud call and the commit); ENIs and IPs that
+/// vanished are dropped, except addresses a pod holds, which are kept (and
+/// logged) until the pod goes, so DEL still finds them. A vanished ENI
+/// keeps only those. A static claim is never dropped here: its address is
+/// got back, or the claim marked lost, when its pod next starts.
+pub fn reconcile(ipam: &Ipam, cloud_enis: &[Eni], node: &NodeInfo) -> Vec<Change> {
+    let held: HashSet<Ipv4Addr> = ipam.allocations().map(|a| a.ip).collect();
+    let mut next_table = ipam
+        .enis()
+        .iter()
+        .map(|e| e.table + 1)
+        .max()
+        .unwrap_or(pool::FIRST_ENI_TABLE);
+    let mut changes = Vec::new();
+    let secondary: Vec<&Eni> = cloud_enis.iter().filter(|e| !e.primary).collect();
+    for known in ipam.enis() {
+        if secondary.iter().any(|e| e.id == known.id) {
+            continue;
+        }
+        let kept: Vec<Ipv4Addr> = known
+            .ips
+            .iter()
+            .filter(|ip| held.contains(ip))
+            .copied()
+            .collect();
+        if kept.is_empty() {
+            warn!(eni = %known.id, "ENI vanished from the cloud; dropped from the pool");
+            changes.push(Change::RemoveEni(known.id.clone()));
+        } else if kept != known.ips {
+            warn!(eni = %known.id, pods = kept.len(), "ENI vanished from the cloud while pods hold its IPs; kept for them until they go");
+            changes.push(Change::PutEni(EniRecord {
+                ips: kept,
+                ..known.clone()
+            }));
+        }
+    }
+    for eni in secondary {
+        match ipam.eni(&eni.id) {
+            Some(known) => {
+                let mut ips: Vec<_> = known
+                    .ips
+                    .iter()
+                    .filter(|ip| {
+                        let there = eni.secondary_ips.contains(ip);
+                        if !there && held.contains(ip) {
+                            warn!(eni = %eni.id, ip = %ip, "IP vanished from the cloud while a pod holds it; kept");
+                        } else if !there {
+                            warn!(eni = %eni.id, ip = %ip, "IP vanished from the cloud; dropped");
+                        }
+                        there || held.contains(ip)
+                    })
+                    .copied()
+                    .collect();
+                ips.extend(
+                    eni.secondary_ips
+                        .iter()
+                        .filter(|ip| !known.ips.contains(ip)),
+                );
+                ips.sort();
+                let mut before = known.ips.clone();
+                before.sort();
+                if ips != before {
+                    changes.push(Change::PutEni(EniRecord {
+                        ips,
+                        ..known.clone()
+                    }));
+                }
+            }
+            None => {
+                // Its gateway is known only for the node's own subnet.
+                let Some(subnet) = node.subnet.as_ref().filter(|s| s.id == eni.subnet_id) else {
+                    warn!(eni = %eni.id, subnet = %eni.subnet_id, "not adopting an ENI of another subnet");
+                    continue;
+                };
+                changes.push(Change::PutEni(EniRecord {
+                    id: eni.id.clone(),
+                    mac: eni.mac.clone(),
+                    subnet_id: eni.subnet_id.clone(),
+                    gateway: subnet.gateway,
+                    primary_ip: eni.primary_ip,
+                    mtu: node.mtu,
+                    table: next_table,
+                    ips: eni.secondary_ips.clone(),
+                }));
+                next_table += 1;
+            }
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::{Limits, Subnet};
+    use crate::ipam::{Allocation, AttachmentKey, Claim};
+
+    fn node() -> NodeInfo {
+        NodeInfo {
+            instance_id: "ins-1".into(),
+            zone: "z1".into(),
+            vpc_id: "vpc-1".into(),
+            subnet: Some(Subnet {
+                id: "subnet-1".into(),
+                zone: "z1".into(),
+                gateway: Ipv4Addr::new(10, 0, 0, 1),
+                network: Ipv4Addr::new(10, 0, 0, 0),
+                prefix_len: 24,
+            }),
+            limits: Limits {
+                max_enis: 4,
+                max_ips_per_eni: 10,
+            },
+            mtu: 1500,
+        }
+    }
+
+    fn ip(b: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, b)
+    }
+
+    fn record(id: &str, table: u32, ips: &[u8]) -> EniRecord {
+        EniRecord {
+            id: id.into(),
+            mac: format!("02:00:00:00:00:{table:02x}"),
+            subnet_id: "subnet-1".into(),
+            gateway: ip(1),
+            primary_ip: ip(table as u8),
+            mtu: 1500,
+            table,
+            ips: ips.iter().map(|b| ip(*b)).collect(),
+        }
+    }
+
+    fn cloud(id: &str, ips: &[u8]) -> Eni {
+        Eni {
+            id: id.into(),
+            mac: "02:00:00:00:00:99".into(),
+            subnet_id: "subnet-1".into(),
+            primary_ip: ip(99),
+            secondary_ips: ips.iter().map(|b| ip(*b)).collect(),
+            primary: false,
+            attached_to: Some("ins-1".into()),
+            created_unix: None,
+        }
+    }
+
+    fn pool(enis: &[EniRecord], held: &[u8]) -> Ipam {
+        let mut ipam = Ipam::new(0);
+        ipam.apply(&enis.iter().cloned().map(Change::PutEni).collect::<Vec<_>>());
+        for b in held {
+            ipam.apply(&[Change::PutAllocation(Allocation {
+                key: AttachmentKey {
+                    network: "n".into(),
+                    container_id: format!("c{b}"),
+                    ifname: "eth0".into(),
+                },
+                ip: ip(*b),
+                eni_id: enis[0].id.clone(),
+                netns: "/n".into(),
+                pod: None,
+                created_ms: 0,
+            })]);
+        }
+        ipam
+    }
+
+    #[test]
+    fn an_unknown_eni_of_the_nodes_subnet_is_adopted() {
+        let ipam = pool(&[record("eni-a", 101, &[10])], &[]);
+        let changes = reconcile(
+            &ipam,
+            &[cloud("eni-a", &[10]), cloud("eni-b", &[20, 21])],
+            &node(),
+        );
+        assert_eq!(changes.len(), 1);
+        match &changes[0] {
+            Change::PutEni(e) => {
+                assert_eq!((e.id.as_str(), e.table, e.ips.len()), ("eni-b", 102, 2))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_vanished_eni_keeps_only_what_pods_hold() {
+        let ipam = pool(&[record("eni-a", 101, &[10, 11, 12])], &[11]);
+        let changes = reconcile(&ipam, &[], &node());
+        assert_eq!(
+            changes,
+            vec![Change::PutEni(record("eni-a", 101, &[11]))],
+            "free IPs of a vanished ENI must never be handed out"
+        );
+        let empty = pool(&[record("eni-a", 101, &[10])], &[]);
+        assert_eq!(
+            reconcile(&empty, &[], &node()),
+            vec![Change::RemoveEni("eni-a".into())]
+        );
+    }
+
+    #[test]
+    fn vanished_ips_are_dropped_unless_held_and_new_ones_adopted() {
+        let ipam = pool(&[record("eni-a", 101, &[10, 11, 12])], &[10]);
+        let changes = reconcile(&ipam, &[cloud("eni-a", &[12, 13])], &node());
+        assert_eq!(
+            changes,
+            vec![Change::PutEni(record("eni-a", 101, &[10, 12, 13]))]
+        );
+    }
+
+    #[test]
+    fn a_reserved_claim_survives_its_eni_vanishing() {
+        let mut ipam = pool(&[record("eni-a", 101, &[10, 11])], &[]);
+        ipam.apply(&[Change::PutClaim(Claim {
+            namespace: "ns".into(),
+            name: "web-0".into(),
+            ip: ip(11),
+            eni_id: "eni-a".into(),
+            subnet_id: "subnet-1".into(),
+            created_ms: 0,
+            last_bound_ms: 0,
+            released_ms: Some(1),
+            expire_after_ms: None,
+            owner: None,
+            lost: None,
+        })]);
+        let changes = reconcile(&ipam, &[], &node());
+        ipam.apply(&changes);
+        let claim = ipam.claim("ns", "web-0").expect("the claim stays");
+        assert!(
+            ipam.claim_trouble(claim).is_some(),
+            "its pod's next ADD must get the address back first"
+        );
+    }
+}

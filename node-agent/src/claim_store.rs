@@ -1,0 +1,142 @@
+//! Where static IP claims live beyond this node.
+//!
+//! The node's store is the authority on its own claims: a claim is written
+//! in the same commit as the IP it reserves, so a crash never separates
+//! them. A [`ClaimStore`] is what the cluster sees of them. It follows the
+//! outbox ([`follow`]): it is told every claim this node holds from each
+//! snapshot ([`ClaimStore::sync`]) and every durable change after
+//! ([`ClaimStore::publish`]), in commit order; and it is asked, before a static pod
+//! this node has no claim for gets a new IP, whether another node holds
+//! that pod's claim ([`ClaimStore::locate`]). The local implementation,
+//! [`LocalClaims`], is the node's store alone: nothing is elsewhere. The
+//! cluster-wide implementation (Kubernetes `VpcIPClaim` objects) answers
+//! `locate` with the holding node, and the ADD path then moves the IP here
+//! (`MigratePrivateIpAddress`) instead of taking a new one.
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+use crate::ipam::{Change, Claim};
+use crate::outbox::{Delivery, Outbox};
+
+/// A boxed future, so that the trait stays object safe.
+pub type ClaimFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ClaimStoreError>> + Send + 'a>>;
+
+/// The cluster's claim store could not answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("claim store: {0}")]
+pub struct ClaimStoreError(pub String);
+
+/// A pod's claim held by another node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldElsewhere {
+    /// The node holding it.
+    pub node: String,
+    /// The claimed address.
+    pub ip: Ipv4Addr,
+    /// Its subnet: only within one subnet can an IP move between nodes.
+    pub subnet_id: String,
+    /// The ENI carrying it there.
+    pub eni_id: String,
+}
+
+/// One change of a claim this node holds, in the order it was made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimChange {
+    /// Made, bound to a new sandbox, or released.
+    Put(Claim),
+    /// Ended (namespace, name): its IP is no longer reserved.
+    Removed(String, String),
+}
+
+/// The cluster's view of static IP claims.
+pub trait ClaimStore: Send + Sync + 'static {
+    /// The claim of pod `namespace/name` if another node holds it.
+    fn locate<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> ClaimFuture<'a, Option<HeldElsewhere>>;
+
+    /// Every claim this node holds: at start, and whenever the stream had
+    /// to start over (the backend fell behind or failed).
+    fn sync<'a>(&'a self, node: &'a str, claims: &'a [Claim]) -> ClaimFuture<'a, ()>;
+
+    /// Claim changes, durable already, in the order they were made.
+    fn publish<'a>(&'a self, node: &'a str, changes: &'a [ClaimChange]) -> ClaimFuture<'a, ()>;
+}
+
+/// The claim changes of a batch of pool changes.
+pub fn claim_changes(changes: &[Change]) -> Vec<ClaimChange> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::PutClaim(claim) => Some(ClaimChange::Put(claim.clone())),
+            Change::RemoveClaim(ns, name) => Some(ClaimChange::Removed(ns.clone(), name.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Feeds `store` from the outbox until the agent stops: a snapshot syncs
+/// it, each batch's claim changes are published. A failure is retried
+/// with backoff from a fresh snapshot, so the store converges on what the
+/// node's store holds.
+pub async fn follow(outbox: Arc<Outbox>, store: Arc<dyn ClaimStore>, node: String) {
+    let mut backoff = Duration::from_millis(200);
+    let mut stream = outbox.subscribe();
+    drop(outbox);
+    while let Some(delivery) = stream.next().await {
+        let result = match delivery {
+            Delivery::Snapshot { seq, pool } => {
+                debug!(
+                    after = seq,
+                    claims = pool.claims.len(),
+                    "claim store syncing"
+                );
+                store.sync(&node, &pool.claims).await
+            }
+            Delivery::Batch(batch) => {
+                let changes = claim_changes(&batch.changes);
+                if changes.is_empty() {
+                    continue;
+                }
+                store.publish(&node, &changes).await
+            }
+        };
+        match result {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "claim store behind; will re-sync");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                if !stream.restart() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The node's store alone: no claim is held anywhere else.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalClaims;
+
+impl ClaimStore for LocalClaims {
+    fn locate<'a>(&'a self, _: &'a str, _: &'a str) -> ClaimFuture<'a, Option<HeldElsewhere>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn sync<'a>(&'a self, _: &'a str, _: &'a [Claim]) -> ClaimFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn publish<'a>(&'a self, _: &'a str, _: &'a [ClaimChange]) -> ClaimFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+}

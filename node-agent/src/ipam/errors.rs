@@ -1,0 +1,76 @@
+//! Why the pool refused.
+
+use std::net::Ipv4Addr;
+
+use super::records::AttachmentKey;
+
+/// Why the pool refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IpamError {
+    /// Every IP is allocated or cooling.
+    #[error("no free IP: {allocated} allocated and {cooling} cooling of {total}")]
+    Exhausted {
+        /// IPs in the pool.
+        total: usize,
+        /// IPs held by pods.
+        allocated: usize,
+        /// IPs in their cooldown.
+        cooling: usize,
+    },
+    /// The pod's claimed IP is held by another of its sandboxes.
+    #[error("{namespace}/{name} has its static IP {ip} in use by another sandbox ({holder})")]
+    ClaimInUse {
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+        /// The IP.
+        ip: Ipv4Addr,
+        /// The attachment holding it.
+        holder: Box<AttachmentKey>,
+    },
+    /// The pod's claimed IP is no longer on any ENI of this node.
+    #[error("{namespace}/{name}: the static IP {ip} is lost: {why}")]
+    ClaimLost {
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+        /// The IP.
+        ip: Ipv4Addr,
+        /// What happened.
+        why: String,
+    },
+    /// No static claim of that pod.
+    #[error("{namespace}/{name} has no static IP claim")]
+    ClaimNotFound {
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+    },
+    /// A sandbox of the pod holds the claimed IP.
+    #[error(
+        "{namespace}/{name} still runs with {ip} ({holder}); deleting its claim would cut its network (force to do it anyway)"
+    )]
+    ClaimBound {
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+        /// The IP.
+        ip: Ipv4Addr,
+        /// The attachment holding it.
+        holder: Box<AttachmentKey>,
+    },
+    /// The store holds two allocations on one IP.
+    #[error("store is inconsistent: {ip} is allocated to both {first} and {second}")]
+    DoubleAllocation {
+        /// The address.
+        ip: Ipv4Addr,
+        /// One holder.
+        first: Box<AttachmentKey>,
+        /// The other.
+        second: Box<AttachmentKey>,
+    },
+}

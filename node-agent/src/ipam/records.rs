@@ -1,0 +1,216 @@
+//! What the pool is made of: ENIs, allocations, static claims, and the
+//! changes between two states of the pool. These are the pool's own types:
+//! the wire protocol and the store's records are converted to and from
+//! them at the edges.
+
+use std::net::Ipv4Addr;
+
+/// Milliseconds since the Unix epoch; the clock survives restarts.
+pub type UnixMillis = u64;
+
+/// One attachment of a container to a network, as CNI names it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AttachmentKey {
+    /// The network name from the configuration.
+    pub network: String,
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+}
+
+impl std::fmt::Display for AttachmentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.network, self.container_id, self.ifname)
+    }
+}
+
+/// The pod an attachment belongs to, when the runtime named it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRef {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// Pod UID.
+    pub uid: Option<String>,
+}
+
+/// The workload owning a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerRef {
+    /// Kind, such as `StatefulSet`.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// UID.
+    pub uid: String,
+}
+
+/// A secondary ENI attached to this node, with the IPs assigned to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EniRecord {
+    /// ENI id.
+    pub id: String,
+    /// MAC address.
+    pub mac: String,
+    /// Subnet id.
+    pub subnet_id: String,
+    /// The subnet's gateway.
+    pub gateway: Ipv4Addr,
+    /// The ENI's own primary address (never given to a pod).
+    pub primary_ip: Ipv4Addr,
+    /// MTU of the ENI.
+    pub mtu: u32,
+    /// The route table that traffic from this ENI's pods uses.
+    pub table: u32,
+    /// Secondary IPs, each handed to at most one pod.
+    pub ips: Vec<Ipv4Addr>,
+}
+
+/// One pod's hold on one IP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    /// The attachment.
+    pub key: AttachmentKey,
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// The ENI that carries the address.
+    pub eni_id: String,
+    /// The pod's netns path at ADD.
+    pub netns: String,
+    /// The pod, if the runtime named it.
+    pub pod: Option<PodRef>,
+    /// When the allocation was made.
+    pub created_ms: UnixMillis,
+}
+
+/// A static IP claim: a pod, named by namespace and name, keeps its IP
+/// across sandboxes; while no sandbox holds it the IP is reserved for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// The claimed address.
+    pub ip: Ipv4Addr,
+    /// The ENI carrying it.
+    pub eni_id: String,
+    /// The subnet of the address (empty in claims made before it was kept).
+    pub subnet_id: String,
+    /// When the claim was made.
+    pub created_ms: UnixMillis,
+    /// When a sandbox last took it.
+    pub last_bound_ms: UnixMillis,
+    /// When the last sandbox let go of it; `None` while one holds it.
+    pub released_ms: Option<UnixMillis>,
+    /// How long it stays reserved once released, if the pod said; else
+    /// the agent's default applies.
+    pub expire_after_ms: Option<u64>,
+    /// The workload owning the pod, recorded with `--enable-ownerref`.
+    pub owner: Option<OwnerRef>,
+    /// Why the address cannot be had back, once the cloud lost it and
+    /// this node could not get it again; `None` while it is good.
+    pub lost: Option<String>,
+}
+
+impl Claim {
+    /// The key of a claim: namespace and name.
+    pub fn id(&self) -> (String, String) {
+        (self.namespace.clone(), self.name.clone())
+    }
+
+    /// When a released claim expires under `default_ms`; `None` while bound
+    /// or when claims never expire.
+    pub fn expires_ms(&self, default_ms: Option<u64>) -> Option<UnixMillis> {
+        Some(
+            self.released_ms?
+                .saturating_add(self.expire_after_ms.or(default_ms)?),
+        )
+    }
+
+    /// The phase operators see: `Bound`, `Reserved` or `Lost`.
+    pub fn phase(&self) -> &'static str {
+        if self.lost.is_some() {
+            "Lost"
+        } else if self.released_ms.is_some() {
+            "Reserved"
+        } else {
+            "Bound"
+        }
+    }
+}
+
+/// One durable change to the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Add or replace an ENI.
+    PutEni(EniRecord),
+    /// Drop an ENI that holds no allocated IP.
+    RemoveEni(String),
+    /// Record an allocation.
+    PutAllocation(Allocation),
+    /// Drop an allocation.
+    RemoveAllocation(AttachmentKey),
+    /// Record a static IP claim.
+    PutClaim(Claim),
+    /// Drop a static IP claim (namespace, name).
+    RemoveClaim(String, String),
+    /// An IP cools down until the given time.
+    PutCooling(Ipv4Addr, UnixMillis),
+    /// An IP's cooldown record is no longer needed.
+    RemoveCooling(Ipv4Addr),
+}
+
+/// The whole pool as the store holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// ENIs in the order they were added.
+    pub enis: Vec<EniRecord>,
+    /// Allocations.
+    pub allocations: Vec<Allocation>,
+    /// Cooling IPs and the end of their cooldown.
+    pub cooling: Vec<(Ipv4Addr, UnixMillis)>,
+    /// Static IP claims.
+    pub claims: Vec<Claim>,
+}
+
+/// What one IP of the pool is doing at some instant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IpUse<'a> {
+    /// Held by a pod.
+    Allocated(&'a Allocation),
+    /// Reserved for a static claim no sandbox holds.
+    Reserved(&'a Claim),
+    /// Resting after release until the given time.
+    Cooling(UnixMillis),
+    /// Ready to hand out.
+    Free,
+}
+
+/// One ENI's share of the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EniUsage {
+    /// ENI id.
+    pub id: String,
+    /// Its free IPs (neither allocated nor cooling).
+    pub free: Vec<Ipv4Addr>,
+    /// All its secondary IPs.
+    pub total: usize,
+}
+
+/// Pool counters at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Secondary IPs in the pool.
+    pub total: usize,
+    /// Held by pods.
+    pub allocated: usize,
+    /// In their cooldown.
+    pub cooling: usize,
+    /// Reserved for a released static claim.
+    pub reserved: usize,
+    /// Ready to hand out.
+    pub free: usize,
+}

@@ -1,0 +1,272 @@
+//! The store's records: their own serde types, independent of the pool's
+//! and of the wire protocol's, so either can change without making a store
+//! unreadable. Decoding tolerates fields it does not know (a store written
+//! by a newer agent and rolled back) and fills fields an older agent did not
+//! write with their defaults.
+//!
+//! Format history:
+//! - 1: tables `meta`, `enis`, `allocations`, `cooling`, and (added later
+//!   without a bump) `claims`.
+//! - 2: claims carry `subnet_id` and `lost`; the `claims` table always
+//!   exists. A format-1 store is migrated in place when opened.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ipam::{Allocation, AttachmentKey, Claim, EniRecord, OwnerRef, PodRef, UnixMillis};
+
+/// The format this agent writes.
+pub const FORMAT_VERSION: u64 = 2;
+
+/// The oldest format this agent opens (and migrates).
+pub const OLDEST_FORMAT: u64 = 1;
+
+/// An ENI as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EniRow {
+    id: String,
+    mac: String,
+    subnet_id: String,
+    gateway: Ipv4Addr,
+    primary_ip: Ipv4Addr,
+    mtu: u32,
+    table: u32,
+    #[serde(default)]
+    ips: Vec<Ipv4Addr>,
+}
+
+/// An attachment key as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRow {
+    network: String,
+    container_id: String,
+    ifname: String,
+}
+
+/// A pod reference as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRow {
+    namespace: String,
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uid: Option<String>,
+}
+
+/// An owner reference as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerRow {
+    kind: String,
+    name: String,
+    #[serde(default)]
+    uid: String,
+}
+
+/// An allocation as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationRow {
+    key: KeyRow,
+    ip: Ipv4Addr,
+    eni_id: String,
+    #[serde(default)]
+    netns: String,
+    #[serde(default)]
+    pod: Option<PodRow>,
+    #[serde(default)]
+    created_ms: UnixMillis,
+}
+
+/// A static claim as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRow {
+    namespace: String,
+    name: String,
+    ip: Ipv4Addr,
+    eni_id: String,
+    /// Format 2.
+    #[serde(default)]
+    subnet_id: String,
+    #[serde(default)]
+    created_ms: UnixMillis,
+    #[serde(default)]
+    last_bound_ms: UnixMillis,
+    #[serde(default)]
+    released_ms: Option<UnixMillis>,
+    #[serde(default)]
+    expire_after_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<OwnerRow>,
+    /// Format 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lost: Option<String>,
+}
+
+impl From<&EniRecord> for EniRow {
+    fn from(e: &EniRecord) -> EniRow {
+        EniRow {
+            id: e.id.clone(),
+            mac: e.mac.clone(),
+            subnet_id: e.subnet_id.clone(),
+            gateway: e.gateway,
+            primary_ip: e.primary_ip,
+            mtu: e.mtu,
+            table: e.table,
+            ips: e.ips.clone(),
+        }
+    }
+}
+
+impl From<EniRow> for EniRecord {
+    fn from(e: EniRow) -> EniRecord {
+        EniRecord {
+            id: e.id,
+            mac: e.mac,
+            subnet_id: e.subnet_id,
+            gateway: e.gateway,
+            primary_ip: e.primary_ip,
+            mtu: e.mtu,
+            table: e.table,
+            ips: e.ips,
+        }
+    }
+}
+
+impl From<&AttachmentKey> for KeyRow {
+    fn from(k: &AttachmentKey) -> KeyRow {
+        KeyRow {
+            network: k.network.clone(),
+            container_id: k.container_id.clone(),
+            ifname: k.ifname.clone(),
+        }
+    }
+}
+
+impl From<KeyRow> for AttachmentKey {
+    fn from(k: KeyRow) -> AttachmentKey {
+        AttachmentKey {
+            network: k.network,
+            container_id: k.container_id,
+            ifname: k.ifname,
+        }
+    }
+}
+
+impl From<&Allocation> for AllocationRow {
+    fn from(a: &Allocation) -> AllocationRow {
+        AllocationRow {
+            key: (&a.key).into(),
+            ip: a.ip,
+            eni_id: a.eni_id.clone(),
+            netns: a.netns.clone(),
+            pod: a.pod.as_ref().map(|p| PodRow {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                uid: p.uid.clone(),
+            }),
+            created_ms: a.created_ms,
+        }
+    }
+}
+
+impl From<AllocationRow> for Allocation {
+    fn from(a: AllocationRow) -> Allocation {
+        Allocation {
+            key: a.key.into(),
+            ip: a.ip,
+            eni_id: a.eni_id,
+            netns: a.netns,
+            pod: a.pod.map(|p| PodRef {
+                namespace: p.namespace,
+                name: p.name,
+                uid: p.uid,
+            }),
+            created_ms: a.created_ms,
+        }
+    }
+}
+
+impl From<&Claim> for ClaimRow {
+    fn from(c: &Claim) -> ClaimRow {
+        ClaimRow {
+            namespace: c.namespace.clone(),
+            name: c.name.clone(),
+            ip: c.ip,
+            eni_id: c.eni_id.clone(),
+            subnet_id: c.subnet_id.clone(),
+            created_ms: c.created_ms,
+            last_bound_ms: c.last_bound_ms,
+            released_ms: c.released_ms,
+            expire_after_ms: c.expire_after_ms,
+            owner: c.owner.as_ref().map(|o| OwnerRow {
+                kind: o.kind.clone(),
+                name: o.name.clone(),
+                uid: o.uid.clone(),
+            }),
+            lost: c.lost.clone(),
+        }
+    }
+}
+
+impl From<ClaimRow> for Claim {
+    fn from(c: ClaimRow) -> Claim {
+        Claim {
+            namespace: c.namespace,
+            name: c.name,
+            ip: c.ip,
+            eni_id: c.eni_id,
+            subnet_id: c.subnet_id,
+            created_ms: c.created_ms,
+            last_bound_ms: c.last_bound_ms,
+            released_ms: c.released_ms,
+            expire_after_ms: c.expire_after_ms,
+            owner: c.owner.map(|o| OwnerRef {
+                kind: o.kind,
+                name: o.name,
+                uid: o.uid,
+            }),
+            lost: c.lost,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_tolerate_fields_they_do_not_know() {
+        let row: ClaimRow = serde_json::from_str(
+            r#"{"namespace":"a","name":"b","ip":"10.0.0.9","eni_id":"eni-1",
+                "created_ms":1,"last_bound_ms":2,"released_ms":null,
+                "expire_after_ms":null,"some_future_field":{"x":1}}"#,
+        )
+        .expect("a newer record decodes");
+        let claim = Claim::from(row);
+        assert_eq!((claim.name.as_str(), claim.subnet_id.as_str()), ("b", ""));
+        assert_eq!(claim.lost, None);
+    }
+
+    #[test]
+    fn claims_round_trip_through_their_rows() {
+        let claim = Claim {
+            namespace: "ns".into(),
+            name: "web-0".into(),
+            ip: Ipv4Addr::new(10, 0, 1, 5),
+            eni_id: "eni-1".into(),
+            subnet_id: "subnet-1".into(),
+            created_ms: 1,
+            last_bound_ms: 2,
+            released_ms: Some(3),
+            expire_after_ms: Some(4),
+            owner: Some(OwnerRef {
+                kind: "StatefulSet".into(),
+                name: "web".into(),
+                uid: "u".into(),
+            }),
+            lost: Some("gone".into()),
+        };
+        let json = serde_json::to_string(&ClaimRow::from(&claim)).expect("encode");
+        let back: ClaimRow = serde_json::from_str(&json).expect("decode");
+        assert_eq!(Claim::from(back), claim);
+    }
+}
