@@ -86,6 +86,17 @@ impl Agent {
         self.dir.path().join("agent.sock")
     }
 
+    /// Moves the agent's clock forward by `by` (it reads the offset file
+    /// the test harness passes with `--test-clock-offset-file`).
+    pub fn advance_clock(&self, by: Duration) {
+        let file = self.dir.path().join("clock-offset");
+        let now: u64 = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        std::fs::write(&file, (now + by.as_millis() as u64).to_string()).expect("clock offset");
+    }
+
     /// A file standing in for a pod's netns (the fake dataplane never
     /// enters it, but the plugin checks it exists).
     pub fn netns(&self, name: &str) -> String {
@@ -118,6 +129,9 @@ impl Agent {
             ])
             .arg("--credentials-file")
             .arg(self.emulator.dir.path().join("credentials"))
+            .arg("--test-clock-offset-file")
+            .arg(self.dir.path().join("clock-offset"))
+            .args(["--maintenance-interval", "200ms"])
             .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -158,7 +158,7 @@ fn a_claim_is_deleted_by_hand_but_not_under_a_running_pod_unless_forced() {
 #[test]
 fn expired_claims_are_previewed_then_reclaimed() {
     let agent = Agent::start(&[]);
-    let args = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=tmp-0;VPC_IP_CLAIM_DELETE_POLICY=Never;VPC_IP_CLAIM_EXPIRED_DURATION=1s";
+    let args = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=tmp-0;VPC_IP_CLAIM_DELETE_POLICY=Never;VPC_IP_CLAIM_EXPIRED_DURATION=5m";
     let netns = agent.netns("tmp-a");
     let run = cni(
         &CniEnv::pod("ADD", "tmp-a", &netns).set("CNI_ARGS", args),
@@ -172,7 +172,9 @@ fn expired_claims_are_previewed_then_reclaimed() {
         )
         .ok
     );
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let (ok, text) = cli(&agent, &["reclaim", "--dry-run"]);
+    assert!(ok && !text.contains("tmp-0"), "not expired yet: {text}");
+    agent.advance_clock(std::time::Duration::from_secs(301));
     let (ok, text) = cli(&agent, &["reclaim", "--dry-run"]);
     assert!(
         ok && text.contains("would reclaim default/tmp-0") && text.contains("expired"),
@@ -259,6 +261,19 @@ fn an_expiry_below_five_minutes_is_refused_at_start() {
     );
 }
 
+#[test]
+fn a_pods_own_expiry_below_five_minutes_is_refused_too() {
+    let agent = Agent::start(&[]);
+    let args = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=tmp-1;VPC_IP_CLAIM_DELETE_POLICY=Never;VPC_IP_CLAIM_EXPIRED_DURATION=1s";
+    let run = cni(
+        &CniEnv::pod("ADD", "tmp-1-a", &agent.netns("tmp-1-a")).set("CNI_ARGS", args),
+        &bytes(&agent.conf("1.0.0")),
+    );
+    assert!(!run.ok, "{}", run.stdout);
+    assert!(run.stdout.contains("minimum of 5m"), "{}", run.stdout);
+    assert!(claims(&agent).is_empty(), "no claim, no IP taken");
+}
+
 /// ADD with arbitrary `CNI_ARGS` beyond the pod's namespace and name.
 fn add_with(agent: &Agent, sandbox: &str, pod: &str, extra: &str) -> String {
     let args = format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}{extra}");
@@ -281,7 +296,7 @@ fn churn_with_crashes_and_every_reclaim_path_leaves_every_ip_accounted_for() {
     let mut agent = Agent::start(&["--enable-ownerref"]);
     let owned = ";VPC_IP_CLAIM_DELETE_POLICY=Never;K8S_POD_OWNER_KIND=StatefulSet;\
                  K8S_POD_OWNER_NAME=web;K8S_POD_OWNER_UID=u-web";
-    let expiring = ";VPC_IP_CLAIM_DELETE_POLICY=Never;VPC_IP_CLAIM_EXPIRED_DURATION=1s";
+    let expiring = ";VPC_IP_CLAIM_DELETE_POLICY=Never;VPC_IP_CLAIM_EXPIRED_DURATION=5m";
     let never = ";VPC_IP_CLAIM_DELETE_POLICY=Never";
     let mut pods: Vec<(String, &str)> = Vec::new();
     for i in 0..4 {
@@ -333,7 +348,7 @@ fn churn_with_crashes_and_every_reclaim_path_leaves_every_ip_accounted_for() {
     // Manual, expiry and cascade.
     let (ok, text) = cli(&agent, &["delete", "default/web-3"]);
     assert!(ok, "{text}");
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    agent.advance_clock(std::time::Duration::from_secs(301));
     let (ok, text) = cli(&agent, &["reclaim", "--dry-run"]);
     assert!(ok && text.contains("would reclaim default/tmp-0"), "{text}");
     // The expiry clock survives a crash: the restarted agent's maintenance
