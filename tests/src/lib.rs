@@ -166,6 +166,19 @@ impl Agent {
         }
     }
 
+    /// Waits up to `timeout` for the agent to exit by itself; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut()?.try_wait().ok().flatten() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGKILLs the agent, as a crash would.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -566,18 +579,47 @@ impl Emulator {
             format!("SecretId={secret_id}\nSecretKey={secret_key}\n"),
         )
         .expect("credentials");
-        let address_file = dir.path().join("address");
-        let log = std::fs::File::create(dir.path().join("emulator.log")).expect("log");
+        let mut args: Vec<String> = vec!["--nodes".into(), nodes.to_string()];
+        args.extend(flags.iter().map(|s| s.to_string()));
+        let (child, address) = Emulator::spawn(dir.path(), "127.0.0.1:0", &args);
+        Emulator {
+            dir,
+            address,
+            secret_id,
+            secret_key,
+            child,
+        }
+    }
+
+    /// Stops it and starts it again on the same world and address with
+    /// `flags` (faults), as an outage and a recovery of the API would look.
+    pub fn restart(&mut self, flags: &[&str]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        let (child, address) = Emulator::spawn(self.dir.path(), &self.address, &args);
+        assert_eq!(address, self.address);
+        self.child = child;
+    }
+
+    fn spawn(dir: &std::path::Path, listen: &str, args: &[String]) -> (Child, String) {
+        let address_file = dir.join("address");
+        let _ = std::fs::remove_file(&address_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("emulator.log"))
+            .expect("log");
         let child = Command::new(bin("vpc-sim"))
             .arg("serve")
             .arg("--world")
-            .arg(dir.path().join("vpc.json"))
+            .arg(dir.join("vpc.json"))
             .arg("--credentials")
-            .arg(&credentials)
+            .arg(dir.join("credentials"))
             .arg("--address-file")
             .arg(&address_file)
-            .args(["--nodes", &nodes.to_string()])
-            .args(flags)
+            .args(["--listen", listen])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -592,13 +634,7 @@ impl Emulator {
             assert!(Instant::now() < deadline, "emulator did not start");
             std::thread::sleep(Duration::from_millis(10));
         };
-        Emulator {
-            dir,
-            address,
-            secret_id,
-            secret_key,
-            child,
-        }
+        (child, address)
     }
 
     /// The emulator's log.

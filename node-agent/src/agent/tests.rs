@@ -274,6 +274,27 @@ async fn a_failed_wiring_rolls_the_allocation_back() {
 }
 
 #[tokio::test]
+async fn a_failed_repeated_add_never_unwires_a_working_pod() {
+    let h = harness().await;
+    let first = add(&h.agent, "c1").await;
+    h.agent.dataplane.fail_attach.store(true, Ordering::SeqCst);
+    let e = h
+        .agent
+        .handle(add_req("c1"), None)
+        .await
+        .expect_err("the repeated ADD fails");
+    assert_eq!(e.kind, ErrorKind::Dataplane);
+    assert_eq!(
+        h.agent.dataplane.wired(),
+        vec![first.host_ifname.clone()],
+        "the pod stays wired"
+    );
+    assert_eq!(allocated(&h.agent), vec![("c1".to_string(), first.ip)]);
+    h.agent.dataplane.fail_attach.store(false, Ordering::SeqCst);
+    assert_eq!(add(&h.agent, "c1").await, first);
+}
+
+#[tokio::test]
 async fn status_is_ready_until_nothing_can_be_served() {
     let h = harness_with(
         Limits {
@@ -341,6 +362,40 @@ async fn a_failed_commit_stops_all_changes_until_restart() {
         h.agent.handle(Request::Status, None).await,
         Ok(Response::Status(StatusReply { ready: false, .. }))
     ));
+}
+
+#[tokio::test]
+async fn a_poisoned_agent_stops_talking_to_the_cloud_and_asks_to_exit() {
+    let store = MemoryStore::default();
+    let fail = Arc::clone(&store.fail_commits);
+    let h = harness_with(DEFAULT_LIMITS, Box::new(store)).await;
+    let agent = Arc::new(h.agent);
+    add(&agent, "c1").await;
+    let mut poisoned = agent.poisoned();
+    assert!(poisoned.borrow().is_none());
+    fail.store(true, Ordering::SeqCst);
+    agent
+        .handle(add_req("c2"), None)
+        .await
+        .expect_err("store down");
+    let why = tokio::time::timeout(Duration::from_secs(1), poisoned.wait_for(Option::is_some))
+        .await
+        .expect("the run loop hears of it at once")
+        .expect("watch")
+        .clone();
+    assert!(why.expect("a reason").contains("injected"));
+    let enis_before = agent.cloud.list_enis().await.expect("list");
+    // Far more demand than the pool holds: a healthy agent would create ENIs.
+    let e = agent.grow(50).await.expect_err("no cloud work");
+    assert_eq!(e.kind, ErrorKind::Store);
+    assert_eq!(
+        agent.cloud.list_enis().await.expect("list"),
+        enis_before,
+        "no ENI created or changed after the poison"
+    );
+    tokio::time::timeout(Duration::from_secs(1), Arc::clone(&agent).maintain_pool())
+        .await
+        .expect("the maintenance loop ends instead of growing every tick");
 }
 
 #[tokio::test]

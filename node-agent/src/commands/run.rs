@@ -16,7 +16,7 @@ use crate::dataplane::{Dataplane, FakeDataplane, NetlinkDataplane};
 use crate::logging::{self, LogFormat};
 use crate::pool::Targets;
 use crate::server::{self, ServerConfig};
-use crate::store::RedbStore;
+use crate::store::{FaultyStore, RedbStore, Store};
 
 /// Which dataplane programs the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -115,6 +115,10 @@ pub struct RunArgs {
     /// milliseconds written in this file (claims expire without waiting).
     #[arg(long, hide = true)]
     test_clock_offset_file: Option<PathBuf>,
+    /// Test only: while this file exists, every commit to the state store
+    /// fails (the agent then stops acting and exits).
+    #[arg(long, hide = true)]
+    test_store_fail_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -139,7 +143,12 @@ pub fn run(args: RunArgs) -> Result<(), String> {
 async fn serve(args: RunArgs) -> Result<(), String> {
     std::fs::create_dir_all(&args.state_dir)
         .map_err(|e| format!("cannot create state dir {}: {e}", args.state_dir.display()))?;
-    let store = RedbStore::open(&args.state_dir.join("state.redb")).map_err(|e| e.to_string())?;
+    // Opening creates and fsyncs the file: off the runtime's workers.
+    let path = args.state_dir.join("state.redb");
+    let store = tokio::task::spawn_blocking(move || RedbStore::open(&path))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     let cloud = cloud(&args).await?;
     let config = AgentConfig {
         ip_cooldown: args.ip_cooldown,
@@ -160,7 +169,13 @@ async fn serve(args: RunArgs) -> Result<(), String> {
         Some(file) => clock::offset_clock(file.clone()),
         None => clock::system_clock(),
     };
-    let store = Box::new(store);
+    let store: Box<dyn Store> = match &args.test_store_fail_file {
+        Some(trigger) => Box::new(FaultyStore {
+            inner: store,
+            trigger: trigger.clone(),
+        }),
+        None => Box::new(store),
+    };
     match args.dataplane {
         DataplaneKind::Netlink => {
             let dataplane =

@@ -2,11 +2,13 @@
 //! before the agent answers, and the agent rebuilds its pool from it on
 //! start. [`RedbStore`] is the real one; [`MemoryStore`] serves tests.
 
+mod faulty;
 #[cfg(test)]
 mod memory;
 mod records;
 mod redb;
 
+pub use faulty::FaultyStore;
 #[cfg(test)]
 pub use memory::MemoryStore;
 pub use redb::RedbStore;
