@@ -52,7 +52,9 @@ fn a_poisoned_agent_exits_non_zero_and_restarts_from_its_store() {
     std::fs::write(&trigger, b"").expect("trigger");
     let failed = run(&agent, "ADD", "lost");
     assert!(!failed.ok);
-    assert_eq!(failed.code(), 104, "{}", failed.stdout);
+    // 104 when this ADD's commit failed; 11 when a background commit failed
+    // first and the agent was already on its way out.
+    assert!([104, 11].contains(&failed.code()), "{}", failed.stdout);
     let status = agent
         .wait_exit(Duration::from_secs(10))
         .unwrap_or_else(|| panic!("the poisoned agent did not exit:\n{}", agent.log()));
