@@ -178,8 +178,9 @@ async fn serve(args: RunArgs) -> Result<(), String> {
     };
     match args.dataplane {
         DataplaneKind::Netlink => {
-            let dataplane =
-                NetlinkDataplane::new(args.node_netns.as_deref()).map_err(|e| e.to_string())?;
+            let dataplane = NetlinkDataplane::new(args.node_netns.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
             listen(
                 args,
                 Agent::start(cloud, dataplane, store, config, clock).await,

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::RawFd;
 
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleHeader, RuleMessage};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
@@ -22,20 +22,33 @@ pub const RULE_TO_POD_PRIORITY: u32 = 512;
 pub const RULE_FROM_POD_PRIORITY: u32 = 1536;
 /// The main routing table.
 pub const MAIN_TABLE: u32 = 254;
+/// Link group of every host veth this agent creates (`ip link show group
+/// 1987076914`, "vpc2" in ASCII): the mark that makes a link provably
+/// ours, so GC never deletes a link that only looks like one of ours.
+pub const LINK_GROUP: u32 = 0x7670_6332;
 
-/// `ip link add HOST mtu MTU type veth peer name PEER mtu MTU netns FD`:
-/// the pod end is created directly inside the pod's namespace.
+/// `ip link add HOST mtu MTU group LINK_GROUP type veth peer name PEER mtu
+/// MTU netns FD`: the pod end is created directly inside the pod's
+/// namespace; the host end carries our link group.
 pub fn veth_pair(host: &str, peer: &str, mtu: u32, peer_netns: RawFd) -> LinkMessage {
     let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
         .name(peer)
         .mtu(mtu)
         .setns_by_fd(peer_netns)
         .build();
-    LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+    let mut msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
         .name(host)
         .mtu(mtu)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
-        .build()
+        .build();
+    msg.attributes.push(LinkAttribute::Group(LINK_GROUP));
+    msg
+}
+
+/// Whether a link carries our group: created by this agent as a pod's
+/// host veth.
+pub fn is_ours(link: &LinkMessage) -> bool {
+    link.attributes.contains(&LinkAttribute::Group(LINK_GROUP))
 }
 
 /// `ip route replace default via 169.254.1.1 dev IF onlink` (in the pod).
@@ -148,7 +161,7 @@ pub fn rule_pod(rule: &RuleMessage) -> Option<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtnetlink::packet_route::link::{LinkAttribute, LinkInfo};
+    use rtnetlink::packet_route::link::LinkInfo;
     use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags};
 
     #[test]
@@ -179,6 +192,8 @@ mod tests {
         );
         assert!(peer.attributes.contains(&LinkAttribute::NetNsFd(7)));
         assert!(peer.attributes.contains(&LinkAttribute::Mtu(1500)));
+        assert!(is_ours(&msg), "the host end carries our group");
+        assert!(!peer.attributes.contains(&LinkAttribute::Group(LINK_GROUP)));
     }
 
     #[test]

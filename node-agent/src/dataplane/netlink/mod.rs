@@ -27,7 +27,7 @@ use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::packet_route::rule::RuleMessage;
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{
     Dataplane, DataplaneError, HOST_VETH_PREFIX, POD_GATEWAY, PodLinks, PodSpec, host_ifname,
@@ -54,10 +54,12 @@ pub struct NetlinkDataplane {
 impl NetlinkDataplane {
     /// Opens the data path for the node namespace at `node_netns` (the
     /// agent's own when `None`) and enables IPv4 forwarding there.
-    pub fn new(node_netns: Option<&Path>) -> Result<NetlinkDataplane, DataplaneError> {
+    pub async fn new(node_netns: Option<&Path>) -> Result<NetlinkDataplane, DataplaneError> {
         let node = netns::connect(open_path(node_netns)?)
+            .await
             .map_err(io_err("open netlink socket in the node namespace"))?;
         netns::write_sysctl(open_path(node_netns)?, "net/ipv4/ip_forward", "1")
+            .await
             .map_err(io_err("sysctl net.ipv4.ip_forward=1"))?;
         Ok(NetlinkDataplane {
             reaper: reaper::Reaper::start(node.clone()),
@@ -135,6 +137,7 @@ impl Dataplane for NetlinkDataplane {
             &format!("net/ipv4/conf/{name}/rp_filter"),
             "2",
         )
+        .await
         .map_err(io_err("sysctl rp_filter"))?;
         debug!(eni = %eni.id, link = %name, table = eni.table, "ENI programmed");
         Ok(())
@@ -185,6 +188,7 @@ impl Dataplane for NetlinkDataplane {
             .map_err(|e| kernel("ip link set up (host veth)", e))?;
 
         let inside = netns::connect(Some(pod.netns.open()?))
+            .await
             .map_err(io_err("netlink socket in pod netns"))?;
         let pod_link =
             find_link(&inside, &pod.key.ifname)
@@ -297,6 +301,7 @@ impl Dataplane for NetlinkDataplane {
             }
         }
         let inside = netns::connect(Some(pod.netns.open()?))
+            .await
             .map_err(io_err("netlink socket in pod netns"))?;
         let pod_link = find_link(&inside, &pod.key.ifname).await?.ok_or_else(|| {
             missing(
@@ -358,6 +363,11 @@ impl Dataplane for NetlinkDataplane {
             .collect();
         let ips: HashSet<Ipv4Addr> = keep.iter().map(|p| p.ip).collect();
         let mut removed = 0;
+        // One object that cannot be removed is logged and skipped: GC (and
+        // so start-up) never stops on it.
+        let skip = |what: &str, name: String, e: rtnetlink::Error| {
+            warn!(object = what, name, error = %e, "GC could not remove a leftover; skipped");
+        };
         let links: Vec<LinkMessage> = self
             .node
             .link()
@@ -370,20 +380,26 @@ impl Dataplane for NetlinkDataplane {
             let Some(name) = link_name(&link) else {
                 continue;
             };
-            if name.starts_with(HOST_VETH_PREFIX) && name.len() == 14 && !names.contains(&name) {
-                tolerate(
-                    self.node.link().del(link.header.index).execute().await,
-                    &[ENODEV],
-                )
-                .map_err(|e| kernel("ip link del", e))?;
-                removed += 1;
+            // Provably ours: our name pattern and our link group.
+            if !(name.starts_with(HOST_VETH_PREFIX) && name.len() == 14 && messages::is_ours(&link))
+                || names.contains(&name)
+            {
+                continue;
+            }
+            match tolerate(
+                self.node.link().del(link.header.index).execute().await,
+                &[ENODEV],
+            ) {
+                Ok(()) => removed += 1,
+                Err(e) => skip("link", name, e),
             }
         }
         for rule in our_rules(&self.node).await? {
-            if messages::rule_pod(&rule).is_some_and(|ip| !ips.contains(&ip)) {
-                tolerate(self.node.rule().del(rule).execute().await, &[ENOENT])
-                    .map_err(|e| kernel("ip rule del", e))?;
-                removed += 1;
+            if let Some(ip) = messages::rule_pod(&rule).filter(|ip| !ips.contains(ip)) {
+                match tolerate(self.node.rule().del(rule).execute().await, &[ENOENT]) {
+                    Ok(()) => removed += 1,
+                    Err(e) => skip("rule", ip.to_string(), e),
+                }
             }
         }
         let routes = main_routes(&self.node).await?;
@@ -394,13 +410,14 @@ impl Dataplane for NetlinkDataplane {
                 RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
                 _ => None,
             });
-            if ours && dst.is_some_and(|ip| !ips.contains(&ip)) {
-                tolerate(
+            if let Some(ip) = dst.filter(|ip| ours && !ips.contains(ip)) {
+                match tolerate(
                     self.node.route().del(route).execute().await,
                     &[ESRCH, ENOENT],
-                )
-                .map_err(|e| kernel("ip route del", e))?;
-                removed += 1;
+                ) {
+                    Ok(()) => removed += 1,
+                    Err(e) => skip("route", ip.to_string(), e),
+                }
             }
         }
         Ok(removed)

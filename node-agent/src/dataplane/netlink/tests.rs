@@ -131,7 +131,9 @@ async fn privileged_program_eni_sets_up_its_table_and_rp_filter() {
         return;
     }
     let bed = bed();
-    let dp = NetlinkDataplane::new(Some(&bed.node.path())).expect("dataplane");
+    let dp = NetlinkDataplane::new(Some(&bed.node.path()))
+        .await
+        .expect("dataplane");
     dp.program_eni(&bed.eni).await.expect("program");
     dp.program_eni(&bed.eni)
         .await
@@ -172,7 +174,9 @@ async fn privileged_attach_check_detach_a_pod() {
     }
     let bed = bed();
     let pod = Netns::new("pod");
-    let dp = NetlinkDataplane::new(Some(&bed.node.path())).expect("dataplane");
+    let dp = NetlinkDataplane::new(Some(&bed.node.path()))
+        .await
+        .expect("dataplane");
     dp.program_eni(&bed.eni).await.expect("program");
     let s = spec(&bed, &pod, "c1", bed.eni.ips[0]);
 
@@ -265,7 +269,9 @@ async fn privileged_detach_tolerates_a_vanished_pod_namespace() {
         return;
     }
     let bed = bed();
-    let dp = NetlinkDataplane::new(Some(&bed.node.path())).expect("dataplane");
+    let dp = NetlinkDataplane::new(Some(&bed.node.path()))
+        .await
+        .expect("dataplane");
     dp.program_eni(&bed.eni).await.expect("program");
     let pod = Netns::new("pod");
     let s = spec(&bed, &pod, "gone", bed.eni.ips[0]);
@@ -282,12 +288,41 @@ async fn privileged_detach_tolerates_a_vanished_pod_namespace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_gc_deletes_only_links_provably_ours() {
+    if !root() {
+        return;
+    }
+    let bed = bed();
+    let dp = NetlinkDataplane::new(Some(&bed.node.path()))
+        .await
+        .expect("dataplane");
+    dp.program_eni(&bed.eni).await.expect("program");
+    let pod = Netns::new("pod");
+    let stale = spec(&bed, &pod, "stale", bed.eni.ips[0]);
+    let ours = dp.attach_pod(&stale).await.expect("attach").host_ifname;
+    // Someone else's veth whose name merely looks like ours.
+    let lookalike = "vpc00000000abc";
+    bed.node.ip(&[
+        "link", "add", lookalike, "type", "veth", "peer", "name", "other0",
+    ]);
+    dp.collect_garbage(&[]).await.expect("gc");
+    let links = bed.node.ip(&["-o", "link", "show"]);
+    assert!(!links.contains(&ours), "our leftover went: {links}");
+    assert!(
+        links.contains(lookalike),
+        "a link without our mark stays: {links}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_gc_removes_only_what_no_pod_owns() {
     if !root() {
         return;
     }
     let bed = bed();
-    let dp = NetlinkDataplane::new(Some(&bed.node.path())).expect("dataplane");
+    let dp = NetlinkDataplane::new(Some(&bed.node.path()))
+        .await
+        .expect("dataplane");
     dp.program_eni(&bed.eni).await.expect("program");
     let (p1, p2) = (Netns::new("pod"), Netns::new("pod"));
     let keep = spec(&bed, &p1, "keep", bed.eni.ips[0]);
@@ -316,7 +351,9 @@ async fn privileged_a_re_add_after_del_starts_from_a_fresh_veth() {
     }
     let bed = bed();
     let pod = Netns::new("pod");
-    let dp = NetlinkDataplane::new(Some(&bed.node.path())).expect("dataplane");
+    let dp = NetlinkDataplane::new(Some(&bed.node.path()))
+        .await
+        .expect("dataplane");
     dp.program_eni(&bed.eni).await.expect("program");
     let first = spec(&bed, &pod, "again", bed.eni.ips[0]);
     dp.attach_pod(&first).await.expect("attach");
