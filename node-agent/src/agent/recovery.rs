@@ -193,10 +193,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// Records that the cloud failed; unreachable-like failures set the
     /// condition.
     fn cloud_failed(&self, e: CloudError) -> proto::wire::AgentError {
-        if matches!(
-            e,
-            CloudError::Other(_) | CloudError::Auth(_) | CloudError::Throttled(_)
-        ) {
+        if matches!(e, CloudError::Other(_) | CloudError::Auth(_)) {
             self.cloud_unreachable(&e.to_string());
         }
         cloud_error(e)
