@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::Agent;
 use super::conditions::{ENI_LIMIT, NO_SUBNET_IN_ZONE};
 use super::errors::{cloud_error, dataplane_error, internal};
-use crate::cloud::{Cloud, CloudError, Eni};
+use crate::cloud::{Cloud, CloudError, Eni, Subnet};
 use crate::dataplane::Dataplane;
 use crate::ipam::{Change, EniRecord};
 use crate::pool::{self, Action};
@@ -250,16 +250,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             self.discard_eni(&eni.id).await;
             return Err(cloud_error(e));
         }
-        let record = EniRecord {
-            id: eni.id.clone(),
-            mac: eni.mac.clone(),
-            subnet_id: eni.subnet_id.clone(),
-            gateway: subnet.gateway,
-            primary_ip: eni.primary_ip,
-            mtu: node.mtu,
-            table,
-            ips: eni.secondary_ips.clone(),
-        };
+        let record = pool_record(&eni, subnet, node.mtu, table);
         if let Err(e) = self.dataplane.program_eni(&record).await {
             self.attaching_state(&eni, Some(e.to_string()));
             self.discard_eni(&record.id).await;
@@ -289,6 +280,20 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         if let Err(e) = self.cloud.delete_eni(eni_id).await {
             warn!(eni = %eni_id, error = %e, "could not delete an unused ENI; the leaked-ENI check retries");
         }
+    }
+}
+
+/// An ENI of the cloud as the pool records it, in route table `table`.
+pub(super) fn pool_record(eni: &Eni, subnet: &Subnet, mtu: u32, table: u32) -> EniRecord {
+    EniRecord {
+        id: eni.id.clone(),
+        mac: eni.mac.clone(),
+        subnet_id: eni.subnet_id.clone(),
+        gateway: subnet.gateway,
+        primary_ip: eni.primary_ip,
+        mtu,
+        table,
+        ips: eni.secondary_ips.clone(),
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::conditions::{CLOUD_UNREACHABLE, Conditions};
+use super::eni::pool_record;
 use super::errors::cloud_error;
 use super::txn::Txn;
 use super::{Agent, AgentConfig};
@@ -312,16 +313,9 @@ pub fn reconcile(ipam: &Ipam, cloud_enis: &[Eni], node: &NodeInfo) -> Vec<Change
                     warn!(eni = %eni.id, subnet = %eni.subnet_id, "not adopting an ENI of another subnet");
                     continue;
                 };
-                changes.push(Change::PutEni(EniRecord {
-                    id: eni.id.clone(),
-                    mac: eni.mac.clone(),
-                    subnet_id: eni.subnet_id.clone(),
-                    gateway: subnet.gateway,
-                    primary_ip: eni.primary_ip,
-                    mtu: node.mtu,
-                    table: next_table,
-                    ips: eni.secondary_ips.clone(),
-                }));
+                changes.push(Change::PutEni(pool_record(
+                    eni, subnet, node.mtu, next_table,
+                )));
                 next_table += 1;
             }
         }
@@ -333,7 +327,7 @@ pub fn reconcile(ipam: &Ipam, cloud_enis: &[Eni], node: &NodeInfo) -> Vec<Change
 mod tests {
     use super::*;
     use crate::cloud::{Limits, Subnet};
-    use crate::ipam::{Allocation, AttachmentKey, Claim};
+    use crate::ipam::Claim;
 
     fn node() -> NodeInfo {
         NodeInfo {
@@ -355,22 +349,7 @@ mod tests {
         }
     }
 
-    fn ip(b: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 0, 0, b)
-    }
-
-    fn record(id: &str, table: u32, ips: &[u8]) -> EniRecord {
-        EniRecord {
-            id: id.into(),
-            mac: format!("02:00:00:00:00:{table:02x}"),
-            subnet_id: "subnet-1".into(),
-            gateway: ip(1),
-            primary_ip: ip(table as u8),
-            mtu: 1500,
-            table,
-            ips: ips.iter().map(|b| ip(*b)).collect(),
-        }
-    }
+    use crate::ipam::testing::{allocation, eni as record, ip};
 
     fn cloud(id: &str, ips: &[u8]) -> Eni {
         Eni {
@@ -389,18 +368,11 @@ mod tests {
         let mut ipam = Ipam::new(0);
         ipam.apply(&enis.iter().cloned().map(Change::PutEni).collect::<Vec<_>>());
         for b in held {
-            ipam.apply(&[Change::PutAllocation(Allocation {
-                key: AttachmentKey {
-                    network: "n".into(),
-                    container_id: format!("c{b}"),
-                    ifname: "eth0".into(),
-                },
-                ip: ip(*b),
-                eni_id: enis[0].id.clone(),
-                netns: "/n".into(),
-                pod: None,
-                created_ms: 0,
-            })]);
+            ipam.apply(&[Change::PutAllocation(allocation(
+                &format!("c{b}"),
+                *b,
+                &enis[0].id,
+            ))]);
         }
         ipam
     }

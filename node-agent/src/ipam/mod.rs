@@ -13,6 +13,8 @@ mod claims;
 mod errors;
 mod records;
 #[cfg(test)]
+pub mod testing;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,26 +1,10 @@
 //! Unit tests of the pool.
 
+use super::testing::key;
 use super::*;
 
-fn key(c: &str) -> AttachmentKey {
-    AttachmentKey {
-        network: "vpc".into(),
-        container_id: c.into(),
-        ifname: "eth0".into(),
-    }
-}
-
 fn eni(id: &str, ips: &[u8]) -> EniRecord {
-    EniRecord {
-        id: id.into(),
-        mac: "02:00:00:00:00:01".into(),
-        subnet_id: "subnet-1".into(),
-        gateway: Ipv4Addr::new(10, 0, 0, 1),
-        primary_ip: Ipv4Addr::new(10, 0, 0, 2),
-        mtu: 1500,
-        table: 101,
-        ips: ips.iter().map(|b| Ipv4Addr::new(10, 0, 0, *b)).collect(),
-    }
+    testing::eni(id, 101, ips)
 }
 
 fn pool(ips: &[u8], cooldown: u64) -> Ipam {

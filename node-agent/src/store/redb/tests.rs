@@ -3,34 +3,15 @@
 use std::net::Ipv4Addr;
 
 use super::*;
-use crate::ipam::{Allocation, AttachmentKey};
+use crate::ipam::Allocation;
+use crate::ipam::testing;
 
 fn eni(id: &str, table: u32) -> EniRecord {
-    EniRecord {
-        id: id.into(),
-        mac: "02:00:00:00:00:01".into(),
-        subnet_id: "subnet-1".into(),
-        gateway: Ipv4Addr::new(10, 0, 0, 1),
-        primary_ip: Ipv4Addr::new(10, 0, 0, 2),
-        mtu: 1500,
-        table,
-        ips: vec![Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 11)],
-    }
+    testing::eni(id, table, &[10, 11])
 }
 
 fn alloc(c: &str, ip: u8) -> Allocation {
-    Allocation {
-        key: AttachmentKey {
-            network: "vpc".into(),
-            container_id: c.into(),
-            ifname: "eth0".into(),
-        },
-        ip: Ipv4Addr::new(10, 0, 0, ip),
-        eni_id: "eni-z".into(),
-        netns: "/n".into(),
-        pod: None,
-        created_ms: 7,
-    }
+    testing::allocation(c, ip, "eni-z")
 }
 
 #[test]
