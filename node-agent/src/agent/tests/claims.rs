@@ -1,0 +1,207 @@
+use super::*;
+
+/// A claim store that records what it is told and answers `locate` as set.
+#[derive(Default)]
+struct RecordingClaims {
+    answer: Mutex<Option<Result<Option<crate::claim_store::HeldElsewhere>, String>>>,
+    located: Mutex<Vec<String>>,
+    synced: Mutex<Vec<Vec<crate::ipam::Claim>>>,
+    published: Mutex<Vec<ClaimChange>>,
+}
+
+impl ClaimStore for RecordingClaims {
+    fn locate<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> crate::claim_store::ClaimFuture<'a, Option<crate::claim_store::HeldElsewhere>> {
+        self.located
+            .lock()
+            .expect("lock")
+            .push(format!("{namespace}/{name}"));
+        let answer = self
+            .answer
+            .lock()
+            .expect("lock")
+            .clone()
+            .unwrap_or(Ok(None));
+        Box::pin(async move { answer.map_err(crate::claim_store::ClaimStoreError) })
+    }
+
+    fn sync<'a>(
+        &'a self,
+        _: &'a str,
+        claims: &'a [crate::ipam::Claim],
+    ) -> crate::claim_store::ClaimFuture<'a, ()> {
+        self.synced.lock().expect("lock").push(claims.to_vec());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        _: &'a str,
+        changes: &'a [ClaimChange],
+    ) -> crate::claim_store::ClaimFuture<'a, ()> {
+        self.published
+            .lock()
+            .expect("lock")
+            .extend_from_slice(changes);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Waits (a few seconds at most) until `done` holds: the claim store hears
+/// from the outbox asynchronously.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+fn static_add_req(c: &str, pod: &str) -> Request {
+    let Request::Add(mut req) = add_req(c) else {
+        unreachable!()
+    };
+    req.pod.as_mut().expect("pod").name = pod.into();
+    req.static_ip = Some(proto::wire::StaticIpRequest::default());
+    Request::Add(req)
+}
+
+async fn with_claims(store: Box<dyn Store>, claims: Arc<RecordingClaims>) -> TestAgent {
+    Agent::start_with_claims(
+        FakeCloud::new(DEFAULT_LIMITS),
+        FakeDataplane::default(),
+        store,
+        config(),
+        system_clock(),
+        claims,
+    )
+    .await
+    .expect("start")
+}
+
+#[tokio::test]
+async fn the_claim_store_sees_every_claim_change_in_order_and_all_claims_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let claims = Arc::new(RecordingClaims::default());
+    let a = with_claims(
+        Box::new(RedbStore::open(&path).expect("store")),
+        Arc::clone(&claims),
+    )
+    .await;
+    a.handle(static_add_req("s1", "web-0"), None)
+        .await
+        .expect("ADD");
+    a.handle(del_req("s1"), None).await.expect("DEL");
+    a.handle(static_add_req("s2", "web-0"), None)
+        .await
+        .expect("ADD again");
+    add(&a, "plain").await;
+    assert_eq!(
+        *claims.located.lock().expect("lock"),
+        ["default/web-0"],
+        "asked once: after that the node holds the claim; plain pods are never asked"
+    );
+    eventually("three claim changes published", || {
+        claims.published.lock().expect("lock").len() >= 3
+    })
+    .await;
+    let published = claims.published.lock().expect("lock").clone();
+    let states: Vec<_> = published
+        .iter()
+        .map(|c| match c {
+            ClaimChange::Put(c) => (c.name.as_str(), c.released_ms.is_some()),
+            ClaimChange::Removed(_, n) => (n.as_str(), true),
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [("web-0", false), ("web-0", true), ("web-0", false)],
+        "made, released, bound again"
+    );
+    a.handle(del_req("s2"), None).await.expect("DEL");
+    a.handle(
+        Request::DeleteClaim {
+            namespace: "default".into(),
+            name: "web-0".into(),
+            force: false,
+        },
+        None,
+    )
+    .await
+    .expect("delete claim");
+    eventually("the release and the removal published", || {
+        claims.published.lock().expect("lock").len() >= 5
+    })
+    .await;
+    assert!(matches!(
+        claims.published.lock().expect("lock").last(),
+        Some(ClaimChange::Removed(ns, n)) if ns == "default" && n == "web-0"
+    ));
+    a.handle(static_add_req("s3", "db-0"), None)
+        .await
+        .expect("ADD");
+    drop(a);
+
+    let again = Arc::new(RecordingClaims::default());
+    let _restarted = with_claims(
+        Box::new(RedbStore::open(&path).expect("store")),
+        Arc::clone(&again),
+    )
+    .await;
+    eventually("the restarted agent synced", || {
+        !again.synced.lock().expect("lock").is_empty()
+    })
+    .await;
+    let synced = again.synced.lock().expect("lock").clone();
+    assert_eq!(synced.len(), 1);
+    assert_eq!(
+        synced[0]
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["db-0"],
+        "at start the cluster learns what the store holds"
+    );
+}
+
+#[tokio::test]
+async fn a_static_pod_held_on_another_node_or_unlocatable_gets_no_new_ip() {
+    let claims = Arc::new(RecordingClaims::default());
+    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
+    *claims.answer.lock().expect("lock") = Some(Ok(Some(crate::claim_store::HeldElsewhere {
+        node: "ins-other".into(),
+        ip: std::net::Ipv4Addr::new(10, 0, 9, 9),
+        subnet_id: "subnet-1".into(),
+        eni_id: "eni-9".into(),
+    })));
+    let e = a
+        .handle(static_add_req("s1", "web-0"), None)
+        .await
+        .expect_err("held elsewhere");
+    assert_eq!(e.kind, ErrorKind::NotReady);
+    assert!(
+        e.message.contains("10.0.9.9") && e.message.contains("ins-other"),
+        "{}",
+        e.message
+    );
+    *claims.answer.lock().expect("lock") = Some(Err("apiserver unreachable".into()));
+    let e = a
+        .handle(static_add_req("s1", "web-0"), None)
+        .await
+        .expect_err("cannot ask");
+    assert_eq!(e.kind, ErrorKind::NotReady);
+    assert!(e.message.contains("apiserver unreachable"), "{}", e.message);
+    assert!(allocated(&a).is_empty(), "no IP handed out meanwhile");
+    assert!(claims.published.lock().expect("lock").is_empty());
+
+    *claims.answer.lock().expect("lock") = Some(Ok(None));
+    a.handle(static_add_req("s1", "web-0"), None)
+        .await
+        .expect("claimed nowhere: a new IP");
+}

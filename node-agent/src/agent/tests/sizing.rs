@@ -1,0 +1,306 @@
+use super::*;
+
+#[tokio::test]
+async fn restart_restores_allocations_and_adopts_unknown_enis() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("state.redb");
+    let shared = FakeCloud::new(DEFAULT_LIMITS);
+    let clock = system_clock();
+    let first = {
+        let cloud = shared.clone();
+        let store = Box::new(RedbStore::open(&db).expect("store"));
+        let a = Agent::start(
+            cloud,
+            FakeDataplane::default(),
+            store,
+            config(),
+            Arc::clone(&clock),
+        )
+        .await
+        .expect("start");
+        let r = add(&a, "c1").await;
+        // An ENI attached behind the pool's back, as if the agent died
+        // between attaching and committing.
+        let subnet = a.node().and_then(|n| n.subnet).expect("a subnet").id;
+        let eni = a.cloud.create_eni(&subnet, 0).await.expect("create");
+        a.cloud.attach_eni(&eni.id).await.expect("attach");
+        a.cloud.assign_ips(&eni.id, 2, &[]).await.expect("assign");
+        r
+    };
+    let cloud = shared.clone();
+    let store = Box::new(RedbStore::open(&db).expect("store"));
+    let a = Agent::start(cloud, FakeDataplane::default(), store, config(), clock)
+        .await
+        .expect("restart");
+    assert_eq!(allocated(&a), vec![("c1".to_string(), first.ip)]);
+    assert_eq!(add(&a, "c1").await.ip, first.ip);
+    assert_eq!(a.pool().enis().len(), 2, "the unknown ENI was adopted");
+}
+
+#[tokio::test]
+async fn an_eni_that_cannot_be_programmed_is_detached_and_deleted() {
+    let h = harness().await;
+    h.agent
+        .dataplane
+        .fail_program_eni
+        .store(true, Ordering::SeqCst);
+    let e = h
+        .agent
+        .handle(add_req("c1"), None)
+        .await
+        .expect_err("no usable ENI");
+    assert_eq!(e.kind, ErrorKind::Dataplane);
+    let enis = h.agent.cloud.list_enis().await.expect("list");
+    assert!(
+        enis.iter().all(|e| e.primary),
+        "no ENI left behind: {enis:?}"
+    );
+    assert!(h.agent.pool().enis().is_empty());
+}
+
+#[tokio::test]
+async fn an_add_past_the_callers_deadline_is_refused_and_leaves_nothing() {
+    let h = harness().await;
+    let now = h.now.load(Ordering::SeqCst);
+    let late = Request::Add(AddRequest {
+        key: key("late"),
+        netns: "/n".into(),
+        pod: None,
+        deadline_ms: Some(now - 1),
+        static_ip: None,
+    });
+    let e = h.agent.handle(late, None).await.expect_err("too late");
+    assert_eq!(e.kind, ErrorKind::NotReady);
+    assert!(allocated(&h.agent).is_empty());
+    assert!(h.agent.dataplane.wired().is_empty());
+}
+
+async fn churn(h: &Harness, pods: usize) {
+    for i in 0..pods {
+        add(&h.agent, &format!("p{i}")).await;
+    }
+    for i in 0..pods {
+        h.agent
+            .handle(del_req(&format!("p{i}")), None)
+            .await
+            .expect("del");
+    }
+    h.now.fetch_add(30_001, Ordering::SeqCst);
+}
+
+async fn cloud_ips(h: &Harness) -> usize {
+    h.agent
+        .cloud
+        .list_enis()
+        .await
+        .expect("list")
+        .iter()
+        .filter(|e| !e.primary)
+        .map(|e| e.secondary_ips.len())
+        .sum()
+}
+
+#[tokio::test]
+async fn spare_ips_go_back_a_batch_at_a_time_down_to_the_warm_target() {
+    let h = harness().await;
+    churn(&h, 10).await;
+    let before = h.agent.pool().counts(h.now.load(Ordering::SeqCst));
+    h.agent.shrink().await.expect("shrink");
+    let after = h.agent.pool().counts(h.now.load(Ordering::SeqCst));
+    assert_eq!(after.total, before.total - 5, "one batch of five");
+    while h.agent.pool().counts(h.now.load(Ordering::SeqCst)).free > 2 {
+        h.agent.shrink().await.expect("shrink");
+    }
+    let end = h.agent.pool().counts(h.now.load(Ordering::SeqCst));
+    assert_eq!(end.free, 2, "the warm target stays");
+    assert_eq!(cloud_ips(&h).await, end.total, "the cloud got them back");
+}
+
+#[tokio::test]
+async fn the_minimum_holds_and_an_emptied_eni_goes() {
+    let targets = |min_ip| AgentConfig {
+        ip_cooldown: Duration::from_secs(30),
+        leaked_eni_grace: Duration::from_secs(600),
+        claim_expiry: None,
+        enable_ownerref: true,
+        maintenance_interval: Duration::from_secs(30),
+        reconcile_interval: Duration::from_secs(300),
+        pool: pool::Targets {
+            warm_ip: 0,
+            warm_eni: 0,
+            min_ip,
+            max_eni: None,
+            release_batch: 100,
+        },
+    };
+    let h = harness_configured(DEFAULT_LIMITS, Box::new(MemoryStore::default()), targets(3)).await;
+    churn(&h, 6).await;
+    h.agent.shrink().await.expect("shrink");
+    assert_eq!(
+        h.agent.pool().counts(h.now.load(Ordering::SeqCst)).total,
+        3,
+        "never below the minimum"
+    );
+
+    let h = harness_configured(DEFAULT_LIMITS, Box::new(MemoryStore::default()), targets(0)).await;
+    churn(&h, 6).await;
+    h.agent.shrink().await.expect("shrink");
+    assert!(
+        h.agent.pool().enis().is_empty(),
+        "the empty ENI left the pool"
+    );
+    assert!(
+        h.agent
+            .cloud
+            .list_enis()
+            .await
+            .expect("list")
+            .iter()
+            .all(|e| e.primary),
+        "and the node"
+    );
+}
+
+#[tokio::test]
+async fn max_eni_caps_growth() {
+    let config = AgentConfig {
+        ip_cooldown: Duration::from_secs(30),
+        leaked_eni_grace: Duration::from_secs(600),
+        claim_expiry: None,
+        enable_ownerref: true,
+        maintenance_interval: Duration::from_secs(30),
+        reconcile_interval: Duration::from_secs(300),
+        pool: pool::Targets {
+            warm_ip: 0,
+            warm_eni: 0,
+            min_ip: 0,
+            max_eni: Some(2),
+            release_batch: 5,
+        },
+    };
+    let h = harness_configured(
+        Limits {
+            max_enis: 4,
+            max_ips_per_eni: 3,
+        },
+        Box::new(MemoryStore::default()),
+        config,
+    )
+    .await;
+    add(&h.agent, "a").await;
+    add(&h.agent, "b").await;
+    let e = h
+        .agent
+        .handle(add_req("c"), None)
+        .await
+        .expect_err("one secondary ENI of two IPs at most");
+    assert_eq!(e.kind, ErrorKind::NoIpAvailable);
+}
+
+#[tokio::test]
+async fn restart_drops_what_vanished_from_the_cloud_but_never_a_held_ip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("state.redb");
+    let cloud = FakeCloud::new(Limits {
+        max_enis: 4,
+        max_ips_per_eni: 4,
+    });
+    let (held, spare, eni) = {
+        let store = Box::new(RedbStore::open(&db).expect("store"));
+        let a = Agent::start(
+            cloud.clone(),
+            FakeDataplane::default(),
+            store,
+            config(),
+            system_clock(),
+        )
+        .await
+        .expect("start");
+        let held = add(&a, "keeper").await.ip;
+        let eni = a.pool().enis()[0].clone();
+        let spare: Vec<_> = eni.ips.iter().copied().filter(|ip| *ip != held).collect();
+        (held, spare, eni.id)
+    };
+    // Behind the agent's back: the spare IPs go.
+    cloud.unassign_ips(&eni, &spare).await.expect("unassign");
+    let store = Box::new(RedbStore::open(&db).expect("store"));
+    let a = Agent::start(
+        cloud.clone(),
+        FakeDataplane::default(),
+        store,
+        config(),
+        system_clock(),
+    )
+    .await
+    .expect("restart");
+    let ips = a
+        .pool()
+        .eni(&eni)
+        .expect("eni kept: a pod holds one of its IPs")
+        .ips
+        .clone();
+    assert_eq!(ips, vec![held]);
+    assert_eq!(allocated(&a), vec![("keeper".to_string(), held)]);
+    a.handle(del_req("keeper"), None).await.expect("del");
+    drop(a);
+    // Now the whole ENI goes, and no pod holds anything on it.
+    cloud.detach_eni(&eni).await.expect("detach");
+    cloud.delete_eni(&eni).await.expect("delete");
+    let store = Box::new(RedbStore::open(&db).expect("store"));
+    let a = Agent::start(
+        cloud,
+        FakeDataplane::default(),
+        store,
+        config(),
+        system_clock(),
+    )
+    .await
+    .expect("restart");
+    assert!(
+        a.pool().eni(&eni).is_none(),
+        "the vanished ENI left the pool"
+    );
+}
+
+#[tokio::test]
+async fn leaked_enis_are_deleted_once_older_than_the_grace_period() {
+    let cloud = FakeCloud::new(DEFAULT_LIMITS);
+    let store = Box::new(MemoryStore::default());
+    let a = Agent::start(
+        cloud.clone(),
+        FakeDataplane::default(),
+        store,
+        config(),
+        system_clock(),
+    )
+    .await
+    .expect("start");
+    add(&a, "in-use").await;
+    let subnet = a.node().and_then(|n| n.subnet).expect("subnet").id;
+    let old = cloud.create_eni(&subnet, 0).await.expect("create");
+    let young = cloud.create_eni(&subnet, 0).await.expect("create");
+    cloud.age_eni(&old.id, 3600);
+    assert_eq!(a.reap_leaked_enis().await.expect("reap"), 1);
+    let mut left: Vec<String> = cloud
+        .list_node_detached_enis()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    left.extend(
+        cloud
+            .list_enis()
+            .await
+            .expect("list")
+            .into_iter()
+            .filter(|e| !e.primary)
+            .map(|e| e.id),
+    );
+    assert!(!left.contains(&old.id), "the old unattached ENI went");
+    assert!(
+        left.contains(&young.id),
+        "a young one may be on its way to a node"
+    );
+    assert_eq!(left.len(), 2, "the pool's attached ENI stays: {left:?}");
+}
