@@ -27,22 +27,40 @@ pub const MAIN_TABLE: u32 = 254;
 /// ours, so GC never deletes a link that only looks like one of ours.
 pub const LINK_GROUP: u32 = 0x7670_6332;
 
-/// `ip link add HOST mtu MTU group LINK_GROUP type veth peer name PEER mtu
-/// MTU netns FD`: the pod end is created directly inside the pod's
-/// namespace; the host end carries our link group.
-pub fn veth_pair(host: &str, peer: &str, mtu: u32, peer_netns: RawFd) -> LinkMessage {
+/// `ip link add HOST address HOSTMAC mtu MTU group LINK_GROUP up type veth
+/// peer name PEER address PODMAC mtu MTU netns FD`: one request makes the
+/// whole pair, the pod end directly inside the pod's namespace, the host end
+/// up and carrying our link group. (The pod end cannot be created up: the
+/// kernel opens it before the pair is joined and refuses with ENOTCONN.)
+pub fn veth_pair(
+    host: &str,
+    peer: &str,
+    mtu: u32,
+    peer_netns: RawFd,
+    host_mac: &str,
+    peer_mac: &str,
+) -> LinkMessage {
     let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
         .name(peer)
         .mtu(mtu)
+        .address(mac_bytes(peer_mac))
         .setns_by_fd(peer_netns)
         .build();
-    let mut msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+    LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
         .name(host)
         .mtu(mtu)
+        .address(mac_bytes(host_mac))
+        .link_group(LINK_GROUP)
+        .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
-        .build();
-    msg.attributes.push(LinkAttribute::Group(LINK_GROUP));
-    msg
+        .build()
+}
+
+/// `aa:bb:...` as bytes.
+pub fn mac_bytes(mac: &str) -> Vec<u8> {
+    mac.split(':')
+        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+        .collect()
 }
 
 /// Whether a link carries our group: created by this agent as a pod's
@@ -161,12 +179,19 @@ pub fn rule_pod(rule: &RuleMessage) -> Option<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtnetlink::packet_route::link::LinkInfo;
+    use rtnetlink::packet_route::link::{LinkFlags, LinkInfo};
     use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags};
 
     #[test]
     fn the_peer_is_created_inside_the_pod_namespace() {
-        let msg = veth_pair("vpc0123", "eth0", 1500, 7);
+        let msg = veth_pair(
+            "vpc0123",
+            "eth0",
+            1500,
+            7,
+            "02:00:00:00:00:01",
+            "02:00:00:00:00:02",
+        );
         assert!(
             msg.attributes
                 .contains(&LinkAttribute::IfName("vpc0123".into()))
@@ -193,6 +218,11 @@ mod tests {
         assert!(peer.attributes.contains(&LinkAttribute::NetNsFd(7)));
         assert!(peer.attributes.contains(&LinkAttribute::Mtu(1500)));
         assert!(is_ours(&msg), "the host end carries our group");
+        assert!(msg.header.flags.contains(LinkFlags::Up), "created up");
+        assert!(
+            peer.attributes
+                .contains(&LinkAttribute::Address(vec![2, 0, 0, 0, 0, 2]))
+        );
         assert!(!peer.attributes.contains(&LinkAttribute::Group(LINK_GROUP)));
     }
 

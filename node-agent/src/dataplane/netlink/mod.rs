@@ -10,20 +10,20 @@
 
 mod messages;
 mod netns;
+mod pod;
 mod reaper;
 
 pub use messages::{RULE_FROM_POD_PRIORITY, RULE_TO_POD_PRIORITY};
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::packet_route::rule::RuleMessage;
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
@@ -66,33 +66,6 @@ impl NetlinkDataplane {
             node,
             node_netns: node_netns.map(Path::to_path_buf),
         })
-    }
-
-    async fn remove_host_side(&self, pod: &PodSpec) -> Result<(), DataplaneError> {
-        let mut errors = Vec::new();
-        for rule in [
-            messages::rule_to_pod(pod.ip),
-            messages::rule_from_pod(pod.ip, pod.eni.table),
-        ] {
-            if let Err(e) = tolerate(self.node.rule().del(rule).execute().await, &[ENOENT]) {
-                errors.push(kernel("ip rule del", e));
-            }
-        }
-        let route = messages::host_route(pod.ip, 0);
-        let mut route = route;
-        route
-            .attributes
-            .retain(|a| !matches!(a, RouteAttribute::Oif(_)));
-        if let Err(e) = tolerate(
-            self.node.route().del(route).execute().await,
-            &[ESRCH, ENOENT],
-        ) {
-            errors.push(kernel("ip route del", e));
-        }
-        match errors.into_iter().next() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
     }
 }
 
@@ -144,113 +117,7 @@ impl Dataplane for NetlinkDataplane {
     }
 
     async fn attach_pod(&self, pod: &PodSpec) -> Result<PodLinks, DataplaneError> {
-        self.reaper.touch();
-        let host = host_ifname(&pod.key.container_id, &pod.key.ifname);
-        let pod_ns = pod.netns.open()?;
-        {
-            let _links = self.reaper.links.lock().await;
-            // A veth queued for deletion belongs to an earlier incarnation of
-            // this attachment: start afresh rather than inherit its address.
-            if self.reaper.cancel(&host) {
-                delete_link_named(&self.node, &host).await?;
-            }
-            if find_link(&self.node, &host).await?.is_none() {
-                self.node
-                    .link()
-                    .add(messages::veth_pair(
-                        &host,
-                        &pod.key.ifname,
-                        pod.eni.mtu,
-                        pod_ns.as_raw_fd(),
-                    ))
-                    .execute()
-                    .await
-                    .map_err(|e| kernel("ip link add type veth", e))?;
-            }
-        }
-        let host_link =
-            find_link(&self.node, &host)
-                .await?
-                .ok_or_else(|| DataplaneError::Kernel {
-                    op: "ip link show",
-                    detail: format!("{host} vanished after creation"),
-                })?;
-        let host_mac = link_mac(&host_link).unwrap_or_default();
-        self.node
-            .link()
-            .set(
-                LinkUnspec::new_with_index(host_link.header.index)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| kernel("ip link set up (host veth)", e))?;
-
-        let inside = netns::connect(Some(pod.netns.open()?))
-            .await
-            .map_err(io_err("netlink socket in pod netns"))?;
-        let pod_link =
-            find_link(&inside, &pod.key.ifname)
-                .await?
-                .ok_or_else(|| DataplaneError::Kernel {
-                    op: "ip link show",
-                    detail: format!("{} missing in {}", pod.key.ifname, pod.netns.path),
-                })?;
-        let idx = pod_link.header.index;
-        inside
-            .link()
-            .set(LinkUnspec::new_with_index(idx).up().build())
-            .execute()
-            .await
-            .map_err(|e| kernel("ip link set up (pod)", e))?;
-        tolerate(
-            inside
-                .address()
-                .add(idx, IpAddr::V4(pod.ip), 32)
-                .execute()
-                .await,
-            &[EEXIST],
-        )
-        .map_err(|e| kernel("ip addr add (pod)", e))?;
-        inside
-            .neighbours()
-            .add(idx, IpAddr::V4(POD_GATEWAY))
-            .link_layer_address(&mac_bytes(&host_mac))
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| kernel("ip neigh replace (pod gateway)", e))?;
-        inside
-            .route()
-            .add(messages::pod_default_route(idx))
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| kernel("ip route replace default (pod)", e))?;
-        drop(inside);
-
-        self.node
-            .route()
-            .add(messages::host_route(pod.ip, host_link.header.index))
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| kernel("ip route replace (host)", e))?;
-        for rule in [
-            messages::rule_to_pod(pod.ip),
-            messages::rule_from_pod(pod.ip, pod.eni.table),
-        ] {
-            let mut req = self.node.rule().add();
-            *req.message_mut() = rule;
-            tolerate(req.execute().await, &[EEXIST]).map_err(|e| kernel("ip rule add", e))?;
-        }
-        Ok(PodLinks {
-            host_ifname: host,
-            host_mac,
-            pod_mac: link_mac(&pod_link).unwrap_or_default(),
-        })
+        self.attach(pod).await
     }
 
     async fn check_pod(&self, pod: &PodSpec) -> Result<(), DataplaneError> {
@@ -347,13 +214,7 @@ impl Dataplane for NetlinkDataplane {
     }
 
     async fn detach_pod(&self, pod: &PodSpec) -> Result<(), DataplaneError> {
-        self.reaper.touch();
-        self.remove_host_side(pod).await?;
-        let host = host_ifname(&pod.key.container_id, &pod.key.ifname);
-        if find_link(&self.node, &host).await?.is_some() {
-            self.reaper.schedule(host);
-        }
-        Ok(())
+        self.detach(pod).await
     }
 
     async fn collect_garbage(&self, keep: &[PodSpec]) -> Result<u32, DataplaneError> {
@@ -527,12 +388,6 @@ fn link_mac(link: &LinkMessage) -> Option<String> {
 
 fn link_is_up(link: &LinkMessage) -> bool {
     link.header.flags.contains(LinkFlags::Up)
-}
-
-fn mac_bytes(mac: &str) -> Vec<u8> {
-    mac.split(':')
-        .filter_map(|h| u8::from_str_radix(h, 16).ok())
-        .collect()
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
