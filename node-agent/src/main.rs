@@ -1,22 +1,9 @@
 //! `vpc-cni-agent`: the per-node daemon (`run`) and the operator CLI.
 
-mod agent;
-mod claim_store;
-mod clock;
-mod cloud;
-mod commands;
-mod committer;
-mod dataplane;
-mod ipam;
-mod logging;
-mod outbox;
-mod pool;
-mod server;
-mod store;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use node_agent::commands;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -158,10 +158,6 @@ pub trait Cloud: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), CloudError>> + Send;
     /// Moves a secondary IP to another ENI of the same subnet, on this node
     /// or another (how a static IP follows its pod to another node).
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "static IPs moving between nodes will use it")
-    )]
     fn migrate_ip(
         &self,
         from: &str,

@@ -1,0 +1,18 @@
+//! The node agent as a library: the daemon's parts (`agent`, `ipam`,
+//! `store`, `cloud`, `dataplane`, ...) and the operator CLI's commands, so
+//! that benchmarks and simulations can drive them in-process. The
+//! `vpc-cni-agent` binary is a thin `main` over `commands`.
+
+pub mod agent;
+pub mod claim_store;
+pub mod clock;
+pub mod cloud;
+pub mod commands;
+pub mod committer;
+pub mod dataplane;
+pub mod ipam;
+pub mod logging;
+pub mod outbox;
+pub mod pool;
+pub mod server;
+pub mod store;
