@@ -1,7 +1,10 @@
 //! `cni-latency`: times CNI ADD and DEL of vpc-cni (through a warm agent on
 //! a one-node `vpc-sim`) and of the reference `ptp` + `host-local` plugins,
 //! every call a separate process with kubelet's environment, in one run on
-//! one machine; then 110 pods added 8 at a time with each.
+//! one machine, next to the floor (process start, and the kernel work alone
+//! driven in-process); then 110 pods added 8 at a time with each.
+
+mod floor;
 
 use std::fs::File;
 use std::io::Write;
@@ -154,12 +157,27 @@ fn measure(o: &Options, work: &Path, host_ns: &str) -> Result<(), String> {
         ));
     }
 
+    let floor = floor::measure(
+        &vpc.plugin,
+        &format!("cnilat-{}", std::process::id()),
+        o.pods,
+    )?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
         "{} pods, each CNI call a new process, one machine, one run\n",
         o.pods
     );
+    let _ = writeln!(out, "{:<34} {:>11} {:>11}", "floor", "median ms", "p99 ms");
+    for (label, (median, p99)) in [
+        ("process start (/bin/true)", floor.exec),
+        ("vpc-cni start (VERSION, no agent)", floor.plugin_start),
+        ("kernel work of ADD (in-process)", floor.kernel_add),
+        ("kernel work of DEL (in-process)", floor.kernel_del),
+    ] {
+        let _ = writeln!(out, "{label:<34} {median:>11.2} {p99:>11.2}");
+    }
+    let _ = writeln!(out);
     let _ = writeln!(
         out,
         "{:<16} {:>5} {:>11} {:>11}",
@@ -190,6 +208,16 @@ fn measure(o: &Options, work: &Path, host_ns: &str) -> Result<(), String> {
         "\nvpc-cni / ptp+host-local at the median: ADD {:.3}x, DEL {:.3}x",
         medians[0].0 / medians[1].0,
         medians[0].1 / medians[1].1
+    );
+    let floor_add = floor.plugin_start.0 + floor.kernel_add.0;
+    let floor_del = floor.plugin_start.0 + floor.kernel_del.0;
+    let _ = writeln!(
+        out,
+        "floor (plugin start + kernel work): ADD {:.2} ms, DEL {:.2} ms; vpc-cni above it: ADD {:+.2} ms, DEL {:+.2} ms",
+        floor_add,
+        floor_del,
+        medians[0].0 - floor_add,
+        medians[0].1 - floor_del
     );
 
     let _ = writeln!(
@@ -323,7 +351,8 @@ fn burst(net: &Network, verb: &str, pods: &[Pod], parallel: usize) -> Result<(),
     })
 }
 
-fn pct(samples: &[f64], p: f64) -> f64 {
+/// The `p`th percentile of `samples`.
+pub fn pct(samples: &[f64], p: f64) -> f64 {
     let mut v = samples.to_vec();
     v.sort_by(f64::total_cmp);
     let rank = ((p / 100.0) * (v.len() as f64 - 1.0)).round() as usize;
@@ -368,7 +397,8 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
+/// Runs `ip ARGS`.
+pub fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
         .args(args)
         .output()
