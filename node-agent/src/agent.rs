@@ -548,7 +548,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                             })?;
                     let ips = self
                         .cloud
-                        .assign_ips(&eni_id, count)
+                        .assign_ips(&eni_id, count, &record.ips)
                         .await
                         .map_err(cloud_error)?;
                     record.ips.extend(&ips);
@@ -748,16 +748,17 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         Ok(())
     }
 
-    /// Deletes ENIs of this cluster that are attached nowhere and older
-    /// than the grace period: left by an agent that died between creating
-    /// and attaching, or by a node that is gone. Younger ones may be on
-    /// their way to a node and are left alone.
+    /// Deletes ENIs created for this node that are attached nowhere and
+    /// older than the grace period: left by an agent that died between
+    /// creating and attaching. Younger ones may be on their way to the node
+    /// and are left alone. (ENIs of nodes that are gone are the cluster
+    /// component's to sweep.)
     async fn reap_leaked_enis(&self) -> Result<usize, AgentError> {
         let now = (self.clock)() / 1000;
         let grace = self.config.leaked_eni_grace.as_secs();
         let leaked: Vec<_> = self
             .cloud
-            .list_cluster_enis()
+            .list_node_detached_enis()
             .await
             .map_err(cloud_error)?
             .into_iter()

@@ -357,7 +357,7 @@ async fn restart_restores_allocations_and_adopts_unknown_enis() {
         let subnet = a.node.subnet.clone().expect("a subnet").id;
         let eni = a.cloud.create_eni(&subnet, 0).await.expect("create");
         a.cloud.attach_eni(&eni.id).await.expect("attach");
-        a.cloud.assign_ips(&eni.id, 2).await.expect("assign");
+        a.cloud.assign_ips(&eni.id, 2, &[]).await.expect("assign");
         r
     };
     let cloud = shared.clone();

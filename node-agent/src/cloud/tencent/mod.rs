@@ -1,8 +1,9 @@
 //! The Tencent Cloud VPC API (2017-03-12) as the pool's [`Cloud`]: node
 //! identity from the instance metadata service (or flags), limits from
 //! `DescribeNetworkInterfaceLimit`, the subnet of the node's zone with the
-//! most free addresses from `DescribeSubnets`, and ENI and IP changes with
-//! a `ClientToken` so a retried create never creates twice.
+//! most free addresses from `DescribeSubnets`, and ENI and IP changes that
+//! are safe to retry: a create carries a `ClientToken`, and an assign or
+//! attach whose answer was lost looks at the ENI before it is sent again.
 
 mod retry;
 #[cfg(test)]
@@ -85,8 +86,18 @@ impl TencentCloud {
     }
 
     async fn call(&self, action: &'static str, params: Value) -> Result<Value, CloudError> {
+        self.blocking(action, move |t| t.call(action, &params))
+            .await
+    }
+
+    /// Runs `work` with the transport on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        action: &'static str,
+        work: impl FnOnce(&Transport) -> Result<T, CloudError> + Send + 'static,
+    ) -> Result<T, CloudError> {
         let transport = Arc::clone(&self.transport);
-        tokio::task::spawn_blocking(move || transport.call(action, &params))
+        tokio::task::spawn_blocking(move || work(&transport))
             .await
             .map_err(|e| CloudError::Other(format!("{action}: {e}")))?
     }
@@ -179,7 +190,7 @@ impl Cloud for TencentCloud {
                 json!({ "InstanceId": id.instance_id }),
             )
             .await?;
-        let number = |k: &str| limits.get(k).and_then(Value::as_u64).unwrap_or(0) as u32;
+        let limits = instance_limits(&limits)?;
         let subnets = self
             .call(
                 "DescribeSubnets",
@@ -234,10 +245,7 @@ impl Cloud for TencentCloud {
             zone: id.zone.clone(),
             vpc_id: id.vpc_id.clone(),
             subnet,
-            limits: Limits {
-                max_enis: number("EniQuantity") + 1,
-                max_ips_per_eni: number("EniPrivateIpAddressQuantity"),
-            },
+            limits,
             mtu: MTU,
         })
     }
@@ -264,10 +272,27 @@ impl Cloud for TencentCloud {
     }
 
     async fn attach_eni(&self, eni_id: &str) -> Result<(), CloudError> {
-        let params = json!({ "NetworkInterfaceId": eni_id, "InstanceId": self.settings.identity.instance_id });
-        self.call("AttachNetworkInterface", params)
-            .await
-            .map(|_| ())
+        let instance = self.settings.identity.instance_id.clone();
+        let params = json!({ "NetworkInterfaceId": eni_id, "InstanceId": instance });
+        let eni = eni_id.to_string();
+        self.blocking("AttachNetworkInterface", move |t| {
+            // Attached to this node already: an earlier attempt took effect.
+            let ours = |t: &Transport| {
+                Ok(describe_eni(t, &eni)?
+                    .and_then(|e| e.attached_to)
+                    .filter(|on| *on == instance)
+                    .map(|_| ()))
+            };
+            match t.call_once_only("AttachNetworkInterface", &params, |_| Ok(()), ours) {
+                // A retry of an attach that worked is refused as attached:
+                // that is success here, and an error only for another node.
+                Err(CloudError::InvalidState(refusal)) => {
+                    ours(t)?.ok_or(CloudError::InvalidState(refusal))
+                }
+                other => other,
+            }
+        })
+        .await
     }
 
     async fn detach_eni(&self, eni_id: &str) -> Result<(), CloudError> {
@@ -286,17 +311,70 @@ impl Cloud for TencentCloud {
         .map(|_| ())
     }
 
-    async fn assign_ips(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, CloudError> {
-        let out = self
-            .call(
+    async fn assign_ips(
+        &self,
+        eni_id: &str,
+        count: u32,
+        held: &[Ipv4Addr],
+    ) -> Result<Vec<Ipv4Addr>, CloudError> {
+        let params =
+            json!({ "NetworkInterfaceId": eni_id, "SecondaryPrivateIpAddressCount": count });
+        let eni = eni_id.to_string();
+        let held = held.to_vec();
+        self.blocking("AssignPrivateIpAddresses", move |t| {
+            t.call_once_only(
                 "AssignPrivateIpAddresses",
-                json!({ "NetworkInterfaceId": eni_id, "SecondaryPrivateIpAddressCount": count }),
+                &params,
+                |out| {
+                    Ok(addresses(out.get("PrivateIpAddressSet"))
+                        .into_iter()
+                        .map(|(ip, _)| ip)
+                        .collect())
+                },
+                // IPs the ENI has beyond those the caller knew of are what
+                // the lost attempt assigned.
+                |t| {
+                    let new: Vec<Ipv4Addr> = describe_eni(t, &eni)?
+                        .map(|e| e.secondary_ips)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|ip| !held.contains(ip))
+                        .collect();
+                    Ok((!new.is_empty()).then_some(new))
+                },
             )
+        })
+        .await
+    }
+
+    async fn assign_named_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
+        for batch in ips.chunks(MAX_NAMED_PER_CALL) {
+            let list: Vec<Value> = batch
+                .iter()
+                .map(|ip| json!({ "PrivateIpAddress": ip.to_string() }))
+                .collect();
+            let params = json!({ "NetworkInterfaceId": eni_id, "PrivateIpAddresses": list });
+            let eni = eni_id.to_string();
+            let batch = batch.to_vec();
+            self.blocking("AssignPrivateIpAddresses", move |t| {
+                // Named addresses say what was asked: all of them on the
+                // ENI means an earlier attempt took effect.
+                let all_there = |t: &Transport| {
+                    let on = describe_eni(t, &eni)?
+                        .map(|e| e.secondary_ips)
+                        .unwrap_or_default();
+                    Ok(batch.iter().all(|ip| on.contains(ip)).then_some(()))
+                };
+                match t.call_once_only("AssignPrivateIpAddresses", &params, |_| Ok(()), all_there) {
+                    Err(CloudError::AddressInUse(refusal)) => {
+                        all_there(t)?.ok_or(CloudError::AddressInUse(refusal))
+                    }
+                    other => other,
+                }
+            })
             .await?;
-        Ok(addresses(out.get("PrivateIpAddressSet"))
-            .into_iter()
-            .map(|(ip, _)| ip)
-            .collect())
+        }
+        Ok(())
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
@@ -334,6 +412,39 @@ impl Cloud for TencentCloud {
         )
         .await
     }
+
+    async fn list_node_detached_enis(&self) -> Result<Vec<Eni>, CloudError> {
+        let filter = json!({"Name": format!("tag:{TAG_NODE}"), "Values": [self.settings.identity.instance_id]});
+        Ok(self
+            .describe_enis(filter)
+            .await?
+            .into_iter()
+            .filter(|e| !e.primary && e.attached_to.is_none())
+            .collect())
+    }
+}
+
+/// How many addresses one `AssignPrivateIpAddresses` may name (the API's
+/// limit for `PrivateIpAddresses`).
+const MAX_NAMED_PER_CALL: usize = 10;
+
+/// One ENI by id, `None` if the cloud does not know it.
+fn describe_eni(t: &Transport, eni_id: &str) -> Result<Option<Eni>, CloudError> {
+    let answer = match t.call(
+        "DescribeNetworkInterfaces",
+        &json!({ "NetworkInterfaceIds": [eni_id] }),
+    ) {
+        Err(CloudError::NotFound(_)) => return Ok(None),
+        other => other?,
+    };
+    answer
+        .get("NetworkInterfaceSet")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(to_eni)
+        .find(|e| e.as_ref().map_or(true, |e| e.id == eni_id))
+        .transpose()
 }
 
 impl TencentCloud {
@@ -362,6 +473,21 @@ impl TencentCloud {
             }
         }
     }
+}
+
+/// The instance's limits from `DescribeNetworkInterfaceLimit`. A missing
+/// or zero limit is an error naming the field: a node that believes it may
+/// have no ENI or no IP would sit with an empty pool and say nothing.
+fn instance_limits(answer: &Value) -> Result<Limits, CloudError> {
+    let field = |k: &'static str| match answer.get(k).and_then(Value::as_u64) {
+        Some(n) if n > 0 => u32::try_from(n).map_err(|_| CloudError::LimitsMissing(k)),
+        _ => Err(CloudError::LimitsMissing(k)),
+    };
+    Ok(Limits {
+        // `EniQuantity` counts the secondary ENIs; the primary comes on top.
+        max_enis: field("EniQuantity")?.saturating_add(1),
+        max_ips_per_eni: field("EniPrivateIpAddressQuantity")?,
+    })
 }
 
 fn to_eni(v: &Value) -> Result<Eni, CloudError> {
@@ -397,7 +523,7 @@ fn to_eni(v: &Value) -> Result<Eni, CloudError> {
         created_unix: v
             .get("CreatedTime")
             .and_then(Value::as_str)
-            .and_then(tencent_api::sign::parse_utc_datetime),
+            .and_then(tencent_api::time::parse_api_datetime),
         id,
     })
 }
