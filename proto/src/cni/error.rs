@@ -1,5 +1,6 @@
 //! CNI error results: the codes of the specification, ours from 100 up,
-//! and the JSON a plugin prints on failure.
+//! libcni's generic 999 for a plugin's own bug, and the JSON a plugin
+//! prints on failure.
 
 use serde::Serialize;
 
@@ -44,6 +45,10 @@ pub mod codes {
     pub const AGENT_INTERNAL: u32 = 107;
     /// `ENILimit`: the VPC's ENI quota is used up and the node has no free IP.
     pub const ENI_LIMIT: u32 = 108;
+    /// The plugin itself failed unexpectedly (a bug: it panicked). The
+    /// generic internal error of the CNI libraries (libcni's
+    /// `types.ErrInternal`).
+    pub const PLUGIN_INTERNAL: u32 = 999;
 }
 
 /// A CNI error result.
