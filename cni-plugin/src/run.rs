@@ -283,7 +283,9 @@ fn call(
                 CallError::PermissionDenied { .. } => codes::PERMISSION_DENIED,
                 CallError::Wire(_) => codes::AGENT_PROTOCOL,
             };
-            let msg = if code == codes::AGENT_PROTOCOL {
+            let msg = if matches!(e, CallError::Wire(WireError::ReplyVersion { .. })) {
+                "vpc-cni plugin and agent speak incompatible protocol versions"
+            } else if code == codes::AGENT_PROTOCOL {
                 "bad reply from vpc-cni agent"
             } else {
                 "vpc-cni agent unavailable"
