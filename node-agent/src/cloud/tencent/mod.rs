@@ -284,12 +284,14 @@ impl Cloud for TencentCloud {
                     .map(|_| ()))
             };
             match t.call_once_only("AttachNetworkInterface", &params, |_| Ok(()), ours) {
-                // A retry of an attach that worked is refused as attached:
-                // that is success here, and an error only for another node.
-                Err(CloudError::InvalidState(refusal)) => {
-                    ours(t)?.ok_or(CloudError::InvalidState(refusal))
-                }
-                other => other,
+                // A retry of an attach that worked is refused (as attached,
+                // whatever the code): success when the ENI is on this node,
+                // the refusal when it is elsewhere or nowhere.
+                Err(refusal) => match ours(t) {
+                    Ok(Some(())) => Ok(()),
+                    _ => Err(refusal),
+                },
+                done => done,
             }
         })
         .await
@@ -366,10 +368,13 @@ impl Cloud for TencentCloud {
                     Ok(batch.iter().all(|ip| on.contains(ip)).then_some(()))
                 };
                 match t.call_once_only("AssignPrivateIpAddresses", &params, |_| Ok(()), all_there) {
-                    Err(CloudError::AddressInUse(refusal)) => {
-                        all_there(t)?.ok_or(CloudError::AddressInUse(refusal))
-                    }
-                    other => other,
+                    // Refused (as in use) because an earlier attempt took
+                    // them: done.
+                    Err(refusal) => match all_there(t) {
+                        Ok(Some(())) => Ok(()),
+                        _ => Err(refusal),
+                    },
+                    done => done,
                 }
             })
             .await?;
