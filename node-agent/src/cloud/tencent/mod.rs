@@ -5,6 +5,7 @@
 //! are safe to retry: a create carries a `ClientToken`, and an assign or
 //! attach whose answer was lost looks at the ENI before it is sent again.
 
+mod once;
 mod retry;
 #[cfg(test)]
 mod tests;
@@ -273,44 +274,26 @@ impl Cloud for TencentCloud {
 
     async fn attach_eni(&self, eni_id: &str) -> Result<(), CloudError> {
         let instance = self.settings.identity.instance_id.clone();
-        let params = json!({ "NetworkInterfaceId": eni_id, "InstanceId": instance });
         let eni = eni_id.to_string();
         self.blocking("AttachNetworkInterface", move |t| {
-            // Attached to this node already: an earlier attempt took effect.
-            let ours = |t: &Transport| {
-                Ok(describe_eni(t, &eni)?
-                    .and_then(|e| e.attached_to)
-                    .filter(|on| *on == instance)
-                    .map(|_| ()))
-            };
-            match t.call_once_only("AttachNetworkInterface", &params, |_| Ok(()), ours) {
-                // A retry of an attach that worked is refused (as attached,
-                // whatever the code): success when the ENI is on this node,
-                // the refusal when it is elsewhere or nowhere.
-                Err(refusal) => match ours(t) {
-                    Ok(Some(())) => Ok(()),
-                    _ => Err(refusal),
-                },
-                done => done,
-            }
+            once::attach(t, &eni, &instance)
         })
         .await
     }
 
     async fn detach_eni(&self, eni_id: &str) -> Result<(), CloudError> {
-        let params = json!({ "NetworkInterfaceId": eni_id, "InstanceId": self.settings.identity.instance_id });
-        self.call("DetachNetworkInterface", params)
-            .await
-            .map(|_| ())
+        let instance = self.settings.identity.instance_id.clone();
+        let eni = eni_id.to_string();
+        self.blocking("DetachNetworkInterface", move |t| {
+            once::detach(t, &eni, &instance)
+        })
+        .await
     }
 
     async fn delete_eni(&self, eni_id: &str) -> Result<(), CloudError> {
-        self.call(
-            "DeleteNetworkInterface",
-            json!({ "NetworkInterfaceId": eni_id }),
-        )
-        .await
-        .map(|_| ())
+        let eni = eni_id.to_string();
+        self.blocking("DeleteNetworkInterface", move |t| once::delete(t, &eni))
+            .await
     }
 
     async fn assign_ips(
@@ -319,63 +302,20 @@ impl Cloud for TencentCloud {
         count: u32,
         held: &[Ipv4Addr],
     ) -> Result<Vec<Ipv4Addr>, CloudError> {
-        let params =
-            json!({ "NetworkInterfaceId": eni_id, "SecondaryPrivateIpAddressCount": count });
         let eni = eni_id.to_string();
         let held = held.to_vec();
         self.blocking("AssignPrivateIpAddresses", move |t| {
-            t.call_once_only(
-                "AssignPrivateIpAddresses",
-                &params,
-                |out| {
-                    Ok(addresses(out.get("PrivateIpAddressSet"))
-                        .into_iter()
-                        .map(|(ip, _)| ip)
-                        .collect())
-                },
-                // IPs the ENI has beyond those the caller knew of are what
-                // the lost attempt assigned.
-                |t| {
-                    let new: Vec<Ipv4Addr> = describe_eni(t, &eni)?
-                        .map(|e| e.secondary_ips)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|ip| !held.contains(ip))
-                        .collect();
-                    Ok((!new.is_empty()).then_some(new))
-                },
-            )
+            once::assign_count(t, &eni, count, &held)
         })
         .await
     }
 
     async fn assign_named_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
         for batch in ips.chunks(MAX_NAMED_PER_CALL) {
-            let list: Vec<Value> = batch
-                .iter()
-                .map(|ip| json!({ "PrivateIpAddress": ip.to_string() }))
-                .collect();
-            let params = json!({ "NetworkInterfaceId": eni_id, "PrivateIpAddresses": list });
             let eni = eni_id.to_string();
             let batch = batch.to_vec();
             self.blocking("AssignPrivateIpAddresses", move |t| {
-                // Named addresses say what was asked: all of them on the
-                // ENI means an earlier attempt took effect.
-                let all_there = |t: &Transport| {
-                    let on = describe_eni(t, &eni)?
-                        .map(|e| e.secondary_ips)
-                        .unwrap_or_default();
-                    Ok(batch.iter().all(|ip| on.contains(ip)).then_some(()))
-                };
-                match t.call_once_only("AssignPrivateIpAddresses", &params, |_| Ok(()), all_there) {
-                    // Refused (as in use) because an earlier attempt took
-                    // them: done.
-                    Err(refusal) => match all_there(t) {
-                        Ok(Some(())) => Ok(()),
-                        _ => Err(refusal),
-                    },
-                    done => done,
-                }
+                once::assign_named(t, &eni, &batch)
             })
             .await?;
         }
@@ -383,16 +323,12 @@ impl Cloud for TencentCloud {
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
-        let list: Vec<Value> = ips
-            .iter()
-            .map(|ip| json!({ "PrivateIpAddress": ip.to_string() }))
-            .collect();
-        self.call(
-            "UnassignPrivateIpAddresses",
-            json!({ "NetworkInterfaceId": eni_id, "PrivateIpAddresses": list }),
-        )
+        let eni = eni_id.to_string();
+        let ips = ips.to_vec();
+        self.blocking("UnassignPrivateIpAddresses", move |t| {
+            once::unassign(t, &eni, &ips)
+        })
         .await
-        .map(|_| ())
     }
 
     async fn list_enis(&self) -> Result<Vec<Eni>, CloudError> {
@@ -432,25 +368,6 @@ impl Cloud for TencentCloud {
 /// How many addresses one `AssignPrivateIpAddresses` may name (the API's
 /// limit for `PrivateIpAddresses`).
 const MAX_NAMED_PER_CALL: usize = 10;
-
-/// One ENI by id, `None` if the cloud does not know it.
-fn describe_eni(t: &Transport, eni_id: &str) -> Result<Option<Eni>, CloudError> {
-    let answer = match t.call(
-        "DescribeNetworkInterfaces",
-        &json!({ "NetworkInterfaceIds": [eni_id] }),
-    ) {
-        Err(CloudError::NotFound(_)) => return Ok(None),
-        other => other?,
-    };
-    answer
-        .get("NetworkInterfaceSet")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(to_eni)
-        .find(|e| e.as_ref().map_or(true, |e| e.id == eni_id))
-        .transpose()
-}
 
 impl TencentCloud {
     /// `DescribeNetworkInterfaces` with one filter, every page.

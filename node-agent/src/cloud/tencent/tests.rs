@@ -375,3 +375,41 @@ async fn named_addresses_are_assigned_or_refused_with_the_apis_codes() {
     let counted = one.assign_ips(&a.id, 5, &[wanted]).await.expect("assign");
     assert!(!counted.contains(&wanted));
 }
+
+/// Every answer of every mutating call lost: each call still succeeds,
+/// once, from a look at the ENI (the ENI's whole life, hole 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hole_3_every_answer_lost_every_call_done_once() {
+    let e = emulator(&[
+        "--drop-responses",
+        "AttachNetworkInterface,AssignPrivateIpAddresses,UnassignPrivateIpAddresses,DetachNetworkInterface,DeleteNetworkInterface",
+        "--drop-every",
+        "1",
+    ]);
+    let one = client_with_timeout(&e, "ins-sim0001", "client-secret", Duration::from_secs(1));
+    let subnet = one.node().await.expect("node").subnet.expect("subnet");
+    let a = one.create_eni(&subnet.id, 0).await.expect("create");
+    one.attach_eni(&a.id).await.expect("attach");
+    let got = one.assign_ips(&a.id, 2, &[]).await.expect("assign");
+    assert_eq!(got.len(), 2);
+    let named = Ipv4Addr::from(u32::from(subnet.network) + 300);
+    one.assign_named_ips(&a.id, &[named]).await.expect("named");
+    let mut held = got.clone();
+    held.push(named);
+    assert_eq!(eni_now(&one, &a.id).await.secondary_ips.len(), 3);
+    one.unassign_ips(&a.id, &held).await.expect("unassign");
+    assert!(eni_now(&one, &a.id).await.secondary_ips.is_empty());
+    one.detach_eni(&a.id).await.expect("detach");
+    assert!(
+        one.list_node_detached_enis()
+            .await
+            .expect("list")
+            .iter()
+            .any(|x| x.id == a.id)
+    );
+    one.delete_eni(&a.id).await.expect("delete");
+    assert!(matches!(
+        one.delete_eni(&a.id).await,
+        Err(CloudError::NotFound(_))
+    ));
+}
