@@ -1,10 +1,16 @@
 //! The VPC API's times: `YYYY-MM-DD hh:mm:ss` without a zone, in Beijing
-//! time (UTC+8), as in `DescribeNetworkInterfaces`' `CreatedTime` (the
-//! `Timestamp` type of the API's data types; its examples read like
-//! `"CreatedTime": "2020-05-12 15:02:40"`). Tencent Cloud API 3.0 marks a
-//! UTC time explicitly (ISO 8601 with `Z`, as CVM's `CreatedTime` does); a
-//! time without a zone is China Standard Time. Both the emulator and the
-//! client use these two functions, so they cannot disagree.
+//! time (UTC+8), as in `DescribeNetworkInterfaces`' `CreatedTime`.
+//!
+//! What the documents say: the `NetworkInterface` data type (the VPC API's
+//! "Data Types" document, and the official SDKs' models) gives `CreatedTime` as
+//! "创建时间" (creation time) of type `Timestamp`, and the VPC API's
+//! examples write such times as `"2019-05-08 10:48:26"` (DescribeFlowLog)
+//! with no zone. No zone is stated for the field itself; where Tencent
+//! Cloud API 3.0 means UTC it says so and writes ISO 8601 with `Z` (CVM's
+//! `CreatedTime`, "按照ISO8601标准表示，并且使用UTC时间"), and its zone-less
+//! times are China Standard Time, the console's zone. Hence UTC+8 here.
+//! Both the emulator and the client use these two functions, so they
+//! cannot disagree.
 
 use crate::sign::{parse_utc_datetime, utc_datetime};
 
