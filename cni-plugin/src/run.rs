@@ -34,10 +34,15 @@ pub struct Outcome {
     pub failed: bool,
 }
 
-/// Runs one invocation.
+/// Runs one invocation. Never unwinds: a panic (a bug) becomes a CNI error
+/// with code 999 in the caller's `cniVersion`, so the runtime always reads
+/// CNI JSON and a non-zero exit; the panic's own message goes to stderr.
 pub fn run(get: &dyn Fn(&str) -> Option<String>, stdin: impl Read) -> Outcome {
     let mut version = CniVersion::LATEST;
-    match execute(get, stdin, &mut version) {
+    let executed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        execute(get, stdin, &mut version)
+    }));
+    match executed.unwrap_or_else(|panic| Err(panicked(panic.as_ref()))) {
         Ok(stdout) => Outcome {
             stdout,
             stderr: None,
@@ -49,6 +54,16 @@ pub fn run(get: &dyn Fn(&str) -> Option<String>, stdin: impl Read) -> Outcome {
             failed: true,
         },
     }
+}
+
+/// The error for a panic with this payload.
+fn panicked(payload: &(dyn std::any::Any + Send)) -> CniError {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown cause".into());
+    CniError::new(codes::PLUGIN_INTERNAL, "vpc-cni failed unexpectedly").with_details(what)
 }
 
 fn execute(
@@ -268,7 +283,9 @@ fn call(
                 CallError::PermissionDenied { .. } => codes::PERMISSION_DENIED,
                 CallError::Wire(_) => codes::AGENT_PROTOCOL,
             };
-            let msg = if code == codes::AGENT_PROTOCOL {
+            let msg = if matches!(e, CallError::Wire(WireError::ReplyVersion { .. })) {
+                "vpc-cni plugin and agent speak incompatible protocol versions"
+            } else if code == codes::AGENT_PROTOCOL {
                 "bad reply from vpc-cni agent"
             } else {
                 "vpc-cni agent unavailable"
@@ -350,6 +367,42 @@ mod tests {
 
     const DOWN: &str =
         r#"{"cniVersion":"1.1.0","name":"vpc","agentSocket":"/nonexistent/agent.sock"}"#;
+
+    /// Hole 11: a panic left stdout empty (the runtime then reports an
+    /// unparsable result) and exited 101.
+    #[test]
+    fn hole_11_a_panic_is_a_cni_error_in_the_callers_version() {
+        let env = |k: &str| match k {
+            "CNI_COMMAND" => Some("ADD".to_string()),
+            "CNI_CONTAINERID" => panic!("forced while reading {k}"),
+            _ => None,
+        };
+        let stdin = r#"{"cniVersion":"0.4.0","name":"vpc","type":"vpc-cni"}"#;
+        let o = run(&env, stdin.as_bytes());
+        assert!(o.failed);
+        let v: serde_json::Value =
+            serde_json::from_str(o.stdout.as_deref().expect("stdout")).expect("CNI JSON");
+        assert_eq!(v["code"], 999);
+        assert_eq!(v["cniVersion"], "0.4.0");
+        assert!(
+            v["details"].as_str().is_some_and(|d| d.contains("forced")),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn hole_11_a_panic_before_the_version_is_known_is_a_cni_error_too() {
+        struct Exploding;
+        impl Read for Exploding {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                panic!("stdin exploded")
+            }
+        }
+        let env = |k: &str| (k == "CNI_COMMAND").then(|| "DEL".to_string());
+        let o = run(&env, Exploding);
+        assert!(o.failed);
+        assert_eq!(code(&o), 999);
+    }
 
     #[test]
     fn version_needs_no_stdin_and_no_agent() {

@@ -149,6 +149,9 @@ pub fn authorize(uid: u32, allowed: u32) -> Result<(), AgentError> {
 }
 
 async fn connection<H: Handler>(mut stream: UnixStream, handler: &H, config: ServerConfig) {
+    // Answered in the plugin's protocol version when it is served, so a
+    // plugin one version behind (mid-rollout) reads the reply.
+    let mut version = wire::PROTOCOL_VERSION;
     let reply = match stream.peer_cred() {
         Err(e) => Err(AgentError::new(
             ErrorKind::PermissionDenied,
@@ -170,12 +173,21 @@ async fn connection<H: Handler>(mut stream: UnixStream, handler: &H, config: Ser
                         return;
                     }
                     Ok(Err(e)) => Err(AgentError::new(ErrorKind::Protocol, e.to_string())),
-                    Ok(Ok((request, netns))) => handler.handle(request, netns).await,
+                    Ok(Ok((payload, netns))) => {
+                        version = wire::answer_version(&payload);
+                        match wire::decode_request(&payload) {
+                            Ok(incoming) => handler.handle(incoming.request, netns).await,
+                            Err(e) => {
+                                warn!(error = %e, "request refused");
+                                Err(AgentError::new(ErrorKind::Protocol, e.to_string()))
+                            }
+                        }
+                    }
                 }
             }
         },
     };
-    let payload = match wire::encode_reply(&reply) {
+    let payload = match wire::encode_reply(&reply, version) {
         Ok(p) => p,
         Err(e) => {
             warn!(error = %e, "reply could not be encoded");
@@ -196,9 +208,9 @@ async fn connection<H: Handler>(mut stream: UnixStream, handler: &H, config: Ser
     }
 }
 
-/// Reads one request frame and the descriptor that may come with its
-/// header.
-async fn read_request(stream: &mut UnixStream) -> Result<(Request, Option<OwnedFd>), WireError> {
+/// Reads one request frame's payload and the descriptor that may come with
+/// its header.
+async fn read_request(stream: &mut UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>), WireError> {
     let mut header = [0u8; 4];
     let (got, netns) = recv_with_fd(stream, &mut header).await?;
     if got == 0 {
@@ -208,7 +220,7 @@ async fn read_request(stream: &mut UnixStream) -> Result<(Request, Option<OwnedF
     let len = wire::parse_header(header)?;
     let mut payload = vec![0u8; len];
     stream.read_exact(&mut payload).await?;
-    Ok((wire::decode_request(&payload)?, netns))
+    Ok((payload, netns))
 }
 
 /// `recvmsg` into `buf`, taking at most one descriptor passed with it
@@ -319,6 +331,58 @@ mod tests {
         .expect("join")
         .expect("call");
         assert_eq!(reply, Ok(Response::Checked));
+    }
+
+    /// Sends one raw request payload; returns the reply's JSON.
+    async fn exchange(path: &Path, payload: &[u8]) -> serde_json::Value {
+        let mut s = UnixStream::connect(path).await.expect("connect");
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(payload);
+        s.write_all(&frame).await.expect("write");
+        let mut header = [0u8; 4];
+        s.read_exact(&mut header).await.expect("header");
+        let mut reply = vec![0u8; wire::parse_header(header).expect("len")];
+        s.read_exact(&mut reply).await.expect("payload");
+        serde_json::from_slice(&reply).expect("json")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plugin_one_protocol_behind_is_served_in_its_version() {
+        let (_dir, path, _stop) = start(ServerConfig::default());
+        let old = format!(
+            r#"{{"version":{},"request":{{"op":"status"}}}}"#,
+            wire::OLDEST_SERVED
+        );
+        let reply = exchange(&path, old.as_bytes()).await;
+        assert_eq!(
+            reply,
+            serde_json::json!({"version": wire::OLDEST_SERVED, "ok": {"kind": "deleted"}})
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plugin_outside_the_window_or_with_an_unknown_verb_gets_a_typed_error() {
+        let (_dir, path, _stop) = start(ServerConfig::default());
+        let newer = format!(
+            r#"{{"version":{},"request":{{"op":"status"}}}}"#,
+            wire::PROTOCOL_VERSION + 1
+        );
+        let reply = exchange(&path, newer.as_bytes()).await;
+        assert_eq!(reply["version"], wire::PROTOCOL_VERSION);
+        assert_eq!(reply["error"]["kind"], "protocol");
+        let message = reply["error"]["message"].as_str().expect("message");
+        assert!(
+            message.contains(&format!(
+                "plugin speaks protocol {}",
+                wire::PROTOCOL_VERSION + 1
+            )) && message.contains("upgrade the agent"),
+            "{message}"
+        );
+        let unknown = br#"{"version":1,"request":{"op":"teleport"}}"#;
+        let reply = exchange(&path, unknown).await;
+        assert_eq!(reply["version"], 1, "answered in the plugin's version");
+        let message = reply["error"]["message"].as_str().expect("message");
+        assert!(message.contains("\"teleport\""), "{message}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

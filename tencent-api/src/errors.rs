@@ -30,6 +30,11 @@ pub enum Kind {
     NotFound,
     /// A parameter is malformed.
     InvalidParameter,
+    /// A named private address is already in use (`ResourceInUse`).
+    AddressInUse,
+    /// A value is outside its allowed range, such as a named address
+    /// outside the ENI's subnet (`InvalidParameterValue.Range`).
+    OutOfRange,
     /// The service failed: retry later.
     Internal,
     /// A code the client does not know.
@@ -55,6 +60,14 @@ const TABLE: &[(Kind, &str)] = &[
     (Kind::InvalidState, "UnsupportedOperation.InvalidState"),
     (Kind::NotFound, "ResourceNotFound"),
     (Kind::InvalidParameter, "InvalidParameterValue"),
+    // `AssignPrivateIpAddresses` with `PrivateIpAddresses`: the address must
+    // lie in the ENI's subnet and be unoccupied (API document 215/15813);
+    // the codes it answers with otherwise are among those listed for the
+    // action in the official SDKs (tencentcloud-sdk-go,
+    // vpc/v20170312/client.go): `ResourceInUse` (resource occupied) and
+    // `InvalidParameterValue.Range` (value not in the allowed range).
+    (Kind::AddressInUse, "ResourceInUse"),
+    (Kind::OutOfRange, "InvalidParameterValue.Range"),
     (Kind::Internal, "InternalError"),
 ];
 

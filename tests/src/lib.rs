@@ -43,10 +43,18 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Whether the tests run as root.
-pub fn is_root() -> bool {
+/// The gate of every privileged test (`privileged_*`): the test carries
+/// `#[cfg_attr(not(privileged), ignore = "...")]`, so where it cannot run
+/// (not root, see `build/privileged.rs`) it is reported skipped, never
+/// passed; where it is compiled in, it calls this first and fails unless
+/// it runs as root.
+pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(
+        uid, 0,
+        "privileged test built to run (cfg(privileged)) but running as uid {uid}"
+    );
 }
 
 /// A running `vpc-cni-agent` on a private socket and state directory, with
@@ -666,5 +674,28 @@ impl Drop for Emulator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Hole 13: privileged tests returned early, and passed, when not root.
+    /// Now they are compiled in exactly when they can run (root, or
+    /// `VPC_CNI_PRIVILEGED` at build time) and ignored otherwise.
+    #[test]
+    fn hole_13_privileged_tests_are_compiled_in_exactly_when_they_can_run() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let expected = match option_env!("VPC_CNI_PRIVILEGED") {
+            Some("1") => true,
+            Some("0") => false,
+            _ => root,
+        };
+        assert_eq!(
+            cfg!(privileged),
+            expected,
+            "built for privileged tests: {}, running as root: {root}",
+            cfg!(privileged)
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! a real agent process: every verb, the three cniVersions, every error path.
 
 use serde_json::{Value, json};
-use vpc_cni_tests::{Agent, CniEnv, cni, cni_as, is_root, pod_address};
+use vpc_cni_tests::{Agent, CniEnv, cni, cni_as, pod_address, require_root};
 
 const VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
 
@@ -319,11 +319,13 @@ fn concurrent_adds_get_distinct_ips() {
 }
 
 #[test]
-fn callers_that_are_not_root_are_refused() {
-    if !is_root() {
-        eprintln!("skipped: needs root to run the plugin as another uid");
-        return;
-    }
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+fn privileged_callers_that_are_not_root_are_refused() {
+    // Running the plugin as another uid needs root.
+    require_root();
     let agent = Agent::start(&[]);
     let run = cni_as(
         &CniEnv::bare("STATUS"),

@@ -5,25 +5,19 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vpc_cni_tests::{CniEnv, PodNetns, Sim, bin, cni, is_root, pod_address};
-
-fn skip() -> bool {
-    if !is_root() {
-        eprintln!("skipped: privileged test needs root");
-        return true;
-    }
-    false
-}
+use vpc_cni_tests::{CniEnv, PodNetns, Sim, bin, cni, pod_address, require_root};
 
 fn bytes(v: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(v).expect("json")
 }
 
 #[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
 fn privileged_demo_two_nodes_ping_each_other() {
-    if skip() {
-        return;
-    }
+    require_root();
     let out = Command::new(bin("vpc-sim"))
         .arg("demo")
         .output()
@@ -42,10 +36,12 @@ fn privileged_demo_two_nodes_ping_each_other() {
 }
 
 #[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
 fn privileged_add_check_gc_del_program_the_kernel() {
-    if skip() {
-        return;
-    }
+    require_root();
     let sim = Sim::up(1, &[]);
     let conf = sim.conf(1, "1.1.0");
     let (a, b) = (PodNetns::new(), PodNetns::new());
@@ -129,10 +125,12 @@ fn privileged_add_check_gc_del_program_the_kernel() {
 }
 
 #[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
 fn privileged_pods_on_two_nodes_reach_each_other() {
-    if skip() {
-        return;
-    }
+    require_root();
     let sim = Sim::up(2, &[]);
     let (a, b) = (PodNetns::new(), PodNetns::new());
     let ra = cni(
@@ -157,13 +155,15 @@ fn privileged_pods_on_two_nodes_reach_each_other() {
 }
 
 #[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
 fn privileged_a_caller_in_another_mount_namespace_is_served() {
     // As when a runtime runs under `ip netns exec`: the pod namespace's
     // bind mount exists only in the caller's private mount namespace, and
     // the agent sees an empty file at that path.
-    if skip() {
-        return;
-    }
+    require_root();
     let sim = Sim::up(1, &[]);
     let node = sim
         .get("NODE1_NETNS")
@@ -204,13 +204,15 @@ fn privileged_a_caller_in_another_mount_namespace_is_served() {
 }
 
 #[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
 fn privileged_the_router_keeps_delivering_every_ip_as_enis_join() {
     // A bridge without a fixed address takes its lowest port's, and flushes
     // its neighbours (the delivered IPs) whenever that changes: ENIs plugged
     // later would silently cut off earlier ones.
-    if skip() {
-        return;
-    }
+    require_root();
     let sim = Sim::up(2, &[]);
     for n in 1..=2 {
         let pod = PodNetns::new();
@@ -250,10 +252,12 @@ fn privileged_the_router_keeps_delivering_every_ip_as_enis_join() {
 }
 
 #[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
 fn privileged_a_static_pod_keeps_its_ip_and_its_connectivity() {
-    if skip() {
-        return;
-    }
+    require_root();
     let sim = Sim::up(1, &[]);
     let conf = sim.conf(1, "1.0.0");
     let static_env = |verb: &str, sandbox: &str, netns: &PodNetns| {

@@ -3,7 +3,7 @@
 //! ENIs and their private IPs, and the VPC-wide ENI quota. Pure data: no
 //! I/O, every rule of the cloud checked here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -77,6 +77,10 @@ pub struct Subnet {
     next_host: u32,
     /// Addresses given back, handed out again first.
     released: Vec<Ipv4Addr>,
+    /// Addresses at or beyond `next_host` already taken by name; skipped
+    /// when the sequence reaches them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    named: BTreeSet<Ipv4Addr>,
 }
 
 impl Subnet {
@@ -88,19 +92,66 @@ impl Subnet {
     /// Addresses still free.
     pub fn free_ips(&self) -> u32 {
         // Network, gateway and broadcast are never handed out.
-        self.cidr.size().saturating_sub(self.next_host + 1) + self.released.len() as u32
+        (self.cidr.size().saturating_sub(self.next_host + 1) + self.released.len() as u32)
+            .saturating_sub(self.named.len() as u32)
+    }
+
+    /// Whether `ip` lies within this subnet.
+    pub fn contains_ip(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & mask(self.cidr.prefix) == u32::from(self.cidr.network)
     }
 
     fn take_ip(&mut self) -> Option<Ipv4Addr> {
         if let Some(ip) = self.released.pop() {
             return Some(ip);
         }
-        if self.next_host + 1 >= self.cidr.size() {
-            return None;
+        loop {
+            if self.next_host + 1 >= self.cidr.size() {
+                return None;
+            }
+            let ip = self.cidr.host(self.next_host);
+            self.next_host += 1;
+            if !self.named.remove(&ip) {
+                return Some(ip);
+            }
         }
-        let ip = self.cidr.host(self.next_host);
-        self.next_host += 1;
-        Some(ip)
+    }
+
+    /// Takes `ip` by name: refused when outside the subnet, reserved
+    /// (network, gateway, broadcast) or already in use.
+    fn take_named(&mut self, ip: Ipv4Addr) -> Result<(), ModelError> {
+        if !self.contains_ip(ip) {
+            return Err(ModelError::AddressOutOfSubnet {
+                ip,
+                subnet: self.id.clone(),
+                cidr: self.cidr,
+            });
+        }
+        let offset = u32::from(ip) - u32::from(self.cidr.network);
+        if offset < 2 || offset + 1 >= self.cidr.size() {
+            return Err(ModelError::InvalidParameter(format!(
+                "{ip} is reserved in subnet {}",
+                self.id
+            )));
+        }
+        if let Some(at) = self.released.iter().position(|r| *r == ip) {
+            self.released.swap_remove(at);
+            return Ok(());
+        }
+        if offset >= self.next_host && self.named.insert(ip) {
+            return Ok(());
+        }
+        Err(ModelError::AddressInUse(ip))
+    }
+
+    /// Gives addresses back.
+    fn release(&mut self, ips: impl IntoIterator<Item = Ipv4Addr>) {
+        for ip in ips {
+            // One taken by name ahead of the sequence becomes part of it again.
+            if !self.named.remove(&ip) {
+                self.released.push(ip);
+            }
+        }
     }
 }
 
@@ -198,6 +249,19 @@ pub enum ModelError {
     /// A parameter is malformed.
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
+    /// A named address is already in use in the VPC.
+    #[error("{0} is already in use")]
+    AddressInUse(Ipv4Addr),
+    /// A named address is outside the ENI's subnet.
+    #[error("{ip} is outside subnet {subnet} ({cidr})")]
+    AddressOutOfSubnet {
+        /// The address.
+        ip: Ipv4Addr,
+        /// The ENI's subnet.
+        subnet: String,
+        /// Its CIDR.
+        cidr: Cidr,
+    },
 }
 
 /// The VPC.
@@ -255,6 +319,7 @@ impl Vpc {
             cidr,
             next_host: 2,
             released: Vec::new(),
+            named: BTreeSet::new(),
         };
         Ok(self.subnets.entry(id.into()).or_insert(subnet))
     }
@@ -407,8 +472,7 @@ impl Vpc {
             .subnets
             .get_mut(&eni.subnet_id)
             .expect("ENI subnets exist");
-        subnet.released.push(eni.primary_ip);
-        subnet.released.extend(eni.secondary_ips);
+        subnet.release(std::iter::once(eni.primary_ip).chain(eni.secondary_ips));
         Ok(())
     }
 
@@ -446,6 +510,39 @@ impl Vpc {
         Ok(ips)
     }
 
+    /// Assigns the named addresses as secondary IPs of the ENI, all or none:
+    /// each must lie in the ENI's subnet and be free.
+    pub fn assign_named_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), ModelError> {
+        let eni = self
+            .enis
+            .get(eni_id)
+            .ok_or_else(|| not_found("ENI", eni_id))?;
+        let requested = ips.len() as u32;
+        if let Some(limit) = eni
+            .attached_to
+            .as_ref()
+            .map(|i| self.instances[i].max_ips_per_eni)
+            && 1 + eni.secondary_ips.len() as u32 + requested > limit
+        {
+            return Err(ModelError::EniIpLimit {
+                eni: eni_id.into(),
+                requested,
+                limit,
+            });
+        }
+        let mut subnet = self.subnets[&eni.subnet_id].clone();
+        for ip in ips {
+            subnet.take_named(*ip)?;
+        }
+        self.subnets.insert(subnet.id.clone(), subnet);
+        self.enis
+            .get_mut(eni_id)
+            .expect("checked above")
+            .secondary_ips
+            .extend(ips);
+        Ok(())
+    }
+
     /// Unassigns secondary IPs; addresses the ENI does not hold are refused.
     pub fn unassign_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), ModelError> {
         let eni = self
@@ -462,7 +559,7 @@ impl Vpc {
             .subnets
             .get_mut(&eni.subnet_id)
             .expect("ENI subnets exist");
-        subnet.released.extend(ips);
+        subnet.release(ips.iter().copied());
         Ok(())
     }
 
@@ -546,6 +643,44 @@ mod tests {
         )
         .expect("subnet");
         v
+    }
+
+    #[test]
+    fn named_addresses_are_taken_once_and_only_in_their_subnet() {
+        let mut v = vpc();
+        let eni = v.create_eni("subnet-a").expect("eni").id;
+        let ahead = Ipv4Addr::new(10, 0, 16, 9);
+        v.assign_named_ips(&eni, &[ahead]).expect("a free address");
+        assert_eq!(
+            v.assign_named_ips(&eni, &[ahead]),
+            Err(ModelError::AddressInUse(ahead))
+        );
+        let primary = v.enis[&eni].primary_ip;
+        assert_eq!(
+            v.assign_named_ips(&eni, &[primary]),
+            Err(ModelError::AddressInUse(primary))
+        );
+        assert!(matches!(
+            v.assign_named_ips(&eni, &[Ipv4Addr::new(10, 0, 32, 5)]),
+            Err(ModelError::AddressOutOfSubnet { .. })
+        ));
+        assert!(matches!(
+            v.assign_named_ips(&eni, &[Ipv4Addr::new(10, 0, 16, 1)]),
+            Err(ModelError::InvalidParameter(_))
+        ));
+        // All or none: the free one of a refused pair stays free.
+        let free = Ipv4Addr::new(10, 0, 16, 12);
+        assert!(v.assign_named_ips(&eni, &[free, ahead]).is_err());
+        // The sequence never hands out a named address.
+        let before = v.subnets["subnet-a"].free_ips();
+        let got = v.assign_ips(&eni, before).expect("the rest");
+        assert!(!got.contains(&ahead) && got.contains(&free), "{got:?}");
+        assert_eq!(v.subnets["subnet-a"].free_ips(), 0);
+        // Given back, it is free again, once.
+        v.unassign_ips(&eni, &[ahead]).expect("unassign");
+        assert_eq!(v.subnets["subnet-a"].free_ips(), 1);
+        v.assign_named_ips(&eni, &[ahead]).expect("free again");
+        assert_eq!(v.subnets["subnet-a"].free_ips(), 0);
     }
 
     #[test]

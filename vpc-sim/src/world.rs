@@ -153,6 +153,18 @@ impl World {
         Ok(ips)
     }
 
+    /// Assigns the named IPs and has the fabric deliver them.
+    pub fn assign_named_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), SimError> {
+        self.vpc.assign_named_ips(eni_id, ips)?;
+        let eni = &self.vpc.enis[eni_id];
+        if let (Some(f), Some(_)) = (&self.fabric, &eni.attached_to) {
+            for ip in ips {
+                f.deliver(&eni.subnet_id, *ip, &eni.mac)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Moves a secondary IP to another ENI and delivers it there.
     pub fn migrate_ip(&mut self, from: &str, to: &str, ip: Ipv4Addr) -> Result<(), SimError> {
         self.vpc.migrate_ip(from, to, ip)?;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use vpc_sim::model::{Cidr, ModelError, Vpc};
 
+use super::tencent::TAG_NODE;
 use super::{Cloud, CloudError, Eni, Limits, NodeInfo, Subnet};
 
 const INSTANCE: &str = "ins-test";
@@ -44,6 +45,7 @@ impl FakeCloud {
             ModelError::SubnetExhausted(_) => CloudError::SubnetExhausted(e.to_string()),
             ModelError::NotFound { .. } => CloudError::NotFound(e.to_string()),
             ModelError::ZoneMismatch { .. } => CloudError::ZoneMismatch(e.to_string()),
+            ModelError::AddressInUse(_) => CloudError::AddressInUse(e.to_string()),
             other => CloudError::InvalidState(other.to_string()),
         })
     }
@@ -116,6 +118,7 @@ impl Cloud for FakeCloud {
             }
             let eni = v.enis.get_mut(&id).expect("just created");
             eni.created_unix = unix_now();
+            eni.tags.insert(TAG_NODE.into(), INSTANCE.into());
             Ok(to_eni(eni))
         })
     }
@@ -138,11 +141,12 @@ impl Cloud for FakeCloud {
         count: u32,
         _held: &[Ipv4Addr],
     ) -> Result<Vec<Ipv4Addr>, CloudError> {
+        // No answer is ever lost here, so `held` is never needed.
         self.with(|v| v.assign_ips(eni_id, count))
     }
 
-    async fn assign_named_ips(&self, _eni_id: &str, _ips: &[Ipv4Addr]) -> Result<(), CloudError> {
-        Err(CloudError::Other("not supported by the fake yet".into()))
+    async fn assign_named_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
+        self.with(|v| v.assign_named_ips(eni_id, ips))
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
@@ -153,11 +157,16 @@ impl Cloud for FakeCloud {
         self.with(|v| v.migrate_ip(from, to, ip))
     }
 
+    async fn list_cluster_enis(&self) -> Result<Vec<Eni>, CloudError> {
+        self.with(|v| Ok(v.enis.values().filter(|e| !e.primary).map(to_eni).collect()))
+    }
+
     async fn list_node_detached_enis(&self) -> Result<Vec<Eni>, CloudError> {
         self.with(|v| {
             Ok(v.enis
                 .values()
-                .filter(|e| !e.primary && e.attached_to.is_none())
+                .filter(|e| e.attached_to.is_none() && !e.primary)
+                .filter(|e| e.tags.get(TAG_NODE).map(String::as_str) == Some(INSTANCE))
                 .map(to_eni)
                 .collect())
         })

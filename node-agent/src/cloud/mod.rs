@@ -104,12 +104,18 @@ pub enum CloudError {
     /// Throttled even after retries.
     #[error("throttled: {0}")]
     Throttled(String),
-    /// An address asked for by name is taken.
-    #[error("address in use: {0}")]
-    AddressInUse(String),
     /// The credentials were refused.
     #[error("authentication failed: {0}")]
     Auth(String),
+    /// `DescribeNetworkInterfaceLimit` gave no limit, or zero, for the
+    /// named field.
+    #[error(
+        "DescribeNetworkInterfaceLimit gave no {0} for this instance: its ENI limits are unknown"
+    )]
+    LimitsMissing(&'static str),
+    /// A named address is already in use (`ResourceInUse`).
+    #[error("address in use: {0}")]
+    AddressInUse(String),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -128,23 +134,28 @@ pub trait Cloud: Send + Sync + 'static {
         subnet_id: &str,
         ips: u32,
     ) -> impl Future<Output = Result<Eni, CloudError>> + Send;
-    /// Attaches an ENI to this node.
+    /// Attaches an ENI to this node. Safe to retry: an ENI already
+    /// attached to this node (an earlier attempt that took effect) is
+    /// success; attached to another node, an error.
     fn attach_eni(&self, eni_id: &str) -> impl Future<Output = Result<(), CloudError>> + Send;
     /// Detaches an ENI from this node.
     fn detach_eni(&self, eni_id: &str) -> impl Future<Output = Result<(), CloudError>> + Send;
     /// Deletes a detached ENI.
     fn delete_eni(&self, eni_id: &str) -> impl Future<Output = Result<(), CloudError>> + Send;
-    /// Assigns `count` new secondary IPs to an ENI that holds `held`;
-    /// returns the new ones. A retry after a lost response never assigns
-    /// twice.
+    /// Assigns `count` new secondary IPs to an ENI whose secondary IPs the
+    /// caller knows to be `held`; returns the new ones. Safe to retry: when
+    /// an attempt's outcome is unknown, the IPs the ENI has beyond `held`
+    /// are taken as its result instead of assigning again.
     fn assign_ips(
         &self,
         eni_id: &str,
         count: u32,
         held: &[Ipv4Addr],
     ) -> impl Future<Output = Result<Vec<Ipv4Addr>, CloudError>> + Send;
-    /// Assigns these exact addresses to an ENI (how a static claim gets its
-    /// address back); [`CloudError::AddressInUse`] when one is taken.
+    /// Assigns these addresses, by name, as secondary IPs of an ENI (a
+    /// static claim whose IP vanished). Each must lie in the ENI's subnet
+    /// ([`CloudError::InvalidState`] otherwise) and be free
+    /// ([`CloudError::AddressInUse`] otherwise).
     fn assign_named_ips(
         &self,
         eni_id: &str,
@@ -164,8 +175,12 @@ pub trait Cloud: Send + Sync + 'static {
         to: &str,
         ip: Ipv4Addr,
     ) -> impl Future<Output = Result<(), CloudError>> + Send;
-    /// The ENIs created for this node (by its tag) that are attached
-    /// nowhere: candidates for the leaked-ENI check.
+    /// The ENIs this cluster's agents created (by tag), wherever they are.
+    /// For the cluster component, which sweeps for nodes that are gone: an
+    /// agent must not list the whole cluster (the answer grows with it).
+    fn list_cluster_enis(&self) -> impl Future<Output = Result<Vec<Eni>, CloudError>> + Send;
+    /// The ENIs created for this node (tag `vpc-cni/node`) that are
+    /// attached nowhere: what this node's agent may have leaked.
     fn list_node_detached_enis(&self) -> impl Future<Output = Result<Vec<Eni>, CloudError>> + Send;
     /// The ENIs attached to this node.
     fn list_enis(&self) -> impl Future<Output = Result<Vec<Eni>, CloudError>> + Send;

@@ -1,5 +1,6 @@
 //! CNI error results: the codes of the specification, ours from 100 up,
-//! and the JSON a plugin prints on failure.
+//! libcni's generic 999 for a plugin's own bug, and the JSON a plugin
+//! prints on failure.
 
 use serde::Serialize;
 
@@ -46,6 +47,10 @@ pub mod codes {
     pub const ENI_LIMIT: u32 = 108;
     /// A static claim's address is lost (taken, or out of this node's reach).
     pub const CLAIM_LOST: u32 = 109;
+    /// The plugin itself failed unexpectedly (a bug: it panicked). The
+    /// generic internal error of the CNI libraries (libcni's
+    /// `types.ErrInternal`).
+    pub const PLUGIN_INTERNAL: u32 = 999;
 }
 
 /// A CNI error result.

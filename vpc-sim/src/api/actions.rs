@@ -10,6 +10,9 @@ use super::ApiError;
 use crate::model::{Eni, ModelError};
 use crate::world::{SharedWorld, SimError, World};
 
+/// How many addresses `PrivateIpAddresses` may name in one call.
+pub const MAX_NAMED_ADDRESSES: usize = 10;
+
 /// Runs one action.
 pub fn run(
     world: &SharedWorld,
@@ -103,15 +106,32 @@ pub fn run(
             w.delete_eni(text(p, "NetworkInterfaceId")?)?;
             Ok(json!({}))
         }),
+        // Named addresses (`PrivateIpAddresses`, at most 10), a count
+        // (`SecondaryPrivateIpAddressCount`), or both, as the real API takes.
         "AssignPrivateIpAddresses" => write(world, |w| {
             let id = text(p, "NetworkInterfaceId")?;
-            let count = number(p, "SecondaryPrivateIpAddressCount").ok_or_else(|| {
-                ApiError::new(
+            let named = match p.get("PrivateIpAddresses") {
+                None => Vec::new(),
+                Some(_) => addresses(p)?,
+            };
+            if named.len() > MAX_NAMED_ADDRESSES {
+                return Err(ApiError::new(
                     Kind::InvalidParameter,
-                    "SecondaryPrivateIpAddressCount is required",
-                )
-            })?;
-            let ips = w.assign_ips(id, count)?;
+                    format!("at most {MAX_NAMED_ADDRESSES} PrivateIpAddresses at a time"),
+                ));
+            }
+            let count = number(p, "SecondaryPrivateIpAddressCount");
+            if named.is_empty() && count.is_none() {
+                return Err(ApiError::new(
+                    Kind::InvalidParameter,
+                    "PrivateIpAddresses or SecondaryPrivateIpAddressCount is required",
+                ));
+            }
+            w.assign_named_ips(id, &named)?;
+            let mut ips = named;
+            if let Some(count) = count.filter(|c| *c > 0) {
+                ips.extend(w.assign_ips(id, count)?);
+            }
             Ok(
                 json!({ "PrivateIpAddressSet": ips.iter().map(|ip| ip_json(*ip, false)).collect::<Vec<_>>() }),
             )
@@ -209,7 +229,7 @@ fn eni_json(w: &World, e: &Eni) -> Value {
         })),
         "TagSet": e.tags.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
         "GroupSet": [],
-        "CreatedTime": tencent_api::sign::utc_datetime(e.created_unix),
+        "CreatedTime": tencent_api::time::api_datetime(e.created_unix),
     })
 }
 
@@ -320,6 +340,8 @@ impl From<ModelError> for ApiError {
             ModelError::ZoneMismatch { .. } => Kind::ZoneMismatch,
             ModelError::InvalidState(_) => Kind::InvalidState,
             ModelError::InvalidParameter(_) => Kind::InvalidParameter,
+            ModelError::AddressInUse(_) => Kind::AddressInUse,
+            ModelError::AddressOutOfSubnet { .. } => Kind::OutOfRange,
         };
         ApiError::new(kind, e.to_string())
     }

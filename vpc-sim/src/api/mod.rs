@@ -48,6 +48,9 @@ pub struct HttpResponse {
     pub content_type: &'static str,
     /// Body.
     pub body: Vec<u8>,
+    /// The action was applied but its answer must be lost: the server
+    /// sends nothing back (`--drop-responses`).
+    pub dropped: bool,
 }
 
 /// The key pair the emulator accepts.
@@ -108,6 +111,12 @@ pub struct Emulator {
     transitions: Mutex<HashMap<String, (&'static str, u64)>>,
     /// Actions that always fail (to test a client's cleanup).
     failing: Vec<String>,
+    /// Actions whose answer is lost after they were applied, and how
+    /// often: the first of every `n` calls of each.
+    dropping: Vec<String>,
+    drop_every: u64,
+    /// Calls so far of each dropped action.
+    drop_counts: Mutex<HashMap<String, u64>>,
     clock: fn() -> u64,
 }
 
@@ -123,6 +132,9 @@ impl Emulator {
             tasks: Mutex::default(),
             transitions: Mutex::default(),
             failing: Vec::new(),
+            dropping: Vec::new(),
+            drop_every: 1,
+            drop_counts: Mutex::default(),
             clock: unix_now,
         }
     }
@@ -131,6 +143,15 @@ impl Emulator {
     /// `UnsupportedOperation.InvalidState`.
     pub fn failing(mut self, actions: Vec<String>) -> Emulator {
         self.failing = actions;
+        self
+    }
+
+    /// The same emulator, applying the first of every `every` calls of each
+    /// of `actions` and then losing its answer, as when a response is lost
+    /// in the network: the client cannot tell whether the call took effect.
+    pub fn dropping(mut self, actions: Vec<String>, every: u64) -> Emulator {
+        self.dropping = actions;
+        self.drop_every = every.max(1);
         self
     }
 
@@ -166,6 +187,7 @@ impl Emulator {
             (self.clock)() & 0xffff_ffff,
             n
         );
+        let mut drop = false;
         let outcome = self.authenticate(req).and_then(|action| {
             let faults = self.faults();
             if faults.latency_ms > 0 {
@@ -187,7 +209,9 @@ impl Emulator {
                     ApiError::new(Kind::InvalidParameter, format!("body is not JSON: {e}"))
                 })?
             };
-            self.action(&action, &params, &request_id)
+            let out = self.action(&action, &params, &request_id);
+            drop = out.is_ok() && self.drops(&action);
+            out
         });
         let body = match outcome {
             Ok(Value::Object(mut fields)) => {
@@ -200,7 +224,21 @@ impl Emulator {
                 "RequestId": request_id,
             }}),
         };
-        json_response(200, &body)
+        HttpResponse {
+            dropped: drop,
+            ..json_response(200, &body)
+        }
+    }
+
+    /// Whether this call's answer is to be lost (`--drop-responses`).
+    fn drops(&self, action: &str) -> bool {
+        if !self.dropping.iter().any(|a| a == action) {
+            return false;
+        }
+        let mut counts = self.drop_counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(action.to_string()).or_insert(0);
+        *n += 1;
+        (*n - 1).is_multiple_of(self.drop_every)
     }
 
     /// Checks headers, clock skew and signature; returns the action.
@@ -388,6 +426,7 @@ fn json_response(status: u16, v: &Value) -> HttpResponse {
         status,
         content_type: "application/json",
         body: v.to_string().into_bytes(),
+        dropped: false,
     }
 }
 
@@ -396,5 +435,6 @@ fn text_response(status: u16, s: &str) -> HttpResponse {
         status,
         content_type: "text/plain",
         body: s.as_bytes().to_vec(),
+        dropped: false,
     }
 }

@@ -55,6 +55,15 @@ pub struct ServeArgs {
     /// (comma-separated), to test how a client cleans up.
     #[arg(long, value_delimiter = ',')]
     pub fail_actions: Vec<String>,
+    /// Actions (comma-separated) that are applied but whose answer is lost:
+    /// the connection stays silent, so the client times out not knowing
+    /// whether the call took effect. See `--drop-every`.
+    #[arg(long, value_delimiter = ',')]
+    pub drop_responses: Vec<String>,
+    /// With `--drop-responses`: lose the answer to the first of every N
+    /// calls of each listed action (1: every answer).
+    #[arg(long, default_value_t = 2)]
+    pub drop_every: u64,
 }
 
 /// Runs the emulator.
@@ -75,8 +84,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     world
         .create_if_missing(|| World::with_subnet(args.nodes, limits, args.eni_quota, cidr))
         .map_err(|e| e.to_string())?;
-    let emulator =
-        Arc::new(Emulator::new(world, credentials, faults).failing(args.fail_actions.clone()));
+    let emulator = Arc::new(
+        Emulator::new(world, credentials, faults)
+            .failing(args.fail_actions.clone())
+            .dropping(args.drop_responses.clone(), args.drop_every),
+    );
     let server = tiny_http::Server::http(&args.listen)
         .map_err(|e| format!("listen on {}: {e}", args.listen))?;
     let bound = server
@@ -109,6 +121,19 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             };
             let resp = emulator.handle(&req);
             log_failure(&req, &resp);
+            if resp.dropped {
+                eprintln!(
+                    "{}: applied; answer dropped (--drop-responses)",
+                    req.headers
+                        .get("x-tc-action")
+                        .map(String::as_str)
+                        .unwrap_or("?")
+                );
+                // The raw writer, dropped unwritten: no answer at all (a
+                // dropped `Request` would send a 500).
+                drop(request.into_writer());
+                return;
+            }
             let header = tiny_http::Header::from_bytes("Content-Type", resp.content_type)
                 .expect("static header");
             let _ = request.respond(
@@ -153,5 +178,66 @@ fn log_failure(req: &HttpRequest, resp: &vpc_sim::api::HttpResponse) {
             error["Code"].as_str().unwrap_or("?"),
             error["Message"].as_str().unwrap_or("")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// Hole 12: the emulator's log lines (one per failed API call) are
+    /// plain text when stderr is a pipe or a file.
+    #[test]
+    fn hole_12_no_colour_codes_in_the_emulators_log_to_a_pipe() {
+        let exe = std::env::current_exe().expect("exe");
+        let bin = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target dir")
+            .join("vpc-sim");
+        assert!(bin.exists(), "{} missing", bin.display());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let credentials = dir.path().join("credentials");
+        std::fs::write(&credentials, "SecretId=a\nSecretKey=b\n").expect("write");
+        let address_file = dir.path().join("address");
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .arg("--world")
+            .arg(dir.path().join("vpc.json"))
+            .arg("--credentials")
+            .arg(&credentials)
+            .arg("--address-file")
+            .arg(&address_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vpc-sim serve");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let address = loop {
+            if let Ok(a) = std::fs::read_to_string(&address_file)
+                && !a.is_empty()
+            {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "emulator did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut http = std::net::TcpStream::connect(&address).expect("connect");
+        http.write_all(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .expect("request");
+        let mut answer = String::new();
+        let _ = http.read_to_string(&mut answer);
+        let mut line = String::new();
+        BufReader::new(child.stderr.take().expect("stderr"))
+            .read_line(&mut line)
+            .expect("log line");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(line.contains("InvalidParameterValue"), "{line:?}");
+        assert!(!line.contains('\x1b'), "colour code in {line:?}");
     }
 }

@@ -1,9 +1,11 @@
 //! The Tencent Cloud VPC API (2017-03-12) as the pool's [`Cloud`]: node
 //! identity from the instance metadata service (or flags), limits from
 //! `DescribeNetworkInterfaceLimit`, the subnet of the node's zone with the
-//! most free addresses from `DescribeSubnets`, and ENI and IP changes with
-//! a `ClientToken` so a retried create never creates twice.
+//! most free addresses from `DescribeSubnets`, and ENI and IP changes that
+//! are safe to retry: a create carries a `ClientToken`, and an assign or
+//! attach whose answer was lost looks at the ENI before it is sent again.
 
+mod once;
 mod retry;
 #[cfg(test)]
 mod tests;
@@ -85,8 +87,18 @@ impl TencentCloud {
     }
 
     async fn call(&self, action: &'static str, params: Value) -> Result<Value, CloudError> {
+        self.blocking(action, move |t| t.call(action, &params))
+            .await
+    }
+
+    /// Runs `work` with the transport on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        action: &'static str,
+        work: impl FnOnce(&Transport) -> Result<T, CloudError> + Send + 'static,
+    ) -> Result<T, CloudError> {
         let transport = Arc::clone(&self.transport);
-        tokio::task::spawn_blocking(move || transport.call(action, &params))
+        tokio::task::spawn_blocking(move || work(&transport))
             .await
             .map_err(|e| CloudError::Other(format!("{action}: {e}")))?
     }
@@ -171,6 +183,10 @@ pub fn identity_from_metadata(
 }
 
 impl Cloud for TencentCloud {
+    fn instance_id(&self) -> String {
+        self.settings.identity.instance_id.clone()
+    }
+
     async fn node(&self) -> Result<NodeInfo, CloudError> {
         let id = &self.settings.identity;
         let limits = self
@@ -179,7 +195,7 @@ impl Cloud for TencentCloud {
                 json!({ "InstanceId": id.instance_id }),
             )
             .await?;
-        let number = |k: &str| limits.get(k).and_then(Value::as_u64).unwrap_or(0) as u32;
+        let limits = instance_limits(&limits)?;
         let subnets = self
             .call(
                 "DescribeSubnets",
@@ -234,10 +250,7 @@ impl Cloud for TencentCloud {
             zone: id.zone.clone(),
             vpc_id: id.vpc_id.clone(),
             subnet,
-            limits: Limits {
-                max_enis: number("EniQuantity") + 1,
-                max_ips_per_eni: number("EniPrivateIpAddressQuantity"),
-            },
+            limits,
             mtu: MTU,
         })
     }
@@ -264,74 +277,62 @@ impl Cloud for TencentCloud {
     }
 
     async fn attach_eni(&self, eni_id: &str) -> Result<(), CloudError> {
-        let params = json!({ "NetworkInterfaceId": eni_id, "InstanceId": self.settings.identity.instance_id });
-        self.call("AttachNetworkInterface", params)
-            .await
-            .map(|_| ())
+        let instance = self.settings.identity.instance_id.clone();
+        let eni = eni_id.to_string();
+        self.blocking("AttachNetworkInterface", move |t| {
+            once::attach(t, &eni, &instance)
+        })
+        .await
     }
 
     async fn detach_eni(&self, eni_id: &str) -> Result<(), CloudError> {
-        let params = json!({ "NetworkInterfaceId": eni_id, "InstanceId": self.settings.identity.instance_id });
-        self.call("DetachNetworkInterface", params)
-            .await
-            .map(|_| ())
+        let instance = self.settings.identity.instance_id.clone();
+        let eni = eni_id.to_string();
+        self.blocking("DetachNetworkInterface", move |t| {
+            once::detach(t, &eni, &instance)
+        })
+        .await
     }
 
     async fn delete_eni(&self, eni_id: &str) -> Result<(), CloudError> {
-        self.call(
-            "DeleteNetworkInterface",
-            json!({ "NetworkInterfaceId": eni_id }),
-        )
-        .await
-        .map(|_| ())
-    }
-
-    fn instance_id(&self) -> String {
-        self.settings.identity.instance_id.clone()
-    }
-
-    async fn assign_named_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
-        let list: Vec<Value> = ips
-            .iter()
-            .map(|ip| json!({ "PrivateIpAddress": ip.to_string() }))
-            .collect();
-        self.call(
-            "AssignPrivateIpAddresses",
-            json!({ "NetworkInterfaceId": eni_id, "PrivateIpAddresses": list }),
-        )
-        .await
-        .map(|_| ())
+        let eni = eni_id.to_string();
+        self.blocking("DeleteNetworkInterface", move |t| once::delete(t, &eni))
+            .await
     }
 
     async fn assign_ips(
         &self,
         eni_id: &str,
         count: u32,
-        _held: &[Ipv4Addr],
+        held: &[Ipv4Addr],
     ) -> Result<Vec<Ipv4Addr>, CloudError> {
-        let out = self
-            .call(
-                "AssignPrivateIpAddresses",
-                json!({ "NetworkInterfaceId": eni_id, "SecondaryPrivateIpAddressCount": count }),
-            )
+        let eni = eni_id.to_string();
+        let held = held.to_vec();
+        self.blocking("AssignPrivateIpAddresses", move |t| {
+            once::assign_count(t, &eni, count, &held)
+        })
+        .await
+    }
+
+    async fn assign_named_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
+        for batch in ips.chunks(MAX_NAMED_PER_CALL) {
+            let eni = eni_id.to_string();
+            let batch = batch.to_vec();
+            self.blocking("AssignPrivateIpAddresses", move |t| {
+                once::assign_named(t, &eni, &batch)
+            })
             .await?;
-        Ok(addresses(out.get("PrivateIpAddressSet"))
-            .into_iter()
-            .map(|(ip, _)| ip)
-            .collect())
+        }
+        Ok(())
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
-        let list: Vec<Value> = ips
-            .iter()
-            .map(|ip| json!({ "PrivateIpAddress": ip.to_string() }))
-            .collect();
-        self.call(
-            "UnassignPrivateIpAddresses",
-            json!({ "NetworkInterfaceId": eni_id, "PrivateIpAddresses": list }),
-        )
+        let eni = eni_id.to_string();
+        let ips = ips.to_vec();
+        self.blocking("UnassignPrivateIpAddresses", move |t| {
+            once::unassign(t, &eni, &ips)
+        })
         .await
-        .map(|_| ())
     }
 
     async fn list_enis(&self) -> Result<Vec<Eni>, CloudError> {
@@ -350,16 +351,27 @@ impl Cloud for TencentCloud {
             .map(|_| ())
     }
 
+    async fn list_cluster_enis(&self) -> Result<Vec<Eni>, CloudError> {
+        self.describe_enis(
+            json!({"Name": format!("tag:{TAG_CLUSTER}"), "Values": [self.settings.cluster]}),
+        )
+        .await
+    }
+
     async fn list_node_detached_enis(&self) -> Result<Vec<Eni>, CloudError> {
-        let enis = self
-            .describe_enis(json!({"Name": format!("tag:{TAG_NODE}"), "Values": [self.settings.identity.instance_id]}))
-            .await?;
-        Ok(enis
+        let filter = json!({"Name": format!("tag:{TAG_NODE}"), "Values": [self.settings.identity.instance_id]});
+        Ok(self
+            .describe_enis(filter)
+            .await?
             .into_iter()
-            .filter(|e| e.attached_to.is_none())
+            .filter(|e| !e.primary && e.attached_to.is_none())
             .collect())
     }
 }
+
+/// How many addresses one `AssignPrivateIpAddresses` may name (the API's
+/// limit for `PrivateIpAddresses`).
+const MAX_NAMED_PER_CALL: usize = 10;
 
 impl TencentCloud {
     /// `DescribeNetworkInterfaces` with one filter, every page.
@@ -387,6 +399,21 @@ impl TencentCloud {
             }
         }
     }
+}
+
+/// The instance's limits from `DescribeNetworkInterfaceLimit`. A missing
+/// or zero limit is an error naming the field: a node that believes it may
+/// have no ENI or no IP would sit with an empty pool and say nothing.
+fn instance_limits(answer: &Value) -> Result<Limits, CloudError> {
+    let field = |k: &'static str| match answer.get(k).and_then(Value::as_u64) {
+        Some(n) if n > 0 => u32::try_from(n).map_err(|_| CloudError::LimitsMissing(k)),
+        _ => Err(CloudError::LimitsMissing(k)),
+    };
+    Ok(Limits {
+        // `EniQuantity` counts the secondary ENIs; the primary comes on top.
+        max_enis: field("EniQuantity")?.saturating_add(1),
+        max_ips_per_eni: field("EniPrivateIpAddressQuantity")?,
+    })
 }
 
 fn to_eni(v: &Value) -> Result<Eni, CloudError> {
@@ -422,7 +449,7 @@ fn to_eni(v: &Value) -> Result<Eni, CloudError> {
         created_unix: v
             .get("CreatedTime")
             .and_then(Value::as_str)
-            .and_then(tencent_api::sign::parse_utc_datetime),
+            .and_then(tencent_api::time::parse_api_datetime),
         id,
     })
 }

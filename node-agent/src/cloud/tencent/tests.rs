@@ -71,6 +71,15 @@ fn emulator(flags: &[&str]) -> Emulator {
 }
 
 fn client(e: &Emulator, instance: &str, secret_key: &str) -> TencentCloud {
+    client_with_timeout(e, instance, secret_key, Duration::from_secs(5))
+}
+
+fn client_with_timeout(
+    e: &Emulator,
+    instance: &str,
+    secret_key: &str,
+    timeout: Duration,
+) -> TencentCloud {
     let identity = identity_from_metadata(
         &format!("http://{}/{instance}", e.address),
         Identity::default(),
@@ -86,7 +95,7 @@ fn client(e: &Emulator, instance: &str, secret_key: &str) -> TencentCloud {
             token: None,
         },
         qps: 0.0,
-        timeout: Duration::from_secs(5),
+        timeout,
         identity,
         subnets: Vec::new(),
         cluster: "test".into(),
@@ -112,7 +121,10 @@ async fn every_action_round_trips_through_the_emulator() {
         started.elapsed() >= Duration::from_millis(300),
         "the attach task was waited for"
     );
-    let more = one.assign_ips(&a.id, 2, &[]).await.expect("assign");
+    let more = one
+        .assign_ips(&a.id, 2, &a.secondary_ips)
+        .await
+        .expect("assign");
     assert_eq!(more.len(), 2);
     let listed = one.list_enis().await.expect("list");
     assert!(
@@ -121,7 +133,17 @@ async fn every_action_round_trips_through_the_emulator() {
                 .iter()
                 .any(|x| x.id == a.id && x.secondary_ips.len() == 4)
     );
-    assert!(listed.iter().all(|x| x.created_unix.is_some()));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(
+        listed
+            .iter()
+            .filter(|x| x.id == a.id)
+            .all(|x| x.created_unix.is_some_and(|c| c.abs_diff(now) < 60)),
+        "CreatedTime is read in the zone the API writes it in: {listed:?}"
+    );
 
     let b = two.create_eni(&subnet.id, 0).await.expect("create");
     two.attach_eni(&b.id).await.expect("attach");
@@ -149,12 +171,10 @@ async fn every_action_round_trips_through_the_emulator() {
         one.delete_eni(&a.id).await,
         Err(CloudError::NotFound(_))
     ));
-    let detached = one.list_node_detached_enis().await.expect("detached");
-    assert!(
-        detached
-            .iter()
-            .all(|x| x.attached_to.is_none() && x.id != a.id),
-        "{detached:?}"
+    let cluster = one.list_cluster_enis().await.expect("cluster");
+    assert_eq!(
+        cluster.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
+        vec![b.id.as_str()]
     );
 }
 
@@ -194,4 +214,202 @@ async fn the_quota_is_typed_and_an_eni_attaches_to_one_node_at_a_time() {
         ),
         "attached elsewhere"
     );
+}
+
+/// Hole 9: an answer without limits (or with zero) became a node that may
+/// have one ENI with no IP, silently.
+#[test]
+fn hole_9_missing_instance_limits_are_a_typed_error() {
+    assert_eq!(
+        instance_limits(&serde_json::json!({"EniQuantity": 3, "EniPrivateIpAddressQuantity": 10})),
+        Ok(Limits {
+            max_enis: 4,
+            max_ips_per_eni: 10
+        })
+    );
+    assert_eq!(
+        instance_limits(&serde_json::json!({"EniPrivateIpAddressQuantity": 10})),
+        Err(CloudError::LimitsMissing("EniQuantity"))
+    );
+    assert_eq!(
+        instance_limits(&serde_json::json!({"EniQuantity": 3, "EniPrivateIpAddressQuantity": 0})),
+        Err(CloudError::LimitsMissing("EniPrivateIpAddressQuantity"))
+    );
+    let message = CloudError::LimitsMissing("EniQuantity").to_string();
+    assert!(message.contains("EniQuantity"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hole_9_an_instance_without_secondary_enis_fails_node_naming_the_limit() {
+    let e = emulator(&["--max-enis", "1"]);
+    let one = client(&e, "ins-sim0001", "client-secret");
+    assert_eq!(
+        one.node().await,
+        Err(CloudError::LimitsMissing("EniQuantity"))
+    );
+}
+
+/// The ENI as the cloud has it now.
+async fn eni_now(c: &TencentCloud, id: &str) -> Eni {
+    c.list_enis()
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|e| e.id == id)
+        .expect("attached ENI")
+}
+
+/// Hole 3: an assign whose answer was lost was sent again, and the ENI got
+/// `count` IPs twice (one batch unknown to the agent, leaked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hole_3_assign_with_a_lost_answer_assigns_count_once() {
+    let e = emulator(&["--drop-responses", "AssignPrivateIpAddresses"]);
+    let one = client_with_timeout(&e, "ins-sim0001", "client-secret", Duration::from_secs(1));
+    let subnet = one.node().await.expect("node").subnet.expect("subnet").id;
+    let a = one.create_eni(&subnet, 2).await.expect("create");
+    one.attach_eni(&a.id).await.expect("attach");
+
+    let got = one
+        .assign_ips(&a.id, 3, &a.secondary_ips)
+        .await
+        .expect("the lost answer is recovered");
+    assert_eq!(got.len(), 3, "{got:?}");
+    let now = eni_now(&one, &a.id).await;
+    assert_eq!(now.secondary_ips.len(), 5, "assigned once: {now:?}");
+    assert!(
+        got.iter()
+            .all(|ip| now.secondary_ips.contains(ip) && !a.secondary_ips.contains(ip))
+    );
+
+    // The next call is answered: three more, no more.
+    let more = one
+        .assign_ips(&a.id, 3, &now.secondary_ips)
+        .await
+        .expect("answered");
+    assert_eq!(more.len(), 3);
+    assert_eq!(eni_now(&one, &a.id).await.secondary_ips.len(), 8);
+}
+
+/// Hole 3: an attach whose answer was lost was sent again and refused as
+/// "already attached", so the agent deleted an ENI it had attached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hole_3_attach_with_a_lost_answer_is_attached_once() {
+    let e = emulator(&["--drop-responses", "AttachNetworkInterface"]);
+    let one = client_with_timeout(&e, "ins-sim0001", "client-secret", Duration::from_secs(1));
+    let subnet = one.node().await.expect("node").subnet.expect("subnet").id;
+    let a = one.create_eni(&subnet, 0).await.expect("create");
+    one.attach_eni(&a.id)
+        .await
+        .expect("the lost answer is recovered");
+    let on_one: Vec<Eni> = one
+        .list_enis()
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|x| x.id == a.id)
+        .collect();
+    assert_eq!(on_one.len(), 1);
+    assert_eq!(on_one[0].attached_to.as_deref(), Some("ins-sim0001"));
+    // Sent again (its answer comes this time): attached here, so success.
+    one.attach_eni(&a.id).await.expect("already attached here");
+    // From another node it stays an error.
+    let two = client(&e, "ins-sim0002", "client-secret");
+    assert!(matches!(
+        two.attach_eni(&a.id).await,
+        Err(CloudError::InvalidState(_))
+    ));
+}
+
+/// Hole 7: every agent listed every ENI of the cluster to find leaks, and
+/// deleted other nodes' ENIs on their way to their node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hole_7_leaked_enis_are_listed_per_node() {
+    let e = emulator(&[]);
+    let one = client(&e, "ins-sim0001", "client-secret");
+    let two = client(&e, "ins-sim0002", "client-secret");
+    let subnet = one.node().await.expect("node").subnet.expect("subnet").id;
+    let mine = one.create_eni(&subnet, 0).await.expect("create");
+    let attached = one.create_eni(&subnet, 0).await.expect("create");
+    one.attach_eni(&attached.id).await.expect("attach");
+    let theirs = two.create_eni(&subnet, 0).await.expect("create");
+    let ids = |v: Vec<Eni>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(one.list_node_detached_enis().await.expect("list")),
+        vec![mine.id]
+    );
+    assert_eq!(
+        ids(two.list_node_detached_enis().await.expect("list")),
+        vec![theirs.id]
+    );
+}
+
+/// Named addresses (a static claim whose IP vanished): assigned when free,
+/// refused with the API's codes when in use or outside the ENI's subnet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_addresses_are_assigned_or_refused_with_the_apis_codes() {
+    let e = emulator(&[]);
+    let one = client(&e, "ins-sim0001", "client-secret");
+    let subnet = one.node().await.expect("node").subnet.expect("subnet");
+    let a = one.create_eni(&subnet.id, 0).await.expect("create");
+    one.attach_eni(&a.id).await.expect("attach");
+    let b = one.create_eni(&subnet.id, 0).await.expect("create");
+    let wanted = Ipv4Addr::from(u32::from(subnet.network) + 200);
+    one.assign_named_ips(&a.id, &[wanted])
+        .await
+        .expect("a free address");
+    assert_eq!(eni_now(&one, &a.id).await.secondary_ips, vec![wanted]);
+    match one.assign_named_ips(&b.id, &[wanted]).await {
+        Err(CloudError::AddressInUse(m)) => assert!(m.contains("ResourceInUse"), "{m}"),
+        other => panic!("expected AddressInUse, got {other:?}"),
+    }
+    match one
+        .assign_named_ips(&b.id, &[Ipv4Addr::new(10, 0, 99, 9)])
+        .await
+    {
+        Err(CloudError::InvalidState(m)) => {
+            assert!(m.contains("InvalidParameterValue.Range"), "{m}")
+        }
+        other => panic!("expected a range error, got {other:?}"),
+    }
+    // Counted IPs never collide with a named one.
+    let counted = one.assign_ips(&a.id, 5, &[wanted]).await.expect("assign");
+    assert!(!counted.contains(&wanted));
+}
+
+/// Every answer of every mutating call lost: each call still succeeds,
+/// once, from a look at the ENI (the ENI's whole life, hole 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hole_3_every_answer_lost_every_call_done_once() {
+    let e = emulator(&[
+        "--drop-responses",
+        "AttachNetworkInterface,AssignPrivateIpAddresses,UnassignPrivateIpAddresses,DetachNetworkInterface,DeleteNetworkInterface",
+        "--drop-every",
+        "1",
+    ]);
+    let one = client_with_timeout(&e, "ins-sim0001", "client-secret", Duration::from_secs(1));
+    let subnet = one.node().await.expect("node").subnet.expect("subnet");
+    let a = one.create_eni(&subnet.id, 0).await.expect("create");
+    one.attach_eni(&a.id).await.expect("attach");
+    let got = one.assign_ips(&a.id, 2, &[]).await.expect("assign");
+    assert_eq!(got.len(), 2);
+    let named = Ipv4Addr::from(u32::from(subnet.network) + 300);
+    one.assign_named_ips(&a.id, &[named]).await.expect("named");
+    let mut held = got.clone();
+    held.push(named);
+    assert_eq!(eni_now(&one, &a.id).await.secondary_ips.len(), 3);
+    one.unassign_ips(&a.id, &held).await.expect("unassign");
+    assert!(eni_now(&one, &a.id).await.secondary_ips.is_empty());
+    one.detach_eni(&a.id).await.expect("detach");
+    assert!(
+        one.list_node_detached_enis()
+            .await
+            .expect("list")
+            .iter()
+            .any(|x| x.id == a.id)
+    );
+    one.delete_eni(&a.id).await.expect("delete");
+    assert!(matches!(
+        one.delete_eni(&a.id).await,
+        Err(CloudError::NotFound(_))
+    ));
 }

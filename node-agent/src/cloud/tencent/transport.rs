@@ -1,6 +1,11 @@
 //! One signed call of the VPC API, with the client's rate limit, retries
 //! on throttling, server errors and timeouts, and polling of asynchronous
 //! actions to completion. Blocking: the agent runs it off its runtime.
+//!
+//! A call whose outcome is unknown (no answer, a timeout, a server error,
+//! a task that cannot be confirmed) may have taken effect. Reads and
+//! idempotent calls are simply sent again ([`Transport::call`]); a call
+//! that must not be applied twice looks first ([`Transport::call_once_only`]).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -89,7 +94,7 @@ impl Transport {
         if tencent_api::is_async(action)
             && let Some(task) = response.get("RequestId").and_then(Value::as_str)
         {
-            self.wait_for_task(action, task)?;
+            self.wait_for_task(action, task).map_err(|(_, e)| e)?;
         }
         Ok(response)
     }
@@ -110,11 +115,67 @@ impl Transport {
         }
     }
 
-    fn wait_for_task(&self, action: &str, task: &str) -> Result<(), CloudError> {
+    /// Calls `action`, which must not take effect twice (assigning a count
+    /// of IPs, attaching). Throttling is retried as usual; when the outcome
+    /// of an attempt is unknown, `applied` is asked before the next one
+    /// whether it took effect after all: `Some(result)` ends the call with
+    /// that result, `None` sends the request again.
+    pub fn call_once_only<T>(
+        &self,
+        action: &str,
+        params: &Value,
+        answered: impl Fn(Value) -> Result<T, CloudError>,
+        applied: impl Fn(&Transport) -> Result<Option<T>, CloudError>,
+    ) -> Result<T, CloudError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = self.call_once(action, params).and_then(|response| {
+                if tencent_api::is_async(action)
+                    && let Some(task) = response.get("RequestId").and_then(Value::as_str)
+                {
+                    self.wait_for_task(action, task)?;
+                }
+                Ok(response)
+            });
+            let error = match outcome {
+                Ok(response) => return answered(response),
+                Err((Kind::Throttled, e)) if attempt >= self.policy.max_attempts => {
+                    return Err(e);
+                }
+                Err((Kind::Throttled, e)) => {
+                    debug!(action, attempt, error = %e, "throttled; retrying");
+                    self.pause(attempt);
+                    continue;
+                }
+                Err((Kind::Internal, e)) => e,
+                Err((_, e)) => return Err(e),
+            };
+            warn!(action, attempt, error = %error, "outcome unknown; looking before sending again");
+            self.pause(attempt);
+            if let Some(result) = applied(self)? {
+                debug!(action, "the earlier attempt took effect");
+                return Ok(result);
+            }
+            if attempt >= self.policy.max_attempts {
+                return Err(error);
+            }
+        }
+    }
+
+    fn pause(&self, attempt: u32) {
+        std::thread::sleep(self.policy.backoff(attempt, jitter_seed()));
+    }
+
+    /// Waits until the task is done. A task reported failed is a refusal;
+    /// one that cannot be confirmed (polling failed, or it ran past the
+    /// deadline) has an unknown outcome ([`Kind::Internal`]).
+    fn wait_for_task(&self, action: &str, task: &str) -> Result<(), (Kind, CloudError)> {
         let deadline = Instant::now() + TASK_DEADLINE;
         loop {
-            let status =
-                self.call_with_retries("DescribeVpcTaskResult", &json!({ "TaskId": task }))?;
+            let status = self
+                .call_with_retries("DescribeVpcTaskResult", &json!({ "TaskId": task }))
+                .map_err(|e| (Kind::Internal, e))?;
             match status.get("Status").and_then(Value::as_str) {
                 Some("SUCCESS") => return Ok(()),
                 Some("FAILED") => {
@@ -122,14 +183,18 @@ impl Transport {
                         .get("Output")
                         .and_then(Value::as_str)
                         .unwrap_or_default();
-                    return Err(CloudError::Other(format!(
-                        "{action} task {task} failed: {output}"
-                    )));
+                    return Err((
+                        Kind::Other,
+                        CloudError::Other(format!("{action} task {task} failed: {output}")),
+                    ));
                 }
                 _ if Instant::now() > deadline => {
-                    return Err(CloudError::Other(format!(
-                        "{action} task {task} not done within {TASK_DEADLINE:?}"
-                    )));
+                    return Err((
+                        Kind::Internal,
+                        CloudError::Other(format!(
+                            "{action} task {task} not done within {TASK_DEADLINE:?}"
+                        )),
+                    ));
                 }
                 _ => std::thread::sleep(Duration::from_millis(200)),
             }
@@ -217,7 +282,10 @@ fn typed(kind: Kind, message: String) -> CloudError {
         Kind::SubnetExhausted => CloudError::SubnetExhausted(message),
         Kind::NotFound => CloudError::NotFound(message),
         Kind::ZoneMismatch => CloudError::ZoneMismatch(message),
-        Kind::InvalidState | Kind::InvalidParameter => CloudError::InvalidState(message),
+        Kind::AddressInUse => CloudError::AddressInUse(message),
+        Kind::InvalidState | Kind::InvalidParameter | Kind::OutOfRange => {
+            CloudError::InvalidState(message)
+        }
         Kind::Throttled => CloudError::Throttled(message),
         Kind::SignatureFailure | Kind::SignatureExpired | Kind::SecretIdNotFound => {
             CloudError::Auth(message)

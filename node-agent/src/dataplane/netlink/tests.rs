@@ -1,6 +1,8 @@
 //! Privileged tests of the netlink data path: each runs in fresh network
 //! namespaces with unique names, removed again even when the test fails.
-//! They skip, saying so, when not run as root.
+//! Built without `cfg(privileged)` (not root, see `build/privileged.rs`)
+//! they are ignored, so a runner reports them skipped; built with it they
+//! must run, and fail if they cannot.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -60,13 +62,15 @@ fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn root() -> bool {
+/// Fails a privileged test that was compiled in (`cfg(privileged)`) but
+/// is not running as root: a privileged test never passes without running.
+fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: privileged test needs root");
-    }
-    root
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(
+        uid, 0,
+        "privileged test built to run (cfg(privileged)) but running as uid {uid}"
+    );
 }
 
 /// A node with one secondary ENI (`eth1`, its far end in a "wire" namespace).
@@ -126,10 +130,12 @@ async fn wait_gone(ns: &Netns, link: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
 async fn privileged_program_eni_sets_up_its_table_and_rp_filter() {
-    if !root() {
-        return;
-    }
+    require_root();
     let bed = bed();
     let dp = NetlinkDataplane::new(Some(&bed.node.path()))
         .await
@@ -168,10 +174,12 @@ async fn privileged_program_eni_sets_up_its_table_and_rp_filter() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
 async fn privileged_attach_check_detach_a_pod() {
-    if !root() {
-        return;
-    }
+    require_root();
     let bed = bed();
     let pod = Netns::new("pod");
     let dp = NetlinkDataplane::new(Some(&bed.node.path()))
@@ -264,10 +272,12 @@ async fn privileged_attach_check_detach_a_pod() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
 async fn privileged_detach_tolerates_a_vanished_pod_namespace() {
-    if !root() {
-        return;
-    }
+    require_root();
     let bed = bed();
     let dp = NetlinkDataplane::new(Some(&bed.node.path()))
         .await
@@ -288,10 +298,12 @@ async fn privileged_detach_tolerates_a_vanished_pod_namespace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
 async fn privileged_gc_deletes_only_links_provably_ours() {
-    if !root() {
-        return;
-    }
+    require_root();
     let bed = bed();
     let dp = NetlinkDataplane::new(Some(&bed.node.path()))
         .await
@@ -315,10 +327,12 @@ async fn privileged_gc_deletes_only_links_provably_ours() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
 async fn privileged_gc_removes_only_what_no_pod_owns() {
-    if !root() {
-        return;
-    }
+    require_root();
     let bed = bed();
     let dp = NetlinkDataplane::new(Some(&bed.node.path()))
         .await
@@ -345,10 +359,12 @@ async fn privileged_gc_removes_only_what_no_pod_owns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
 async fn privileged_a_re_add_after_del_starts_from_a_fresh_veth() {
-    if !root() {
-        return;
-    }
+    require_root();
     let bed = bed();
     let pod = Netns::new("pod");
     let dp = NetlinkDataplane::new(Some(&bed.node.path()))

@@ -1,7 +1,16 @@
 //! The plugin↔agent protocol: one request frame and one reply frame per
 //! connection. A frame is a 4-byte big-endian length followed by that many
 //! bytes of JSON; frames above [`MAX_FRAME`] are refused before they are
-//! read. Both envelopes carry [`PROTOCOL_VERSION`].
+//! read. Both envelopes carry a protocol version.
+//!
+//! Versions during a rollout (the plugin binary and the agent DaemonSet are
+//! updated separately): the agent serves requests of its own version and
+//! of the one before ([`OLDEST_SERVED`]) and answers each in the version it
+//! was asked in; a client accepts replies of its own version and of the
+//! next ([`NEWEST_ACCEPTED`]). A request outside the window, or a verb the
+//! agent does not know, gets a typed error naming both versions, never a
+//! decoding failure. Unknown fields are ignored both ways (from protocol
+//! 2; protocol 1 refused them, so replies to it carry none).
 
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
@@ -10,8 +19,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::cni::codes;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks. 2: as 1, and unknown fields
+/// are ignored, so a version may gain optional fields without a bump.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest request version the agent serves.
+pub const OLDEST_SERVED: u32 = PROTOCOL_VERSION - 1;
+/// The newest reply version a client accepts.
+pub const NEWEST_ACCEPTED: u32 = PROTOCOL_VERSION + 1;
+
+/// The verbs (`op`) this side knows.
+const VERBS: &[&str] = &[
+    "add",
+    "del",
+    "check",
+    "gc",
+    "status",
+    "pool",
+    "claims",
+    "delete_claim",
+    "reclaim",
+    "owner_deleted",
+];
 /// The largest frame either side accepts, in bytes.
 pub const MAX_FRAME: usize = 2 * 1024 * 1024;
 
@@ -24,11 +52,36 @@ pub enum WireError {
     /// The frame is not valid JSON of the expected shape.
     #[error("malformed frame: {0}")]
     Malformed(#[source] serde_json::Error),
-    /// The peer speaks another protocol version.
-    #[error("protocol version {got} is not supported (this side speaks {PROTOCOL_VERSION})")]
-    Version {
-        /// The version the peer sent.
+    /// A request of a protocol version the agent does not serve.
+    #[error(
+        "plugin speaks protocol {got}, agent serves {OLDEST_SERVED}..{PROTOCOL_VERSION}: {}",
+        if *got > PROTOCOL_VERSION { "upgrade the agent (or finish its rollout) before the plugin" } else { "upgrade the plugin" }
+    )]
+    RequestVersion {
+        /// The version the plugin sent.
         got: u32,
+    },
+    /// A request for a verb the agent does not know.
+    #[error(
+        "plugin (protocol {version}) asked for {op:?}, which this agent (protocol {PROTOCOL_VERSION}) does not know: upgrade the agent"
+    )]
+    UnknownVerb {
+        /// The verb.
+        op: String,
+        /// The version the plugin sent.
+        version: u32,
+    },
+    /// A reply of a protocol version this client does not accept.
+    #[error(
+        "agent speaks protocol {got}, this client accepts {PROTOCOL_VERSION}..{NEWEST_ACCEPTED}: {}{}",
+        if *got < PROTOCOL_VERSION { "upgrade the agent" } else { "upgrade the plugin" },
+        said.as_ref().map(|m| format!(" (the agent said: {m})")).unwrap_or_default()
+    )]
+    ReplyVersion {
+        /// The version the agent answered in.
+        got: u32,
+        /// The agent's error message, if its reply was one.
+        said: Option<String>,
     },
     /// Reading or writing the socket failed.
     #[error("socket I/O: {0}")]
@@ -37,7 +90,6 @@ pub enum WireError {
 
 /// Identifies one attachment, as the CNI spec keys them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AttachmentKey {
     /// The network name from the configuration.
     pub network: String,
@@ -55,7 +107,6 @@ impl std::fmt::Display for AttachmentKey {
 
 /// The Kubernetes pod behind an attachment, when the runtime says.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PodRef {
     /// Pod namespace.
     pub namespace: String,
@@ -68,7 +119,6 @@ pub struct PodRef {
 
 /// ADD: allocate an IP and wire the pod.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AddRequest {
     /// Which attachment.
     pub key: AttachmentKey,
@@ -89,7 +139,6 @@ pub struct AddRequest {
 
 /// A pod's request for a static IP.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StaticIpRequest {
     /// How long the IP stays reserved after the pod is gone, in ms
     /// (default: the agent's `--claim-expired-duration`).
@@ -103,7 +152,6 @@ pub struct StaticIpRequest {
 
 /// A pod's owner (a StatefulSet, say).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct OwnerRef {
     /// Kind, such as `StatefulSet`.
     pub kind: String,
@@ -115,7 +163,6 @@ pub struct OwnerRef {
 
 /// DEL: unwire the pod and release its IP. Idempotent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DelRequest {
     /// Which attachment.
     pub key: AttachmentKey,
@@ -126,7 +173,6 @@ pub struct DelRequest {
 
 /// CHECK: confirm the attachment is as ADD left it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CheckRequest {
     /// Which attachment.
     pub key: AttachmentKey,
@@ -139,7 +185,6 @@ pub struct CheckRequest {
 
 /// GC: release every attachment of `network` that is not listed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GcRequest {
     /// The network name.
     pub network: String,
@@ -149,7 +194,6 @@ pub struct GcRequest {
 
 /// One valid attachment of a GC request.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GcAttachment {
     /// The container id.
     pub container_id: String,
@@ -196,7 +240,6 @@ pub enum Request {
 
 /// What ADD set up, from which the plugin builds the CNI result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AddReply {
     /// The pod's address (a /32).
     pub ip: Ipv4Addr,
@@ -216,7 +259,6 @@ pub struct AddReply {
 
 /// STATUS: whether ADD can be served.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StatusReply {
     /// Ready to serve ADD.
     pub ready: bool,
@@ -272,7 +314,6 @@ pub struct IpView {
 
 /// One secondary ENI of the pool.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EniView {
     /// ENI id.
     pub id: String,
@@ -286,7 +327,6 @@ pub struct EniView {
 
 /// The whole pool, for operators.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PoolView {
     /// Secondary ENIs in attach order.
     pub enis: Vec<EniView>,
@@ -297,7 +337,6 @@ pub struct PoolView {
 
 /// A condition of the node's pool.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ConditionView {
     /// The condition, such as `ENILimit` or `NoSubnetInZone`.
     pub kind: String,
@@ -340,7 +379,6 @@ pub enum Response {
 
 /// A claim reclaimed, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReclaimView {
     /// Pod namespace.
     pub namespace: String,
@@ -354,7 +392,6 @@ pub struct ReclaimView {
 
 /// A pod's claim on an IP.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ClaimView {
     /// Pod namespace.
     pub namespace: String,
@@ -423,9 +460,22 @@ pub enum ErrorKind {
     NotReady,
     /// Anything else.
     Internal,
+    /// A kind this side does not know: sent by a newer peer.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ErrorKind {
+    /// This kind as a peer speaking `version` knows it: kinds added after
+    /// it are sent as the nearest one it has (the message says the rest).
+    pub fn in_protocol(self, version: u32) -> ErrorKind {
+        match self {
+            // Protocol 2 added ClaimLost.
+            ErrorKind::ClaimLost if version < 2 => ErrorKind::Cloud,
+            other => other,
+        }
+    }
+
     /// The CNI error code the plugin reports for this kind.
     pub fn cni_code(self) -> u32 {
         match self {
@@ -440,6 +490,7 @@ impl ErrorKind {
             ErrorKind::Cloud => codes::CLOUD,
             ErrorKind::EniLimit => codes::ENI_LIMIT,
             ErrorKind::ClaimLost => codes::CLAIM_LOST,
+            ErrorKind::Unknown => codes::AGENT_INTERNAL,
             ErrorKind::NotReady => codes::TRY_AGAIN_LATER,
             ErrorKind::Internal => codes::AGENT_INTERNAL,
         }
@@ -448,7 +499,6 @@ impl ErrorKind {
 
 /// A failed reply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AgentError {
     /// What kind of failure.
     pub kind: ErrorKind,
@@ -470,7 +520,6 @@ impl AgentError {
 pub type Reply = Result<Response, AgentError>;
 
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RequestEnvelope {
     version: u32,
     request: Request,
@@ -490,9 +539,23 @@ enum Outcome {
     Error(AgentError),
 }
 
+/// What is read of an envelope before it is decoded as this version's.
 #[derive(Deserialize)]
-struct VersionProbe {
+struct Probe {
     version: u32,
+    #[serde(default)]
+    request: Option<serde_json::Value>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+/// A request and the protocol version it came in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incoming {
+    /// The plugin's protocol version (within the served window).
+    pub version: u32,
+    /// The request.
+    pub request: Request,
 }
 
 /// Serialises a request into a frame payload.
@@ -503,29 +566,72 @@ pub fn encode_request(request: &Request) -> Result<Vec<u8>, WireError> {
     }))
 }
 
-/// Parses a frame payload into a request; the version is checked first so
-/// a newer peer gets a version error rather than a parse error.
-pub fn decode_request(payload: &[u8]) -> Result<Request, WireError> {
-    check_version(payload)?;
+/// Parses a frame payload into a request. The version and the verb are
+/// checked first, so a plugin outside the window or asking for a verb this
+/// agent does not know gets a typed error rather than a parse error.
+pub fn decode_request(payload: &[u8]) -> Result<Incoming, WireError> {
+    let probe: Probe = serde_json::from_slice(payload).map_err(WireError::Malformed)?;
+    if !(OLDEST_SERVED..=PROTOCOL_VERSION).contains(&probe.version) {
+        return Err(WireError::RequestVersion { got: probe.version });
+    }
+    if let Some(op) = probe
+        .request
+        .as_ref()
+        .and_then(|r| r.get("op"))
+        .and_then(serde_json::Value::as_str)
+        && !VERBS.contains(&op)
+    {
+        return Err(WireError::UnknownVerb {
+            op: op.to_string(),
+            version: probe.version,
+        });
+    }
     let env: RequestEnvelope = serde_json::from_slice(payload).map_err(WireError::Malformed)?;
-    Ok(env.request)
+    Ok(Incoming {
+        version: probe.version,
+        request: env.request,
+    })
 }
 
-/// Serialises a reply into a frame payload.
-pub fn encode_reply(reply: &Reply) -> Result<Vec<u8>, WireError> {
+/// The version to answer a request frame in: the plugin's own when it is
+/// served, else this agent's.
+pub fn answer_version(request_payload: &[u8]) -> u32 {
+    serde_json::from_slice::<Probe>(request_payload)
+        .ok()
+        .map(|p| p.version)
+        .filter(|v| (OLDEST_SERVED..=PROTOCOL_VERSION).contains(v))
+        .unwrap_or(PROTOCOL_VERSION)
+}
+
+/// Serialises a reply into a frame payload, in the protocol `version` the
+/// request came in (see [`answer_version`]). Protocol 1 and 2 replies have
+/// the same fields; a field added later must be left out for older ones.
+pub fn encode_reply(reply: &Reply, version: u32) -> Result<Vec<u8>, WireError> {
     let outcome = match reply {
         Ok(r) => Outcome::Ok(r.clone()),
-        Err(e) => Outcome::Error(e.clone()),
+        Err(e) => Outcome::Error(AgentError {
+            kind: e.kind.in_protocol(version),
+            ..e.clone()
+        }),
     };
-    checked(serde_json::to_vec(&ReplyEnvelope {
-        version: PROTOCOL_VERSION,
-        outcome,
-    }))
+    checked(serde_json::to_vec(&ReplyEnvelope { version, outcome }))
 }
 
-/// Parses a frame payload into a reply.
+/// Parses a frame payload into a reply of this version or the next; an
+/// agent of another version is named with what it said.
 pub fn decode_reply(payload: &[u8]) -> Result<Reply, WireError> {
-    check_version(payload)?;
+    let probe: Probe = serde_json::from_slice(payload).map_err(WireError::Malformed)?;
+    if !(PROTOCOL_VERSION..=NEWEST_ACCEPTED).contains(&probe.version) {
+        return Err(WireError::ReplyVersion {
+            got: probe.version,
+            said: probe
+                .error
+                .as_ref()
+                .and_then(|e| e.get("message"))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string),
+        });
+    }
     let env: ReplyEnvelope = serde_json::from_slice(payload).map_err(WireError::Malformed)?;
     Ok(match env.outcome {
         Outcome::Ok(r) => Ok(r),
@@ -569,14 +675,6 @@ pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, WireError> {
     Ok(payload)
 }
 
-fn check_version(payload: &[u8]) -> Result<(), WireError> {
-    let probe: VersionProbe = serde_json::from_slice(payload).map_err(WireError::Malformed)?;
-    if probe.version != PROTOCOL_VERSION {
-        return Err(WireError::Version { got: probe.version });
-    }
-    Ok(())
-}
-
 fn checked(bytes: serde_json::Result<Vec<u8>>) -> Result<Vec<u8>, WireError> {
     let bytes = bytes.map_err(WireError::Malformed)?;
     if bytes.len() > MAX_FRAME {
@@ -586,216 +684,4 @@ fn checked(bytes: serde_json::Result<Vec<u8>>) -> Result<Vec<u8>, WireError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key() -> AttachmentKey {
-        AttachmentKey {
-            network: "vpc".into(),
-            container_id: "c1".into(),
-            ifname: "eth0".into(),
-        }
-    }
-
-    fn all_requests() -> Vec<Request> {
-        vec![
-            Request::Add(AddRequest {
-                key: key(),
-                netns: "/var/run/netns/p1".into(),
-                pod: Some(PodRef {
-                    namespace: "default".into(),
-                    name: "web-0".into(),
-                    uid: None,
-                }),
-                deadline_ms: Some(1),
-                static_ip: Some(StaticIpRequest {
-                    expire_after_ms: Some(3_600_000),
-                    owner: Some(OwnerRef {
-                        kind: "StatefulSet".into(),
-                        name: "db".into(),
-                        uid: "u".into(),
-                    }),
-                }),
-            }),
-            Request::Del(DelRequest {
-                key: key(),
-                netns: None,
-            }),
-            Request::Check(CheckRequest {
-                key: key(),
-                netns: "/n".into(),
-                expected_addresses: vec!["10.0.0.5/32".into()],
-            }),
-            Request::Gc(GcRequest {
-                network: "vpc".into(),
-                valid: vec![GcAttachment {
-                    container_id: "c1".into(),
-                    ifname: "eth0".into(),
-                }],
-            }),
-            Request::Status,
-            Request::Pool,
-            Request::Claims,
-            Request::DeleteClaim {
-                namespace: "default".into(),
-                name: "web-0".into(),
-                force: true,
-            },
-            Request::Reclaim { dry_run: true },
-            Request::OwnerDeleted(OwnerRef {
-                kind: "StatefulSet".into(),
-                name: "db".into(),
-                uid: "u".into(),
-            }),
-        ]
-    }
-
-    #[test]
-    fn every_request_round_trips() {
-        for r in all_requests() {
-            let bytes = encode_request(&r).expect("encode");
-            assert_eq!(decode_request(&bytes).expect("decode"), r);
-        }
-    }
-
-    #[test]
-    fn replies_round_trip() {
-        let replies: Vec<Reply> = vec![
-            Ok(Response::Added(AddReply {
-                ip: Ipv4Addr::new(10, 0, 1, 5),
-                gateway: Ipv4Addr::new(169, 254, 1, 1),
-                host_ifname: "vpc0123456789a".into(),
-                host_mac: "02:00:00:00:00:01".into(),
-                pod_mac: "02:00:00:00:00:02".into(),
-                mtu: 1500,
-                eni_id: "eni-1".into(),
-            })),
-            Ok(Response::Deleted),
-            Ok(Response::Collected { released: 3 }),
-            Ok(Response::Status(StatusReply {
-                ready: false,
-                reason: Some("x".into()),
-            })),
-            Ok(Response::Pool(PoolView {
-                enis: vec![EniView {
-                    id: "eni-1".into(),
-                    mac: "m".into(),
-                    subnet_id: "s".into(),
-                    ips: vec![
-                        IpView {
-                            ip: Ipv4Addr::new(10, 0, 0, 1),
-                            state: IpState::Free,
-                        },
-                        IpView {
-                            ip: Ipv4Addr::new(10, 0, 0, 2),
-                            state: IpState::Allocated {
-                                key: key(),
-                                pod: None,
-                            },
-                        },
-                        IpView {
-                            ip: Ipv4Addr::new(10, 0, 0, 3),
-                            state: IpState::Cooling { until_ms: 5 },
-                        },
-                    ],
-                }],
-                conditions: vec![ConditionView {
-                    kind: "ENILimit".into(),
-                    message: "quota".into(),
-                    since_ms: 1,
-                }],
-            })),
-            Err(AgentError::new(ErrorKind::NoIpAvailable, "empty")),
-        ];
-        for r in replies {
-            let bytes = encode_reply(&r).expect("encode");
-            assert_eq!(decode_reply(&bytes).expect("decode"), r);
-        }
-    }
-
-    #[test]
-    fn malformed_requests_are_refused() {
-        for bad in [
-            &b""[..],
-            b"null",
-            b"{}",
-            b"{\"version\":1}",
-            b"{\"version\":1,\"request\":{\"op\":\"explode\"}}",
-            b"{\"version\":1,\"request\":{\"op\":\"add\"}}",
-            b"{\"version\":1,\"request\":{\"op\":\"status\"},\"extra\":1}",
-            b"{\"version\":1,\"request\":{\"op\":\"del\",\"key\":{\"network\":\"n\",\"container_id\":\"c\",\"ifname\":\"e\",\"x\":1}}}",
-            b"\xff\xfe",
-        ] {
-            assert!(
-                matches!(decode_request(bad), Err(WireError::Malformed(_))),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
-
-    #[test]
-    fn other_versions_get_a_version_error() {
-        let err = decode_request(br#"{"version":2,"request":{"op":"status","new":true}}"#)
-            .expect_err("version");
-        assert!(matches!(err, WireError::Version { got: 2 }));
-    }
-
-    #[test]
-    fn oversized_frames_are_refused_before_reading() {
-        let header = ((MAX_FRAME + 1) as u32).to_be_bytes();
-        assert!(matches!(parse_header(header), Err(WireError::TooLarge(_))));
-        let mut input = std::io::Cursor::new(header.to_vec());
-        assert!(matches!(
-            read_frame(&mut input),
-            Err(WireError::TooLarge(_))
-        ));
-        assert!(frame_header(MAX_FRAME + 1).is_err());
-    }
-
-    #[test]
-    fn frames_round_trip_through_io() {
-        let mut buf = Vec::new();
-        write_frame(&mut buf, b"hello").expect("write");
-        assert_eq!(
-            read_frame(&mut std::io::Cursor::new(buf)).expect("read"),
-            b"hello"
-        );
-    }
-
-    #[test]
-    fn truncated_frames_are_io_errors() {
-        let mut buf = Vec::new();
-        write_frame(&mut buf, b"hello").expect("write");
-        buf.truncate(6);
-        assert!(matches!(
-            read_frame(&mut std::io::Cursor::new(buf)),
-            Err(WireError::Io(_))
-        ));
-    }
-
-    #[test]
-    fn every_error_kind_maps_to_a_documented_code() {
-        use ErrorKind::*;
-        for kind in [
-            Protocol,
-            InvalidRequest,
-            PermissionDenied,
-            NoIpAvailable,
-            UnknownAttachment,
-            Mismatch,
-            Dataplane,
-            Store,
-            Cloud,
-            EniLimit,
-            NotReady,
-            Internal,
-        ] {
-            let code = kind.cni_code();
-            assert!(
-                code < 100 || (100..=108).contains(&code),
-                "{kind:?} -> {code}"
-            );
-        }
-    }
-}
+mod tests;
