@@ -56,6 +56,11 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 };
             }
         };
+        // What the cloud says holds for the rest of the pool too: ENIs and
+        // addresses that vanished leave it before one is picked below.
+        if let Some(node) = self.node() {
+            self.reconcile_with(&listed, &node).await?;
+        }
         let on_ours = listed
             .iter()
             .find(|e| !e.primary && e.secondary_ips.contains(&claim.ip));

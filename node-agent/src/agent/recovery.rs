@@ -166,10 +166,20 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             .last_reconcile
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = self.txn.now();
+        self.reconcile_with(&listed, &node).await
+    }
+
+    /// Brings the pool in line with `listed`, the cloud's ENIs of this
+    /// node, and programs the ENIs it adopts.
+    pub(super) async fn reconcile_with(
+        &self,
+        listed: &[Eni],
+        node: &NodeInfo,
+    ) -> Result<(), proto::wire::AgentError> {
         let adopted = self
             .txn
             .commit(|ipam, _| {
-                let changes = reconcile(ipam, &listed, &node);
+                let changes = reconcile(ipam, listed, node);
                 let adopted: Vec<EniRecord> = changes
                     .iter()
                     .filter_map(|c| match c {

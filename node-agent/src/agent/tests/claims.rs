@@ -205,3 +205,95 @@ async fn a_static_pod_held_on_another_node_or_unlocatable_gets_no_new_ip() {
         .await
         .expect("claimed nowhere: a new IP");
 }
+
+/// A reserved static claim, `web-0`'s, on the pool's ENI; a second ENI of
+/// the node in the same subnet, attached behind the pool's back; then the
+/// claim's ENI deleted in the console. Returns the claim's IP and the
+/// second ENI.
+async fn claim_whose_eni_vanishes(a: &TestAgent) -> (std::net::Ipv4Addr, String) {
+    let ip = match a.handle(static_add_req("s1", "web-0"), None).await {
+        Ok(Response::Added(r)) => r.ip,
+        other => panic!("ADD: {other:?}"),
+    };
+    a.handle(del_req("s1"), None).await.expect("DEL");
+    let old = a
+        .pool()
+        .claim("default", "web-0")
+        .expect("claim")
+        .eni_id
+        .clone();
+    let subnet = a.node().and_then(|n| n.subnet).expect("subnet").id;
+    let other = a.cloud.create_eni(&subnet, 1).await.expect("create");
+    a.cloud.attach_eni(&other.id).await.expect("attach");
+    a.cloud.detach_eni(&old).await.expect("detach");
+    a.cloud.delete_eni(&old).await.expect("delete");
+    (ip, other.id)
+}
+
+#[tokio::test]
+async fn hole_1_a_static_claim_whose_eni_vanished_gets_the_same_address_back() {
+    let h = harness().await;
+    let a = &h.agent;
+    let (ip, other) = claim_whose_eni_vanishes(a).await;
+    match a.handle(static_add_req("s2", "web-0"), None).await {
+        Ok(Response::Added(r)) => {
+            assert_eq!(r.ip, ip, "the same address");
+            assert_eq!(r.eni_id, other, "on the node's ENI that is left");
+        }
+        other => panic!("ADD after the ENI vanished: {other:?}"),
+    }
+    let listed = a.cloud.list_enis().await.expect("list");
+    assert!(
+        listed
+            .iter()
+            .any(|e| e.id == other && e.secondary_ips.contains(&ip)),
+        "the cloud has it there: {listed:?}"
+    );
+    let claim = a.pool().claim("default", "web-0").cloned().expect("claim");
+    assert_eq!((claim.eni_id.as_str(), claim.lost), (other.as_str(), None));
+}
+
+#[tokio::test]
+async fn hole_1_a_static_claim_whose_address_was_taken_is_lost_with_its_own_code() {
+    let h = harness().await;
+    let a = &h.agent;
+    let (ip, _) = claim_whose_eni_vanishes(a).await;
+    // Someone else in the VPC takes the address meanwhile.
+    let subnet = a.node().and_then(|n| n.subnet).expect("subnet").id;
+    let thief = a.cloud.create_eni(&subnet, 0).await.expect("create");
+    a.cloud
+        .assign_named_ips(&thief.id, &[ip])
+        .await
+        .expect("taken");
+    let e = a
+        .handle(static_add_req("s2", "web-0"), None)
+        .await
+        .expect_err("lost");
+    assert_eq!(e.kind, ErrorKind::ClaimLost);
+    assert!(
+        e.message.contains(&ip.to_string()) && e.message.contains("claims delete default/web-0"),
+        "says what happened and what to do: {}",
+        e.message
+    );
+    assert!(
+        allocated(a).is_empty(),
+        "nothing committed that cannot be wired"
+    );
+    let views = a.claim_views();
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].status, "Lost");
+    a.handle(
+        Request::DeleteClaim {
+            namespace: "default".into(),
+            name: "web-0".into(),
+            force: false,
+        },
+        None,
+    )
+    .await
+    .expect("a lost claim is deleted by hand");
+    match a.handle(static_add_req("s3", "web-0"), None).await {
+        Ok(Response::Added(r)) => assert_ne!(r.ip, ip, "a new address"),
+        other => panic!("ADD after the claim was deleted: {other:?}"),
+    }
+}
