@@ -310,3 +310,57 @@ fn ips_of_an_eni_being_attached_show_as_attaching_then_join_the_pool() {
     );
     assert!(add(&agent, "after").ok);
 }
+
+/// Hole 3: every other answer to attach and assign is lost after the call
+/// took effect. The agent still serves every pod, and afterwards every ENI
+/// in the VPC is attached to the node and in its pool, with exactly the
+/// pool's IPs: nothing attached twice, assigned twice, or discarded while
+/// attached.
+#[test]
+fn hole_3_lost_answers_to_attach_and_assign_leak_nothing() {
+    let agent = Agent::start_with(
+        &[
+            "--drop-responses",
+            "AttachNetworkInterface,AssignPrivateIpAddresses,CreateNetworkInterface",
+            "--drop-every",
+            "2",
+            "--ips-per-eni",
+            "4",
+        ],
+        &[
+            "--warm-ip-target",
+            "1",
+            "--ip-cooldown",
+            "0s",
+            "--cloud-timeout",
+            "1s",
+        ],
+    );
+    for i in 0..8 {
+        let run = add(&agent, &format!("lost{i}"));
+        assert!(run.ok, "ADD lost{i}: {}\n{}", run.stdout, agent.log());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (pool, cloud) = pool_and_cloud_ips(&agent);
+        let unattached: Vec<Value> = agent.emulator.world()["vpc"]["enis"]
+            .as_object()
+            .expect("enis")
+            .values()
+            .filter(|e| e["attached_to"].is_null())
+            .cloned()
+            .collect();
+        if pool == cloud && unattached.is_empty() {
+            let mut unique = pool.clone();
+            unique.dedup();
+            assert_eq!(unique, pool, "an IP twice");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leaked: pool {pool:?}, cloud {cloud:?}, unattached ENIs {unattached:?}\n{}",
+            agent.emulator.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -97,6 +97,10 @@ pub struct RunArgs {
     /// the node's zone; the one with the most free IPs is used).
     #[arg(long, value_delimiter = ',')]
     subnet_ids: Vec<String>,
+    /// How long one VPC API (or metadata) exchange may take before it counts
+    /// as lost and is retried (after looking whether it took effect).
+    #[arg(long, default_value = "10s", value_parser = proto::duration::parse)]
+    cloud_timeout: Duration,
     /// Cloud API calls per second at most (0: no limit).
     #[arg(long, default_value_t = 10.0)]
     cloud_qps: f64,
@@ -209,20 +213,19 @@ async fn cloud(args: &RunArgs) -> Result<TencentCloud, String> {
         vpc_id: args.vpc_id.clone().unwrap_or_default(),
         region: args.region.clone().unwrap_or_default(),
     };
-    let url = args.metadata_url.clone();
-    let identity = tokio::task::spawn_blocking(move || {
-        tencent::identity_from_metadata(&url, known, CLOUD_TIMEOUT)
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("node identity: {e}"))?;
+    let (url, timeout) = (args.metadata_url.clone(), args.cloud_timeout);
+    let identity =
+        tokio::task::spawn_blocking(move || tencent::identity_from_metadata(&url, known, timeout))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("node identity: {e}"))?;
     info!(instance = %identity.instance_id, zone = %identity.zone, vpc = %identity.vpc_id, region = %identity.region, "node identity");
     Ok(TencentCloud::new(Settings {
         endpoint: args.cloud_endpoint.clone(),
         region: identity.region.clone(),
         credentials,
         qps: args.cloud_qps,
-        timeout: CLOUD_TIMEOUT,
+        timeout: args.cloud_timeout,
         identity,
         subnets: args.subnet_ids.clone(),
         cluster: args.cluster_name.clone(),
@@ -241,9 +244,6 @@ fn claim_expiry(s: &str) -> Result<Duration, String> {
 
 /// Spare IPs given back per maintenance round at most.
 const RELEASE_BATCH: usize = 5;
-
-/// Timeout of one cloud or metadata HTTP exchange.
-const CLOUD_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn listen<C: Cloud, D: Dataplane>(
     args: RunArgs,
