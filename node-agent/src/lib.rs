@@ -13,6 +13,6 @@ pub mod dataplane;
 pub mod ipam;
 pub mod logging;
 pub mod outbox;
-pub mod pool;
 pub mod server;
+pub mod sizing;
 pub mod store;

@@ -43,7 +43,7 @@ fn allocated(agent: &Agent) -> Vec<String> {
 }
 
 #[test]
-fn a_poisoned_agent_exits_non_zero_and_restarts_from_its_store() {
+fn hole_2_a_poisoned_agent_exits_non_zero_and_restarts_from_its_store() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let trigger = scratch.path().join("fail-commits");
     let trigger_flag = trigger.display().to_string();
@@ -76,7 +76,7 @@ fn a_poisoned_agent_exits_non_zero_and_restarts_from_its_store() {
 }
 
 #[test]
-fn the_agent_starts_without_the_cloud_serves_what_it_holds_and_resumes() {
+fn hole_6_the_agent_starts_without_the_cloud_serves_what_it_holds_and_resumes() {
     let mut agent = Agent::start(&["--warm-ip-target", "3"]);
     let ips: Vec<String> = (0..3).map(|i| add(&agent, &format!("p{i}"))).collect();
     agent.kill9();

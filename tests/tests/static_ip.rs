@@ -156,7 +156,7 @@ fn a_claim_is_deleted_by_hand_but_not_under_a_running_pod_unless_forced() {
 }
 
 #[test]
-fn expired_claims_are_previewed_then_reclaimed() {
+fn hole_14_expired_claims_are_previewed_then_reclaimed_on_a_moved_clock() {
     let agent = Agent::start(&[]);
     let args = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=tmp-0;VPC_IP_CLAIM_DELETE_POLICY=Never;VPC_IP_CLAIM_EXPIRED_DURATION=5m";
     let netns = agent.netns("tmp-a");
@@ -262,7 +262,7 @@ fn an_expiry_below_five_minutes_is_refused_at_start() {
 }
 
 #[test]
-fn a_pods_own_expiry_below_five_minutes_is_refused_too() {
+fn hole_8_a_pods_own_expiry_below_five_minutes_is_refused_too() {
     let agent = Agent::start(&[]);
     let args = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=tmp-1;VPC_IP_CLAIM_DELETE_POLICY=Never;VPC_IP_CLAIM_EXPIRED_DURATION=1s";
     let run = cni(

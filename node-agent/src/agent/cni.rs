@@ -21,7 +21,7 @@ use crate::cloud::Cloud;
 use crate::committer::Pending;
 use crate::dataplane::{Dataplane, POD_GATEWAY, PodNetns, PodSpec};
 use crate::ipam::{AddPlan, Allocation, AttachmentKey, IpamError, StaticIp};
-use crate::pool;
+use crate::sizing;
 
 /// How often one ADD grows the pool before it gives up.
 const MAX_GROW_ATTEMPTS: u32 = 5;
@@ -154,7 +154,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                                 format!("the VPC API is unreachable ({message})")
                             }
                             (None, None) => "the VPC API has not answered yet".to_string(),
-                            (Some(l), None) if pool::can_grow(ipam.enis(), l) => {
+                            (Some(l), None) if sizing::can_grow(ipam.enis(), l) => {
                                 "the pool is growing".to_string()
                             }
                             (Some(l), None) => format!(
@@ -279,7 +279,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let counts = self.txn.read(|ipam, now| ipam.counts(now));
         let can_grow = self
             .limits()
-            .is_some_and(|l| self.txn.read(|ipam, _| pool::can_grow(ipam.enis(), l)));
+            .is_some_and(|l| self.txn.read(|ipam, _| sizing::can_grow(ipam.enis(), l)));
         let conditions = self.conditions.all();
         let reason = if let Some(e) = self.txn.poisoned() {
             Some(format!("state store failed ({e}); the agent is restarting"))

@@ -16,7 +16,7 @@ use super::errors::{cloud_error, dataplane_error, internal};
 use crate::cloud::{Cloud, CloudError, Eni, Subnet};
 use crate::dataplane::Dataplane;
 use crate::ipam::{Change, EniRecord};
-use crate::pool::{self, Action};
+use crate::sizing::{self, Action};
 
 impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// The maintenance tick, until the agent is poisoned or the task is
@@ -85,7 +85,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             .pool
             .want_free(limits, counts.total, counts.free)
             + extra;
-        for action in pool::plan_growth(&enis, limits, counts.free, want_free) {
+        for action in sizing::plan_growth(&enis, limits, counts.free, want_free) {
             self.txn.ensure_healthy()?;
             match action {
                 Action::AssignIps { eni_id, count } => {
@@ -140,7 +140,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             .txn
             .commit(move |ipam, now| {
                 let c = ipam.counts(now);
-                let plan = pool::plan_release(
+                let plan = sizing::plan_release(
                     &ipam.usage(now),
                     targets,
                     targets.want_free(limits, c.total, c.free),
@@ -148,13 +148,13 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 let mut changes = Vec::new();
                 for step in &plan {
                     match step {
-                        pool::Release::Ips { eni_id, ips } => {
+                        sizing::Release::Ips { eni_id, ips } => {
                             if let Some(mut record) = ipam.eni(eni_id).cloned() {
                                 record.ips.retain(|ip| !ips.contains(ip));
                                 changes.push(Change::PutEni(record));
                             }
                         }
-                        pool::Release::Eni { eni_id } => {
+                        sizing::Release::Eni { eni_id } => {
                             changes.push(Change::RemoveEni(eni_id.clone()))
                         }
                     }
@@ -165,7 +165,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         for step in plan {
             self.txn.ensure_healthy()?;
             match step {
-                pool::Release::Ips { eni_id, ips } => {
+                sizing::Release::Ips { eni_id, ips } => {
                     match self.cloud.unassign_ips(&eni_id, &ips).await {
                         Ok(()) => info!(eni = %eni_id, count = ips.len(), "gave back spare IPs"),
                         Err(e) => {
@@ -173,7 +173,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                         }
                     }
                 }
-                pool::Release::Eni { eni_id } => {
+                sizing::Release::Eni { eni_id } => {
                     self.discard_eni(&eni_id).await;
                     info!(eni = %eni_id, "gave back an empty ENI");
                 }

@@ -35,8 +35,8 @@ use tracing::{Instrument, info_span, warn};
 use crate::claim_store::ClaimStore;
 use crate::cloud::{Cloud, Eni, Limits, NodeInfo};
 use crate::dataplane::Dataplane;
-use crate::pool;
 use crate::server::Handler;
+use crate::sizing;
 
 pub use recovery::StartError;
 use txn::Txn;
@@ -47,7 +47,7 @@ pub struct AgentConfig {
     /// How long a released IP rests before it is handed out again.
     pub ip_cooldown: Duration,
     /// How large the pool should be.
-    pub pool: pool::Targets,
+    pub pool: sizing::Targets,
     /// How old an unattached ENI of this node must be before it counts
     /// as leaked and is deleted.
     pub leaked_eni_grace: Duration,

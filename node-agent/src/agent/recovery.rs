@@ -25,7 +25,7 @@ use crate::committer::Committer;
 use crate::dataplane::{Dataplane, PodNetns, PodSpec};
 use crate::ipam::{Change, EniRecord, Ipam, IpamError};
 use crate::outbox::Outbox;
-use crate::pool;
+use crate::sizing;
 use crate::store::{Store, StoreError};
 
 /// How long start-up waits for the VPC API before serving without it.
@@ -261,7 +261,7 @@ pub fn reconcile(ipam: &Ipam, cloud_enis: &[Eni], node: &NodeInfo) -> Vec<Change
         .iter()
         .map(|e| e.table + 1)
         .max()
-        .unwrap_or(pool::FIRST_ENI_TABLE);
+        .unwrap_or(sizing::FIRST_ENI_TABLE);
     let mut changes = Vec::new();
     let secondary: Vec<&Eni> = cloud_enis.iter().filter(|e| !e.primary).collect();
     for known in ipam.enis() {

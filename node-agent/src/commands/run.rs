@@ -14,8 +14,8 @@ use crate::cloud::tencent::{self, Identity, Settings};
 use crate::cloud::{Cloud, TencentCloud};
 use crate::dataplane::{Dataplane, FakeDataplane, NetlinkDataplane};
 use crate::logging::{self, LogFormat};
-use crate::pool::Targets;
 use crate::server::{self, ServerConfig};
+use crate::sizing::Targets;
 use crate::store::{FaultyStore, RedbStore, Store};
 
 /// Which dataplane programs the kernel.

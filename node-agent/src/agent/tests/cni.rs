@@ -162,7 +162,7 @@ async fn a_failed_wiring_rolls_the_allocation_back() {
 }
 
 #[tokio::test]
-async fn a_failed_repeated_add_never_unwires_a_working_pod() {
+async fn hole_4_a_failed_repeated_add_never_unwires_a_working_pod() {
     let h = harness().await;
     let first = add(&h.agent, "c1").await;
     h.agent.dataplane.fail_attach.store(true, Ordering::SeqCst);

@@ -1,11 +1,11 @@
 //! The agent's logic over the fake cloud, the fake dataplane and an
 //! injected clock: `cni.rs` (the verbs), `store.rs` (failed commits),
-//! `sizing.rs` (growth, shrink, restarts, leaked ENIs), `claims.rs` (the
+//! `growth.rs` (growth, shrink, restarts, leaked ENIs), `claims.rs` (the
 //! claim store and static pods).
 
 mod claims;
 mod cni;
-mod sizing;
+mod growth;
 mod store;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,7 +47,7 @@ fn config() -> AgentConfig {
         ip_cooldown: Duration::from_secs(30),
         maintenance_interval: Duration::from_secs(30),
         reconcile_interval: Duration::from_secs(300),
-        pool: pool::Targets {
+        pool: crate::sizing::Targets {
             warm_ip: 2,
             warm_eni: 0,
             min_ip: 0,

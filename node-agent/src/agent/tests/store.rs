@@ -45,7 +45,7 @@ async fn a_failed_commit_stops_all_changes_until_restart() {
 }
 
 #[tokio::test]
-async fn a_poisoned_agent_stops_talking_to_the_cloud_and_asks_to_exit() {
+async fn hole_2_a_poisoned_agent_stops_talking_to_the_cloud_and_asks_to_exit() {
     let store = MemoryStore::default();
     let fail = Arc::clone(&store.fail_commits);
     let h = harness_with(DEFAULT_LIMITS, Box::new(store)).await;

@@ -302,7 +302,7 @@ async fn privileged_detach_tolerates_a_vanished_pod_namespace() {
     not(privileged),
     ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
 )]
-async fn privileged_gc_deletes_only_links_provably_ours() {
+async fn privileged_hole_5_gc_deletes_only_links_provably_ours() {
     require_root();
     let bed = bed();
     let dp = NetlinkDataplane::new(Some(&bed.node.path()))

@@ -125,7 +125,7 @@ async fn the_minimum_holds_and_an_emptied_eni_goes() {
         enable_ownerref: true,
         maintenance_interval: Duration::from_secs(30),
         reconcile_interval: Duration::from_secs(300),
-        pool: pool::Targets {
+        pool: crate::sizing::Targets {
             warm_ip: 0,
             warm_eni: 0,
             min_ip,
@@ -170,7 +170,7 @@ async fn max_eni_caps_growth() {
         enable_ownerref: true,
         maintenance_interval: Duration::from_secs(30),
         reconcile_interval: Duration::from_secs(300),
-        pool: pool::Targets {
+        pool: crate::sizing::Targets {
             warm_ip: 0,
             warm_eni: 0,
             min_ip: 0,
