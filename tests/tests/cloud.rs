@@ -173,6 +173,34 @@ fn pool_and_cloud_ips(agent: &Agent) -> (Vec<String>, Vec<String>) {
     (pool, cloud)
 }
 
+/// Waits (up to `within`) until the pool's IPs are exactly the cloud's on
+/// the node's ENIs, each once, and no ENI in the VPC is unattached.
+fn assert_nothing_leaks(agent: &Agent, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (pool, cloud) = pool_and_cloud_ips(agent);
+        let unattached: Vec<Value> = agent.emulator.world()["vpc"]["enis"]
+            .as_object()
+            .expect("enis")
+            .values()
+            .filter(|e| e["attached_to"].is_null())
+            .cloned()
+            .collect();
+        if pool == cloud && unattached.is_empty() {
+            let mut unique = pool.clone();
+            unique.dedup();
+            assert_eq!(unique, pool, "an IP twice");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leaked: pool {pool:?}, cloud {cloud:?}, unattached ENIs {unattached:?}\n{}",
+            agent.emulator.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn under_throttling_and_errors_nothing_leaks() {
     let agent = Agent::start_with(
@@ -207,25 +235,7 @@ fn under_throttling_and_errors_nothing_leaks() {
         }
     }
     // The maintenance loop may be mid-change: judge once the two agree.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (pool, cloud) = pool_and_cloud_ips(&agent);
-        let unattached: Vec<Value> = agent.emulator.world()["vpc"]["enis"]
-            .as_object()
-            .expect("enis")
-            .values()
-            .filter(|e| e["attached_to"].is_null())
-            .cloned()
-            .collect();
-        if pool == cloud && unattached.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "leaked: pool {pool:?}, cloud {cloud:?}, unattached ENIs {unattached:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert_nothing_leaks(&agent, Duration::from_secs(10));
 }
 
 #[test]
@@ -340,27 +350,5 @@ fn hole_3_lost_answers_to_attach_and_assign_leak_nothing() {
         let run = add(&agent, &format!("lost{i}"));
         assert!(run.ok, "ADD lost{i}: {}\n{}", run.stdout, agent.log());
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (pool, cloud) = pool_and_cloud_ips(&agent);
-        let unattached: Vec<Value> = agent.emulator.world()["vpc"]["enis"]
-            .as_object()
-            .expect("enis")
-            .values()
-            .filter(|e| e["attached_to"].is_null())
-            .cloned()
-            .collect();
-        if pool == cloud && unattached.is_empty() {
-            let mut unique = pool.clone();
-            unique.dedup();
-            assert_eq!(unique, pool, "an IP twice");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "leaked: pool {pool:?}, cloud {cloud:?}, unattached ENIs {unattached:?}\n{}",
-            agent.emulator.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert_nothing_leaks(&agent, Duration::from_secs(20));
 }

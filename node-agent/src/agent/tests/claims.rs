@@ -62,6 +62,14 @@ async fn eventually(what: &str, done: impl Fn() -> bool) {
     panic!("never happened: {what}");
 }
 
+fn delete_claim_req(pod: &str) -> Request {
+    Request::DeleteClaim {
+        namespace: "default".into(),
+        name: pod.into(),
+        force: false,
+    }
+}
+
 fn static_add_req(c: &str, pod: &str) -> Request {
     let Request::Add(mut req) = add_req(c) else {
         unreachable!()
@@ -125,16 +133,9 @@ async fn the_claim_store_sees_every_claim_change_in_order_and_all_claims_at_star
         "made, released, bound again"
     );
     a.handle(del_req("s2"), None).await.expect("DEL");
-    a.handle(
-        Request::DeleteClaim {
-            namespace: "default".into(),
-            name: "web-0".into(),
-            force: false,
-        },
-        None,
-    )
-    .await
-    .expect("delete claim");
+    a.handle(delete_claim_req("web-0"), None)
+        .await
+        .expect("delete claim");
     eventually("the release and the removal published", || {
         claims.published.lock().expect("lock").len() >= 5
     })
@@ -282,16 +283,9 @@ async fn hole_1_a_static_claim_whose_address_was_taken_is_lost_with_its_own_code
     let views = a.claim_views();
     assert_eq!(views.len(), 1);
     assert_eq!(views[0].status, "Lost");
-    a.handle(
-        Request::DeleteClaim {
-            namespace: "default".into(),
-            name: "web-0".into(),
-            force: false,
-        },
-        None,
-    )
-    .await
-    .expect("a lost claim is deleted by hand");
+    a.handle(delete_claim_req("web-0"), None)
+        .await
+        .expect("a lost claim is deleted by hand");
     match a.handle(static_add_req("s3", "web-0"), None).await {
         Ok(Response::Added(r)) => assert_ne!(r.ip, ip, "a new address"),
         other => panic!("ADD after the claim was deleted: {other:?}"),

@@ -119,12 +119,6 @@ async fn spare_ips_go_back_a_batch_at_a_time_down_to_the_warm_target() {
 #[tokio::test]
 async fn the_minimum_holds_and_an_emptied_eni_goes() {
     let targets = |min_ip| AgentConfig {
-        ip_cooldown: Duration::from_secs(30),
-        leaked_eni_grace: Duration::from_secs(600),
-        claim_expiry: None,
-        enable_ownerref: true,
-        maintenance_interval: Duration::from_secs(30),
-        reconcile_interval: Duration::from_secs(300),
         pool: crate::sizing::Targets {
             warm_ip: 0,
             warm_eni: 0,
@@ -132,6 +126,7 @@ async fn the_minimum_holds_and_an_emptied_eni_goes() {
             max_eni: None,
             release_batch: 100,
         },
+        ..config()
     };
     let h = harness_configured(DEFAULT_LIMITS, Box::new(MemoryStore::default()), targets(3)).await;
     churn(&h, 6).await;
@@ -164,12 +159,6 @@ async fn the_minimum_holds_and_an_emptied_eni_goes() {
 #[tokio::test]
 async fn max_eni_caps_growth() {
     let config = AgentConfig {
-        ip_cooldown: Duration::from_secs(30),
-        leaked_eni_grace: Duration::from_secs(600),
-        claim_expiry: None,
-        enable_ownerref: true,
-        maintenance_interval: Duration::from_secs(30),
-        reconcile_interval: Duration::from_secs(300),
         pool: crate::sizing::Targets {
             warm_ip: 0,
             warm_eni: 0,
@@ -177,6 +166,7 @@ async fn max_eni_caps_growth() {
             max_eni: Some(2),
             release_batch: 5,
         },
+        ..config()
     };
     let h = harness_configured(
         Limits {

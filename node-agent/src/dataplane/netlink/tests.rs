@@ -106,6 +106,16 @@ fn bed() -> Bed {
     }
 }
 
+/// A bed whose ENI the data path has programmed.
+async fn programmed_bed() -> (Bed, NetlinkDataplane) {
+    let bed = bed();
+    let dp = NetlinkDataplane::new(Some(&bed.node.path()))
+        .await
+        .expect("dataplane");
+    dp.program_eni(&bed.eni).await.expect("program");
+    (bed, dp)
+}
+
 fn spec(bed: &Bed, pod: &Netns, container: &str, ip: Ipv4Addr) -> PodSpec {
     PodSpec {
         key: AttachmentKey {
@@ -136,11 +146,7 @@ async fn wait_gone(ns: &Netns, link: &str) -> bool {
 )]
 async fn privileged_program_eni_sets_up_its_table_and_rp_filter() {
     require_root();
-    let bed = bed();
-    let dp = NetlinkDataplane::new(Some(&bed.node.path()))
-        .await
-        .expect("dataplane");
-    dp.program_eni(&bed.eni).await.expect("program");
+    let (bed, dp) = programmed_bed().await;
     dp.program_eni(&bed.eni)
         .await
         .expect("programming twice is fine");
@@ -278,11 +284,7 @@ async fn privileged_attach_check_detach_a_pod() {
 )]
 async fn privileged_detach_tolerates_a_vanished_pod_namespace() {
     require_root();
-    let bed = bed();
-    let dp = NetlinkDataplane::new(Some(&bed.node.path()))
-        .await
-        .expect("dataplane");
-    dp.program_eni(&bed.eni).await.expect("program");
+    let (bed, dp) = programmed_bed().await;
     let pod = Netns::new("pod");
     let s = spec(&bed, &pod, "gone", bed.eni.ips[0]);
     let links = dp.attach_pod(&s).await.expect("attach");
@@ -304,11 +306,7 @@ async fn privileged_detach_tolerates_a_vanished_pod_namespace() {
 )]
 async fn privileged_hole_5_gc_deletes_only_links_provably_ours() {
     require_root();
-    let bed = bed();
-    let dp = NetlinkDataplane::new(Some(&bed.node.path()))
-        .await
-        .expect("dataplane");
-    dp.program_eni(&bed.eni).await.expect("program");
+    let (bed, dp) = programmed_bed().await;
     let pod = Netns::new("pod");
     let stale = spec(&bed, &pod, "stale", bed.eni.ips[0]);
     let ours = dp.attach_pod(&stale).await.expect("attach").host_ifname;
@@ -333,11 +331,7 @@ async fn privileged_hole_5_gc_deletes_only_links_provably_ours() {
 )]
 async fn privileged_gc_removes_only_what_no_pod_owns() {
     require_root();
-    let bed = bed();
-    let dp = NetlinkDataplane::new(Some(&bed.node.path()))
-        .await
-        .expect("dataplane");
-    dp.program_eni(&bed.eni).await.expect("program");
+    let (bed, dp) = programmed_bed().await;
     let (p1, p2) = (Netns::new("pod"), Netns::new("pod"));
     let keep = spec(&bed, &p1, "keep", bed.eni.ips[0]);
     let stale = spec(&bed, &p2, "stale", bed.eni.ips[1]);
