@@ -100,6 +100,51 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
     Ok(listener)
 }
 
+/// Connections still sending their request, oldest first: when every
+/// connection slot is taken, the oldest of them is dropped to make room, so
+/// idle or slow clients can never keep a legitimate caller waiting (a
+/// connection whose request is being handled is never dropped).
+#[derive(Debug, Default)]
+struct Readers {
+    next: std::sync::atomic::AtomicU64,
+    waiting: std::sync::Mutex<std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Readers {
+    /// Registers a connection that starts reading; dropping the receiver's
+    /// sender (by [`evict_oldest`](Self::evict_oldest)) tells it to give up.
+    fn enter(&self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.lock().insert(id, tx);
+        (id, rx)
+    }
+
+    /// The connection's request is read (or it failed).
+    fn leave(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Drops the oldest connection still reading; whether there was one.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self.lock().pop_first();
+        match oldest {
+            Some((_, tx)) => {
+                let _ = tx.send(());
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>>
+    {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Serves until `shutdown` completes, then waits briefly for requests in
 /// flight.
 pub async fn serve<H: Handler>(
@@ -109,17 +154,30 @@ pub async fn serve<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let readers = Arc::new(Readers::default());
     tokio::pin!(shutdown);
     loop {
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            break;
-        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    let permit = match Arc::clone(&slots).try_acquire_owned() {
+                        Ok(permit) => permit,
+                        Err(_) => {
+                            // Full: make room by dropping the oldest idle
+                            // reader, else wait for a handler to finish.
+                            if readers.evict_oldest() {
+                                debug!("connection limit reached; dropped the oldest idle client");
+                            }
+                            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                                break;
+                            };
+                            permit
+                        }
+                    };
                     let handler = Arc::clone(&handler);
+                    let readers = Arc::clone(&readers);
                     tokio::spawn(async move {
-                        connection(stream, handler.as_ref(), config).await;
+                        connection(stream, handler.as_ref(), config, &readers).await;
                         drop(permit);
                     });
                 }
@@ -148,7 +206,12 @@ pub fn authorize(uid: u32, allowed: u32) -> Result<(), AgentError> {
     }
 }
 
-async fn connection<H: Handler>(mut stream: UnixStream, handler: &H, config: ServerConfig) {
+async fn connection<H: Handler>(
+    mut stream: UnixStream,
+    handler: &H,
+    config: ServerConfig,
+    readers: &Readers,
+) {
     // Answered in the plugin's protocol version when it is served, so a
     // plugin one version behind (mid-rollout) reads the reply.
     let mut version = wire::PROTOCOL_VERSION;
@@ -163,7 +226,19 @@ async fn connection<H: Handler>(mut stream: UnixStream, handler: &H, config: Ser
                 Err(e)
             }
             Ok(()) => {
-                match tokio::time::timeout(config.read_timeout, read_request(&mut stream)).await {
+                let (id, evicted) = readers.enter();
+                let read = tokio::select! {
+                    read = tokio::time::timeout(config.read_timeout, read_request(&mut stream)) => Some(read),
+                    _ = evicted => None,
+                };
+                readers.leave(id);
+                let Some(read) = read else {
+                    debug!(
+                        "dropped to make room: the connection limit was reached while this client sent nothing"
+                    );
+                    return;
+                };
+                match read {
                     Err(_) => {
                         debug!("client sent no complete request in time; dropped");
                         return;
@@ -313,6 +388,32 @@ mod tests {
             .expect("call");
         assert_eq!(reply, Ok(Response::Deleted));
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_clients_filling_every_slot_do_not_delay_a_caller() {
+        let (_dir, path, _stop) = start(ServerConfig {
+            max_connections: 8,
+            ..ServerConfig::default()
+        });
+        let mut idle = Vec::new();
+        for _ in 0..40 {
+            idle.push(UnixStream::connect(&path).await.expect("connect"));
+        }
+        // Let the server accept them all.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let p = path.clone();
+        let started = Instant::now();
+        let reply = tokio::task::spawn_blocking(move || call(&p))
+            .await
+            .expect("join")
+            .expect("call");
+        assert_eq!(reply, Ok(Response::Deleted));
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "answered in {:?} despite 40 idle connections",
+            started.elapsed()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
