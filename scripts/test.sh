@@ -35,6 +35,9 @@ if ! "$SDK_VENV/bin/python" -c 'import tencentcloud.vpc.v20170312' 2>/dev/null; 
 fi
 export VPC_CNI_SDK_PYTHON="$SDK_VENV/bin/python"
 
+echo "==> fuzz targets, briefly, from their seed corpora (scripts/fuzz.sh for a campaign)"
+bash scripts/fuzz.sh --smoke
+
 echo "==> tests"
 cargo build --workspace --bins --quiet
 cargo nextest run --workspace --no-fail-fast

@@ -2,11 +2,10 @@
 //! forwards every other verb to the node agent over its Unix socket; stdout
 //! carries only the CNI result or error.
 
-mod env;
-mod run;
-
 use std::io::Write;
 use std::process::ExitCode;
+
+use cni_plugin::run;
 
 fn main() -> ExitCode {
     let outcome = run::run(&|name| std::env::var(name).ok(), std::io::stdin().lock());
