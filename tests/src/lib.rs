@@ -1,6 +1,8 @@
 //! Helpers for the workspace integration tests: the real `vpc-cni` and
 //! `vpc-cni-agent` binaries, run the way kubelet and a node run them.
 
+pub mod storm;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
@@ -35,6 +37,10 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 fn target_dir() -> PathBuf {
+    // A command outside the test harness (bench/fault-storm) says where.
+    if let Some(dir) = std::env::var_os("VPC_CNI_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
     // The test binary lives in target/<profile>/deps/.
     let exe = std::env::current_exe().expect("current exe");
     exe.parent()
@@ -115,63 +121,12 @@ impl Agent {
 
     /// Starts the agent process (again) on the same state.
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("agent.log"))
-            .expect("log file");
-        let child = Command::new(bin("vpc-cni-agent"))
-            .arg("run")
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--state-dir")
-            .arg(self.dir.path().join("state"))
-            .args(["--dataplane", "fake", "--log-level", "debug"])
-            .args([
-                "--cloud-endpoint",
-                &format!("http://{}", self.emulator.address),
-            ])
-            .args([
-                "--metadata-url",
-                &format!("http://{}/ins-sim0001", self.emulator.address),
-            ])
-            .arg("--credentials-file")
-            .arg(self.emulator.dir.path().join("credentials"))
-            .arg("--test-clock-offset-file")
-            .arg(self.dir.path().join("clock-offset"))
-            .args(["--maintenance-interval", "200ms"])
-            .args(&self.flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn agent");
-        self.child = Some(child);
-        self.wait_ready();
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Ok(Response::Status(_))) =
-                proto::client::call(&self.socket(), &Request::Status, Duration::from_secs(2))
-            {
-                return;
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("agent exited with {status} before serving:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent not ready in time:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.child = Some(spawn_agent(self.dir.path(), &self.emulator, 1, &self.flags));
+        wait_ready(
+            &self.socket(),
+            self.child.as_mut(),
+            &self.dir.path().join("agent.log"),
+        );
     }
 
     /// Waits up to `timeout` for the agent to exit by itself; its status.
@@ -545,6 +500,63 @@ impl Drop for PodNetns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+    }
+}
+
+/// Starts `vpc-cni-agent run` for instance `instance` of `emulator`'s
+/// world (`ins-sim000N`), on the fake dataplane, with its socket
+/// (`agent.sock`), state, log (`agent.log`) and clock offset file in `dir`.
+pub fn spawn_agent(dir: &Path, emulator: &Emulator, instance: usize, flags: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("agent.log"))
+        .expect("log file");
+    Command::new(bin("vpc-cni-agent"))
+        .arg("run")
+        .arg("--socket")
+        .arg(dir.join("agent.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--dataplane", "fake", "--log-level", "debug"])
+        .args(["--cloud-endpoint", &format!("http://{}", emulator.address)])
+        .args([
+            "--metadata-url",
+            &format!("http://{}/ins-sim{instance:04}", emulator.address),
+        ])
+        .arg("--credentials-file")
+        .arg(emulator.dir.path().join("credentials"))
+        .arg("--test-clock-offset-file")
+        .arg(dir.join("clock-offset"))
+        .args(["--maintenance-interval", "200ms"])
+        .args(flags)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn agent")
+}
+
+/// Waits until the agent on `socket` answers STATUS; panics with its log
+/// if it exits first or takes over 20 s.
+pub fn wait_ready(socket: &Path, mut child: Option<&mut Child>, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = || std::fs::read_to_string(log).unwrap_or_default();
+    loop {
+        if let Ok(Ok(Response::Status(_))) =
+            proto::client::call(socket, &Request::Status, Duration::from_secs(2))
+        {
+            return;
+        }
+        if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            panic!("agent exited with {status} before serving:\n{}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent not ready in time:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
