@@ -4,16 +4,17 @@
 //! one machine, next to the floor (process start, and the kernel work alone
 //! driven in-process); then 110 pods added 8 at a time with each.
 
-mod floor;
-
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bench::{
+    Network, Pod, agent_pid, call, floor, ip, make_pods, pct, rss_kib, up_one_node, wait_warm,
+};
 use nix::sched::{CloneFlags, setns};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const REFERENCE_DIR: &str = "/usr/lib/cni";
 
@@ -77,14 +78,6 @@ fn usage(msg: &str) -> ! {
     std::process::exit(2)
 }
 
-/// One CNI network to measure: how to call it and where its plugin is.
-struct Network {
-    label: &'static str,
-    plugin: PathBuf,
-    cni_path: String,
-    conf: Value,
-}
-
 fn run(o: Options) -> Result<(), String> {
     let tag = std::process::id();
     let work = std::env::temp_dir().join(format!("cni-latency-{tag}"));
@@ -107,27 +100,11 @@ fn run(o: Options) -> Result<(), String> {
 fn measure(o: &Options, work: &Path, host_ns: &str) -> Result<(), String> {
     let state = work.join("sim");
     let capacity = o.pods + o.burst_pods + 10;
-    let up = Command::new(o.bin_dir.join("vpc-sim"))
-        .args([
-            "up",
-            "--nodes",
-            "1",
-            "--max-enis",
-            "8",
-            "--ips-per-eni",
-            "50",
-            "--state",
-        ])
-        .arg(&state)
-        .arg(format!("--agent-flag=--warm-ip-target={capacity}"))
-        .output()
-        .map_err(|e| format!("vpc-sim up: {e}"))?;
-    if !up.status.success() {
-        return Err(format!(
-            "vpc-sim up: {}",
-            String::from_utf8_lossy(&up.stderr)
-        ));
-    }
+    up_one_node(
+        &o.bin_dir,
+        &state,
+        &[&format!("--warm-ip-target={capacity}")],
+    )?;
     let socket = state.join("node1/agent.sock");
     wait_warm(&socket, capacity)?;
     let agent_pid = agent_pid(&state);
@@ -259,74 +236,6 @@ fn settle() {
     std::thread::sleep(Duration::from_secs(3));
 }
 
-fn make_pods(host_ns: &str, n: usize) -> Result<Vec<Pod>, String> {
-    (0..n).map(|i| Pod::new(host_ns, i)).collect()
-}
-
-struct Pod {
-    id: String,
-    netns: String,
-}
-
-impl Pod {
-    fn new(host_ns: &str, i: usize) -> Result<Pod, String> {
-        let netns = format!("{host_ns}-p{i}");
-        ip(&["netns", "add", &netns])?;
-        Ok(Pod {
-            id: format!("cnilat{i:04}"),
-            netns,
-        })
-    }
-}
-
-impl Drop for Pod {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .output();
-    }
-}
-
-fn call(net: &Network, verb: &str, pod: &Pod) -> Result<Duration, String> {
-    let started = Instant::now();
-    let mut child = Command::new(&net.plugin)
-        .env_clear()
-        .env("CNI_COMMAND", verb)
-        .env("CNI_CONTAINERID", &pod.id)
-        .env("CNI_NETNS", format!("/var/run/netns/{}", pod.netns))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", &net.cni_path)
-        .env(
-            "CNI_ARGS",
-            format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={}",
-                pod.id
-            ),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", net.plugin.display()))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(net.conf.to_string().as_bytes())
-        .map_err(|e| e.to_string())?;
-    let output = child.wait_with_output().map_err(|e| e.to_string())?;
-    let elapsed = started.elapsed();
-    if !output.status.success() {
-        return Err(format!(
-            "{} {verb} {}: {}",
-            net.label,
-            pod.id,
-            String::from_utf8_lossy(&output.stdout)
-        ));
-    }
-    Ok(elapsed)
-}
-
 fn time_each(net: &Network, verb: &str, pods: &[Pod]) -> Result<Vec<f64>, String> {
     pods.iter()
         .map(|p| call(net, verb, p).map(|d| d.as_secs_f64() * 1e3))
@@ -349,67 +258,4 @@ fn burst(net: &Network, verb: &str, pods: &[Pod], parallel: usize) -> Result<(),
             .into_iter()
             .try_for_each(|w| w.join().map_err(|_| "worker panicked".to_string())?)
     })
-}
-
-/// The `p`th percentile of `samples`.
-pub fn pct(samples: &[f64], p: f64) -> f64 {
-    let mut v = samples.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * (v.len() as f64 - 1.0)).round() as usize;
-    v[rank.min(v.len() - 1)]
-}
-
-fn wait_warm(socket: &Path, free: usize) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Ok(proto::wire::Response::Pool(view))) =
-            proto::client::call(socket, &proto::wire::Request::Pool, Duration::from_secs(5))
-        {
-            let n = view
-                .enis
-                .iter()
-                .flat_map(|e| &e.ips)
-                .filter(|i| i.state == proto::wire::IpState::Free)
-                .count();
-            if n >= free {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the pool did not reach {free} free IPs within 60 s"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn agent_pid(state: &Path) -> Option<u32> {
-    let sim: Value = serde_json::from_slice(&std::fs::read(state.join("sim.json")).ok()?).ok()?;
-    sim["nodes"][0]["agent_pid"].as_u64().map(|p| p as u32)
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-}
-
-/// Runs `ip ARGS`.
-pub fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
