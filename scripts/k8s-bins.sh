@@ -77,6 +77,60 @@ build_one() {
     echo "==> k8s-bins: built $name in ${secs}s" | tee -a "$LOGDIR/times.txt"
 }
 
+# The two images pods need, as docker archives `ctr images import` takes: the
+# sandbox from images/pause/pause.c, busybox from Debian's busybox-static. No
+# image is downloaded. Names are fully qualified so nothing is normalised to a
+# registry.
+PAUSE_IMAGE="registry.k8s.io/pause:3.10"
+BUSYBOX_IMAGE="localhost/busybox:1.35"
+IMAGES="$CACHE/$K8S_VERSION/images"
+
+# image NAME ROOTFS CONFIG_JSON OUT: one uncompressed layer, a config, a manifest.
+image() {
+    local name="$1" rootfs="$2" config="$3" out="$4" work diff
+    work="$(mktemp -d)"
+    tar --owner=0 --group=0 --numeric-owner --mtime=@0 --sort=name -C "$rootfs" -cf "$work/layer.tar" .
+    diff="sha256:$(sha256sum "$work/layer.tar" | cut -d' ' -f1)"
+    printf '{"architecture":"amd64","os":"linux","config":%s,"rootfs":{"type":"layers","diff_ids":["%s"]}}' \
+        "$config" "$diff" >"$work/config.json"
+    printf '[{"Config":"config.json","RepoTags":["%s"],"Layers":["layer.tar"]}]' "$name" >"$work/manifest.json"
+    tar --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$work" -cf "$out.tmp" manifest.json config.json layer.tar
+    mv "$out.tmp" "$out"
+    rm -rf "$work"
+}
+
+build_images() {
+    mkdir -p "$IMAGES"
+    local src="$ROOT/images/pause/pause.c" work
+    if [ ! -s "$IMAGES/pause.tar" ] || [ "$src" -nt "$IMAGES/pause.tar" ]; then
+        command -v gcc >/dev/null || { echo "k8s-bins: gcc is needed to build the pause image" >&2; exit 1; }
+        work="$(mktemp -d)"
+        gcc -Os -Wall -Werror -static -o "$work/pause" "$src"
+        strip "$work/pause"
+        image "$PAUSE_IMAGE" "$work" '{"Entrypoint":["/pause"]}' "$IMAGES/pause.tar"
+        rm -rf "$work"
+        echo "==> k8s-bins: built image $PAUSE_IMAGE"
+    fi
+    if [ ! -s "$IMAGES/busybox.tar" ]; then
+        if [ ! -x /bin/busybox ] || ! /bin/busybox --list >/dev/null 2>&1; then
+            echo "k8s-bins: /bin/busybox is missing: apt-get install busybox-static" >&2
+            exit 1
+        fi
+        work="$(mktemp -d)"
+        mkdir -p "$work/bin" "$work/tmp" "$work/etc" "$work/www"
+        cp /bin/busybox "$work/bin/busybox"
+        for a in $("$work/bin/busybox" --list); do
+            [ "$a" = busybox ] || ln -sf busybox "$work/bin/$a"
+        done
+        echo 'root:x:0:0:root:/:/bin/sh' >"$work/etc/passwd"
+        echo 'root:x:0:' >"$work/etc/group"
+        image "$BUSYBOX_IMAGE" "$work" '{"Cmd":["sh"],"Env":["PATH=/bin"]}' "$IMAGES/busybox.tar"
+        rm -rf "$work"
+        echo "==> k8s-bins: built image $BUSYBOX_IMAGE"
+    fi
+}
+
+build_images
 for name in $WANT; do
     build_one "$name"
 done
