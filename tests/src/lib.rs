@@ -618,3 +618,5 @@ impl Drop for Emulator {
         let _ = self.child.wait();
     }
 }
+
+pub mod k8s;

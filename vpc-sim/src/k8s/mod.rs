@@ -654,6 +654,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_IMAGE}"
   restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
   disable_hugetlb_controller = true
   tolerate_missing_hugetlb_controller = true
   stream_server_address = "127.0.0.1"
