@@ -166,11 +166,7 @@ pub fn destroy_cgroups(path: &str, extra: &[PathBuf]) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut problems = Vec::new();
-    let mut dirs = tree(path);
-    let mut parents: Vec<PathBuf> = extra.to_vec();
-    parents.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-    dirs.extend(parents);
-    for dir in dirs {
+    for dir in tree(path) {
         // A cgroup just emptied can be busy for a moment.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -184,6 +180,13 @@ pub fn destroy_cgroups(path: &str, extra: &[PathBuf]) -> Vec<String> {
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
+    }
+    // Parents the cluster made go when empty; another cluster of this
+    // process's cgroup may still use them.
+    let mut parents: Vec<PathBuf> = extra.to_vec();
+    parents.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for dir in parents {
+        let _ = fs::remove_dir(&dir);
     }
     problems
 }

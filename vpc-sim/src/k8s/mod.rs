@@ -903,6 +903,8 @@ impl Kubectl {
 /// Tears the cluster of the simulation in `state` down, as far as it got;
 /// returns what could not be removed. Nothing to do without a record.
 pub fn down(state: &Path) -> Vec<String> {
+    // Mount points are absolute.
+    let state = &fs::canonicalize(state).unwrap_or_else(|_| state.to_path_buf());
     let dir = cluster_dir(state);
     let Some(cluster) = Cluster::load(state) else {
         if dir.exists() {
