@@ -108,6 +108,19 @@ fn in_subnet(ip: &str) -> Result<(), String> {
     }
 }
 
+/// `check` until it passes or `limit` is over (the kubelet may tear a
+/// sandbox down just after the API forgot its pod).
+fn eventually(limit: Duration, check: impl Fn() -> Result<(), String>) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
 /// `kubectl exec POD -- ping` in at most three tries.
 fn exec_ping(kubectl: &Kubectl, pod: &str, ip: &str) -> Result<(), String> {
     let mut last = String::new();
@@ -280,10 +293,11 @@ fn exercise(kubectl: &Kubectl, nodes: &[super::up::Node]) -> Result<Checks, Stri
                         "exec",
                         &client.name,
                         "--",
+                        // busybox 1.35's static wget crashes with -T.
+                        "timeout",
+                        "5",
                         "wget",
                         "-q",
-                        "-T",
-                        "5",
                         "-O",
                         "-",
                         &url,
@@ -325,7 +339,7 @@ fn exercise(kubectl: &Kubectl, nodes: &[super::up::Node]) -> Result<Checks, Stri
         );
         checks.record(
             format!("node{} has no allocation left", n + 1),
-            no_allocations(node),
+            eventually(Duration::from_secs(20), || no_allocations(node)),
         );
     }
     Ok(checks)
