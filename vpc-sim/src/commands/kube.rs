@@ -98,16 +98,18 @@ pub fn start(dir: &Path, sim: &Sim, bin_dir: Option<&Path>) -> Result<(), String
     if let Err(e) = k8s::up(dir, &sim.tag, &nodes, &opts, &say) {
         // `up` removes the state directory on failure: keep the logs.
         let kept = std::env::temp_dir().join(format!("vpc-sim-{}-logs", sim.tag));
-        let _ = std::fs::create_dir_all(&kept);
-        for entry in std::fs::read_dir(k8s::cluster_dir(dir))
+        let logs: Vec<_> = std::fs::read_dir(k8s::cluster_dir(dir))
             .into_iter()
             .flatten()
             .flatten()
-        {
-            let path = entry.path();
-            if path.extension().is_some_and(|x| x == "log") {
-                let _ = std::fs::copy(&path, kept.join(entry.file_name()));
-            }
+            .filter(|entry| entry.path().extension().is_some_and(|x| x == "log"))
+            .collect();
+        if logs.is_empty() {
+            return Err(e);
+        }
+        let _ = std::fs::create_dir_all(&kept);
+        for entry in logs {
+            let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
         }
         return Err(format!(
             "{e}\n(the cluster's logs are kept in {})",
