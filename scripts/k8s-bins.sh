@@ -26,7 +26,7 @@ if [ "${1:-}" = "--print" ]; then
 fi
 
 if ! command -v go >/dev/null 2>&1; then
-    echo "k8s-bins: the Go toolchain (go 1.24 or newer) is not on PATH; it is needed to build Kubernetes $K8S_VERSION" >&2
+    echo "k8s-bins: the Go toolchain (go 1.26 or newer: etcd v3.6.16 needs it) is not on PATH; it is needed to build Kubernetes $K8S_VERSION" >&2
     exit 1
 fi
 
