@@ -38,3 +38,13 @@ need_rust() {
 need_nextest() {
     cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 }
+
+# What `vpc-sim up --kubernetes` needs from Debian, and Go to build the
+# Kubernetes binaries (scripts/k8s-bins.sh).
+need_k8s_apt() {
+    need_apt gcc libc6-dev iproute2 iputils-ping containerd runc containernetworking-plugins \
+        busybox-static openssl util-linux
+    if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+        export PATH="/usr/local/go/bin:$PATH"
+    fi
+}

@@ -35,6 +35,10 @@ if ! "$SDK_VENV/bin/python" -c 'import tencentcloud.vpc.v20170312' 2>/dev/null; 
 fi
 export VPC_CNI_SDK_PYTHON="$SDK_VENV/bin/python"
 
+echo "==> Kubernetes binaries and images for the k8s_ tests (built only when missing)"
+need_k8s_apt
+bash scripts/k8s-bins.sh
+
 echo "==> fuzz targets, briefly, from their seed corpora (scripts/fuzz.sh for a campaign)"
 bash scripts/fuzz.sh --smoke
 

@@ -5,5 +5,6 @@
 
 pub mod api;
 pub mod fabric;
+pub mod k8s;
 pub mod model;
 pub mod world;

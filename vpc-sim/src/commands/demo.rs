@@ -30,6 +30,13 @@ pub struct DemoArgs {
     /// The agent binary (default: next to vpc-sim, else on PATH).
     #[arg(long)]
     pub agent_bin: Option<PathBuf>,
+    /// Run Kubernetes on the nodes and drive the pods through kubectl
+    /// (a Deployment and a StatefulSet) instead of calling the plugin.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// With --kubernetes: where etcd, kube-* and kubectl are.
+    #[arg(long)]
+    pub k8s_bin_dir: Option<PathBuf>,
 }
 
 struct Pod {
@@ -40,12 +47,12 @@ struct Pod {
     result: Value,
 }
 
-struct Checks {
-    results: Vec<(String, Result<(), String>)>,
+pub(super) struct Checks {
+    pub(super) results: Vec<(String, Result<(), String>)>,
 }
 
 impl Checks {
-    fn record(&mut self, what: String, outcome: Result<(), String>) {
+    pub(super) fn record(&mut self, what: String, outcome: Result<(), String>) {
         let mut out = std::io::stdout().lock();
         let _ = match &outcome {
             Ok(()) => writeln!(out, "  ok    {what}"),
@@ -54,7 +61,7 @@ impl Checks {
         self.results.push((what, outcome));
     }
 
-    fn failed(&self) -> Vec<&str> {
+    pub(super) fn failed(&self) -> Vec<&str> {
         self.results
             .iter()
             .filter(|(_, r)| r.is_err())
@@ -65,6 +72,9 @@ impl Checks {
 
 /// Runs the demo; fails if any check failed.
 pub fn run(args: DemoArgs) -> Result<(), String> {
+    if args.kubernetes {
+        return super::kube_demo::run(&args);
+    }
     if args.pods_per_node < 2 {
         return Err("--pods-per-node must be at least 2".into());
     }
@@ -80,6 +90,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         eni_quota: vpc_sim::model::DEFAULT_ENI_QUOTA,
         agent_bin: args.agent_bin.clone(),
         agent_flags: Vec::new(),
+        kubernetes: false,
+        k8s_bin_dir: None,
     };
     say(&format!(
         "==> vpc-sim up: 2 nodes, agents with the netlink data path ({})",
@@ -311,7 +323,7 @@ fn pool(node: &Node) -> Result<PoolView, String> {
     }
 }
 
-fn eni_of_pods(nodes: &[Node]) -> Result<BTreeMap<String, String>, String> {
+pub(super) fn eni_of_pods(nodes: &[Node]) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for node in nodes {
         for eni in pool(node)?.enis {
@@ -325,7 +337,7 @@ fn eni_of_pods(nodes: &[Node]) -> Result<BTreeMap<String, String>, String> {
     Ok(out)
 }
 
-fn no_allocations(node: &Node) -> Result<(), String> {
+pub(super) fn no_allocations(node: &Node) -> Result<(), String> {
     let held: Vec<String> = pool(node)?
         .enis
         .iter()
@@ -341,7 +353,7 @@ fn no_allocations(node: &Node) -> Result<(), String> {
 }
 
 /// Veths are deleted in the background after DEL answers: wait for them.
-fn no_leftovers(netns: &str) -> Result<(), String> {
+pub(super) fn no_leftovers(netns: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let links = ip_output(&["-n", netns, "-o", "link", "show"])?;
@@ -385,7 +397,7 @@ fn ip_output(args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn render(rows: &[[String; 4]]) -> String {
+pub(super) fn render(rows: &[[String; 4]]) -> String {
     let widths: Vec<usize> = (0..4)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
@@ -403,6 +415,6 @@ fn render(rows: &[[String; 4]]) -> String {
         .join("\n")
 }
 
-fn say(line: &str) {
+pub(super) fn say(line: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }

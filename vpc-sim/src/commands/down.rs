@@ -34,7 +34,9 @@ pub fn down(dir: &Path) -> Result<(), String> {
         .map_err(|_| format!("nothing is up in {} (no sim.json)", dir.display()))?;
     let sim: Sim =
         serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", sim_file(dir).display()))?;
-    let mut problems = Vec::new();
+    // The cluster first: its kubelets and runtimes would otherwise keep
+    // using the nodes while they go.
+    let mut problems = vpc_sim::k8s::down(dir);
     for node in &sim.nodes {
         if let Some(pid) = node
             .agent_pid

@@ -2,6 +2,8 @@
 
 pub mod demo;
 pub mod down;
+pub mod kube;
+pub mod kube_demo;
 pub mod serve;
 pub mod up;
 

@@ -40,6 +40,14 @@ pub struct UpArgs {
     /// Extra flags for every agent, such as `--ip-cooldown=1s`.
     #[arg(long = "agent-flag", allow_hyphen_values = true)]
     pub agent_flags: Vec<String>,
+    /// Also run Kubernetes: a control plane on this machine, a containerd
+    /// and a kubelet in every node; kubeconfig at `STATE/kubeconfig`.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Where etcd, kube-* and kubectl are (default: the cache of
+    /// scripts/k8s-bins.sh, built first when anything is missing).
+    #[arg(long)]
+    pub k8s_bin_dir: Option<PathBuf>,
 }
 
 /// One simulated node.
@@ -213,6 +221,9 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
         wait_ready(node)?;
     }
     write_env(&dir, &sim)?;
+    if args.kubernetes {
+        super::kube::start(&dir, &sim, args.k8s_bin_dir.as_deref())?;
+    }
     Ok(sim)
 }
 

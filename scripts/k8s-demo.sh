@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# `vpc-sim demo --kubernetes`: the simulated VPC with two nodes, a real
+# Kubernetes control plane on this machine and a containerd and kubelet in
+# every node; a Deployment (4 replicas) and a StatefulSet (2, busybox httpd
+# with an HTTP readiness probe) applied with kubectl, pings and HTTP between
+# pods across nodes through `kubectl exec`, then everything deleted and the
+# nodes checked for leftovers. The Kubernetes binaries are built once into
+# ~/.cache/vpc-cni/k8s (scripts/k8s-bins.sh; 20 to 40 minutes the first
+# time on 2 cores). Needs root.
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need_k8s_apt
+need_rust
+cd "$ROOT"
+
+bash "$ROOT/scripts/k8s-bins.sh"
+echo "==> building (release)"
+cargo build --release --quiet -p cni-plugin -p node-agent -p vpc-sim
+exec "$ROOT/target/release/vpc-sim" demo --kubernetes "$@"

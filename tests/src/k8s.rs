@@ -1,0 +1,203 @@
+//! A `vpc-sim up --kubernetes` cluster for the `k8s_` tests: real etcd,
+//! kube-apiserver, controller manager, scheduler, and per node containerd
+//! and kubelet, brought down on drop (even when the test failed).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proto::wire::{IpState, PoolView, Request, Response};
+use serde_json::Value;
+
+use crate::bin;
+
+/// A simulation with Kubernetes on it.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Holds the state directory's parent.
+    pub dir: tempfile::TempDir,
+    /// `DIR/env` as key/value pairs.
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+impl Cluster {
+    /// Brings up `nodes` nodes with Kubernetes (the binaries built by
+    /// `scripts/k8s-bins.sh` when missing).
+    pub fn up(nodes: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("sim");
+        let out = Command::new(bin("vpc-sim"))
+            .args([
+                "up",
+                "--kubernetes",
+                "--nodes",
+                &nodes.to_string(),
+                "--state",
+            ])
+            .arg(&state)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run vpc-sim up");
+        let cluster = Cluster {
+            env: std::fs::read_to_string(state.join("env"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| {
+                    l.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
+                .collect(),
+            dir,
+        };
+        assert!(
+            out.status.success(),
+            "vpc-sim up --kubernetes failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster
+    }
+
+    /// A value from `DIR/env`.
+    pub fn get(&self, key: &str) -> &str {
+        self.env
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("{key} not in env"))
+    }
+
+    /// The state directory.
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("sim")
+    }
+
+    /// Runs kubectl; panics with its stderr when it fails.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        self.try_kubectl(args, None)
+            .unwrap_or_else(|e| panic!("kubectl {}: {e}", args.join(" ")))
+    }
+
+    /// Runs kubectl with optional stdin; its stdout or stderr.
+    pub fn try_kubectl(&self, args: &[&str], input: Option<&str>) -> Result<String, String> {
+        use std::io::Write;
+        let mut child = Command::new(self.get("KUBECTL"))
+            .env("KUBECONFIG", self.get("KUBECONFIG"))
+            .args(["--request-timeout", "20s"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut stdin = child.stdin.take().expect("piped");
+        if let Some(text) = input {
+            stdin
+                .write_all(text.as_bytes())
+                .map_err(|e| e.to_string())?;
+        }
+        drop(stdin);
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// `kubectl apply -f -`.
+    pub fn apply(&self, manifest: &str) {
+        self.try_kubectl(&["apply", "-f", "-"], Some(manifest))
+            .unwrap_or_else(|e| panic!("kubectl apply: {e}"));
+    }
+
+    /// A pod as JSON, if it exists.
+    pub fn pod(&self, name: &str) -> Option<Value> {
+        let text = self
+            .try_kubectl(&["get", "pod", name, "-o", "json"], None)
+            .ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Waits for the pod to be Running and Ready; returns it.
+    pub fn wait_ready(&self, name: &str, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(p) = self.pod(name)
+                && ready(&p)
+            {
+                return p;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "pod {name} not Ready in {} s:\n{}\n{}",
+                    limit.as_secs(),
+                    self.try_kubectl(&["get", "pods", "-o", "wide"], None)
+                        .unwrap_or_default(),
+                    self.try_kubectl(&["describe", "pod", name], None)
+                        .unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Waits until `ok` holds, up to `limit`; panics with `what`.
+    pub fn wait_until(&self, what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Node `n`'s agent's pool.
+    pub fn pool(&self, n: usize) -> PoolView {
+        let socket = PathBuf::from(self.get(&format!("NODE{n}_SOCKET")));
+        match proto::client::call(&socket, &Request::Pool, Duration::from_secs(10)) {
+            Ok(Ok(Response::Pool(view))) => view,
+            other => panic!("pool: {other:?}"),
+        }
+    }
+
+    /// The allocations of node `n`'s agent: (pod name, container id, IP).
+    pub fn allocations(&self, n: usize) -> Vec<(String, String, String)> {
+        self.pool(n)
+            .enis
+            .iter()
+            .flat_map(|e| &e.ips)
+            .filter_map(|ip| match &ip.state {
+                IpState::Allocated { key, pod } => Some((
+                    pod.as_ref().map(|p| p.name.clone()).unwrap_or_default(),
+                    key.container_id.clone(),
+                    ip.ip.to_string(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Node `n`'s agent log.
+    pub fn agent_log(&self, n: usize) -> String {
+        std::fs::read_to_string(self.state().join(format!("node{n}/agent.log"))).unwrap_or_default()
+    }
+}
+
+/// Whether a pod is Running with its Ready condition true.
+pub fn ready(pod: &Value) -> bool {
+    pod["status"]["phase"] == "Running"
+        && pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(bin("vpc-sim"))
+            .arg("down")
+            .arg("--state")
+            .arg(self.state())
+            .output();
+    }
+}
