@@ -5,16 +5,8 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use vpc_cni_tests::is_root;
 use vpc_cni_tests::k8s::Cluster;
-
-fn skip() -> bool {
-    if !is_root() {
-        eprintln!("skipped: privileged test needs root");
-        return true;
-    }
-    false
-}
+use vpc_cni_tests::require_root;
 
 fn in_vpc_subnet(ip: &str) -> bool {
     let Ok(addr) = ip.parse::<Ipv4Addr>() else {
@@ -37,10 +29,12 @@ spec:
 "#;
 
 #[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
 fn k8s_pod_gets_a_vpc_ip_through_the_kubelet_and_is_deleted_cleanly() {
-    if skip() {
-        return;
-    }
+    require_root();
     let c = Cluster::up(1);
     let nodes = c.kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.labels}"]);
     assert!(nodes.contains("topology.kubernetes.io/zone"), "{nodes}");
@@ -127,10 +121,12 @@ spec:
 "#;
 
 #[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
 fn k8s_statefulset_pod_recreated_reaches_the_agent_as_del_and_add() {
-    if skip() {
-        return;
-    }
+    require_root();
     let c = Cluster::up(1);
     c.apply(STS);
     // Ready means the kubelet's HTTP probe reached the pod's VPC IP.
