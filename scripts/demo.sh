@@ -13,5 +13,5 @@ need_rust
 cd "$ROOT"
 
 echo "==> building (release)"
-cargo build --release --quiet -p cni-plugin -p node-agent -p vpc-sim
+build_release -p node-agent -p vpc-sim
 exec "$ROOT/target/release/vpc-sim" demo "$@"

@@ -15,5 +15,5 @@ cd "$ROOT"
 
 bash "$ROOT/scripts/k8s-bins.sh"
 echo "==> building (release)"
-cargo build --release --quiet -p cni-plugin -p node-agent -p vpc-sim
+build_release -p node-agent -p vpc-sim
 exec "$ROOT/target/release/vpc-sim" demo --kubernetes "$@"

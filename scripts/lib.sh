@@ -35,6 +35,15 @@ need_rust() {
     fi
 }
 
+# Release binaries of the packages named (`-p PKG ...`, or `--workspace
+# --bins`), and the plugin statically linked (static-pie): it then starts in
+# about 0.5 ms instead of 0.9, with no dynamic loader to run (ARCHITECTURE.md,
+# "The plugin starts as fast as a process can").
+build_release() {
+    [ $# -eq 0 ] || cargo build --release --quiet "$@"
+    cargo rustc --release --quiet -p cni-plugin --bin vpc-cni -- -C target-feature=+crt-static
+}
+
 need_nextest() {
     cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 }

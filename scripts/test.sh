@@ -22,7 +22,7 @@ if cargo tree -p cni-plugin -e normal --prefix none | grep -Eq '^(tokio|kube|k8s
 fi
 
 echo "==> plugin size (release, stripped)"
-cargo build --release --quiet -p cni-plugin
+build_release
 size=$(stat -c %s target/release/vpc-cni)
 echo "vpc-cni: $size bytes"
 [ "$size" -lt $((2 * 1024 * 1024)) ] || { echo "FAIL: vpc-cni is over 2 MiB" >&2; exit 1; }
