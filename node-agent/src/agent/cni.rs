@@ -63,7 +63,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     // ADD may take what this one grew, hence the retries.
                     attempts += 1;
                     let waiting = self.waiting_for_ip.fetch_add(1, Ordering::SeqCst) + 1;
-                    let grown = self.grow(waiting).await;
+                    let grown = self.grow_for_waiting(waiting).await;
                     self.waiting_for_ip.fetch_sub(1, Ordering::SeqCst);
                     grown?;
                 }

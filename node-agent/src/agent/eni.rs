@@ -71,6 +71,23 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// waiting for an IP), as far as the limits allow.
     pub(super) async fn grow(&self, extra: usize) -> Result<(), AgentError> {
         let _serialised = self.grow_lock.lock().await;
+        self.grow_locked(extra).await
+    }
+
+    /// For ADDs that found no free IP, `waiting` of them now: once the
+    /// growth in progress (if any) is done, grow only if there is still no
+    /// free IP, and then ahead of demand, for twice the ADDs waiting, so a
+    /// burst is served by few growth rounds and few cloud calls. ADDs that
+    /// arrive during a growth wait for it, not for one round each.
+    pub(super) async fn grow_for_waiting(&self, waiting: usize) -> Result<(), AgentError> {
+        let _serialised = self.grow_lock.lock().await;
+        if self.txn.read(|ipam, now| ipam.counts(now).free) > 0 {
+            return Ok(());
+        }
+        self.grow_locked(waiting.saturating_mul(2)).await
+    }
+
+    async fn grow_locked(&self, extra: usize) -> Result<(), AgentError> {
         self.txn.ensure_healthy()?;
         let Some(limits) = self.limits() else {
             // The cloud has not answered yet: ask it now.

@@ -1,0 +1,116 @@
+//! `burst`: pods arriving at once on a node whose warm pool is small: ADD
+//! latencies (median, p99, max) and the cloud calls the growth took, with
+//! the agent against the VPC API emulator (default task latency unless
+//! given) and the fake dataplane, every ADD through the real plugin.
+//!
+//!   bench/burst [--pods 50] [--warm 4] [--task-latency-ms 0] [--latency-ms 0]
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use bench::pct;
+use vpc_cni_tests::{Agent, CniEnv, cni};
+
+fn main() {
+    let mut pods = 50usize;
+    let mut warm = 4usize;
+    let mut task_latency = 0u64;
+    let mut latency = 0u64;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        let [flag, value] = pair else {
+            usage(&format!("{} needs a value", pair[0]));
+        };
+        let n: u64 = value
+            .parse()
+            .unwrap_or_else(|_| usage(&format!("{flag} takes a number")));
+        match flag.as_str() {
+            "--pods" => pods = n as usize,
+            "--warm" => warm = n as usize,
+            "--task-latency-ms" => task_latency = n,
+            "--latency-ms" => latency = n,
+            _ => usage(&format!("unknown flag {flag}")),
+        }
+    }
+    let (task_latency, latency, warm_s) = (
+        task_latency.to_string(),
+        latency.to_string(),
+        warm.to_string(),
+    );
+    let agent = Agent::start_with(
+        &[
+            "--task-latency-ms",
+            &task_latency,
+            "--latency-ms",
+            &latency,
+            "--max-enis",
+            "8",
+            "--ips-per-eni",
+            "30",
+        ],
+        &["--warm-ip-target", &warm_s],
+    );
+    // Let the warm pool fill first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while free(&agent) < warm && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let calls_before = api_calls(&agent);
+    let conf = serde_json::to_vec(&agent.conf("1.0.0")).expect("json");
+    let started = Instant::now();
+    let latencies: Vec<f64> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..pods)
+            .map(|i| {
+                let (agent, conf) = (&agent, &conf);
+                s.spawn(move || {
+                    let id = format!("burst{i}");
+                    let env = CniEnv::pod("ADD", &id, &agent.netns(&id));
+                    let t = Instant::now();
+                    let run = cni(&env, conf);
+                    assert!(run.ok, "ADD {id}: {}", run.stdout);
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    let wall = started.elapsed();
+    let calls = api_calls(&agent).saturating_sub(calls_before);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{pods} pods at once, warm pool {warm} IPs, API latency {latency} ms, task latency {task_latency} ms"
+    );
+    let _ = writeln!(
+        out,
+        "ADD median {:.1} ms, p99 {:.1} ms, max {:.1} ms; all {pods} in {:.0} ms; {calls} API calls during the burst",
+        pct(&latencies, 50.0),
+        pct(&latencies, 99.0),
+        pct(&latencies, 100.0),
+        wall.as_secs_f64() * 1e3
+    );
+}
+
+fn free(agent: &Agent) -> usize {
+    agent
+        .pool()
+        .enis
+        .iter()
+        .flat_map(|e| &e.ips)
+        .filter(|i| i.state == proto::wire::IpState::Free)
+        .count()
+}
+
+/// API calls the emulator answered so far (its log has one line per failed
+/// call only, so count the agent's "cloud call done" debug lines).
+fn api_calls(agent: &Agent) -> usize {
+    agent.log().matches("cloud call done").count()
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("burst: {msg}");
+    std::process::exit(2)
+}
