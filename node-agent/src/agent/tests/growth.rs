@@ -196,16 +196,7 @@ async fn restart_drops_what_vanished_from_the_cloud_but_never_a_held_ip() {
         max_ips_per_eni: 4,
     });
     let (held, spare, eni) = {
-        let store = Box::new(RedbStore::open(&db).expect("store"));
-        let a = Agent::start(
-            cloud.clone(),
-            FakeDataplane::default(),
-            store,
-            config(),
-            system_clock(),
-        )
-        .await
-        .expect("start");
+        let a = start_on(&cloud, &db).await;
         let held = add(&a, "keeper").await.ip;
         let eni = a.pool().enis()[0].clone();
         let spare: Vec<_> = eni.ips.iter().copied().filter(|ip| *ip != held).collect();
@@ -213,16 +204,7 @@ async fn restart_drops_what_vanished_from_the_cloud_but_never_a_held_ip() {
     };
     // Behind the agent's back: the spare IPs go.
     cloud.unassign_ips(&eni, &spare).await.expect("unassign");
-    let store = Box::new(RedbStore::open(&db).expect("store"));
-    let a = Agent::start(
-        cloud.clone(),
-        FakeDataplane::default(),
-        store,
-        config(),
-        system_clock(),
-    )
-    .await
-    .expect("restart");
+    let a = start_on(&cloud, &db).await;
     let ips = a
         .pool()
         .eni(&eni)
@@ -293,4 +275,18 @@ async fn leaked_enis_are_deleted_once_older_than_the_grace_period() {
         "a young one may be on its way to a node"
     );
     assert_eq!(left.len(), 2, "the pool's attached ENI stays: {left:?}");
+}
+
+/// An agent on `cloud` with its store at `db` (a restart when it exists).
+async fn start_on(cloud: &FakeCloud, db: &std::path::Path) -> TestAgent {
+    let store = Box::new(RedbStore::open(db).expect("store"));
+    Agent::start(
+        cloud.clone(),
+        FakeDataplane::default(),
+        store,
+        config(),
+        system_clock(),
+    )
+    .await
+    .expect("start")
 }
