@@ -1,7 +1,8 @@
 //! Wiring a pod, in as few round trips as the kernel allows. ADD: one
 //! request creates the veth pair with both ends up, their MACs, our link
-//! group and the pod end inside the pod's namespace; one lookup of the host
-//! end gives its index and the pod end's (its link); then the node's
+//! group and the pod end inside the pod's namespace, and the kernel echoes
+//! the host end back (its index, and the pod end's as its link; older
+//! kernels need one lookup instead); then the node's
 //! route and two rules and the pod's address, gateway neighbour and default
 //! route are sent together, without waiting for one acknowledgement before
 //! sending the next; each failure still names the request it answers. DEL:
@@ -11,6 +12,11 @@
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
+use futures_util::StreamExt;
+use rtnetlink::packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+};
+use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::RouteAttribute;
@@ -54,9 +60,11 @@ impl NetlinkDataplane {
                 &host_mac,
                 &pod_mac,
             );
-            match self.node.link().add(msg).execute().await {
+            match create_echoed(&self.node, msg).await {
+                Ok(Some(link)) => veth_of(&link),
+                // A kernel before 6.3 does not echo: look it up.
+                Ok(None) => existing(&self.node, &host).await?,
                 // A repeated ADD finds the pair there already.
-                Ok(()) => existing(&self.node, &host).await?,
                 Err(e) if errno(&e) == Some(EEXIST) => existing(&self.node, &host).await?,
                 Err(e) => return Err(kernel("ip link add type veth", e)),
             }
@@ -204,6 +212,29 @@ async fn wire_pod_side(
     let (u, a, n, r) = tokio::join!(up, addr, neigh, route);
     u.and(a).and(n).and(r)?;
     Ok(looked_up_mac)
+}
+
+/// `ip link add ...`, asking the kernel to echo what it created (its
+/// index, and its peer's as its link). `Ok(None)`: created, but the kernel
+/// does not echo (before 6.3).
+pub(super) async fn create_echoed(
+    handle: &Handle,
+    link: LinkMessage,
+) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewLink(link));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO;
+    let mut response = handle.clone().request(req)?;
+    let mut echoed = None;
+    while let Some(message) = response.next().await {
+        match message.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => echoed = Some(l),
+            NetlinkPayload::Error(e) if e.code.is_some() => {
+                return Err(rtnetlink::Error::NetlinkError(e));
+            }
+            _ => {}
+        }
+    }
+    Ok(echoed)
 }
 
 /// The pair as it already is (`ip link show HOST`).

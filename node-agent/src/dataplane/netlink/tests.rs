@@ -379,3 +379,46 @@ async fn privileged_a_re_add_after_del_starts_from_a_fresh_veth() {
     );
     dp.check_pod(&second).await.expect("check");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+async fn privileged_a_new_veth_is_echoed_with_its_peers_index() {
+    require_root();
+    let (bed, dp) = programmed_bed().await;
+    let pod = Netns::new("pod");
+    let pod_ns = std::fs::File::open(pod.path()).expect("pod netns");
+    let msg = messages::veth_pair(
+        "vpcecho0000001",
+        "eth0",
+        1500,
+        std::os::fd::AsRawFd::as_raw_fd(&pod_ns),
+        "02:00:00:00:00:0a",
+        "02:00:00:00:00:0b",
+    );
+    let echoed = pod::create_echoed(&dp.node, msg).await.expect("create");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut version = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let (major, minor) = (version.next().unwrap_or(0), version.next().unwrap_or(0));
+    let Some(link) = echoed else {
+        // Kernels before 6.3 do not echo; attach looks the link up instead.
+        assert!((major, minor) < (6, 3), "kernel {release} should echo");
+        return;
+    };
+    let peer = link.attributes.iter().find_map(|a| match a {
+        rtnetlink::packet_route::link::LinkAttribute::Link(i) => Some(*i),
+        _ => None,
+    });
+    let inside = pod.ip(&["-o", "link", "show", "eth0"]);
+    let index: u32 = inside
+        .split(':')
+        .next()
+        .and_then(|i| i.trim().parse().ok())
+        .expect("pod end's index");
+    assert_eq!(peer, Some(index), "the echo names the pod end: {inside}");
+    drop(bed);
+}
