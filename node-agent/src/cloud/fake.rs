@@ -16,6 +16,8 @@ const SUBNET: &str = "subnet-test";
 #[derive(Clone, Debug)]
 pub struct FakeCloud {
     vpc: Arc<Mutex<Vpc>>,
+    /// Calls that grew a pool (ENIs created, IPs assigned by count).
+    pub growth_calls: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeCloud {
@@ -34,6 +36,7 @@ impl FakeCloud {
         .expect("instance");
         FakeCloud {
             vpc: Arc::new(Mutex::new(vpc)),
+            growth_calls: Arc::default(),
         }
     }
 
@@ -111,6 +114,8 @@ impl Cloud for FakeCloud {
     }
 
     async fn create_eni(&self, subnet_id: &str, ips: u32) -> Result<Eni, CloudError> {
+        self.growth_calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.with(|v| {
             let id = v.create_eni(subnet_id)?.id;
             if ips > 0 {
@@ -142,6 +147,8 @@ impl Cloud for FakeCloud {
         _held: &[Ipv4Addr],
     ) -> Result<Vec<Ipv4Addr>, CloudError> {
         // No answer is ever lost here, so `held` is never needed.
+        self.growth_calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.with(|v| v.assign_ips(eni_id, count))
     }
 

@@ -290,3 +290,32 @@ async fn start_on(cloud: &FakeCloud, db: &std::path::Path) -> TestAgent {
     .await
     .expect("start")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_adds_on_a_cold_pool_grows_in_few_rounds() {
+    let h = harness().await;
+    let agent = Arc::new(h.agent);
+    let before = agent
+        .cloud
+        .growth_calls
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let adds: Vec<_> = (0..30)
+        .map(|i| {
+            let agent = Arc::clone(&agent);
+            tokio::spawn(async move { add(&agent, &format!("burst{i}")).await })
+        })
+        .collect();
+    for a in adds {
+        a.await.expect("ADD");
+    }
+    let rounds = agent
+        .cloud
+        .growth_calls
+        .load(std::sync::atomic::Ordering::SeqCst)
+        - before;
+    assert!(
+        rounds <= 6,
+        "30 ADDs waiting on a warm pool of 2 took {rounds} growth calls; \
+         each waiting ADD must not grow on its own"
+    );
+}
