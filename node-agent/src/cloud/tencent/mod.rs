@@ -5,12 +5,14 @@
 //! are safe to retry: a create carries a `ClientToken`, and an assign or
 //! attach whose answer was lost looks at the ENI before it is sent again.
 
+mod decode;
 mod once;
 mod retry;
 #[cfg(test)]
 mod tests;
 mod transport;
 
+pub use decode::{eni as decode_eni, response as decode_response};
 pub use transport::Credentials;
 
 use std::net::Ipv4Addr;
@@ -273,7 +275,7 @@ impl Cloud for TencentCloud {
                 }),
             )
             .await?;
-        to_eni(out.get("NetworkInterface").unwrap_or(&Value::Null))
+        decode::eni(out.get("NetworkInterface").unwrap_or(&Value::Null))
     }
 
     async fn attach_eni(&self, eni_id: &str) -> Result<(), CloudError> {
@@ -392,7 +394,7 @@ impl TencentCloud {
             let total = page.get("TotalCount").and_then(Value::as_u64).unwrap_or(0) as usize;
             let got = set.len();
             for e in &set {
-                enis.push(to_eni(e)?);
+                enis.push(decode::eni(e)?);
             }
             if got == 0 || enis.len() >= total {
                 return Ok(enis);
@@ -414,58 +416,6 @@ fn instance_limits(answer: &Value) -> Result<Limits, CloudError> {
         max_enis: field("EniQuantity")?.saturating_add(1),
         max_ips_per_eni: field("EniPrivateIpAddressQuantity")?,
     })
-}
-
-fn to_eni(v: &Value) -> Result<Eni, CloudError> {
-    let text = |k: &str| {
-        v.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    let id = text("NetworkInterfaceId");
-    if id.is_empty() {
-        return Err(CloudError::Other(format!(
-            "an ENI without NetworkInterfaceId: {v}"
-        )));
-    }
-    let ips = addresses(v.get("PrivateIpAddressSet"));
-    let primary_ip = ips
-        .iter()
-        .find(|(_, primary)| *primary)
-        .map(|(ip, _)| *ip)
-        .ok_or_else(|| CloudError::Other(format!("ENI {id} has no primary IP")))?;
-    Ok(Eni {
-        mac: text("MacAddress").to_ascii_lowercase(),
-        subnet_id: text("SubnetId"),
-        primary_ip,
-        secondary_ips: ips.iter().filter(|(_, p)| !p).map(|(ip, _)| *ip).collect(),
-        primary: v.get("Primary").and_then(Value::as_bool).unwrap_or(false),
-        attached_to: v
-            .get("Attachment")
-            .and_then(|a| a.get("InstanceId"))
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        created_unix: v
-            .get("CreatedTime")
-            .and_then(Value::as_str)
-            .and_then(tencent_api::time::parse_api_datetime),
-        id,
-    })
-}
-
-fn addresses(set: Option<&Value>) -> Vec<(Ipv4Addr, bool)> {
-    set.and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|a| {
-            let ip = a.get("PrivateIpAddress")?.as_str()?.parse().ok()?;
-            Some((
-                ip,
-                a.get("Primary").and_then(Value::as_bool).unwrap_or(false),
-            ))
-        })
-        .collect()
 }
 
 fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {

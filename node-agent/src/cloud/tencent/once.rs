@@ -8,8 +8,8 @@ use std::net::Ipv4Addr;
 
 use serde_json::{Value, json};
 
+use super::decode::{addresses, eni as to_eni};
 use super::transport::Transport;
-use super::{addresses, to_eni};
 use crate::cloud::{CloudError, Eni};
 
 /// `AssignPrivateIpAddresses` by count: the IPs the ENI has beyond `held`

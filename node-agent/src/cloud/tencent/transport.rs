@@ -246,50 +246,8 @@ impl Transport {
             .body_mut()
             .read_to_string()
             .map_err(|e| transient(format!("{action}: {e}")))?;
-        if status >= 500 {
-            return Err(transient(format!("{action}: HTTP {status}")));
-        }
-        let envelope: Value = serde_json::from_str(&text).map_err(|e| {
-            (
-                Kind::Other,
-                CloudError::Other(format!("{action}: response is not JSON: {e}")),
-            )
-        })?;
-        let response = envelope.get("Response").cloned().unwrap_or(Value::Null);
-        if let Some(error) = response.get("Error") {
-            let code = error
-                .get("Code")
-                .and_then(Value::as_str)
-                .unwrap_or("UnknownError");
-            let message = error
-                .get("Message")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let kind = Kind::of(code);
-            return Err((kind, typed(kind, format!("{action}: {code}: {message}"))));
-        }
+        let answer = super::decode::response(action, status, &text)?;
         debug!(action, "cloud call done");
-        Ok(response)
-    }
-}
-
-/// The cloud error for an API error kind.
-fn typed(kind: Kind, message: String) -> CloudError {
-    match kind {
-        Kind::EniQuotaExceeded => CloudError::EniQuota(message),
-        Kind::InstanceEniLimit => CloudError::EniLimit(message),
-        Kind::EniIpLimit => CloudError::IpLimit(message),
-        Kind::SubnetExhausted => CloudError::SubnetExhausted(message),
-        Kind::NotFound => CloudError::NotFound(message),
-        Kind::ZoneMismatch => CloudError::ZoneMismatch(message),
-        Kind::AddressInUse => CloudError::AddressInUse(message),
-        Kind::InvalidState | Kind::InvalidParameter | Kind::OutOfRange => {
-            CloudError::InvalidState(message)
-        }
-        Kind::Throttled => CloudError::Throttled(message),
-        Kind::SignatureFailure | Kind::SignatureExpired | Kind::SecretIdNotFound => {
-            CloudError::Auth(message)
-        }
-        Kind::Internal | Kind::Other => CloudError::Other(message),
+        Ok(answer)
     }
 }
