@@ -528,7 +528,13 @@ pub fn spawn_agent(dir: &Path, emulator: &Emulator, instance: usize, flags: &[St
         .arg(emulator.dir.path().join("credentials"))
         .arg("--test-clock-offset-file")
         .arg(dir.join("clock-offset"))
-        .args(["--maintenance-interval", "200ms"])
+        .args(
+            // A short tick unless the test sets its own.
+            (!flags.iter().any(|f| f == "--maintenance-interval"))
+                .then_some(["--maintenance-interval", "200ms"])
+                .into_iter()
+                .flatten(),
+        )
         .args(flags)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
