@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use serde_json::Value;
 use tencent_api::errors::Kind;
 
-use crate::cloud::{CloudError, Eni};
+use crate::cloud::{CloudError, Eni, Limits, Subnet};
 
 /// The `Response` object of an answer to `action` with HTTP `status`, or
 /// the error it carries, typed; `Kind::Internal` when the outcome is
@@ -39,6 +39,77 @@ pub fn response(action: &str, status: u16, text: &str) -> Result<Value, (Kind, C
         return Err((kind, typed(kind, format!("{action}: {code}: {message}"))));
     }
     Ok(response)
+}
+
+/// The subnet of `zone` (among `wanted`, when not empty) with the most
+/// free addresses, of a `DescribeSubnets` answer; `None` when there is none.
+pub fn best_subnet(
+    answer: &Value,
+    zone: &str,
+    wanted: &[String],
+) -> Result<Option<Subnet>, CloudError> {
+    let best = answer
+        .get("SubnetSet")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|s| s.get("Zone").and_then(Value::as_str) == Some(zone))
+        .filter(|s| {
+            wanted.is_empty()
+                || s.get("SubnetId")
+                    .and_then(Value::as_str)
+                    .is_some_and(|i| wanted.iter().any(|w| w == i))
+        })
+        .max_by_key(|s| {
+            s.get("AvailableIpAddressCount")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        });
+    let Some(best) = best else {
+        return Ok(None);
+    };
+    let cidr = best
+        .get("CidrBlock")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let bad = || CloudError::Other(format!("bad CidrBlock {cidr:?}"));
+    let (network, prefix_len) = parse_cidr(cidr).ok_or_else(bad)?;
+    // The gateway is the first host: a network that has none is not a subnet.
+    let gateway = u32::from(network)
+        .checked_add(1)
+        .filter(|_| (1..=30).contains(&prefix_len))
+        .ok_or_else(bad)?;
+    Ok(Some(Subnet {
+        id: best
+            .get("SubnetId")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        zone: zone.to_string(),
+        gateway: Ipv4Addr::from(gateway),
+        network,
+        prefix_len,
+    }))
+}
+
+/// The instance's limits from `DescribeNetworkInterfaceLimit`. A missing
+/// or zero limit is an error naming the field: a node that believes it may
+/// have no ENI or no IP would sit with an empty pool and say nothing.
+pub fn instance_limits(answer: &Value) -> Result<Limits, CloudError> {
+    let field = |k: &'static str| match answer.get(k).and_then(Value::as_u64) {
+        Some(n) if n > 0 => u32::try_from(n).map_err(|_| CloudError::LimitsMissing(k)),
+        _ => Err(CloudError::LimitsMissing(k)),
+    };
+    Ok(Limits {
+        // `EniQuantity` counts the secondary ENIs; the primary comes on top.
+        max_enis: field("EniQuantity")?.saturating_add(1),
+        max_ips_per_eni: field("EniPrivateIpAddressQuantity")?,
+    })
+}
+
+fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, len) = s.split_once('/')?;
+    Some((ip.parse().ok()?, len.parse().ok()?))
 }
 
 /// One ENI of a `NetworkInterfaceSet`.
@@ -112,5 +183,41 @@ fn typed(kind: Kind, message: String) -> CloudError {
             CloudError::Auth(message)
         }
         Kind::Internal | Kind::Other => CloudError::Other(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subnets(cidr: &str) -> Value {
+        serde_json::json!({"SubnetSet": [
+            {"SubnetId": "subnet-1", "Zone": "z1", "CidrBlock": cidr, "AvailableIpAddressCount": 5}
+        ]})
+    }
+
+    #[test]
+    fn the_subnet_gateway_is_its_first_host() {
+        let s = best_subnet(&subnets("10.0.16.0/20"), "z1", &[])
+            .expect("ok")
+            .expect("a subnet");
+        assert_eq!(s.gateway, Ipv4Addr::new(10, 0, 16, 1));
+        assert_eq!(best_subnet(&subnets("10.0.16.0/20"), "z2", &[]), Ok(None));
+    }
+
+    #[test]
+    fn a_cidr_without_a_first_host_is_an_error_not_an_overflow() {
+        for cidr in [
+            "255.255.255.255/32",
+            "10.0.0.0/31",
+            "10.0.0.0/0",
+            "10.0.0.0/x",
+            "",
+        ] {
+            assert!(
+                best_subnet(&subnets(cidr), "z1", &[]).is_err(),
+                "{cidr} was accepted"
+            );
+        }
     }
 }

@@ -12,7 +12,10 @@ mod retry;
 mod tests;
 mod transport;
 
-pub use decode::{eni as decode_eni, response as decode_response};
+pub use decode::{
+    best_subnet as decode_best_subnet, eni as decode_eni,
+    instance_limits as decode_instance_limits, response as decode_response,
+};
 pub use transport::Credentials;
 
 use std::net::Ipv4Addr;
@@ -21,7 +24,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Cloud, CloudError, Eni, Limits, NodeInfo, Subnet};
+use super::{Cloud, CloudError, Eni, NodeInfo};
 use transport::Transport;
 
 /// The MTU of Tencent Cloud ENIs.
@@ -197,7 +200,7 @@ impl Cloud for TencentCloud {
                 json!({ "InstanceId": id.instance_id }),
             )
             .await?;
-        let limits = instance_limits(&limits)?;
+        let limits = decode::instance_limits(&limits)?;
         let subnets = self
             .call(
                 "DescribeSubnets",
@@ -207,46 +210,7 @@ impl Cloud for TencentCloud {
                 ]}),
             )
             .await?;
-        let wanted = &self.settings.subnets;
-        let best = subnets
-            .get("SubnetSet")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|s| s.get("Zone").and_then(Value::as_str) == Some(id.zone.as_str()))
-            .filter(|s| {
-                wanted.is_empty()
-                    || s.get("SubnetId")
-                        .and_then(Value::as_str)
-                        .is_some_and(|i| wanted.iter().any(|w| w == i))
-            })
-            .max_by_key(|s| {
-                s.get("AvailableIpAddressCount")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0)
-            });
-        let subnet = match best {
-            None => None,
-            Some(best) => {
-                let cidr = best
-                    .get("CidrBlock")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let (network, prefix_len) = parse_cidr(cidr)
-                    .ok_or_else(|| CloudError::Other(format!("bad CidrBlock {cidr:?}")))?;
-                Some(Subnet {
-                    id: best
-                        .get("SubnetId")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    zone: id.zone.clone(),
-                    gateway: Ipv4Addr::from(u32::from(network) + 1),
-                    network,
-                    prefix_len,
-                })
-            }
-        };
+        let subnet = decode::best_subnet(&subnets, &id.zone, &self.settings.subnets)?;
         Ok(NodeInfo {
             instance_id: id.instance_id.clone(),
             zone: id.zone.clone(),
@@ -401,26 +365,6 @@ impl TencentCloud {
             }
         }
     }
-}
-
-/// The instance's limits from `DescribeNetworkInterfaceLimit`. A missing
-/// or zero limit is an error naming the field: a node that believes it may
-/// have no ENI or no IP would sit with an empty pool and say nothing.
-fn instance_limits(answer: &Value) -> Result<Limits, CloudError> {
-    let field = |k: &'static str| match answer.get(k).and_then(Value::as_u64) {
-        Some(n) if n > 0 => u32::try_from(n).map_err(|_| CloudError::LimitsMissing(k)),
-        _ => Err(CloudError::LimitsMissing(k)),
-    };
-    Ok(Limits {
-        // `EniQuantity` counts the secondary ENIs; the primary comes on top.
-        max_enis: field("EniQuantity")?.saturating_add(1),
-        max_ips_per_eni: field("EniPrivateIpAddressQuantity")?,
-    })
-}
-
-fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
-    let (ip, len) = s.split_once('/')?;
-    Some((ip.parse().ok()?, len.parse().ok()?))
 }
 
 /// A fresh idempotency token for one create.

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::cloud::Limits;
 
 struct Emulator {
     _dir: tempfile::TempDir,
@@ -221,18 +222,22 @@ async fn the_quota_is_typed_and_an_eni_attaches_to_one_node_at_a_time() {
 #[test]
 fn hole_9_missing_instance_limits_are_a_typed_error() {
     assert_eq!(
-        instance_limits(&serde_json::json!({"EniQuantity": 3, "EniPrivateIpAddressQuantity": 10})),
+        decode::instance_limits(
+            &serde_json::json!({"EniQuantity": 3, "EniPrivateIpAddressQuantity": 10})
+        ),
         Ok(Limits {
             max_enis: 4,
             max_ips_per_eni: 10
         })
     );
     assert_eq!(
-        instance_limits(&serde_json::json!({"EniPrivateIpAddressQuantity": 10})),
+        decode::instance_limits(&serde_json::json!({"EniPrivateIpAddressQuantity": 10})),
         Err(CloudError::LimitsMissing("EniQuantity"))
     );
     assert_eq!(
-        instance_limits(&serde_json::json!({"EniQuantity": 3, "EniPrivateIpAddressQuantity": 0})),
+        decode::instance_limits(
+            &serde_json::json!({"EniQuantity": 3, "EniPrivateIpAddressQuantity": 0})
+        ),
         Err(CloudError::LimitsMissing("EniPrivateIpAddressQuantity"))
     );
     let message = CloudError::LimitsMissing("EniQuantity").to_string();
