@@ -45,6 +45,31 @@ pub struct HeldElsewhere {
     pub eni_id: String,
 }
 
+/// What the cluster says of a pod about its IP (its annotations, its
+/// workload), read before its ADD; it overrides what the runtime passed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodFacts {
+    /// `Some(true)`: the pod keeps its IP (`Never`); `Some(false)`: it
+    /// does not (`Immediate`); `None`: the pod does not say.
+    pub keep_ip: Option<bool>,
+    /// How long its IP stays reserved once released, if the pod says.
+    pub expire_after_ms: Option<u64>,
+    /// The workload controlling the pod (a ReplicaSet resolved to its
+    /// Deployment).
+    pub owner: Option<proto::wire::OwnerRef>,
+}
+
+/// The cluster could not say what a pod wants.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PodFactsError {
+    /// The pod asks for something invalid (a malformed annotation).
+    #[error("{0}")]
+    Invalid(String),
+    /// The cluster could not be asked.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// One change of a claim this node holds, in the order it was made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClaimChange {
@@ -69,6 +94,23 @@ pub trait ClaimStore: Send + Sync + 'static {
 
     /// Claim changes, durable already, in the order they were made.
     fn publish<'a>(&'a self, node: &'a str, changes: &'a [ClaimChange]) -> ClaimFuture<'a, ()>;
+
+    /// What the cluster says of pod `namespace/name`; `None` when there is
+    /// no cluster to ask (the runtime's arguments decide alone).
+    fn pod_facts<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<PodFacts>, PodFactsError>> + Send + 'a>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Makes a static claim this node just bound known to the cluster
+    /// before the ADD answers: a static IP the cluster does not know of
+    /// is a promise nobody could keep after this node is gone.
+    fn announce<'a>(&'a self, _node: &'a str, _claim: &'a Claim) -> ClaimFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The claim changes of a batch of pool changes.

@@ -11,6 +11,8 @@ pub mod commands;
 pub mod committer;
 pub mod dataplane;
 pub mod ipam;
+#[cfg(feature = "kubernetes")]
+pub mod kube;
 pub mod logging;
 pub mod outbox;
 pub mod server;

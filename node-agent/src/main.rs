@@ -24,6 +24,12 @@ enum Command {
     Pool(commands::pool::PoolArgs),
     /// The pods' IP claims (static IPs among them).
     Claims(commands::claims::ClaimsArgs),
+    /// Run the cluster component (one leader-elected replica).
+    #[cfg(feature = "kubernetes")]
+    Cluster(Box<commands::cluster::ClusterArgs>),
+    /// Print the CustomResourceDefinitions (deploy/crds.yaml).
+    #[cfg(feature = "kubernetes")]
+    Crds,
 }
 
 fn main() -> ExitCode {
@@ -32,6 +38,10 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(*args),
         Command::Pool(args) => commands::pool::run(args),
         Command::Claims(args) => commands::claims::run(args),
+        #[cfg(feature = "kubernetes")]
+        Command::Cluster(args) => commands::cluster::run(*args),
+        #[cfg(feature = "kubernetes")]
+        Command::Crds => commands::cluster::crds(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,12 +2,15 @@
 //! address still in the cloud? got back by name, or marked lost), ended by
 //! hand, by expiry or with their owner.
 
-use proto::wire::{AddRequest, AgentError, ErrorKind, OwnerRef, ReclaimView, Response};
+use proto::wire::{
+    AddRequest, AgentError, ErrorKind, OwnerRef, ReclaimView, Response, StaticIpRequest,
+};
 use tracing::{info, warn};
 
 use super::Agent;
 use super::convert;
 use super::errors::{claim_error, cloud_error, dataplane_error};
+use crate::claim_store::PodFactsError;
 use crate::cloud::{Cloud, CloudError};
 use crate::dataplane::Dataplane;
 use crate::ipam::{Change, Claim, EniRecord};
@@ -29,6 +32,62 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             None if req.static_ip.is_some() => self.not_claimed_elsewhere(req).await,
             None => Ok(()),
         }
+    }
+
+    /// Lets the cluster's word on the pod (its annotations, its workload)
+    /// override what the runtime passed: keep the IP or not, for how long,
+    /// for which owner.
+    pub(super) async fn apply_pod_facts(&self, req: &mut AddRequest) -> Result<(), AgentError> {
+        let Some(pod) = &req.pod else { return Ok(()) };
+        let facts = match self.claim_store.pod_facts(&pod.namespace, &pod.name).await {
+            Ok(Some(facts)) => facts,
+            Ok(None) => return Ok(()),
+            Err(PodFactsError::Invalid(why)) => {
+                return Err(AgentError::new(ErrorKind::InvalidRequest, why));
+            }
+            Err(PodFactsError::Unavailable(why)) => {
+                return Err(AgentError::new(
+                    ErrorKind::NotReady,
+                    format!(
+                        "cannot read pod {}/{} from the cluster: {why}",
+                        pod.namespace, pod.name
+                    ),
+                ));
+            }
+        };
+        let keep = facts.keep_ip.unwrap_or(req.static_ip.is_some());
+        let before = req.static_ip.take().unwrap_or_default();
+        req.static_ip = keep.then(|| StaticIpRequest {
+            expire_after_ms: facts.expire_after_ms.or(before.expire_after_ms),
+            owner: facts.owner.or(before.owner),
+        });
+        Ok(())
+    }
+
+    /// After a static pod's ADD: its claim, as now bound, made known to the
+    /// cluster before the ADD answers.
+    pub(super) async fn announce_static(&self, req: &AddRequest) -> Result<(), AgentError> {
+        let (Some(pod), Some(_)) = (&req.pod, &req.static_ip) else {
+            return Ok(());
+        };
+        let Some(claim) = self
+            .txn
+            .read(|ipam, _| ipam.claim(&pod.namespace, &pod.name).cloned())
+        else {
+            return Ok(());
+        };
+        self.claim_store
+            .announce(&self.instance_id, &claim)
+            .await
+            .map_err(|e| {
+                AgentError::new(
+                    ErrorKind::NotReady,
+                    format!(
+                        "the static IP {} of {}/{} could not be recorded in the cluster ({e}); the ADD is retried",
+                        claim.ip, claim.namespace, claim.name
+                    ),
+                )
+            })
     }
 
     /// A reserved claim is about to be bound again: make sure its address

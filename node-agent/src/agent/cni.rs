@@ -34,6 +34,8 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     ) -> Result<Response, AgentError> {
         let started = Instant::now();
         let _no_gc = self.gc_lock.read().await;
+        let mut req = req;
+        self.apply_pod_facts(&mut req).await?;
         let past_deadline = || req.deadline_ms.is_some_and(|d| self.txn.now() > d);
         if past_deadline() {
             return Err(AgentError::new(
@@ -91,6 +93,19 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 ))
             }
             (Ok(links), Ok(())) => {
+                if let Err(e) = self.announce_static(&req).await {
+                    if !plan.existing {
+                        // Not known to the cluster, not promised: undone,
+                        // and the runtime's retry tries again.
+                        warn!(ip = %spec.ip, error = %e.message, "static IP not made known to the cluster; undoing the ADD");
+                        self.dataplane
+                            .detach_pod(&spec)
+                            .await
+                            .map_err(dataplane_error)?;
+                        self.release(&key).await?;
+                    }
+                    return Err(e);
+                }
                 info!(
                     ip = %spec.ip,
                     eni = %spec.eni.id,

@@ -15,6 +15,7 @@ mod conditions;
 mod convert;
 mod eni;
 mod errors;
+mod feed;
 mod recovery;
 mod txn;
 mod views;
@@ -38,6 +39,7 @@ use crate::dataplane::Dataplane;
 use crate::server::Handler;
 use crate::sizing;
 
+pub use feed::{FeedFuture, NodeFeed, Reclaimed};
 pub use recovery::StartError;
 use txn::Txn;
 
@@ -79,6 +81,8 @@ pub struct Agent<C, D> {
     txn: Txn,
     /// The cluster's view of this node's static claims.
     claim_store: Arc<dyn ClaimStore>,
+    /// Durable changes, in commit order, for whoever follows them.
+    outbox: Arc<crate::outbox::Outbox>,
     /// Serialises every change of the pool's shape in the cloud (grow,
     /// shrink, a claim's address assigned again).
     grow_lock: tokio::sync::Mutex<()>,

@@ -108,6 +108,8 @@ pub fn claims(ipam: &Ipam, node: &str, default_expiry_ms: Option<u64>) -> Vec<Cl
             last_bound_ms: c.last_bound_ms,
             released_ms: c.released_ms,
             expires_ms: c.expires_ms(default_expiry_ms),
+            expire_after_ms: c.expire_after_ms,
+            message: c.lost.clone(),
         })
         .collect();
     for a in ipam.allocations() {
@@ -133,6 +135,8 @@ pub fn claims(ipam: &Ipam, node: &str, default_expiry_ms: Option<u64>) -> Vec<Cl
             last_bound_ms: a.created_ms,
             released_ms: None,
             expires_ms: None,
+            expire_after_ms: None,
+            message: None,
         });
     }
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

@@ -199,6 +199,8 @@ mod tests {
             last_bound_ms: 0,
             released_ms: Some(0),
             expires_ms: Some(7_200_000),
+            expire_after_ms: None,
+            message: None,
         };
         let t = table(&[c], 3_600_000);
         let lines: Vec<&str> = t.lines().collect();

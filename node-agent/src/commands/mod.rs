@@ -1,6 +1,8 @@
 //! One file per subcommand.
 
 pub mod claims;
+#[cfg(feature = "kubernetes")]
+pub mod cluster;
 pub mod pool;
 pub mod run;
 

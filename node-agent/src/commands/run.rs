@@ -123,6 +123,18 @@ pub struct RunArgs {
     /// fails (the agent then stops acting and exits).
     #[arg(long, hide = true)]
     test_store_fail_file: Option<PathBuf>,
+    /// Publish the pool as Kubernetes objects (`VpcIPClaim`, `VpcIP`,
+    /// `NodeEniConfig`) and events, and read the pods' annotations.
+    #[arg(long)]
+    kubernetes: bool,
+    /// This node's name in Kubernetes (default: `NODE_NAME` from the
+    /// environment, else the instance id).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Kubeconfig of the Kubernetes client (default: `KUBECONFIG`, else the
+    /// in-cluster service account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -154,6 +166,7 @@ async fn serve(args: RunArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let cloud = cloud(&args).await?;
+    let cluster = Cluster::connect(&args, &cloud.instance_id()).await?;
     let config = AgentConfig {
         ip_cooldown: args.ip_cooldown,
         pool: Targets {
@@ -185,17 +198,21 @@ async fn serve(args: RunArgs) -> Result<(), String> {
             let dataplane = NetlinkDataplane::new(args.node_netns.as_deref())
                 .await
                 .map_err(|e| e.to_string())?;
+            let claims = cluster.claim_store();
             listen(
                 args,
-                Agent::start(cloud, dataplane, store, config, clock).await,
+                Agent::start_with_claims(cloud, dataplane, store, config, clock, claims).await,
+                cluster,
             )
             .await
         }
         DataplaneKind::Fake => {
             let dataplane = FakeDataplane::default();
+            let claims = cluster.claim_store();
             listen(
                 args,
-                Agent::start(cloud, dataplane, store, config, clock).await,
+                Agent::start_with_claims(cloud, dataplane, store, config, clock, claims).await,
+                cluster,
             )
             .await
         }
@@ -248,8 +265,10 @@ const RELEASE_BATCH: usize = 5;
 async fn listen<C: Cloud, D: Dataplane>(
     args: RunArgs,
     agent: Result<Agent<C, D>, StartError>,
+    cluster: Cluster,
 ) -> Result<(), String> {
     let agent = Arc::new(agent.map_err(|e| e.to_string())?);
+    cluster.publish(Arc::clone(&agent) as Arc<dyn crate::agent::NodeFeed>, &args);
     let listener = server::bind(&args.socket).map_err(|e| e.to_string())?;
     info!(socket = %args.socket.display(), state_dir = %args.state_dir.display(), "agent ready");
     let warm = tokio::spawn(Arc::clone(&agent).maintain_pool());
@@ -293,5 +312,73 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM"),
         _ = int.recv() => info!("SIGINT"),
+    }
+}
+
+/// The Kubernetes side of the agent, when `--kubernetes` is on.
+struct Cluster {
+    #[cfg(feature = "kubernetes")]
+    kube: Option<(::kube::Client, String)>,
+    enable_ownerref: bool,
+}
+
+impl Cluster {
+    #[cfg_attr(not(feature = "kubernetes"), allow(clippy::unused_async))]
+    async fn connect(args: &RunArgs, instance_id: &str) -> Result<Cluster, String> {
+        if !args.kubernetes {
+            return Ok(Cluster {
+                #[cfg(feature = "kubernetes")]
+                kube: None,
+                enable_ownerref: args.enable_ownerref,
+            });
+        }
+        #[cfg(feature = "kubernetes")]
+        {
+            let client = crate::kube::connect(args.kubeconfig.as_deref()).await?;
+            let node = args
+                .node_name
+                .clone()
+                .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+                .unwrap_or_else(|| instance_id.to_string());
+            info!(node = %node, "publishing to Kubernetes");
+            Ok(Cluster {
+                kube: Some((client, node)),
+                enable_ownerref: args.enable_ownerref,
+            })
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        {
+            let _ = instance_id;
+            Err("--kubernetes: this vpc-cni-agent was built without Kubernetes support".into())
+        }
+    }
+
+    fn claim_store(&self) -> Arc<dyn crate::claim_store::ClaimStore> {
+        #[cfg(feature = "kubernetes")]
+        if let Some((client, node)) = &self.kube {
+            return Arc::new(crate::kube::claims::KubeClaims::new(
+                client.clone(),
+                node,
+                self.enable_ownerref,
+            ));
+        }
+        let _ = self.enable_ownerref;
+        Arc::new(crate::claim_store::LocalClaims)
+    }
+
+    fn publish(&self, feed: Arc<dyn crate::agent::NodeFeed>, args: &RunArgs) {
+        #[cfg(feature = "kubernetes")]
+        if let Some((client, node)) = &self.kube {
+            crate::kube::publish::spawn(
+                client.clone(),
+                feed,
+                crate::kube::publish::Options {
+                    node: node.clone(),
+                    subnet_ids: args.subnet_ids.clone(),
+                },
+            );
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        let _ = (feed, args);
     }
 }

@@ -426,6 +426,12 @@ pub struct ClaimView {
     /// When its reservation ends (Unix ms), if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<u64>,
+    /// How long it stays reserved once released, when the pod said (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_after_ms: Option<u64>,
+    /// Why a `Lost` claim's address cannot be had back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Why the agent failed a request. Mapped to a CNI code by

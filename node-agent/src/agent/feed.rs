@@ -1,0 +1,96 @@
+//! What the cluster side (Kubernetes objects, events) reads of the agent:
+//! the ordered stream of durable changes, the views built from a durable
+//! copy of the pool plus what the agent knows beside it, and the one
+//! action it may ask for (reclaiming a claim whose object was deleted).
+//! A trait, so that publishers are tested without an agent.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use proto::wire::{AgentError, ClaimView, PoolView};
+
+use super::{Agent, views};
+use crate::cloud::{Cloud, NodeInfo};
+use crate::dataplane::Dataplane;
+use crate::ipam::{Ipam, UnixMillis};
+use crate::outbox::Subscription;
+
+/// What became of a request to reclaim a claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reclaimed {
+    /// Ended: its IP is free.
+    Done,
+    /// Not now: a sandbox of the pod holds the IP (the reason says so).
+    Deferred(String),
+    /// This node holds no such claim.
+    NotHeld,
+}
+
+/// A boxed future of the feed.
+pub type FeedFuture = Pin<Box<dyn Future<Output = Result<Reclaimed, AgentError>> + Send>>;
+
+/// The agent as the cluster side sees it.
+pub trait NodeFeed: Send + Sync + 'static {
+    /// This node's name (its instance id).
+    fn node_name(&self) -> String;
+    /// The stream of durable changes, from a snapshot.
+    fn subscribe(&self) -> Subscription;
+    /// The node's details, once the VPC API answered.
+    fn node_info(&self) -> Option<NodeInfo>;
+    /// The pool as operators see it, from `durable` (a copy of the pool as
+    /// the store holds it) and the agent's live ENIs attaching and
+    /// conditions; and every pod's claim.
+    fn views(&self, durable: &Ipam) -> (PoolView, Vec<ClaimView>);
+    /// Now, by the agent's clock.
+    fn now(&self) -> UnixMillis;
+    /// Ends the claim of pod `namespace/name` unless a sandbox holds it.
+    fn reclaim(self: Arc<Self>, namespace: String, name: String) -> FeedFuture;
+}
+
+impl<C: Cloud + 'static, D: Dataplane + 'static> NodeFeed for Agent<C, D> {
+    fn node_name(&self) -> String {
+        self.instance_id.clone()
+    }
+
+    fn subscribe(&self) -> Subscription {
+        self.outbox.subscribe()
+    }
+
+    fn node_info(&self) -> Option<NodeInfo> {
+        self.node()
+    }
+
+    fn views(&self, durable: &Ipam) -> (PoolView, Vec<ClaimView>) {
+        let attaching = self.attaching().clone();
+        let now = self.txn.now();
+        let default = self.config.claim_expiry.map(|d| d.as_millis() as u64);
+        (
+            views::pool(durable, now, &attaching, self.conditions.all()),
+            views::claims(durable, &self.instance_id, default),
+        )
+    }
+
+    fn now(&self) -> UnixMillis {
+        self.txn.now()
+    }
+
+    fn reclaim(self: Arc<Self>, namespace: String, name: String) -> FeedFuture {
+        Box::pin(async move {
+            let held = self.txn.read(|ipam, _| {
+                ipam.claim(&namespace, &name)
+                    .map(|c| ipam.holder_of(&c.ip).map(|a| a.key.container_id.clone()))
+            });
+            match held {
+                None => Ok(Reclaimed::NotHeld),
+                Some(Some(container)) => Ok(Reclaimed::Deferred(format!(
+                    "sandbox {container} of the pod still uses the IP; it is reclaimed when the pod ends"
+                ))),
+                Some(None) => {
+                    self.delete_claim(&namespace, &name, false).await?;
+                    Ok(Reclaimed::Done)
+                }
+            }
+        })
+    }
+}

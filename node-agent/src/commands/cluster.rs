@@ -1,0 +1,142 @@
+//! `vpc-cni-agent cluster`: the cluster component (one leader-elected
+//! replica), and `vpc-cni-agent crds`: the CRD manifests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use tracing::info;
+use tracing::level_filters::LevelFilter;
+
+use crate::cloud::TencentCloud;
+use crate::cloud::tencent::{self, Identity, Settings};
+use crate::kube::cluster::{self, Options};
+use crate::logging::{self, LogFormat};
+
+/// Flags of `cluster`.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// This replica's identity in the lease (default: `POD_NAME`, else the
+    /// host name).
+    #[arg(long)]
+    identity: Option<String>,
+    /// Namespace of the lease (default: `POD_NAMESPACE`, else `kube-system`).
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// Name of the lease.
+    #[arg(long, default_value = "vpc-cni-cluster")]
+    lease_name: String,
+    /// How long the lease lasts without renewal (renewed every third of it).
+    #[arg(long, default_value = "15s", value_parser = proto::duration::parse)]
+    lease_duration: Duration,
+    /// How often the leader sweeps for leaked ENIs and claims of gone nodes.
+    #[arg(long, default_value = "1m", value_parser = proto::duration::parse)]
+    interval: Duration,
+    /// ENIs of gone nodes younger than this are left alone.
+    #[arg(long, default_value = "10m", value_parser = proto::duration::parse)]
+    leaked_eni_grace: Duration,
+    /// VPC API endpoint.
+    #[arg(long, default_value = "https://vpc.tencentcloudapi.com")]
+    cloud_endpoint: String,
+    /// Region (default: from the metadata service).
+    #[arg(long)]
+    region: Option<String>,
+    /// VPC id (default: from the metadata service).
+    #[arg(long)]
+    vpc_id: Option<String>,
+    /// Credentials file (`SecretId=`, `SecretKey=`; default: the environment).
+    #[arg(long)]
+    credentials_file: Option<PathBuf>,
+    /// Instance metadata service base URL.
+    #[arg(long, default_value = "http://metadata.tencentyun.com")]
+    metadata_url: String,
+    /// Cluster name in the ENIs' tags (as the agents' `--cluster-name`).
+    #[arg(long, default_value = "default")]
+    cluster_name: String,
+    /// Cloud API calls per second at most.
+    #[arg(long, default_value_t = 5.0)]
+    cloud_qps: f64,
+    /// Timeout of one VPC API exchange.
+    #[arg(long, default_value = "10s", value_parser = proto::duration::parse)]
+    cloud_timeout: Duration,
+    /// Kubeconfig (default: `KUBECONFIG`, else the in-cluster service account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level.
+    #[arg(long, default_value = "info")]
+    log_level: LevelFilter,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Runs the cluster component until it is stopped.
+pub fn run(args: ClusterArgs) -> Result<(), String> {
+    logging::init(args.log_format, args.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    runtime.block_on(async move {
+        let client = crate::kube::connect(args.kubeconfig.as_deref()).await?;
+        let credentials = tencent::load_credentials(args.credentials_file.as_deref())
+            .map_err(|e| e.to_string())?;
+        let known = Identity {
+            instance_id: "cluster".into(),
+            zone: "-".into(),
+            vpc_id: args.vpc_id.clone().unwrap_or_default(),
+            region: args.region.clone().unwrap_or_default(),
+        };
+        let (url, timeout) = (args.metadata_url.clone(), args.cloud_timeout);
+        let identity = tokio::task::spawn_blocking(move || {
+            tencent::identity_from_metadata(&url, known, timeout)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("region and VPC: {e}"))?;
+        let cloud = TencentCloud::new(Settings {
+            endpoint: args.cloud_endpoint.clone(),
+            region: identity.region.clone(),
+            credentials,
+            qps: args.cloud_qps,
+            timeout: args.cloud_timeout,
+            identity,
+            subnets: Vec::new(),
+            cluster: args.cluster_name.clone(),
+        });
+        let options = Options {
+            identity: args
+                .identity
+                .or_else(|| env("POD_NAME"))
+                .or_else(|| env("HOSTNAME"))
+                .unwrap_or_else(|| "vpc-cni-cluster".into()),
+            namespace: args
+                .lease_namespace
+                .or_else(|| env("POD_NAMESPACE"))
+                .unwrap_or_else(|| "kube-system".into()),
+            lease: args.lease_name,
+            lease_duration: args.lease_duration,
+            interval: args.interval,
+            leaked_eni_grace: args.leaked_eni_grace,
+        };
+        info!(identity = %options.identity, namespace = %options.namespace, "cluster component starting");
+        tokio::select! {
+            () = cluster::run(client, cloud, options) => Ok(()),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}
+
+/// Prints the CRD manifests.
+pub fn crds() -> Result<(), String> {
+    use std::io::Write;
+    let yaml = crate::kube::crd::crds_yaml()?;
+    std::io::stdout()
+        .write_all(yaml.as_bytes())
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,364 @@
+//! The custom resources of vpc-cni, group `vpc-cni.io`, version `v1alpha1`.
+//! The CRD manifests in `deploy/crds.yaml` are generated from these types
+//! (`vpc-cni-agent crds`), and a test keeps the two equal.
+//!
+//! - [`VpcIPClaim`] (`vipc`, namespaced): a pod's claim on an IP, named like
+//!   the pod. The spec is what the pod asked for; the status is where the
+//!   claim is, written by the node holding it.
+//! - [`VpcIP`] (`vip`, cluster-scoped): one IP in use, named after the
+//!   address; written by the node whose ENI carries it.
+//! - [`NodeEniConfig`] (`nec`, cluster-scoped): a node's ENIs and pool,
+//!   named after the node; the spec lets an operator tune the node.
+
+// Each `printcolumn(...)` repeats `type_ =`; clippy reads that as a
+// duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every vpc-cni resource.
+pub const GROUP: &str = "vpc-cni.io";
+/// API version of every vpc-cni resource.
+pub const VERSION: &str = "v1alpha1";
+
+/// What happens to a claim when its pod ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeletePolicy {
+    /// The claim and its IP end with the pod (an ordinary pod).
+    #[default]
+    Immediate,
+    /// The IP stays reserved for the next pod of the same namespace and name
+    /// (a static IP), until it expires or is reclaimed.
+    Never,
+}
+
+impl DeletePolicy {
+    /// The policy's name as written in annotations and objects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeletePolicy::Immediate => "Immediate",
+            DeletePolicy::Never => "Never",
+        }
+    }
+}
+
+/// A pod's claim on a VPC IP.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "vpc-cni.io",
+    version = "v1alpha1",
+    kind = "VpcIPClaim",
+    namespaced,
+    shortname = "vipc",
+    status = "VpcIPClaimStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A pod's claim on a VPC IP, named like the pod.",
+    printcolumn(name = "IP", type_ = "string", json_path = ".status.ip"),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".status.node"),
+    printcolumn(name = "ENI", type_ = "string", json_path = ".status.eniId"),
+    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.deletePolicy"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VpcIPClaimSpec {
+    /// `Never` keeps the IP for the pod's next sandbox (a static IP);
+    /// `Immediate` frees it when the pod ends.
+    #[serde(default)]
+    pub delete_policy: DeletePolicy,
+    /// How long a released static IP stays reserved, such as `1h` (at
+    /// least `5m`); unset: the agent's `--claim-expired-duration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_after: Option<String>,
+    /// The subnet the IP must come from (reserved for requested subnets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<String>,
+    /// The address the pod asks for (reserved for requested addresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+/// Where a claim is and in what state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VpcIPClaimStatus {
+    /// `Bound` while a sandbox of the pod holds the IP, `Reserved` while a
+    /// static IP waits for its pod, `Lost` when the cloud lost the address
+    /// and it could not be had back.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+    /// The address.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ip: String,
+    /// The `VpcIP` object of the address.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vpc_ip: String,
+    /// The node holding the claim.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    /// The ENI carrying the address.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub eni_id: String,
+    /// The subnet of the address.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subnet_id: String,
+    /// The availability zone of the node.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    /// The sandbox holding the IP, while one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// When a sandbox last took the IP (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_since: Option<String>,
+    /// When the last sandbox let go of it (RFC 3339), while reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<String>,
+    /// When the reservation ends (RFC 3339), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// The pod's controlling workload, recorded with `--enable-ownerref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// Why the claim is `Lost`, or what is wrong with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A workload owning a pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Owner {
+    /// Kind, such as `StatefulSet`.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// UID.
+    pub uid: String,
+}
+
+/// One VPC IP in use in the cluster, named after the address.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "vpc-cni.io",
+    version = "v1alpha1",
+    kind = "VpcIP",
+    shortname = "vip",
+    doc = "A VPC IP in use in the cluster, named after the address.",
+    derive = "PartialEq",
+    derive = "Default",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".spec.phase"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
+    printcolumn(name = "ENI", type_ = "string", json_path = ".spec.eniId"),
+    printcolumn(name = "Subnet", type_ = "string", json_path = ".spec.subnetId"),
+    printcolumn(name = "Claim", type_ = "string", json_path = ".spec.claim"),
+    printcolumn(
+        name = "Error",
+        type_ = "string",
+        json_path = ".spec.error",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VpcIPSpec {
+    /// `Attaching` while the ENI carrying it is not attached yet (with the
+    /// error if the attach failed), `Bound` while a pod holds it,
+    /// `Reserved` while a static IP waits for its pod.
+    pub phase: String,
+    /// The node whose ENI carries it.
+    pub node: String,
+    /// The ENI carrying it.
+    pub eni_id: String,
+    /// Its subnet.
+    pub subnet_id: String,
+    /// The claim it belongs to, `namespace/name`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+    /// Why its ENI is not attached yet, if the attach failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A node's ENIs and pool, named after the node.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "vpc-cni.io",
+    version = "v1alpha1",
+    kind = "NodeEniConfig",
+    shortname = "nec",
+    doc = "A node's ENIs and IP pool, named after the node.",
+    status = "NodeEniConfigStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    printcolumn(name = "Zone", type_ = "string", json_path = ".status.zone"),
+    printcolumn(name = "ENIs", type_ = "integer", json_path = ".status.eniCount"),
+    printcolumn(name = "Allocated", type_ = "integer", json_path = ".status.allocated"),
+    printcolumn(name = "Free", type_ = "integer", json_path = ".status.free"),
+    printcolumn(name = "Reserved", type_ = "integer", json_path = ".status.reserved"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeEniConfigSpec {
+    /// Free IPs the node keeps ready (overrides `--warm-ip-target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_ip_target: Option<u32>,
+    /// IPs the node holds at least (overrides `--min-ip-target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ip_target: Option<u32>,
+    /// ENIs the node uses at most, the primary included (overrides `--max-eni`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_eni: Option<u32>,
+    /// Subnets new ENIs may come from (overrides `--subnet-ids`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnet_ids: Vec<String>,
+}
+
+/// What the node's agent reports; empty while the node has no secondary
+/// ENI and no condition.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeEniConfigStatus {
+    /// The node's instance.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance_id: String,
+    /// Its availability zone.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    /// Subnets its ENIs may come from (empty: any of its zone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnet_ids: Vec<String>,
+    /// ENIs at most, the primary included, and IPs per ENI at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+    /// Secondary ENIs (attached or attaching).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enis: Vec<EniStatus>,
+    /// How many secondary ENIs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eni_count: Option<u32>,
+    /// IPs held by pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<u32>,
+    /// IPs ready to hand out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free: Option<u32>,
+    /// IPs resting after release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooling: Option<u32>,
+    /// IPs reserved for static claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<u32>,
+    /// Why the pool cannot grow, if it cannot (`ENILimit`,
+    /// `NoSubnetInZone`, `CloudUnreachable`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<NodeCondition>,
+}
+
+/// A node's limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Capacity {
+    /// ENIs at most, the primary included.
+    pub max_enis: u32,
+    /// IPs per ENI at most, its own primary included.
+    pub max_ips_per_eni: u32,
+}
+
+/// One secondary ENI of a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EniStatus {
+    /// ENI id.
+    pub id: String,
+    /// MAC address.
+    pub mac: String,
+    /// Subnet.
+    pub subnet_id: String,
+    /// `Attached`, or `Attaching` until the attach is done.
+    pub state: String,
+    /// Why the attach failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Secondary IPs.
+    pub ips: u32,
+    /// Of which held by pods.
+    pub allocated: u32,
+}
+
+/// A condition of a node's pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCondition {
+    /// `ENILimit`, `NoSubnetInZone` or `CloudUnreachable`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Always `True` while listed.
+    pub status: String,
+    /// The same as the type.
+    pub reason: String,
+    /// What happened.
+    pub message: String,
+    /// Since when (RFC 3339).
+    pub last_transition_time: String,
+}
+
+/// Every CRD as one multi-document YAML, as `deploy/crds.yaml` holds it.
+pub fn crds_yaml() -> Result<String, String> {
+    use kube::CustomResourceExt;
+    let crds = [VpcIPClaim::crd(), VpcIP::crd(), NodeEniConfig::crd()];
+    let mut out = String::from(
+        "# Generated by `vpc-cni-agent crds` from node-agent/src/kube/crd.rs; do not edit.\n",
+    );
+    for crd in crds {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&crd).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_crds_match_the_types() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crds.yaml");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        let generated = crds_yaml().expect("yaml");
+        assert!(
+            committed == generated,
+            "deploy/crds.yaml is not what the types generate: run \
+             `cargo run -p node-agent -- crds > deploy/crds.yaml`"
+        );
+    }
+
+    #[test]
+    fn objects_serialise_with_camel_case_and_the_policy_names() {
+        let spec = VpcIPClaimSpec {
+            delete_policy: DeletePolicy::Never,
+            expire_after: Some("1h".into()),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&spec).expect("json");
+        assert_eq!(json["deletePolicy"], "Never");
+        assert_eq!(json["expireAfter"], "1h");
+        assert!(json.get("ip").is_none());
+    }
+}

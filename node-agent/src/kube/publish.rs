@@ -1,0 +1,547 @@
+//! The node's pool as Kubernetes objects: follows the outbox (a durable
+//! copy of the pool, batch by batch, in commit order), computes the objects
+//! the node should be seen as (`objects.rs`), and brings the cluster in
+//! line with server-side applies. It also carries out `kubectl delete
+//! vipc` (a finalizer holds the object until the IP is freed; while the
+//! pod runs the deletion waits) and raises the node's and the claims'
+//! events. It never blocks the pod path: a failure is retried with
+//! backoff, and each pass converges on the current pool.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use super::crd::{DeletePolicy, NodeEniConfig, NodeEniConfigSpec, VpcIP, VpcIPClaim, VpcIPSpec};
+use super::objects::{self, ClaimObject, Desired};
+use super::{FINALIZER, MANAGER, NODE_LABEL};
+use crate::agent::{NodeFeed, Reclaimed};
+use crate::ipam::Ipam;
+use crate::outbox::Delivery;
+
+/// How often the publisher looks again without being told (the node's
+/// conditions and ENIs attaching live beside the pool).
+const TICK: Duration = Duration::from_secs(2);
+/// How long an object just written may take to show in the cache before
+/// it is written again.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// Settings of the publisher.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The node's name (its objects are labelled and named after it).
+    pub node: String,
+    /// Subnets the node may take ENIs from, as configured.
+    pub subnet_ids: Vec<String>,
+}
+
+/// Starts publishing `feed`'s pool; runs until the agent's outbox ends.
+pub fn spawn(client: Client, feed: Arc<dyn NodeFeed>, options: Options) {
+    tokio::spawn(async move {
+        let publisher = Publisher::new(client, feed, options);
+        publisher.run().await;
+    });
+}
+
+struct Publisher {
+    client: Client,
+    feed: Arc<dyn NodeFeed>,
+    options: Options,
+    claims: Store<VpcIPClaim>,
+    claims_changed: Arc<Notify>,
+    ips: Store<VpcIP>,
+    ips_changed: Arc<Notify>,
+    recorder: Recorder,
+    node_uid: Option<String>,
+    sent_claims: HashMap<(String, String), (ClaimObject, Instant)>,
+    sent_ips: HashMap<String, (VpcIPSpec, Instant)>,
+    deleted: HashMap<String, Instant>,
+    sent_node: Option<super::crd::NodeEniConfigStatus>,
+    conditions: BTreeMap<String, String>,
+    deferred: HashSet<String>,
+    last: BTreeMap<(String, String), ClaimObject>,
+}
+
+impl Publisher {
+    fn new(client: Client, feed: Arc<dyn NodeFeed>, options: Options) -> Publisher {
+        let selector = format!("{NODE_LABEL}={}", options.node);
+        let (claims, claims_changed) = super::cache(
+            Api::<VpcIPClaim>::all(client.clone()),
+            watcher::Config::default().labels(&selector),
+            "vpcipclaims",
+        );
+        let (ips, ips_changed) = super::cache(
+            Api::<VpcIP>::all(client.clone()),
+            watcher::Config::default().labels(&selector),
+            "vpcips",
+        );
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: Some(options.node.clone()),
+            },
+        );
+        Publisher {
+            client,
+            feed,
+            options,
+            claims,
+            claims_changed,
+            ips,
+            ips_changed,
+            recorder,
+            node_uid: None,
+            sent_claims: HashMap::new(),
+            sent_ips: HashMap::new(),
+            deleted: HashMap::new(),
+            sent_node: None,
+            conditions: BTreeMap::new(),
+            deferred: HashSet::new(),
+            last: BTreeMap::new(),
+        }
+    }
+
+    async fn run(mut self) {
+        let mut stream = self.feed.subscribe();
+        let mut mirror: Option<Ipam> = None;
+        let mut tick = tokio::time::interval(TICK);
+        let mut backoff = Duration::from_millis(200);
+        let _ = tokio::join!(self.claims.wait_until_ready(), self.ips.wait_until_ready());
+        info!(node = %self.options.node, "publishing the pool to Kubernetes");
+        loop {
+            tokio::select! {
+                delivery = stream.next() => match delivery {
+                    None => return,
+                    Some(Delivery::Snapshot { pool, .. }) => match Ipam::restore(0, (*pool).clone()) {
+                        Ok(ipam) => mirror = Some(ipam),
+                        Err(e) => warn!(error = %e, "cannot read the pool's snapshot"),
+                    },
+                    Some(Delivery::Batch(batch)) => {
+                        if let Some(m) = mirror.as_mut() {
+                            m.apply(&batch.changes);
+                        }
+                    }
+                },
+                _ = self.claims_changed.notified() => {}
+                _ = self.ips_changed.notified() => {}
+                _ = tick.tick() => {}
+            }
+            let Some(pool) = &mirror else { continue };
+            match self.pass(pool).await {
+                Ok(()) => backoff = Duration::from_millis(200),
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot publish the pool to Kubernetes");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// One pass: the cluster brought in line with `pool`.
+    async fn pass(&mut self, pool: &Ipam) -> Result<(), kube::Error> {
+        let (view, claim_views) = self.feed.views(pool);
+        let info = self.feed.node_info();
+        let want = objects::desired(
+            &self.options.node,
+            info.as_ref(),
+            &self.options.subnet_ids,
+            &view,
+            &claim_views,
+        );
+        self.deleted.retain(|_, at| at.elapsed() < SETTLE);
+        self.publish_claims(&want).await?;
+        self.publish_ips(&want).await?;
+        self.publish_node(&want).await?;
+        self.last = want.claims;
+        Ok(())
+    }
+
+    async fn publish_claims(&mut self, want: &Desired) -> Result<(), kube::Error> {
+        for (key, obj) in &want.claims {
+            let live = self.claims.get(&ObjectRef::new(&key.1).within(&key.0));
+            if let Some(live) = &live
+                && live.metadata.deletion_timestamp.is_some()
+            {
+                self.deletion(live, Some(obj)).await?;
+                continue;
+            }
+            if live
+                .as_ref()
+                .is_some_and(|l| same_claim(l, obj, &self.options.node))
+                || self
+                    .sent_claims
+                    .get(key)
+                    .is_some_and(|(o, at)| o == obj && at.elapsed() < SETTLE)
+            {
+                continue;
+            }
+            apply_claim(&self.client, &self.options.node, key, obj).await?;
+            debug!(namespace = %key.0, name = %key.1, phase = %obj.status.phase, "claim published");
+            self.sent_claims
+                .insert(key.clone(), (obj.clone(), Instant::now()));
+        }
+        for live in self.claims.state() {
+            let key = (live.namespace().unwrap_or_default(), live.name_any());
+            if want.claims.contains_key(&key) {
+                continue;
+            }
+            self.sent_claims.remove(&key);
+            if live.metadata.deletion_timestamp.is_some() {
+                self.deletion(&live, None).await?;
+                continue;
+            }
+            let id = format!("vipc/{}/{}", key.0, key.1);
+            if self.deleted.contains_key(&id) {
+                continue;
+            }
+            if let Some(was) = self.last.get(&key)
+                && was.spec.delete_policy == DeletePolicy::Never
+            {
+                let why = match &was.status.expires_at {
+                    Some(at)
+                        if objects::parse_rfc3339(at).is_some_and(|t| t <= self.feed.now()) =>
+                    {
+                        format!(
+                            "the static IP {} expired at {at} and was freed",
+                            was.status.ip
+                        )
+                    }
+                    _ => format!(
+                        "the static IP {} was reclaimed on node {} and freed",
+                        was.status.ip, self.options.node
+                    ),
+                };
+                self.event(
+                    &live.object_ref(&()),
+                    EventType::Normal,
+                    "Released",
+                    "Release",
+                    why,
+                )
+                .await;
+            }
+            let api: Api<VpcIPClaim> = Api::namespaced(self.client.clone(), &key.0);
+            ignore_missing(api.delete(&key.1, &DeleteParams::background()).await)?;
+            remove_finalizer(&api, &live).await?;
+            self.deleted.insert(id, Instant::now());
+        }
+        Ok(())
+    }
+
+    /// A claim object being deleted (`kubectl delete vipc`, its namespace
+    /// or its owner going): its IP is freed first, which waits while the
+    /// pod runs; then the finalizer goes and so does the object.
+    async fn deletion(
+        &mut self,
+        live: &VpcIPClaim,
+        want: Option<&ClaimObject>,
+    ) -> Result<(), kube::Error> {
+        let (ns, name) = (live.namespace().unwrap_or_default(), live.name_any());
+        let api: Api<VpcIPClaim> = Api::namespaced(self.client.clone(), &ns);
+        let uid = live.uid().unwrap_or_default();
+        let reference = live.object_ref(&());
+        match want {
+            None => remove_finalizer(&api, live).await,
+            Some(obj) if obj.bound() => {
+                if self.deferred.insert(uid) {
+                    let note = format!(
+                        "pod {ns}/{name} still runs on node {} with {}; the IP is freed and the claim deleted when the pod ends",
+                        self.options.node, obj.status.ip
+                    );
+                    info!(namespace = %ns, name = %name, "claim deletion deferred while its pod runs");
+                    self.event(
+                        &reference,
+                        EventType::Normal,
+                        "DeletionDeferred",
+                        "Reclaim",
+                        note,
+                    )
+                    .await;
+                }
+                Ok(())
+            }
+            Some(obj) => {
+                match Arc::clone(&self.feed)
+                    .reclaim(ns.clone(), name.clone())
+                    .await
+                {
+                    Ok(Reclaimed::Done) => {
+                        let note = format!(
+                            "the claim was deleted; the static IP {} is freed",
+                            obj.status.ip
+                        );
+                        self.event(&reference, EventType::Normal, "Reclaimed", "Reclaim", note)
+                            .await;
+                    }
+                    Ok(Reclaimed::Deferred(why)) => {
+                        if self.deferred.insert(uid) {
+                            self.event(
+                                &reference,
+                                EventType::Normal,
+                                "DeletionDeferred",
+                                "Reclaim",
+                                why,
+                            )
+                            .await;
+                        }
+                    }
+                    Ok(Reclaimed::NotHeld) => remove_finalizer(&api, live).await?,
+                    Err(e) => {
+                        warn!(namespace = %ns, name = %name, error = %e.message, "cannot reclaim a deleted claim; will retry")
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn publish_ips(&mut self, want: &Desired) -> Result<(), kube::Error> {
+        let api: Api<VpcIP> = Api::all(self.client.clone());
+        for (name, spec) in &want.ips {
+            let live = self.ips.get(&ObjectRef::new(name));
+            if live
+                .as_ref()
+                .is_some_and(|l| &l.spec == spec && has_node_label(&**l, &self.options.node))
+                || self
+                    .sent_ips
+                    .get(name)
+                    .is_some_and(|(s, at)| s == spec && at.elapsed() < SETTLE)
+            {
+                continue;
+            }
+            let mut obj = VpcIP::new(name, spec.clone());
+            obj.metadata.labels = Some(node_labels(&self.options.node));
+            api.patch(name, &apply_params(), &Patch::Apply(&obj))
+                .await?;
+            self.sent_ips
+                .insert(name.clone(), (spec.clone(), Instant::now()));
+        }
+        for live in self.ips.state() {
+            let name = live.name_any();
+            let id = format!("vip/{name}");
+            if want.ips.contains_key(&name) || self.deleted.contains_key(&id) {
+                continue;
+            }
+            self.sent_ips.remove(&name);
+            ignore_missing(api.delete(&name, &DeleteParams::background()).await)?;
+            self.deleted.insert(id, Instant::now());
+        }
+        Ok(())
+    }
+
+    async fn publish_node(&mut self, want: &Desired) -> Result<(), kube::Error> {
+        let node = self.options.node.clone();
+        if self.node_uid.is_none() {
+            let nodes: Api<Node> = Api::all(self.client.clone());
+            self.node_uid = nodes.get_opt(&node).await?.and_then(|n| n.metadata.uid);
+        }
+        if self.sent_node.as_ref() != Some(&want.node) {
+            let api: Api<NodeEniConfig> = Api::all(self.client.clone());
+            if self.sent_node.is_none() {
+                let obj = NodeEniConfig::new(&node, NodeEniConfigSpec::default());
+                api.patch(&node, &apply_params(), &Patch::Apply(&obj))
+                    .await?;
+            }
+            let status = serde_json::json!({
+                "apiVersion": NodeEniConfig::api_version(&()),
+                "kind": NodeEniConfig::kind(&()),
+                "status": want.node,
+            });
+            api.patch_status(&node, &apply_params(), &Patch::Apply(&status))
+                .await?;
+            self.sent_node = Some(want.node.clone());
+        }
+        let now: BTreeMap<String, String> = want
+            .node
+            .conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.message.clone()))
+            .collect();
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.clone()),
+            uid: self.node_uid.clone(),
+            ..Default::default()
+        };
+        for (kind, message) in &now {
+            if !self.conditions.contains_key(kind) {
+                self.event(
+                    &reference,
+                    EventType::Warning,
+                    kind,
+                    "AllocateEni",
+                    message.clone(),
+                )
+                .await;
+            }
+        }
+        let cleared: BTreeSet<String> = self
+            .conditions
+            .keys()
+            .filter(|k| !now.contains_key(*k))
+            .cloned()
+            .collect();
+        for kind in cleared {
+            let note = format!("{kind} no longer holds on node {node}");
+            self.event(
+                &reference,
+                EventType::Normal,
+                &format!("{kind}Cleared"),
+                "AllocateEni",
+                note,
+            )
+            .await;
+        }
+        self.conditions = now;
+        Ok(())
+    }
+
+    async fn event(
+        &self,
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, reference).await {
+            warn!(reason, error = %e, "cannot record an event");
+        }
+    }
+}
+
+/// Server-side apply as the node agent, taking over fields it owned.
+pub(super) fn apply_params() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+fn node_labels(node: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(NODE_LABEL.to_string(), node.to_string())])
+}
+
+fn has_node_label<K: Resource>(obj: &K, node: &str) -> bool {
+    obj.meta()
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(NODE_LABEL))
+        .is_some_and(|n| n == node)
+}
+
+fn owner_references(obj: &ClaimObject) -> Option<Vec<OwnerReference>> {
+    let owner = obj.owner()?;
+    let api_version = objects::owner_api_version(&owner.kind)?;
+    Some(vec![OwnerReference {
+        api_version: api_version.into(),
+        kind: owner.kind.clone(),
+        name: owner.name.clone(),
+        uid: owner.uid.clone(),
+        ..Default::default()
+    }])
+}
+
+fn same_claim(live: &VpcIPClaim, want: &ClaimObject, node: &str) -> bool {
+    live.spec == want.spec
+        && live.status.as_ref() == Some(&want.status)
+        && has_node_label(live, node)
+        && live.finalizers().iter().any(|f| f == FINALIZER)
+        && live.metadata.owner_references.clone().unwrap_or_default()
+            == owner_references(want).unwrap_or_default()
+}
+
+/// Writes a claim object as `node` holds it: labels, finalizer, owner,
+/// spec, then status.
+pub(super) async fn apply_claim(
+    client: &Client,
+    node: &str,
+    key: &(String, String),
+    obj: &ClaimObject,
+) -> Result<(), kube::Error> {
+    let api: Api<VpcIPClaim> = Api::namespaced(client.clone(), &key.0);
+    let mut o = VpcIPClaim::new(&key.1, obj.spec.clone());
+    o.metadata.namespace = Some(key.0.clone());
+    o.metadata.labels = Some(node_labels(node));
+    o.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    o.metadata.owner_references = owner_references(obj);
+    api.patch(&key.1, &apply_params(), &Patch::Apply(&o))
+        .await?;
+    let status = serde_json::json!({
+        "apiVersion": VpcIPClaim::api_version(&()),
+        "kind": VpcIPClaim::kind(&()),
+        "status": obj.status,
+    });
+    api.patch_status(&key.1, &apply_params(), &Patch::Apply(&status))
+        .await?;
+    Ok(())
+}
+
+/// Writes the `VpcIP` of a claim's address.
+pub(super) async fn apply_ip(
+    client: &Client,
+    name: &str,
+    spec: &VpcIPSpec,
+) -> Result<(), kube::Error> {
+    let api: Api<VpcIP> = Api::all(client.clone());
+    let mut obj = VpcIP::new(name, spec.clone());
+    obj.metadata.labels = Some(node_labels(&spec.node));
+    api.patch(name, &apply_params(), &Patch::Apply(&obj))
+        .await?;
+    Ok(())
+}
+
+/// Drops this agent's finalizer from a claim object.
+pub(crate) async fn remove_finalizer(
+    api: &Api<VpcIPClaim>,
+    live: &VpcIPClaim,
+) -> Result<(), kube::Error> {
+    if !live.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let rest: Vec<&String> = live
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": { "finalizers": rest, "resourceVersion": live.resource_version() }
+    });
+    match api
+        .patch(
+            &live.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Gone, or changed since: the next pass looks again.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn ignore_missing<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
