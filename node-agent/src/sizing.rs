@@ -23,6 +23,30 @@ pub struct Targets {
     pub release_batch: usize,
 }
 
+/// An operator's overrides of one node's targets (its `NodeEniConfig`
+/// spec); unset fields keep the flags' values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Free IPs to keep ready.
+    pub warm_ip: Option<usize>,
+    /// IPs to hold at least.
+    pub min_ip: Option<usize>,
+    /// ENIs at most, the primary included.
+    pub max_eni: Option<u32>,
+}
+
+impl Overrides {
+    /// `targets` with these overrides.
+    pub fn apply(self, targets: Targets) -> Targets {
+        Targets {
+            warm_ip: self.warm_ip.unwrap_or(targets.warm_ip),
+            min_ip: self.min_ip.unwrap_or(targets.min_ip),
+            max_eni: self.max_eni.or(targets.max_eni),
+            ..targets
+        }
+    }
+}
+
 impl Targets {
     /// The node's limits narrowed by `max_eni`.
     pub fn limits(&self, node: Limits) -> Limits {

@@ -64,16 +64,22 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         Ok(())
     }
 
-    /// After a static pod's ADD: its claim, as now bound, made known to the
-    /// cluster before the ADD answers.
-    pub(super) async fn announce_static(&self, req: &AddRequest) -> Result<(), AgentError> {
+    /// The claim this static pod's ADD just made (its first bind), if it
+    /// made one.
+    fn first_bind(&self, req: &AddRequest) -> Option<Claim> {
         let (Some(pod), Some(_)) = (&req.pod, &req.static_ip) else {
-            return Ok(());
+            return None;
         };
-        let Some(claim) = self
-            .txn
+        self.txn
             .read(|ipam, _| ipam.claim(&pod.namespace, &pod.name).cloned())
-        else {
+            .filter(|c| c.created_ms == c.last_bound_ms && c.released_ms.is_none())
+    }
+
+    /// After a static pod's ADD: a claim it just made is made known to the
+    /// cluster before the ADD answers. Later binds of the claim follow the
+    /// outbox like everything else.
+    pub(super) async fn announce_static(&self, req: &AddRequest) -> Result<(), AgentError> {
+        let Some(claim) = self.first_bind(req) else {
             return Ok(());
         };
         self.claim_store
@@ -88,6 +94,26 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     ),
                 )
             })
+    }
+
+    /// After a first bind the cluster could not be told of was undone (its
+    /// IP released into the claim): the claim goes too, so the runtime's
+    /// retry makes it anew and tells the cluster then.
+    pub(super) async fn forget_unannounced(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), AgentError> {
+        let (ns, n) = (namespace.to_string(), name.to_string());
+        self.txn
+            .commit(move |ipam, now| {
+                let changes = match ipam.plan_delete_claim(&ns, &n, false, now) {
+                    Ok((_, _, changes)) => changes,
+                    Err(_) => Vec::new(),
+                };
+                Ok((changes, ()))
+            })
+            .await
     }
 
     /// A reserved claim is about to be bound again: make sure its address

@@ -103,6 +103,9 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                             .await
                             .map_err(dataplane_error)?;
                         self.release(&key).await?;
+                        if let Some(pod) = &req.pod {
+                            self.forget_unannounced(&pod.namespace, &pod.name).await?;
+                        }
                     }
                     return Err(e);
                 }

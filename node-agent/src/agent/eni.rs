@@ -97,11 +97,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let (enis, counts) = self
             .txn
             .read(|ipam, now| (ipam.enis().to_vec(), ipam.counts(now)));
-        let want_free = self
-            .config
-            .pool
-            .want_free(limits, counts.total, counts.free)
-            + extra;
+        let want_free = self.targets().want_free(limits, counts.total, counts.free) + extra;
         for action in sizing::plan_growth(&enis, limits, counts.free, want_free) {
             self.txn.ensure_healthy()?;
             match action {
@@ -152,7 +148,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let Some(limits) = self.limits() else {
             return Ok(());
         };
-        let targets = self.config.pool;
+        let targets = self.targets();
         let plan = self
             .txn
             .commit(move |ipam, now| {

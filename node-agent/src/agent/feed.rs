@@ -15,6 +15,7 @@ use crate::cloud::{Cloud, NodeInfo};
 use crate::dataplane::Dataplane;
 use crate::ipam::{Ipam, UnixMillis};
 use crate::outbox::Subscription;
+use crate::sizing::Overrides;
 
 /// What became of a request to reclaim a claim.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +47,8 @@ pub trait NodeFeed: Send + Sync + 'static {
     fn now(&self) -> UnixMillis;
     /// Ends the claim of pod `namespace/name` unless a sandbox holds it.
     fn reclaim(self: Arc<Self>, namespace: String, name: String) -> FeedFuture;
+    /// The operator's overrides of this node's targets, from now on.
+    fn set_overrides(&self, overrides: Overrides);
 }
 
 impl<C: Cloud + 'static, D: Dataplane + 'static> NodeFeed for Agent<C, D> {
@@ -73,6 +76,20 @@ impl<C: Cloud + 'static, D: Dataplane + 'static> NodeFeed for Agent<C, D> {
 
     fn now(&self) -> UnixMillis {
         self.txn.now()
+    }
+
+    fn set_overrides(&self, overrides: Overrides) {
+        let mut current = self.overrides.write().unwrap_or_else(|p| p.into_inner());
+        if *current != overrides {
+            tracing::info!(
+                ?overrides,
+                "pool targets overridden by the node's NodeEniConfig"
+            );
+            *current = overrides;
+            drop(current);
+            // The maintenance loop brings the pool to the new targets.
+            self.pool_changed.notify_one();
+        }
     }
 
     fn reclaim(self: Arc<Self>, namespace: String, name: String) -> FeedFuture {

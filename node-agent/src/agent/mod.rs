@@ -83,6 +83,8 @@ pub struct Agent<C, D> {
     claim_store: Arc<dyn ClaimStore>,
     /// Durable changes, in commit order, for whoever follows them.
     outbox: Arc<crate::outbox::Outbox>,
+    /// The operator's overrides of the targets (the node's `NodeEniConfig`).
+    overrides: RwLock<sizing::Overrides>,
     /// Serialises every change of the pool's shape in the cloud (grow,
     /// shrink, a claim's address assigned again).
     grow_lock: tokio::sync::Mutex<()>,
@@ -113,10 +115,18 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         self.node.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The pool's targets: the flags', with the operator's overrides.
+    fn targets(&self) -> sizing::Targets {
+        self.overrides
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(self.config.pool)
+    }
+
     /// The node's limits narrowed by the targets; `None` until the VPC API
     /// answered.
     fn limits(&self) -> Option<Limits> {
-        self.node().map(|n| self.config.pool.limits(n.limits))
+        self.node().map(|n| self.targets().limits(n.limits))
     }
 
     /// Resolves with the reason once a failed commit poisoned the agent:

@@ -93,6 +93,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             txn: Txn::new(ipam, committer, clock),
             claim_store: Arc::clone(&claim_store),
             outbox: Arc::clone(&outbox),
+            overrides: RwLock::default(),
             grow_lock: tokio::sync::Mutex::new(()),
             pool_changed: Notify::new(),
             waiting_for_ip: AtomicUsize::new(0),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource};
 
@@ -61,6 +62,16 @@ pub fn facts_from_annotations(a: &BTreeMap<String, String>) -> Result<PodFacts, 
         expire_after_ms,
         owner: None,
     })
+}
+
+/// The ownerReference of `obj` that is its controller.
+fn controller_of<K: Resource>(obj: &K) -> Option<OwnerReference> {
+    obj.meta()
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .cloned()
 }
 
 /// The pods of this node, and how to resolve their owners.
@@ -136,7 +147,7 @@ impl Pods {
     /// The workload controlling `pod`: its controller, a ReplicaSet
     /// followed to the Deployment controlling it.
     async fn owner(&self, pod: &Pod) -> Result<Option<proto::wire::OwnerRef>, PodFactsError> {
-        let Some(controller) = pod.controller_owner_ref(&()) else {
+        let Some(controller) = controller_of(pod) else {
             return Ok(None);
         };
         let mut owner = proto::wire::OwnerRef {
@@ -151,7 +162,7 @@ impl Pods {
                 .await
                 .map_err(|_| PodFactsError::Unavailable("the API server did not answer".into()))?
                 .map_err(|e| PodFactsError::Unavailable(e.to_string()))?;
-            if let Some(up) = rs.as_ref().and_then(|rs| rs.controller_owner_ref(&())) {
+            if let Some(up) = rs.as_ref().and_then(controller_of) {
                 owner = proto::wire::OwnerRef {
                     kind: up.kind,
                     name: up.name,

@@ -27,6 +27,7 @@ use super::{FINALIZER, MANAGER, NODE_LABEL};
 use crate::agent::{NodeFeed, Reclaimed};
 use crate::ipam::Ipam;
 use crate::outbox::Delivery;
+use crate::sizing::Overrides;
 
 /// How often the publisher looks again without being told (the node's
 /// conditions and ENIs attaching live beside the pool).
@@ -60,6 +61,8 @@ struct Publisher {
     claims_changed: Arc<Notify>,
     ips: Store<VpcIP>,
     ips_changed: Arc<Notify>,
+    config: Store<NodeEniConfig>,
+    config_changed: Arc<Notify>,
     recorder: Recorder,
     node_uid: Option<String>,
     sent_claims: HashMap<(String, String), (ClaimObject, Instant)>,
@@ -84,6 +87,11 @@ impl Publisher {
             watcher::Config::default().labels(&selector),
             "vpcips",
         );
+        let (config, config_changed) = super::cache(
+            Api::<NodeEniConfig>::all(client.clone()),
+            watcher::Config::default().fields(&format!("metadata.name={}", options.node)),
+            "nodeeniconfigs",
+        );
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -99,6 +107,8 @@ impl Publisher {
             claims_changed,
             ips,
             ips_changed,
+            config,
+            config_changed,
             recorder,
             node_uid: None,
             sent_claims: HashMap::new(),
@@ -134,6 +144,7 @@ impl Publisher {
                 },
                 _ = self.claims_changed.notified() => {}
                 _ = self.ips_changed.notified() => {}
+                _ = self.config_changed.notified() => self.read_overrides(),
                 _ = tick.tick() => {}
             }
             let Some(pool) = &mirror else { continue };
@@ -146,6 +157,23 @@ impl Publisher {
                 }
             }
         }
+    }
+
+    /// The operator's targets for this node, from its `NodeEniConfig` spec.
+    fn read_overrides(&self) {
+        let spec = self
+            .config
+            .get(&ObjectRef::new(&self.options.node))
+            .map(|c| c.spec.clone())
+            .unwrap_or_default();
+        if !spec.subnet_ids.is_empty() {
+            warn!(subnets = ?spec.subnet_ids, "NodeEniConfig spec.subnetIds is not applied at run time; use the agent's --subnet-ids");
+        }
+        self.feed.set_overrides(Overrides {
+            warm_ip: spec.warm_ip_target.map(|n| n as usize),
+            min_ip: spec.min_ip_target.map(|n| n as usize),
+            max_eni: spec.max_eni,
+        });
     }
 
     /// One pass: the cluster brought in line with `pool`.

@@ -7,6 +7,11 @@ struct RecordingClaims {
     located: Mutex<Vec<String>>,
     synced: Mutex<Vec<Vec<crate::ipam::Claim>>>,
     published: Mutex<Vec<ClaimChange>>,
+    /// What `pod_facts` answers; `None`: no cluster.
+    facts: Mutex<Option<Result<crate::claim_store::PodFacts, crate::claim_store::PodFactsError>>>,
+    /// Claims announced, and whether announcing fails.
+    announced: Mutex<Vec<String>>,
+    announce_fails: std::sync::atomic::AtomicBool,
 }
 
 impl ClaimStore for RecordingClaims {
@@ -47,6 +52,48 @@ impl ClaimStore for RecordingClaims {
             .expect("lock")
             .extend_from_slice(changes);
         Box::pin(async { Ok(()) })
+    }
+
+    fn pod_facts<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<
+                        Option<crate::claim_store::PodFacts>,
+                        crate::claim_store::PodFactsError,
+                    >,
+                > + Send
+                + 'a,
+        >,
+    > {
+        let answer = self.facts.lock().expect("lock").clone();
+        Box::pin(async move { answer.transpose() })
+    }
+
+    fn announce<'a>(
+        &'a self,
+        _: &'a str,
+        claim: &'a crate::ipam::Claim,
+    ) -> crate::claim_store::ClaimFuture<'a, ()> {
+        let fails = self
+            .announce_fails
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if !fails {
+            self.announced
+                .lock()
+                .expect("lock")
+                .push(format!("{}/{} {}", claim.namespace, claim.name, claim.ip));
+        }
+        Box::pin(async move {
+            if fails {
+                Err(crate::claim_store::ClaimStoreError("apiserver down".into()))
+            } else {
+                Ok(())
+            }
+        })
     }
 }
 
@@ -290,4 +337,97 @@ async fn hole_1_a_static_claim_whose_address_was_taken_is_lost_with_its_own_code
         Ok(Response::Added(r)) => assert_ne!(r.ip, ip, "a new address"),
         other => panic!("ADD after the claim was deleted: {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn the_pods_annotations_decide_whether_it_keeps_its_ip() {
+    let claims = Arc::new(RecordingClaims::default());
+    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
+    // The runtime said nothing; the pod's annotation says Never.
+    *claims.facts.lock().expect("lock") = Some(Ok(crate::claim_store::PodFacts {
+        keep_ip: Some(true),
+        expire_after_ms: Some(3_600_000),
+        owner: None,
+    }));
+    let Request::Add(mut plain) = add_req("s1") else {
+        unreachable!()
+    };
+    plain.pod.as_mut().expect("pod").name = "web-0".into();
+    a.handle(Request::Add(plain.clone()), None)
+        .await
+        .expect("ADD");
+    let claim = a
+        .pool()
+        .claim("default", "web-0")
+        .cloned()
+        .expect("a static claim made from the annotation");
+    assert_eq!(claim.expire_after_ms, Some(3_600_000));
+    // An annotation saying Immediate wins over a runtime asking for a static IP.
+    *claims.facts.lock().expect("lock") = Some(Ok(crate::claim_store::PodFacts {
+        keep_ip: Some(false),
+        ..Default::default()
+    }));
+    a.handle(static_add_req("s2", "app"), None)
+        .await
+        .expect("ADD");
+    assert!(a.pool().claim("default", "app").is_none());
+    // A malformed annotation fails the ADD with its own words.
+    *claims.facts.lock().expect("lock") = Some(Err(crate::claim_store::PodFactsError::Invalid(
+        "annotation tke.cloud.tencent.com/vpc-ip-claim-delete-policy: \"never\"".into(),
+    )));
+    let e = a
+        .handle(static_add_req("s3", "bad"), None)
+        .await
+        .expect_err("invalid annotation");
+    assert_eq!(e.kind, ErrorKind::InvalidRequest);
+    assert!(
+        e.message.contains("vpc-ip-claim-delete-policy"),
+        "{}",
+        e.message
+    );
+    // The cluster cannot be asked: not ready, retried by the runtime.
+    *claims.facts.lock().expect("lock") = Some(Err(
+        crate::claim_store::PodFactsError::Unavailable("apiserver down".into()),
+    ));
+    let e = a
+        .handle(static_add_req("s4", "later"), None)
+        .await
+        .expect_err("cluster unavailable");
+    assert_eq!(e.kind, ErrorKind::NotReady);
+}
+
+#[tokio::test]
+async fn a_first_static_bind_is_announced_before_the_add_answers_or_undone() {
+    let claims = Arc::new(RecordingClaims::default());
+    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
+    claims
+        .announce_fails
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = a
+        .handle(static_add_req("s1", "web-0"), None)
+        .await
+        .expect_err("the cluster could not be told");
+    assert_eq!(e.kind, ErrorKind::NotReady);
+    let pool = a.pool();
+    assert!(
+        pool.claim("default", "web-0").is_none() && pool.allocations().next().is_none(),
+        "nothing promised, nothing held"
+    );
+    claims
+        .announce_fails
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    a.handle(static_add_req("s2", "web-0"), None)
+        .await
+        .expect("ADD");
+    a.handle(del_req("s2"), None).await.expect("DEL");
+    a.handle(static_add_req("s3", "web-0"), None)
+        .await
+        .expect("ADD again");
+    let announced = claims.announced.lock().expect("lock").clone();
+    assert_eq!(
+        announced.len(),
+        1,
+        "only the first bind waits on the cluster: {announced:?}"
+    );
+    assert!(announced[0].starts_with("default/web-0 "));
 }
