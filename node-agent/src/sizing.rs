@@ -25,7 +25,7 @@ pub struct Targets {
 
 /// An operator's overrides of one node's targets (its `NodeEniConfig`
 /// spec); unset fields keep the flags' values.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Overrides {
     /// Free IPs to keep ready.
     pub warm_ip: Option<usize>,
@@ -33,11 +33,13 @@ pub struct Overrides {
     pub min_ip: Option<usize>,
     /// ENIs at most, the primary included.
     pub max_eni: Option<u32>,
+    /// Subnets new ENIs may come from; empty: as configured.
+    pub subnets: Vec<String>,
 }
 
 impl Overrides {
     /// `targets` with these overrides.
-    pub fn apply(self, targets: Targets) -> Targets {
+    pub fn apply(&self, targets: Targets) -> Targets {
         Targets {
             warm_ip: self.warm_ip.unwrap_or(targets.warm_ip),
             min_ip: self.min_ip.unwrap_or(targets.min_ip),

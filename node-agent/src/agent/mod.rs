@@ -117,10 +117,14 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
 
     /// The pool's targets: the flags', with the operator's overrides.
     fn targets(&self) -> sizing::Targets {
+        self.overrides().apply(self.config.pool)
+    }
+
+    fn overrides(&self) -> sizing::Overrides {
         self.overrides
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .apply(self.config.pool)
+            .clone()
     }
 
     /// The node's limits narrowed by the targets; `None` until the VPC API

@@ -152,7 +152,12 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let node = match self.node() {
             Some(node) => node,
             None => {
-                let node = self.cloud.node().await.map_err(|e| self.cloud_failed(e))?;
+                let subnets = self.overrides().subnets;
+                let node = self
+                    .cloud
+                    .node_in(&subnets)
+                    .await
+                    .map_err(|e| self.cloud_failed(e))?;
                 info!(zone = %node.zone, subnet = ?node.subnet.as_ref().map(|s| &s.id), "node details from the VPC API");
                 *self.node.write().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
                 node

@@ -127,6 +127,16 @@ pub trait Cloud: Send + Sync + 'static {
     fn instance_id(&self) -> String;
     /// This node's zone, subnet and limits.
     fn node(&self) -> impl Future<Output = Result<NodeInfo, CloudError>> + Send;
+    /// [`node`](Self::node), with ENIs allowed only from `subnets` (an
+    /// operator's override of the configured list; empty: as configured).
+    /// A cloud without configured subnets answers as `node` does.
+    fn node_in(
+        &self,
+        subnets: &[String],
+    ) -> impl Future<Output = Result<NodeInfo, CloudError>> + Send {
+        let _ = subnets;
+        self.node()
+    }
     /// Creates an ENI (with its primary IP) in `subnet_id` with `ips`
     /// secondary IPs.
     fn create_eni(

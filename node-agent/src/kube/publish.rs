@@ -166,13 +166,11 @@ impl Publisher {
             .get(&ObjectRef::new(&self.options.node))
             .map(|c| c.spec.clone())
             .unwrap_or_default();
-        if !spec.subnet_ids.is_empty() {
-            warn!(subnets = ?spec.subnet_ids, "NodeEniConfig spec.subnetIds is not applied at run time; use the agent's --subnet-ids");
-        }
         self.feed.set_overrides(Overrides {
             warm_ip: spec.warm_ip_target.map(|n| n as usize),
             min_ip: spec.min_ip_target.map(|n| n as usize),
             max_eni: spec.max_eni,
+            subnets: spec.subnet_ids,
         });
     }
 

@@ -193,6 +193,15 @@ impl Cloud for TencentCloud {
     }
 
     async fn node(&self) -> Result<NodeInfo, CloudError> {
+        self.node_in(&[]).await
+    }
+
+    async fn node_in(&self, allowed: &[String]) -> Result<NodeInfo, CloudError> {
+        let allowed = if allowed.is_empty() {
+            &self.settings.subnets
+        } else {
+            allowed
+        };
         let id = &self.settings.identity;
         let limits = self
             .call(
@@ -210,7 +219,7 @@ impl Cloud for TencentCloud {
                 ]}),
             )
             .await?;
-        let subnet = decode::best_subnet(&subnets, &id.zone, &self.settings.subnets)?;
+        let subnet = decode::best_subnet(&subnets, &id.zone, allowed)?;
         Ok(NodeInfo {
             instance_id: id.instance_id.clone(),
             zone: id.zone.clone(),

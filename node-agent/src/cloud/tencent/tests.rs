@@ -418,3 +418,20 @@ async fn hole_3_every_answer_lost_every_call_done_once() {
         Err(CloudError::NotFound(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_subnets_override_the_configured_ones() {
+    let e = emulator(&[]);
+    let one = client(&e, "ins-sim0001", "client-secret");
+    let configured = one.node().await.expect("node").subnet.expect("a subnet");
+    let chosen = one
+        .node_in(std::slice::from_ref(&configured.id))
+        .await
+        .expect("node");
+    assert_eq!(chosen.subnet.map(|s| s.id), Some(configured.id));
+    let none = one
+        .node_in(&["subnet-elsewhere".to_string()])
+        .await
+        .expect("node");
+    assert_eq!(none.subnet, None, "no allowed subnet in the node's zone");
+}
