@@ -24,6 +24,9 @@ enum Command {
     Pool(commands::pool::PoolArgs),
     /// The pods' IP claims (static IPs among them).
     Claims(commands::claims::ClaimsArgs),
+    /// Install the CNI plugin and conflist on the node, atomically (the
+    /// DaemonSet's init container).
+    InstallCni(commands::install::InstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(*args),
         Command::Pool(args) => commands::pool::run(args),
         Command::Claims(args) => commands::claims::run(args),
+        Command::InstallCni(args) => commands::install::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

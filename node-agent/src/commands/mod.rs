@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 pub mod claims;
+pub mod install;
 pub mod pool;
 pub mod run;
 
