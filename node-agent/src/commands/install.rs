@@ -70,7 +70,8 @@ pub fn run(args: InstallArgs) -> Result<(), String> {
     for (target, content, mode) in steps {
         let outcome = install_file(&target, content, mode)
             .map_err(|e| format!("cannot install {}: {e}", target.display()))?;
-        println!(
+        let _ = writeln!(
+            std::io::stdout().lock(),
             "{}: {}",
             target.display(),
             match outcome {
