@@ -1081,3 +1081,31 @@ fn runs(p: &Proc) -> bool {
         .unwrap_or_default();
     alive(p.pid) && String::from_utf8_lossy(&cmdline).contains(&name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_quoted_for_the_nodes_mount_script() {
+        assert_eq!(shell_quote("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(shell_quote("/it's"), "'/it'\\''s'");
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                &format!("printf %s {}", shell_quote("/x y/it's $HOME")),
+            ])
+            .output()
+            .expect("sh");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "/x y/it's $HOME");
+    }
+
+    #[test]
+    fn a_nodes_own_directories_are_under_its_cluster_directory() {
+        let state = Path::new("/s");
+        assert_eq!(
+            node_private_dir(state, 2, "/run/vpc-cni"),
+            Path::new("/s/k8s/node2/root/run/vpc-cni")
+        );
+    }
+}
