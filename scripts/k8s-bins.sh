@@ -85,19 +85,8 @@ PAUSE_IMAGE="registry.k8s.io/pause:3.10"
 BUSYBOX_IMAGE="localhost/busybox:1.35"
 IMAGES="$CACHE/$K8S_VERSION/images"
 
-# image NAME ROOTFS CONFIG_JSON OUT: one uncompressed layer, a config, a manifest.
-image() {
-    local name="$1" rootfs="$2" config="$3" out="$4" work diff
-    work="$(mktemp -d)"
-    tar --owner=0 --group=0 --numeric-owner --mtime=@0 --sort=name -C "$rootfs" -cf "$work/layer.tar" .
-    diff="sha256:$(sha256sum "$work/layer.tar" | cut -d' ' -f1)"
-    printf '{"architecture":"amd64","os":"linux","config":%s,"rootfs":{"type":"layers","diff_ids":["%s"]}}' \
-        "$config" "$diff" >"$work/config.json"
-    printf '[{"Config":"config.json","RepoTags":["%s"],"Layers":["layer.tar"]}]' "$name" >"$work/manifest.json"
-    tar --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$work" -cf "$out.tmp" manifest.json config.json layer.tar
-    mv "$out.tmp" "$out"
-    rm -rf "$work"
-}
+# image NAME ROOTFS CONFIG_JSON OUT (scripts/image.sh)
+source "$ROOT/scripts/image.sh"
 
 build_images() {
     mkdir -p "$IMAGES"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `vpc-sim demo --kubernetes`: the simulated VPC with two nodes, a real
 # Kubernetes control plane on this machine and a containerd and kubelet in
-# every node; a Deployment (4 replicas) and a StatefulSet (2, busybox httpd
-# with an HTTP readiness probe) applied with kubectl, pings and HTTP between
-# pods across nodes through `kubectl exec`, then everything deleted and the
+# every node, vpc-cni installed on it from deploy/ (a DaemonSet running the
+# image localhost/vpc-cni:dev made from the release binaries); a Deployment
+# (4 replicas) and a StatefulSet (2, busybox httpd with an HTTP readiness
+# probe) applied with kubectl, pings and HTTP between pods across nodes through `kubectl exec`, then everything deleted and the
 # nodes checked for leftovers. The Kubernetes binaries are built once into
 # ~/.cache/vpc-cni/k8s (scripts/k8s-bins.sh; 20 to 40 minutes the first
 # time on 2 cores). Needs root.
@@ -16,4 +17,5 @@ cd "$ROOT"
 bash "$ROOT/scripts/k8s-bins.sh"
 echo "==> building (release)"
 build_release -p node-agent -p vpc-sim
+bash "$ROOT/scripts/vpc-cni-image.sh" "$ROOT/target/release"
 exec "$ROOT/target/release/vpc-sim" demo --kubernetes "$@"

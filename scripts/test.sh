@@ -44,4 +44,6 @@ bash scripts/fuzz.sh --smoke
 
 echo "==> tests"
 cargo build --workspace --bins --quiet
+# The image the k8s_ tests install vpc-cni from (vpc-sim would make it too).
+bash scripts/vpc-cni-image.sh target/debug
 cargo nextest run --workspace --no-fail-fast

@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
         path: "/".into(),
         headers,
         body: body.to_vec(),
+        peer: None,
     });
     assert!(!response.body.is_empty());
 });

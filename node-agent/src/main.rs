@@ -27,9 +27,12 @@ enum Command {
     /// Run the cluster component (one leader-elected replica).
     #[cfg(feature = "kubernetes")]
     Cluster(Box<commands::cluster::ClusterArgs>),
-    /// Print the CustomResourceDefinitions (deploy/crds.yaml).
+    /// Print the CustomResourceDefinitions (deploy/05-crds.yaml).
     #[cfg(feature = "kubernetes")]
     Crds,
+    /// Install the CNI plugin and conflist on the node, atomically (the
+    /// DaemonSet's init container).
+    InstallCni(commands::install::InstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => commands::cluster::run(*args),
         #[cfg(feature = "kubernetes")]
         Command::Crds => commands::cluster::crds(),
+        Command::InstallCni(args) => commands::install::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,8 @@
 //! A `vpc-sim up --kubernetes` cluster for the `k8s_` tests: real etcd,
 //! kube-apiserver, controller manager, scheduler, and per node containerd
-//! and kubelet, brought down on drop (even when the test failed).
+//! and kubelet, with vpc-cni installed from the repository's `deploy/` (a
+//! DaemonSet, ready on every node before `up` returns), brought down on
+//! drop (even when the test failed).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -176,9 +178,38 @@ impl Cluster {
             .collect()
     }
 
-    /// Node `n`'s agent log.
+    /// The name of the DaemonSet's agent pod on node `n`.
+    pub fn agent_pod(&self, n: usize) -> String {
+        let node = self.get(&format!("NODE{n}_INSTANCE")).to_string();
+        self.kubectl(&[
+            "-n",
+            self.get("VPC_CNI_NAMESPACE"),
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=vpc-cni-agent",
+            "--field-selector",
+            &format!("spec.nodeName={node}"),
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])
+    }
+
+    /// Node `n`'s agent log (`kubectl logs` of its DaemonSet pod).
     pub fn agent_log(&self, n: usize) -> String {
-        std::fs::read_to_string(self.state().join(format!("node{n}/agent.log"))).unwrap_or_default()
+        let pod = self.agent_pod(n);
+        self.try_kubectl(
+            &[
+                "-n",
+                self.get("VPC_CNI_NAMESPACE"),
+                "logs",
+                &pod,
+                "-c",
+                "agent",
+            ],
+            None,
+        )
+        .unwrap_or_default()
     }
 }
 

@@ -184,3 +184,160 @@ fn k8s_statefulset_pod_recreated_reaches_the_agent_as_del_and_add() {
         "the agent logged fewer than two ADDs"
     );
 }
+
+const IDLE_POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: k8s-ds-pod}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: localhost/busybox:1.35
+    imagePullPolicy: Never
+    command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
+"#;
+
+#[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+fn k8s_vpc_cni_runs_from_deploy_as_a_daemonset_and_survives_its_pod_restarting() {
+    require_root();
+    let c = Cluster::up(1);
+    let ns = c.get("VPC_CNI_NAMESPACE").to_string();
+
+    // Installed as a user installs it: the DaemonSet from deploy/, its
+    // image, the init container's atomic install into the node's own dirs.
+    let ready = c.kubectl(&[
+        "-n",
+        &ns,
+        "get",
+        "daemonset",
+        "vpc-cni-agent",
+        "-o",
+        "jsonpath={.status.numberReady}/{.status.desiredNumberScheduled}",
+    ]);
+    assert_eq!(ready, "1/1");
+    let agent = c.agent_pod(1);
+    let image = c.kubectl(&[
+        "-n",
+        &ns,
+        "get",
+        "pod",
+        &agent,
+        "-o",
+        "jsonpath={.spec.containers[0].image}",
+    ]);
+    assert_eq!(image, "localhost/vpc-cni:dev");
+    let install = c.kubectl(&["-n", &ns, "logs", &agent, "-c", "install-cni"]);
+    assert!(install.contains("vpc-cni:"), "{install}");
+    assert!(install.contains("10-vpc-cni.conflist:"), "{install}");
+    let root = c.state().join("k8s/node1/root");
+    assert!(root.join("opt/cni/bin/vpc-cni").is_file());
+    assert!(root.join("etc/cni/net.d/10-vpc-cni.conflist").is_file());
+    // The node's bind mounts live in its own mount namespace only.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let state = c.state().to_string_lossy().into_owned();
+    assert!(
+        !mounts.contains(&state),
+        "a mount of the node leaked to the host:\n{mounts}"
+    );
+
+    // Least privilege: what the agent's service account may and may not do
+    // (asked with SubjectAccessReviews, which need no CRD installed).
+    let sa = format!("system:serviceaccount:{ns}:vpc-cni-agent");
+    let can = |verb: &str, group: &str, resource: &str, sub: &str, namespace: &str| {
+        let review = format!(
+            "{{\"apiVersion\": \"authorization.k8s.io/v1\", \"kind\": \"SubjectAccessReview\", \"spec\": {{\"user\": \"{sa}\", \"groups\": [\"system:serviceaccounts\"], \"resourceAttributes\": {{\"verb\": \"{verb}\", \"group\": \"{group}\", \"resource\": \"{resource}\", \"subresource\": \"{sub}\", \"namespace\": \"{namespace}\"}}}}}}"
+        );
+        c.try_kubectl(
+            &["create", "-o", "jsonpath={.status.allowed}", "-f", "-"],
+            Some(&review),
+        )
+        .unwrap_or_else(|e| panic!("SubjectAccessReview: {e}"))
+            == "true"
+    };
+    assert!(can("watch", "", "pods", "", ""));
+    assert!(can("get", "", "nodes", "", ""));
+    assert!(can("create", "", "events", "", "default"));
+    assert!(can("patch", "events.k8s.io", "events", "", "default"));
+    assert!(can("create", "vpc-cni.io", "vpcipclaims", "", "default"));
+    assert!(can(
+        "patch",
+        "vpc-cni.io",
+        "vpcipclaims",
+        "status",
+        "default"
+    ));
+    assert!(can("delete", "vpc-cni.io", "nodeeniconfigs", "", ""));
+    assert!(can("get", "apps", "statefulsets", "", "default"));
+    assert!(!can("list", "", "nodes", "", ""));
+    assert!(!can("get", "", "secrets", "", &ns));
+    assert!(!can("delete", "", "pods", "", "default"));
+    assert!(!can("create", "coordination.k8s.io", "leases", "", &ns));
+
+    // A pod wired by the DaemonSet's agent keeps its IP when the agent's
+    // pod is deleted: the new pod restores the pool from the node's store.
+    c.apply(IDLE_POD);
+    let pod = c.wait_ready("k8s-ds-pod", Duration::from_secs(120));
+    let ip = pod["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(in_vpc_subnet(&ip), "pod IP {ip:?} not from the VPC subnet");
+    c.kubectl(&["-n", &ns, "delete", "pod", &agent, "--wait=true"]);
+    c.wait_until(
+        "the DaemonSet's new agent pod is Ready",
+        Duration::from_secs(90),
+        || {
+            c.try_kubectl(
+                &[
+                    "-n",
+                    &ns,
+                    "get",
+                    "pods",
+                    "-l",
+                    "app.kubernetes.io/name=vpc-cni-agent",
+                    "-o",
+                    "jsonpath={range .items[*]}{.metadata.name}={.status.containerStatuses[0].ready} {end}",
+                ],
+                None,
+            )
+            .is_ok_and(|s| {
+                let pods: Vec<&str> = s.split_whitespace().collect();
+                pods.len() == 1 && !pods[0].starts_with(&format!("{agent}=")) && pods[0].ends_with("=true")
+            })
+        },
+    );
+    let held = c.allocations(1);
+    assert!(
+        held.iter()
+            .any(|(name, _, a)| name == "k8s-ds-pod" && *a == ip),
+        "the restarted agent lost the pod's allocation of {ip}: {held:?}"
+    );
+    let ping = c.try_kubectl(
+        &[
+            "exec",
+            "k8s-ds-pod",
+            "--",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "3",
+            "10.0.16.1",
+        ],
+        None,
+    );
+    assert!(
+        ping.is_ok(),
+        "ping the gateway after the agent restarted: {ping:?}"
+    );
+    c.kubectl(&["delete", "pod", "k8s-ds-pod", "--wait=true"]);
+    c.wait_until(
+        "the new agent released the pod's IP",
+        Duration::from_secs(30),
+        || c.allocations(1).is_empty(),
+    );
+}

@@ -1,5 +1,5 @@
 //! The custom resources of vpc-cni, group `vpc-cni.io`, version `v1alpha1`.
-//! The CRD manifests in `deploy/crds.yaml` are generated from these types
+//! The CRD manifests in `deploy/05-crds.yaml` are generated from these types
 //! (`vpc-cni-agent crds`), and a test keeps the two equal.
 //!
 //! - [`VpcIPClaim`] (`vipc`, namespaced): a pod's claim on an IP, named like
@@ -319,7 +319,7 @@ pub struct NodeCondition {
     pub last_transition_time: String,
 }
 
-/// Every CRD as one multi-document YAML, as `deploy/crds.yaml` holds it.
+/// Every CRD as one multi-document YAML, as `deploy/05-crds.yaml` holds it.
 pub fn crds_yaml() -> Result<String, String> {
     use kube::CustomResourceExt;
     let crds = [VpcIPClaim::crd(), VpcIP::crd(), NodeEniConfig::crd()];
@@ -339,13 +339,13 @@ mod tests {
 
     #[test]
     fn deploy_crds_match_the_types() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crds.yaml");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/05-crds.yaml");
         let committed = std::fs::read_to_string(path).unwrap_or_default();
         let generated = crds_yaml().expect("yaml");
         assert!(
             committed == generated,
-            "deploy/crds.yaml is not what the types generate: run \
-             `cargo run -p node-agent -- crds > deploy/crds.yaml`"
+            "deploy/05-crds.yaml is not what the types generate: run \
+             `cargo run -p node-agent -- crds > deploy/05-crds.yaml`"
         );
     }
 

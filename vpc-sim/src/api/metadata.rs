@@ -1,7 +1,16 @@
-//! The instance metadata service, per node: `GET /<instance-id>/latest/
-//! meta-data/<path>` answers as Tencent's metadata endpoint answers that
-//! instance's `GET /latest/meta-data/<path>` (a node's agent is given
-//! `http://<emulator>/<instance-id>` as its metadata base URL).
+//! The instance metadata service, two ways:
+//!
+//! - `GET /latest/meta-data/<path>` answers as Tencent's metadata endpoint
+//!   does: for the instance the request comes from, known by the caller's
+//!   address (an instance's primary IP, or an address given to
+//!   `vpc-sim serve --metadata-client`, such as a node's management
+//!   address). One URL serves every node, as a DaemonSet needs.
+//! - `GET /<instance-id>/latest/meta-data/<path>` answers for that instance
+//!   whoever asks (the host-process agents of `vpc-sim up` all call from
+//!   the host, so each is given `http://<emulator>/<instance-id>`).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
 
 use crate::world::SharedWorld;
 
@@ -9,10 +18,37 @@ use crate::world::SharedWorld;
 pub const REGION: &str = "sim-region-1";
 
 /// The text for `path`, or `None` when there is none.
-pub fn answer(world: &SharedWorld, path: &str) -> Option<String> {
-    let (instance, rest) = path.strip_prefix('/')?.split_once('/')?;
-    let key = rest.strip_prefix("latest/meta-data/")?;
+pub fn answer(
+    world: &SharedWorld,
+    path: &str,
+    peer: Option<IpAddr>,
+    clients: &HashMap<IpAddr, String>,
+) -> Option<String> {
     let w = world.read().ok()?;
+    let (instance, key) = match path.strip_prefix("/latest/meta-data/") {
+        Some(key) => {
+            let peer = peer?;
+            let instance = match clients.get(&peer) {
+                Some(i) => i.clone(),
+                None => w
+                    .vpc
+                    .enis
+                    .values()
+                    .find(|e| e.primary && IpAddr::V4(e.primary_ip) == peer)?
+                    .attached_to
+                    .clone()?,
+            };
+            (instance, key)
+        }
+        None => {
+            let (instance, rest) = path.strip_prefix('/')?.split_once('/')?;
+            (
+                instance.to_string(),
+                rest.strip_prefix("latest/meta-data/")?,
+            )
+        }
+    };
+    let instance = instance.as_str();
     let ins = w.vpc.instances.get(instance)?;
     let primary = w.vpc.enis_of(instance).find(|e| e.primary)?;
     let mac = primary.mac.to_ascii_lowercase();
@@ -39,4 +75,62 @@ pub fn answer(world: &SharedWorld, path: &str) -> Option<String> {
         }
     };
     Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::{NodeLimits, World};
+
+    fn world(dir: &std::path::Path) -> SharedWorld {
+        let shared = SharedWorld::at(&dir.join("vpc.json"));
+        shared
+            .create_if_missing(|| World::new(2, NodeLimits::default(), 100))
+            .expect("world");
+        shared
+    }
+
+    #[test]
+    fn the_caller_is_known_by_its_primary_ip_or_a_registered_address() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = world(dir.path());
+        let w = shared.read().expect("read");
+        let mut ids: Vec<&String> = w.vpc.instances.keys().collect();
+        ids.sort();
+        let (first, second) = (ids[0].clone(), ids[1].clone());
+        let primary = w
+            .vpc
+            .enis_of(&second)
+            .find(|e| e.primary)
+            .expect("primary")
+            .primary_ip;
+        let mgmt: IpAddr = "100.64.1.11".parse().expect("ip");
+        let clients = HashMap::from([(mgmt, first.clone())]);
+        let ask = |peer: Option<IpAddr>, path: &str| answer(&shared, path, peer, &clients);
+
+        assert_eq!(
+            ask(Some(mgmt), "/latest/meta-data/instance-id"),
+            Some(first.clone())
+        );
+        assert_eq!(
+            ask(Some(IpAddr::V4(primary)), "/latest/meta-data/instance-id"),
+            Some(second.clone())
+        );
+        assert_eq!(
+            ask(Some(IpAddr::V4(primary)), "/latest/meta-data/local-ipv4"),
+            Some(primary.to_string())
+        );
+        // A stranger, or no address at all, learns nothing.
+        let stranger: IpAddr = "192.0.2.1".parse().expect("ip");
+        assert_eq!(ask(Some(stranger), "/latest/meta-data/instance-id"), None);
+        assert_eq!(ask(None, "/latest/meta-data/instance-id"), None);
+        // The per-instance form answers whoever asks.
+        assert_eq!(
+            ask(
+                Some(stranger),
+                &format!("/{second}/latest/meta-data/instance-id")
+            ),
+            Some(second)
+        );
+    }
 }

@@ -37,6 +37,8 @@ pub struct HttpRequest {
     pub headers: HashMap<String, String>,
     /// The body.
     pub body: Vec<u8>,
+    /// The caller's address (the metadata service answers by it).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// An HTTP response.
@@ -117,6 +119,10 @@ pub struct Emulator {
     drop_every: u64,
     /// Calls so far of each dropped action.
     drop_counts: Mutex<HashMap<String, u64>>,
+    /// Callers' addresses the metadata service knows besides the
+    /// instances' own primary IPs (a node's management address), with the
+    /// instance each one is.
+    metadata_clients: HashMap<std::net::IpAddr, String>,
     clock: fn() -> u64,
 }
 
@@ -135,6 +141,7 @@ impl Emulator {
             dropping: Vec::new(),
             drop_every: 1,
             drop_counts: Mutex::default(),
+            metadata_clients: HashMap::new(),
             clock: unix_now,
         }
     }
@@ -155,6 +162,13 @@ impl Emulator {
         self
     }
 
+    /// The same emulator, answering `GET /latest/meta-data/...` from each
+    /// of `clients` (caller address → instance id) as that instance.
+    pub fn metadata_clients(mut self, clients: HashMap<std::net::IpAddr, String>) -> Emulator {
+        self.metadata_clients = clients;
+        self
+    }
+
     /// The faults in force.
     pub fn faults(&self) -> Faults {
         *self.faults.lock().unwrap_or_else(|p| p.into_inner())
@@ -172,10 +186,12 @@ impl Emulator {
                 }
                 Err(e) => text_response(400, &format!("bad faults: {e}")),
             },
-            ("GET", path) => match metadata::answer(&self.world, path) {
-                Some(text) => text_response(200, &text),
-                None => text_response(404, "not found"),
-            },
+            ("GET", path) => {
+                match metadata::answer(&self.world, path, req.peer, &self.metadata_clients) {
+                    Some(text) => text_response(200, &text),
+                    None => text_response(404, "not found"),
+                }
+            }
             _ => text_response(404, "not found"),
         }
     }

@@ -73,10 +73,8 @@ pub fn down(dir: &Path) -> Result<(), String> {
             }
         }
     }
-    for node in &sim.nodes {
-        if let Some(node_dir) = node.socket.parent() {
-            let _ = fs::remove_dir_all(node_dir);
-        }
+    for i in 0..sim.nodes.len() {
+        let _ = fs::remove_dir_all(dir.join(format!("node{}", i + 1)));
     }
     for name in [
         "vpc.json",

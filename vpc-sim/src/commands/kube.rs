@@ -1,15 +1,30 @@
-//! `up --kubernetes`: where the Kubernetes binaries come from, and the
-//! cluster started on a simulation that is up.
+//! `up --kubernetes`: where the Kubernetes binaries come from, the
+//! cluster started on a simulation whose fabric is up, then vpc-cni
+//! installed on it as a user installs it: the credentials Secret, the
+//! ConfigMap's values edited, `kubectl apply -f deploy/`, and the DaemonSet
+//! ready on every node.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use vpc_sim::k8s::{self, K8S_VERSION, NodeSpec, Options};
+use proto::wire::{Request, Response};
+use vpc_sim::k8s::{self, K8S_VERSION, Kubectl, NodeSpec, Options};
 use vpc_sim::world::SharedWorld;
 
 use super::demo::say;
 use super::sibling_binary;
-use super::up::{Sim, world_file};
+use super::up::{Sim, UpArgs, world_file};
+
+/// vpc-cni's namespace in `deploy/`.
+pub const NAMESPACE: &str = "vpc-cni-system";
+/// The DaemonSet in `deploy/`.
+pub const DAEMONSET: &str = "vpc-cni-agent";
+/// The Secret the DaemonSet reads the cloud credentials from.
+pub const SECRET: &str = "vpc-cni-credentials";
+/// The label of the agent's pods.
+pub const AGENT_LABEL: &str = "app.kubernetes.io/name=vpc-cni-agent";
 
 /// The build script, from this crate's source tree.
 fn script() -> PathBuf {
@@ -68,9 +83,114 @@ pub fn binaries(explicit: Option<&Path>) -> Result<(PathBuf, PathBuf), String> {
     Ok((bin, images))
 }
 
-/// Starts the cluster on the simulation `sim` in `dir`.
-pub fn start(dir: &Path, sim: &Sim, bin_dir: Option<&Path>) -> Result<(), String> {
-    let (bin_dir, images_dir) = binaries(bin_dir)?;
+/// The repository's manifests (`VPC_CNI_DEPLOY_DIR` overrides).
+pub fn deploy_dir() -> PathBuf {
+    std::env::var_os("VPC_CNI_DEPLOY_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy"))
+}
+
+/// The vpc-cni image archive for the binaries in `bin_dir`
+/// (`bin_dir/vpc-cni-image.tar`), made by `scripts/vpc-cni-image.sh` when
+/// missing or older than the binaries or the conflist.
+pub fn vpc_cni_image(bin_dir: &Path) -> Result<PathBuf, String> {
+    let out = bin_dir.join("vpc-cni-image.tar");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = root.join("scripts/vpc-cni-image.sh");
+    let inputs = [
+        bin_dir.join("vpc-cni-agent"),
+        bin_dir.join("vpc-cni"),
+        root.join("conf/10-vpc-cni.conflist"),
+    ];
+    let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = modified(&out).is_some_and(|built| {
+        inputs
+            .iter()
+            .all(|i| modified(i).is_some_and(|input| input <= built))
+    });
+    if fresh {
+        return Ok(out);
+    }
+    if !script.is_file() {
+        return Err(format!(
+            "{} is missing or stale and {} is not there to make it; pass --image",
+            out.display(),
+            script.display()
+        ));
+    }
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg(bin_dir)
+        .arg(&out)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "making the vpc-cni image failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(out)
+}
+
+/// The ConfigMap of `deploy/02-config.yaml` with `values` set, as a user
+/// edits it: each key's line (or its commented-out line) replaced.
+pub fn edit_config(text: &str, values: &[(&str, String)]) -> Result<String, String> {
+    let mut found = vec![false; values.len()];
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let bare = line.trim_start().trim_start_matches('#').trim_start();
+        let hit = values
+            .iter()
+            .position(|(k, _)| bare.strip_prefix(k).is_some_and(|r| r.starts_with(':')));
+        match hit {
+            Some(i) if line.starts_with("  ") => {
+                let (key, value) = &values[i];
+                out.push_str(&format!("  {key}: {}\n", serde_json::json!(value)));
+                found[i] = true;
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    let missing: Vec<&str> = values
+        .iter()
+        .zip(&found)
+        .filter(|(_, f)| !**f)
+        .map(|((k, _), _)| *k)
+        .collect();
+    if missing.is_empty() {
+        Ok(out)
+    } else {
+        Err(format!("no key {} in the ConfigMap", missing.join(", ")))
+    }
+}
+
+/// Starts the cluster on the simulation `sim` in `dir`, then its emulator
+/// on the management network, then installs vpc-cni from `deploy/`.
+pub fn start(dir: &Path, sim: &mut Sim, args: &UpArgs) -> Result<(), String> {
+    let (bin_dir, images_dir) = binaries(args.k8s_bin_dir.as_deref())?;
+    let image = match &args.image {
+        Some(image) => image.clone(),
+        None => {
+            let agent = args
+                .agent_bin
+                .clone()
+                .unwrap_or_else(|| sibling_binary("vpc-cni-agent"));
+            let agent_dir = fs::canonicalize(&agent)
+                .map_err(|e| format!("{}: {e}", agent.display()))?
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            say(&format!(
+                "==> image localhost/vpc-cni:dev from {}",
+                agent_dir.display()
+            ));
+            vpc_cni_image(&agent_dir)?
+        }
+    };
     let world = SharedWorld::at(&world_file(dir))
         .read()
         .map_err(|e| e.to_string())?;
@@ -80,7 +200,6 @@ pub fn start(dir: &Path, sim: &Sim, bin_dir: Option<&Path>) -> Result<(), String
         .map(|n| NodeSpec {
             name: n.instance.clone(),
             netns: n.netns.clone(),
-            conflist: n.conflist.clone(),
             zone: world
                 .vpc
                 .instances
@@ -92,13 +211,15 @@ pub fn start(dir: &Path, sim: &Sim, bin_dir: Option<&Path>) -> Result<(), String
     let opts = Options {
         bin_dir,
         images_dir,
-        cni_bin: sibling_binary("vpc-cni"),
+        extra_images: vec![image],
         loopback_bin: PathBuf::from("/usr/lib/cni/loopback"),
     };
-    if let Err(e) = k8s::up(dir, &sim.tag, &nodes, &opts, &say) {
+    let installed = k8s::up(dir, &sim.tag, &nodes, &opts, &say)
+        .and_then(|cluster| install(dir, sim, &cluster, &opts));
+    if let Err(e) = installed {
         // `up` removes the state directory on failure: keep the logs.
         let kept = std::env::temp_dir().join(format!("vpc-sim-{}-logs", sim.tag));
-        let logs: Vec<_> = std::fs::read_dir(k8s::cluster_dir(dir))
+        let logs: Vec<_> = fs::read_dir(k8s::cluster_dir(dir))
             .into_iter()
             .flatten()
             .flatten()
@@ -107,23 +228,203 @@ pub fn start(dir: &Path, sim: &Sim, bin_dir: Option<&Path>) -> Result<(), String
         if logs.is_empty() {
             return Err(e);
         }
-        let _ = std::fs::create_dir_all(&kept);
+        let _ = fs::create_dir_all(&kept);
         for entry in logs {
-            let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
+            let _ = fs::copy(entry.path(), kept.join(entry.file_name()));
         }
         return Err(format!(
             "{e}\n(the cluster's logs are kept in {})",
             kept.display()
         ));
     }
-    let env = std::fs::read_to_string(dir.join("env")).unwrap_or_default();
-    std::fs::write(
+    let env = fs::read_to_string(dir.join("env")).unwrap_or_default();
+    fs::write(
         dir.join("env"),
         format!(
-            "{env}KUBECONFIG={}\nKUBECTL={}\n",
+            "{env}KUBECONFIG={}\nKUBECTL={}\nVPC_CNI_NAMESPACE={NAMESPACE}\n",
             k8s::kubeconfig(dir).display(),
             opts.bin_dir.join("kubectl").display()
         ),
     )
     .map_err(|e| e.to_string())
+}
+
+/// The emulator on the management network (metadata answered by the
+/// caller's address), then vpc-cni as a user installs it.
+fn install(
+    dir: &Path,
+    sim: &mut Sim,
+    cluster: &k8s::Cluster,
+    opts: &Options,
+) -> Result<(), String> {
+    let host_ip = cluster
+        .host_ip
+        .clone()
+        .ok_or("the cluster has no management address")?;
+    let clients: Vec<(String, String)> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.ip.clone(), n.name.clone()))
+        .collect();
+    say(&format!(
+        "==> the VPC API and metadata emulator on {host_ip} (the nodes' network)"
+    ));
+    let address = super::up::start_emulator(dir, sim, &format!("{host_ip}:0"), &clients)?;
+    for (i, node) in sim.nodes.iter_mut().enumerate() {
+        node.socket = k8s::node_private_dir(dir, i + 1, "/run/vpc-cni").join("agent.sock");
+    }
+    super::up::save_sim(dir, sim)?;
+    for node in &sim.nodes {
+        if let Some(parent) = node.conflist.parent() {
+            fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        super::up::write_conflist(node)?;
+    }
+    super::up::write_env(dir, sim)?;
+
+    let kubectl = Kubectl::new(&opts.bin_dir, dir);
+    let deploy = deploy_dir();
+    let started = Instant::now();
+    say(&format!(
+        "==> installing vpc-cni from {}: namespace, Secret {SECRET}, ConfigMap values, kubectl apply -f deploy/",
+        deploy.display()
+    ));
+    kubectl.run(&[
+        "apply",
+        "-f",
+        &deploy.join("00-namespace.yaml").to_string_lossy(),
+    ])?;
+    let credentials = super::up::credentials_file(dir);
+    kubectl.run(&[
+        "-n",
+        NAMESPACE,
+        "create",
+        "secret",
+        "generic",
+        SECRET,
+        &format!("--from-env-file={}", credentials.display()),
+    ])?;
+    // The copy a user would edit: the ConfigMap's values for this cluster.
+    let edited = k8s::cluster_dir(dir).join("deploy");
+    fs::create_dir_all(&edited).map_err(|e| e.to_string())?;
+    for entry in fs::read_dir(&deploy).map_err(|e| format!("{}: {e}", deploy.display()))? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.extension().is_some_and(|x| x == "yaml") {
+            fs::copy(&path, edited.join(path.file_name().expect("file name")))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let config = edited.join("02-config.yaml");
+    let text = fs::read_to_string(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let endpoint = format!("http://{address}");
+    let text = edit_config(
+        &text,
+        &[
+            ("cloud-endpoint", endpoint.clone()),
+            ("metadata-url", endpoint),
+            ("cluster-name", format!("vpcsim-{}", sim.tag)),
+            ("kubernetes-service-host", host_ip.clone()),
+            ("kubernetes-service-port", k8s::APISERVER_PORT.to_string()),
+        ],
+    )
+    .map_err(|e| format!("{}: {e}", config.display()))?;
+    fs::write(&config, text).map_err(|e| e.to_string())?;
+    kubectl.run(&["apply", "-f", &edited.to_string_lossy()])?;
+
+    say("==> waiting for the DaemonSet to be ready on every node");
+    let n = sim.nodes.len() as u64;
+    let ds_ready = k8s::wait_for(dir, DAEMONSET, Duration::from_secs(180), || {
+        kubectl
+            .json(&["-n", NAMESPACE, "get", "daemonset", DAEMONSET])
+            .is_ok_and(|ds| {
+                let status = &ds["status"];
+                status["desiredNumberScheduled"] == n
+                    && status["updatedNumberScheduled"] == n
+                    && status["numberReady"] == n
+            })
+    });
+    if let Err(e) = ds_ready {
+        return Err(format!("{e}\n{}", agent_diagnostics(&kubectl)));
+    }
+    let names: Vec<String> = sim.nodes.iter().map(|n| n.instance.clone()).collect();
+    k8s::wait_nodes_ready(dir, &kubectl, &names, Duration::from_secs(60))?;
+    for node in &sim.nodes {
+        let answered = k8s::wait_for(
+            dir,
+            &format!("the agent of {}", node.instance),
+            Duration::from_secs(30),
+            || {
+                matches!(
+                    proto::client::call(&node.socket, &Request::Status, Duration::from_secs(2)),
+                    Ok(Ok(Response::Status(s))) if s.ready
+                )
+            },
+        );
+        if let Err(e) = answered {
+            return Err(format!("{e}\n{}", agent_diagnostics(&kubectl)));
+        }
+    }
+    say(&format!(
+        "==> vpc-cni ready on {} nodes {:.1} s after kubectl apply",
+        sim.nodes.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// The agents' pods and their last log lines, for an error message.
+fn agent_diagnostics(kubectl: &Kubectl) -> String {
+    let pods = kubectl
+        .run(&["-n", NAMESPACE, "get", "pods", "-o", "wide"])
+        .unwrap_or_else(|e| e);
+    let logs = kubectl
+        .run(&[
+            "-n",
+            NAMESPACE,
+            "logs",
+            "-l",
+            AGENT_LABEL,
+            "--all-containers",
+            "--tail=10",
+            "--prefix",
+        ])
+        .unwrap_or_else(|e| e);
+    let events = kubectl
+        .run(&["-n", NAMESPACE, "get", "events", "--sort-by=.lastTimestamp"])
+        .unwrap_or_else(|e| e);
+    format!("{pods}\n{logs}\n{events}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_configmap_takes_every_value_the_simulation_sets() {
+        let text = include_str!("../../../deploy/02-config.yaml");
+        let edited = edit_config(
+            text,
+            &[
+                ("cloud-endpoint", "http://100.64.1.1:4000".into()),
+                ("metadata-url", "http://100.64.1.1:4000".into()),
+                ("kubernetes-service-host", "100.64.1.1".into()),
+                ("kubernetes-service-port", "6443".into()),
+            ],
+        )
+        .expect("edit");
+        assert!(edited.contains("  cloud-endpoint: \"http://100.64.1.1:4000\"\n"));
+        assert!(edited.contains("  metadata-url: \"http://100.64.1.1:4000\"\n"));
+        // The commented-out keys are switched on.
+        assert!(edited.contains("\n  kubernetes-service-host: \"100.64.1.1\"\n"));
+        assert!(edited.contains("\n  kubernetes-service-port: \"6443\"\n"));
+        assert!(!edited.contains("vpc.tencentcloudapi.com\""));
+        // Other keys and comments stay.
+        assert!(edited.contains("  warm-ip-target: \"4\"\n"));
+        assert!(edited.contains("# The Tencent Cloud VPC API."));
+        assert!(
+            edit_config(text, &[("no-such-key", "x".into())])
+                .expect_err("unknown key")
+                .contains("no-such-key")
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! `vpc-sim demo --kubernetes`: two nodes with a real control plane,
-//! containerd and kubelets; a Deployment and a StatefulSet with an HTTP
+//! containerd and kubelets, vpc-cni installed from `deploy/` (its
+//! DaemonSet ready on both nodes); a Deployment and a StatefulSet with an HTTP
 //! readiness probe applied with kubectl; every pod Running and Ready with
 //! a VPC address; pings between pods through `kubectl exec`; HTTP across
 //! nodes; then everything deleted and the nodes checked for leftovers.
@@ -11,6 +12,7 @@ use vpc_sim::k8s::Kubectl;
 use vpc_sim::world::{NodeLimits, SUBNET_CIDR};
 
 use super::demo::{Checks, DemoArgs, eni_of_pods, no_allocations, no_leftovers, render, say};
+use super::kube::{AGENT_LABEL, DAEMONSET, NAMESPACE};
 use super::up::{UpArgs, up};
 
 /// The demo's workloads.
@@ -146,6 +148,7 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
         agent_flags: Vec::new(),
         kubernetes: true,
         k8s_bin_dir: args.k8s_bin_dir.clone(),
+        image: None,
     };
     say(&format!(
         "==> vpc-sim up --kubernetes: 2 nodes ({})",
@@ -186,6 +189,41 @@ fn exercise(kubectl: &Kubectl, nodes: &[super::up::Node]) -> Result<Checks, Stri
     say(kubectl
         .run(&["get", "nodes", "-L", "topology.kubernetes.io/zone"])?
         .trim_end());
+    say(&format!(
+        "==> kubectl -n {NAMESPACE} get daemonset,pods (vpc-cni from deploy/)"
+    ));
+    say(kubectl
+        .run(&["-n", NAMESPACE, "get", "daemonset,pods", "-o", "wide"])?
+        .trim_end());
+    let agents = kubectl
+        .json(&["-n", NAMESPACE, "get", "pods", "-l", AGENT_LABEL])
+        .map(|v| {
+            v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| {
+                    p["status"]["containerStatuses"][0]["ready"] == true
+                        && p["spec"]["containers"][0]["image"] == "localhost/vpc-cni:dev"
+                })
+                .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
+                .collect::<Vec<_>>()
+        });
+    checks.record(
+        format!("a ready {DAEMONSET} pod on every node"),
+        agents.and_then(|on| {
+            let missing: Vec<&str> = nodes
+                .iter()
+                .map(|n| n.instance.as_str())
+                .filter(|n| !on.iter().any(|o| o == n))
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("none ready on {}", missing.join(", ")))
+            }
+        }),
+    );
     say(
         "==> kubectl apply: Deployment demo-sleep (4), StatefulSet demo-web (2, HTTP readiness probe)",
     );

@@ -64,6 +64,19 @@ pub struct ServeArgs {
     /// calls of each listed action (1: every answer).
     #[arg(long, default_value_t = 2)]
     pub drop_every: u64,
+    /// `ADDRESS=INSTANCE`: a caller the metadata service answers as that
+    /// instance (`GET /latest/meta-data/...`), besides the instances' own
+    /// primary IPs. Repeatable.
+    #[arg(long = "metadata-client", value_parser = metadata_client)]
+    pub metadata_clients: Vec<(std::net::IpAddr, String)>,
+}
+
+fn metadata_client(s: &str) -> Result<(std::net::IpAddr, String), String> {
+    let (ip, instance) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s}: expected ADDRESS=INSTANCE"))?;
+    let ip = ip.parse().map_err(|e| format!("{ip}: {e}"))?;
+    Ok((ip, instance.to_string()))
 }
 
 /// Runs the emulator.
@@ -87,7 +100,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     let emulator = Arc::new(
         Emulator::new(world, credentials, faults)
             .failing(args.fail_actions.clone())
-            .dropping(args.drop_responses.clone(), args.drop_every),
+            .dropping(args.drop_responses.clone(), args.drop_every)
+            .metadata_clients(args.metadata_clients.iter().cloned().collect()),
     );
     let server = tiny_http::Server::http(&args.listen)
         .map_err(|e| format!("listen on {}: {e}", args.listen))?;
@@ -118,6 +132,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                     })
                     .collect(),
                 body,
+                peer: request.remote_addr().map(|a| a.ip()),
             };
             let resp = emulator.handle(&req);
             log_failure(&req, &resp);

@@ -1,4 +1,6 @@
-//! `vpc-sim up`: the fabric, the nodes and one agent per node.
+//! `vpc-sim up`: the fabric, the nodes and one agent per node; with
+//! `--kubernetes`, a cluster on the nodes with vpc-cni installed from
+//! `deploy/` as a DaemonSet instead of the host-process agents.
 
 use std::fs;
 use std::io::Write;
@@ -48,6 +50,11 @@ pub struct UpArgs {
     /// scripts/k8s-bins.sh, built first when anything is missing).
     #[arg(long)]
     pub k8s_bin_dir: Option<PathBuf>,
+    /// With `--kubernetes`: the vpc-cni image archive every node imports
+    /// (default: made by scripts/vpc-cni-image.sh from the binaries next
+    /// to the agent).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
 }
 
 /// One simulated node.
@@ -180,7 +187,15 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
         fabric.plug(&vpc, eni).map_err(|e| e.to_string())?;
     }
 
-    let address = start_emulator(&dir, &mut sim)?;
+    if args.kubernetes {
+        if !args.agent_flags.is_empty() {
+            return Err(
+                "--agent-flag has no effect with --kubernetes: the agents run from deploy/ (set their flags in deploy/02-config.yaml)".into(),
+            );
+        }
+        return super::kube::start(&dir, &mut sim, args).map(|()| sim);
+    }
+    let address = start_emulator(&dir, &mut sim, "127.0.0.1:0", &[])?;
     let agent = args
         .agent_bin
         .clone()
@@ -221,9 +236,6 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
         wait_ready(node)?;
     }
     write_env(&dir, &sim)?;
-    if args.kubernetes {
-        super::kube::start(&dir, &sim, args.k8s_bin_dir.as_deref())?;
-    }
     Ok(sim)
 }
 
@@ -232,9 +244,15 @@ pub fn credentials_file(dir: &Path) -> PathBuf {
     dir.join("credentials")
 }
 
-/// Starts `vpc-sim serve` for the world in `dir`, detached; returns its
-/// address once it listens.
-fn start_emulator(dir: &Path, sim: &mut Sim) -> Result<String, String> {
+/// Starts `vpc-sim serve` for the world in `dir`, detached, listening on
+/// `listen`, with `clients` (address, instance) known to its metadata
+/// service; returns its address once it listens.
+pub fn start_emulator(
+    dir: &Path,
+    sim: &mut Sim,
+    listen: &str,
+    clients: &[(String, String)],
+) -> Result<String, String> {
     let credentials = credentials_file(dir);
     let key = format!("{:016x}{:08x}", nanos(), std::process::id());
     fs::write(
@@ -257,6 +275,10 @@ fn start_emulator(dir: &Path, sim: &mut Sim) -> Result<String, String> {
         .arg(&credentials)
         .arg("--address-file")
         .arg(&address_file)
+        .args(["--listen", listen])
+        .args(clients.iter().flat_map(|(ip, instance)| {
+            ["--metadata-client".to_string(), format!("{ip}={instance}")]
+        }))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -305,7 +327,7 @@ fn wait_ready(node: &Node) -> Result<(), String> {
     }
 }
 
-fn write_conflist(node: &Node) -> Result<(), String> {
+pub fn write_conflist(node: &Node) -> Result<(), String> {
     // 1.0.0: what libcni before 1.2 (containerd 1.7, podman 4) and the
     // reference plugins of Debian 12 understand.
     let conf = serde_json::json!({
@@ -320,7 +342,7 @@ fn write_conflist(node: &Node) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
-fn write_env(dir: &Path, sim: &Sim) -> Result<(), String> {
+pub fn write_env(dir: &Path, sim: &Sim) -> Result<(), String> {
     let mut env = String::new();
     env.push_str(&format!("VPCSIM_NODES={}\n", sim.nodes.len()));
     for (i, node) in sim.nodes.iter().enumerate() {
@@ -336,7 +358,7 @@ fn write_env(dir: &Path, sim: &Sim) -> Result<(), String> {
     fs::write(dir.join("env"), env).map_err(|e| e.to_string())
 }
 
-fn save_sim(dir: &Path, sim: &Sim) -> Result<(), String> {
+pub fn save_sim(dir: &Path, sim: &Sim) -> Result<(), String> {
     fs::write(sim_file(dir), serde_json::to_vec_pretty(sim).expect("json"))
         .map_err(|e| e.to_string())
 }

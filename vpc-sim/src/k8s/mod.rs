@@ -62,8 +62,6 @@ pub struct NodeSpec {
     pub name: String,
     /// The node's network namespace.
     pub netns: String,
-    /// The node's conflist (its agent's socket in it).
-    pub conflist: PathBuf,
     /// The node's zone.
     pub zone: String,
 }
@@ -75,10 +73,31 @@ pub struct Options {
     pub bin_dir: PathBuf,
     /// `pause.tar` and `busybox.tar`.
     pub images_dir: PathBuf,
-    /// The `vpc-cni` plugin.
-    pub cni_bin: PathBuf,
-    /// The reference `loopback` plugin.
+    /// More image archives every node's containerd imports (vpc-cni's).
+    pub extra_images: Vec<PathBuf>,
+    /// The reference `loopback` plugin, which the runtime needs in every
+    /// node's `/opt/cni/bin` (a node's OS ships it; the `vpc-cni` plugin
+    /// beside it is installed by the DaemonSet).
     pub loopback_bin: PathBuf,
+}
+
+/// The directories each node has for itself (bind-mounted over these paths
+/// in the node's mount namespace, from `DIR/k8s/node<i>/root/...`): what a
+/// CNI DaemonSet's hostPath volumes reach on a real node.
+pub const NODE_PRIVATE_DIRS: [&str; 4] = [
+    "/opt/cni/bin",
+    "/etc/cni/net.d",
+    "/run/vpc-cni",
+    "/var/lib/vpc-cni",
+];
+
+/// Where the node `n` (1-based) of the simulation in `state` keeps what it
+/// sees at `path` (one of [`NODE_PRIVATE_DIRS`]).
+pub fn node_private_dir(state: &Path, n: usize, path: &str) -> PathBuf {
+    cluster_dir(state)
+        .join(format!("node{n}"))
+        .join("root")
+        .join(path.trim_start_matches('/'))
 }
 
 /// A process of the cluster.
@@ -200,6 +219,8 @@ pub fn check_prerequisites(opts: &Options) -> Result<(), String> {
         ("ctr", "containerd"),
         ("runc", "runc"),
         ("nsenter", "util-linux"),
+        ("unshare", "util-linux"),
+        ("mount", "mount"),
         ("openssl", "openssl"),
     ] {
         if which(tool).is_none() {
@@ -208,9 +229,15 @@ pub fn check_prerequisites(opts: &Options) -> Result<(), String> {
             ));
         }
     }
-    for b in [&opts.cni_bin, &opts.loopback_bin] {
-        if !b.is_file() {
-            return Err(format!("CNI plugin {} is missing", b.display()));
+    if !opts.loopback_bin.is_file() {
+        return Err(format!(
+            "CNI plugin {} is missing (apt-get install containernetworking-plugins)",
+            opts.loopback_bin.display()
+        ));
+    }
+    for image in &opts.extra_images {
+        if !image.is_file() {
+            return Err(format!("image archive {} is missing", image.display()));
         }
     }
     Ok(())
@@ -346,7 +373,7 @@ pub fn up(
         &mut cluster,
         "etcd",
         &control,
-        None,
+        &[],
         &bin("etcd"),
         &[
             "--name=vpc-sim".into(),
@@ -376,7 +403,7 @@ pub fn up(
         &mut cluster,
         "kube-apiserver",
         &control,
-        None,
+        &[],
         &bin("kube-apiserver"),
         &[
             format!("--etcd-servers={etcd_url}"),
@@ -423,7 +450,7 @@ pub fn up(
         &mut cluster,
         "kube-controller-manager",
         &control,
-        None,
+        &[],
         &bin("kube-controller-manager"),
         &[
             format!("--kubeconfig={}", kcm_kc.display()),
@@ -446,7 +473,7 @@ pub fn up(
         &mut cluster,
         "kube-scheduler",
         &control,
-        None,
+        &[],
         &bin("kube-scheduler"),
         &[
             format!("--kubeconfig={}", sched_kc.display()),
@@ -458,40 +485,30 @@ pub fn up(
         ],
     )?;
 
-    let cni_dir = dir.join("cni-bin");
-    fs::create_dir_all(&cni_dir).map_err(|e| e.to_string())?;
-    fs::copy(&opts.cni_bin, cni_dir.join("vpc-cni"))
-        .map_err(|e| format!("{}: {e}", opts.cni_bin.display()))?;
-    fs::copy(&opts.loopback_bin, cni_dir.join("loopback"))
-        .map_err(|e| format!("{}: {e}", opts.loopback_bin.display()))?;
+    // The mount points of the nodes' own directories, empty on the host.
+    for path in NODE_PRIVATE_DIRS {
+        fs::create_dir_all(path).map_err(|e| format!("cannot create {path} on the host: {e}"))?;
+    }
 
     for (i, node) in nodes.iter().enumerate() {
         let cn = cluster.nodes[i].clone();
         say(&format!(
-            "==> node{} ({}): containerd and kubelet in {}",
+            "==> node{} ({}): containerd and kubelet in {} and a mount namespace of its own",
             i + 1,
             node.name,
             node.netns
         ));
-        start_node(
-            state,
-            &mut cluster,
-            i,
-            node,
-            &cn,
-            &cni_dir,
-            &pki,
-            &server,
-            opts,
-        )?;
+        start_node(state, &mut cluster, i, node, &cn, &pki, &server, opts)?;
     }
 
-    say("==> waiting for the nodes to be Ready");
+    // Not Ready yet: no CNI configuration until the CNI's DaemonSet puts
+    // one there (see `wait_nodes_ready`).
+    say("==> waiting for the nodes to register");
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     wait(&cluster, "the kubelets", Duration::from_secs(180), || {
         kubectl
             .json(&["get", "nodes"])
-            .map(|v| names.iter().all(|n| node_ready(&v, n)))
+            .map(|v| names.iter().all(|n| node_registered(&v, n)))
             .unwrap_or(false)
     })
     .map_err(|e| {
@@ -499,7 +516,7 @@ pub fn up(
             .procs
             .iter()
             .filter(|p| p.name.starts_with("kubelet"))
-            .map(|p| failure(p, "did not make its node Ready in 180 s"))
+            .map(|p| failure(p, "did not register its node in 180 s"))
             .collect::<Vec<_>>()
             .join("\n");
         format!("{e}\n{kubelet}")
@@ -511,7 +528,7 @@ pub fn up(
         || kubectl.run(&["get", "serviceaccount", "default"]).is_ok(),
     )?;
     say(&format!(
-        "==> cluster ready in {:.1} s: {} nodes, kubeconfig {}",
+        "==> cluster up in {:.1} s: {} nodes (no CNI yet), kubeconfig {}",
         started.elapsed().as_secs_f64(),
         nodes.len(),
         kubeconfig(state).display()
@@ -526,36 +543,75 @@ fn start_node(
     i: usize,
     node: &NodeSpec,
     cn: &ClusterNode,
-    cni_dir: &Path,
     pki: &Pki,
     server: &str,
     opts: &Options,
 ) -> Result<(), String> {
     let n = i + 1;
     let node_dir = cn.kubelet_dir.parent().expect("node dir").to_path_buf();
-    let netd = node_dir.join("net.d");
-    fs::create_dir_all(&netd).map_err(|e| e.to_string())?;
-    fs::copy(&node.conflist, netd.join("10-vpc-cni.conflist"))
-        .map_err(|e| format!("{}: {e}", node.conflist.display()))?;
+    // The node's own /opt/cni/bin (with the runtime's `loopback`, as a
+    // node's OS ships it), /etc/cni/net.d (empty until the DaemonSet
+    // installs vpc-cni), /run/vpc-cni and /var/lib/vpc-cni.
+    let mut binds = Vec::new();
+    for path in NODE_PRIVATE_DIRS {
+        let own = node_private_dir(state, n, path);
+        fs::create_dir_all(&own).map_err(|e| format!("{}: {e}", own.display()))?;
+        binds.push((own, path));
+    }
+    let own_bin = node_private_dir(state, n, "/opt/cni/bin");
+    fs::copy(&opts.loopback_bin, own_bin.join("loopback"))
+        .map_err(|e| format!("{}: {e}", opts.loopback_bin.display()))?;
     let ctrd = node_dir.join("containerd");
     let config = node_dir.join("containerd.toml");
     fs::write(
         &config,
-        containerd_config(&ctrd, &cn.containerd, cni_dir, &netd),
+        containerd_config(
+            &ctrd,
+            &cn.containerd,
+            Path::new("/opt/cni/bin"),
+            Path::new("/etc/cni/net.d"),
+        ),
     )
     .map_err(|e| e.to_string())?;
     let runtime_cg = format!("{}/node{n}-runtime", cluster.cgroup);
     host::create_cgroup(&runtime_cg)?;
     let netns = Fabric::netns_path(&node.netns);
+    // containerd makes the node's mount namespace (a slave of the host's:
+    // the host's mounts reach it, its own never reach the host) and binds
+    // the node's directories in it before it execs; the kubelet joins that
+    // namespace, so runc sees the kubelet's volume mounts.
+    let mut script = String::from("set -e\n");
+    for (own, path) in &binds {
+        script.push_str(&format!(
+            "mount --bind {} {}\n",
+            shell_quote(&own.to_string_lossy()),
+            shell_quote(path)
+        ));
+    }
+    script.push_str("exec \"$0\" \"$@\"\n");
+    let wrapper = vec![
+        "unshare".to_string(),
+        "--mount".into(),
+        "--propagation".into(),
+        "slave".into(),
+        "--".into(),
+        "nsenter".into(),
+        format!("--net={}", netns.display()),
+        "--".into(),
+        "sh".into(),
+        "-c".into(),
+        script,
+    ];
     start(
         state,
         cluster,
         &format!("containerd of node{n}"),
         &runtime_cg,
-        Some(&netns),
+        &wrapper,
         Path::new("containerd"),
         &[format!("--config={}", config.display())],
     )?;
+    let holder = cluster.procs.last().expect("containerd recorded").pid;
     let sock = cn.containerd.clone();
     wait(
         cluster,
@@ -563,10 +619,17 @@ fn start_node(
         Duration::from_secs(60),
         || ctr(&sock, &["version"]).is_ok(),
     )?;
-    for image in ["pause.tar", "busybox.tar"] {
-        let archive = opts.images_dir.join(image);
-        ctr(&sock, &["images", "import", &archive.to_string_lossy()])
-            .map_err(|e| format!("importing {image} into containerd of node{n}: {e}"))?;
+    let images = ["pause.tar", "busybox.tar"]
+        .iter()
+        .map(|i| opts.images_dir.join(i))
+        .chain(opts.extra_images.iter().cloned());
+    for archive in images {
+        ctr(&sock, &["images", "import", &archive.to_string_lossy()]).map_err(|e| {
+            format!(
+                "importing {} into containerd of node{n}: {e}",
+                archive.display()
+            )
+        })?;
     }
 
     let name = &node.name;
@@ -618,12 +681,18 @@ fn start_node(
         serde_json::to_vec_pretty(&kubelet_config).expect("json"),
     )
     .map_err(|e| e.to_string())?;
+    let wrapper = vec![
+        "nsenter".to_string(),
+        format!("--mount=/proc/{holder}/ns/mnt"),
+        format!("--net={}", netns.display()),
+        "--".into(),
+    ];
     start(
         state,
         cluster,
         &format!("kubelet of node{n}"),
         &runtime_cg,
-        Some(&netns),
+        &wrapper,
         &opts.bin_dir.join("kubelet"),
         &[
             format!("--config={}", config.display()),
@@ -696,15 +765,15 @@ fn ctr(sock: &Path, args: &[&str]) -> Result<String, String> {
 }
 
 /// Starts a process of the cluster in its own process group, inside the
-/// cgroup `cgroup` and, with `netns`, inside that network namespace (with
-/// `nsenter`, which keeps the host's mount namespace: the kubelet's volume
-/// mounts must be seen by runc), and records it.
+/// cgroup `cgroup`, through `wrapper` (a command line that enters the
+/// node's namespaces and execs the program: the pid stays the program's),
+/// and records it.
 fn start(
     state: &Path,
     cluster: &mut Cluster,
     name: &str,
     cgroup: &str,
-    netns: Option<&Path>,
+    wrapper: &[String],
     program: &Path,
     args: &[String],
 ) -> Result<(), String> {
@@ -716,12 +785,10 @@ fn start(
     let log = cluster_dir(state).join(format!("{log_name}.log"));
     let file = fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     let err = file.try_clone().map_err(|e| e.to_string())?;
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net={}", ns.display()))
-                .arg("--")
-                .arg(program);
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
             c
         }
         None => Command::new(program),
@@ -786,7 +853,53 @@ pub fn alive(pid: u32) -> bool {
     !matches!(state, None | Some('Z') | Some('X'))
 }
 
-fn node_ready(nodes: &Value, name: &str) -> bool {
+fn node_registered(nodes: &Value, name: &str) -> bool {
+    nodes["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|n| n["metadata"]["name"] == name)
+}
+
+/// Waits until every node of `names` is Ready (its runtime found a CNI
+/// configuration); fails naming the nodes that are not, or a process of
+/// the cluster that died.
+pub fn wait_nodes_ready(
+    state: &Path,
+    kubectl: &Kubectl,
+    names: &[String],
+    limit: Duration,
+) -> Result<(), String> {
+    wait_for(state, "the nodes' network (node Ready)", limit, || {
+        kubectl
+            .json(&["get", "nodes"])
+            .map(|v| names.iter().all(|n| node_ready(&v, n)))
+            .unwrap_or(false)
+    })
+    .map_err(|e| {
+        format!(
+            "{e}\n{}",
+            kubectl
+                .run(&["get", "nodes", "-o", "wide"])
+                .unwrap_or_default()
+        )
+    })
+}
+
+/// Polls `ready` until it holds, as `up` waits for its components: fails
+/// when `limit` is over or a process of the cluster in `state` died.
+pub fn wait_for(
+    state: &Path,
+    what: &str,
+    limit: Duration,
+    ready: impl FnMut() -> bool,
+) -> Result<(), String> {
+    let cluster = Cluster::load(state).ok_or_else(|| "no cluster recorded".to_string())?;
+    wait(&cluster, what, limit, ready)
+}
+
+/// Whether the node `name` is Ready in `kubectl get nodes -o json`.
+pub fn node_ready(nodes: &Value, name: &str) -> bool {
     nodes["items"].as_array().into_iter().flatten().any(|n| {
         n["metadata"]["name"] == name
             && n["status"]["conditions"]
@@ -826,6 +939,11 @@ fn command_output(program: &str, args: &[&str]) -> Result<String, String> {
         .output()
         .map_err(|e| format!("cannot run {program}: {e}"))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `s` in single quotes for `sh`.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn fabric_err(r: Result<(), crate::fabric::FabricError>) -> Result<(), String> {
@@ -962,4 +1080,32 @@ fn runs(p: &Proc) -> bool {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     alive(p.pid) && String::from_utf8_lossy(&cmdline).contains(&name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_quoted_for_the_nodes_mount_script() {
+        assert_eq!(shell_quote("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(shell_quote("/it's"), "'/it'\\''s'");
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                &format!("printf %s {}", shell_quote("/x y/it's $HOME")),
+            ])
+            .output()
+            .expect("sh");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "/x y/it's $HOME");
+    }
+
+    #[test]
+    fn a_nodes_own_directories_are_under_its_cluster_directory() {
+        let state = Path::new("/s");
+        assert_eq!(
+            node_private_dir(state, 2, "/run/vpc-cni"),
+            Path::new("/s/k8s/node2/root/run/vpc-cni")
+        );
+    }
 }
