@@ -54,12 +54,12 @@ pub struct RunArgs {
     #[arg(long)]
     max_eni: Option<u32>,
     /// How long a static IP stays reserved after its pod is gone (at least
-    /// 5m; unset: until reclaimed by hand). A pod may say otherwise.
+    /// 5m; unset or `never`: until reclaimed by hand). A pod may say otherwise.
     #[arg(long, value_parser = claim_expiry)]
-    claim_expired_duration: Option<Duration>,
+    claim_expired_duration: Option<Expiry>,
     /// Record the owners of static claims made from now on, so that deleting
-    /// the owner (`claims owner-deleted`) reclaims them.
-    #[arg(long)]
+    /// the owner reclaims them (`--enable-ownerref` or `=true`/`=false`).
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     enable_ownerref: bool,
     /// Unattached ENIs of this cluster older than this are deleted as leaked.
     #[arg(long, default_value = "10m", value_parser = proto::duration::parse)]
@@ -177,7 +177,7 @@ async fn serve(args: RunArgs) -> Result<(), String> {
             release_batch: RELEASE_BATCH,
         },
         leaked_eni_grace: args.leaked_eni_grace,
-        claim_expiry: args.claim_expired_duration,
+        claim_expiry: args.claim_expired_duration.and_then(|e| e.0),
         enable_ownerref: args.enable_ownerref,
         maintenance_interval: args.maintenance_interval,
         reconcile_interval: args.reconcile_interval,
@@ -249,14 +249,21 @@ async fn cloud(args: &RunArgs) -> Result<TencentCloud, String> {
     }))
 }
 
-fn claim_expiry(s: &str) -> Result<Duration, String> {
+/// A claim expiry flag: a duration, or `never`.
+#[derive(Clone, Copy, Debug)]
+struct Expiry(Option<Duration>);
+
+fn claim_expiry(s: &str) -> Result<Expiry, String> {
+    if s.trim().eq_ignore_ascii_case("never") {
+        return Ok(Expiry(None));
+    }
     let d = proto::duration::parse(s)?;
     if d < MIN_CLAIM_EXPIRY {
         return Err(format!(
             "{s} is below the minimum of 5m: a pod restarting slowly would lose its static IP"
         ));
     }
-    Ok(d)
+    Ok(Expiry(Some(d)))
 }
 
 /// Spare IPs given back per maintenance round at most.
