@@ -24,6 +24,9 @@ enum Command {
     Pool(commands::pool::PoolArgs),
     /// The pods' IP claims (static IPs among them).
     Claims(commands::claims::ClaimsArgs),
+    /// Remove what the agent programs for the whole node (the egress
+    /// masquerade table and rules), after the agent stopped for good.
+    Uninstall(commands::uninstall::UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(*args),
         Command::Pool(args) => commands::pool::run(args),
         Command::Claims(args) => commands::claims::run(args),
+        Command::Uninstall(args) => commands::uninstall::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 pub mod claims;
 pub mod pool;
 pub mod run;
+pub mod uninstall;
 
 /// Rows as `kubectl get` prints them: columns padded to their widest cell,
 /// three spaces apart, no trailing blanks.

@@ -12,7 +12,8 @@ use crate::agent::{Agent, AgentConfig, MIN_CLAIM_EXPIRY, StartError};
 use crate::clock::{self, Clock};
 use crate::cloud::tencent::{self, Identity, Settings};
 use crate::cloud::{Cloud, TencentCloud};
-use crate::dataplane::{Dataplane, FakeDataplane, NetlinkDataplane};
+use crate::dataplane::egress::Cidr;
+use crate::dataplane::{Dataplane, Egress, FakeDataplane, NetlinkDataplane};
 use crate::logging::{self, LogFormat};
 use crate::server::{self, ServerConfig};
 use crate::sizing::Targets;
@@ -70,6 +71,16 @@ pub struct RunArgs {
     /// The network namespace to program as "the node" (default: the agent's own).
     #[arg(long)]
     node_netns: Option<PathBuf>,
+    /// Masquerade pod traffic leaving the VPC to the node's primary address
+    /// (`--egress-masquerade=false`: pods keep their address everywhere and
+    /// the agent removes its masquerade table).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    egress_masquerade: bool,
+    /// Destinations pod traffic to which keeps the pod's address,
+    /// comma-separated CIDRs (default: the VPC's CIDR from the metadata
+    /// service).
+    #[arg(long, value_delimiter = ',')]
+    non_masquerade_cidrs: Vec<Cidr>,
     /// VPC API endpoint (a simulation's emulator: `http://HOST:PORT`).
     #[arg(long, default_value = "https://vpc.tencentcloudapi.com")]
     cloud_endpoint: String,
@@ -184,7 +195,8 @@ async fn serve(args: RunArgs) -> Result<(), String> {
         DataplaneKind::Netlink => {
             let dataplane = NetlinkDataplane::new(args.node_netns.as_deref())
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?
+                .with_egress(egress(&args).await?);
             listen(
                 args,
                 Agent::start(cloud, dataplane, store, config, clock).await,
@@ -192,7 +204,14 @@ async fn serve(args: RunArgs) -> Result<(), String> {
             .await
         }
         DataplaneKind::Fake => {
-            let dataplane = FakeDataplane::default();
+            // The fake touches nothing: no metadata lookup for it.
+            let dataplane = FakeDataplane::with_egress(
+                if args.egress_masquerade && !args.non_masquerade_cidrs.is_empty() {
+                    Egress::masquerade(args.non_masquerade_cidrs.clone())?
+                } else {
+                    Egress::Off
+                },
+            );
             listen(
                 args,
                 Agent::start(cloud, dataplane, store, config, clock).await,
@@ -230,6 +249,28 @@ async fn cloud(args: &RunArgs) -> Result<TencentCloud, String> {
         subnets: args.subnet_ids.clone(),
         cluster: args.cluster_name.clone(),
     }))
+}
+
+/// The egress from the flags, the VPC's CIDR from the metadata service
+/// unless the non-masquerade CIDRs are given.
+async fn egress(args: &RunArgs) -> Result<Egress, String> {
+    if !args.egress_masquerade {
+        return Ok(Egress::Off);
+    }
+    if !args.non_masquerade_cidrs.is_empty() {
+        return Egress::masquerade(args.non_masquerade_cidrs.clone());
+    }
+    let (url, timeout) = (args.metadata_url.clone(), args.cloud_timeout);
+    let cidr = tokio::task::spawn_blocking(move || tencent::vpc_cidr_from_metadata(&url, timeout))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| {
+            format!("the VPC's CIDR for egress masquerade: {e} (give --non-masquerade-cidrs, or --egress-masquerade=false)")
+        })?;
+    let cidr: Cidr = cidr
+        .parse()
+        .map_err(|e| format!("the metadata service's vpc-cidr-block: {e}"))?;
+    Egress::masquerade(vec![cidr])
 }
 
 fn claim_expiry(s: &str) -> Result<Duration, String> {
