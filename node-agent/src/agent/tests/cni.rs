@@ -247,4 +247,25 @@ async fn start_programs_egress_and_check_fails_when_it_is_lost() {
         "{}",
         e.message
     );
+    // The reconcile period's repair programs it again.
+    agent.repair_egress().await;
+    assert_eq!(agent.handle(check(), None).await, Ok(Response::Checked));
+    let programs = agent
+        .dataplane
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, Recorded::ProgramEgress(_)))
+        .count();
+    assert_eq!(programs, 2);
+    agent.repair_egress().await;
+    assert_eq!(
+        agent
+            .dataplane
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Recorded::ProgramEgress(_)))
+            .count(),
+        2,
+        "nothing to repair: nothing programmed"
+    );
 }
