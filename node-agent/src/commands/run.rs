@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use tracing::level_filters::LevelFilter;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::agent::{Agent, AgentConfig, MIN_CLAIM_EXPIRY, StartError};
 use crate::clock::{self, Clock};
@@ -196,7 +196,7 @@ async fn serve(args: RunArgs) -> Result<(), String> {
             let dataplane = NetlinkDataplane::new(args.node_netns.as_deref())
                 .await
                 .map_err(|e| e.to_string())?
-                .with_egress(egress(&args).await?);
+                .with_egress(egress(&args, &cloud).await?);
             listen(
                 args,
                 Agent::start(cloud, dataplane, store, config, clock).await,
@@ -251,27 +251,41 @@ async fn cloud(args: &RunArgs) -> Result<TencentCloud, String> {
     }))
 }
 
-/// The egress from the flags, the VPC's CIDR from the metadata service
-/// unless the non-masquerade CIDRs are given.
-async fn egress(args: &RunArgs) -> Result<Egress, String> {
+/// The egress from the flags; unless the non-masquerade CIDRs are given,
+/// the VPC's CIDR blocks from the VPC API (`DescribeVpcs`), or, when it does
+/// not answer within 5 s, the RFC 1918 blocks, which hold every VPC's.
+async fn egress(args: &RunArgs, cloud: &TencentCloud) -> Result<Egress, String> {
     if !args.egress_masquerade {
         return Ok(Egress::Off);
     }
     if !args.non_masquerade_cidrs.is_empty() {
         return Egress::masquerade(args.non_masquerade_cidrs.clone());
     }
-    let (url, timeout) = (args.metadata_url.clone(), args.cloud_timeout);
-    let cidr = tokio::task::spawn_blocking(move || tencent::vpc_cidr_from_metadata(&url, timeout))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| {
-            format!("the VPC's CIDR for egress masquerade: {e} (give --non-masquerade-cidrs, or --egress-masquerade=false)")
-        })?;
-    let cidr: Cidr = cidr
-        .parse()
-        .map_err(|e| format!("the metadata service's vpc-cidr-block: {e}"))?;
-    Egress::masquerade(vec![cidr])
+    let cidrs: Vec<Cidr> = match tokio::time::timeout(VPC_CIDRS_WAIT, cloud.vpc_cidrs()).await {
+        Ok(Ok(list)) => list
+            .iter()
+            .map(|c| c.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("the VPC's CIDR blocks: {e}"))?,
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {VPC_CIDRS_WAIT:?}"),
+            };
+            warn!(error = %why, "VPC CIDR blocks unknown: pods keep their address to all of 10.0.0.0/8, 172.16.0.0/12 and 192.168.0.0/16 (give --non-masquerade-cidrs to be exact)");
+            RFC1918
+                .iter()
+                .map(|c| c.parse())
+                .collect::<Result<_, _>>()?
+        }
+    };
+    Egress::masquerade(cidrs)
 }
+
+/// How long start-up waits for the VPC's CIDR blocks.
+const VPC_CIDRS_WAIT: Duration = Duration::from_secs(5);
+/// The private blocks every VPC's CIDRs lie in.
+const RFC1918: [&str; 3] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
 
 fn claim_expiry(s: &str) -> Result<Duration, String> {
     let d = proto::duration::parse(s)?;

@@ -31,7 +31,6 @@ pub fn answer(world: &SharedWorld, path: &str) -> Option<String> {
                 .find(|e| e.mac.eq_ignore_ascii_case(m))?;
             match field {
                 "vpc-id" => w.vpc.id.clone(),
-                "vpc-cidr-block" => w.vpc.cidr.to_string(),
                 "subnet-id" => eni.subnet_id.clone(),
                 "primary-local-ipv4" => eni.primary_ip.to_string(),
                 "eni-id" => eni.id.clone(),

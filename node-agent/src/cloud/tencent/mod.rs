@@ -187,24 +187,18 @@ pub fn identity_from_metadata(
     })
 }
 
-/// The VPC's CIDR block, from the metadata service at `base`
-/// (`network/interfaces/macs/<primary MAC>/vpc-cidr-block`).
-pub fn vpc_cidr_from_metadata(base: &str, timeout: Duration) -> Result<String, CloudError> {
-    let http = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .build(),
-    );
-    let get = |path: &str| -> Result<String, CloudError> {
-        let url = format!("{}/latest/meta-data/{path}", base.trim_end_matches('/'));
-        http.get(&url)
-            .call()
-            .and_then(|mut r| r.body_mut().read_to_string())
-            .map(|s| s.trim().to_string())
-            .map_err(|e| CloudError::Other(format!("metadata {url}: {e}")))
-    };
-    let mac = get("mac")?;
-    get(&format!("network/interfaces/macs/{mac}/vpc-cidr-block"))
+impl TencentCloud {
+    /// The node's VPC's CIDR blocks, the primary and every secondary
+    /// (`DescribeVpcs`: `CidrBlock` and `AssistantCidrSet`).
+    pub async fn vpc_cidrs(&self) -> Result<Vec<String>, CloudError> {
+        let answer = self
+            .call(
+                "DescribeVpcs",
+                json!({ "VpcIds": [self.settings.identity.vpc_id] }),
+            )
+            .await?;
+        decode::vpc_cidrs(&answer, &self.settings.identity.vpc_id)
+    }
 }
 
 impl Cloud for TencentCloud {
