@@ -33,7 +33,7 @@ const NFT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Brings the node in line with `egress`: for masquerading, the table
 /// (replaced atomically) then the rules; for off, the rules then the table
-/// removed. Returns what changed, for the log.
+/// removed. Logs how many rules changed.
 pub async fn program(
     node: &Handle,
     netns_fd: Option<OwnedFd>,
@@ -85,7 +85,7 @@ pub async fn check(
     match state {
         None => {
             return Err(format!(
-                "table ip {} does not exist (the agent programs it at start)",
+                "table ip {} does not exist (the agent programs it at start and again within a reconcile period)",
                 nft::TABLE
             ));
         }
