@@ -33,6 +33,9 @@ enum Command {
     /// Install the CNI plugin and conflist on the node, atomically (the
     /// DaemonSet's init container).
     InstallCni(commands::install::InstallArgs),
+    /// Remove what the agent programs for the whole node (the egress
+    /// masquerade table and rules), after the agent stopped for good.
+    Uninstall(commands::uninstall::UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "kubernetes")]
         Command::Crds => commands::cluster::crds(),
         Command::InstallCni(args) => commands::install::run(args),
+        Command::Uninstall(args) => commands::uninstall::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,6 +68,34 @@ fn privileged_add_check_gc_del_program_the_kernel() {
         &bytes(&with_prev),
     );
     assert!(check.ok, "CHECK: {}", check.stdout);
+
+    // The node's egress masquerade is part of every pod's CHECK: removed
+    // by `vpc-cni-agent uninstall`, CHECK names it.
+    let rules = sim.node_ip(1, &["rule"]);
+    assert!(
+        rules.contains("1025:\tfrom all lookup main proto 175"),
+        "{rules}"
+    );
+    let uninstall = Command::new(bin("vpc-cni-agent"))
+        .args(["uninstall", "--node-netns", sim.get("NODE1_NETNS")])
+        .output()
+        .expect("run uninstall");
+    assert!(
+        uninstall.status.success(),
+        "{}",
+        String::from_utf8_lossy(&uninstall.stderr)
+    );
+    assert!(!sim.node_ip(1, &["rule"]).contains("1025:"));
+    let check = cni(
+        &CniEnv::pod("CHECK", "ctr-a", &a.path()),
+        &bytes(&with_prev),
+    );
+    assert_eq!(check.code(), 102, "CHECK: {}", check.stdout);
+    let msg = check.json()["msg"].as_str().expect("msg").to_string();
+    assert!(
+        msg.contains("egress masquerade") && msg.contains("table ip vpc-cni does not exist"),
+        "{msg}"
+    );
     let host_veth = ra["interfaces"][0]["name"]
         .as_str()
         .expect("host veth")
@@ -111,7 +139,12 @@ fn privileged_add_check_gc_del_program_the_kernel() {
         assert!(Instant::now() < deadline, "veth {host_veth} not removed");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!sim.node_ip(1, &["rule"]).contains("proto 175"));
+    // The pod's rules are gone; the node's egress rules (1024 to 1026) stay.
+    assert!(
+        !sim.node_ip(1, &["rule"])
+            .lines()
+            .any(|l| l.contains("proto 175") && (l.starts_with("512:") || l.starts_with("1536:")))
+    );
     assert!(
         sim.node_ip(1, &["route", "show", "proto", "175"])
             .trim()

@@ -7,6 +7,13 @@
 //! entry on the router so the VPC delivers that IP to the ENI's MAC, as a
 //! cloud's VPC does; unassigning removes it.
 //!
+//! Behind the router, an "outside" namespace stands for everything beyond
+//! the VPC (the internet, an on-premises network): one host,
+//! [`OUTSIDE_HOST`], on a link to the router's [`OUTSIDE_GATEWAY`], with a
+//! route back to the VPC's CIDR through the router. The router forwards
+//! without NAT, so the outside host sees whatever source address a node
+//! sends: with the agent's egress masquerade, the node's primary address.
+//!
 //! The fabric is simulator tooling, so it drives iproute2 (`ip`) rather
 //! than netlink: it runs only when ENIs come and go, never on a pod's path.
 
@@ -21,6 +28,13 @@ use crate::model::{Eni, Vpc};
 
 /// Where named network namespaces live.
 pub const NETNS_DIR: &str = "/var/run/netns";
+
+/// The outside host's address (TEST-NET-2, outside every VPC CIDR).
+pub const OUTSIDE_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// The router's address on the outside link.
+pub const OUTSIDE_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The outside link's prefix length.
+pub const OUTSIDE_PREFIX: u8 = 24;
 
 /// Fabric failures.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +61,9 @@ pub struct Fabric {
     pub nodes: BTreeMap<String, String>,
     /// Bridge names by subnet id.
     pub bridges: BTreeMap<String, String>,
+    /// The outside namespace's name (absent in worlds made before it).
+    #[serde(default)]
+    pub outside: Option<String>,
 }
 
 impl Fabric {
@@ -58,6 +75,7 @@ impl Fabric {
             router: format!("vpcsim-{tag}-vpc"),
             nodes: BTreeMap::new(),
             bridges: BTreeMap::new(),
+            outside: None,
         };
         let made = fabric.build(tag, vpc);
         if made.is_err() {
@@ -95,6 +113,7 @@ impl Fabric {
             ip(&["-n", &self.router, "link", "set", &bridge, "up"])?;
             self.bridges.insert(subnet.id.clone(), bridge);
         }
+        self.build_outside(tag, vpc)?;
         for (i, instance) in vpc.instances.keys().enumerate() {
             let ns = format!("vpcsim-{tag}-n{}", i + 1);
             ip(&["netns", "add", &ns])?;
@@ -102,6 +121,38 @@ impl Fabric {
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
         Ok(())
+    }
+
+    /// The outside namespace: `eth0` with [`OUTSIDE_HOST`], linked to the
+    /// router's `ext0` with [`OUTSIDE_GATEWAY`], and a route to the VPC.
+    fn build_outside(&mut self, tag: &str, vpc: &Vpc) -> Result<(), FabricError> {
+        let out = format!("vpcsim-{tag}-out");
+        ip(&["netns", "add", &out])?;
+        self.outside = Some(out.clone());
+        ip(&["-n", &out, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &self.router,
+            "link",
+            "add",
+            "ext0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &out,
+        ])?;
+        let gw = format!("{OUTSIDE_GATEWAY}/{OUTSIDE_PREFIX}");
+        ip(&["-n", &self.router, "addr", "add", &gw, "dev", "ext0"])?;
+        ip(&["-n", &self.router, "link", "set", "ext0", "up"])?;
+        let host = format!("{OUTSIDE_HOST}/{OUTSIDE_PREFIX}");
+        ip(&["-n", &out, "addr", "add", &host, "dev", "eth0"])?;
+        ip(&["-n", &out, "link", "set", "eth0", "up"])?;
+        let vpc_cidr = vpc.cidr.to_string();
+        let via = OUTSIDE_GATEWAY.to_string();
+        ip(&["-n", &out, "route", "add", &vpc_cidr, "via", &via])
     }
 
     /// The path of a namespace by name.
@@ -237,6 +288,7 @@ impl Fabric {
         self.nodes
             .values()
             .chain([&self.router])
+            .chain(self.outside.as_ref())
             .filter_map(|ns| ignore_missing(ip(&["netns", "del", ns])).err())
             .collect()
     }

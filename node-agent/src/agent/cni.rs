@@ -244,6 +244,11 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             .check_pod(&spec)
             .await
             .map_err(dataplane_error)?;
+        // The pod's way out of the VPC is the node's.
+        self.dataplane
+            .check_egress()
+            .await
+            .map_err(dataplane_error)?;
         Ok(Response::Checked)
     }
 

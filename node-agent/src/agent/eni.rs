@@ -48,9 +48,23 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             if let Err(e) = self.expire_claims().await {
                 warn!(error = %e.message, "could not expire static IP claims");
             }
+            if due {
+                self.repair_egress().await;
+            }
             tokio::select! {
                 _ = self.pool_changed.notified() => {}
                 _ = tokio::time::sleep(self.config.maintenance_interval) => {}
+            }
+        }
+    }
+
+    /// Programs the egress masquerade again when it is missing or wrong
+    /// (a flushed ruleset, say): checked every reconcile period.
+    pub(super) async fn repair_egress(&self) {
+        if let Err(wrong) = self.dataplane.check_egress().await {
+            warn!(error = %wrong, "egress masquerade missing or wrong; programming it again");
+            if let Err(e) = self.dataplane.program_egress().await {
+                warn!(error = %e, "cannot program egress masquerade");
             }
         }
     }

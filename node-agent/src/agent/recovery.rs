@@ -119,6 +119,11 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 warn!(eni = %eni.id, error = %e, "cannot program ENI; pods on it will not be reachable");
             }
         }
+        // Egress out of the VPC; a failure is logged (and every CHECK then
+        // names it), never a reason not to serve pods inside the VPC.
+        if let Err(e) = agent.dataplane.program_egress().await {
+            warn!(error = %e, "cannot program egress masquerade; pods may not reach outside the VPC");
+        }
         // Whatever the kernel holds that no allocation owns is a leftover of
         // a crash or of a DEL whose veth was still queued: remove it. A
         // failure here is logged, never a reason not to start.

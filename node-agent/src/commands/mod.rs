@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod install;
 pub mod pool;
 pub mod run;
+pub mod uninstall;
 
 /// Rows as `kubectl get` prints them: columns padded to their widest cell,
 /// three spaces apart, no trailing blanks.

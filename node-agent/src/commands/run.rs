@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use tracing::level_filters::LevelFilter;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::agent::{Agent, AgentConfig, MIN_CLAIM_EXPIRY, StartError};
 use crate::clock::{self, Clock};
 use crate::cloud::tencent::{self, Identity, Settings};
 use crate::cloud::{Cloud, TencentCloud};
-use crate::dataplane::{Dataplane, FakeDataplane, NetlinkDataplane};
+use crate::dataplane::egress::Cidr;
+use crate::dataplane::{Dataplane, Egress, FakeDataplane, NetlinkDataplane};
 use crate::logging::{self, LogFormat};
 use crate::server::{self, ServerConfig};
 use crate::sizing::Targets;
@@ -70,6 +71,16 @@ pub struct RunArgs {
     /// The network namespace to program as "the node" (default: the agent's own).
     #[arg(long)]
     node_netns: Option<PathBuf>,
+    /// Masquerade pod traffic leaving the VPC to the node's primary address
+    /// (`--egress-masquerade=false`: pods keep their address everywhere and
+    /// the agent removes its masquerade table).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    egress_masquerade: bool,
+    /// Destinations pod traffic to which keeps the pod's address,
+    /// comma-separated CIDRs (default: the VPC's CIDR from the metadata
+    /// service).
+    #[arg(long, value_delimiter = ',')]
+    non_masquerade_cidrs: Vec<Cidr>,
     /// VPC API endpoint (a simulation's emulator: `http://HOST:PORT`).
     #[arg(long, default_value = "https://vpc.tencentcloudapi.com")]
     cloud_endpoint: String,
@@ -197,7 +208,8 @@ async fn serve(args: RunArgs) -> Result<(), String> {
         DataplaneKind::Netlink => {
             let dataplane = NetlinkDataplane::new(args.node_netns.as_deref())
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?
+                .with_egress(egress(&args, &cloud).await?);
             let claims = cluster.claim_store();
             listen(
                 args,
@@ -207,7 +219,14 @@ async fn serve(args: RunArgs) -> Result<(), String> {
             .await
         }
         DataplaneKind::Fake => {
-            let dataplane = FakeDataplane::default();
+            // The fake touches nothing: no metadata lookup for it.
+            let dataplane = FakeDataplane::with_egress(
+                if args.egress_masquerade && !args.non_masquerade_cidrs.is_empty() {
+                    Egress::masquerade(args.non_masquerade_cidrs.clone())?
+                } else {
+                    Egress::Off
+                },
+            );
             let claims = cluster.claim_store();
             listen(
                 args,
@@ -248,6 +267,42 @@ async fn cloud(args: &RunArgs) -> Result<TencentCloud, String> {
         cluster: args.cluster_name.clone(),
     }))
 }
+
+/// The egress from the flags; unless the non-masquerade CIDRs are given,
+/// the VPC's CIDR blocks from the VPC API (`DescribeVpcs`), or, when it does
+/// not answer within 5 s, the RFC 1918 blocks, which hold every VPC's.
+async fn egress(args: &RunArgs, cloud: &TencentCloud) -> Result<Egress, String> {
+    if !args.egress_masquerade {
+        return Ok(Egress::Off);
+    }
+    if !args.non_masquerade_cidrs.is_empty() {
+        return Egress::masquerade(args.non_masquerade_cidrs.clone());
+    }
+    let cidrs: Vec<Cidr> = match tokio::time::timeout(VPC_CIDRS_WAIT, cloud.vpc_cidrs()).await {
+        Ok(Ok(list)) => list
+            .iter()
+            .map(|c| c.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("the VPC's CIDR blocks: {e}"))?,
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {VPC_CIDRS_WAIT:?}"),
+            };
+            warn!(error = %why, "VPC CIDR blocks unknown: pods keep their address to all of 10.0.0.0/8, 172.16.0.0/12 and 192.168.0.0/16 (give --non-masquerade-cidrs to be exact)");
+            RFC1918
+                .iter()
+                .map(|c| c.parse())
+                .collect::<Result<_, _>>()?
+        }
+    };
+    Egress::masquerade(cidrs)
+}
+
+/// How long start-up waits for the VPC's CIDR blocks.
+const VPC_CIDRS_WAIT: Duration = Duration::from_secs(5);
+/// The private blocks every VPC's CIDRs lie in.
+const RFC1918: [&str; 3] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
 
 /// A claim expiry flag: a duration, or `never`.
 #[derive(Clone, Copy, Debug)]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{Dataplane, DataplaneError, PodLinks, PodSpec, derived_mac, host_ifname};
+use super::{Dataplane, DataplaneError, Egress, PodLinks, PodSpec, derived_mac, host_ifname};
 use crate::ipam::EniRecord;
 
 /// One recorded call.
@@ -17,6 +17,8 @@ pub enum Recorded {
     Attach(String, std::net::Ipv4Addr),
     /// `detach_pod(host ifname)`.
     Detach(String),
+    /// `program_egress()` with the configured egress.
+    ProgramEgress(Egress),
 }
 
 /// The recording fake.
@@ -28,9 +30,30 @@ pub struct FakeDataplane {
     pub fail_attach: AtomicBool,
     /// When set, `program_eni` fails.
     pub fail_program_eni: AtomicBool,
+    /// The configured egress.
+    egress: Egress,
+    /// The egress "in the kernel": what the last `program_egress` set.
+    programmed_egress: Mutex<Option<Egress>>,
 }
 
 impl FakeDataplane {
+    /// A fake whose `program_egress` programs `egress`.
+    pub fn with_egress(egress: Egress) -> FakeDataplane {
+        FakeDataplane {
+            egress,
+            ..FakeDataplane::default()
+        }
+    }
+
+    /// Forgets the programmed egress, as a flushed ruleset would.
+    #[cfg(test)]
+    pub fn lose_egress(&self) {
+        *self
+            .programmed_egress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Every call so far.
     #[cfg(test)]
     pub fn calls(&self) -> Vec<Recorded> {
@@ -122,6 +145,34 @@ impl Dataplane for FakeDataplane {
         let before = pods.len();
         pods.retain(|name, _| keep.contains(name));
         Ok((before - pods.len()) as u32)
+    }
+
+    async fn program_egress(&self) -> Result<(), DataplaneError> {
+        self.record(Recorded::ProgramEgress(self.egress.clone()));
+        *self
+            .programmed_egress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(self.egress.clone());
+        Ok(())
+    }
+
+    async fn check_egress(&self) -> Result<(), DataplaneError> {
+        if self.egress == Egress::Off {
+            return Ok(());
+        }
+        let programmed = self
+            .programmed_egress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match programmed {
+            Some(e) if e == self.egress => Ok(()),
+            other => Err(DataplaneError::Mismatch {
+                pod: "the node".into(),
+                what: "egress masquerade",
+                detail: format!("programmed {other:?}, expected {}", self.egress),
+            }),
+        }
     }
 
     async fn detach_pod(&self, pod: &PodSpec) -> Result<(), DataplaneError> {

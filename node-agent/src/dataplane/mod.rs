@@ -3,13 +3,15 @@
 //! calls for tests and for running the agent without touching the host
 //! (`--dataplane fake`).
 
+pub mod egress;
 mod fake;
 mod netlink;
 
+pub use egress::Egress;
 pub use fake::FakeDataplane;
 #[cfg(test)]
 pub use fake::Recorded;
-pub use netlink::NetlinkDataplane;
+pub use netlink::{NetlinkDataplane, remove_egress};
 
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -131,6 +133,13 @@ pub trait Dataplane: Send + Sync + 'static {
     fn check_pod(&self, pod: &PodSpec) -> impl Future<Output = Result<(), DataplaneError>> + Send;
     /// Removes what `attach_pod` made; anything already gone is fine.
     fn detach_pod(&self, pod: &PodSpec) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+    /// Programs the node's egress out of the VPC as configured (masquerade
+    /// outside the non-masquerade CIDRs, or nothing of ours when off);
+    /// idempotent, done at every start.
+    fn program_egress(&self) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+    /// Verifies the egress is as [`program_egress`](Self::program_egress)
+    /// left it (part of every CHECK).
+    fn check_egress(&self) -> impl Future<Output = Result<(), DataplaneError>> + Send;
     /// Removes every veth, route and rule of ours that belongs to none of
     /// `keep`; returns how many objects it removed.
     fn collect_garbage(

@@ -36,6 +36,21 @@ pub fn run(
             }))
         }),
         "DescribeNetworkInterfaces" => read(world, |w| describe_enis(w, p)),
+        "DescribeVpcs" => read(world, |w| {
+            let ids = strings(p, "VpcIds");
+            let vpcs: Vec<Value> = [&w.vpc]
+                .into_iter()
+                .filter(|v| ids.is_empty() || ids.contains(&v.id))
+                .filter(|v| matches(&filters(p), "vpc-id", &v.id))
+                .map(|v| {
+                    json!({
+                        "VpcId": v.id, "VpcName": v.id, "CidrBlock": v.cidr.to_string(),
+                        "IsDefault": false, "EnableMulticast": false, "AssistantCidrSet": [],
+                    })
+                })
+                .collect();
+            Ok(json!({ "TotalCount": vpcs.len(), "VpcSet": vpcs }))
+        }),
         "DescribeSubnets" => read(world, |w| {
             let filters = filters(p);
             let ids = strings(p, "SubnetIds");

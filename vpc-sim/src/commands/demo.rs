@@ -1,10 +1,13 @@
 //! `vpc-sim demo`: two nodes, pods created as a runtime creates them and
 //! wired by the real `vpc-cni` binary as kubelet runs it, then real ICMP
-//! between pods on one node, across nodes and to the subnet gateway; then
-//! every pod deleted and the nodes checked for leftovers.
+//! between pods on one node, across nodes, to the subnet gateway and to the
+//! outside host beyond the VPC; UDP showing which source address arrives
+//! (the node's outside the VPC, the pod's inside it); then every pod
+//! deleted and the nodes checked for leftovers.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,7 +15,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use proto::wire::{IpState, PoolView, Request, Response};
 use serde_json::Value;
-use vpc_sim::fabric::{self, Fabric};
+use vpc_sim::fabric::{self, Fabric, OUTSIDE_HOST};
+use vpc_sim::probe;
 use vpc_sim::world::{NodeLimits, SUBNET_ID, SharedWorld};
 
 use super::sibling_binary;
@@ -238,6 +242,11 @@ fn exercise(
         );
     }
 
+    say(&format!(
+        "==> egress: to the outside host {OUTSIDE_HOST} as the node, inside the VPC as the pod"
+    ));
+    egress(dir, nodes, pods, &mut checks)?;
+
     say("==> DEL every pod, then look for leftovers");
     for p in pods.iter() {
         let conf = node_conf(&nodes[p.node])?;
@@ -257,6 +266,74 @@ fn exercise(
         );
     }
     Ok(checks)
+}
+
+/// Per node, its first pod pings the outside host and the outside host
+/// sees the node's primary address; a pod on node 1 reaches a pod on node
+/// 2 with its own address.
+fn egress(dir: &Path, nodes: &[Node], pods: &[Pod], checks: &mut Checks) -> Result<(), String> {
+    let world = SharedWorld::at(&world_file(dir))
+        .read()
+        .map_err(|e| e.to_string())?;
+    let outside = world
+        .fabric
+        .as_ref()
+        .and_then(|f| f.outside.clone())
+        .ok_or("the fabric has no outside namespace")?;
+    let outside = Fabric::netns_path(&outside);
+    let first = |n: usize| pods.iter().find(|p| p.node == n && !p.ip.is_empty());
+    for (n, node) in nodes.iter().enumerate() {
+        let Some(p) = first(n) else { continue };
+        let primary = world
+            .vpc
+            .enis_of(&node.instance)
+            .find(|e| e.primary)
+            .map(|e| e.primary_ip)
+            .ok_or_else(|| format!("no primary ENI for {}", node.instance))?;
+        checks.record(
+            format!("{} -> outside host {OUTSIDE_HOST}", p.name),
+            ping(&p.netns, &OUTSIDE_HOST.to_string()),
+        );
+        let seen = probe::source_seen(
+            &Fabric::netns_path(&p.netns),
+            &outside,
+            SocketAddrV4::new(OUTSIDE_HOST, 7001 + n as u16),
+        );
+        checks.record(
+            format!(
+                "the outside host sees {} as node{}'s address {primary}",
+                p.name,
+                n + 1
+            ),
+            expect_source(seen, primary),
+        );
+    }
+    if let (Some(a), Some(b)) = (first(0), first(1)) {
+        let (a_ip, b_ip): (Ipv4Addr, Ipv4Addr) = (
+            a.ip.parse().map_err(|e| format!("{}: {e}", a.ip))?,
+            b.ip.parse().map_err(|e| format!("{}: {e}", b.ip))?,
+        );
+        let seen = probe::source_seen(
+            &Fabric::netns_path(&a.netns),
+            &Fabric::netns_path(&b.netns),
+            SocketAddrV4::new(b_ip, 7000),
+        );
+        checks.record(
+            format!(
+                "{} sees {} with its own address {a_ip} (inside the VPC, across nodes)",
+                b.name, a.name
+            ),
+            expect_source(seen, a_ip),
+        );
+    }
+    Ok(())
+}
+
+fn expect_source(seen: Result<Ipv4Addr, String>, want: Ipv4Addr) -> Result<(), String> {
+    match seen? {
+        got if got == want => Ok(()),
+        got => Err(format!("the datagram came from {got}, not {want}")),
+    }
 }
 
 fn node_conf(node: &Node) -> Result<Value, String> {
@@ -364,9 +441,12 @@ pub(super) fn no_leftovers(netns: &str) -> Result<(), String> {
             .map(|n| n.split('@').next().unwrap_or(n))
             .filter(|n| n.starts_with("vpc"))
             .collect();
+        // Pods' rules; the node's egress rules (1024 to 1026) stay.
         let rules: Vec<String> = ip_output(&["-n", netns, "rule", "show"])?
             .lines()
-            .filter(|l| l.contains("proto 175"))
+            .filter(|l| {
+                l.contains("proto 175") && (l.starts_with("512:") || l.starts_with("1536:"))
+            })
             .map(str::to_string)
             .collect();
         let routes = ip_output(&["-n", netns, "route", "show", "proto", "175"])?;

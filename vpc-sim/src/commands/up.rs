@@ -355,6 +355,12 @@ pub fn write_env(dir: &Path, sim: &Sim) -> Result<(), String> {
         env.push_str(&format!("NODE{n}_SOCKET={}\n", node.socket.display()));
         env.push_str(&format!("NODE{n}_CONFLIST={}\n", node.conflist.display()));
     }
+    // The host beyond the VPC router (see `fabric`).
+    env.push_str(&format!(
+        "OUTSIDE_NETNS={}\nOUTSIDE_HOST={}\n",
+        Fabric::netns_path(&format!("vpcsim-{}-out", sim.tag)).display(),
+        vpc_sim::fabric::OUTSIDE_HOST
+    ));
     fs::write(dir.join("env"), env).map_err(|e| e.to_string())
 }
 

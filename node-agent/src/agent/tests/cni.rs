@@ -207,3 +207,65 @@ async fn status_is_ready_until_nothing_can_be_served() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn start_programs_egress_and_check_fails_when_it_is_lost() {
+    let egress = crate::dataplane::Egress::masquerade(vec!["10.0.0.0/16".parse().expect("cidr")])
+        .expect("egress");
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let t = Arc::clone(&now);
+    let clock: Clock = Arc::new(move || t.load(Ordering::SeqCst));
+    let agent = Agent::start(
+        FakeCloud::new(DEFAULT_LIMITS),
+        FakeDataplane::with_egress(egress.clone()),
+        Box::new(MemoryStore::default()),
+        config(),
+        clock,
+    )
+    .await
+    .expect("start");
+    assert!(
+        agent
+            .dataplane
+            .calls()
+            .contains(&Recorded::ProgramEgress(egress))
+    );
+    add(&agent, "c1").await;
+    let check = || {
+        Request::Check(CheckRequest {
+            key: key("c1"),
+            netns: "/var/run/netns/c1".into(),
+            expected_addresses: vec![],
+        })
+    };
+    assert_eq!(agent.handle(check(), None).await, Ok(Response::Checked));
+    agent.dataplane.lose_egress();
+    let e = agent.handle(check(), None).await.expect_err("egress lost");
+    assert_eq!(e.kind, ErrorKind::Mismatch);
+    assert!(
+        e.message.contains("egress masquerade of the node"),
+        "{}",
+        e.message
+    );
+    // The reconcile period's repair programs it again.
+    agent.repair_egress().await;
+    assert_eq!(agent.handle(check(), None).await, Ok(Response::Checked));
+    let programs = agent
+        .dataplane
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, Recorded::ProgramEgress(_)))
+        .count();
+    assert_eq!(programs, 2);
+    agent.repair_egress().await;
+    assert_eq!(
+        agent
+            .dataplane
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Recorded::ProgramEgress(_)))
+            .count(),
+        2,
+        "nothing to repair: nothing programmed"
+    );
+}

@@ -107,6 +107,35 @@ pub fn instance_limits(answer: &Value) -> Result<Limits, CloudError> {
     })
 }
 
+/// The CIDR blocks of VPC `vpc_id` in a `DescribeVpcs` answer: its
+/// `CidrBlock`, then every `AssistantCidrSet[].CidrBlock`.
+pub fn vpc_cidrs(answer: &Value, vpc_id: &str) -> Result<Vec<String>, CloudError> {
+    let vpc = answer
+        .get("VpcSet")
+        .and_then(Value::as_array)
+        .and_then(|set| {
+            set.iter()
+                .find(|v| v.get("VpcId").and_then(Value::as_str) == Some(vpc_id))
+        })
+        .ok_or_else(|| CloudError::Other(format!("DescribeVpcs does not list {vpc_id}")))?;
+    let primary = vpc
+        .get("CidrBlock")
+        .and_then(Value::as_str)
+        .filter(|c| parse_cidr(c).is_some())
+        .ok_or_else(|| CloudError::Other(format!("{vpc_id} has no CidrBlock: {vpc}")))?;
+    let mut cidrs = vec![primary.to_string()];
+    cidrs.extend(
+        vpc.get("AssistantCidrSet")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.get("CidrBlock").and_then(Value::as_str))
+            .filter(|c| parse_cidr(c).is_some())
+            .map(str::to_string),
+    );
+    Ok(cidrs)
+}
+
 fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
     let (ip, len) = s.split_once('/')?;
     Some((ip.parse().ok()?, len.parse().ok()?))
@@ -194,6 +223,24 @@ mod tests {
         serde_json::json!({"SubnetSet": [
             {"SubnetId": "subnet-1", "Zone": "z1", "CidrBlock": cidr, "AvailableIpAddressCount": 5}
         ]})
+    }
+
+    #[test]
+    fn a_vpcs_cidrs_are_its_block_and_its_secondary_blocks() {
+        let answer = serde_json::json!({"VpcSet": [
+            {"VpcId": "vpc-other", "CidrBlock": "172.16.0.0/16"},
+            {"VpcId": "vpc-1", "CidrBlock": "10.0.0.0/16", "AssistantCidrSet": [
+                {"CidrBlock": "10.1.0.0/16", "AssistantType": 0},
+                {"CidrBlock": "garbage"}
+            ]}
+        ]});
+        assert_eq!(
+            vpc_cidrs(&answer, "vpc-1"),
+            Ok(vec!["10.0.0.0/16".to_string(), "10.1.0.0/16".to_string()])
+        );
+        assert!(vpc_cidrs(&answer, "vpc-2").is_err());
+        let broken = serde_json::json!({"VpcSet": [{"VpcId": "vpc-1"}]});
+        assert!(vpc_cidrs(&broken, "vpc-1").is_err());
     }
 
     #[test]

@@ -187,6 +187,20 @@ pub fn identity_from_metadata(
     })
 }
 
+impl TencentCloud {
+    /// The node's VPC's CIDR blocks, the primary and every secondary
+    /// (`DescribeVpcs`: `CidrBlock` and `AssistantCidrSet`).
+    pub async fn vpc_cidrs(&self) -> Result<Vec<String>, CloudError> {
+        let answer = self
+            .call(
+                "DescribeVpcs",
+                json!({ "VpcIds": [self.settings.identity.vpc_id] }),
+            )
+            .await?;
+        decode::vpc_cidrs(&answer, &self.settings.identity.vpc_id)
+    }
+}
+
 impl Cloud for TencentCloud {
     fn instance_id(&self) -> String {
         self.settings.identity.instance_id.clone()

@@ -158,14 +158,18 @@ fn rule(selector: RuleAttribute, table: u32, priority: u32) -> RuleMessage {
     msg
 }
 
-/// The pod address a rule of ours selects, if it is one of ours.
+/// The pod address a rule of ours selects, if it is one of ours (our
+/// protocol and a pod rule's priority: the egress rules are ours too).
 pub fn rule_pod(rule: &RuleMessage) -> Option<Ipv4Addr> {
     let ours = rule
         .attributes
         .contains(&RuleAttribute::Protocol(RouteProtocol::Other(
             ROUTE_PROTOCOL,
         )));
-    if !ours {
+    let pod_priority = rule.attributes.iter().any(|a| {
+        matches!(a, RuleAttribute::Priority(p) if *p == RULE_TO_POD_PRIORITY || *p == RULE_FROM_POD_PRIORITY)
+    });
+    if !ours || !pod_priority {
         return None;
     }
     rule.attributes.iter().find_map(|a| match a {

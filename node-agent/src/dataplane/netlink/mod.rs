@@ -8,8 +8,10 @@
 //! link index and MAC). DEL removes the two rules and the host route before
 //! it answers and leaves the veth to the [`reaper`].
 
+mod egress;
 mod messages;
 mod netns;
+mod nft;
 mod pod;
 mod reaper;
 
@@ -30,7 +32,8 @@ use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 use tracing::{debug, warn};
 
 use super::{
-    Dataplane, DataplaneError, HOST_VETH_PREFIX, POD_GATEWAY, PodLinks, PodSpec, host_ifname,
+    Dataplane, DataplaneError, Egress, HOST_VETH_PREFIX, POD_GATEWAY, PodLinks, PodSpec,
+    host_ifname,
 };
 use crate::ipam::EniRecord;
 
@@ -49,6 +52,7 @@ pub struct NetlinkDataplane {
     node: Handle,
     node_netns: Option<PathBuf>,
     reaper: Arc<reaper::Reaper>,
+    egress: Egress,
 }
 
 impl NetlinkDataplane {
@@ -65,8 +69,24 @@ impl NetlinkDataplane {
             reaper: reaper::Reaper::start(node.clone()),
             node,
             node_netns: node_netns.map(Path::to_path_buf),
+            egress: Egress::Off,
         })
     }
+
+    /// What [`Dataplane::program_egress`] programs and CHECK verifies.
+    pub fn with_egress(mut self, egress: Egress) -> NetlinkDataplane {
+        self.egress = egress;
+        self
+    }
+}
+
+/// Removes the egress table and rules from the node namespace at
+/// `node_netns` (the caller's own when `None`): `vpc-cni-agent uninstall`.
+pub async fn remove_egress(node_netns: Option<&Path>) -> Result<(), DataplaneError> {
+    let node = netns::connect(open_path(node_netns)?)
+        .await
+        .map_err(io_err("open netlink socket in the node namespace"))?;
+    egress::remove(&node, open_path(node_netns)?).await
 }
 
 impl Dataplane for NetlinkDataplane {
@@ -215,6 +235,29 @@ impl Dataplane for NetlinkDataplane {
 
     async fn detach_pod(&self, pod: &PodSpec) -> Result<(), DataplaneError> {
         self.detach(pod).await
+    }
+
+    async fn program_egress(&self) -> Result<(), DataplaneError> {
+        egress::program(
+            &self.node,
+            open_path(self.node_netns.as_deref())?,
+            &self.egress,
+        )
+        .await
+    }
+
+    async fn check_egress(&self) -> Result<(), DataplaneError> {
+        egress::check(
+            &self.node,
+            open_path(self.node_netns.as_deref())?,
+            &self.egress,
+        )
+        .await
+        .map_err(|detail| DataplaneError::Mismatch {
+            pod: "the node".into(),
+            what: "egress masquerade",
+            detail,
+        })
     }
 
     async fn collect_garbage(&self, keep: &[PodSpec]) -> Result<u32, DataplaneError> {

@@ -422,3 +422,5 @@ async fn privileged_a_new_veth_is_echoed_with_its_peers_index() {
     assert_eq!(peer, Some(index), "the echo names the pod end: {inside}");
     drop(bed);
 }
+
+mod egress;
