@@ -26,6 +26,12 @@ impl Cluster {
     /// Brings up `nodes` nodes with Kubernetes (the binaries built by
     /// `scripts/k8s-bins.sh` when missing).
     pub fn up(nodes: usize) -> Cluster {
+        Cluster::up_with(nodes, &[])
+    }
+
+    /// [`up`](Self::up) with more flags of `vpc-sim up`, such as
+    /// `--eni-quota`.
+    pub fn up_with(nodes: usize, flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().join("sim");
         let out = Command::new(bin("vpc-sim"))
@@ -37,6 +43,7 @@ impl Cluster {
                 "--state",
             ])
             .arg(&state)
+            .args(flags)
             .stdin(Stdio::null())
             .output()
             .expect("run vpc-sim up");
@@ -110,6 +117,30 @@ impl Cluster {
     pub fn apply(&self, manifest: &str) {
         self.try_kubectl(&["apply", "-f", "-"], Some(manifest))
             .unwrap_or_else(|e| panic!("kubectl apply: {e}"));
+    }
+
+    /// Any object as JSON, if it exists (`kind` such as `vipc`, `vip`,
+    /// `nec`; `name` with `-n NS` before it when namespaced).
+    pub fn object(&self, kind: &str, name: &str) -> Option<Value> {
+        let text = self
+            .try_kubectl(&["get", kind, name, "-o", "json"], None)
+            .ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// The events (all namespaces) as `REASON MESSAGE` lines.
+    pub fn events(&self) -> String {
+        self.try_kubectl(
+            &[
+                "get",
+                "events",
+                "-A",
+                "-o",
+                "jsonpath={range .items[*]}{.reason} {.message}{\"\\n\"}{end}",
+            ],
+            None,
+        )
+        .unwrap_or_default()
     }
 
     /// A pod as JSON, if it exists.

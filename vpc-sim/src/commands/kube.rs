@@ -354,9 +354,12 @@ fn install(
             &format!("the agent of {}", node.instance),
             Duration::from_secs(30),
             || {
+                // Ready, or not for a reason of the VPC's (a node past the
+                // ENI quota is installed all the same).
                 matches!(
                     proto::client::call(&node.socket, &Request::Status, Duration::from_secs(2)),
-                    Ok(Ok(Response::Status(s))) if s.ready
+                    Ok(Ok(Response::Status(s)))
+                        if s.ready || s.reason.as_deref().is_some_and(|r| r.contains("ENILimit"))
                 )
             },
         );

@@ -1,0 +1,297 @@
+//! Privileged: the agent's Kubernetes objects on a real cluster
+//! (`vpc-sim up --kubernetes`, vpc-cni from `deploy/`), driven with kubectl
+//! as an operator would: `VpcIPClaim`s, `VpcIP`s and `NodeEniConfig`s, TKE's
+//! annotations, `kubectl delete vipc` deferred while the pod runs, the
+//! `ENILimit` event, cascade with ownerrefs, the cluster component's lease.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use vpc_cni_tests::k8s::Cluster;
+use vpc_cni_tests::require_root;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn sts(name: &str, replicas: u32, annotations: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  serviceName: {name}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+      annotations: {{{annotations}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: localhost/busybox:1.35
+        imagePullPolicy: Never
+        command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
+"#
+    )
+}
+
+fn pod(name: &str, annotations: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, annotations: {{{annotations}}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: localhost/busybox:1.35
+    imagePullPolicy: Never
+    command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
+"#
+    )
+}
+
+const STATIC: &str = "tke.cloud.tencent.com/vpc-ip-claim-delete-policy: Never";
+
+fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    path.iter()
+        .fold(v, |v, k| &v[*k])
+        .as_str()
+        .unwrap_or_default()
+}
+
+fn pod_ip(c: &Cluster, name: &str) -> String {
+    let p = c.wait_ready(name, WAIT);
+    s(&p, &["status", "podIP"]).to_string()
+}
+
+#[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+fn k8s_claims_ips_and_node_configs_are_objects_kubectl_shows_and_deletes() {
+    require_root();
+    let c = Cluster::up(1);
+    let node = c.get("NODE1_INSTANCE").to_string();
+    c.apply(&sts("web", 2, STATIC));
+    c.apply(&pod("plain", ""));
+    let web0 = pod_ip(&c, "web-0");
+    let web1 = pod_ip(&c, "web-1");
+    let plain = pod_ip(&c, "plain");
+
+    // Every pod has a claim while it runs, with its IP, node and policy; every
+    // address in use a VpcIP.
+    for (name, ip, policy) in [
+        ("web-0", &web0, "Never"),
+        ("web-1", &web1, "Never"),
+        ("plain", &plain, "Immediate"),
+    ] {
+        c.wait_until(&format!("vipc {name} Bound"), WAIT, || {
+            c.object("vipc", name)
+                .is_some_and(|v| s(&v, &["status", "phase"]) == "Bound")
+        });
+        let v = c.object("vipc", name).expect("claim");
+        assert_eq!(s(&v, &["status", "ip"]), ip.as_str(), "{v}");
+        assert_eq!(s(&v, &["status", "node"]), node);
+        assert_eq!(s(&v, &["spec", "deletePolicy"]), policy);
+        assert!(s(&v, &["status", "eniId"]).starts_with("eni-"), "{v}");
+        c.wait_until(&format!("vip {ip} Bound"), WAIT, || {
+            c.object("vip", ip).is_some_and(|v| {
+                s(&v, &["spec", "phase"]) == "Bound"
+                    && s(&v, &["spec", "claim"]) == format!("default/{name}")
+            })
+        });
+    }
+    let table = c.kubectl(&["get", "vipc"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("STATUS") && table.contains("EXPIRES"),
+        "{table}"
+    );
+    // The node's ENIs and counts.
+    let nec = c.object("nec", &node).expect("NodeEniConfig");
+    assert!(
+        nec["status"]["enis"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty()),
+        "{nec}"
+    );
+    assert!(nec["status"]["allocated"].as_u64() >= Some(3), "{nec}");
+    // The node's own CLI agrees with kubectl.
+    let socket = c.get("NODE1_SOCKET").to_string();
+    let claims = match proto::client::call(
+        std::path::Path::new(&socket),
+        &proto::wire::Request::Claims,
+        Duration::from_secs(10),
+    ) {
+        Ok(Ok(proto::wire::Response::Claims { claims })) => claims,
+        other => panic!("claims: {other:?}"),
+    };
+    for cl in &claims {
+        let v = c.object("vipc", &cl.name).expect("claim object");
+        assert_eq!(s(&v, &["status", "ip"]), cl.ip.to_string());
+        assert_eq!(s(&v, &["status", "phase"]), cl.status);
+    }
+
+    // A static pod deleted comes back with its IP; a plain one's claim and
+    // VpcIP go with it.
+    c.kubectl(&["delete", "pod", "web-0", "plain", "--wait=true"]);
+    assert_eq!(pod_ip(&c, "web-0"), web0, "web-0 kept its IP");
+    c.wait_until("plain's claim and VpcIP gone", WAIT, || {
+        c.object("vipc", "plain").is_none() && c.object("vip", &plain).is_none()
+    });
+
+    // kubectl delete vipc while the pod runs: deferred, not cut.
+    c.kubectl(&["delete", "vipc", "web-1", "--wait=false"]);
+    c.wait_until("DeletionDeferred on web-1's claim", WAIT, || {
+        c.events()
+            .lines()
+            .any(|l| l.starts_with("DeletionDeferred") && l.contains("web-1"))
+    });
+    assert!(c.object("vipc", "web-1").is_some(), "held by the finalizer");
+    assert_eq!(
+        s(&c.pod("web-1").expect("web-1"), &["status", "podIP"]),
+        web1,
+        "the pod keeps its network"
+    );
+    // The pod ends (scale down): the IP is freed and the claim goes.
+    c.kubectl(&["scale", "statefulset", "web", "--replicas=1"]);
+    c.wait_until("web-1's claim and VpcIP gone", WAIT, || {
+        c.object("vipc", "web-1").is_none() && c.object("vip", &web1).is_none()
+    });
+    assert!(
+        c.events()
+            .lines()
+            .any(|l| l.starts_with("Reclaimed") && l.contains(&web1)),
+        "{}",
+        c.events()
+    );
+
+    // Scaled to zero, web-0's claim is Reserved, and shown as such.
+    c.kubectl(&["scale", "statefulset", "web", "--replicas=0"]);
+    c.wait_until("web-0 Reserved", WAIT, || {
+        c.object("vipc", "web-0")
+            .is_some_and(|v| s(&v, &["status", "phase"]) == "Reserved")
+            && c.object("vip", &web0)
+                .is_some_and(|v| s(&v, &["spec", "phase"]) == "Reserved")
+    });
+    c.kubectl(&["scale", "statefulset", "web", "--replicas=1"]);
+    assert_eq!(pod_ip(&c, "web-0"), web0, "back with its IP");
+
+    // A malformed annotation fails the pod's ADD with a message naming it.
+    c.apply(&pod(
+        "bad",
+        "tke.cloud.tencent.com/vpc-ip-claim-delete-policy: Sometimes",
+    ));
+    c.wait_until("the pod's event names the annotation", WAIT, || {
+        c.events()
+            .lines()
+            .any(|l| l.contains("vpc-ip-claim-delete-policy") && l.contains("Sometimes"))
+    });
+    assert!(c.object("vipc", "bad").is_none());
+}
+
+#[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+fn k8s_eni_limit_is_an_event_ownerrefs_cascade_and_the_cluster_component_leads() {
+    require_root();
+    // Two nodes and a VPC quota of three ENIs: the two primaries and one
+    // secondary. One node gets it, the other reports ENILimit.
+    let c = Cluster::up_with(2, &["--eni-quota", "3"]);
+    let ns = c.get("VPC_CNI_NAMESPACE").to_string();
+    c.wait_until("an ENILimit event on a Node", WAIT, || {
+        c.events().lines().any(|l| l.starts_with("ENILimit"))
+    });
+    let limited: Vec<String> = (1..=2)
+        .map(|n| c.get(&format!("NODE{n}_INSTANCE")).to_string())
+        .filter(|node| {
+            c.object("nec", node).is_some_and(|v| {
+                v["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "ENILimit")
+            })
+        })
+        .collect();
+    assert_eq!(limited.len(), 1, "exactly one node is past the quota");
+
+    // The cluster component holds its lease.
+    c.wait_until("the cluster component leads", WAIT, || {
+        c.try_kubectl(
+            &[
+                "-n",
+                &ns,
+                "get",
+                "lease",
+                "vpc-cni-cluster",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+            None,
+        )
+        .is_ok_and(|h| h.starts_with("vpc-cni-cluster"))
+    });
+
+    // Static claims made before ownerrefs are on keep no owner; after, the
+    // workload's deletion frees them.
+    let healthy = (1..=2)
+        .map(|n| c.get(&format!("NODE{n}_INSTANCE")).to_string())
+        .find(|n| !limited.contains(n))
+        .expect("a node with an ENI");
+    let pinned = |name: &str| {
+        sts(name, 1, STATIC).replace(
+            "    spec:\n      terminationGracePeriodSeconds",
+            &format!("    spec:\n      nodeName: {healthy}\n      terminationGracePeriodSeconds"),
+        )
+    };
+    c.apply(&pinned("before"));
+    pod_ip(&c, "before-0");
+    c.kubectl(&[
+        "-n",
+        &ns,
+        "patch",
+        "configmap",
+        "vpc-cni-config",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"enable-ownerref":"true"}}"#,
+    ]);
+    c.kubectl(&["-n", &ns, "rollout", "restart", "daemonset/vpc-cni-agent"]);
+    c.kubectl(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "daemonset/vpc-cni-agent",
+        "--timeout=120s",
+    ]);
+    c.apply(&pinned("after"));
+    let ip = pod_ip(&c, "after-0");
+    c.wait_until("after-0's claim owned by its StatefulSet", WAIT, || {
+        c.object("vipc", "after-0").is_some_and(|v| {
+            v["metadata"]["ownerReferences"][0]["kind"] == "StatefulSet"
+                && v["metadata"]["ownerReferences"][0]["name"] == "after"
+        })
+    });
+    assert!(
+        c.object("vipc", "before-0")
+            .is_some_and(|v| v["metadata"]["ownerReferences"].is_null()),
+        "a claim made before the flag keeps no owner"
+    );
+    c.kubectl(&["delete", "statefulset", "after", "before", "--wait=true"]);
+    c.wait_until(
+        "after-0's claim and IP gone with its workload",
+        WAIT,
+        || c.object("vipc", "after-0").is_none() && c.object("vip", &ip).is_none(),
+    );
+    c.wait_until("before-0 Reserved, kept", WAIT, || {
+        c.object("vipc", "before-0")
+            .is_some_and(|v| s(&v, &["status", "phase"]) == "Reserved")
+    });
+}
