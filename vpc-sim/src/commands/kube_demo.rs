@@ -48,7 +48,9 @@ spec:
   podManagementPolicy: Parallel
   selector: {matchLabels: {app: demo-web}}
   template:
-    metadata: {labels: {app: demo-web}}
+    metadata:
+      labels: {app: demo-web}
+      annotations: {tke.cloud.tencent.com/vpc-ip-claim-delete-policy: Never}
     spec:
       terminationGracePeriodSeconds: 2
       affinity:
@@ -271,6 +273,33 @@ fn exercise(kubectl: &Kubectl, nodes: &[super::up::Node]) -> Result<Checks, Stri
         );
     }
 
+    say("==> kubectl get vipc,vip (the agents' objects)");
+    let claims = eventually(Duration::from_secs(30), || {
+        let out = kubectl.run(&["get", "vipc", "-o", "wide"])?;
+        match current.iter().find(|p| !out.contains(&p.ip)) {
+            None => Ok(out),
+            Some(p) => Err(format!(
+                "no VpcIPClaim with {} ({}) yet:\n{out}",
+                p.ip, p.name
+            )),
+        }
+        .map(|_| ())
+    });
+    if let Ok(out) = kubectl.run(&["get", "vipc"]) {
+        say(&out);
+    }
+    checks.record("a VpcIPClaim per pod with its IP".into(), claims);
+    checks.record(
+        "a VpcIP per pod's address".into(),
+        eventually(Duration::from_secs(30), || {
+            let out = kubectl.run(&["get", "vip"])?;
+            match current.iter().find(|p| !out.contains(&p.ip)) {
+                None => Ok(()),
+                Some(p) => Err(format!("no VpcIP {} yet:\n{out}", p.ip)),
+            }
+        }),
+    );
+
     let sleepers: Vec<&PodInfo> = current
         .iter()
         .filter(|p| p.name.starts_with("demo-sleep"))
@@ -349,6 +378,32 @@ fn exercise(kubectl: &Kubectl, nodes: &[super::up::Node]) -> Result<Checks, Stri
                     }),
             );
         }
+    }
+
+    if let Some(w) = webs.first() {
+        say(&format!(
+            "==> static IP: kubectl delete pod {} (the StatefulSet makes it again)",
+            w.name
+        ));
+        let kept = kubectl
+            .run(&["delete", "pod", &w.name, "--wait=true"])
+            .and_then(|_| {
+                eventually(Duration::from_secs(120), || {
+                    let pod = pods(kubectl)?
+                        .into_iter()
+                        .find(|p| p.name == w.name && p.ready)
+                        .ok_or_else(|| format!("{} not Ready again", w.name))?;
+                    if pod.ip == w.ip {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "{} came back with {}, not {}",
+                            w.name, pod.ip, w.ip
+                        ))
+                    }
+                })
+            });
+        checks.record(format!("{} back with its IP {}", w.name, w.ip), kept);
     }
 
     say("==> kubectl delete everything, then look for leftovers");
