@@ -12,7 +12,10 @@ pub const REGION: &str = "sim-region-1";
 pub fn answer(world: &SharedWorld, path: &str) -> Option<String> {
     let (instance, rest) = path.strip_prefix('/')?.split_once('/')?;
     let key = rest.strip_prefix("latest/meta-data/")?;
-    let w = world.read().ok()?;
+    world.view(|w| in_world(w, instance, key)).ok()?
+}
+
+fn in_world(w: &crate::world::World, instance: &str, key: &str) -> Option<String> {
     let ins = w.vpc.instances.get(instance)?;
     let primary = w.vpc.enis_of(instance).find(|e| e.primary)?;
     let mac = primary.mac.to_ascii_lowercase();

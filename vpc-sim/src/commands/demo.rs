@@ -92,6 +92,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         agent_flags: Vec::new(),
         kubernetes: false,
         k8s_bin_dir: None,
+        api_limits: "documented".into(),
     };
     say(&format!(
         "==> vpc-sim up: 2 nodes, agents with the netlink data path ({})",

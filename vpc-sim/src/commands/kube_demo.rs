@@ -146,6 +146,7 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
         agent_flags: Vec::new(),
         kubernetes: true,
         k8s_bin_dir: args.k8s_bin_dir.clone(),
+        api_limits: "documented".into(),
     };
     say(&format!(
         "==> vpc-sim up --kubernetes: 2 nodes ({})",

@@ -48,6 +48,9 @@ pub struct UpArgs {
     /// scripts/k8s-bins.sh, built first when anything is missing).
     #[arg(long)]
     pub k8s_bin_dir: Option<PathBuf>,
+    /// The VPC API's limits the emulator enforces (see `serve --api-limits`).
+    #[arg(long, default_value = "documented")]
+    pub api_limits: String,
 }
 
 /// One simulated node.
@@ -180,7 +183,7 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
         fabric.plug(&vpc, eni).map_err(|e| e.to_string())?;
     }
 
-    let address = start_emulator(&dir, &mut sim)?;
+    let address = start_emulator(&dir, &mut sim, &args.api_limits)?;
     let agent = args
         .agent_bin
         .clone()
@@ -234,7 +237,7 @@ pub fn credentials_file(dir: &Path) -> PathBuf {
 
 /// Starts `vpc-sim serve` for the world in `dir`, detached; returns its
 /// address once it listens.
-fn start_emulator(dir: &Path, sim: &mut Sim) -> Result<String, String> {
+fn start_emulator(dir: &Path, sim: &mut Sim, api_limits: &str) -> Result<String, String> {
     let credentials = credentials_file(dir);
     let key = format!("{:016x}{:08x}", nanos(), std::process::id());
     fs::write(
@@ -257,6 +260,8 @@ fn start_emulator(dir: &Path, sim: &mut Sim) -> Result<String, String> {
         .arg(&credentials)
         .arg("--address-file")
         .arg(&address_file)
+        .arg("--api-limits")
+        .arg(api_limits)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
