@@ -22,6 +22,7 @@ use tencent_api::sign;
 use crate::world::SharedWorld;
 use limits::RateLimiter;
 pub use limits::{ActionStats, ApiLimits};
+pub use metadata::REGION;
 
 /// The API version served.
 pub const VERSION: &str = "2017-03-12";
