@@ -105,7 +105,10 @@ impl AdaptiveRate {
         let max = if max > 0.0 { max } else { 1000.0 };
         AdaptiveRate {
             rate: max,
-            min: (max / 200.0).min(0.1),
+            // A floor of one call every 5 s at the default 10 qps: below
+            // it, a node waiting for a one-off call (its limits) would sit
+            // idle while the account's budget goes unused.
+            min: (max / 50.0).min(1.0),
             max,
             increase: (max / 10.0).max(0.1),
             next: now,
@@ -224,7 +227,7 @@ mod tests {
         for _ in 0..1000 {
             r.on_throttle(t0);
         }
-        assert!(r.rate() >= 0.05 - 1e-9, "a floor: {}", r.rate());
+        assert!((r.rate() - 0.2).abs() < 1e-9, "a floor: {}", r.rate());
         // Unthrottled calls bring it back, a little per call, up to the cap.
         let mut calls = 0;
         while r.rate() < 10.0 {
