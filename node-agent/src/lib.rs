@@ -12,6 +12,7 @@ pub mod committer;
 pub mod dataplane;
 pub mod ipam;
 pub mod logging;
+pub mod metrics;
 pub mod outbox;
 pub mod server;
 pub mod sizing;

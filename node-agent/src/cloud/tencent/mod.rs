@@ -311,12 +311,15 @@ impl Cloud for TencentCloud {
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
-        let eni = eni_id.to_string();
-        let ips = ips.to_vec();
-        self.blocking("UnassignPrivateIpAddresses", move |t| {
-            once::unassign(t, &eni, &ips)
-        })
-        .await
+        for batch in ips.chunks(MAX_NAMED_PER_CALL) {
+            let eni = eni_id.to_string();
+            let batch = batch.to_vec();
+            self.blocking("UnassignPrivateIpAddresses", move |t| {
+                once::unassign(t, &eni, &batch)
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     async fn list_enis(&self) -> Result<Vec<Eni>, CloudError> {
@@ -353,8 +356,9 @@ impl Cloud for TencentCloud {
     }
 }
 
-/// How many addresses one `AssignPrivateIpAddresses` may name (the API's
-/// limit for `PrivateIpAddresses`).
+/// How many addresses one `AssignPrivateIpAddresses` or
+/// `UnassignPrivateIpAddresses` may name (the API's limit for
+/// `PrivateIpAddresses`, "单次最多指定10个").
 const MAX_NAMED_PER_CALL: usize = 10;
 
 impl TencentCloud {

@@ -27,9 +27,14 @@ pub const TASK_DEADLINE: Duration = Duration::from_secs(120);
 /// account's, shared by every node, so a cold start of a large cluster is
 /// throttled for minutes; giving up early only starts the wait again.
 pub const THROTTLE_DEADLINE: Duration = Duration::from_secs(300);
-/// The first look at an asynchronous task, then half as long again each
-/// time, up to [`TASK_POLL_CAP`].
-pub const TASK_POLL_FIRST: Duration = Duration::from_millis(500);
+/// The first look at an asynchronous task with `DescribeVpcTaskResult`,
+/// then half as long again each time, up to [`TASK_POLL_CAP`].
+pub const TASK_POLL_FIRST: Duration = Duration::from_millis(150);
+/// The first look at the resource of a task confirmed by looking
+/// ([`Confirm::Look`]): an attach takes about a second, and at 2,000 nodes
+/// every look more per node costs 20 s of the account's
+/// `DescribeNetworkInterfaces` budget.
+pub const LOOK_FIRST: Duration = Duration::from_millis(500);
 /// The longest wait between two looks at a task.
 pub const TASK_POLL_CAP: Duration = Duration::from_secs(5);
 
@@ -244,15 +249,15 @@ impl Transport {
         task: &str,
         confirm: &Confirm<'_>,
     ) -> Result<(), (Kind, CloudError)> {
-        let deadline = Instant::now() + TASK_DEADLINE;
+        let started = Instant::now();
+        let deadline = started + TASK_DEADLINE;
         let mut polls = 0;
         loop {
-            std::thread::sleep(task_poll_delay(
-                polls,
-                TASK_POLL_FIRST,
-                TASK_POLL_CAP,
-                jitter_seed(),
-            ));
+            let first = match confirm {
+                Confirm::Task => TASK_POLL_FIRST,
+                Confirm::Look(_) => LOOK_FIRST,
+            };
+            std::thread::sleep(task_poll_delay(polls, first, TASK_POLL_CAP, jitter_seed()));
             polls += 1;
             let done = match confirm {
                 Confirm::Task => self.task_status(action, task)?,
@@ -269,6 +274,7 @@ impl Transport {
                 },
             };
             if done {
+                crate::metrics::task_confirmed(action, started.elapsed());
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -317,6 +323,7 @@ impl Transport {
             std::thread::sleep(wait);
         }
         let outcome = self.send(action, params);
+        crate::metrics::cloud_call(action, outcome.as_ref().err().map(|(kind, _)| kind.code()));
         match &outcome {
             Err((Kind::Throttled, _)) => self.rate_of(action, |r| r.on_throttle(Instant::now())),
             _ => self.rate_of(action, AdaptiveRate::on_success),
