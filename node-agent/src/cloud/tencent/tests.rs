@@ -478,4 +478,27 @@ async fn addresses_are_unassigned_ten_at_a_time() {
     let listed = one.list_cluster_enis().await.expect("list");
     let after = listed.iter().find(|x| x.id == eni.id).expect("the ENI");
     assert!(after.secondary_ips.is_empty(), "{after:?}");
+    // One call naming 11 is refused with the API's code.
+    let eleven: Vec<serde_json::Value> = eni
+        .secondary_ips
+        .iter()
+        .take(11)
+        .map(|ip| json!({ "PrivateIpAddress": ip.to_string() }))
+        .collect();
+    let transport = Arc::clone(&one.transport);
+    let id = eni.id.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        transport.call(
+            "AssignPrivateIpAddresses",
+            &json!({ "NetworkInterfaceId": id, "PrivateIpAddresses": eleven }),
+        )
+    })
+    .await
+    .expect("join");
+    match refused {
+        Err(CloudError::InvalidState(m)) => {
+            assert!(m.contains("InvalidParameterValue.LimitExceeded"), "{m}")
+        }
+        other => panic!("11 addresses in one call: {other:?}"),
+    }
 }
