@@ -35,6 +35,9 @@ pub enum Kind {
     /// A value is outside its allowed range, such as a named address
     /// outside the ENI's subnet (`InvalidParameterValue.Range`).
     OutOfRange,
+    /// A parameter names more values than one call may carry, such as more
+    /// than 10 `PrivateIpAddresses` (`InvalidParameterValue.LimitExceeded`).
+    TooManyValues,
     /// The service failed: retry later.
     Internal,
     /// A code the client does not know.
@@ -68,6 +71,9 @@ const TABLE: &[(Kind, &str)] = &[
     // `InvalidParameterValue.Range` (value not in the allowed range).
     (Kind::AddressInUse, "ResourceInUse"),
     (Kind::OutOfRange, "InvalidParameterValue.Range"),
+    // "The number of parameter values exceeds the limit": the code the
+    // official SDKs list for a parameter with too many values.
+    (Kind::TooManyValues, "InvalidParameterValue.LimitExceeded"),
     (Kind::Internal, "InternalError"),
 ];
 

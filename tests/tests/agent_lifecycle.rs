@@ -79,6 +79,17 @@ fn hole_2_a_poisoned_agent_exits_non_zero_and_restarts_from_its_store() {
 fn hole_6_the_agent_starts_without_the_cloud_serves_what_it_holds_and_resumes() {
     let mut agent = Agent::start(&["--warm-ip-target", "3"]);
     let ips: Vec<String> = (0..3).map(|i| add(&agent, &format!("p{i}"))).collect();
+    // The pool grows back to its warm target in the background (an assign
+    // and its task, confirmed after a pause): the premise is free IPs held.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while free_ips(&agent) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool never got its warm IPs back:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     agent.kill9();
     // The VPC API fails every call (metadata still answers), as during an
     // outage; the agent must start anyway.
@@ -120,4 +131,14 @@ fn hole_6_the_agent_starts_without_the_cloud_serves_what_it_holds_and_resumes() 
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn free_ips(agent: &Agent) -> usize {
+    agent
+        .pool()
+        .enis
+        .iter()
+        .flat_map(|e| &e.ips)
+        .filter(|ip| matches!(ip.state, proto::wire::IpState::Free))
+        .count()
 }

@@ -352,3 +352,36 @@ fn hole_3_lost_answers_to_attach_and_assign_leak_nothing() {
     }
     assert_nothing_leaks(&agent, Duration::from_secs(20));
 }
+
+/// `--metrics-address` serves the Prometheus text format: the cloud calls
+/// by action and code, the pool's IPs by state and each ADD's phases.
+#[test]
+fn metrics_are_served_when_asked() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let agent = Agent::start(&["--metrics-address", &address, "--warm-ip-target", "2"]);
+    let run = add(&agent, "m1");
+    assert!(run.ok, "{}", run.stdout);
+    let text = {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(&address).expect("metrics listener");
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("request");
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).expect("answer");
+        answer
+    };
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    for expected in [
+        "vpc_cni_pool_ips{state=\"allocated\"} 1",
+        "vpc_cni_add_seconds_count{phase=\"total\"} 1",
+        "vpc_cni_add_seconds_count{phase=\"ip\"} 1",
+        "vpc_cni_cloud_calls_total{action=\"DescribeNetworkInterfaceLimit\",code=\"OK\"} 1",
+        "vpc_cni_cloud_task_seconds_count{action=\"AttachNetworkInterface\"}",
+    ] {
+        assert!(text.contains(expected), "{expected} missing:\n{text}");
+    }
+}

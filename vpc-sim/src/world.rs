@@ -8,6 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -196,21 +197,46 @@ pub fn instance_id(n: usize) -> String {
     format!("ins-sim{n:04}")
 }
 
-/// The world's file, shared between processes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The world's file, shared between processes; or, for simulations of many
+/// nodes without a fabric (`bench/scale`), the world in this process's
+/// memory, where every call would otherwise read and write the whole file.
+#[derive(Clone, Debug)]
 pub struct SharedWorld {
     path: PathBuf,
+    memory: Option<Arc<Mutex<World>>>,
 }
+
+impl PartialEq for SharedWorld {
+    fn eq(&self, other: &SharedWorld) -> bool {
+        match (&self.memory, &other.memory) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => self.path == other.path,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for SharedWorld {}
 
 impl SharedWorld {
     /// The world stored at `path`.
     pub fn at(path: &Path) -> SharedWorld {
         SharedWorld {
             path: path.to_path_buf(),
+            memory: None,
         }
     }
 
-    /// The file.
+    /// A world kept in memory only (no file, no fabric): one process plays
+    /// the cloud for every node.
+    pub fn in_memory(world: World) -> SharedWorld {
+        SharedWorld {
+            path: PathBuf::new(),
+            memory: Some(Arc::new(Mutex::new(world))),
+        }
+    }
+
+    /// The file (empty for a world in memory).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -220,6 +246,9 @@ impl SharedWorld {
         &self,
         world: impl FnOnce() -> Result<World, SimError>,
     ) -> Result<(), SimError> {
+        if self.memory.is_some() {
+            return Ok(());
+        }
         let _lock = self.lock()?;
         if self.path.exists() {
             return Ok(());
@@ -229,15 +258,39 @@ impl SharedWorld {
 
     /// The current state.
     pub fn read(&self) -> Result<World, SimError> {
-        let _lock = self.lock()?;
-        self.load()
+        self.view(World::clone)
     }
 
-    /// Applies `change` under the lock; the file changes only if it succeeds.
+    /// Looks at the current state without copying it (in memory) or keeping
+    /// it (from the file).
+    pub fn view<T>(&self, f: impl FnOnce(&World) -> T) -> Result<T, SimError> {
+        if let Some(m) = &self.memory {
+            return Ok(f(&m.lock().unwrap_or_else(|p| p.into_inner())));
+        }
+        let _lock = self.lock()?;
+        Ok(f(&self.load()?))
+    }
+
+    /// Applies `change` under the lock; the state changes only if it
+    /// succeeds.
     pub fn update<T>(
         &self,
         change: impl FnOnce(&mut World) -> Result<T, SimError>,
     ) -> Result<T, SimError> {
+        if let Some(m) = &self.memory {
+            let mut guard = m.lock().unwrap_or_else(|p| p.into_inner());
+            // The model checks before it changes anything, but a failed
+            // change must leave nothing behind: work on a copy only when
+            // the change fails is not possible, so keep the old state.
+            let before = guard.clone();
+            return match change(&mut guard) {
+                Ok(out) => Ok(out),
+                Err(e) => {
+                    *guard = before;
+                    Err(e)
+                }
+            };
+        }
         let _lock = self.lock()?;
         let mut world = self.load()?;
         let out = change(&mut world)?;

@@ -73,6 +73,8 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             }
         };
         self.pool_changed.notify_one();
+        crate::metrics::add_phase("ip", started.elapsed());
+        let wiring = Instant::now();
         let spec = with_netns(self.spec(&plan.allocation), netns);
         // The pod is wired while its allocation is being made durable; the
         // reply waits for both.
@@ -109,6 +111,8 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     }
                     return Err(e);
                 }
+                crate::metrics::add_phase("wire", wiring.elapsed());
+                crate::metrics::add_phase("total", started.elapsed());
                 info!(
                     ip = %spec.ip,
                     eni = %spec.eni.id,

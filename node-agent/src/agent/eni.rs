@@ -53,7 +53,9 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             }
             tokio::select! {
                 _ = self.pool_changed.notified() => {}
-                _ = tokio::time::sleep(self.config.maintenance_interval) => {}
+                // Jittered by up to a tenth, so nodes started together do
+                // not call the API together every tick.
+                _ = tokio::time::sleep(self.config.maintenance_interval + jitter(self.config.maintenance_interval / 10)) => {}
             }
         }
     }

@@ -17,9 +17,12 @@ pub fn dataplane_error(e: DataplaneError) -> AgentError {
     AgentError::new(kind, e.to_string())
 }
 
-/// A cloud failure.
+/// A cloud failure. Throttling that outlasted the client's retries is not
+/// the pod's fault and not final: "try again later" (code 11), so the
+/// runtime retries the sandbox.
 pub fn cloud_error(e: CloudError) -> AgentError {
     match e {
+        CloudError::Throttled(_) => AgentError::new(ErrorKind::NotReady, e.to_string()),
         CloudError::EniQuota(_) => {
             AgentError::new(ErrorKind::EniLimit, format!("{ENI_LIMIT}: {e}"))
         }

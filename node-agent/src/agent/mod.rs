@@ -211,6 +211,24 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             .read(|ipam, now| views::pool(ipam, now, &attaching, conditions))
     }
 
+    /// The pool's IPs by state (`free`, `allocated`, `cooling`, `reserved`,
+    /// `attaching`), for the metrics.
+    pub fn ip_states(&self) -> BTreeMap<&'static str, usize> {
+        use proto::wire::IpState;
+        let mut states = BTreeMap::new();
+        for ip in self.pool_view().enis.iter().flat_map(|e| &e.ips) {
+            let state = match ip.state {
+                IpState::Free => "free",
+                IpState::Allocated { .. } => "allocated",
+                IpState::Cooling { .. } => "cooling",
+                IpState::Reserved { .. } => "reserved",
+                IpState::Attaching { .. } => "attaching",
+            };
+            *states.entry(state).or_default() += 1;
+        }
+        states
+    }
+
     fn claim_views(&self) -> Vec<proto::wire::ClaimView> {
         let default = self.config.claim_expiry.map(|d| d.as_millis() as u64);
         self.txn

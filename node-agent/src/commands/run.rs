@@ -146,6 +146,10 @@ pub struct RunArgs {
     /// in-cluster service account).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (such as `127.0.0.1:9187`);
+    /// off unless given.
+    #[arg(long)]
+    metrics_address: Option<std::net::SocketAddr>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -334,6 +338,14 @@ async fn listen<C: Cloud, D: Dataplane>(
     let listener = server::bind(&args.socket).map_err(|e| e.to_string())?;
     info!(socket = %args.socket.display(), state_dir = %args.state_dir.display(), "agent ready");
     let warm = tokio::spawn(Arc::clone(&agent).maintain_pool());
+    if let Some(address) = args.metrics_address {
+        let metrics = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| format!("--metrics-address {address}: {e}"))?;
+        info!(%address, "metrics");
+        let agent = Arc::clone(&agent);
+        tokio::spawn(crate::metrics::serve(metrics, move || agent.ip_states()));
+    }
     let mut poisoned = agent.poisoned();
     let stop = async move {
         tokio::select! {

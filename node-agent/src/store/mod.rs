@@ -1,15 +1,14 @@
 //! The crash-safe store of the pool: every ADD and DEL is committed here
 //! before the agent answers, and the agent rebuilds its pool from it on
-//! start. [`RedbStore`] is the real one; [`MemoryStore`] serves tests.
+//! start. [`RedbStore`] is the real one; [`MemoryStore`] serves tests and
+//! simulations of many nodes in one process (`bench/scale`).
 
 mod faulty;
-#[cfg(test)]
 mod memory;
 mod records;
 mod redb;
 
 pub use faulty::FaultyStore;
-#[cfg(test)]
 pub use memory::MemoryStore;
 pub use redb::RedbStore;
 

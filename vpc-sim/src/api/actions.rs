@@ -10,15 +10,12 @@ use super::ApiError;
 use crate::model::{Eni, ModelError};
 use crate::world::{SharedWorld, SimError, World};
 
-/// How many addresses `PrivateIpAddresses` may name in one call.
-pub const MAX_NAMED_ADDRESSES: usize = 10;
-
 /// Runs one action.
 pub fn run(
     world: &SharedWorld,
     action: &str,
     p: &Value,
-    _request_id: &str,
+    max_addresses: usize,
 ) -> Result<Value, ApiError> {
     match action {
         "DescribeNetworkInterfaceLimit" => read(world, |w| {
@@ -129,12 +126,7 @@ pub fn run(
                 None => Vec::new(),
                 Some(_) => addresses(p)?,
             };
-            if named.len() > MAX_NAMED_ADDRESSES {
-                return Err(ApiError::new(
-                    Kind::InvalidParameter,
-                    format!("at most {MAX_NAMED_ADDRESSES} PrivateIpAddresses at a time"),
-                ));
-            }
+            too_many(&named, max_addresses)?;
             let count = number(p, "SecondaryPrivateIpAddressCount");
             if named.is_empty() && count.is_none() {
                 return Err(ApiError::new(
@@ -154,6 +146,7 @@ pub fn run(
         "UnassignPrivateIpAddresses" => write(world, |w| {
             let id = text(p, "NetworkInterfaceId")?;
             let ips = addresses(p)?;
+            too_many(&ips, max_addresses)?;
             w.unassign_ips(id, &ips)?;
             Ok(json!({}))
         }),
@@ -174,6 +167,21 @@ pub fn run(
             format!("action {other} is not supported by the emulator"),
         )),
     }
+}
+
+/// `InvalidParameterValue.LimitExceeded` when a call names more addresses
+/// than one call may.
+fn too_many(ips: &[Ipv4Addr], max: usize) -> Result<(), ApiError> {
+    if ips.len() > max {
+        return Err(ApiError::new(
+            Kind::TooManyValues,
+            format!(
+                "PrivateIpAddresses names {} addresses; at most {max} may be given in one call",
+                ips.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn describe_enis(w: &World, p: &Value) -> Result<Value, ApiError> {
@@ -256,8 +264,7 @@ fn read(
     world: &SharedWorld,
     f: impl FnOnce(&World) -> Result<Value, ApiError>,
 ) -> Result<Value, ApiError> {
-    let w = world.read().map_err(api_error)?;
-    f(&w)
+    world.view(f).map_err(api_error)?
 }
 
 fn write(

@@ -24,31 +24,37 @@ pub fn answer(
     peer: Option<IpAddr>,
     clients: &HashMap<IpAddr, String>,
 ) -> Option<String> {
-    let w = world.read().ok()?;
-    let (instance, key) = match path.strip_prefix("/latest/meta-data/") {
-        Some(key) => {
-            let peer = peer?;
-            let instance = match clients.get(&peer) {
-                Some(i) => i.clone(),
-                None => w
-                    .vpc
-                    .enis
-                    .values()
-                    .find(|e| e.primary && IpAddr::V4(e.primary_ip) == peer)?
-                    .attached_to
-                    .clone()?,
+    world
+        .view(|w| {
+            let (instance, key) = match path.strip_prefix("/latest/meta-data/") {
+                Some(key) => {
+                    let peer = peer?;
+                    let instance = match clients.get(&peer) {
+                        Some(i) => i.clone(),
+                        None => w
+                            .vpc
+                            .enis
+                            .values()
+                            .find(|e| e.primary && IpAddr::V4(e.primary_ip) == peer)?
+                            .attached_to
+                            .clone()?,
+                    };
+                    (instance, key)
+                }
+                None => {
+                    let (instance, rest) = path.strip_prefix('/')?.split_once('/')?;
+                    (
+                        instance.to_string(),
+                        rest.strip_prefix("latest/meta-data/")?,
+                    )
+                }
             };
-            (instance, key)
-        }
-        None => {
-            let (instance, rest) = path.strip_prefix('/')?.split_once('/')?;
-            (
-                instance.to_string(),
-                rest.strip_prefix("latest/meta-data/")?,
-            )
-        }
-    };
-    let instance = instance.as_str();
+            in_world(w, &instance, key)
+        })
+        .ok()?
+}
+
+fn in_world(w: &crate::world::World, instance: &str, key: &str) -> Option<String> {
     let ins = w.vpc.instances.get(instance)?;
     let primary = w.vpc.enis_of(instance).find(|e| e.primary)?;
     let mac = primary.mac.to_ascii_lowercase();

@@ -7,6 +7,8 @@
 //! puts it behind a listener.
 
 mod actions;
+pub mod http;
+pub mod limits;
 mod metadata;
 
 use std::collections::HashMap;
@@ -18,6 +20,9 @@ use tencent_api::errors::Kind;
 use tencent_api::sign;
 
 use crate::world::SharedWorld;
+use limits::RateLimiter;
+pub use limits::{ActionStats, ApiLimits};
+pub use metadata::REGION;
 
 /// The API version served.
 pub const VERSION: &str = "2017-03-12";
@@ -123,6 +128,9 @@ pub struct Emulator {
     /// instances' own primary IPs (a node's management address), with the
     /// instance each one is.
     metadata_clients: HashMap<std::net::IpAddr, String>,
+    /// The API's documented limits (rates per action, addresses per call).
+    limits: ApiLimits,
+    limiter: RateLimiter,
     clock: fn() -> u64,
 }
 
@@ -142,8 +150,23 @@ impl Emulator {
             drop_every: 1,
             drop_counts: Mutex::default(),
             metadata_clients: HashMap::new(),
+            limits: ApiLimits::unlimited(),
+            limiter: RateLimiter::default(),
             clock: unix_now,
         }
+    }
+
+    /// The same emulator, enforcing `limits`: each action's request rate
+    /// for all callers together (`RequestLimitExceeded` beyond it) and the
+    /// addresses one call may name. [`Emulator::new`] limits no rate.
+    pub fn limited(mut self, limits: ApiLimits) -> Emulator {
+        self.limits = limits;
+        self
+    }
+
+    /// Calls and throttled calls so far, by action.
+    pub fn stats(&self) -> std::collections::BTreeMap<String, ActionStats> {
+        self.limiter.stats()
     }
 
     /// The same emulator, failing every call of `actions` with
@@ -179,6 +202,7 @@ impl Emulator {
         match (req.method.as_str(), req.path.as_str()) {
             ("POST", "/") => self.api(req),
             ("GET", "/_sim/faults") => json_response(200, &json!(self.faults())),
+            ("GET", "/_sim/stats") => json_response(200, &json!(self.stats())),
             ("POST", "/_sim/faults") => match serde_json::from_slice::<Faults>(&req.body) {
                 Ok(f) => {
                     *self.faults.lock().unwrap_or_else(|p| p.into_inner()) = f;
@@ -205,6 +229,12 @@ impl Emulator {
         );
         let mut drop = false;
         let outcome = self.authenticate(req).and_then(|action| {
+            if !self.limiter.admit(&self.limits, &action, now_ms()) {
+                return Err(ApiError::new(
+                    Kind::Throttled,
+                    "The number of requests exceeds the frequency limit.",
+                ));
+            }
             let faults = self.faults();
             if faults.latency_ms > 0 {
                 std::thread::sleep(std::time::Duration::from_millis(faults.latency_ms));
@@ -225,7 +255,7 @@ impl Emulator {
                     ApiError::new(Kind::InvalidParameter, format!("body is not JSON: {e}"))
                 })?
             };
-            let out = self.action(&action, &params, &request_id);
+            let out = self.action(&action, &params, &request_id, self.limits.max_addresses);
             drop = out.is_ok() && self.drops(&action);
             out
         });
@@ -308,7 +338,13 @@ impl Emulator {
         Ok(action.to_string())
     }
 
-    fn action(&self, action: &str, params: &Value, request_id: &str) -> Result<Value, ApiError> {
+    fn action(
+        &self,
+        action: &str,
+        params: &Value,
+        request_id: &str,
+        max_addresses: usize,
+    ) -> Result<Value, ApiError> {
         if self.failing.iter().any(|a| a == action) {
             return Err(ApiError::new(
                 Kind::InvalidState,
@@ -336,11 +372,11 @@ impl Emulator {
                 json!({ "Status": status, "Output": "" })
             }
             "DescribeNetworkInterfaces" => {
-                let mut out = actions::run(&self.world, action, params, request_id)?;
+                let mut out = actions::run(&self.world, action, params, max_addresses)?;
                 self.show_transitions(&mut out);
                 out
             }
-            _ => actions::run(&self.world, action, params, request_id)?,
+            _ => actions::run(&self.world, action, params, max_addresses)?,
         };
         if tencent_api::is_async(action) {
             let done = now_ms() + self.faults().task_latency_ms;

@@ -97,6 +97,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         kubernetes: false,
         k8s_bin_dir: None,
         image: None,
+        api_limits: "documented".into(),
     };
     say(&format!(
         "==> vpc-sim up: 2 nodes, agents with the netlink data path ({})",

@@ -215,7 +215,7 @@ pub fn start(dir: &Path, sim: &mut Sim, args: &UpArgs) -> Result<(), String> {
         loopback_bin: PathBuf::from("/usr/lib/cni/loopback"),
     };
     let installed = k8s::up(dir, &sim.tag, &nodes, &opts, &say)
-        .and_then(|cluster| install(dir, sim, &cluster, &opts));
+        .and_then(|cluster| install(dir, sim, &cluster, &opts, &args.api_limits));
     if let Err(e) = installed {
         // `up` removes the state directory on failure: keep the logs.
         let kept = std::env::temp_dir().join(format!("vpc-sim-{}-logs", sim.tag));
@@ -256,6 +256,7 @@ fn install(
     sim: &mut Sim,
     cluster: &k8s::Cluster,
     opts: &Options,
+    api_limits: &str,
 ) -> Result<(), String> {
     let host_ip = cluster
         .host_ip
@@ -269,7 +270,8 @@ fn install(
     say(&format!(
         "==> the VPC API and metadata emulator on {host_ip} (the nodes' network)"
     ));
-    let address = super::up::start_emulator(dir, sim, &format!("{host_ip}:0"), &clients)?;
+    let address =
+        super::up::start_emulator(dir, sim, &format!("{host_ip}:0"), &clients, api_limits)?;
     for (i, node) in sim.nodes.iter_mut().enumerate() {
         node.socket = k8s::node_private_dir(dir, i + 1, "/run/vpc-cni").join("agent.sock");
     }

@@ -151,6 +151,7 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
         kubernetes: true,
         k8s_bin_dir: args.k8s_bin_dir.clone(),
         image: None,
+        api_limits: "documented".into(),
     };
     say(&format!(
         "==> vpc-sim up --kubernetes: 2 nodes ({})",

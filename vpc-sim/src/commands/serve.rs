@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use vpc_sim::api::{Credentials, Emulator, Faults, HttpRequest};
+use vpc_sim::api::{ApiLimits, Credentials, Emulator, Faults};
 use vpc_sim::world::{NodeLimits, SharedWorld, World};
 
 /// Flags of `serve`.
@@ -32,6 +32,13 @@ pub struct ServeArgs {
     /// Latency added to every API call, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// The VPC API's limits to enforce: `documented` (Tencent Cloud's
+    /// request rates per action for all callers together, answered
+    /// `RequestLimitExceeded` beyond them, and at most 10 addresses named
+    /// per call), `off` (no rate limit), either followed by
+    /// `,Action=N,...` to set an action's rate (0: unlimited).
+    #[arg(long, default_value = "documented")]
+    pub api_limits: String,
     /// How long asynchronous tasks (attach, detach, ...) run, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub task_latency_ms: u64,
@@ -97,67 +104,19 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     world
         .create_if_missing(|| World::with_subnet(args.nodes, limits, args.eni_quota, cidr))
         .map_err(|e| e.to_string())?;
+    let limits = ApiLimits::parse(&args.api_limits).map_err(|e| format!("--api-limits: {e}"))?;
     let emulator = Arc::new(
         Emulator::new(world, credentials, faults)
+            .limited(limits)
             .failing(args.fail_actions.clone())
             .dropping(args.drop_responses.clone(), args.drop_every)
             .metadata_clients(args.metadata_clients.iter().cloned().collect()),
     );
-    let server = tiny_http::Server::http(&args.listen)
-        .map_err(|e| format!("listen on {}: {e}", args.listen))?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let (bound, server) = vpc_sim::api::http::listen(&args.listen)?;
     if let Some(file) = &args.address_file {
         std::fs::write(file, &bound).map_err(|e| format!("{}: {e}", file.display()))?;
     }
-    for mut request in server.incoming_requests() {
-        let emulator = Arc::clone(&emulator);
-        std::thread::spawn(move || {
-            let mut body = Vec::new();
-            let _ = request.as_reader().read_to_end(&mut body);
-            let req = HttpRequest {
-                method: request.method().as_str().to_string(),
-                path: request.url().split('?').next().unwrap_or("/").to_string(),
-                headers: request
-                    .headers()
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.field.as_str().as_str().to_ascii_lowercase(),
-                            h.value.as_str().to_string(),
-                        )
-                    })
-                    .collect(),
-                body,
-                peer: request.remote_addr().map(|a| a.ip()),
-            };
-            let resp = emulator.handle(&req);
-            log_failure(&req, &resp);
-            if resp.dropped {
-                eprintln!(
-                    "{}: applied; answer dropped (--drop-responses)",
-                    req.headers
-                        .get("x-tc-action")
-                        .map(String::as_str)
-                        .unwrap_or("?")
-                );
-                // The raw writer, dropped unwritten: no answer at all (a
-                // dropped `Request` would send a 500).
-                drop(request.into_writer());
-                return;
-            }
-            let header = tiny_http::Header::from_bytes("Content-Type", resp.content_type)
-                .expect("static header");
-            let _ = request.respond(
-                tiny_http::Response::from_data(resp.body)
-                    .with_status_code(resp.status)
-                    .with_header(header),
-            );
-        });
-    }
+    vpc_sim::api::http::serve(server, emulator, true);
     Ok(())
 }
 
@@ -174,26 +133,6 @@ pub fn read_credentials(path: &std::path::Path) -> Result<Credentials, String> {
         secret_id: get("SecretId")?,
         secret_key: get("SecretKey")?,
     })
-}
-
-/// One line on stderr for every API call that failed, for whoever reads
-/// the emulator's log.
-fn log_failure(req: &HttpRequest, resp: &vpc_sim::api::HttpResponse) {
-    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&resp.body) else {
-        return;
-    };
-    if let Some(error) = body.get("Response").and_then(|r| r.get("Error")) {
-        let action = req
-            .headers
-            .get("x-tc-action")
-            .map(String::as_str)
-            .unwrap_or("?");
-        eprintln!(
-            "{action}: {} {}",
-            error["Code"].as_str().unwrap_or("?"),
-            error["Message"].as_str().unwrap_or("")
-        );
-    }
 }
 
 #[cfg(test)]

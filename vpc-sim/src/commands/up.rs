@@ -55,6 +55,9 @@ pub struct UpArgs {
     /// to the agent).
     #[arg(long)]
     pub image: Option<PathBuf>,
+    /// The VPC API's limits the emulator enforces (see `serve --api-limits`).
+    #[arg(long, default_value = "documented")]
+    pub api_limits: String,
 }
 
 /// One simulated node.
@@ -195,7 +198,7 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
         }
         return super::kube::start(&dir, &mut sim, args).map(|()| sim);
     }
-    let address = start_emulator(&dir, &mut sim, "127.0.0.1:0", &[])?;
+    let address = start_emulator(&dir, &mut sim, "127.0.0.1:0", &[], &args.api_limits)?;
     let agent = args
         .agent_bin
         .clone()
@@ -246,12 +249,14 @@ pub fn credentials_file(dir: &Path) -> PathBuf {
 
 /// Starts `vpc-sim serve` for the world in `dir`, detached, listening on
 /// `listen`, with `clients` (address, instance) known to its metadata
-/// service; returns its address once it listens.
+/// service and the API's `api_limits` enforced (see `serve --api-limits`);
+/// returns its address once it listens.
 pub fn start_emulator(
     dir: &Path,
     sim: &mut Sim,
     listen: &str,
     clients: &[(String, String)],
+    api_limits: &str,
 ) -> Result<String, String> {
     let credentials = credentials_file(dir);
     let key = format!("{:016x}{:08x}", nanos(), std::process::id());
@@ -279,6 +284,8 @@ pub fn start_emulator(
         .args(clients.iter().flat_map(|(ip, instance)| {
             ["--metadata-client".to_string(), format!("{ip}={instance}")]
         }))
+        .arg("--api-limits")
+        .arg(api_limits)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

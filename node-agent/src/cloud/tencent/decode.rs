@@ -204,7 +204,7 @@ fn typed(kind: Kind, message: String) -> CloudError {
         Kind::NotFound => CloudError::NotFound(message),
         Kind::ZoneMismatch => CloudError::ZoneMismatch(message),
         Kind::AddressInUse => CloudError::AddressInUse(message),
-        Kind::InvalidState | Kind::InvalidParameter | Kind::OutOfRange => {
+        Kind::InvalidState | Kind::InvalidParameter | Kind::OutOfRange | Kind::TooManyValues => {
             CloudError::InvalidState(message)
         }
         Kind::Throttled => CloudError::Throttled(message),

@@ -73,6 +73,13 @@ pub struct Settings {
 pub struct TencentCloud {
     transport: Arc<Transport>,
     settings: Arc<Settings>,
+    /// The instance's limits, asked once: `DescribeNetworkInterfaceLimit`
+    /// allows 20 calls a second for the whole account, and an instance's
+    /// limits do not change while the agent runs. Filled by the blocking
+    /// call itself, so an answer that arrives after its caller gave up
+    /// (the agent's start waits 5 s) is kept, and a second caller waits for
+    /// the first instead of asking again.
+    limits: Arc<std::sync::Mutex<Option<super::Limits>>>,
 }
 
 impl TencentCloud {
@@ -88,6 +95,7 @@ impl TencentCloud {
         TencentCloud {
             transport: Arc::new(transport),
             settings: Arc::new(settings),
+            limits: Arc::default(),
         }
     }
 
@@ -217,13 +225,23 @@ impl Cloud for TencentCloud {
             allowed
         };
         let id = &self.settings.identity;
+        let cache = Arc::clone(&self.limits);
+        let instance = id.instance_id.clone();
         let limits = self
-            .call(
-                "DescribeNetworkInterfaceLimit",
-                json!({ "InstanceId": id.instance_id }),
-            )
+            .blocking("DescribeNetworkInterfaceLimit", move |t| {
+                let mut cached = cache.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(limits) = *cached {
+                    return Ok(limits);
+                }
+                let answer = t.call(
+                    "DescribeNetworkInterfaceLimit",
+                    &json!({ "InstanceId": instance }),
+                )?;
+                let limits = decode::instance_limits(&answer)?;
+                *cached = Some(limits);
+                Ok(limits)
+            })
             .await?;
-        let limits = decode::instance_limits(&limits)?;
         let subnets = self
             .call(
                 "DescribeSubnets",
@@ -316,12 +334,15 @@ impl Cloud for TencentCloud {
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
-        let eni = eni_id.to_string();
-        let ips = ips.to_vec();
-        self.blocking("UnassignPrivateIpAddresses", move |t| {
-            once::unassign(t, &eni, &ips)
-        })
-        .await
+        for batch in ips.chunks(MAX_NAMED_PER_CALL) {
+            let eni = eni_id.to_string();
+            let batch = batch.to_vec();
+            self.blocking("UnassignPrivateIpAddresses", move |t| {
+                once::unassign(t, &eni, &batch)
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     async fn list_enis(&self) -> Result<Vec<Eni>, CloudError> {
@@ -358,8 +379,9 @@ impl Cloud for TencentCloud {
     }
 }
 
-/// How many addresses one `AssignPrivateIpAddresses` may name (the API's
-/// limit for `PrivateIpAddresses`).
+/// How many addresses one `AssignPrivateIpAddresses` or
+/// `UnassignPrivateIpAddresses` may name (the API's limit for
+/// `PrivateIpAddresses`, "单次最多指定10个").
 const MAX_NAMED_PER_CALL: usize = 10;
 
 impl TencentCloud {

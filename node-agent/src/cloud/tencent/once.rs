@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use serde_json::{Value, json};
 
 use super::decode::{addresses, eni as to_eni};
-use super::transport::Transport;
+use super::transport::{Confirm, Transport};
 use crate::cloud::{CloudError, Eni};
 
 /// `AssignPrivateIpAddresses` by count: the IPs the ENI has beyond `held`
@@ -71,7 +71,10 @@ pub fn unassign(t: &Transport, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), Clo
 }
 
 /// `AttachNetworkInterface`: done when the ENI is on `instance`, also when
-/// refused (as attached); attached elsewhere, the refusal stands.
+/// refused (as attached); attached elsewhere, the refusal stands. The
+/// attach is confirmed by looking at the ENI (`DescribeNetworkInterfaces`:
+/// `ATTACHING` until it is done), not with `DescribeVpcTaskResult`, whose
+/// budget (20 a second for the whole account) is the scarcest of all.
 pub fn attach(t: &Transport, eni_id: &str, instance: &str) -> Result<(), CloudError> {
     let params = json!({ "NetworkInterfaceId": eni_id, "InstanceId": instance });
     let ours = |t: &Transport| {
@@ -80,7 +83,35 @@ pub fn attach(t: &Transport, eni_id: &str, instance: &str) -> Result<(), CloudEr
             .filter(|on| on == instance)
             .map(|_| ()))
     };
-    done_unless_refused(t, "AttachNetworkInterface", &params, ours, true)
+    let settled = |t: &Transport| -> Result<Option<bool>, CloudError> {
+        let Some(raw) = describe_raw(t, eni_id)? else {
+            return Ok(None);
+        };
+        let state = raw.get("State").and_then(Value::as_str).unwrap_or_default();
+        let on = raw
+            .pointer("/Attachment/InstanceId")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Ok(match state {
+            "ATTACHING" | "PENDING" => Some(false),
+            _ if on == instance => Some(true),
+            _ => None,
+        })
+    };
+    let confirm = Confirm::Look(&settled);
+    match t.call_once_only_confirmed(
+        "AttachNetworkInterface",
+        &params,
+        &confirm,
+        |_| Ok(()),
+        ours,
+    ) {
+        Err(refusal) => match ours(t) {
+            Ok(Some(())) => Ok(()),
+            _ => Err(refusal),
+        },
+        outcome => outcome,
+    }
 }
 
 /// `DetachNetworkInterface`: done when the ENI is attached nowhere, also
@@ -127,6 +158,25 @@ fn secondary_ips(t: &Transport, eni_id: &str) -> Result<Vec<Ipv4Addr>, CloudErro
     Ok(describe_eni(t, eni_id)?
         .map(|e| e.secondary_ips)
         .unwrap_or_default())
+}
+
+/// One ENI by id as the API answers it, `None` if the cloud does not know
+/// it.
+fn describe_raw(t: &Transport, eni_id: &str) -> Result<Option<Value>, CloudError> {
+    let answer = match t.call(
+        "DescribeNetworkInterfaces",
+        &json!({ "NetworkInterfaceIds": [eni_id] }),
+    ) {
+        Err(CloudError::NotFound(_)) => return Ok(None),
+        other => other?,
+    };
+    Ok(answer
+        .get("NetworkInterfaceSet")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|e| e.get("NetworkInterfaceId").and_then(Value::as_str) == Some(eni_id))
+        .cloned())
 }
 
 /// One ENI by id, `None` if the cloud does not know it.

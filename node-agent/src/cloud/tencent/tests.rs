@@ -435,3 +435,87 @@ async fn an_operators_subnets_override_the_configured_ones() {
         .expect("node");
     assert_eq!(none.subnet, None, "no allowed subnet in the node's zone");
 }
+
+/// The emulator's documented limits are the account's: calls over an
+/// action's rate are answered `RequestLimitExceeded`, and the client waits
+/// them out instead of failing; the instance's limits are asked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accounts_rate_limit_is_waited_out_not_failed() {
+    let e = emulator(&["--api-limits", "off,DescribeNetworkInterfaceLimit=1"]);
+    let clients: Vec<TencentCloud> = (0..4)
+        .map(|i| client(&e, &format!("ins-sim000{}", 1 + i % 2), "client-secret"))
+        .collect();
+    let started = Instant::now();
+    let nodes = futures_util::future::join_all(clients.iter().map(|c| c.node())).await;
+    for node in nodes {
+        assert_eq!(node.expect("node despite throttling").limits.max_enis, 4);
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "four calls at one a second take a few seconds: {:?}",
+        started.elapsed()
+    );
+    let stats = || -> serde_json::Value {
+        let body = ureq::get(&format!("http://{}/_sim/stats", e.address))
+            .call()
+            .expect("stats")
+            .body_mut()
+            .read_to_string()
+            .expect("body");
+        serde_json::from_str(&body).expect("json")
+    };
+    let limit = stats()["DescribeNetworkInterfaceLimit"].clone();
+    assert!(limit["throttled"].as_u64() >= Some(1), "{limit}");
+    assert_eq!(
+        limit["calls"].as_u64(),
+        Some(4 + limit["throttled"].as_u64().unwrap_or(0)),
+        "{limit}"
+    );
+    clients[0].node().await.expect("node again");
+    assert_eq!(
+        stats()["DescribeNetworkInterfaceLimit"]["calls"],
+        limit["calls"],
+        "the instance's limits are not asked again"
+    );
+}
+
+/// More than 10 addresses are given back in calls of at most 10, the most
+/// one call may name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_are_unassigned_ten_at_a_time() {
+    let e = emulator(&["--ips-per-eni", "30"]);
+    let one = client(&e, "ins-sim0001", "client-secret");
+    let node = one.node().await.expect("node");
+    let subnet = node.subnet.expect("subnet");
+    let eni = one.create_eni(&subnet.id, 23).await.expect("create");
+    assert_eq!(eni.secondary_ips.len(), 23);
+    one.unassign_ips(&eni.id, &eni.secondary_ips)
+        .await
+        .expect("unassign 23 addresses");
+    let listed = one.list_cluster_enis().await.expect("list");
+    let after = listed.iter().find(|x| x.id == eni.id).expect("the ENI");
+    assert!(after.secondary_ips.is_empty(), "{after:?}");
+    // One call naming 11 is refused with the API's code.
+    let eleven: Vec<serde_json::Value> = eni
+        .secondary_ips
+        .iter()
+        .take(11)
+        .map(|ip| json!({ "PrivateIpAddress": ip.to_string() }))
+        .collect();
+    let transport = Arc::clone(&one.transport);
+    let id = eni.id.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        transport.call(
+            "AssignPrivateIpAddresses",
+            &json!({ "NetworkInterfaceId": id, "PrivateIpAddresses": eleven }),
+        )
+    })
+    .await
+    .expect("join");
+    match refused {
+        Err(CloudError::InvalidState(m)) => {
+            assert!(m.contains("InvalidParameterValue.LimitExceeded"), "{m}")
+        }
+        other => panic!("11 addresses in one call: {other:?}"),
+    }
+}

@@ -7,21 +7,54 @@
 //! idempotent calls are simply sent again ([`Transport::call`]); a call
 //! that must not be applied twice looks first ([`Transport::call_once_only`]).
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tencent_api::errors::Kind;
 use tencent_api::sign;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use super::retry::{RateLimiter, RetryPolicy, jitter_seed};
+use super::retry::{AdaptiveRate, RateLimiter, RetryPolicy, jitter_seed, task_poll_delay};
 use crate::cloud::CloudError;
 
 /// The API version spoken.
 pub const VERSION: &str = "2017-03-12";
 /// How long an asynchronous action may take.
 pub const TASK_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a throttled call keeps being retried: the API's limits are the
+/// account's, shared by every node, so a cold start of a large cluster is
+/// throttled for minutes; giving up early only starts the wait again.
+pub const THROTTLE_DEADLINE: Duration = Duration::from_secs(300);
+/// The first look at an asynchronous task with `DescribeVpcTaskResult`,
+/// then half as long again each time, up to [`TASK_POLL_CAP`].
+pub const TASK_POLL_FIRST: Duration = Duration::from_millis(150);
+/// The first look at the resource of a task confirmed by looking
+/// ([`Confirm::Look`]): an attach takes about a second, and at 2,000 nodes
+/// every look more per node costs 20 s of the account's
+/// `DescribeNetworkInterfaces` budget.
+pub const LOOK_FIRST: Duration = Duration::from_millis(500);
+/// The longest wait between two looks at a task.
+pub const TASK_POLL_CAP: Duration = Duration::from_secs(5);
+
+/// How a throttled call waits before it is sent again: capped exponential
+/// backoff with full jitter, longer than for server errors.
+const THROTTLE_BACKOFF: RetryPolicy = RetryPolicy {
+    max_attempts: u32::MAX,
+    base: Duration::from_millis(500),
+    cap: Duration::from_secs(10),
+};
+
+/// How an asynchronous call is confirmed done.
+pub enum Confirm<'a> {
+    /// Poll `DescribeVpcTaskResult` with the call's `RequestId`.
+    Task,
+    /// Look at the resource instead (`DescribeNetworkInterfaces`, whose
+    /// budget is five times `DescribeVpcTaskResult`'s): `Some(true)` done,
+    /// `Some(false)` still running, `None` the change is not there (failed).
+    Look(&'a dyn Fn(&Transport) -> Result<Option<bool>, CloudError>),
+}
 
 /// SecretId, SecretKey and an optional session token. Never logged.
 #[derive(Clone)]
@@ -51,6 +84,9 @@ pub struct Transport {
     region: String,
     credentials: Credentials,
     limiter: Mutex<RateLimiter>,
+    /// The adaptive rate of each action (AIMD on `RequestLimitExceeded`).
+    rates: Mutex<HashMap<String, AdaptiveRate>>,
+    qps: f64,
     policy: RetryPolicy,
 }
 
@@ -83,6 +119,8 @@ impl Transport {
             region: region.to_string(),
             credentials,
             limiter: Mutex::new(RateLimiter::new(qps, Instant::now())),
+            rates: Mutex::default(),
+            qps,
             policy: RetryPolicy::default(),
         }
     }
@@ -94,16 +132,29 @@ impl Transport {
         if tencent_api::is_async(action)
             && let Some(task) = response.get("RequestId").and_then(Value::as_str)
         {
-            self.wait_for_task(action, task).map_err(|(_, e)| e)?;
+            self.wait_for_task(action, task, &Confirm::Task)
+                .map_err(|(_, e)| e)?;
         }
         Ok(response)
     }
 
     fn call_with_retries(&self, action: &str, params: &Value) -> Result<Value, CloudError> {
         let mut attempt = 0;
+        let mut throttled = 0;
+        let started = Instant::now();
         loop {
             attempt += 1;
             match self.call_once(action, params) {
+                Err((Kind::Throttled, e)) if started.elapsed() < THROTTLE_DEADLINE => {
+                    throttled += 1;
+                    let wait = THROTTLE_BACKOFF.backoff(throttled, jitter_seed());
+                    if throttled == 1 {
+                        info!(action, error = %e, wait_ms = wait.as_millis() as u64, "throttled; retrying");
+                    } else {
+                        debug!(action, attempt, error = %e, wait_ms = wait.as_millis() as u64, "throttled; retrying");
+                    }
+                    std::thread::sleep(wait);
+                }
                 Err((kind, e)) if kind.retryable() && attempt < self.policy.max_attempts => {
                     let wait = self.policy.backoff(attempt, jitter_seed());
                     warn!(action, attempt, error = %e, wait_ms = wait.as_millis() as u64, "cloud call failed; retrying");
@@ -127,25 +178,46 @@ impl Transport {
         answered: impl Fn(Value) -> Result<T, CloudError>,
         applied: impl Fn(&Transport) -> Result<Option<T>, CloudError>,
     ) -> Result<T, CloudError> {
+        self.call_once_only_confirmed(action, params, &Confirm::Task, answered, applied)
+    }
+
+    /// [`call_once_only`](Self::call_once_only), its task confirmed as
+    /// `confirm` says.
+    pub fn call_once_only_confirmed<T>(
+        &self,
+        action: &str,
+        params: &Value,
+        confirm: &Confirm<'_>,
+        answered: impl Fn(Value) -> Result<T, CloudError>,
+        applied: impl Fn(&Transport) -> Result<Option<T>, CloudError>,
+    ) -> Result<T, CloudError> {
         let mut attempt = 0;
+        let mut throttled = 0;
+        let started = Instant::now();
         loop {
             attempt += 1;
             let outcome = self.call_once(action, params).and_then(|response| {
                 if tencent_api::is_async(action)
                     && let Some(task) = response.get("RequestId").and_then(Value::as_str)
                 {
-                    self.wait_for_task(action, task)?;
+                    self.wait_for_task(action, task, confirm)?;
                 }
                 Ok(response)
             });
             let error = match outcome {
                 Ok(response) => return answered(response),
-                Err((Kind::Throttled, e)) if attempt >= self.policy.max_attempts => {
+                Err((Kind::Throttled, e)) if started.elapsed() >= THROTTLE_DEADLINE => {
                     return Err(e);
                 }
                 Err((Kind::Throttled, e)) => {
-                    debug!(action, attempt, error = %e, "throttled; retrying");
-                    self.pause(attempt);
+                    throttled += 1;
+                    if throttled == 1 {
+                        info!(action, error = %e, "throttled; retrying");
+                    } else {
+                        debug!(action, attempt, error = %e, "throttled; retrying");
+                    }
+                    std::thread::sleep(THROTTLE_BACKOFF.backoff(throttled, jitter_seed()));
+                    attempt -= 1;
                     continue;
                 }
                 Err((Kind::Internal, e)) => e,
@@ -167,37 +239,73 @@ impl Transport {
         std::thread::sleep(self.policy.backoff(attempt, jitter_seed()));
     }
 
-    /// Waits until the task is done. A task reported failed is a refusal;
-    /// one that cannot be confirmed (polling failed, or it ran past the
-    /// deadline) has an unknown outcome ([`Kind::Internal`]).
-    fn wait_for_task(&self, action: &str, task: &str) -> Result<(), (Kind, CloudError)> {
-        let deadline = Instant::now() + TASK_DEADLINE;
+    /// Waits until the task is done, looking again after growing pauses
+    /// ([`task_poll_delay`]). A task reported failed is a refusal; one that
+    /// cannot be confirmed (polling failed, or it ran past the deadline)
+    /// has an unknown outcome ([`Kind::Internal`]).
+    fn wait_for_task(
+        &self,
+        action: &str,
+        task: &str,
+        confirm: &Confirm<'_>,
+    ) -> Result<(), (Kind, CloudError)> {
+        let started = Instant::now();
+        let deadline = started + TASK_DEADLINE;
+        let mut polls = 0;
         loop {
-            let status = self
-                .call_with_retries("DescribeVpcTaskResult", &json!({ "TaskId": task }))
-                .map_err(|e| (Kind::Internal, e))?;
-            match status.get("Status").and_then(Value::as_str) {
-                Some("SUCCESS") => return Ok(()),
-                Some("FAILED") => {
-                    let output = status
-                        .get("Output")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    return Err((
-                        Kind::Other,
-                        CloudError::Other(format!("{action} task {task} failed: {output}")),
-                    ));
-                }
-                _ if Instant::now() > deadline => {
-                    return Err((
-                        Kind::Internal,
-                        CloudError::Other(format!(
-                            "{action} task {task} not done within {TASK_DEADLINE:?}"
-                        )),
-                    ));
-                }
-                _ => std::thread::sleep(Duration::from_millis(200)),
+            let first = match confirm {
+                Confirm::Task => TASK_POLL_FIRST,
+                Confirm::Look(_) => LOOK_FIRST,
+            };
+            std::thread::sleep(task_poll_delay(polls, first, TASK_POLL_CAP, jitter_seed()));
+            polls += 1;
+            let done = match confirm {
+                Confirm::Task => self.task_status(action, task)?,
+                Confirm::Look(look) => match look(self).map_err(|e| (Kind::Internal, e))? {
+                    Some(done) => done,
+                    None => {
+                        return Err((
+                            Kind::Internal,
+                            CloudError::Other(format!(
+                                "{action} task {task}: its change is not there"
+                            )),
+                        ));
+                    }
+                },
+            };
+            if done {
+                crate::metrics::task_confirmed(action, started.elapsed());
+                return Ok(());
             }
+            if Instant::now() > deadline {
+                return Err((
+                    Kind::Internal,
+                    CloudError::Other(format!(
+                        "{action} task {task} not done within {TASK_DEADLINE:?}"
+                    )),
+                ));
+            }
+        }
+    }
+
+    /// One look with `DescribeVpcTaskResult`: whether the task is done.
+    fn task_status(&self, action: &str, task: &str) -> Result<bool, (Kind, CloudError)> {
+        let status = self
+            .call_with_retries("DescribeVpcTaskResult", &json!({ "TaskId": task }))
+            .map_err(|e| (Kind::Internal, e))?;
+        match status.get("Status").and_then(Value::as_str) {
+            Some("SUCCESS") => Ok(true),
+            Some("FAILED") => {
+                let output = status
+                    .get("Output")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                Err((
+                    Kind::Other,
+                    CloudError::Other(format!("{action} task {task} failed: {output}")),
+                ))
+            }
+            _ => Ok(false),
         }
     }
 
@@ -210,6 +318,29 @@ impl Transport {
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
+        let wait = self.rate_of(action, |r| r.reserve(Instant::now()));
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+        let outcome = self.send(action, params);
+        crate::metrics::cloud_call(action, outcome.as_ref().err().map(|(kind, _)| kind.code()));
+        match &outcome {
+            Err((Kind::Throttled, _)) => self.rate_of(action, |r| r.on_throttle(Instant::now())),
+            _ => self.rate_of(action, AdaptiveRate::on_success),
+        }
+        outcome
+    }
+
+    /// Runs `f` on `action`'s adaptive rate.
+    fn rate_of<T>(&self, action: &str, f: impl FnOnce(&mut AdaptiveRate) -> T) -> T {
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let rate = rates
+            .entry(action.to_string())
+            .or_insert_with(|| AdaptiveRate::new(self.qps, Instant::now()));
+        f(rate)
+    }
+
+    fn send(&self, action: &str, params: &Value) -> Result<Value, (Kind, CloudError)> {
         let body = serde_json::to_vec(params).expect("JSON values serialise");
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
