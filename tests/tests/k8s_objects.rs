@@ -134,6 +134,28 @@ fn k8s_claims_ips_and_node_configs_are_objects_kubectl_shows_and_deletes() {
         assert_eq!(s(&v, &["status", "phase"]), cl.status);
     }
 
+    // The agent may write only its own node's objects (deploy/03-node-scope.yaml).
+    let as_agent = |on: &str| -> Vec<String> {
+        vec![
+            "--as=system:serviceaccount:vpc-cni-system:vpc-cni-agent".into(),
+            format!("--as-user-extra=authentication.kubernetes.io/node-name={on}"),
+        ]
+    };
+    let label = |on: &str| {
+        let mut args = as_agent(on);
+        args.extend([
+            "label".into(),
+            "--overwrite".into(),
+            "vip".into(),
+            web0.clone(),
+            format!("checked-by={on}"),
+        ]);
+        c.try_kubectl(&args.iter().map(String::as_str).collect::<Vec<_>>(), None)
+    };
+    let refused = label("ins-other").expect_err("another node's agent is refused");
+    assert!(refused.contains("may only write its own node"), "{refused}");
+    label(&node).expect("the node's own agent may");
+
     // A static pod deleted comes back with its IP; a plain one's claim and
     // VpcIP go with it.
     c.kubectl(&["delete", "pod", "web-0", "plain", "--wait=true"]);
@@ -515,4 +537,80 @@ fn k8s_objects_match_the_cloud_after_agents_and_the_cluster_component_die_in_a_c
         converged,
         "the objects never matched the cloud and the pods: {last:#?}"
     );
+}
+
+/// POSTs `body` to the simulation's emulator at `path`.
+fn emulator_post(c: &Cluster, path: &str, body: &str) {
+    use std::io::{Read, Write};
+    let address = std::fs::read_to_string(c.state().join("emulator.address")).expect("address");
+    let mut stream = std::net::TcpStream::connect(address.trim()).expect("connect");
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: emulator\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+fn k8s_an_eni_that_cannot_attach_shows_its_ips_attaching_with_the_error() {
+    require_root();
+    let c = Cluster::up(1);
+    let node = c.get("NODE1_INSTANCE").to_string();
+    emulator_post(&c, "/_sim/fail-actions", r#"["AttachNetworkInterface"]"#);
+    // More free IPs than the node's one ENI holds: the agent needs another.
+    c.kubectl(&[
+        "patch",
+        "nec",
+        &node,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"warmIpTarget":25}}"#,
+    ]);
+    let attaching = |v: &Value| {
+        v["items"].as_array().into_iter().flatten().any(|vip| {
+            s(vip, &["spec", "phase"]) == "Attaching"
+                && s(vip, &["spec", "error"]).contains("AttachNetworkInterface")
+        })
+    };
+    c.wait_until("a VpcIP Attaching with the attach's error", WAIT, || {
+        c.try_kubectl(&["get", "vip", "-o", "json"], None)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .is_some_and(|v| attaching(&v))
+    });
+    let nec = c.object("nec", &node).expect("nec");
+    assert!(
+        nec["status"]["enis"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["state"] == "Attaching"),
+        "{nec}"
+    );
+    // The cloud attaches again: the ENI joins the pool and nothing is
+    // left attaching.
+    emulator_post(&c, "/_sim/fail-actions", "[]");
+    c.wait_until(
+        "the pool grown to its target",
+        Duration::from_secs(120),
+        || {
+            c.object("nec", &node)
+                .is_some_and(|v| v["status"]["free"].as_u64() >= Some(25))
+        },
+    );
+    c.wait_until("no VpcIP attaching", WAIT, || {
+        c.try_kubectl(&["get", "vip", "-o", "json"], None)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .is_some_and(|v| !attaching(&v))
+    });
 }

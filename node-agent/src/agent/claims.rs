@@ -64,22 +64,21 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         Ok(())
     }
 
-    /// The claim this static pod's ADD just made (its first bind), if it
-    /// made one.
-    fn first_bind(&self, req: &AddRequest) -> Option<Claim> {
-        let (Some(pod), Some(_)) = (&req.pod, &req.static_ip) else {
-            return None;
+    /// After a static pod's ADD: a claim it just made (`made`: its first
+    /// bind) is made known to the cluster before the ADD answers. Later
+    /// binds of the claim follow the outbox like everything else.
+    pub(super) async fn announce_static(
+        &self,
+        req: &AddRequest,
+        made: bool,
+    ) -> Result<(), AgentError> {
+        let Some(pod) = req.pod.as_ref().filter(|_| made) else {
+            return Ok(());
         };
-        self.txn
+        let Some(claim) = self
+            .txn
             .read(|ipam, _| ipam.claim(&pod.namespace, &pod.name).cloned())
-            .filter(|c| c.created_ms == c.last_bound_ms && c.released_ms.is_none())
-    }
-
-    /// After a static pod's ADD: a claim it just made is made known to the
-    /// cluster before the ADD answers. Later binds of the claim follow the
-    /// outbox like everything else.
-    pub(super) async fn announce_static(&self, req: &AddRequest) -> Result<(), AgentError> {
-        let Some(claim) = self.first_bind(req) else {
+        else {
             return Ok(());
         };
         self.claim_store

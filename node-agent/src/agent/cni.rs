@@ -95,7 +95,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 ))
             }
             (Ok(links), Ok(())) => {
-                if let Err(e) = self.announce_static(&req).await {
+                if let Err(e) = self.announce_static(&req, plan.makes_claim).await {
                     if !plan.existing {
                         // Not known to the cluster, not promised: undone,
                         // and the runtime's retry tries again.

@@ -22,6 +22,8 @@ pub struct AddPlan {
     pub existing: bool,
     /// The changes to commit; empty when `existing`.
     pub changes: Vec<Change>,
+    /// Whether the plan makes the pod's static claim (its first bind).
+    pub makes_claim: bool,
 }
 
 impl Ipam {
@@ -41,6 +43,7 @@ impl Ipam {
                 allocation: a.clone(),
                 existing: true,
                 changes: Vec::new(),
+                makes_claim: false,
             });
         }
         let held = pod.and_then(|p| self.claim(&p.namespace, &p.name));
@@ -113,10 +116,13 @@ impl Ipam {
             })),
             _ => {}
         }
+        let makes_claim =
+            held.is_none() && changes.iter().any(|c| matches!(c, Change::PutClaim(_)));
         Ok(AddPlan {
             allocation,
             existing: false,
             changes,
+            makes_claim,
         })
     }
 

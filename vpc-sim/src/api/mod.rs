@@ -117,7 +117,7 @@ pub struct Emulator {
     /// ENIs in transition: their shown state and until when (Unix ms).
     transitions: Mutex<HashMap<String, (&'static str, u64)>>,
     /// Actions that always fail (to test a client's cleanup).
-    failing: Vec<String>,
+    failing: Mutex<Vec<String>>,
     /// Actions whose answer is lost after they were applied, and how
     /// often: the first of every `n` calls of each.
     dropping: Vec<String>,
@@ -145,7 +145,7 @@ impl Emulator {
             tokens: Mutex::default(),
             tasks: Mutex::default(),
             transitions: Mutex::default(),
-            failing: Vec::new(),
+            failing: Mutex::new(Vec::new()),
             dropping: Vec::new(),
             drop_every: 1,
             drop_counts: Mutex::default(),
@@ -171,8 +171,8 @@ impl Emulator {
 
     /// The same emulator, failing every call of `actions` with
     /// `UnsupportedOperation.InvalidState`.
-    pub fn failing(mut self, actions: Vec<String>) -> Emulator {
-        self.failing = actions;
+    pub fn failing(self, actions: Vec<String>) -> Emulator {
+        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = actions;
         self
     }
 
@@ -203,6 +203,18 @@ impl Emulator {
             ("POST", "/") => self.api(req),
             ("GET", "/_sim/faults") => json_response(200, &json!(self.faults())),
             ("GET", "/_sim/stats") => json_response(200, &json!(self.stats())),
+            // The actions that fail (`--fail-actions`), replaced at run time:
+            // a JSON list of action names.
+            ("POST", "/_sim/fail-actions") => {
+                match serde_json::from_slice::<Vec<String>>(&req.body) {
+                    Ok(actions) => {
+                        let answer = json!(actions);
+                        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = actions;
+                        json_response(200, &answer)
+                    }
+                    Err(e) => text_response(400, &format!("bad action list: {e}")),
+                }
+            }
             ("POST", "/_sim/faults") => match serde_json::from_slice::<Faults>(&req.body) {
                 Ok(f) => {
                     *self.faults.lock().unwrap_or_else(|p| p.into_inner()) = f;
@@ -345,7 +357,13 @@ impl Emulator {
         request_id: &str,
         max_addresses: usize,
     ) -> Result<Value, ApiError> {
-        if self.failing.iter().any(|a| a == action) {
+        if self
+            .failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|a| a == action)
+        {
             return Err(ApiError::new(
                 Kind::InvalidState,
                 format!("{action} fails in this simulation (--fail-actions)"),
