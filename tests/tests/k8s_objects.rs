@@ -134,23 +134,36 @@ fn k8s_claims_ips_and_node_configs_are_objects_kubectl_shows_and_deletes() {
         assert_eq!(s(&v, &["status", "phase"]), cl.status);
     }
 
-    // The agent may write only its own node's objects (deploy/03-node-scope.yaml).
-    let as_agent = |on: &str| -> Vec<String> {
-        vec![
-            "--as=system:serviceaccount:vpc-cni-system:vpc-cni-agent".into(),
-            format!("--as-user-extra=authentication.kubernetes.io/node-name={on}"),
-        ]
+    // The agent may write only its own node's objects (deploy/03-node-scope.yaml):
+    // the admin's kubeconfig impersonating the agent's service account on a
+    // node (the extra the API server gives a node-bound token).
+    let as_agent_on = |on: &str| -> std::path::PathBuf {
+        let mut kc: Value =
+            serde_json::from_str(&c.kubectl(&["config", "view", "--raw", "-o", "json"]))
+                .expect("kubeconfig");
+        for user in kc["users"].as_array_mut().into_iter().flatten() {
+            user["user"]["as"] = "system:serviceaccount:vpc-cni-system:vpc-cni-agent".into();
+            user["user"]["as-user-extra"] =
+                serde_json::json!({"authentication.kubernetes.io/node-name": [on]});
+        }
+        let path = c.state().join(format!("as-agent-{on}.kubeconfig"));
+        std::fs::write(&path, kc.to_string()).expect("write kubeconfig");
+        path
     };
     let label = |on: &str| {
-        let mut args = as_agent(on);
-        args.extend([
-            "label".into(),
-            "--overwrite".into(),
-            "vip".into(),
-            web0.clone(),
-            format!("checked-by={on}"),
-        ]);
-        c.try_kubectl(&args.iter().map(String::as_str).collect::<Vec<_>>(), None)
+        let kc = as_agent_on(on);
+        c.try_kubectl(
+            &[
+                "--kubeconfig",
+                &kc.to_string_lossy(),
+                "label",
+                "--overwrite",
+                "vip",
+                &web0,
+                &format!("checked-by={on}"),
+            ],
+            None,
+        )
     };
     let refused = label("ins-other").expect_err("another node's agent is refused");
     assert!(refused.contains("may only write its own node"), "{refused}");
