@@ -93,8 +93,12 @@ pub fn task_confirmed(action: &str, waited: Duration) {
     });
 }
 
-/// A pod's ADD: `phase` is `ip` (until its IP was reserved, growth of the
-/// pool included), `wire` (the kernel work and the commit) or `total`.
+/// A pod's ADD by phase: `queue` (until it may take an IP: the GC lock,
+/// the pod's annotations, its claim checked), `ip` (until its IP was
+/// reserved, growth of the pool included), `cloud` (of which growing the
+/// pool through the VPC API; zero when an IP was free), `kernel` (wiring
+/// the pod), `wire` (the kernel work and the commit, side by side, and a
+/// static claim made known) or `total`.
 pub fn add_phase(phase: &'static str, took: Duration) {
     with(|r| r.add.entry(phase).or_default().observe(took.as_secs_f64()));
 }

@@ -379,6 +379,9 @@ fn metrics_are_served_when_asked() {
         "vpc_cni_pool_ips{state=\"allocated\"} 1",
         "vpc_cni_add_seconds_count{phase=\"total\"} 1",
         "vpc_cni_add_seconds_count{phase=\"ip\"} 1",
+        "vpc_cni_add_seconds_count{phase=\"queue\"} 1",
+        "vpc_cni_add_seconds_count{phase=\"cloud\"} 1",
+        "vpc_cni_add_seconds_count{phase=\"kernel\"} 1",
         "vpc_cni_cloud_calls_total{action=\"DescribeNetworkInterfaceLimit\",code=\"OK\"} 1",
         "vpc_cni_cloud_task_seconds_count{action=\"AttachNetworkInterface\"}",
     ] {

@@ -57,6 +57,9 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         }
         let key = convert::key(&req.key);
         self.prepare_claim(&req).await?;
+        crate::metrics::add_phase("queue", started.elapsed());
+        let reserving = Instant::now();
+        let mut in_cloud = std::time::Duration::ZERO;
         let mut attempts = 0;
         let (plan, pending) = loop {
             match self.reserve(&req, &key) {
@@ -65,7 +68,9 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     // ADD may take what this one grew, hence the retries.
                     attempts += 1;
                     let waiting = self.waiting_for_ip.fetch_add(1, Ordering::SeqCst) + 1;
+                    let growing = Instant::now();
                     let grown = self.grow_for_waiting(waiting).await;
+                    in_cloud += growing.elapsed();
                     self.waiting_for_ip.fetch_sub(1, Ordering::SeqCst);
                     grown?;
                 }
@@ -73,13 +78,19 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             }
         };
         self.pool_changed.notify_one();
-        crate::metrics::add_phase("ip", started.elapsed());
+        crate::metrics::add_phase("ip", reserving.elapsed());
+        crate::metrics::add_phase("cloud", in_cloud);
         let wiring = Instant::now();
         let spec = with_netns(self.spec(&plan.allocation), netns);
         // The pod is wired while its allocation is being made durable; the
         // reply waits for both.
-        let (wired, committed) =
-            tokio::join!(self.dataplane.attach_pod(&spec), self.txn.durable(pending));
+        let kernel = async {
+            let at = Instant::now();
+            let wired = self.dataplane.attach_pod(&spec).await;
+            crate::metrics::add_phase("kernel", at.elapsed());
+            wired
+        };
+        let (wired, committed) = tokio::join!(kernel, self.txn.durable(pending));
         match (wired, committed) {
             (Ok(_), Ok(())) if past_deadline() && !plan.existing => {
                 // The caller gave up and will not DEL what it never heard of.
