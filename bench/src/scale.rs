@@ -11,7 +11,12 @@
 //!
 //!   bench/scale [--nodes 200] [--eni-quota N] [--task-latency-ms 1000]
 //!               [--api-limits documented] [--cloud-qps 10] [--warm 4]
-//!               [--timeout-s 900] [--json FILE]
+//!               [--timeout-s 900] [--steady-s 0] [--json FILE]
+//!
+//! With `--steady-s N`, the agents run N seconds more once every node is
+//! ready, and the calls they make meanwhile (maintenance, reconciliation,
+//! leaked-ENI checks; no pod churn) are printed per node and hour: what a
+//! cluster at rest costs the account, to compare between sizes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,13 +47,14 @@ struct Args {
     cloud_qps: f64,
     warm: usize,
     timeout: Duration,
+    steady: Duration,
     json: Option<String>,
 }
 
 fn usage(why: &str) -> ! {
     eprintln!("scale: {why}");
     eprintln!(
-        "usage: scale [--nodes 200] [--eni-quota N] [--task-latency-ms 1000] [--api-limits documented] [--cloud-qps 10] [--warm 4] [--timeout-s 900] [--json FILE]"
+        "usage: scale [--nodes 200] [--eni-quota N] [--task-latency-ms 1000] [--api-limits documented] [--cloud-qps 10] [--warm 4] [--timeout-s 900] [--steady-s 0] [--json FILE]"
     );
     std::process::exit(2)
 }
@@ -62,6 +68,7 @@ fn args() -> Args {
         cloud_qps: 10.0,
         warm: 4,
         timeout: Duration::from_secs(900),
+        steady: Duration::ZERO,
         json: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -86,6 +93,7 @@ fn args() -> Args {
             }
             "--warm" => a.warm = num() as usize,
             "--timeout-s" => a.timeout = Duration::from_secs(num()),
+            "--steady-s" => a.steady = Duration::from_secs(num()),
             "--json" => a.json = Some(value.clone()),
             _ => usage(&format!("unknown flag {flag}")),
         }
@@ -155,7 +163,30 @@ fn main() {
     let outcomes = runtime.block_on(run(&a, &address, &credentials));
     let wall = started.elapsed().as_secs_f64();
     let stats = emulator.stats();
-    report(&a, quota, expected_ready, &limits, &outcomes, &stats, wall);
+    // The agents keep running on the runtime's workers meanwhile.
+    let steady = (!a.steady.is_zero()).then(|| {
+        eprintln!("scale: at rest for {} s", a.steady.as_secs());
+        std::thread::sleep(a.steady);
+        let after = emulator.stats();
+        after
+            .iter()
+            .map(|(action, s)| {
+                let before = stats.get(action).map_or(0, |b| b.calls);
+                (action.clone(), s.calls.saturating_sub(before))
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect::<BTreeMap<String, u64>>()
+    });
+    report(
+        &a,
+        quota,
+        expected_ready,
+        &limits,
+        &outcomes,
+        &stats,
+        wall,
+        steady.as_ref(),
+    );
     // The agents' tasks and blocking calls end with the process.
     std::process::exit(0);
 }
@@ -304,6 +335,8 @@ fn lower_bound(
     (slowest + task_latency_s, per_action)
 }
 
+// The report is one table of everything measured.
+#[allow(clippy::too_many_arguments)]
 fn report(
     a: &Args,
     quota: u32,
@@ -312,6 +345,7 @@ fn report(
     outcomes: &[Option<Outcome>],
     stats: &BTreeMap<String, vpc_sim::api::ActionStats>,
     wall: f64,
+    steady: Option<&BTreeMap<String, u64>>,
 ) {
     let ready: Vec<f64> = outcomes
         .iter()
@@ -388,6 +422,18 @@ fn report(
         "| all | | {calls} | {:.2} | {throttled} | |\n\nwall {wall:.1} s",
         calls as f64 / n
     );
+    let per_hour = |calls: u64| calls as f64 / n * 3600.0 / a.steady.as_secs_f64();
+    if let Some(steady) = steady {
+        let _ = writeln!(
+            out,
+            "\nat rest for {} s: calls per node per hour\n\n| action | per node per hour |\n|---|---|",
+            a.steady.as_secs()
+        );
+        for (action, calls) in steady {
+            let _ = writeln!(out, "| {action} | {:.1} |", per_hour(*calls));
+        }
+        let _ = writeln!(out, "| all | {:.1} |", per_hour(steady.values().sum()));
+    }
     let verdict = ready.len() == expected_ready && limited == a.nodes - expected_ready;
     let _ = writeln!(
         out,
@@ -420,6 +466,8 @@ fn report(
         "by_action": stats,
         "documented_rates": DOCUMENTED_RATES.iter().map(|(a, r)| (a.to_string(), *r)).collect::<BTreeMap<_, _>>(),
         "wall_s": wall,
+        "steady_s": a.steady.as_secs(),
+        "steady_calls_per_node_hour": steady.map(|s| s.iter().map(|(k, v)| (k.clone(), per_hour(*v))).collect::<BTreeMap<_, _>>()),
     });
     let path = a
         .json
