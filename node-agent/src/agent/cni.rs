@@ -57,6 +57,12 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         }
         let key = convert::key(&req.key);
         self.prepare_claim(&req).await?;
+        // A claim this node held before the ADD (or moved here just now)
+        // is known to the cluster already.
+        let had_claim = req.pod.as_ref().is_some_and(|p| {
+            self.txn
+                .read(|ipam, _| ipam.claim(&p.namespace, &p.name).is_some())
+        });
         let mut attempts = 0;
         let (plan, pending) = loop {
             match self.reserve(&req, &key) {
@@ -93,7 +99,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 ))
             }
             (Ok(links), Ok(())) => {
-                if let Err(e) = self.announce_static(&req).await {
+                if let Err(e) = self.announce_static(&req, had_claim).await {
                     if !plan.existing {
                         // Not known to the cluster, not promised: undone,
                         // and the runtime's retry tries again.
