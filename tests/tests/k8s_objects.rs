@@ -575,6 +575,25 @@ fn k8s_a_static_ip_follows_its_pod_to_another_node_of_its_subnet() {
         .collect();
     assert_eq!(on.len(), 1, "on one ENI: {on:?}");
     assert_eq!(on[0].1["attached_to"].as_str(), Some(node2.as_str()));
+    // The fabric delivers the moved address to node2: the pod reaches its
+    // subnet's gateway and the answer comes back to it there.
+    c.wait_until("mover-0 pings its gateway from node2", WAIT, || {
+        c.try_kubectl(
+            &[
+                "exec",
+                "mover-0",
+                "--",
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "3",
+                "10.0.16.1",
+            ],
+            None,
+        )
+        .is_ok()
+    });
     // node1's agent forgot it; node2's holds it.
     c.wait_until("node1's pool no longer lists it", WAIT, || {
         !c.pool(1)
