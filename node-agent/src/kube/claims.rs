@@ -11,7 +11,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 
 use super::NODE_LABEL;
-use super::crd::VpcIPClaim;
+use super::crd::{VpcIPClaim, VpcIPClaimStatus};
 use super::objects;
 use super::pods::Pods;
 use super::publish::{apply_claim, apply_ip};
@@ -25,6 +25,8 @@ use crate::ipam::Claim;
 pub const MOVING: &str = "Moving";
 /// The phase of a claim whose pod has ended.
 const RESERVED: &str = "Reserved";
+/// The phase of a claim a sandbox holds.
+const BOUND: &str = "Bound";
 
 /// How long one question to the API server may take on the pod path.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -118,6 +120,39 @@ async fn node_ready(client: &Client, name: &str) -> Result<bool, ClaimStoreError
         .any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Whether a take-over of a claim in `phase` depends on its holder being
+/// up.
+fn holder_checked(phase: &str) -> bool {
+    matches!(phase, BOUND | MOVING)
+}
+
+/// Why another node may not take over a claim in `status` (its holder
+/// `holder_ready` or not): only a reserved claim (its pod ended), or one
+/// whose holder is no Ready Node (down, deleted), is taken over.
+fn refusal(status: &VpcIPClaimStatus, holder_ready: bool) -> Option<String> {
+    match status.phase.as_str() {
+        RESERVED => None,
+        BOUND | MOVING if !holder_ready => None,
+        BOUND => Some(format!(
+            "its pod still runs on node {}, which is Ready; it moves once that pod has ended",
+            status.node
+        )),
+        MOVING => Some(format!(
+            "node {} is moving it to itself, and is Ready",
+            status.node
+        )),
+        phase => Some(format!(
+            "the claim is {phase} on node {}{}",
+            status.node,
+            status
+                .message
+                .as_ref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        )),
+    }
+}
+
 impl ClaimStore for KubeClaims {
     fn locate<'a>(
         &'a self,
@@ -161,28 +196,12 @@ impl ClaimStore for KubeClaims {
             // This node as Kubernetes names it (`--node-name`).
             let node = self.node.as_str();
             let mut status = claim.status.clone().unwrap_or_default();
-            let may = match status.phase.as_str() {
-                RESERVED => true,
-                "Bound" | MOVING => !node_ready(&self.client, &status.node).await?,
-                _ => false,
+            let holder_ready = if holder_checked(&status.phase) {
+                node_ready(&self.client, &status.node).await?
+            } else {
+                false
             };
-            if !may {
-                let why = match status.phase.as_str() {
-                    "Bound" => format!(
-                        "its pod still runs on node {}, which is Ready; it moves once that pod has ended",
-                        status.node
-                    ),
-                    MOVING => format!("node {} is moving it, and is Ready", status.node),
-                    phase => format!(
-                        "the claim is {phase} on node {}{}",
-                        status.node,
-                        status
-                            .message
-                            .as_ref()
-                            .map(|m| format!(" ({m})"))
-                            .unwrap_or_default()
-                    ),
-                };
+            if let Some(why) = refusal(&status, holder_ready) {
                 return Ok(TakeOver::Refused(why));
             }
             // The fence: a write of the object as it was read (its
@@ -280,5 +299,61 @@ impl ClaimStore for KubeClaims {
             within(apply_ip(&self.client, &claim.ip.to_string(), &ip)).await?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::crd::VpcIPClaimSpec;
+
+    fn object(node: &str, phase: &str) -> VpcIPClaim {
+        let mut o = VpcIPClaim::new("web-0", VpcIPClaimSpec::default());
+        o.status = Some(VpcIPClaimStatus {
+            phase: phase.into(),
+            ip: "10.0.16.9".into(),
+            node: node.into(),
+            eni_id: "eni-a".into(),
+            subnet_id: "subnet-1".into(),
+            ..Default::default()
+        });
+        o
+    }
+
+    #[test]
+    fn the_object_says_who_holds_a_claim_and_whether_a_move_here_is_under_way() {
+        let held =
+            |node, phase| held(&object(node, phase), "b", "default", "web-0").expect("parse");
+        assert_eq!(held("b", BOUND), None, "this node's own");
+        let elsewhere = held("a", RESERVED).expect("held by a");
+        assert_eq!(
+            (
+                elsewhere.node.as_str(),
+                elsewhere.moving_here,
+                elsewhere.eni_id.as_str()
+            ),
+            ("a", false, "eni-a")
+        );
+        let resumed = held("b", MOVING).expect("moving here");
+        assert!(resumed.moving_here, "a take-over by this node to resume");
+        assert!(!held("a", MOVING).expect("moving to a").moving_here);
+    }
+
+    #[test]
+    fn a_claim_is_taken_over_only_reserved_or_from_a_node_that_is_down() {
+        let status = |phase: &str| object("a", phase).status.expect("status");
+        assert_eq!(refusal(&status(RESERVED), true), None, "its pod has ended");
+        assert!(!holder_checked(RESERVED));
+        assert!(holder_checked(BOUND) && holder_checked(MOVING));
+        let why = refusal(&status(BOUND), true).expect("its pod runs on a");
+        assert!(
+            why.contains("node a") && why.contains("still runs"),
+            "{why}"
+        );
+        assert_eq!(refusal(&status(BOUND), false), None, "a is down");
+        assert!(refusal(&status(MOVING), true).is_some());
+        assert_eq!(refusal(&status(MOVING), false), None);
+        let lost = refusal(&status("Lost"), false).expect("lost");
+        assert!(lost.contains("Lost"), "{lost}");
     }
 }
