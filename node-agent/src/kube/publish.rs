@@ -235,7 +235,7 @@ impl Publisher {
                         info!(namespace = %key.0, name = %key.1, node = %holder, "claim taken over by another node; forgotten here")
                     }
                     Ok(false) => {
-                        warn!(namespace = %key.0, name = %key.1, node = %holder, "claim taken over by another node while a sandbox here holds it; forgotten once it ends")
+                        warn!(namespace = %key.0, name = %key.1, node = %holder, "claim object names another node while a sandbox here holds the pod's IP; not written back")
                     }
                     Err(e) => {
                         warn!(namespace = %key.0, name = %key.1, error = %e.message, "cannot forget a claim taken over; will retry")
