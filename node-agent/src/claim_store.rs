@@ -41,8 +41,26 @@ pub struct HeldElsewhere {
     pub ip: Ipv4Addr,
     /// Its subnet: only within one subnet can an IP move between nodes.
     pub subnet_id: String,
-    /// The ENI carrying it there.
+    /// The ENI carrying it there (after a take-over: the ENI to move it
+    /// from).
     pub eni_id: String,
+    /// This node took the claim over (phase `Moving`) but has not bound it
+    /// yet: the move resumes here (a crash between the take-over and the
+    /// local commit).
+    pub moving_here: bool,
+    /// When the claim was made, if the cluster says.
+    pub created_ms: Option<u64>,
+}
+
+/// The answer to a take-over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TakeOver {
+    /// The cluster now names this node as the claim's holder (phase
+    /// `Moving`): the address may be moved here.
+    Taken(HeldElsewhere),
+    /// The holder keeps it (its pod still runs there, or this store cannot
+    /// move claims between nodes); why.
+    Refused(String),
 }
 
 /// What the cluster says of a pod about its IP (its annotations, its
@@ -87,6 +105,24 @@ pub trait ClaimStore: Send + Sync + 'static {
         namespace: &'a str,
         name: &'a str,
     ) -> ClaimFuture<'a, Option<HeldElsewhere>>;
+
+    /// Makes node `node` the holder of pod `namespace/name`'s claim, which
+    /// `held` says another node holds, if the cluster allows it: only one
+    /// writer wins (the cluster's object is the fence), and only when the
+    /// holder's pod ended (the claim is reserved) or the holder is down.
+    fn take_over<'a>(
+        &'a self,
+        _node: &'a str,
+        _namespace: &'a str,
+        _name: &'a str,
+        _held: &'a HeldElsewhere,
+    ) -> ClaimFuture<'a, TakeOver> {
+        Box::pin(async {
+            Ok(TakeOver::Refused(
+                "this claim store cannot move claims between nodes".into(),
+            ))
+        })
+    }
 
     /// Every claim this node holds: at start, and whenever the stream had
     /// to start over (the backend fell behind or failed).

@@ -457,8 +457,8 @@ fn k8s_objects_match_the_cloud_after_agents_and_the_cluster_component_die_in_a_c
     require_root();
     let c = Cluster::up(2);
     let ns = c.get("VPC_CNI_NAMESPACE").to_string();
-    // One StatefulSet per node: a static IP stays on its node (moving one
-    // between nodes is not done yet, and refused with a message).
+    // One StatefulSet per node: a static IP stays on its node here (moving
+    // one between nodes has its own test below).
     let sets: Vec<(String, String)> = (1..=2)
         .map(|n| {
             (
@@ -625,5 +625,118 @@ fn k8s_an_eni_that_cannot_attach_shows_its_ips_attaching_with_the_error() {
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
             .is_some_and(|v| !attaching(&v))
+    });
+}
+
+#[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+fn k8s_a_static_ip_follows_its_pod_to_another_node_of_its_subnet() {
+    require_root();
+    let c = Cluster::up(2);
+    let node1 = c.get("NODE1_INSTANCE").to_string();
+    let node2 = c.get("NODE2_INSTANCE").to_string();
+    let pinned = |node: &str| {
+        sts("mover", 1, STATIC).replace(
+            "    spec:\n      terminationGracePeriodSeconds",
+            &format!("    spec:\n      nodeName: {node}\n      terminationGracePeriodSeconds"),
+        )
+    };
+    c.apply(&pinned(&node1));
+    let ip = pod_ip(&c, "mover-0");
+    c.wait_until("mover-0's claim Bound on node1", WAIT, || {
+        c.object("vipc", "mover-0").is_some_and(|v| {
+            s(&v, &["status", "phase"]) == "Bound" && s(&v, &["status", "node"]) == node1
+        })
+    });
+
+    // The pod is moved to node2 (the same zone, the same subnet).
+    c.apply(&pinned(&node2));
+    c.wait_until("mover-0 running on node2", WAIT, || {
+        c.pod("mover-0").is_some_and(|p| {
+            s(&p, &["spec", "nodeName"]) == node2 && s(&p, &["status", "phase"]) == "Running"
+        })
+    });
+    assert_eq!(pod_ip(&c, "mover-0"), ip, "the same IP on the new node");
+    c.wait_until("the claim and the VpcIP say node2", WAIT, || {
+        c.object("vipc", "mover-0").is_some_and(|v| {
+            s(&v, &["status", "phase"]) == "Bound"
+                && s(&v, &["status", "node"]) == node2
+                && s(&v, &["status", "ip"]) == ip
+        }) && c.object("vip", &ip).is_some_and(|v| {
+            s(&v, &["spec", "phase"]) == "Bound" && s(&v, &["spec", "node"]) == node2
+        })
+    });
+    // In the cloud the address is on exactly one ENI, node2's.
+    let world: Value = serde_json::from_str(
+        &std::fs::read_to_string(c.state().join("vpc.json")).expect("world file"),
+    )
+    .expect("world json");
+    let on: Vec<(&String, &Value)> = world["vpc"]["enis"]
+        .as_object()
+        .expect("enis")
+        .iter()
+        .filter(|(_, e)| {
+            e["secondary_ips"]
+                .as_array()
+                .is_some_and(|ips| ips.iter().any(|i| i == ip.as_str()))
+        })
+        .collect();
+    assert_eq!(on.len(), 1, "on one ENI: {on:?}");
+    assert_eq!(on[0].1["attached_to"].as_str(), Some(node2.as_str()));
+    // The fabric delivers the moved address to node2: the pod reaches its
+    // subnet's gateway and the answer comes back to it there.
+    c.wait_until("mover-0 pings its gateway from node2", WAIT, || {
+        c.try_kubectl(
+            &[
+                "exec",
+                "mover-0",
+                "--",
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "3",
+                "10.0.16.1",
+            ],
+            None,
+        )
+        .is_ok()
+    });
+    // node1's agent forgot it; node2's holds it.
+    c.wait_until("node1's pool no longer lists it", WAIT, || {
+        !c.pool(1)
+            .enis
+            .iter()
+            .any(|e| e.ips.iter().any(|i| i.ip.to_string() == ip))
+    });
+    assert!(
+        c.pool(2)
+            .enis
+            .iter()
+            .any(|e| e.ips.iter().any(|i| i.ip.to_string() == ip)),
+        "node2's pool has it"
+    );
+    c.wait_until("the objects match the cloud and the pods", WAIT, || {
+        disagreements(&c).is_empty()
+    });
+
+    // And back: the claim moves again, to node1.
+    c.apply(&pinned(&node1));
+    c.wait_until("mover-0 running on node1 again", WAIT, || {
+        c.pod("mover-0").is_some_and(|p| {
+            s(&p, &["spec", "nodeName"]) == node1 && s(&p, &["status", "phase"]) == "Running"
+        })
+    });
+    assert_eq!(pod_ip(&c, "mover-0"), ip, "the same IP back on node1");
+    c.wait_until("the claim says node1 again", WAIT, || {
+        c.object("vipc", "mover-0").is_some_and(|v| {
+            s(&v, &["status", "phase"]) == "Bound" && s(&v, &["status", "node"]) == node1
+        })
+    });
+    c.wait_until("the objects match the cloud and the pods", WAIT, || {
+        disagreements(&c).is_empty()
     });
 }

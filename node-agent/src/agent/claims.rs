@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::Agent;
 use super::convert;
 use super::errors::{claim_error, cloud_error, dataplane_error};
-use crate::claim_store::PodFactsError;
+use crate::claim_store::{HeldElsewhere, PodFactsError, TakeOver};
 use crate::cloud::{Cloud, CloudError};
 use crate::dataplane::Dataplane;
 use crate::ipam::{Change, Claim, EniRecord};
@@ -28,7 +28,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 .cloned()
         });
         match here {
-            Some(claim) => self.verify_claim(claim).await,
+            Some(claim) => self.verify_claim(claim, req).await,
             None if req.static_ip.is_some() => self.not_claimed_elsewhere(req).await,
             None => Ok(()),
         }
@@ -117,10 +117,10 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
 
     /// A reserved claim is about to be bound again: make sure its address
     /// is where the pool says, or get it back.
-    async fn verify_claim(&self, claim: Claim) -> Result<(), AgentError> {
+    async fn verify_claim(&self, claim: Claim, req: &AddRequest) -> Result<(), AgentError> {
         // A lost claim is tried again too: the operator may have freed
         // the address since.
-        let _serialised = self.grow_lock.lock().await;
+        let serialised = self.grow_lock.lock().await;
         self.txn.ensure_healthy()?;
         let listed = match self.cloud.list_enis().await {
             Ok(listed) => listed,
@@ -164,6 +164,18 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         {
             info!(ip = %claim.ip, eni = %record.id, "static IP found on another ENI of this node");
             return self.commit_restored(&claim, &record).await;
+        }
+        // Another node may have taken the claim over (the pod ran there
+        // meanwhile): the address moved, it is not lost. This node forgets
+        // it and takes it over in turn if it may.
+        if let Ok(Some(held)) = self.claim_store.locate(&claim.namespace, &claim.name).await
+            && !held.moving_here
+            && held.node != self.instance_id
+        {
+            drop(serialised);
+            info!(ip = %claim.ip, node = %held.node, namespace = %claim.namespace, name = %claim.name, "static IP held by another node now; forgetting it here");
+            self.forget_moved(&claim.namespace, &claim.name).await?;
+            return self.not_claimed_elsewhere(req).await;
         }
         warn!(ip = %claim.ip, eni = %claim.eni_id, namespace = %claim.namespace, name = %claim.name, "static IP vanished from the cloud; asking for it back by address");
         let subnet = if claim.subnet_id.is_empty() {
@@ -219,26 +231,193 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     }
 
     /// A static pod this node holds no claim for may hold one on another
-    /// node: it must not get a new IP here meanwhile.
+    /// node: the claim is taken over (the cluster's object is the fence)
+    /// and its address moved here with `MigratePrivateIpAddress`, or the
+    /// pod waits; it never gets a new IP meanwhile.
     async fn not_claimed_elsewhere(&self, req: &AddRequest) -> Result<(), AgentError> {
         let Some(pod) = &req.pod else { return Ok(()) };
-        match self.claim_store.locate(&pod.namespace, &pod.name).await {
-            Ok(None) => Ok(()),
-            Ok(Some(held)) if held.node == self.instance_id => Ok(()),
-            Ok(Some(held)) => Err(AgentError::new(
+        let held = match self.claim_store.locate(&pod.namespace, &pod.name).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(held)) if held.node == self.instance_id && !held.moving_here => return Ok(()),
+            Ok(Some(held)) => held,
+            Err(e) => {
+                return Err(AgentError::new(
+                    ErrorKind::NotReady,
+                    format!("{e}; a static pod waits rather than take a new IP"),
+                ));
+            }
+        };
+        let held = if held.moving_here {
+            info!(ip = %held.ip, namespace = %pod.namespace, name = %pod.name, "resuming the move of a static IP to this node");
+            held
+        } else {
+            match self
+                .claim_store
+                .take_over(&self.instance_id, &pod.namespace, &pod.name, &held)
+                .await
+            {
+                Ok(TakeOver::Taken(taken)) => taken,
+                Ok(TakeOver::Refused(why)) => {
+                    return Err(AgentError::new(
+                        ErrorKind::NotReady,
+                        format!(
+                            "the static IP {} of {}/{} is held by node {} (ENI {}, subnet {}) and \
+                             cannot move here: {why}",
+                            held.ip,
+                            pod.namespace,
+                            pod.name,
+                            held.node,
+                            held.eni_id,
+                            held.subnet_id
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    return Err(AgentError::new(
+                        ErrorKind::NotReady,
+                        format!(
+                            "the static IP {} of {}/{} held by node {} could not be taken over \
+                             ({e}); the ADD is retried",
+                            held.ip, pod.namespace, pod.name, held.node
+                        ),
+                    ));
+                }
+            }
+        };
+        self.move_here(req, &held).await
+    }
+
+    /// Moves a claim this node took over to one of its ENIs in the
+    /// claim's subnet (idempotent: an address already on an ENI of this
+    /// node is not moved again) and commits it here, reserved, in one
+    /// commit: the ADD then binds it as any reserved claim.
+    async fn move_here(&self, req: &AddRequest, held: &HeldElsewhere) -> Result<(), AgentError> {
+        let Some(pod) = &req.pod else { return Ok(()) };
+        let _serialised = self.grow_lock.lock().await;
+        self.txn.ensure_healthy()?;
+        let listed = self.cloud.list_enis().await.map_err(cloud_error)?;
+        let on_ours = |listed: &[crate::cloud::Eni]| {
+            listed
+                .iter()
+                .find(|e| !e.primary && e.secondary_ips.contains(&held.ip))
+                .map(|e| e.id.clone())
+        };
+        let target_id = match on_ours(&listed) {
+            Some(id) => id,
+            None => {
+                let room = || {
+                    let max_ips = self.limits().map_or(0, |l| l.max_ips_per_eni as usize);
+                    self.txn.read(|ipam, _| {
+                        ipam.enis()
+                            .iter()
+                            .find(|e| e.subnet_id == held.subnet_id && e.ips.len() + 1 < max_ips)
+                            .map(|e| e.id.clone())
+                    })
+                };
+                let mut target = room();
+                let ours = self.node().and_then(|n| n.subnet).map(|s| s.id);
+                if target.is_none() && ours.as_deref() == Some(held.subnet_id.as_str()) {
+                    // The node's own subnet: an ENI grown there takes it.
+                    self.grow_locked(1).await?;
+                    target = room();
+                }
+                let Some(target) = target else {
+                    return Err(AgentError::new(
+                        ErrorKind::NotReady,
+                        format!(
+                            "the static IP {} of {}/{} was taken over from node {} but no ENI of \
+                             this node in subnet {} has room for it; an address moves only within \
+                             its subnet (give this node an ENI in subnet {}, or delete the claim \
+                             to give the pod a new IP)",
+                            held.ip,
+                            pod.namespace,
+                            pod.name,
+                            held.node,
+                            held.subnet_id,
+                            held.subnet_id
+                        ),
+                    ));
+                };
+                if let Err(e) = self.cloud.migrate_ip(&held.eni_id, &target, held.ip).await {
+                    // An earlier attempt may have taken effect.
+                    let again = self.cloud.list_enis().await.map_err(cloud_error)?;
+                    if on_ours(&again).as_deref() != Some(target.as_str()) {
+                        warn!(ip = %held.ip, from = %held.eni_id, to = %target, error = %e, "cannot move a static IP here");
+                        return Err(cloud_error(e));
+                    }
+                }
+                info!(ip = %held.ip, from = %held.eni_id, to = %target, node = %held.node, "static IP moved here from another node");
+                target
+            }
+        };
+        let (record, holder) = self.txn.read(|ipam, _| {
+            (
+                ipam.eni(&target_id).cloned(),
+                ipam.holder_of(&held.ip).map(|a| a.key.container_id.clone()),
+            )
+        });
+        if let Some(container) = holder {
+            return Err(AgentError::new(
+                ErrorKind::Internal,
+                format!(
+                    "the static IP {} of {}/{} moved here is held by sandbox {container}",
+                    held.ip, pod.namespace, pod.name
+                ),
+            ));
+        }
+        let Some(record) = record else {
+            return Err(AgentError::new(
                 ErrorKind::NotReady,
                 format!(
-                    "the static IP {} of {}/{} is held by node {} (ENI {}, subnet {}); this \
-                     agent cannot move it here yet: delete the pod's claim on that node to give \
-                     the pod a new IP",
-                    held.ip, pod.namespace, pod.name, held.node, held.eni_id, held.subnet_id
+                    "the static IP {} of {}/{} is on ENI {target_id}, which the pool does not \
+                     know yet; the ADD is retried",
+                    held.ip, pod.namespace, pod.name
                 ),
-            )),
-            Err(e) => Err(AgentError::new(
-                ErrorKind::NotReady,
-                format!("{e}; a static pod waits rather than take a new IP"),
-            )),
+            ));
+        };
+        let now = self.txn.now();
+        let created = held.created_ms.unwrap_or(now).min(now);
+        let claim = Claim {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            ip: held.ip,
+            eni_id: record.id.clone(),
+            subnet_id: record.subnet_id.clone(),
+            created_ms: created,
+            last_bound_ms: created,
+            released_ms: Some(now),
+            expire_after_ms: req.static_ip.as_ref().and_then(|s| s.expire_after_ms),
+            owner: req
+                .static_ip
+                .as_ref()
+                .and_then(|s| s.owner.as_ref())
+                .map(convert::owner),
+            lost: None,
+        };
+        self.commit_restored(&claim, &record).await
+    }
+
+    /// Forgets a claim another node took over (the address moved there):
+    /// the claim and the address leave this node's pool, durably, without
+    /// a word to the cloud. Only a reserved claim is forgotten; returns
+    /// whether it was.
+    pub(super) async fn forget_moved(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<bool, AgentError> {
+        let (ns, n) = (namespace.to_string(), name.to_string());
+        let forgotten = self
+            .txn
+            .commit(move |ipam, _| match ipam.plan_forget_claim(&ns, &n) {
+                Some((claim, changes)) => Ok((changes, Some(claim))),
+                None => Ok((Vec::new(), None)),
+            })
+            .await?;
+        if let Some(c) = &forgotten {
+            info!(ip = %c.ip, namespace, name, "static IP claim taken over by another node; forgotten here");
         }
+        Ok(forgotten.is_some())
     }
 
     /// Ends a static claim by hand (`claims delete`).

@@ -103,7 +103,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         self.grow_locked(waiting.saturating_mul(2)).await
     }
 
-    async fn grow_locked(&self, extra: usize) -> Result<(), AgentError> {
+    pub(super) async fn grow_locked(&self, extra: usize) -> Result<(), AgentError> {
         self.txn.ensure_healthy()?;
         let Some(limits) = self.limits() else {
             // The cloud has not answered yet: ask it now.

@@ -49,6 +49,14 @@ pub trait NodeFeed: Send + Sync + 'static {
     fn reclaim(self: Arc<Self>, namespace: String, name: String) -> FeedFuture;
     /// The operator's overrides of this node's targets, from now on.
     fn set_overrides(&self, overrides: Overrides);
+    /// Forgets the claim of pod `namespace/name`, which another node took
+    /// over (its address moved there), unless a sandbox here holds it;
+    /// whether it was forgotten.
+    fn forget_moved(
+        self: Arc<Self>,
+        namespace: String,
+        name: String,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, AgentError>> + Send>>;
 }
 
 impl<C: Cloud + 'static, D: Dataplane + 'static> NodeFeed for Agent<C, D> {
@@ -90,6 +98,14 @@ impl<C: Cloud + 'static, D: Dataplane + 'static> NodeFeed for Agent<C, D> {
             // The maintenance loop brings the pool to the new targets.
             self.pool_changed.notify_one();
         }
+    }
+
+    fn forget_moved(
+        self: Arc<Self>,
+        namespace: String,
+        name: String,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, AgentError>> + Send>> {
+        Box::pin(async move { Agent::forget_moved(&self, &namespace, &name).await })
     }
 
     fn reclaim(self: Arc<Self>, namespace: String, name: String) -> FeedFuture {

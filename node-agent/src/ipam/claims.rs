@@ -78,6 +78,37 @@ impl Ipam {
         changes
     }
 
+    /// Plans forgetting a claim another node took over (its address moved
+    /// there with `MigratePrivateIpAddress`): the claim goes and so does
+    /// the address from every ENI record here, without a cooldown and
+    /// without a word to the cloud, so it is never handed out again from
+    /// this node. `None` while a sandbox here holds the address (a claim
+    /// is only forgotten reserved) or when there is no such claim.
+    pub fn plan_forget_claim(&self, namespace: &str, name: &str) -> Option<(Claim, Vec<Change>)> {
+        let claim = self.claim(namespace, name)?.clone();
+        if self.holder.contains_key(&claim.ip) {
+            return None;
+        }
+        let mut changes: Vec<Change> = self
+            .enis
+            .iter()
+            .filter(|e| e.ips.contains(&claim.ip))
+            .map(|e| {
+                let mut old = e.clone();
+                old.ips.retain(|ip| *ip != claim.ip);
+                Change::PutEni(old)
+            })
+            .collect();
+        if self.cooling.contains_key(&claim.ip) {
+            changes.push(Change::RemoveCooling(claim.ip));
+        }
+        changes.push(Change::RemoveClaim(
+            claim.namespace.clone(),
+            claim.name.clone(),
+        ));
+        Some((claim, changes))
+    }
+
     /// Plans the end of released claims whose time is up at `now` (a
     /// claim's own expiry, else `default_ms`; never when neither is set):
     /// their IPs go back to the pool through the cooldown.

@@ -6,16 +6,27 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 
-use super::crd::VpcIPClaim;
+use super::NODE_LABEL;
+use super::crd::{VpcIPClaim, VpcIPClaimStatus};
 use super::objects;
 use super::pods::Pods;
 use super::publish::{apply_claim, apply_ip};
 use crate::claim_store::{
     ClaimChange, ClaimFuture, ClaimStore, ClaimStoreError, HeldElsewhere, PodFacts, PodFactsError,
+    TakeOver,
 };
 use crate::ipam::Claim;
+
+/// The phase of a claim another node took over and is moving to itself.
+pub const MOVING: &str = "Moving";
+/// The phase of a claim whose pod has ended.
+const RESERVED: &str = "Reserved";
+/// The phase of a claim a sandbox holds.
+const BOUND: &str = "Bound";
 
 /// How long one question to the API server may take on the pod path.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -59,6 +70,89 @@ async fn within<T>(f: impl Future<Output = Result<T, kube::Error>>) -> Result<T,
         .map_err(unavailable)
 }
 
+/// The claim object's word on who holds it, if it names a node and an
+/// address.
+fn held(
+    claim: &VpcIPClaim,
+    me: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<HeldElsewhere>, ClaimStoreError> {
+    let Some(status) = &claim.status else {
+        return Ok(None);
+    };
+    if status.node.is_empty() || status.ip.is_empty() {
+        return Ok(None);
+    }
+    let moving_here = status.node == me && status.phase == MOVING;
+    if status.node == me && !moving_here {
+        return Ok(None);
+    }
+    Ok(Some(HeldElsewhere {
+        node: status.node.clone(),
+        ip: status
+            .ip
+            .parse()
+            .map_err(|e| unavailable(format!("claim {namespace}/{name}: {e}")))?,
+        subnet_id: status.subnet_id.clone(),
+        eni_id: status.eni_id.clone(),
+        moving_here,
+        created_ms: claim
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| u64::try_from(t.0.as_millisecond()).ok()),
+    }))
+}
+
+/// Whether Kubernetes says node `name` is up: it exists and its `Ready`
+/// condition is `True`.
+async fn node_ready(client: &Client, name: &str) -> Result<bool, ClaimStoreError> {
+    let api: Api<Node> = Api::all(client.clone());
+    let Some(node) = within(api.get_opt(name)).await? else {
+        return Ok(false);
+    };
+    Ok(node
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether a take-over of a claim in `phase` depends on its holder being
+/// up.
+fn holder_checked(phase: &str) -> bool {
+    matches!(phase, BOUND | MOVING)
+}
+
+/// Why another node may not take over a claim in `status` (its holder
+/// `holder_ready` or not): only a reserved claim (its pod ended), or one
+/// whose holder is no Ready Node (down, deleted), is taken over.
+fn refusal(status: &VpcIPClaimStatus, holder_ready: bool) -> Option<String> {
+    match status.phase.as_str() {
+        RESERVED => None,
+        BOUND | MOVING if !holder_ready => None,
+        BOUND => Some(format!(
+            "its pod still runs on node {}, which is Ready; it moves once that pod has ended",
+            status.node
+        )),
+        MOVING => Some(format!(
+            "node {} is moving it to itself, and is Ready",
+            status.node
+        )),
+        phase => Some(format!(
+            "the claim is {phase} on node {}{}",
+            status.node,
+            status
+                .message
+                .as_ref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        )),
+    }
+}
+
 impl ClaimStore for KubeClaims {
     fn locate<'a>(
         &'a self,
@@ -70,20 +164,82 @@ impl ClaimStore for KubeClaims {
             let Some(claim) = within(api.get_opt(name)).await? else {
                 return Ok(None);
             };
-            let Some(status) = claim.status else {
-                return Ok(None);
+            held(&claim, &self.node, namespace, name)
+        })
+    }
+
+    fn take_over<'a>(
+        &'a self,
+        _: &'a str,
+        namespace: &'a str,
+        name: &'a str,
+        was: &'a HeldElsewhere,
+    ) -> ClaimFuture<'a, TakeOver> {
+        Box::pin(async move {
+            let api: Api<VpcIPClaim> = Api::namespaced(self.client.clone(), namespace);
+            let Some(mut claim) = within(api.get_opt(name)).await? else {
+                return Err(unavailable(format!("the claim {namespace}/{name} is gone")));
             };
-            if status.node.is_empty() || status.node == self.node || status.ip.is_empty() {
-                return Ok(None);
+            let Some(now) = held(&claim, &self.node, namespace, name)? else {
+                return Err(unavailable(format!(
+                    "the claim {namespace}/{name} names no other node now"
+                )));
+            };
+            if now.moving_here {
+                return Ok(TakeOver::Taken(now));
             }
-            Ok(Some(HeldElsewhere {
-                node: status.node,
-                ip: status
-                    .ip
-                    .parse()
-                    .map_err(|e| unavailable(format!("claim {namespace}/{name}: {e}")))?,
-                subnet_id: status.subnet_id,
-                eni_id: status.eni_id,
+            if now.node != was.node || now.ip != was.ip {
+                return Err(unavailable(format!(
+                    "the claim {namespace}/{name} changed meanwhile"
+                )));
+            }
+            // This node as Kubernetes names it (`--node-name`).
+            let node = self.node.as_str();
+            let mut status = claim.status.clone().unwrap_or_default();
+            let holder_ready = if holder_checked(&status.phase) {
+                node_ready(&self.client, &status.node).await?
+            } else {
+                false
+            };
+            if let Some(why) = refusal(&status, holder_ready) {
+                return Ok(TakeOver::Refused(why));
+            }
+            // The fence: a write of the object as it was read (its
+            // resourceVersion); of two nodes taking it over, one wins.
+            status.node = node.to_string();
+            status.phase = MOVING.into();
+            status.container_id = None;
+            status.zone = String::new();
+            status.message = Some(format!("moving from node {} to node {node}", was.node));
+            claim.status = Some(status);
+            claim.metadata.managed_fields = None;
+            let written = tokio::time::timeout(
+                TIMEOUT,
+                api.replace_status(name, &PostParams::default(), &claim),
+            )
+            .await
+            .map_err(|_| unavailable("the API server did not answer within 3 s"))?;
+            match written {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    return Err(unavailable(format!(
+                        "another writer changed the claim {namespace}/{name} first"
+                    )));
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+            // The node label follows, so that the new holder's publisher
+            // sees the object; its next apply would set it too.
+            let label = serde_json::json!({ "metadata": { "labels": { NODE_LABEL: node } } });
+            if let Err(e) =
+                within(api.patch(name, &PatchParams::default(), &Patch::Merge(&label))).await
+            {
+                tracing::warn!(namespace, name, error = %e, "cannot relabel a claim taken over");
+            }
+            tracing::info!(namespace, name, from = %was.node, to = node, ip = %was.ip, "claim taken over");
+            Ok(TakeOver::Taken(HeldElsewhere {
+                moving_here: true,
+                ..was.clone()
             }))
         })
     }
@@ -131,7 +287,7 @@ impl ClaimStore for KubeClaims {
             };
             let obj = objects::claim_object(&view, &self.node, "");
             let key = (claim.namespace.clone(), claim.name.clone());
-            within(apply_claim(&self.client, &self.node, &key, &obj)).await?;
+            within(apply_claim(&self.client, &self.node, &key, &obj, None)).await?;
             let ip = super::crd::VpcIPSpec {
                 phase: "Bound".into(),
                 node: self.node.clone(),
@@ -143,5 +299,61 @@ impl ClaimStore for KubeClaims {
             within(apply_ip(&self.client, &claim.ip.to_string(), &ip)).await?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::crd::VpcIPClaimSpec;
+
+    fn object(node: &str, phase: &str) -> VpcIPClaim {
+        let mut o = VpcIPClaim::new("web-0", VpcIPClaimSpec::default());
+        o.status = Some(VpcIPClaimStatus {
+            phase: phase.into(),
+            ip: "10.0.16.9".into(),
+            node: node.into(),
+            eni_id: "eni-a".into(),
+            subnet_id: "subnet-1".into(),
+            ..Default::default()
+        });
+        o
+    }
+
+    #[test]
+    fn the_object_says_who_holds_a_claim_and_whether_a_move_here_is_under_way() {
+        let held =
+            |node, phase| held(&object(node, phase), "b", "default", "web-0").expect("parse");
+        assert_eq!(held("b", BOUND), None, "this node's own");
+        let elsewhere = held("a", RESERVED).expect("held by a");
+        assert_eq!(
+            (
+                elsewhere.node.as_str(),
+                elsewhere.moving_here,
+                elsewhere.eni_id.as_str()
+            ),
+            ("a", false, "eni-a")
+        );
+        let resumed = held("b", MOVING).expect("moving here");
+        assert!(resumed.moving_here, "a take-over by this node to resume");
+        assert!(!held("a", MOVING).expect("moving to a").moving_here);
+    }
+
+    #[test]
+    fn a_claim_is_taken_over_only_reserved_or_from_a_node_that_is_down() {
+        let status = |phase: &str| object("a", phase).status.expect("status");
+        assert_eq!(refusal(&status(RESERVED), true), None, "its pod has ended");
+        assert!(!holder_checked(RESERVED));
+        assert!(holder_checked(BOUND) && holder_checked(MOVING));
+        let why = refusal(&status(BOUND), true).expect("its pod runs on a");
+        assert!(
+            why.contains("node a") && why.contains("still runs"),
+            "{why}"
+        );
+        assert_eq!(refusal(&status(BOUND), false), None, "a is down");
+        assert!(refusal(&status(MOVING), true).is_some());
+        assert_eq!(refusal(&status(MOVING), false), None);
+        let lost = refusal(&status("Lost"), false).expect("lost");
+        assert!(lost.contains("Lost"), "{lost}");
     }
 }

@@ -92,7 +92,8 @@ pub struct VpcIPClaimSpec {
 pub struct VpcIPClaimStatus {
     /// `Bound` while a sandbox of the pod holds the IP, `Reserved` while a
     /// static IP waits for its pod, `Lost` when the cloud lost the address
-    /// and it could not be had back.
+    /// and it could not be had back, `Moving` while the node named here
+    /// takes the claim over from another and moves the address to itself.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub phase: String,
     /// The address.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -212,7 +212,47 @@ impl Publisher {
             {
                 continue;
             }
-            apply_claim(&self.client, &self.options.node, key, obj).await?;
+            // The object is the fence: one that names another node as the
+            // holder (it took the claim over; the address moved there) is
+            // never written back; this node forgets the claim instead.
+            let current = match live {
+                Some(l) => Some((*l).clone()),
+                None => {
+                    let api: Api<VpcIPClaim> = Api::namespaced(self.client.clone(), &key.0);
+                    api.get_opt(&key.1).await?
+                }
+            };
+            if let Some(holder) = current
+                .as_ref()
+                .and_then(|c| other_holder(c, &self.options.node))
+            {
+                self.sent_claims.remove(key);
+                match Arc::clone(&self.feed)
+                    .forget_moved(key.0.clone(), key.1.clone())
+                    .await
+                {
+                    Ok(true) => {
+                        info!(namespace = %key.0, name = %key.1, node = %holder, "claim taken over by another node; forgotten here")
+                    }
+                    Ok(false) => {
+                        warn!(namespace = %key.0, name = %key.1, node = %holder, "claim object names another node while a sandbox here holds the pod's IP; not written back")
+                    }
+                    Err(e) => {
+                        warn!(namespace = %key.0, name = %key.1, error = %e.message, "cannot forget a claim taken over; will retry")
+                    }
+                }
+                continue;
+            }
+            let version = current.as_ref().and_then(|c| c.resource_version());
+            match apply_claim(&self.client, &self.options.node, key, obj, version).await {
+                // Changed since it was read (another node may be taking
+                // it over): looked at again next pass.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    debug!(namespace = %key.0, name = %key.1, "claim changed meanwhile; not published");
+                    continue;
+                }
+                r => r?,
+            }
             debug!(namespace = %key.0, name = %key.1, phase = %obj.status.phase, "claim published");
             self.sent_claims
                 .insert(key.clone(), (obj.clone(), Instant::now()));
@@ -228,7 +268,16 @@ impl Publisher {
                 continue;
             }
             let id = format!("vipc/{}/{}", key.0, key.1);
-            if self.deleted.contains_key(&id) {
+            if self.deleted.contains_key(&id) || other_holder(&live, &self.options.node).is_some() {
+                continue;
+            }
+            // A claim this node took over and is moving here: the ADD
+            // moving it finishes it (or resumes after a crash).
+            if live
+                .status
+                .as_ref()
+                .is_some_and(|s| s.phase == super::claims::MOVING)
+            {
                 continue;
             }
             if let Some(was) = self.last.get(&key)
@@ -258,7 +307,17 @@ impl Publisher {
                 .await;
             }
             let api: Api<VpcIPClaim> = Api::namespaced(self.client.clone(), &key.0);
-            ignore_missing(api.delete(&key.1, &DeleteParams::background()).await)?;
+            // Only the version this node saw: a cache behind a take-over
+            // must not delete the new holder's object.
+            let mut params = DeleteParams::background();
+            params.preconditions = Some(Preconditions {
+                resource_version: live.resource_version(),
+                uid: None,
+            });
+            match api.delete(&key.1, &params).await {
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                r => ignore_missing(r)?,
+            }
             remove_finalizer(&api, &live).await?;
             self.deleted.insert(id, Instant::now());
         }
@@ -360,7 +419,17 @@ impl Publisher {
                 continue;
             }
             self.sent_ips.remove(&name);
-            ignore_missing(api.delete(&name, &DeleteParams::background()).await)?;
+            // Only the version this node saw (the address may have moved
+            // to another node, which writes it now).
+            let mut params = DeleteParams::background();
+            params.preconditions = Some(Preconditions {
+                resource_version: live.resource_version(),
+                uid: None,
+            });
+            match api.delete(&name, &params).await {
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                r => ignore_missing(r)?,
+            }
             self.deleted.insert(id, Instant::now());
         }
         Ok(())
@@ -493,13 +562,23 @@ fn same_claim(live: &VpcIPClaim, want: &ClaimObject, node: &str) -> bool {
             == owner_references(want).unwrap_or_default()
 }
 
+/// The node another than `node` that a claim object names as its holder.
+fn other_holder(live: &VpcIPClaim, node: &str) -> Option<String> {
+    live.status
+        .as_ref()
+        .map(|s| s.node.clone())
+        .filter(|n| !n.is_empty() && n != node)
+}
+
 /// Writes a claim object as `node` holds it: labels, finalizer, owner,
-/// spec, then status.
+/// spec, then status; only over `version` of the object when given (a
+/// conflict, 409, if it changed since).
 pub(super) async fn apply_claim(
     client: &Client,
     node: &str,
     key: &(String, String),
     obj: &ClaimObject,
+    version: Option<String>,
 ) -> Result<(), kube::Error> {
     let api: Api<VpcIPClaim> = Api::namespaced(client.clone(), &key.0);
     let mut o = VpcIPClaim::new(&key.1, obj.spec.clone());
@@ -507,13 +586,18 @@ pub(super) async fn apply_claim(
     o.metadata.labels = Some(node_labels(node));
     o.metadata.finalizers = Some(vec![FINALIZER.into()]);
     o.metadata.owner_references = owner_references(obj);
-    api.patch(&key.1, &apply_params(), &Patch::Apply(&o))
+    o.metadata.resource_version = version.clone();
+    let written = api
+        .patch(&key.1, &apply_params(), &Patch::Apply(&o))
         .await?;
-    let status = serde_json::json!({
+    let mut status = serde_json::json!({
         "apiVersion": VpcIPClaim::api_version(&()),
         "kind": VpcIPClaim::kind(&()),
         "status": obj.status,
     });
+    if version.is_some() {
+        status["metadata"] = serde_json::json!({ "resourceVersion": written.resource_version() });
+    }
     api.patch_status(&key.1, &apply_params(), &Patch::Apply(&status))
         .await?;
     Ok(())

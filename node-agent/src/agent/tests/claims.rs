@@ -12,6 +12,10 @@ struct RecordingClaims {
     /// Claims announced, and whether announcing fails.
     announced: Mutex<Vec<String>>,
     announce_fails: std::sync::atomic::AtomicBool,
+    /// What `take_over` answers; `None`: the trait's default (refused).
+    take: Mutex<Option<Result<crate::claim_store::TakeOver, String>>>,
+    /// Take-overs asked for (namespace/name by node).
+    taken: Mutex<Vec<String>>,
 }
 
 impl ClaimStore for RecordingClaims {
@@ -71,6 +75,25 @@ impl ClaimStore for RecordingClaims {
     > {
         let answer = self.facts.lock().expect("lock").clone();
         Box::pin(async move { answer.transpose() })
+    }
+
+    fn take_over<'a>(
+        &'a self,
+        node: &'a str,
+        namespace: &'a str,
+        name: &'a str,
+        _: &'a crate::claim_store::HeldElsewhere,
+    ) -> crate::claim_store::ClaimFuture<'a, crate::claim_store::TakeOver> {
+        self.taken
+            .lock()
+            .expect("lock")
+            .push(format!("{namespace}/{name} by {node}"));
+        let answer = self.take.lock().expect("lock").clone().unwrap_or_else(|| {
+            Ok(crate::claim_store::TakeOver::Refused(
+                "this claim store cannot move claims between nodes".into(),
+            ))
+        });
+        Box::pin(async move { answer.map_err(crate::claim_store::ClaimStoreError) })
     }
 
     fn announce<'a>(
@@ -227,6 +250,8 @@ async fn a_static_pod_held_on_another_node_or_unlocatable_gets_no_new_ip() {
         ip: std::net::Ipv4Addr::new(10, 0, 9, 9),
         subnet_id: "subnet-1".into(),
         eni_id: "eni-9".into(),
+        moving_here: false,
+        created_ms: None,
     })));
     let e = a
         .handle(static_add_req("s1", "web-0"), None)
@@ -430,4 +455,233 @@ async fn a_first_static_bind_is_announced_before_the_add_answers_or_undone() {
         "only the first bind waits on the cluster: {announced:?}"
     );
     assert!(announced[0].starts_with("default/web-0 "));
+}
+
+/// Another node's ENI in this node's subnet (attached nowhere here) with
+/// one secondary IP: where a static claim held elsewhere lives.
+async fn held_on_another_node(a: &TestAgent) -> crate::claim_store::HeldElsewhere {
+    let subnet = a.node().and_then(|n| n.subnet).expect("subnet").id;
+    let theirs = a.cloud.create_eni(&subnet, 1).await.expect("create");
+    crate::claim_store::HeldElsewhere {
+        node: "ins-other".into(),
+        ip: theirs.secondary_ips[0],
+        subnet_id: subnet,
+        eni_id: theirs.id,
+        moving_here: false,
+        created_ms: Some(1_000),
+    }
+}
+
+/// The ENIs, anywhere in the VPC, carrying `ip`.
+async fn cloud_has(a: &TestAgent, ip: std::net::Ipv4Addr) -> Vec<String> {
+    let listed = a.cloud.list_cluster_enis().await.expect("list");
+    listed
+        .into_iter()
+        .filter(|e| e.secondary_ips.contains(&ip))
+        .map(|e| e.id)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_static_ip_taken_over_from_another_node_moves_here_with_its_pod() {
+    let claims = Arc::new(RecordingClaims::default());
+    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
+    let held = held_on_another_node(&a).await;
+    let ip = held.ip;
+    *claims.answer.lock().expect("lock") = Some(Ok(Some(held.clone())));
+    *claims.take.lock().expect("lock") = Some(Ok(crate::claim_store::TakeOver::Taken(
+        crate::claim_store::HeldElsewhere {
+            moving_here: true,
+            ..held.clone()
+        },
+    )));
+    let reply = match a.handle(static_add_req("s1", "web-0"), None).await {
+        Ok(Response::Added(r)) => r,
+        other => panic!("ADD of a pod whose claim moves here: {other:?}"),
+    };
+    assert_eq!(reply.ip, ip, "the same address, moved");
+    assert_eq!(
+        *claims.taken.lock().expect("lock"),
+        ["default/web-0 by ins-test"]
+    );
+    let on = cloud_has(&a, ip).await;
+    assert_eq!(
+        on,
+        std::slice::from_ref(&reply.eni_id),
+        "on exactly one ENI, this node's"
+    );
+    let claim = a.pool().claim("default", "web-0").cloned().expect("claim");
+    assert_eq!(
+        (claim.eni_id.as_str(), claim.released_ms, claim.lost),
+        (reply.eni_id.as_str(), None, None),
+        "held here and bound"
+    );
+    assert!(
+        claims.announced.lock().expect("lock").is_empty(),
+        "not a first bind"
+    );
+    eventually("the bind published", || {
+        let bound = |c: &crate::ipam::Claim| c.name == "web-0" && c.released_ms.is_none();
+        claims
+            .published
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|c| matches!(c, ClaimChange::Put(c) if bound(c)))
+            || claims
+                .synced
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|all| all.iter().any(bound))
+    })
+    .await;
+    // The pod ends and comes back here: an ordinary reserved claim now.
+    *claims.answer.lock().expect("lock") = Some(Ok(None));
+    a.handle(del_req("s1"), None).await.expect("DEL");
+    match a.handle(static_add_req("s2", "web-0"), None).await {
+        Ok(Response::Added(r)) => assert_eq!(r.ip, ip),
+        other => panic!("ADD again: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_move_resumes_after_a_crash_and_an_address_already_here_is_not_moved_again() {
+    let claims = Arc::new(RecordingClaims::default());
+    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
+    let held = held_on_another_node(&a).await;
+    let ip = held.ip;
+    // The take-over was written and the address moved, then the agent
+    // crashed before its commit.
+    add(&a, "plain").await;
+    let ours = a.pool().enis()[0].id.clone();
+    a.cloud
+        .migrate_ip(&held.eni_id, &ours, ip)
+        .await
+        .expect("migrate");
+    *claims.answer.lock().expect("lock") = Some(Ok(Some(crate::claim_store::HeldElsewhere {
+        moving_here: true,
+        ..held
+    })));
+    match a.handle(static_add_req("s1", "web-0"), None).await {
+        Ok(Response::Added(r)) => assert_eq!((r.ip, r.eni_id.as_str()), (ip, ours.as_str())),
+        other => panic!("ADD resuming a move: {other:?}"),
+    }
+    assert!(
+        claims.taken.lock().expect("lock").is_empty(),
+        "resumed, not taken over again"
+    );
+    assert_eq!(cloud_has(&a, ip).await, [ours]);
+}
+
+#[tokio::test]
+async fn a_claim_that_cannot_move_here_leaves_the_pod_waiting_with_why() {
+    let claims = Arc::new(RecordingClaims::default());
+    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
+    let held = held_on_another_node(&a).await;
+    *claims.answer.lock().expect("lock") = Some(Ok(Some(held.clone())));
+    *claims.take.lock().expect("lock") = Some(Ok(crate::claim_store::TakeOver::Refused(
+        "its pod still runs on node ins-other, which is Ready".into(),
+    )));
+    let e = a
+        .handle(static_add_req("s1", "web-0"), None)
+        .await
+        .expect_err("its pod runs there");
+    assert_eq!(e.kind, ErrorKind::NotReady);
+    assert!(
+        e.message.contains("still runs on node ins-other")
+            && e.message.contains(&held.ip.to_string()),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        cloud_has(&a, held.ip).await,
+        std::slice::from_ref(&held.eni_id),
+        "not moved"
+    );
+    // Taken over, but in a subnet this node has no ENI in.
+    let elsewhere = crate::claim_store::HeldElsewhere {
+        subnet_id: "subnet-far".into(),
+        moving_here: true,
+        ..held.clone()
+    };
+    *claims.take.lock().expect("lock") = Some(Ok(crate::claim_store::TakeOver::Taken(elsewhere)));
+    let e = a
+        .handle(static_add_req("s1", "web-0"), None)
+        .await
+        .expect_err("no ENI in that subnet");
+    assert_eq!(e.kind, ErrorKind::NotReady);
+    assert!(e.message.contains("subnet-far"), "{}", e.message);
+    // The cluster cannot be written: not ready, retried.
+    *claims.take.lock().expect("lock") = Some(Err("conflict".into()));
+    let e = a
+        .handle(static_add_req("s1", "web-0"), None)
+        .await
+        .expect_err("the fence write failed");
+    assert_eq!(e.kind, ErrorKind::NotReady);
+    assert!(allocated(&a).is_empty(), "no IP handed out meanwhile");
+    assert_eq!(cloud_has(&a, held.ip).await, [held.eni_id]);
+}
+
+#[tokio::test]
+async fn a_node_forgets_a_reserved_claim_another_node_took_and_never_marks_it_lost() {
+    let claims = Arc::new(RecordingClaims::default());
+    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
+    let ip = match a.handle(static_add_req("s1", "web-0"), None).await {
+        Ok(Response::Added(r)) => r.ip,
+        other => panic!("ADD: {other:?}"),
+    };
+    assert!(
+        !a.forget_moved("default", "web-0").await.expect("forget"),
+        "a claim a sandbox holds is never forgotten"
+    );
+    a.handle(del_req("s1"), None).await.expect("DEL");
+    let ours = a
+        .pool()
+        .claim("default", "web-0")
+        .expect("claim")
+        .eni_id
+        .clone();
+    // Another node takes it over and moves the address (its pod runs there).
+    let subnet = a.node().and_then(|n| n.subnet).expect("subnet").id;
+    let theirs = a.cloud.create_eni(&subnet, 0).await.expect("create");
+    a.cloud
+        .migrate_ip(&ours, &theirs.id, ip)
+        .await
+        .expect("migrate");
+    *claims.answer.lock().expect("lock") = Some(Ok(Some(crate::claim_store::HeldElsewhere {
+        node: "ins-other".into(),
+        ip,
+        subnet_id: subnet,
+        eni_id: theirs.id.clone(),
+        moving_here: false,
+        created_ms: None,
+    })));
+    *claims.take.lock().expect("lock") = Some(Ok(crate::claim_store::TakeOver::Refused(
+        "its pod still runs on node ins-other, which is Ready".into(),
+    )));
+    // The pod is scheduled back here meanwhile: the address is not lost,
+    // it moved; this node forgets it and waits for the other to let go.
+    let e = a
+        .handle(static_add_req("s2", "web-0"), None)
+        .await
+        .expect_err("held on the other node");
+    assert_eq!(e.kind, ErrorKind::NotReady, "{}", e.message);
+    assert!(e.message.contains("ins-other"), "{}", e.message);
+    let pool = a.pool();
+    assert!(
+        pool.claim("default", "web-0").is_none(),
+        "forgotten, not lost"
+    );
+    assert!(
+        pool.enis().iter().all(|e| !e.ips.contains(&ip)),
+        "the address left this node's pool"
+    );
+    assert_eq!(
+        cloud_has(&a, ip).await,
+        [theirs.id],
+        "and stays where it moved"
+    );
+    // The publisher's path: forgetting twice is harmless.
+    assert!(!a.forget_moved("default", "web-0").await.expect("forget"));
 }
