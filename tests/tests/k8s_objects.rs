@@ -36,6 +36,23 @@ spec:
     )
 }
 
+/// `manifest`, a StatefulSet of [`sts`], with its pods placed on `node`.
+fn pin(manifest: &str, node: &str) -> String {
+    manifest.replace(
+        "    spec:\n      terminationGracePeriodSeconds",
+        &format!("    spec:\n      nodeName: {node}\n      terminationGracePeriodSeconds"),
+    )
+}
+
+/// Every object of `kind` (all namespaces), as JSON.
+fn items(c: &Cluster, kind: &str) -> Vec<Value> {
+    c.try_kubectl(&["get", kind, "-A", "-o", "json"], None)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["items"].as_array().cloned())
+        .unwrap_or_default()
+}
+
 fn pod(name: &str, annotations: &str) -> String {
     format!(
         r#"apiVersion: v1
@@ -315,12 +332,7 @@ fn k8s_eni_limit_is_an_event_ownerrefs_cascade_and_the_cluster_component_leads()
         .map(|n| c.get(&format!("NODE{n}_INSTANCE")).to_string())
         .find(|n| !limited.contains(n))
         .expect("a node with an ENI");
-    let pinned = |name: &str| {
-        sts(name, 1, STATIC).replace(
-            "    spec:\n      terminationGracePeriodSeconds",
-            &format!("    spec:\n      nodeName: {healthy}\n      terminationGracePeriodSeconds"),
-        )
-    };
+    let pinned = |name: &str| pin(&sts(name, 1, STATIC), &healthy);
     c.apply(&pinned("before"));
     pod_ip(&c, "before-0");
     c.kubectl(&[
@@ -377,16 +389,9 @@ fn disagreements(c: &Cluster) -> Vec<String> {
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
     let enis = &world["vpc"]["enis"];
-    let list = |kind: &str| -> Vec<Value> {
-        c.try_kubectl(&["get", kind, "-A", "-o", "json"], None)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|v| v["items"].as_array().cloned())
-            .unwrap_or_default()
-    };
-    let vips = list("vip");
-    let claims = list("vipc");
-    let pods = list("pods");
+    let vips = items(c, "vip");
+    let claims = items(c, "vipc");
+    let pods = items(c, "pods");
     for vip in &vips {
         let ip = s(vip, &["metadata", "name"]);
         let eni = &enis[s(vip, &["spec", "eniId"])];
@@ -468,19 +473,13 @@ fn k8s_objects_match_the_cloud_after_agents_and_the_cluster_component_die_in_a_c
         })
         .collect();
     for (name, node) in &sets {
-        c.apply(
-            &sts(name, 2, STATIC)
-                .replace(
-                    &format!("  serviceName: {name}\n"),
-                    &format!("  serviceName: {name}\n  podManagementPolicy: Parallel\n"),
-                )
-                .replace(
-                    "    spec:\n      terminationGracePeriodSeconds",
-                    &format!(
-                        "    spec:\n      nodeName: {node}\n      terminationGracePeriodSeconds"
-                    ),
-                ),
-        );
+        c.apply(&pin(
+            &sts(name, 2, STATIC).replace(
+                &format!("  serviceName: {name}\n"),
+                &format!("  serviceName: {name}\n  podManagementPolicy: Parallel\n"),
+            ),
+            node,
+        ));
     }
     let pods: Vec<String> = sets
         .iter()
@@ -588,18 +587,13 @@ fn k8s_an_eni_that_cannot_attach_shows_its_ips_attaching_with_the_error() {
         "-p",
         r#"{"spec":{"warmIpTarget":25}}"#,
     ]);
-    let attaching = |v: &Value| {
-        v["items"].as_array().into_iter().flatten().any(|vip| {
+    let attaching = || {
+        items(&c, "vip").iter().any(|vip| {
             s(vip, &["spec", "phase"]) == "Attaching"
                 && s(vip, &["spec", "error"]).contains("AttachNetworkInterface")
         })
     };
-    c.wait_until("a VpcIP Attaching with the attach's error", WAIT, || {
-        c.try_kubectl(&["get", "vip", "-o", "json"], None)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .is_some_and(|v| attaching(&v))
-    });
+    c.wait_until("a VpcIP Attaching with the attach's error", WAIT, attaching);
     let nec = c.object("nec", &node).expect("nec");
     assert!(
         nec["status"]["enis"]
@@ -620,12 +614,7 @@ fn k8s_an_eni_that_cannot_attach_shows_its_ips_attaching_with_the_error() {
                 .is_some_and(|v| v["status"]["free"].as_u64() >= Some(25))
         },
     );
-    c.wait_until("no VpcIP attaching", WAIT, || {
-        c.try_kubectl(&["get", "vip", "-o", "json"], None)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .is_some_and(|v| !attaching(&v))
-    });
+    c.wait_until("no VpcIP attaching", WAIT, || !attaching());
 }
 
 #[test]
@@ -638,12 +627,7 @@ fn k8s_a_static_ip_follows_its_pod_to_another_node_of_its_subnet() {
     let c = Cluster::up(2);
     let node1 = c.get("NODE1_INSTANCE").to_string();
     let node2 = c.get("NODE2_INSTANCE").to_string();
-    let pinned = |node: &str| {
-        sts("mover", 1, STATIC).replace(
-            "    spec:\n      terminationGracePeriodSeconds",
-            &format!("    spec:\n      nodeName: {node}\n      terminationGracePeriodSeconds"),
-        )
-    };
+    let pinned = |node: &str| pin(&sts("mover", 1, STATIC), node);
     c.apply(&pinned(&node1));
     let ip = pod_ip(&c, "mover-0");
     c.wait_until("mover-0's claim Bound on node1", WAIT, || {
