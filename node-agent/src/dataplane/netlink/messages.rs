@@ -6,10 +6,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::RawFd;
 
 use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::AddressMessage;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
 use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleHeader, RuleMessage};
-use rtnetlink::{LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{AddressMessageBuilder, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use crate::dataplane::POD_GATEWAY;
 
@@ -67,6 +71,38 @@ pub fn mac_bytes(mac: &str) -> Vec<u8> {
 /// host veth.
 pub fn is_ours(link: &LinkMessage) -> bool {
     link.attributes.contains(&LinkAttribute::Group(LINK_GROUP))
+}
+
+/// `ip link set INDEX up`.
+pub fn link_up(ifindex: u32) -> LinkMessage {
+    LinkUnspec::new_with_index(ifindex).up().build()
+}
+
+/// `ip link show NAME`.
+pub fn link_named(name: &str) -> LinkMessage {
+    LinkMessageBuilder::<LinkUnspec>::new().name(name).build()
+}
+
+/// `ip addr add IP/32 dev INDEX` (in the pod).
+pub fn pod_address(ip: Ipv4Addr, ifindex: u32) -> AddressMessage {
+    AddressMessageBuilder::<Ipv4Addr>::new()
+        .index(ifindex)
+        .address(ip, 32)
+        .build()
+}
+
+/// `ip neigh replace 169.254.1.1 lladdr HOSTMAC dev INDEX nud permanent`
+/// (in the pod): the gateway answers without ARP.
+pub fn gateway_neighbour(ifindex: u32, host_mac: &str) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.ifindex = ifindex;
+    msg.header.state = NeighbourState::Permanent;
+    msg.attributes = vec![
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(POD_GATEWAY)),
+        NeighbourAttribute::LinkLayerAddress(mac_bytes(host_mac)),
+    ];
+    msg
 }
 
 /// `ip route replace default via 169.254.1.1 dev IF onlink` (in the pod).

@@ -1,19 +1,24 @@
-//! The data path over rtnetlink. One long-lived netlink socket in the
-//! node's namespace; a short-lived one inside a pod's namespace for the
-//! pod-side steps of ADD and CHECK.
+//! The data path over rtnetlink. ADD and DEL run on the data-path
+//! [`workers`], each with its own blocking netlink socket in the node's
+//! namespace and a short-lived one inside a pod's namespace, sending their
+//! requests in [`batch`]es; everything else (ENIs, CHECK, GC, egress) uses
+//! one long-lived async socket in the node's namespace.
 //!
-//! ADD sends 11 requests: the veth pair with its pod end created in the pod
-//! namespace, host end up, pod end up, pod address, neighbour entry for the
-//! gateway, pod default route, host route, two rules (plus two lookups of
-//! link index and MAC). DEL removes the two rules and the host route before
-//! it answers and leaves the veth to the [`reaper`].
+//! ADD sends 8 requests in three sends: the veth pair (with the host end up
+//! and the pod end created in the pod namespace, echoed back); the host
+//! route and two rules; pod end up, pod address, neighbour entry for the
+//! gateway and pod default route. DEL removes the two rules and the host
+//! route in one send before it answers and leaves the veth to the
+//! [`reaper`].
 
+mod batch;
 mod egress;
 mod messages;
 mod netns;
 mod nft;
 mod pod;
 mod reaper;
+mod workers;
 
 pub use messages::{RULE_FROM_POD_PRIORITY, RULE_TO_POD_PRIORITY};
 
@@ -52,6 +57,7 @@ pub struct NetlinkDataplane {
     node: Handle,
     node_netns: Option<PathBuf>,
     reaper: Arc<reaper::Reaper>,
+    workers: workers::Workers,
     egress: Egress,
 }
 
@@ -65,8 +71,18 @@ impl NetlinkDataplane {
         netns::write_sysctl(open_path(node_netns)?, "net/ipv4/ip_forward", "1")
             .await
             .map_err(io_err("sysctl net.ipv4.ip_forward=1"))?;
+        let home = match open_path(node_netns)? {
+            Some(fd) => fd,
+            None => std::fs::File::open("/proc/thread-self/ns/net")
+                .map(OwnedFd::from)
+                .map_err(io_err("open the agent's netns"))?,
+        };
+        let workers = workers::Workers::start(home)
+            .await
+            .map_err(io_err("start the data-path workers"))?;
         Ok(NetlinkDataplane {
             reaper: reaper::Reaper::start(node.clone()),
+            workers,
             node,
             node_netns: node_netns.map(Path::to_path_buf),
             egress: Egress::Off,

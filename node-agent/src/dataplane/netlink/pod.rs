@@ -1,34 +1,33 @@
-//! Wiring a pod, in as few round trips as the kernel allows. ADD: one
-//! request creates the veth pair with both ends up, their MACs, our link
-//! group and the pod end inside the pod's namespace, and the kernel echoes
-//! the host end back (its index, and the pod end's as its link; older
-//! kernels need one lookup instead); then the node's
-//! route and two rules and the pod's address, gateway neighbour and default
-//! route are sent together, without waiting for one acknowledgement before
-//! sending the next; each failure still names the request it answers. DEL:
-//! the route and both rules together; the veth goes later, off the reply
-//! path (the reaper).
+//! Wiring a pod, in as few round trips as the kernel allows, on a
+//! data-path worker ([`super::workers`]) with batched requests
+//! ([`super::batch`]). ADD: one request creates the veth pair with the host
+//! end up, their MACs, our link group and the pod end inside the pod's
+//! namespace, and the kernel echoes the host end back (its index, and the
+//! pod end's as its link; older kernels need one lookup instead); then the
+//! node's route and two rules go out in one send, the pod's link up,
+//! address, gateway neighbour and default route in another, and both
+//! batches' answers are read together; each failure still names the
+//! request it answers. DEL: the route and both rules in one send; the veth
+//! goes later, off the reply path (the reaper).
 
-use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 
-use futures_util::StreamExt;
-use rtnetlink::packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
-};
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::RouteAttribute;
 use rtnetlink::{Handle, LinkUnspec};
 
+use super::batch::{Answer, NlSocket, Request};
+use super::workers::Worker;
 use super::{
-    EEXIST, ENOENT, ESRCH, NetlinkDataplane, errno, find_link, io_err, kernel, link_mac, messages,
-    netns, tolerate,
+    EEXIST, ENODEV, ENOENT, ESRCH, NetlinkDataplane, find_link, kernel, link_mac, messages,
 };
-use crate::dataplane::{DataplaneError, POD_GATEWAY, PodLinks, PodSpec, derived_mac, host_ifname};
+use crate::dataplane::{DataplaneError, PodLinks, PodSpec, derived_mac, host_ifname};
 
 /// What the node knows of a pod's veth pair once it exists.
+#[derive(Debug, Clone)]
 struct Veth {
     host_index: u32,
     host_mac: String,
@@ -36,75 +35,104 @@ struct Veth {
     pod_index: Option<u32>,
 }
 
+/// What one ADD programs, handed to a worker.
+#[derive(Debug, Clone)]
+struct Wiring {
+    host: String,
+    ifname: String,
+    netns_path: String,
+    mtu: u32,
+    ip: std::net::Ipv4Addr,
+    table: u32,
+    host_mac: String,
+    pod_mac: String,
+    pod_ns: Arc<OwnedFd>,
+}
+
+/// What the worker's part of an ADD came to.
+enum Attached {
+    /// Created and wired.
+    Wired(PodLinks),
+    /// Created, not echoed (a kernel before 6.3): look it up, then wire.
+    LookUp,
+    /// A link of that name exists, on the node or in the pod.
+    Exists,
+}
+
+/// How creating the pair went.
+pub(super) enum Created {
+    /// Made, and echoed back (`None`: a kernel before 6.3, look it up).
+    New(Option<LinkMessage>),
+    /// A link of that name exists, on the node or in the pod.
+    Exists,
+}
+
 impl NetlinkDataplane {
     pub(super) async fn attach(&self, pod: &PodSpec) -> Result<PodLinks, DataplaneError> {
         self.reaper.touch();
         let host = host_ifname(&pod.key.container_id, &pod.key.ifname);
-        let (host_mac, pod_mac) = (
-            derived_mac(&[host.as_bytes(), b"host"]),
-            derived_mac(&[host.as_bytes(), b"pod"]),
-        );
-        let pod_ns = pod.netns.open()?;
-        let veth = {
-            let _links = self.reaper.links.lock().await;
+        let wiring = Wiring {
+            host_mac: derived_mac(&[host.as_bytes(), b"host"]),
+            pod_mac: derived_mac(&[host.as_bytes(), b"pod"]),
+            host,
+            ifname: pod.key.ifname.clone(),
+            netns_path: pod.netns.path.clone(),
+            mtu: pod.eni.mtu,
+            ip: pod.ip,
+            table: pod.eni.table,
+            pod_ns: Arc::new(pod.netns.open()?),
+        };
+        let mut flushed = false;
+        let veth = loop {
+            // Held until the pair exists: the reaper never deletes a veth an
+            // ADD is taking over.
+            let links = Arc::clone(&self.reaper.links).lock_owned().await;
             // A veth queued for deletion belongs to an earlier incarnation of
             // this attachment: start afresh rather than inherit its address.
-            if self.reaper.cancel(&host) {
-                super::delete_link_named(&self.node, &host).await?;
+            if self.reaper.cancel(&wiring.host) {
+                super::delete_link_named(&self.node, &wiring.host).await?;
             }
-            let msg = messages::veth_pair(
-                &host,
-                &pod.key.ifname,
-                pod.eni.mtu,
-                pod_ns.as_raw_fd(),
-                &host_mac,
-                &pod_mac,
-            );
-            match create_echoed(&self.node, msg).await {
-                Ok(Some(link)) => veth_of(&link),
-                // A kernel before 6.3 does not echo: look it up.
-                Ok(None) => existing(&self.node, &host).await?,
-                // A repeated ADD finds the pair there already.
-                Err(e) if errno(&e) == Some(EEXIST) => existing(&self.node, &host).await?,
-                Err(e) => return Err(kernel("ip link add type veth", e)),
+            let w = wiring.clone();
+            let attached = self
+                .workers
+                .run(move |worker| -> Result<Attached, DataplaneError> {
+                    let created = create_veth(&mut worker.node, w.veth_pair());
+                    drop(links);
+                    Ok(match created? {
+                        Created::New(Some(link)) => {
+                            Attached::Wired(w.wire(worker, veth_of(&link))?)
+                        }
+                        Created::New(None) => Attached::LookUp,
+                        Created::Exists => Attached::Exists,
+                    })
+                })
+                .await??;
+            match attached {
+                Attached::Wired(links) => return Ok(links),
+                Attached::LookUp => break existing(&self.node, &wiring.host).await?,
+                Attached::Exists => {
+                    // A repeated ADD finds the pair there already.
+                    if find_link(&self.node, &wiring.host).await?.is_some() {
+                        break existing(&self.node, &wiring.host).await?;
+                    }
+                    // The pod's namespace has a link by that name: an earlier
+                    // sandbox's pod end whose pair waits for the reaper.
+                    if !flushed && self.reaper.flush(&self.node).await > 0 {
+                        flushed = true;
+                        continue;
+                    }
+                    return Err(DataplaneError::Kernel {
+                        op: "ip link add type veth",
+                        detail: format!(
+                            "an interface named {} already exists in {}",
+                            wiring.ifname, wiring.netns_path
+                        ),
+                    });
+                }
             }
         };
-        let (node_side, pod_side) = tokio::join!(
-            self.wire_node_side(pod, veth.host_index),
-            wire_pod_side(pod, pod_ns, veth.pod_index, &veth.host_mac)
-        );
-        node_side?;
-        let pod_mac = pod_side?.unwrap_or(pod_mac);
-        Ok(PodLinks {
-            host_ifname: host,
-            host_mac: veth.host_mac,
-            pod_mac,
-        })
-    }
-
-    /// `ip route replace POD/32 dev HOST`, `ip rule add to POD lookup main`,
-    /// `ip rule add from POD lookup TABLE`, sent together.
-    async fn wire_node_side(&self, pod: &PodSpec, host_index: u32) -> Result<(), DataplaneError> {
-        let route = async {
-            self.node
-                .route()
-                .add(messages::host_route(pod.ip, host_index))
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| kernel("ip route replace (host)", e))
-        };
-        let rule = |message| {
-            let mut req = self.node.rule().add();
-            *req.message_mut() = message;
-            async move { tolerate(req.execute().await, &[EEXIST]).map_err(|e| kernel("ip rule add", e)) }
-        };
-        let (r, to, from) = tokio::join!(
-            route,
-            rule(messages::rule_to_pod(pod.ip)),
-            rule(messages::rule_from_pod(pod.ip, pod.eni.table))
-        );
-        r.and(to).and(from)
+        let w = wiring.clone();
+        self.workers.run(move |worker| w.wire(worker, veth)).await?
     }
 
     pub(super) async fn detach(&self, pod: &PodSpec) -> Result<(), DataplaneError> {
@@ -118,123 +146,168 @@ impl NetlinkDataplane {
     }
 
     /// `ip rule del to POD`, `ip rule del from POD`, `ip route del POD/32`,
-    /// sent together; what is already gone is fine.
+    /// in one send; what is already gone is fine.
     pub(super) async fn remove_host_side(&self, pod: &PodSpec) -> Result<(), DataplaneError> {
-        let rule = |message| {
-            let req = self.node.rule().del(message);
-            async move { tolerate(req.execute().await, &[ENOENT]).map_err(|e| kernel("ip rule del", e)) }
-        };
         let mut route = messages::host_route(pod.ip, 0);
         route
             .attributes
             .retain(|a| !matches!(a, RouteAttribute::Oif(_)));
-        let route = async {
-            tolerate(
-                self.node.route().del(route).execute().await,
-                &[ESRCH, ENOENT],
+        let requests = vec![
+            Request::new(
+                RouteNetlinkMessage::DelRule(messages::rule_to_pod(pod.ip)),
+                0,
+                "ip rule del",
             )
-            .map_err(|e| kernel("ip route del", e))
-        };
-        let (to, from, r) = tokio::join!(
-            rule(messages::rule_to_pod(pod.ip)),
-            rule(messages::rule_from_pod(pod.ip, pod.eni.table)),
-            route
-        );
-        to.and(from).and(r)
+            .tolerating(&[ENOENT]),
+            Request::new(
+                RouteNetlinkMessage::DelRule(messages::rule_from_pod(pod.ip, pod.eni.table)),
+                0,
+                "ip rule del",
+            )
+            .tolerating(&[ENOENT]),
+            Request::new(RouteNetlinkMessage::DelRoute(route), 0, "ip route del")
+                .tolerating(&[ESRCH, ENOENT]),
+        ];
+        self.workers
+            .run(move |worker| worker.node.run(requests).map(drop))
+            .await?
     }
 }
 
-/// In the pod: `ip link set IF up`, `ip addr add POD/32 dev IF`, `ip neigh
-/// replace 169.254.1.1 lladdr HOSTMAC dev IF nud permanent`, `ip route
-/// replace default via 169.254.1.1 dev IF onlink`, sent together (and
-/// handled by the kernel in that order). Returns the pod end's MAC when
-/// it had to be looked up (a pair made by an older agent).
-async fn wire_pod_side(
-    pod: &PodSpec,
-    pod_ns: std::os::fd::OwnedFd,
-    pod_index: Option<u32>,
-    host_mac: &str,
-) -> Result<Option<String>, DataplaneError> {
-    let inside = netns::connect(Some(pod_ns))
-        .await
-        .map_err(io_err("netlink socket in pod netns"))?;
-    let (idx, looked_up_mac) = match pod_index {
-        Some(idx) => (idx, None),
-        None => {
-            let link = find_link(&inside, &pod.key.ifname).await?.ok_or_else(|| {
-                DataplaneError::Kernel {
-                    op: "ip link show",
-                    detail: format!("{} missing in {}", pod.key.ifname, pod.netns.path),
-                }
-            })?;
-            (link.header.index, link_mac(&link))
-        }
-    };
-    let up = async {
-        inside
-            .link()
-            .set(LinkUnspec::new_with_index(idx).up().build())
-            .execute()
-            .await
-            .map_err(|e| kernel("ip link set up (pod)", e))
-    };
-    let addr = async {
-        tolerate(
-            inside
-                .address()
-                .add(idx, IpAddr::V4(pod.ip), 32)
-                .execute()
-                .await,
-            &[EEXIST],
+impl Wiring {
+    /// `ip link add HOST ... type veth peer name IF netns POD`.
+    fn veth_pair(&self) -> LinkMessage {
+        messages::veth_pair(
+            &self.host,
+            &self.ifname,
+            self.mtu,
+            self.pod_ns.as_raw_fd(),
+            &self.host_mac,
+            &self.pod_mac,
         )
-        .map_err(|e| kernel("ip addr add (pod)", e))
-    };
-    let neigh = async {
-        inside
-            .neighbours()
-            .add(idx, IpAddr::V4(POD_GATEWAY))
-            .link_layer_address(&messages::mac_bytes(host_mac))
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| kernel("ip neigh replace (pod gateway)", e))
-    };
-    let route = async {
-        inside
-            .route()
-            .add(messages::pod_default_route(idx))
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| kernel("ip route replace default (pod)", e))
-    };
-    let (u, a, n, r) = tokio::join!(up, addr, neigh, route);
-    u.and(a).and(n).and(r)?;
-    Ok(looked_up_mac)
+    }
+
+    /// Everything after the pair exists: the node's route and rules and the
+    /// pod's side, two batches in flight together.
+    fn wire(&self, worker: &mut Worker, veth: Veth) -> Result<PodLinks, DataplaneError> {
+        let node = worker.node.send(self.node_side(veth.host_index))?;
+        let pod = self.pod_side(worker, &veth);
+        // Read the node's answers whatever the pod side did.
+        worker.node.collect(node)?;
+        let looked_up_mac = pod?;
+        Ok(PodLinks {
+            host_ifname: self.host.clone(),
+            host_mac: veth.host_mac,
+            pod_mac: looked_up_mac.unwrap_or_else(|| self.pod_mac.clone()),
+        })
+    }
+
+    /// `ip route replace POD/32 dev HOST`, `ip rule add to POD lookup
+    /// main`, `ip rule add from POD lookup TABLE`.
+    fn node_side(&self, host_index: u32) -> Vec<Request> {
+        vec![
+            Request::new(
+                RouteNetlinkMessage::NewRoute(messages::host_route(self.ip, host_index)),
+                NLM_F_CREATE | NLM_F_REPLACE,
+                "ip route replace (host)",
+            ),
+            Request::new(
+                RouteNetlinkMessage::NewRule(messages::rule_to_pod(self.ip)),
+                NLM_F_CREATE | NLM_F_EXCL,
+                "ip rule add",
+            )
+            .tolerating(&[EEXIST]),
+            Request::new(
+                RouteNetlinkMessage::NewRule(messages::rule_from_pod(self.ip, self.table)),
+                NLM_F_CREATE | NLM_F_EXCL,
+                "ip rule add",
+            )
+            .tolerating(&[EEXIST]),
+        ]
+    }
+
+    /// In the pod: `ip link set IF up`, `ip addr add POD/32 dev IF`, `ip
+    /// neigh replace 169.254.1.1 lladdr HOSTMAC dev IF nud permanent`, `ip
+    /// route replace default via 169.254.1.1 dev IF onlink`, in one send
+    /// (the kernel handles them in that order). Returns the pod end's MAC
+    /// when it had to be looked up (a pair made by an older agent).
+    fn pod_side(&self, worker: &mut Worker, veth: &Veth) -> Result<Option<String>, DataplaneError> {
+        let mut inside = worker.socket_in(&*self.pod_ns)?;
+        let (idx, looked_up_mac) = match veth.pod_index {
+            Some(idx) => (idx, None),
+            None => {
+                let link = self.pod_link(&mut inside)?;
+                (link.header.index, link_mac(&link))
+            }
+        };
+        inside.run(vec![
+            Request::new(
+                RouteNetlinkMessage::SetLink(messages::link_up(idx)),
+                0,
+                "ip link set up (pod)",
+            ),
+            Request::new(
+                RouteNetlinkMessage::NewAddress(messages::pod_address(self.ip, idx)),
+                NLM_F_CREATE | NLM_F_EXCL,
+                "ip addr add (pod)",
+            )
+            .tolerating(&[EEXIST]),
+            Request::new(
+                RouteNetlinkMessage::NewNeighbour(messages::gateway_neighbour(idx, &veth.host_mac)),
+                NLM_F_CREATE | NLM_F_REPLACE,
+                "ip neigh replace (pod gateway)",
+            ),
+            Request::new(
+                RouteNetlinkMessage::NewRoute(messages::pod_default_route(idx)),
+                NLM_F_CREATE | NLM_F_REPLACE,
+                "ip route replace default (pod)",
+            ),
+        ])?;
+        Ok(looked_up_mac)
+    }
+
+    /// `ip link show IF` in the pod.
+    fn pod_link(&self, inside: &mut NlSocket) -> Result<LinkMessage, DataplaneError> {
+        let missing = || DataplaneError::Kernel {
+            op: "ip link show",
+            detail: format!("{} missing in {}", self.ifname, self.netns_path),
+        };
+        let sent = inside.send(vec![Request::new(
+            RouteNetlinkMessage::GetLink(messages::link_named(&self.ifname)),
+            0,
+            "ip link show (pod)",
+        )])?;
+        match inside.answers(&sent)?.pop() {
+            Some(Answer::Done(Some(RouteNetlinkMessage::NewLink(link)))) => Ok(link),
+            Some(Answer::Failed(ENODEV)) | Some(Answer::Done(_)) | None => Err(missing()),
+            Some(Answer::Failed(errno)) => Err(DataplaneError::Kernel {
+                op: "ip link show (pod)",
+                detail: std::io::Error::from_raw_os_error(errno).to_string(),
+            }),
+        }
+    }
 }
 
 /// `ip link add ...`, asking the kernel to echo what it created (its
-/// index, and its peer's as its link). `Ok(None)`: created, but the kernel
-/// does not echo (before 6.3).
-pub(super) async fn create_echoed(
-    handle: &Handle,
+/// index, and its peer's as its link).
+pub(super) fn create_veth(
+    node: &mut NlSocket,
     link: LinkMessage,
-) -> Result<Option<LinkMessage>, rtnetlink::Error> {
-    let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewLink(link));
-    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO;
-    let mut response = handle.clone().request(req)?;
-    let mut echoed = None;
-    while let Some(message) = response.next().await {
-        match message.payload {
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => echoed = Some(l),
-            NetlinkPayload::Error(e) if e.code.is_some() => {
-                return Err(rtnetlink::Error::NetlinkError(e));
-            }
-            _ => {}
-        }
+) -> Result<Created, DataplaneError> {
+    let sent = node.send(vec![Request::new(
+        RouteNetlinkMessage::NewLink(link),
+        NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
+        "ip link add type veth",
+    )])?;
+    match node.answers(&sent)?.pop() {
+        Some(Answer::Done(Some(RouteNetlinkMessage::NewLink(l)))) => Ok(Created::New(Some(l))),
+        Some(Answer::Done(_)) | None => Ok(Created::New(None)),
+        Some(Answer::Failed(EEXIST)) => Ok(Created::Exists),
+        Some(Answer::Failed(errno)) => Err(DataplaneError::Kernel {
+            op: "ip link add type veth",
+            detail: std::io::Error::from_raw_os_error(errno).to_string(),
+        }),
     }
-    Ok(echoed)
 }
 
 /// The pair as it already is (`ip link show HOST`).

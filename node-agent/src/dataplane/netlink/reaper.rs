@@ -29,7 +29,7 @@ pub struct Reaper {
     wake: Notify,
     /// Held while a link is looked up and created or deleted, so the worker
     /// never deletes a veth an ADD is taking over.
-    pub links: tokio::sync::Mutex<()>,
+    pub links: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Reaper {
@@ -39,7 +39,7 @@ impl Reaper {
             pending: Mutex::default(),
             last_activity: Mutex::new(Instant::now()),
             wake: Notify::new(),
-            links: tokio::sync::Mutex::new(()),
+            links: Arc::new(tokio::sync::Mutex::new(())),
         });
         tokio::spawn(Arc::clone(&reaper).run(node));
         reaper
@@ -65,6 +65,17 @@ impl Reaper {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name)
+    }
+
+    /// Deletes every queued veth now; how many were queued. For an ADD
+    /// whose pod end's name is still taken by a pair waiting here.
+    pub async fn flush(&self, node: &Handle) -> usize {
+        let mut n = 0;
+        while self.queued() > 0 {
+            self.reap_one(node).await;
+            n += 1;
+        }
+        n
     }
 
     async fn run(self: Arc<Self>, node: Handle) {

@@ -385,6 +385,57 @@ async fn privileged_a_re_add_after_del_starts_from_a_fresh_veth() {
     not(privileged),
     ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
 )]
+async fn privileged_a_new_sandbox_in_a_reused_namespace_gets_its_interface() {
+    // Found by hand: ADD c1, DEL c1, ADD c2 in one namespace failed with
+    // "vanished after creation" while c1's pair waited for the reaper.
+    require_root();
+    let (bed, dp) = programmed_bed().await;
+    let pod = Netns::new("pod");
+    let first = spec(&bed, &pod, "sandbox1", bed.eni.ips[0]);
+    dp.attach_pod(&first).await.expect("attach");
+    dp.detach_pod(&first).await.expect("detach");
+    let second = spec(&bed, &pod, "sandbox2", bed.eni.ips[1]);
+    dp.attach_pod(&second)
+        .await
+        .expect("a new sandbox in the same namespace");
+    let inside = pod.ip(&["addr", "show", "eth0"]);
+    assert!(inside.contains("10.9.0.11/32"), "{inside}");
+    dp.check_pod(&second).await.expect("check");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+async fn privileged_an_interface_name_taken_in_the_pod_is_named_in_the_error() {
+    require_root();
+    let (bed, dp) = programmed_bed().await;
+    let pod = Netns::new("pod");
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+    ]);
+    let err = dp
+        .attach_pod(&spec(&bed, &pod, "taken", bed.eni.ips[0]))
+        .await
+        .expect_err("eth0 is taken");
+    assert!(
+        err.to_string()
+            .contains("an interface named eth0 already exists"),
+        "{err}"
+    );
+    let host = bed.node.ip(&["-o", "link", "show"]);
+    assert!(
+        !host.contains(&crate::dataplane::host_ifname("taken", "eth0")),
+        "no host veth is left behind: {host}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
 async fn privileged_a_new_veth_is_echoed_with_its_peers_index() {
     require_root();
     let (bed, dp) = programmed_bed().await;
@@ -398,7 +449,16 @@ async fn privileged_a_new_veth_is_echoed_with_its_peers_index() {
         "02:00:00:00:00:0a",
         "02:00:00:00:00:0b",
     );
-    let echoed = pod::create_echoed(&dp.node, msg).await.expect("create");
+    let echoed = match dp
+        .workers
+        .run(move |w| pod::create_veth(&mut w.node, msg))
+        .await
+        .expect("worker")
+        .expect("create")
+    {
+        pod::Created::New(link) => link,
+        pod::Created::Exists => panic!("vpcecho0000001 already exists"),
+    };
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
     let mut version = release
         .split(|c: char| !c.is_ascii_digit())
