@@ -48,7 +48,7 @@ fn main() {
             "--ips-per-eni",
             "30",
         ],
-        &["--warm-ip-target", &warm_s],
+        &["--warm-ip-target", &warm_s, "--log-format", "json"],
     );
     // Let the warm pool fill first.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -79,6 +79,7 @@ fn main() {
     });
     let wall = started.elapsed();
     let calls = api_calls(&agent).saturating_sub(calls_before);
+    let timeline = timeline(&agent, calls_before);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -92,6 +93,39 @@ fn main() {
         pct(&latencies, 100.0),
         wall.as_secs_f64() * 1e3
     );
+    let _ = writeln!(out, "cloud calls of the burst, ms after the first:");
+    for (at, action) in timeline {
+        let _ = writeln!(out, "  {at:>7.1}  {action}");
+    }
+}
+
+/// The burst's cloud calls in order: when each was done, in milliseconds
+/// after the first, and its action.
+fn timeline(agent: &Agent, skip: usize) -> Vec<(f64, String)> {
+    let calls: Vec<(f64, String)> = agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("cloud call done"))
+        .skip(skip)
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            let at = v["timestamp"].as_str()?;
+            // 2026-01-01T00:00:00.123456Z: seconds of the day are enough.
+            let time = at.split('T').nth(1)?.trim_end_matches('Z');
+            let mut parts = time.split(':');
+            let (h, m, s): (f64, f64, f64) = (
+                parts.next()?.parse().ok()?,
+                parts.next()?.parse().ok()?,
+                parts.next()?.parse().ok()?,
+            );
+            Some((
+                (h * 3600.0 + m * 60.0 + s) * 1e3,
+                v["action"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let first = calls.first().map_or(0.0, |c| c.0);
+    calls.into_iter().map(|(t, a)| (t - first, a)).collect()
 }
 
 fn free(agent: &Agent) -> usize {

@@ -3,7 +3,6 @@
 use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use proto::wire::{
@@ -23,8 +22,9 @@ use crate::dataplane::{Dataplane, POD_GATEWAY, PodNetns, PodSpec};
 use crate::ipam::{AddPlan, Allocation, AttachmentKey, IpamError, StaticIp};
 use crate::sizing;
 
-/// How often one ADD grows the pool before it gives up.
-const MAX_GROW_ATTEMPTS: u32 = 5;
+/// How often one ADD waits for the pool to grow before it gives up (IPs
+/// that arrive and are taken by other ADDs count too).
+const MAX_GROW_ATTEMPTS: u32 = 20;
 
 impl<C: Cloud, D: Dataplane> Agent<C, D> {
     pub(super) async fn add(
@@ -64,14 +64,13 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let (plan, pending) = loop {
             match self.reserve(&req, &key) {
                 Err(e) if e.kind == ErrorKind::NoIpAvailable && attempts < MAX_GROW_ATTEMPTS => {
-                    // Grow for everyone waiting, not just this pod; another
-                    // ADD may take what this one grew, hence the retries.
+                    // Wait for the growth for everyone waiting, not just
+                    // this pod; another ADD may take what it brought,
+                    // hence the retries.
                     attempts += 1;
-                    let waiting = self.waiting_for_ip.fetch_add(1, Ordering::SeqCst) + 1;
                     let growing = Instant::now();
-                    let grown = self.grow_for_waiting(waiting).await;
+                    let grown = self.wait_for_ips().await;
                     in_cloud += growing.elapsed();
-                    self.waiting_for_ip.fetch_sub(1, Ordering::SeqCst);
                     grown?;
                 }
                 other => break other?,

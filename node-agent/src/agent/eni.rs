@@ -5,9 +5,10 @@
 //! cloud alone.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use proto::wire::AgentError;
+use proto::wire::{AgentError, ErrorKind};
 use tracing::{info, warn};
 
 use super::Agent;
@@ -24,6 +25,8 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// kept at its targets, released claims expired, leaked ENIs deleted.
     /// Runs again at once after every ADD that changed the pool.
     pub async fn maintain_pool(self: Arc<Self>) {
+        self.loop_grows.store(true, Ordering::SeqCst);
+        let _stopped = StopGrowing(&self.loop_grows);
         loop {
             if self.txn.poisoned().is_some() {
                 return;
@@ -34,11 +37,28 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             {
                 warn!(error = %e.message, "could not reach the VPC API");
             }
+            // Ahead of demand: twice the ADDs waiting for an IP now.
+            let waiting = self.waiting_for_ip.load(Ordering::SeqCst);
+            self.cloud.set_urgent(waiting > 0);
+            let grown = match self.node() {
+                Some(_) => self.grow(waiting.saturating_mul(2)).await,
+                None => Err(AgentError::new(
+                    ErrorKind::NoIpAvailable,
+                    "no free IP; the VPC API has not answered yet",
+                )),
+            };
+            if let Err(e) = &grown {
+                warn!(error = %e.message, waiting, "could not grow the pool");
+            }
+            self.growth_rounds.send_modify(|r| {
+                r.count += 1;
+                r.error = grown.err();
+            });
             if self.node().is_some() {
-                if let Err(e) = self.grow(0).await {
-                    warn!(error = %e.message, "could not warm the pool");
-                }
-                if let Err(e) = self.shrink().await {
+                // Nothing is given back while ADDs wait, or soon after.
+                if !self.recently_waited()
+                    && let Err(e) = self.shrink().await
+                {
                     warn!(error = %e.message, "could not give back spare IPs");
                 }
                 if due && let Err(e) = self.reap_leaked_enis().await {
@@ -90,17 +110,52 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         self.grow_locked(extra).await
     }
 
-    /// For ADDs that found no free IP, `waiting` of them now: once the
-    /// growth in progress (if any) is done, grow only if there is still no
-    /// free IP, and then ahead of demand, for twice the ADDs waiting, so a
-    /// burst is served by few growth rounds and few cloud calls. ADDs that
-    /// arrive during a growth wait for it, not for one round each.
-    pub(super) async fn grow_for_waiting(&self, waiting: usize) -> Result<(), AgentError> {
-        let _serialised = self.grow_lock.lock().await;
+    /// For an ADD that found no free IP: waits until a growth step put new
+    /// IPs in the pool or a growth round ended (its error, if it failed).
+    /// The maintenance loop grows, for all the ADDs waiting at once and
+    /// ahead of them, and each ENI's IPs are handed out as soon as they
+    /// arrive, not when the whole round is done. Without the loop (an
+    /// agent driven alone) the ADD grows the pool itself.
+    pub(super) async fn wait_for_ips(&self) -> Result<(), AgentError> {
+        let _waiting = Waiting::new(&self.waiting_for_ip, &self.last_wait, self.txn.now());
+        if !self.loop_grows.load(Ordering::SeqCst) {
+            let _serialised = self.grow_lock.lock().await;
+            if self.txn.read(|ipam, now| ipam.counts(now).free) > 0 {
+                return Ok(());
+            }
+            let waiting = self.waiting_for_ip.load(Ordering::SeqCst);
+            return self.grow_locked(waiting.saturating_mul(2)).await;
+        }
+        // Tasks in flight are looked at sooner while pods wait for them.
+        self.cloud.set_urgent(true);
+        let mut rounds = self.growth_rounds.subscribe();
+        rounds.borrow_and_update();
+        let added = self.ips_added.notified();
+        tokio::pin!(added);
+        added.as_mut().enable();
         if self.txn.read(|ipam, now| ipam.counts(now).free) > 0 {
             return Ok(());
         }
-        self.grow_locked(waiting.saturating_mul(2)).await
+        self.pool_changed.notify_one();
+        tokio::select! {
+            _ = &mut added => Ok(()),
+            changed = rounds.changed() => match changed {
+                Ok(()) => rounds.borrow().error.clone().map_or(Ok(()), Err),
+                Err(_) => Err(internal("the maintenance loop is gone")),
+            },
+        }
+    }
+
+    /// Whether an ADD waits for an IP, or did within the last three
+    /// maintenance ticks: a burst in waves keeps what it grew.
+    fn recently_waited(&self) -> bool {
+        let hold = (self.config.maintenance_interval * 3).as_millis() as u64;
+        self.waiting_for_ip.load(Ordering::SeqCst) > 0
+            || self
+                .txn
+                .now()
+                .saturating_sub(self.last_wait.load(Ordering::SeqCst))
+                < hold
     }
 
     pub(super) async fn grow_locked(&self, extra: usize) -> Result<(), AgentError> {
@@ -114,43 +169,66 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             .txn
             .read(|ipam, now| (ipam.enis().to_vec(), ipam.counts(now)));
         let want_free = self.targets().want_free(limits, counts.total, counts.free) + extra;
-        for action in sizing::plan_growth(&enis, limits, counts.free, want_free) {
-            self.txn.ensure_healthy()?;
-            match action {
-                Action::AssignIps { eni_id, count } => {
-                    let mut record = self
-                        .txn
-                        .read(|ipam, _| ipam.eni(&eni_id).cloned())
-                        .ok_or_else(|| internal(format!("planned ENI {eni_id} vanished")))?;
-                    let ips = self
-                        .cloud
-                        .assign_ips(&eni_id, count, &record.ips)
-                        .await
-                        .map_err(cloud_error)?;
-                    record.ips.extend(&ips);
-                    if let Err(e) = self
-                        .txn
-                        .commit(move |_, _| Ok((vec![Change::PutEni(record)], ())))
-                        .await
+        // The steps touch different ENIs: they run together, and each one's
+        // IPs are handed out as soon as they are durable.
+        let steps = sizing::plan_growth(&enis, limits, counts.free, want_free)
+            .into_iter()
+            .map(|action| self.grow_step(action));
+        futures_util::future::join_all(steps)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, AgentError>>()
+            .map(drop)
+    }
+
+    /// One step of a growth: IPs on an ENI, or a new ENI with IPs.
+    async fn grow_step(&self, action: Action) -> Result<(), AgentError> {
+        self.txn.ensure_healthy()?;
+        match action {
+            Action::AssignIps { eni_id, count } => {
+                let known = self
+                    .txn
+                    .read(|ipam, _| ipam.eni(&eni_id).map(|e| e.ips.clone()))
+                    .ok_or_else(|| internal(format!("planned ENI {eni_id} vanished")))?;
+                let ips = self
+                    .cloud
+                    .assign_ips(&eni_id, count, &known)
+                    .await
+                    .map_err(cloud_error)?;
+                let (id, added) = (eni_id.clone(), ips.clone());
+                let committed = self
+                    .txn
+                    .commit(move |ipam, _| {
+                        // The record as it is now (another step may have
+                        // changed the pool meanwhile), with the new IPs.
+                        let mut record = ipam
+                            .eni(&id)
+                            .cloned()
+                            .ok_or_else(|| internal(format!("ENI {id} left the pool")))?;
+                        record.ips.extend(&added);
+                        Ok((vec![Change::PutEni(record)], ()))
+                    })
+                    .await;
+                if let Err(e) = committed {
+                    // The store does not know these IPs: give them back
+                    // rather than leak them (unless poisoned: the restart
+                    // adopts them from the cloud).
+                    if self.txn.poisoned().is_none()
+                        && let Err(undo) = self.cloud.unassign_ips(&eni_id, &ips).await
                     {
-                        // The store does not know these IPs: give them back
-                        // rather than leak them (unless poisoned: the
-                        // restart adopts them from the cloud).
-                        if self.txn.poisoned().is_none()
-                            && let Err(undo) = self.cloud.unassign_ips(&eni_id, &ips).await
-                        {
-                            warn!(eni = %eni_id, error = %undo, "could not unassign IPs; adopted at next start");
-                        }
-                        return Err(e);
+                        warn!(eni = %eni_id, error = %undo, "could not unassign IPs; adopted at next start");
                     }
-                    info!(eni = %eni_id, count, "assigned IPs");
+                    return Err(e);
                 }
-                Action::CreateEni { table, count } => {
-                    let record = self.create_eni(table, count).await?;
-                    self.txn
-                        .commit(move |_, _| Ok((vec![Change::PutEni(record)], ())))
-                        .await?;
-                }
+                self.ips_added.notify_waiters();
+                info!(eni = %eni_id, count, "assigned IPs");
+            }
+            Action::CreateEni { table, count } => {
+                let record = self.create_eni(table, count).await?;
+                self.txn
+                    .commit(move |_, _| Ok((vec![Change::PutEni(record)], ())))
+                    .await?;
+                self.ips_added.notify_waiters();
             }
         }
         Ok(())
@@ -334,4 +412,31 @@ fn jitter(max: Duration) -> Duration {
         return Duration::ZERO;
     }
     Duration::from_millis(RandomState::new().hash_one(std::time::Instant::now()) % ms)
+}
+
+/// Counts an ADD as waiting for an IP while it lives, and notes when it
+/// started waiting.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(waiting: &'a AtomicUsize, last_wait: &AtomicU64, now: u64) -> Waiting<'a> {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        last_wait.store(now, Ordering::SeqCst);
+        Waiting(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Clears the "the loop grows" flag when the maintenance loop ends.
+struct StopGrowing<'a>(&'a AtomicBool);
+
+impl Drop for StopGrowing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }

@@ -25,7 +25,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -69,6 +69,14 @@ pub struct AgentConfig {
 /// by a pod's own setting: a pod restarting slowly must not lose its IP.
 pub const MIN_CLAIM_EXPIRY: Duration = Duration::from_secs(300);
 
+/// A growth round of the maintenance loop: how many so far, and the last
+/// one's error.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GrowthRound {
+    count: u64,
+    error: Option<proto::wire::AgentError>,
+}
+
 /// The agent.
 pub struct Agent<C, D> {
     cloud: C,
@@ -89,7 +97,18 @@ pub struct Agent<C, D> {
     /// shrink, a claim's address assigned again).
     grow_lock: tokio::sync::Mutex<()>,
     pool_changed: Notify,
+    /// ADDs waiting for an IP: the maintenance loop grows for them.
     waiting_for_ip: AtomicUsize,
+    /// Woken each time a growth step put new IPs in the pool.
+    ips_added: Notify,
+    /// Each growth round of the maintenance loop, and how it ended.
+    growth_rounds: tokio::sync::watch::Sender<GrowthRound>,
+    /// Set while the maintenance loop runs: it grows the pool for waiting
+    /// ADDs; without it (tests driving the agent alone) an ADD grows it.
+    loop_grows: AtomicBool,
+    /// When an ADD last waited for an IP (Unix ms): nothing is given back
+    /// soon after.
+    last_wait: std::sync::atomic::AtomicU64,
     /// Held shared by ADD and DEL, exclusively by GC.
     gc_lock: tokio::sync::RwLock<()>,
     conditions: conditions::Conditions,

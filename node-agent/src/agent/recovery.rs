@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use super::conditions::{CLOUD_UNREACHABLE, Conditions};
 use super::eni::pool_record;
 use super::errors::cloud_error;
 use super::txn::Txn;
-use super::{Agent, AgentConfig};
+use super::{Agent, AgentConfig, GrowthRound};
 use crate::claim_store::{self, ClaimStore, LocalClaims};
 use crate::clock::Clock;
 use crate::cloud::{Cloud, CloudError, Eni, NodeInfo};
@@ -97,6 +97,10 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             grow_lock: tokio::sync::Mutex::new(()),
             pool_changed: Notify::new(),
             waiting_for_ip: AtomicUsize::new(0),
+            ips_added: Notify::new(),
+            growth_rounds: tokio::sync::watch::channel(GrowthRound::default()).0,
+            loop_grows: AtomicBool::new(false),
+            last_wait: std::sync::atomic::AtomicU64::new(0),
             gc_lock: tokio::sync::RwLock::new(()),
             conditions: Conditions::default(),
             attaching: Mutex::default(),

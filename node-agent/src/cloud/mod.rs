@@ -194,4 +194,10 @@ pub trait Cloud: Send + Sync + 'static {
     fn list_node_detached_enis(&self) -> impl Future<Output = Result<Vec<Eni>, CloudError>> + Send;
     /// The ENIs attached to this node.
     fn list_enis(&self) -> impl Future<Output = Result<Vec<Eni>, CloudError>> + Send;
+    /// Whether pods are waiting for what the calls from now on bring: a
+    /// cloud whose changes complete asynchronously then looks at them
+    /// sooner, spending more calls for less waiting.
+    fn set_urgent(&self, urgent: bool) {
+        let _ = urgent;
+    }
 }

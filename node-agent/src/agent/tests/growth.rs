@@ -319,3 +319,45 @@ async fn a_burst_of_adds_on_a_cold_pool_grows_in_few_rounds() {
          each waiting ADD must not grow on its own"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_maintenance_loop_a_burst_is_served_as_ips_arrive_and_nothing_is_given_back_meanwhile()
+ {
+    let h = harness().await;
+    let agent = Arc::new(h.agent);
+    let maintenance = tokio::spawn(Arc::clone(&agent).maintain_pool());
+    let before = agent
+        .cloud
+        .growth_calls
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let adds: Vec<_> = (0..30)
+        .map(|i| {
+            let agent = Arc::clone(&agent);
+            tokio::spawn(async move { add(&agent, &format!("looped{i}")).await })
+        })
+        .collect();
+    let mut ips = std::collections::HashSet::new();
+    for a in adds {
+        ips.insert(a.await.expect("ADD").ip);
+    }
+    assert_eq!(ips.len(), 30, "30 ADDs, 30 distinct IPs");
+    let calls = agent
+        .cloud
+        .growth_calls
+        .load(std::sync::atomic::Ordering::SeqCst)
+        - before;
+    assert!(
+        calls <= 6,
+        "the loop grew for all waiting ADDs at once: {calls} growth calls"
+    );
+    // Right after the burst the spare IPs stay (a burst comes in waves).
+    agent.pool_changed.notify_one();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let counts = agent.txn.read(|ipam, now| ipam.counts(now));
+    assert_eq!(counts.allocated, 30);
+    assert!(
+        counts.total >= 30 + 2,
+        "nothing given back right after a burst: {counts:?}"
+    );
+    maintenance.abort();
+}

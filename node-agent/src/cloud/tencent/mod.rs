@@ -214,6 +214,10 @@ impl Cloud for TencentCloud {
         self.settings.identity.instance_id.clone()
     }
 
+    fn set_urgent(&self, urgent: bool) {
+        self.transport.set_urgent(urgent);
+    }
+
     async fn node(&self) -> Result<NodeInfo, CloudError> {
         self.node_in(&[]).await
     }

@@ -35,6 +35,12 @@ pub const TASK_POLL_FIRST: Duration = Duration::from_millis(150);
 /// every look more per node costs 20 s of the account's
 /// `DescribeNetworkInterfaces` budget.
 pub const LOOK_FIRST: Duration = Duration::from_millis(500);
+/// The first looks while pods wait for the task's result (see
+/// [`Transport::set_urgent`]): a burst of pods on a cold node is served in
+/// a few hundred milliseconds for a few more calls.
+pub const TASK_POLL_FIRST_URGENT: Duration = Duration::from_millis(30);
+/// [`LOOK_FIRST`] while pods wait.
+pub const LOOK_FIRST_URGENT: Duration = Duration::from_millis(100);
 /// The longest wait between two looks at a task.
 pub const TASK_POLL_CAP: Duration = Duration::from_secs(5);
 
@@ -88,9 +94,17 @@ pub struct Transport {
     rates: Mutex<HashMap<String, AdaptiveRate>>,
     qps: f64,
     policy: RetryPolicy,
+    /// Pods wait for the tasks started now: look at them sooner.
+    urgent: std::sync::atomic::AtomicBool,
 }
 
 impl Transport {
+    /// Whether pods wait for the tasks started from now on.
+    pub fn set_urgent(&self, urgent: bool) {
+        self.urgent
+            .store(urgent, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// A transport to `endpoint` (`https://vpc.tencentcloudapi.com`, or the
     /// emulator's `http://...`).
     pub fn new(
@@ -122,6 +136,7 @@ impl Transport {
             rates: Mutex::default(),
             qps,
             policy: RetryPolicy::default(),
+            urgent: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -235,6 +250,23 @@ impl Transport {
         }
     }
 
+    /// Waits `normal` before the next look at a task, or only `urgent`
+    /// once pods wait for it (they may start waiting meanwhile).
+    fn pause_before_look(&self, normal: Duration, urgent: Duration) {
+        let started = Instant::now();
+        loop {
+            let wait = if self.urgent.load(std::sync::atomic::Ordering::SeqCst) {
+                urgent
+            } else {
+                normal
+            };
+            let Some(left) = wait.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) else {
+                return;
+            };
+            std::thread::sleep(left.min(Duration::from_millis(10)));
+        }
+    }
+
     fn pause(&self, attempt: u32) {
         std::thread::sleep(self.policy.backoff(attempt, jitter_seed()));
     }
@@ -252,12 +284,16 @@ impl Transport {
         let started = Instant::now();
         let deadline = started + TASK_DEADLINE;
         let mut polls = 0;
+        let (normal, urgent) = match confirm {
+            Confirm::Task => (TASK_POLL_FIRST, TASK_POLL_FIRST_URGENT),
+            Confirm::Look(_) => (LOOK_FIRST, LOOK_FIRST_URGENT),
+        };
         loop {
-            let first = match confirm {
-                Confirm::Task => TASK_POLL_FIRST,
-                Confirm::Look(_) => LOOK_FIRST,
-            };
-            std::thread::sleep(task_poll_delay(polls, first, TASK_POLL_CAP, jitter_seed()));
+            let seed = jitter_seed();
+            self.pause_before_look(
+                task_poll_delay(polls, normal, TASK_POLL_CAP, seed),
+                task_poll_delay(polls, urgent, TASK_POLL_CAP, seed),
+            );
             polls += 1;
             let done = match confirm {
                 Confirm::Task => self.task_status(action, task)?,
