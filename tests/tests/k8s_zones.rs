@@ -1,7 +1,9 @@
 //! Privileged: a static pod is scheduled only into its claim's zone, on a
 //! real cluster (`vpc-sim up --kubernetes --zones 2`, vpc-cni from
 //! `deploy/`): the cluster component's webhook adds the node affinity, the
-//! scheduler says why a pod waits, a pod without a claim is left alone.
+//! scheduler says why a pod waits, a pod without a claim is left alone; a
+//! pod forced onto a node of another zone is refused, by the kubelet while
+//! the webhook serves and by the agent's ADD when it does not.
 
 use std::time::Duration;
 
@@ -47,6 +49,14 @@ spec:
     imagePullPolicy: Never
     command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
 "#;
+
+/// `manifest` with its pods placed on `node`, bypassing the scheduler.
+fn pin(manifest: &str, node: &str) -> String {
+    manifest.replace(
+        "    spec:\n      terminationGracePeriodSeconds",
+        &format!("    spec:\n      nodeName: {node}\n      terminationGracePeriodSeconds"),
+    )
+}
 
 fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     path.iter()
@@ -181,4 +191,38 @@ fn k8s_a_static_pod_is_scheduled_only_into_its_claims_zone() {
                 && s(&v, &["status", "ip"]) == ip
         })
     });
+
+    // Forced onto the zone-2 node (nodeName, no scheduler): the kubelet
+    // there refuses the pod, whose affinity requires zone 1.
+    c.apply(&pin(&sts("web"), &b));
+    c.wait_until("the kubelet refuses web-0 on the zone-2 node", WAIT, || {
+        c.events()
+            .lines()
+            .any(|l| l.starts_with("NodeAffinity ") && l.contains("node affinity"))
+    });
+    // Without the webhook (the cluster component stopped) the pod is
+    // created unpinned and lands there; its ADD is refused naming both
+    // zones, and the claim stays in zone 1.
+    let ns = c.get("VPC_CNI_NAMESPACE").to_string();
+    c.kubectl(&[
+        "-n",
+        &ns,
+        "scale",
+        "deployment",
+        "vpc-cni-cluster",
+        "--replicas=0",
+    ]);
+    c.wait_until(
+        "the ADD on the zone-2 node is refused naming the zones",
+        WAIT,
+        || {
+            c.events().lines().any(|l| {
+                l.contains("its subnet is in zone sim-zone-1, this node in zone sim-zone-2")
+            })
+        },
+    );
+    let claim = c.object("vipc", "web-0").expect("claim");
+    assert_eq!(s(&claim, &["status", "phase"]), "Reserved", "{claim}");
+    assert_eq!(s(&claim, &["status", "node"]), a2, "{claim}");
+    assert_eq!(s(&claim, &["status", "zone"]), "sim-zone-1", "{claim}");
 }
