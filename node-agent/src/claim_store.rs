@@ -41,6 +41,8 @@ pub struct HeldElsewhere {
     pub ip: Ipv4Addr,
     /// Its subnet: only within one subnet can an IP move between nodes.
     pub subnet_id: String,
+    /// The zone of that subnet, if the cluster says (empty while it moves).
+    pub zone: String,
     /// The ENI carrying it there (after a take-over: the ENI to move it
     /// from).
     pub eni_id: String,

@@ -22,6 +22,8 @@ pub const VPC_ID: &str = "vpc-sim0001";
 pub const SUBNET_ID: &str = "subnet-sim0001";
 /// The zone of every simulation.
 pub const ZONE: &str = "sim-zone-1";
+/// The most zones a simulation has (their subnets are /20s of the VPC).
+pub const MAX_ZONES: usize = 8;
 /// The subnet's CIDR unless told otherwise.
 pub const SUBNET_CIDR: &str = "10.0.16.0/20";
 /// The MTU of simulated ENIs.
@@ -87,15 +89,60 @@ impl World {
         eni_quota: u32,
         subnet: Cidr,
     ) -> Result<World, SimError> {
+        World::build(
+            nodes,
+            limits,
+            eni_quota,
+            &[(SUBNET_ID.into(), ZONE.into(), subnet)],
+        )
+    }
+
+    /// Like [`World::new`] over `zones` zones (`sim-zone-1`…, at most
+    /// [`MAX_ZONES`]), each with one subnet (`subnet-sim0001`
+    /// `10.0.16.0/20`, `subnet-sim0002` `10.0.32.0/20`, …); node `i` is in
+    /// zone `(i - 1) % zones + 1`.
+    pub fn zoned(
+        nodes: usize,
+        zones: usize,
+        limits: NodeLimits,
+        eni_quota: u32,
+    ) -> Result<World, SimError> {
+        if zones == 0 || zones > MAX_ZONES {
+            return Err(SimError::Model(ModelError::InvalidParameter(format!(
+                "zones must be 1 to {MAX_ZONES}, not {zones}"
+            ))));
+        }
+        let subnets = (1..=zones)
+            .map(|z| {
+                Ok((
+                    format!("subnet-sim{z:04}"),
+                    format!("sim-zone-{z}"),
+                    Cidr::parse(&format!("10.0.{}.0/20", 16 * z))?,
+                ))
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        World::build(nodes, limits, eni_quota, &subnets)
+    }
+
+    /// Subnets `(id, zone, cidr)`, one zone each; nodes round-robin over them.
+    fn build(
+        nodes: usize,
+        limits: NodeLimits,
+        eni_quota: u32,
+        subnets: &[(String, String, Cidr)],
+    ) -> Result<World, SimError> {
         let mut vpc = Vpc::new(VPC_ID, Cidr::parse("10.0.0.0/16")?, eni_quota);
-        vpc.add_subnet(SUBNET_ID, ZONE, subnet)?;
+        for (id, zone, cidr) in subnets {
+            vpc.add_subnet(id, zone, *cidr)?;
+        }
         for i in 1..=nodes {
+            let (subnet, zone, _) = &subnets[(i - 1) % subnets.len()];
             vpc.add_instance(
                 &instance_id(i),
-                ZONE,
+                zone,
                 limits.max_enis,
                 limits.max_ips_per_eni,
-                SUBNET_ID,
+                subnet,
             )?;
         }
         Ok(World { vpc, fabric: None })
@@ -335,6 +382,32 @@ impl SharedWorld {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zoned_worlds_put_nodes_round_robin_into_one_subnet_per_zone() {
+        let w = World::zoned(3, 2, NodeLimits::default(), 10).expect("world");
+        let zone = |i: usize| w.vpc.instances[&instance_id(i)].zone.clone();
+        assert_eq!(
+            (zone(1), zone(2), zone(3)),
+            (
+                "sim-zone-1".into(),
+                "sim-zone-2".into(),
+                "sim-zone-1".into()
+            )
+        );
+        assert_eq!(w.vpc.subnets[SUBNET_ID].cidr.to_string(), SUBNET_CIDR);
+        assert_eq!(w.vpc.subnets["subnet-sim0002"].zone, "sim-zone-2");
+        assert_eq!(
+            w.vpc.subnets["subnet-sim0002"].cidr.to_string(),
+            "10.0.32.0/20"
+        );
+        assert_eq!(
+            World::zoned(1, 1, NodeLimits::default(), 10).expect("one"),
+            World::new(1, NodeLimits::default(), 10).expect("new")
+        );
+        assert!(World::zoned(1, 0, NodeLimits::default(), 10).is_err());
+        assert!(World::zoned(1, MAX_ZONES + 1, NodeLimits::default(), 10).is_err());
+    }
 
     #[test]
     fn updates_persist_and_failed_updates_change_nothing() {

@@ -250,6 +250,21 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let held = if held.moving_here {
             info!(ip = %held.ip, namespace = %pod.namespace, name = %pod.name, "resuming the move of a static IP to this node");
             held
+        } else if let Some(why) = self.cannot_host(&held) {
+            // Refused before the take-over: the claim stays where it is,
+            // for a pod of the right zone.
+            warn!(ip = %held.ip, namespace = %pod.namespace, name = %pod.name, subnet = %held.subnet_id, zone = %held.zone, why, "static IP cannot move to this node");
+            return Err(AgentError::new(
+                ErrorKind::NotReady,
+                format!(
+                    "the static IP {} of {}/{} (subnet {}, held by node {}) cannot move to \
+                     this node: {why}; an address moves only within its subnet. Run the pod on \
+                     a node of that zone (vpc-cni's zone webhook requires it of a static pod \
+                     created while vpc-cni-cluster serves), or delete the claim (kubectl \
+                     delete vipc {}) to give it a new IP",
+                    held.ip, pod.namespace, pod.name, held.subnet_id, held.node, pod.name
+                ),
+            ));
         } else {
             match self
                 .claim_store
@@ -285,6 +300,33 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             }
         };
         self.move_here(req, &held).await
+    }
+
+    /// Why a claim held elsewhere could never move to this node, if it
+    /// could not: this node has no ENI in the claim's subnet and does not
+    /// grow ENIs there (the subnet of another zone, or one not configured
+    /// here). Unknown (no node details yet): the move decides.
+    fn cannot_host(&self, held: &HeldElsewhere) -> Option<String> {
+        let node = self.node()?;
+        let grows_there =
+            node.subnet.as_ref().map(|s| s.id.as_str()) == Some(held.subnet_id.as_str());
+        let has_eni = self
+            .txn
+            .read(|ipam, _| ipam.enis().iter().any(|e| e.subnet_id == held.subnet_id));
+        if grows_there || has_eni {
+            return None;
+        }
+        Some(if !held.zone.is_empty() && held.zone != node.zone {
+            format!(
+                "its subnet is in zone {}, this node in zone {}",
+                held.zone, node.zone
+            )
+        } else {
+            format!(
+                "this node (zone {}) has no ENI in subnet {} and takes none from it",
+                node.zone, held.subnet_id
+            )
+        })
     }
 
     /// Moves a claim this node took over to one of its ENIs in the

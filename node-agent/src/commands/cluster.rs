@@ -11,6 +11,7 @@ use tracing::level_filters::LevelFilter;
 use crate::cloud::TencentCloud;
 use crate::cloud::tencent::{self, Identity, Settings};
 use crate::kube::cluster::{self, Options};
+use crate::kube::webhook;
 use crate::logging::{self, LogFormat};
 
 /// Flags of `cluster`.
@@ -59,6 +60,23 @@ pub struct ClusterArgs {
     /// Timeout of one VPC API exchange.
     #[arg(long, default_value = "10s", value_parser = proto::duration::parse)]
     cloud_timeout: Duration,
+    /// Port of the zone webhook (HTTPS, all addresses); 0: not served.
+    #[arg(long, default_value_t = 9443)]
+    webhook_port: u16,
+    /// The Service the API server calls the zone webhook by (in the
+    /// lease's namespace).
+    #[arg(long, default_value = "vpc-cni-webhook")]
+    webhook_service: String,
+    /// The Secret keeping the webhook's CA and serving certificate (made
+    /// when missing).
+    #[arg(long, default_value = "vpc-cni-webhook-tls")]
+    webhook_secret: String,
+    /// The MutatingWebhookConfiguration whose `caBundle` is kept.
+    #[arg(long, default_value = "vpc-cni-zone")]
+    webhook_configuration: String,
+    /// The webhook's name in that configuration.
+    #[arg(long, default_value = "zone.vpc-cni.io")]
+    webhook_name: String,
     /// Kubeconfig (default: `KUBECONFIG`, else the in-cluster service account).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -124,9 +142,27 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
             interval: args.interval,
             leaked_eni_grace: args.leaked_eni_grace,
         };
+        let webhook = webhook::Options {
+            port: args.webhook_port,
+            namespace: options.namespace.clone(),
+            service: args.webhook_service,
+            secret: args.webhook_secret,
+            configuration: args.webhook_configuration,
+            webhook: args.webhook_name,
+        };
         info!(identity = %options.identity, namespace = %options.namespace, "cluster component starting");
+        let serving = {
+            let client = client.clone();
+            async move {
+                if webhook.port == 0 {
+                    return std::future::pending().await;
+                }
+                webhook::serve(client, webhook).await
+            }
+        };
         tokio::select! {
             () = cluster::run(client, cloud, options) => Ok(()),
+            served = serving => served.map_err(|e| format!("zone webhook: {e}")),
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })

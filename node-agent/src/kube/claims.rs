@@ -95,6 +95,7 @@ fn held(
             .parse()
             .map_err(|e| unavailable(format!("claim {namespace}/{name}: {e}")))?,
         subnet_id: status.subnet_id.clone(),
+        zone: status.zone.clone(),
         eni_id: status.eni_id.clone(),
         moving_here,
         created_ms: claim

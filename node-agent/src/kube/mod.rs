@@ -12,6 +12,8 @@ pub mod crd;
 pub mod objects;
 pub mod pods;
 pub mod publish;
+pub mod webhook;
+pub mod zone_affinity;
 
 use std::fmt::Debug;
 use std::hash::Hash;

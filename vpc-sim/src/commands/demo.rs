@@ -88,6 +88,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("vpc-sim-demo-{}", std::process::id()));
     let up_args = UpArgs {
         nodes: 2,
+        zones: 1,
         state: dir.clone(),
         max_enis: NodeLimits::default().max_enis,
         ips_per_eni: 10,

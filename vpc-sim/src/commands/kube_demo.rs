@@ -142,6 +142,7 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("vpc-sim-k8s-demo-{}", std::process::id()));
     let up_args = UpArgs {
         nodes: 2,
+        zones: 1,
         state: dir.clone(),
         max_enis: NodeLimits::default().max_enis,
         ips_per_eni: 10,

@@ -24,6 +24,11 @@ pub struct UpArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 2)]
     pub nodes: usize,
+    /// Availability zones (`sim-zone-1`…), one subnet each
+    /// (`10.0.16.0/20`, `10.0.32.0/20`, …); node `i` is in zone
+    /// `(i - 1) % zones + 1`.
+    #[arg(long, default_value_t = 1)]
+    pub zones: usize,
     /// Directory for the simulation's state, sockets, logs and `env`; must be empty or absent.
     #[arg(long)]
     pub state: PathBuf,
@@ -149,7 +154,8 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
         max_enis: args.max_enis,
         max_ips_per_eni: args.ips_per_eni,
     };
-    let mut world = World::new(args.nodes, limits, args.eni_quota).map_err(|e| e.to_string())?;
+    let mut world =
+        World::zoned(args.nodes, args.zones, limits, args.eni_quota).map_err(|e| e.to_string())?;
     let tag = tag();
     let fabric = Fabric::create(&tag, &world.vpc).map_err(|e| e.to_string())?;
     let mut sim = Sim {

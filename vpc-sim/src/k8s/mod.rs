@@ -429,6 +429,9 @@ pub fn up(
                 pki.path("apiserver-kubelet-client.key")
             ),
             "--kubelet-preferred-address-types=InternalIP".into(),
+            // Webhooks named by Service are dialled at the Service's ready
+            // endpoints, not its ClusterIP: there is no kube-proxy here.
+            "--enable-aggregator-routing=true".into(),
             "--profiling=false".into(),
         ],
     )?;

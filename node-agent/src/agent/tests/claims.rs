@@ -249,6 +249,7 @@ async fn a_static_pod_held_on_another_node_or_unlocatable_gets_no_new_ip() {
         node: "ins-other".into(),
         ip: std::net::Ipv4Addr::new(10, 0, 9, 9),
         subnet_id: "subnet-1".into(),
+        zone: String::new(),
         eni_id: "eni-9".into(),
         moving_here: false,
         created_ms: None,
@@ -466,6 +467,7 @@ async fn held_on_another_node(a: &TestAgent) -> crate::claim_store::HeldElsewher
         node: "ins-other".into(),
         ip: theirs.secondary_ips[0],
         subnet_id: subnet,
+        zone: String::new(),
         eni_id: theirs.id,
         moving_here: false,
         created_ms: Some(1_000),
@@ -653,6 +655,7 @@ async fn a_node_forgets_a_reserved_claim_another_node_took_and_never_marks_it_lo
         node: "ins-other".into(),
         ip,
         subnet_id: subnet,
+        zone: String::new(),
         eni_id: theirs.id.clone(),
         moving_here: false,
         created_ms: None,
@@ -684,4 +687,41 @@ async fn a_node_forgets_a_reserved_claim_another_node_took_and_never_marks_it_lo
     );
     // The publisher's path: forgetting twice is harmless.
     assert!(!a.forget_moved("default", "web-0").await.expect("forget"));
+}
+
+#[tokio::test]
+async fn a_claim_of_another_zone_is_not_taken_over_and_the_pod_is_told_the_zones() {
+    let claims = Arc::new(RecordingClaims::default());
+    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
+    let held = crate::claim_store::HeldElsewhere {
+        subnet_id: "subnet-b".into(),
+        zone: "zone-b".into(),
+        ..held_on_another_node(&a).await
+    };
+    *claims.answer.lock().expect("lock") = Some(Ok(Some(held.clone())));
+    *claims.take.lock().expect("lock") = Some(Ok(crate::claim_store::TakeOver::Taken(
+        crate::claim_store::HeldElsewhere {
+            moving_here: true,
+            ..held.clone()
+        },
+    )));
+    let e = a
+        .handle(static_add_req("s1", "web-0"), None)
+        .await
+        .expect_err("another zone");
+    assert_eq!(e.kind, ErrorKind::NotReady);
+    assert!(
+        e.message.contains("zone zone-b")
+            && e.message.contains("zone zone-a")
+            && e.message.contains(&held.ip.to_string())
+            && e.message.contains("subnet-b"),
+        "{}",
+        e.message
+    );
+    assert!(
+        claims.taken.lock().expect("lock").is_empty(),
+        "refused before any take-over: the claim stays where it is"
+    );
+    assert!(allocated(&a).is_empty(), "no IP handed out meanwhile");
+    assert_eq!(cloud_has(&a, held.ip).await, [held.eni_id]);
 }
