@@ -457,6 +457,7 @@ mod tests {
             expire_after_ms: None,
             owner: None,
             lost: None,
+            requested: false,
         })]);
         let changes = reconcile(&ipam, &[], &node());
         ipam.apply(&changes);

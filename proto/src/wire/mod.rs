@@ -148,6 +148,11 @@ pub struct StaticIpRequest {
     /// the claim (with the agent's `--enable-ownerref`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<OwnerRef>,
+    /// The address of the subnet the pod asks for (its static IP); an
+    /// agent that does not know this field would ignore it, so agents are
+    /// rolled out before plugins (as for every protocol change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_ip: Option<Ipv4Addr>,
 }
 
 /// A pod's owner (a StatefulSet, say).
@@ -432,6 +437,9 @@ pub struct ClaimView {
     /// Why a `Lost` claim's address cannot be had back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The pod asked for this address (a requested IP).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requested: bool,
 }
 
 /// Why the agent failed a request. Mapped to a CNI code by

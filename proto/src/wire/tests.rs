@@ -28,6 +28,7 @@ fn all_requests() -> Vec<Request> {
                     name: "db".into(),
                     uid: "u".into(),
                 }),
+                requested_ip: None,
             }),
         }),
         Request::Del(DelRequest {
