@@ -619,9 +619,19 @@ pub fn answer_version(request_payload: &[u8]) -> u32 {
 
 /// Serialises a reply into a frame payload, in the protocol `version` the
 /// request came in (see [`answer_version`]). Protocol 1 and 2 replies have
-/// the same fields; a field added later must be left out for older ones.
+/// the same fields; a field added later must be left out for older ones
+/// (`ClaimView::requested`: a protocol-1 client refuses unknown fields).
 pub fn encode_reply(reply: &Reply, version: u32) -> Result<Vec<u8>, WireError> {
     let outcome = match reply {
+        Ok(Response::Claims { claims }) if version < 2 => Outcome::Ok(Response::Claims {
+            claims: claims
+                .iter()
+                .map(|c| ClaimView {
+                    requested: false,
+                    ..c.clone()
+                })
+                .collect(),
+        }),
         Ok(r) => Outcome::Ok(r.clone()),
         Err(e) => Outcome::Error(AgentError {
             kind: e.kind.in_protocol(version),

@@ -205,3 +205,46 @@ async fn of_two_pods_racing_for_one_address_exactly_one_wins() {
     assert_eq!(enis_with(&h.agent, WANTED).await, 1);
     assert_eq!(h.agent.pool().claims().count(), 1);
 }
+
+#[tokio::test]
+async fn a_crash_between_the_assign_and_the_commit_leaks_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("state.redb");
+    let shared = FakeCloud::new(DEFAULT_LIMITS);
+    let start = || async {
+        Agent::start(
+            shared.clone(),
+            FakeDataplane::default(),
+            Box::new(RedbStore::open(&db).expect("store")),
+            config(),
+            system_clock(),
+        )
+        .await
+        .expect("start")
+    };
+    {
+        let a = start().await;
+        add(&a, "plain").await;
+        // What a crash right after `AssignPrivateIpAddresses` leaves: the
+        // address on an ENI of the node, nothing in the store.
+        let eni = a.pool().enis()[0].id.clone();
+        a.cloud
+            .assign_named_ips(&eni, &[WANTED])
+            .await
+            .expect("assign");
+        assert!(a.pool().claim("default", "web-0").is_none());
+    }
+    let a = start().await;
+    // Adopted at start as a free IP of the pool, so the retried ADD gets it
+    // from there, on the one ENI that carries it.
+    let r = request(&a, "s1", "web-0", WANTED)
+        .await
+        .expect("retried ADD");
+    assert_eq!(r.ip, WANTED);
+    assert_eq!(enis_with(&a, WANTED).await, 1);
+    assert!(
+        a.pool()
+            .claim("default", "web-0")
+            .is_some_and(|c| c.requested)
+    );
+}
