@@ -184,8 +184,9 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             Err(CloudError::AddressInUse(detail)) => Err(AgentError::new(
                 ErrorKind::NoIpAvailable,
                 format!(
-                    "the address {ip} is in use in the VPC by something no pod of this cluster \
-                     holds (the VPC API says: {detail})"
+                    "the address {ip} is in use in the VPC, though no pod of this cluster holds \
+                     it: it is on an ENI outside the cluster, or unused in another node's pool, \
+                     which only that node can give up (the VPC API says: {detail})"
                 ),
             )),
             Err(e) => Err(cloud_error(e)),
