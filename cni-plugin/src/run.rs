@@ -127,14 +127,16 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, CniError> {
 }
 
 /// A static IP for pods that ask (`CNI_ARGS`), or by the configuration's
-/// default; only a named pod can keep an IP.
+/// default; only a named pod can keep an IP. A requested address implies
+/// one.
 fn static_ip(inv: &Invocation, conf: &NetConf) -> Option<StaticIpRequest> {
     let policy = inv
         .args
         .claim_delete_policy
         .unwrap_or(conf.claim_delete_policy);
     let named = inv.args.pod.namespace.is_some() && inv.args.pod.name.is_some();
-    (policy == ClaimDeletePolicy::Never && named).then(|| StaticIpRequest {
+    let wants = policy == ClaimDeletePolicy::Never || inv.args.requested_ip.is_some();
+    (wants && named).then(|| StaticIpRequest {
         expire_after_ms: inv
             .args
             .claim_expired_duration
@@ -144,6 +146,7 @@ fn static_ip(inv: &Invocation, conf: &NetConf) -> Option<StaticIpRequest> {
             .owner
             .clone()
             .map(|(kind, name, uid)| OwnerRef { kind, name, uid }),
+        requested_ip: inv.args.requested_ip,
     })
 }
 

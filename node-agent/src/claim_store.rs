@@ -77,6 +77,18 @@ pub struct PodFacts {
     /// The workload controlling the pod (a ReplicaSet resolved to its
     /// Deployment).
     pub owner: Option<proto::wire::OwnerRef>,
+    /// The address the pod asks for (implies a static IP).
+    pub requested_ip: Option<Ipv4Addr>,
+}
+
+/// The cluster's answer when a node asks to take an address a pod
+/// requested.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddressFence {
+    /// No other node holds or is taking it: this node may.
+    Ours,
+    /// Held, or being taken, elsewhere: who, for the pod's error.
+    Held(String),
 }
 
 /// The cluster could not say what a pod wants.
@@ -141,6 +153,25 @@ pub trait ClaimStore: Send + Sync + 'static {
         _name: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<Option<PodFacts>, PodFactsError>> + Send + 'a>> {
         Box::pin(async { Ok(None) })
+    }
+
+    /// Fences the address `ip` that pod `namespace/name` requested for this
+    /// node, cluster-wide, before the cloud is asked for it: of two nodes
+    /// asking at once, one is told [`AddressFence::Held`] with the holder.
+    /// Without a cluster there is nobody else to fence off.
+    fn reserve_address<'a>(
+        &'a self,
+        _ip: Ipv4Addr,
+        _namespace: &'a str,
+        _name: &'a str,
+        _subnet_id: &'a str,
+    ) -> ClaimFuture<'a, AddressFence> {
+        Box::pin(async { Ok(AddressFence::Ours) })
+    }
+
+    /// Lifts this node's fence on `ip` after the address could not be had.
+    fn release_address<'a>(&'a self, _ip: Ipv4Addr) -> ClaimFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Makes a static claim this node just bound known to the cluster

@@ -55,11 +55,28 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 ));
             }
         };
-        let keep = facts.keep_ip.unwrap_or(req.static_ip.is_some());
+        let requested_ip = facts
+            .requested_ip
+            .or(req.static_ip.as_ref().and_then(|s| s.requested_ip));
+        // A requested address is the pod's own: it implies a static IP.
+        let keep = facts
+            .keep_ip
+            .unwrap_or(req.static_ip.is_some() || requested_ip.is_some());
+        if !keep && let Some(ip) = requested_ip {
+            return Err(AgentError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "pod {}/{} asks for the address {ip} (VPC_IP_CLAIM_REQUESTED_IP) but its \
+                     delete policy annotation is \"Immediate\": a requested address is a static IP",
+                    pod.namespace, pod.name
+                ),
+            ));
+        }
         let before = req.static_ip.take().unwrap_or_default();
         req.static_ip = keep.then(|| StaticIpRequest {
             expire_after_ms: facts.expire_after_ms.or(before.expire_after_ms),
             owner: facts.owner.or(before.owner),
+            requested_ip,
         });
         Ok(())
     }
@@ -435,6 +452,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 .and_then(|s| s.owner.as_ref())
                 .map(convert::owner),
             lost: None,
+            requested: req.static_ip.as_ref().and_then(|s| s.requested_ip) == Some(held.ip),
         };
         self.commit_restored(&claim, &record).await
     }

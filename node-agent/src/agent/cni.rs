@@ -57,6 +57,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         }
         let key = convert::key(&req.key);
         self.prepare_claim(&req).await?;
+        self.prepare_requested(&req).await?;
         crate::metrics::add_phase("queue", started.elapsed());
         let reserving = Instant::now();
         let mut in_cloud = std::time::Duration::ZERO;

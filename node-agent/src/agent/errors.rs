@@ -35,7 +35,8 @@ pub fn claim_error(e: IpamError) -> AgentError {
     let kind = match e {
         IpamError::ClaimNotFound { .. } => ErrorKind::UnknownAttachment,
         IpamError::ClaimLost { .. } => ErrorKind::ClaimLost,
-        IpamError::ClaimInUse { .. } => ErrorKind::NotReady,
+        IpamError::ClaimInUse { .. } | IpamError::RequestedCooling { .. } => ErrorKind::NotReady,
+        IpamError::RequestedHeld { .. } => ErrorKind::NoIpAvailable,
         _ => ErrorKind::InvalidRequest,
     };
     AgentError::new(kind, e.to_string())

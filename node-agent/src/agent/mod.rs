@@ -7,6 +7,7 @@
 //! - `cni.rs`: ADD, DEL, CHECK, GC, STATUS
 //! - `eni.rs`: growing and shrinking the pool, leaked ENIs, the maintenance tick
 //! - `claims.rs`: static claims: by hand, expiry, cascade, lost addresses
+//! - `requested.rs`: an address a pod asks for, made its static claim
 //! - `conditions.rs`, `views.rs`, `convert.rs`, `errors.rs`
 
 mod claims;
@@ -17,6 +18,7 @@ mod eni;
 mod errors;
 mod feed;
 mod recovery;
+mod requested;
 mod txn;
 mod views;
 

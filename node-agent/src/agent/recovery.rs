@@ -461,6 +461,7 @@ mod tests {
             expire_after_ms: None,
             owner: None,
             lost: None,
+            requested: false,
         })]);
         let changes = reconcile(&ipam, &[], &node());
         ipam.apply(&changes);

@@ -110,6 +110,7 @@ pub fn claims(ipam: &Ipam, node: &str, default_expiry_ms: Option<u64>) -> Vec<Cl
             expires_ms: c.expires_ms(default_expiry_ms),
             expire_after_ms: c.expire_after_ms,
             message: c.lost.clone(),
+            requested: c.requested,
         })
         .collect();
     for a in ipam.allocations() {
@@ -137,6 +138,7 @@ pub fn claims(ipam: &Ipam, node: &str, default_expiry_ms: Option<u64>) -> Vec<Cl
             expires_ms: None,
             expire_after_ms: None,
             message: None,
+            requested: false,
         });
     }
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

@@ -55,6 +55,15 @@ impl FakeCloud {
 }
 
 impl FakeCloud {
+    /// How many ENIs of the whole VPC carry `ip`, attached or not.
+    pub fn enis_carrying(&self, ip: Ipv4Addr) -> usize {
+        let v = self.vpc.lock().unwrap_or_else(|p| p.into_inner());
+        v.enis
+            .values()
+            .filter(|e| e.primary_ip == ip || e.secondary_ips.contains(&ip))
+            .count()
+    }
+
     /// Makes an ENI `secs` older.
     pub fn age_eni(&self, id: &str, secs: u64) {
         let mut v = self.vpc.lock().unwrap_or_else(|p| p.into_inner());

@@ -201,6 +201,7 @@ mod tests {
             expires_ms: Some(7_200_000),
             expire_after_ms: None,
             message: None,
+            requested: false,
         };
         let t = table(&[c], 3_600_000);
         let lines: Vec<&str> = t.lines().collect();

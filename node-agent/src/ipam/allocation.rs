@@ -113,6 +113,7 @@ impl Ipam {
                 expire_after_ms: s.expire_after_ms,
                 owner: s.owner,
                 lost: None,
+                requested: false,
             })),
             _ => {}
         }

@@ -63,6 +63,24 @@ pub enum IpamError {
         /// The attachment holding it.
         holder: Box<AttachmentKey>,
     },
+    /// The address a pod asked for is held on this node.
+    #[error("the requested address {ip} is held by {holder}")]
+    RequestedHeld {
+        /// The address.
+        ip: Ipv4Addr,
+        /// Who holds it, for the operator.
+        holder: String,
+    },
+    /// The address a pod asked for was released recently and cools down.
+    #[error(
+        "the requested address {ip} was released recently and cools down until {until_ms} (Unix ms), so that traffic still on its way to its last pod does not reach this one; the ADD is retried"
+    )]
+    RequestedCooling {
+        /// The address.
+        ip: Ipv4Addr,
+        /// End of its cooldown (Unix ms).
+        until_ms: u64,
+    },
     /// The store holds two allocations on one IP.
     #[error("store is inconsistent: {ip} is allocated to both {first} and {second}")]
     DoubleAllocation {

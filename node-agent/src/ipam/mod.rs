@@ -6,12 +6,14 @@
 //! store's contents replayed through `apply` rebuild the same pool.
 //!
 //! `records.rs` holds the types, `allocation.rs` ADD and DEL, `claims.rs`
-//! the static claims' plans, `errors.rs` why the pool refuses.
+//! the static claims' plans, `requested.rs` a requested address, `errors.rs`
+//! why the pool refuses.
 
 mod allocation;
 mod claims;
 mod errors;
 mod records;
+mod requested;
 #[cfg(test)]
 pub mod testing;
 #[cfg(test)]
@@ -26,6 +28,7 @@ pub use records::{
     Allocation, AttachmentKey, Change, Claim, Counts, EniRecord, EniUsage, IpUse, OwnerRef, PodRef,
     Snapshot, UnixMillis,
 };
+pub use requested::RequestedSpot;
 
 /// The pool.
 #[derive(Clone, Debug, Default)]

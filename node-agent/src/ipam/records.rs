@@ -113,6 +113,9 @@ pub struct Claim {
     /// Why the address cannot be had back, once the cloud lost it and
     /// this node could not get it again; `None` while it is good.
     pub lost: Option<String>,
+    /// The pod asked for this address (a requested IP), rather than
+    /// taking the pool's first free one.
+    pub requested: bool,
 }
 
 impl Claim {

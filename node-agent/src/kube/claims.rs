@@ -11,18 +11,21 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 
 use super::NODE_LABEL;
-use super::crd::{VpcIPClaim, VpcIPClaimStatus};
+use super::crd::{VpcIP, VpcIPClaim, VpcIPClaimStatus, VpcIPSpec};
 use super::objects;
 use super::pods::Pods;
 use super::publish::{apply_claim, apply_ip};
 use crate::claim_store::{
-    ClaimChange, ClaimFuture, ClaimStore, ClaimStoreError, HeldElsewhere, PodFacts, PodFactsError,
-    TakeOver,
+    AddressFence, ClaimChange, ClaimFuture, ClaimStore, ClaimStoreError, HeldElsewhere, PodFacts,
+    PodFactsError, TakeOver,
 };
 use crate::ipam::Claim;
 
 /// The phase of a claim another node took over and is moving to itself.
 pub const MOVING: &str = "Moving";
+/// The phase of a `VpcIP` a node created as the fence on an address a pod
+/// requested, before the cloud was asked for it.
+pub const REQUESTED: &str = "Requested";
 /// The phase of a claim whose pod has ended.
 const RESERVED: &str = "Reserved";
 /// The phase of a claim a sandbox holds.
@@ -104,6 +107,30 @@ fn held(
             .as_ref()
             .and_then(|t| u64::try_from(t.0.as_millisecond()).ok()),
     }))
+}
+
+/// What an address's `VpcIP` object, found when `me` tried to create it as
+/// a fence, says: this node's own (its pool, checked first, decides), or
+/// held elsewhere, named for the pod's error.
+fn fence_of(object: &str, spec: &VpcIPSpec, me: &str) -> AddressFence {
+    if spec.node == me {
+        return AddressFence::Ours;
+    }
+    let what = match spec.phase.as_str() {
+        REQUESTED => "being taken for".to_string(),
+        phase => format!("{phase} for"),
+    };
+    let claim = spec
+        .claim
+        .as_deref()
+        .map(|c| format!(" {what} pod {c}"))
+        .unwrap_or_else(|| format!(" ({})", spec.phase));
+    let eni = if spec.eni_id.is_empty() {
+        String::new()
+    } else {
+        format!(" on ENI {}", spec.eni_id)
+    };
+    AddressFence::Held(format!("node {}{claim}{eni} (VpcIP {object})", spec.node))
 }
 
 /// Whether Kubernetes says node `name` is up: it exists and its `Ready`
@@ -262,6 +289,77 @@ impl ClaimStore for KubeClaims {
         Box::pin(async move { self.pods.facts(namespace, name).await.map(Some) })
     }
 
+    fn reserve_address<'a>(
+        &'a self,
+        ip: std::net::Ipv4Addr,
+        namespace: &'a str,
+        name: &'a str,
+        subnet_id: &'a str,
+    ) -> ClaimFuture<'a, AddressFence> {
+        Box::pin(async move {
+            let api: Api<VpcIP> = Api::all(self.client.clone());
+            let object = ip.to_string();
+            let mut fence = VpcIP::new(
+                &object,
+                VpcIPSpec {
+                    phase: REQUESTED.into(),
+                    node: self.node.clone(),
+                    eni_id: String::new(),
+                    subnet_id: subnet_id.to_string(),
+                    claim: Some(format!("{namespace}/{name}")),
+                    error: None,
+                },
+            );
+            fence.metadata.labels = Some(
+                [(NODE_LABEL.to_string(), self.node.clone())]
+                    .into_iter()
+                    .collect(),
+            );
+            let created = tokio::time::timeout(TIMEOUT, api.create(&PostParams::default(), &fence))
+                .await
+                .map_err(|_| unavailable("the API server did not answer within 3 s"))?;
+            match created {
+                Ok(_) => Ok(AddressFence::Ours),
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    let Some(live) = within(api.get_opt(&object)).await? else {
+                        return Err(unavailable(format!(
+                            "the VpcIP {object} went away while it was looked at"
+                        )));
+                    };
+                    Ok(fence_of(&object, &live.spec, &self.node))
+                }
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+    }
+
+    fn release_address<'a>(&'a self, ip: std::net::Ipv4Addr) -> ClaimFuture<'a, ()> {
+        Box::pin(async move {
+            let api: Api<VpcIP> = Api::all(self.client.clone());
+            let object = ip.to_string();
+            let Some(live) = within(api.get_opt(&object)).await? else {
+                return Ok(());
+            };
+            if live.spec.phase != REQUESTED || live.spec.node != self.node {
+                return Ok(());
+            }
+            let mut params = kube::api::DeleteParams::background();
+            params.preconditions = Some(kube::api::Preconditions {
+                resource_version: live.metadata.resource_version.clone(),
+                uid: None,
+            });
+            let deleted = tokio::time::timeout(TIMEOUT, api.delete(&object, &params))
+                .await
+                .map_err(|_| unavailable("the API server did not answer within 3 s"))?;
+            match deleted {
+                // Gone, or changed since (another writer's now): not ours.
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+                Err(e) => Err(unavailable(e)),
+                Ok(_) => Ok(()),
+            }
+        })
+    }
+
     fn announce<'a>(&'a self, _: &'a str, claim: &'a Claim) -> ClaimFuture<'a, ()> {
         Box::pin(async move {
             let view = proto::wire::ClaimView {
@@ -285,6 +383,7 @@ impl ClaimStore for KubeClaims {
                 expires_ms: None,
                 expire_after_ms: claim.expire_after_ms,
                 message: claim.lost.clone(),
+                requested: claim.requested,
             };
             let obj = objects::claim_object(&view, &self.node, "");
             let key = (claim.namespace.clone(), claim.name.clone());
@@ -338,6 +437,32 @@ mod tests {
         let resumed = held("b", MOVING).expect("moving here");
         assert!(resumed.moving_here, "a take-over by this node to resume");
         assert!(!held("a", MOVING).expect("moving to a").moving_here);
+    }
+
+    #[test]
+    fn an_address_fence_names_its_holder_unless_it_is_this_nodes() {
+        let spec = |node: &str, phase: &str, eni: &str| VpcIPSpec {
+            phase: phase.into(),
+            node: node.into(),
+            eni_id: eni.into(),
+            subnet_id: "subnet-1".into(),
+            claim: Some("default/web-0".into()),
+            error: None,
+        };
+        assert_eq!(
+            fence_of("10.0.1.20", &spec("b", BOUND, "eni-b"), "b"),
+            AddressFence::Ours
+        );
+        assert_eq!(
+            fence_of("10.0.1.20", &spec("a", BOUND, "eni-a"), "b"),
+            AddressFence::Held(
+                "node a Bound for pod default/web-0 on ENI eni-a (VpcIP 10.0.1.20)".into()
+            )
+        );
+        assert_eq!(
+            fence_of("10.0.1.20", &spec("a", REQUESTED, ""), "b"),
+            AddressFence::Held("node a being taken for pod default/web-0 (VpcIP 10.0.1.20)".into())
+        );
     }
 
     #[test]

@@ -78,10 +78,11 @@ pub struct VpcIPClaimSpec {
     /// least `5m`); unset: the agent's `--claim-expired-duration`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expire_after: Option<String>,
-    /// The subnet the IP must come from (reserved for requested subnets).
+    /// The subnet of the requested address (set by the agent with `ip`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet_id: Option<String>,
-    /// The address the pod asks for (reserved for requested addresses).
+    /// The address the pod asked for (its annotation
+    /// `tke.cloud.tencent.com/vpc-ip-claim-requested-ip`), once it got it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
 }
@@ -177,7 +178,9 @@ pub struct Owner {
 pub struct VpcIPSpec {
     /// `Attaching` while the ENI carrying it is not attached yet (with the
     /// error if the attach failed), `Bound` while a pod holds it,
-    /// `Reserved` while a static IP waits for its pod.
+    /// `Reserved` while a static IP waits for its pod, `Requested` while
+    /// the node that created it takes the address a pod asked for (the
+    /// fence: another node's create finds it).
     pub phase: String,
     /// The node whose ENI carries it.
     pub node: String,

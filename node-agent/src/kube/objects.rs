@@ -81,8 +81,9 @@ pub fn claim_object(c: &ClaimView, node: &str, zone: &str) -> ClaimObject {
         spec: VpcIPClaimSpec {
             delete_policy: policy,
             expire_after: c.expire_after_ms.map(duration),
-            subnet_id: None,
-            ip: None,
+            // A requested address is the pod's own choice: the spec says it.
+            subnet_id: c.requested.then(|| c.subnet_id.clone()),
+            ip: c.requested.then(|| c.ip.to_string()),
         },
         status: VpcIPClaimStatus {
             phase: c.status.clone(),
@@ -280,6 +281,7 @@ mod tests {
             expires_ms: (status == "Reserved").then_some(3_603_000),
             expire_after_ms: Some(3_600_000),
             message: None,
+            requested: false,
         }
     }
 

@@ -20,6 +20,10 @@ pub const DELETE_POLICY: &str = "tke.cloud.tencent.com/vpc-ip-claim-delete-polic
 /// `1h` (at least `5m`); overrides `--claim-expired-duration` for the pod.
 pub const EXPIRED_DURATION: &str = "tke.cloud.tencent.com/vpc-ip-claim-expired-duration";
 
+/// The address of the subnet the pod asks for, such as `10.0.1.20`: it
+/// implies a static IP (our name, following TKE's prefix).
+pub const REQUESTED_IP: &str = "tke.cloud.tencent.com/vpc-ip-claim-requested-ip";
+
 /// How long an ADD waits for the informer to learn of a pod just scheduled
 /// before asking the API server directly.
 const CACHE_WAIT: Duration = Duration::from_secs(1);
@@ -52,6 +56,19 @@ pub fn facts_from_annotations(a: &BTreeMap<String, String>) -> Result<PodFacts, 
             Some(d.as_millis() as u64)
         }
     };
+    let requested_ip = match a.get(REQUESTED_IP) {
+        None => None,
+        Some(v) => Some(
+            v.trim()
+                .parse::<std::net::Ipv4Addr>()
+                .map_err(|_| format!("annotation {REQUESTED_IP}: {v:?} is not an IPv4 address"))?,
+        ),
+    };
+    if keep_ip == Some(false) && requested_ip.is_some() {
+        return Err(format!(
+            "annotation {REQUESTED_IP} asks for a static IP but {DELETE_POLICY} is \"Immediate\""
+        ));
+    }
     if keep_ip == Some(false) && expire_after_ms.is_some() {
         return Err(format!(
             "annotation {EXPIRED_DURATION} is set but {DELETE_POLICY} is \"Immediate\": only a static IP can expire"
@@ -61,6 +78,7 @@ pub fn facts_from_annotations(a: &BTreeMap<String, String>) -> Result<PodFacts, 
         keep_ip,
         expire_after_ms,
         owner: None,
+        requested_ip,
     })
 }
 
@@ -202,6 +220,17 @@ mod tests {
     }
 
     #[test]
+    fn a_requested_ip_is_an_address() {
+        let f =
+            facts_from_annotations(&annotations(&[(REQUESTED_IP, " 10.0.1.20 ")])).expect("valid");
+        assert_eq!(f.requested_ip, Some(std::net::Ipv4Addr::new(10, 0, 1, 20)));
+        assert_eq!(
+            f.keep_ip, None,
+            "static follows from the request, not from here"
+        );
+    }
+
+    #[test]
     fn a_malformed_annotation_is_an_error_naming_it() {
         for (pairs, names) in [
             (vec![(DELETE_POLICY, "never")], DELETE_POLICY),
@@ -216,6 +245,12 @@ mod tests {
             (
                 vec![(DELETE_POLICY, "Immediate"), (EXPIRED_DURATION, "1h")],
                 EXPIRED_DURATION,
+            ),
+            (vec![(REQUESTED_IP, "10.0.1")], REQUESTED_IP),
+            (vec![(REQUESTED_IP, "fd00::1")], REQUESTED_IP),
+            (
+                vec![(DELETE_POLICY, "Immediate"), (REQUESTED_IP, "10.0.1.20")],
+                REQUESTED_IP,
             ),
         ] {
             let e = facts_from_annotations(&annotations(&pairs)).expect_err("invalid");

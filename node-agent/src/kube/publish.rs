@@ -415,7 +415,10 @@ impl Publisher {
         for live in self.ips.state() {
             let name = live.name_any();
             let id = format!("vip/{name}");
-            if want.ips.contains_key(&name) || self.deleted.contains_key(&id) {
+            if want.ips.contains_key(&name)
+                || self.deleted.contains_key(&id)
+                || fence_in_flight(&live.spec.phase, created_ms(&*live), now_ms())
+            {
                 continue;
             }
             self.sent_ips.remove(&name);
@@ -522,6 +525,31 @@ impl Publisher {
             warn!(reason, error = %e, "cannot record an event");
         }
     }
+}
+
+/// How long a `Requested` fence (`kube/claims.rs`) is left alone while
+/// the pool does not hold its address yet: the ADD that made it is asking
+/// the cloud. Older, it is a crashed attempt's and is deleted.
+const FENCE_GRACE_MS: u64 = 60_000;
+
+/// Whether a `VpcIP` in `phase`, created at `created_ms`, is a fence whose
+/// request may still be under way at `now_ms`.
+fn fence_in_flight(phase: &str, created_ms: Option<u64>, now_ms: u64) -> bool {
+    phase == super::claims::REQUESTED
+        && created_ms.is_some_and(|c| now_ms.saturating_sub(c) < FENCE_GRACE_MS)
+}
+
+fn created_ms<K: Resource>(obj: &K) -> Option<u64> {
+    obj.meta()
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| u64::try_from(t.0.as_millisecond()).ok())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Server-side apply as the node agent, taking over fields it owned.
@@ -653,5 +681,30 @@ fn ignore_missing<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_requested_fence_is_left_alone_only_while_its_request_may_run() {
+        let requested = super::super::claims::REQUESTED;
+        assert!(fence_in_flight(
+            requested,
+            Some(1_000),
+            1_000 + FENCE_GRACE_MS - 1
+        ));
+        assert!(!fence_in_flight(
+            requested,
+            Some(1_000),
+            1_000 + FENCE_GRACE_MS
+        ));
+        assert!(
+            !fence_in_flight("Bound", Some(1_000), 1_000),
+            "a published object"
+        );
+        assert!(!fence_in_flight(requested, None, 1_000));
     }
 }

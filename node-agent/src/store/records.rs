@@ -99,6 +99,10 @@ pub struct ClaimRow {
     /// Format 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     lost: Option<String>,
+    /// Format 2, later: absent (false) in records written before requested
+    /// IPs, and left out when false so such records stay as they were.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    requested: bool,
 }
 
 impl From<&EniRecord> for EniRow {
@@ -203,6 +207,7 @@ impl From<&Claim> for ClaimRow {
                 uid: o.uid.clone(),
             }),
             lost: c.lost.clone(),
+            requested: c.requested,
         }
     }
 }
@@ -225,6 +230,7 @@ impl From<ClaimRow> for Claim {
                 uid: o.uid,
             }),
             lost: c.lost,
+            requested: c.requested,
         }
     }
 }
@@ -244,6 +250,7 @@ mod tests {
         let claim = Claim::from(row);
         assert_eq!((claim.name.as_str(), claim.subnet_id.as_str()), ("b", ""));
         assert_eq!(claim.lost, None);
+        assert!(!claim.requested, "a record of before requested IPs");
     }
 
     #[test]
@@ -264,6 +271,7 @@ mod tests {
                 uid: "u".into(),
             }),
             lost: Some("gone".into()),
+            requested: true,
         };
         let json = serde_json::to_string(&ClaimRow::from(&claim)).expect("encode");
         let back: ClaimRow = serde_json::from_str(&json).expect("decode");

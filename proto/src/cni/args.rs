@@ -27,6 +27,9 @@ pub struct CniArgs {
     /// `VPC_IP_CLAIM_EXPIRED_DURATION`: how long a static IP stays reserved
     /// once the pod is gone.
     pub claim_expired_duration: Option<std::time::Duration>,
+    /// `VPC_IP_CLAIM_REQUESTED_IP`: the address of the subnet the pod asks
+    /// for; it implies a static IP (needs the pod's namespace and name).
+    pub requested_ip: Option<std::net::Ipv4Addr>,
     /// `K8S_POD_OWNER_KIND`, `K8S_POD_OWNER_NAME`, `K8S_POD_OWNER_UID`: the
     /// workload owning the pod, all three or none.
     pub owner: Option<(String, String, String)>,
@@ -66,6 +69,13 @@ impl CniArgs {
                             bad(format!("CNI_ARGS: VPC_IP_CLAIM_EXPIRED_DURATION: {e}"))
                         })?)
                 }
+                "VPC_IP_CLAIM_REQUESTED_IP" => {
+                    args.requested_ip = Some(value.trim().parse().map_err(|_| {
+                        bad(format!(
+                            "CNI_ARGS: VPC_IP_CLAIM_REQUESTED_IP={value:?} is not an IPv4 address"
+                        ))
+                    })?)
+                }
                 _ => unknown.push(key.to_string()),
             }
         }
@@ -75,6 +85,18 @@ impl CniArgs {
             _ => {
                 return Err(bad(
                     "CNI_ARGS: K8S_POD_OWNER_KIND, K8S_POD_OWNER_NAME and K8S_POD_OWNER_UID go together".into(),
+                ));
+            }
+        }
+        if args.requested_ip.is_some() {
+            if args.claim_delete_policy == Some(ClaimDeletePolicy::Immediate) {
+                return Err(bad(
+                    "CNI_ARGS: VPC_IP_CLAIM_REQUESTED_IP asks for a static IP, but VPC_IP_CLAIM_DELETE_POLICY is Immediate".into(),
+                ));
+            }
+            if args.pod.namespace.is_none() || args.pod.name.is_none() {
+                return Err(bad(
+                    "CNI_ARGS: VPC_IP_CLAIM_REQUESTED_IP needs K8S_POD_NAMESPACE and K8S_POD_NAME (the address is claimed for the pod)".into(),
                 ));
             }
         }
@@ -153,6 +175,34 @@ mod tests {
         );
         assert!(CniArgs::parse("VPC_IP_CLAIM_DELETE_POLICY=Sometimes").is_err());
         assert!(CniArgs::parse("VPC_IP_CLAIM_EXPIRED_DURATION=soon").is_err());
+    }
+
+    #[test]
+    fn a_requested_ip_is_an_address_for_a_named_static_pod() {
+        let a = CniArgs::parse(
+            "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;VPC_IP_CLAIM_REQUESTED_IP=10.0.1.20",
+        )
+        .expect("parse");
+        assert_eq!(a.requested_ip, Some(std::net::Ipv4Addr::new(10, 0, 1, 20)));
+        for (raw, names) in [
+            (
+                "K8S_POD_NAMESPACE=d;K8S_POD_NAME=p;VPC_IP_CLAIM_REQUESTED_IP=10.0.1",
+                "is not an IPv4 address",
+            ),
+            (
+                "K8S_POD_NAMESPACE=d;K8S_POD_NAME=p;VPC_IP_CLAIM_REQUESTED_IP=10.0.1.20;VPC_IP_CLAIM_DELETE_POLICY=Immediate",
+                "Immediate",
+            ),
+            ("VPC_IP_CLAIM_REQUESTED_IP=10.0.1.20", "K8S_POD_NAME"),
+        ] {
+            let e = CniArgs::parse(raw).expect_err(raw);
+            assert_eq!(e.code, codes::INVALID_ENVIRONMENT);
+            assert!(
+                e.msg.contains("VPC_IP_CLAIM_REQUESTED_IP") && e.msg.contains(names),
+                "{}",
+                e.msg
+            );
+        }
     }
 
     #[test]

@@ -148,6 +148,11 @@ pub struct StaticIpRequest {
     /// the claim (with the agent's `--enable-ownerref`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<OwnerRef>,
+    /// The address of the subnet the pod asks for (its static IP); an
+    /// agent that does not know this field would ignore it, so agents are
+    /// rolled out before plugins (as for every protocol change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_ip: Option<Ipv4Addr>,
 }
 
 /// A pod's owner (a StatefulSet, say).
@@ -432,6 +437,9 @@ pub struct ClaimView {
     /// Why a `Lost` claim's address cannot be had back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The pod asked for this address (a requested IP).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requested: bool,
 }
 
 /// Why the agent failed a request. Mapped to a CNI code by
@@ -611,9 +619,19 @@ pub fn answer_version(request_payload: &[u8]) -> u32 {
 
 /// Serialises a reply into a frame payload, in the protocol `version` the
 /// request came in (see [`answer_version`]). Protocol 1 and 2 replies have
-/// the same fields; a field added later must be left out for older ones.
+/// the same fields; a field added later must be left out for older ones
+/// (`ClaimView::requested`: a protocol-1 client refuses unknown fields).
 pub fn encode_reply(reply: &Reply, version: u32) -> Result<Vec<u8>, WireError> {
     let outcome = match reply {
+        Ok(Response::Claims { claims }) if version < 2 => Outcome::Ok(Response::Claims {
+            claims: claims
+                .iter()
+                .map(|c| ClaimView {
+                    requested: false,
+                    ..c.clone()
+                })
+                .collect(),
+        }),
         Ok(r) => Outcome::Ok(r.clone()),
         Err(e) => Outcome::Error(AgentError {
             kind: e.kind.in_protocol(version),

@@ -28,6 +28,7 @@ fn all_requests() -> Vec<Request> {
                     name: "db".into(),
                     uid: "u".into(),
                 }),
+                requested_ip: None,
             }),
         }),
         Request::Del(DelRequest {
@@ -390,4 +391,36 @@ fn error_kinds_a_peer_does_not_know_are_downgraded_or_read_as_unknown() {
     let e = newer.expect_err("an error");
     assert_eq!(e.kind, ErrorKind::Unknown);
     assert_eq!(e.kind.cni_code(), crate::cni::error::codes::AGENT_INTERNAL);
+}
+
+#[test]
+fn a_requested_claim_is_shown_to_protocol_1_without_the_field_it_does_not_know() {
+    let claim = ClaimView {
+        namespace: "default".into(),
+        name: "web-0".into(),
+        ip: Ipv4Addr::new(10, 0, 20, 7),
+        status: "Bound".into(),
+        node: "ins-1".into(),
+        subnet_id: "subnet-1".into(),
+        eni_id: "eni-1".into(),
+        container_id: None,
+        policy: "Never".into(),
+        owner: None,
+        created_ms: 1,
+        last_bound_ms: 1,
+        released_ms: None,
+        expires_ms: None,
+        expire_after_ms: None,
+        message: None,
+        requested: true,
+    };
+    let reply: Reply = Ok(Response::Claims {
+        claims: vec![claim],
+    });
+    let v1: serde_json::Value =
+        serde_json::from_slice(&encode_reply(&reply, 1).expect("encode")).expect("json");
+    assert!(v1["ok"]["claims"][0].get("requested").is_none(), "{v1}");
+    assert_eq!(v1["ok"]["claims"][0]["ip"], "10.0.20.7");
+    let v2 = encode_reply(&reply, 2).expect("encode");
+    assert_eq!(decode_reply(&v2).expect("decode"), reply);
 }

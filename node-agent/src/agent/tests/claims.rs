@@ -374,6 +374,7 @@ async fn the_pods_annotations_decide_whether_it_keeps_its_ip() {
         keep_ip: Some(true),
         expire_after_ms: Some(3_600_000),
         owner: None,
+        requested_ip: None,
     }));
     let Request::Add(mut plain) = add_req("s1") else {
         unreachable!()
