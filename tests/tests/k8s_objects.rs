@@ -577,6 +577,10 @@ fn k8s_an_eni_that_cannot_attach_shows_its_ips_attaching_with_the_error() {
     let c = Cluster::up(1);
     let node = c.get("NODE1_INSTANCE").to_string();
     emulator_post(&c, "/_sim/fail-actions", r#"["AttachNetworkInterface"]"#);
+    // The agent publishes its node's object once it runs: wait for it.
+    c.wait_until("the node's NodeEniConfig", WAIT, || {
+        c.object("nec", &node).is_some()
+    });
     // More free IPs than the node's one ENI holds: the agent needs another.
     c.kubectl(&[
         "patch",
