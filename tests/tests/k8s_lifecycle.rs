@@ -464,6 +464,27 @@ fn k8s_the_cluster_component_sweeps_up_after_a_node_that_is_gone() {
     let v = c.object("vipc", "kept-0").expect("kept-0 is kept");
     assert_eq!(s(&v, &["status", "ip"]), kept, "{v}");
     assert_eq!(s(&v, &["status", "node"]), node2, "{v}");
+    // Its ENI went with the node (the address back in the subnet); its
+    // pod, started on node1, takes the address there by name.
+    assert!(
+        enis_holding(&c, &kept).is_empty(),
+        "{kept} went with its ENI"
+    );
+    c.apply(&pin(&sts("kept", 1, STATIC), &node1));
+    assert_eq!(
+        pod_ip(&c, "kept-0"),
+        kept,
+        "kept-0 back with its IP on node1"
+    );
+    c.wait_until("kept-0's claim Bound on node1", WAIT, || {
+        c.object("vipc", "kept-0").is_some_and(|v| {
+            s(&v, &["status", "phase"]) == "Bound" && s(&v, &["status", "node"]) == node1
+        })
+    });
+    c.wait_until(&format!("{kept} on one ENI, node1's"), WAIT, || {
+        let on = enis_holding(&c, &kept);
+        on.len() == 1 && cloud_enis(&c)[&on[0]]["attached_to"] == node1.as_str()
+    });
     // Nothing else is claimed twice or left without its object.
     let vips = items(&c, "vip");
     for claim in items(&c, "vipc") {
