@@ -474,6 +474,28 @@ pub fn emulator_post(c: &Cluster, path: &str, body: &str) -> String {
     answer
 }
 
+/// The ENIs of the cloud (`vpc.json`), by id.
+pub fn cloud_enis(c: &Cluster) -> serde_json::Map<String, Value> {
+    std::fs::read_to_string(c.state().join("vpc.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|w| w["vpc"]["enis"].as_object().cloned())
+        .unwrap_or_default()
+}
+
+/// The ENIs whose secondary addresses include `ip`.
+pub fn enis_holding(c: &Cluster, ip: &str) -> Vec<String> {
+    cloud_enis(c)
+        .into_iter()
+        .filter(|(_, e)| {
+            e["secondary_ips"]
+                .as_array()
+                .is_some_and(|ips| ips.iter().any(|i| i == ip))
+        })
+        .map(|(id, _)| id)
+        .collect()
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = Command::new(bin("vpc-sim"))
