@@ -183,6 +183,56 @@ impl Cluster {
         }
     }
 
+    /// Runs kubectl until it succeeds (the API server may be restarting),
+    /// up to `limit`; its stdout.
+    pub fn kubectl_retry(&self, args: &[&str], limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.try_kubectl(args, None) {
+                Ok(out) => return out,
+                Err(e) if Instant::now() > deadline => {
+                    panic!("kubectl {}: {e} (for {limit:?})", args.join(" "))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(300)),
+            }
+        }
+    }
+
+    /// `vpc-sim restart`: SIGKILLs the control-plane process `component`
+    /// (`kube-apiserver`, ...), waits `down_for` and starts it again, ready;
+    /// what `vpc-sim` said.
+    pub fn restart(&self, component: &str, down_for: Duration) -> String {
+        self.vpc_sim(&[
+            "restart",
+            "--down-for",
+            &format!("{}ms", down_for.as_millis()),
+            component,
+        ])
+    }
+
+    /// `vpc-sim power-off`: node `n`'s kubelet, containerd and pods killed.
+    pub fn power_off(&self, n: usize) -> String {
+        self.vpc_sim(&["power-off", &n.to_string()])
+    }
+
+    fn vpc_sim(&self, args: &[&str]) -> String {
+        let out = Command::new(bin("vpc-sim"))
+            .args(&args[..1])
+            .arg("--state")
+            .arg(self.state())
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run vpc-sim");
+        assert!(
+            out.status.success(),
+            "vpc-sim {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Node `n`'s agent's pool.
     pub fn pool(&self, n: usize) -> PoolView {
         let socket = PathBuf::from(self.get(&format!("NODE{n}_SOCKET")));
@@ -252,6 +302,198 @@ pub fn ready(pod: &Value) -> bool {
             .into_iter()
             .flatten()
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+/// The string at `path` in `v` ("" when absent).
+pub fn field<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    path.iter()
+        .fold(v, |v, k| &v[*k])
+        .as_str()
+        .unwrap_or_default()
+}
+
+/// A StatefulSet of `replicas` busybox pods (1 s grace) whose pod
+/// template carries `annotations` (YAML flow mapping entries).
+pub fn sts(name: &str, replicas: u32, annotations: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  serviceName: {name}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+      annotations: {{{annotations}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: localhost/busybox:1.35
+        imagePullPolicy: Never
+        command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
+"#
+    )
+}
+
+/// `manifest`, a StatefulSet of [`sts`], with its pods placed on `node`.
+pub fn pin(manifest: &str, node: &str) -> String {
+    manifest.replace(
+        "    spec:\n      terminationGracePeriodSeconds",
+        &format!("    spec:\n      nodeName: {node}\n      terminationGracePeriodSeconds"),
+    )
+}
+
+/// Every object of `kind` (all namespaces), as JSON.
+pub fn items(c: &Cluster, kind: &str) -> Vec<Value> {
+    c.try_kubectl(&["get", kind, "-A", "-o", "json"], None)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["items"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// A bare busybox pod (1 s grace) with `annotations`.
+pub fn pod(name: &str, annotations: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, annotations: {{{annotations}}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: localhost/busybox:1.35
+    imagePullPolicy: Never
+    command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
+"#
+    )
+}
+
+/// What the cluster's objects say that the cloud or the pods contradict;
+/// empty when they agree.
+pub fn disagreements(c: &Cluster) -> Vec<String> {
+    let mut out = Vec::new();
+    let world: Value = std::fs::read_to_string(c.state().join("vpc.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let enis = &world["vpc"]["enis"];
+    let vips = items(c, "vip");
+    let claims = items(c, "vipc");
+    let pods = items(c, "pods");
+    for vip in &vips {
+        let ip = field(vip, &["metadata", "name"]);
+        let eni = &enis[field(vip, &["spec", "eniId"])];
+        let on_eni = eni["secondary_ips"]
+            .as_array()
+            .is_some_and(|ips| ips.iter().any(|i| i == ip));
+        if !on_eni || eni["attached_to"].as_str() != Some(field(vip, &["spec", "node"])) {
+            out.push(format!(
+                "VpcIP {ip} is not on {} of its node in the cloud",
+                field(vip, &["spec", "eniId"])
+            ));
+        }
+        let holders = enis
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, e)| {
+                e["secondary_ips"]
+                    .as_array()
+                    .is_some_and(|ips| ips.iter().any(|i| i == ip))
+            })
+            .count();
+        if holders != 1 {
+            out.push(format!("{ip} is on {holders} ENIs"));
+        }
+    }
+    for claim in &claims {
+        let ip = field(claim, &["status", "ip"]);
+        if !ip.is_empty() && !vips.iter().any(|v| field(v, &["metadata", "name"]) == ip) {
+            out.push(format!(
+                "claim {} points at {ip}, which has no VpcIP",
+                field(claim, &["metadata", "name"])
+            ));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for pod in &pods {
+        let ip = field(pod, &["status", "podIP"]);
+        if ip.is_empty()
+            || field(pod, &["spec", "hostNetwork"]) == "true"
+            || pod["spec"]["hostNetwork"] == true
+        {
+            continue;
+        }
+        if !seen.insert(ip.to_string()) {
+            out.push(format!("{ip} is held by two pods"));
+        }
+        let name = field(pod, &["metadata", "name"]);
+        if pod["status"]["phase"] == "Running"
+            && !claims.iter().any(|cl| {
+                field(cl, &["metadata", "name"]) == name && field(cl, &["status", "ip"]) == ip
+            })
+        {
+            out.push(format!(
+                "running pod {name} ({ip}) has no claim with its IP"
+            ));
+        }
+    }
+    out
+}
+
+/// Sends `method path` with `body` to the simulation's emulator; its
+/// status line and body.
+pub fn emulator_request(c: &Cluster, method: &str, path: &str, body: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let address = std::fs::read_to_string(c.state().join("emulator.address")).expect("address");
+    let mut stream = std::net::TcpStream::connect(address.trim()).expect("connect");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: emulator\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+/// POSTs `body` to the simulation's emulator at `path`; panics unless it
+/// answers 200; the answer's body.
+pub fn emulator_post(c: &Cluster, path: &str, body: &str) -> String {
+    let (status, answer) = emulator_request(c, "POST", path, body);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}\n{answer}");
+    answer
+}
+
+/// The ENIs of the cloud (`vpc.json`), by id.
+pub fn cloud_enis(c: &Cluster) -> serde_json::Map<String, Value> {
+    std::fs::read_to_string(c.state().join("vpc.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|w| w["vpc"]["enis"].as_object().cloned())
+        .unwrap_or_default()
+}
+
+/// The ENIs whose secondary addresses include `ip`.
+pub fn enis_holding(c: &Cluster, ip: &str) -> Vec<String> {
+    cloud_enis(c)
+        .into_iter()
+        .filter(|(_, e)| {
+            e["secondary_ips"]
+                .as_array()
+                .is_some_and(|ips| ips.iter().any(|i| i == ip))
+        })
+        .map(|(id, _)| id)
+        .collect()
 }
 
 impl Drop for Cluster {

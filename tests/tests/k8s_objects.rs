@@ -7,67 +7,10 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use vpc_cni_tests::k8s::Cluster;
+use vpc_cni_tests::k8s::{Cluster, disagreements, emulator_post, items, pin, pod, sts};
 use vpc_cni_tests::require_root;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn sts(name: &str, replicas: u32, annotations: &str) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: StatefulSet
-metadata: {{name: {name}}}
-spec:
-  replicas: {replicas}
-  serviceName: {name}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-      annotations: {{{annotations}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: main
-        image: localhost/busybox:1.35
-        imagePullPolicy: Never
-        command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
-"#
-    )
-}
-
-/// `manifest`, a StatefulSet of [`sts`], with its pods placed on `node`.
-fn pin(manifest: &str, node: &str) -> String {
-    manifest.replace(
-        "    spec:\n      terminationGracePeriodSeconds",
-        &format!("    spec:\n      nodeName: {node}\n      terminationGracePeriodSeconds"),
-    )
-}
-
-/// Every object of `kind` (all namespaces), as JSON.
-fn items(c: &Cluster, kind: &str) -> Vec<Value> {
-    c.try_kubectl(&["get", kind, "-A", "-o", "json"], None)
-        .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .and_then(|v| v["items"].as_array().cloned())
-        .unwrap_or_default()
-}
-
-fn pod(name: &str, annotations: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, annotations: {{{annotations}}}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: localhost/busybox:1.35
-    imagePullPolicy: Never
-    command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
-"#
-    )
-}
 
 const STATIC: &str = "tke.cloud.tencent.com/vpc-ip-claim-delete-policy: Never";
 
@@ -380,79 +323,6 @@ fn k8s_eni_limit_is_an_event_ownerrefs_cascade_and_the_cluster_component_leads()
     });
 }
 
-/// What the cluster's objects say that the cloud or the pods contradict;
-/// empty when they agree.
-fn disagreements(c: &Cluster) -> Vec<String> {
-    let mut out = Vec::new();
-    let world: Value = std::fs::read_to_string(c.state().join("vpc.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let enis = &world["vpc"]["enis"];
-    let vips = items(c, "vip");
-    let claims = items(c, "vipc");
-    let pods = items(c, "pods");
-    for vip in &vips {
-        let ip = s(vip, &["metadata", "name"]);
-        let eni = &enis[s(vip, &["spec", "eniId"])];
-        let on_eni = eni["secondary_ips"]
-            .as_array()
-            .is_some_and(|ips| ips.iter().any(|i| i == ip));
-        if !on_eni || eni["attached_to"].as_str() != Some(s(vip, &["spec", "node"])) {
-            out.push(format!(
-                "VpcIP {ip} is not on {} of its node in the cloud",
-                s(vip, &["spec", "eniId"])
-            ));
-        }
-        let holders = enis
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(_, e)| {
-                e["secondary_ips"]
-                    .as_array()
-                    .is_some_and(|ips| ips.iter().any(|i| i == ip))
-            })
-            .count();
-        if holders != 1 {
-            out.push(format!("{ip} is on {holders} ENIs"));
-        }
-    }
-    for claim in &claims {
-        let ip = s(claim, &["status", "ip"]);
-        if !ip.is_empty() && !vips.iter().any(|v| s(v, &["metadata", "name"]) == ip) {
-            out.push(format!(
-                "claim {} points at {ip}, which has no VpcIP",
-                s(claim, &["metadata", "name"])
-            ));
-        }
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for pod in &pods {
-        let ip = s(pod, &["status", "podIP"]);
-        if ip.is_empty()
-            || s(pod, &["spec", "hostNetwork"]) == "true"
-            || pod["spec"]["hostNetwork"] == true
-        {
-            continue;
-        }
-        if !seen.insert(ip.to_string()) {
-            out.push(format!("{ip} is held by two pods"));
-        }
-        let name = s(pod, &["metadata", "name"]);
-        if pod["status"]["phase"] == "Running"
-            && !claims
-                .iter()
-                .any(|cl| s(cl, &["metadata", "name"]) == name && s(cl, &["status", "ip"]) == ip)
-        {
-            out.push(format!(
-                "running pod {name} ({ip}) has no claim with its IP"
-            ));
-        }
-    }
-    out
-}
-
 #[test]
 #[cfg_attr(
     not(privileged),
@@ -549,22 +419,6 @@ fn k8s_objects_match_the_cloud_after_agents_and_the_cluster_component_die_in_a_c
         converged,
         "the objects never matched the cloud and the pods: {last:#?}"
     );
-}
-
-/// POSTs `body` to the simulation's emulator at `path`.
-fn emulator_post(c: &Cluster, path: &str, body: &str) {
-    use std::io::{Read, Write};
-    let address = std::fs::read_to_string(c.state().join("emulator.address")).expect("address");
-    let mut stream = std::net::TcpStream::connect(address.trim()).expect("connect");
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: emulator\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("answer");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 #[test]

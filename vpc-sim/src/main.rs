@@ -27,6 +27,10 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Serve the Tencent Cloud VPC API and instance metadata for a world.
     Serve(commands::serve::ServeArgs),
+    /// Kubernetes mode: SIGKILL a control-plane process and start it again with the same arguments.
+    Restart(commands::faults::RestartArgs),
+    /// Kubernetes mode: switch a node off (its kubelet, containerd and every pod killed at once).
+    PowerOff(commands::faults::PowerOffArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,8 @@ fn main() -> ExitCode {
         Command::Down(args) => commands::down::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Restart(args) => commands::faults::restart(args),
+        Command::PowerOff(args) => commands::faults::power_off(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

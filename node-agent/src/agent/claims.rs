@@ -397,16 +397,39 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                         ),
                     ));
                 };
-                if let Err(e) = self.cloud.migrate_ip(&held.eni_id, &target, held.ip).await {
-                    // An earlier attempt may have taken effect.
-                    let again = self.cloud.list_enis().await.map_err(cloud_error)?;
-                    if on_ours(&again).as_deref() != Some(target.as_str()) {
-                        warn!(ip = %held.ip, from = %held.eni_id, to = %target, error = %e, "cannot move a static IP here");
-                        return Err(cloud_error(e));
+                let moved_to = match self.cloud.migrate_ip(&held.eni_id, &target, held.ip).await {
+                    Ok(()) => target,
+                    Err(e) => {
+                        // An earlier attempt may have taken effect; or, the
+                        // source ENI gone, the address may have come back to
+                        // this node's pool meanwhile (a growth took it from
+                        // the subnet).
+                        let again = self.cloud.list_enis().await.map_err(cloud_error)?;
+                        match on_ours(&again) {
+                            Some(id) => id,
+                            // The source ENI is gone (deleted as leaked after
+                            // its node went): its addresses went back to the
+                            // subnet. The address is taken here by name, which
+                            // the cloud refuses if anyone holds it.
+                            None if matches!(e, CloudError::NotFound(_)) => {
+                                if let Err(e) =
+                                    self.cloud.assign_named_ips(&target, &[held.ip]).await
+                                {
+                                    warn!(ip = %held.ip, gone = %held.eni_id, to = %target, error = %e, "the static IP's ENI is gone and the address cannot be taken here");
+                                    return Err(cloud_error(e));
+                                }
+                                info!(ip = %held.ip, gone = %held.eni_id, to = %target, "the static IP's ENI is gone; the address was assigned here by name");
+                                target
+                            }
+                            None => {
+                                warn!(ip = %held.ip, from = %held.eni_id, to = %target, error = %e, "cannot move a static IP here");
+                                return Err(cloud_error(e));
+                            }
+                        }
                     }
-                }
-                info!(ip = %held.ip, from = %held.eni_id, to = %target, node = %held.node, "static IP moved here from another node");
-                target
+                };
+                info!(ip = %held.ip, from = %held.eni_id, to = %moved_to, node = %held.node, "static IP moved here from another node");
+                moved_to
             }
         };
         let (record, holder) = self.txn.read(|ipam, _| {

@@ -36,7 +36,9 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let _no_gc = self.gc_lock.read().await;
         let mut req = req;
         self.apply_pod_facts(&mut req).await?;
-        let past_deadline = || req.deadline_ms.is_some_and(|d| self.txn.now() > d);
+        // The deadline is the plugin's system clock, so it is compared with
+        // the system clock, not the agent's (which a test may run ahead).
+        let past_deadline = || req.deadline_ms.is_some_and(|d| system_now_ms() > d);
         if past_deadline() {
             return Err(AgentError::new(
                 ErrorKind::NotReady,
@@ -377,4 +379,11 @@ fn with_netns(mut spec: PodSpec, netns: Option<OwnedFd>) -> PodSpec {
         spec.netns.fd = Some(Arc::new(fd));
     }
     spec
+}
+
+/// The system clock in Unix milliseconds.
+fn system_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -215,6 +215,30 @@ impl Emulator {
                     Err(e) => text_response(400, &format!("bad action list: {e}")),
                 }
             }
+            // The instance (a JSON string, its id) is released, as far as
+            // its ENIs go: its secondary ENIs are detached and kept, with
+            // their addresses, as the cloud leaves them when an instance is
+            // terminated. Answers the ids detached.
+            ("POST", "/_sim/release-instance") => {
+                match serde_json::from_slice::<String>(&req.body) {
+                    Ok(instance) => match self.world.update(|w| {
+                        let ids: Vec<String> = w
+                            .vpc
+                            .enis_of(&instance)
+                            .filter(|e| !e.primary)
+                            .map(|e| e.id.clone())
+                            .collect();
+                        for id in &ids {
+                            w.detach_eni(id)?;
+                        }
+                        Ok(ids)
+                    }) {
+                        Ok(ids) => json_response(200, &json!(ids)),
+                        Err(e) => text_response(500, &e.to_string()),
+                    },
+                    Err(e) => text_response(400, &format!("bad instance id: {e}")),
+                }
+            }
             ("POST", "/_sim/faults") => match serde_json::from_slice::<Faults>(&req.body) {
                 Ok(f) => {
                     *self.faults.lock().unwrap_or_else(|p| p.into_inner()) = f;

@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod down;
+pub mod faults;
 pub mod kube;
 pub mod kube_demo;
 pub mod serve;

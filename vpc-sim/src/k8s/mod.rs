@@ -19,6 +19,7 @@
 //! mounts under `DIR`, the pods' namespaces and the bridge, whichever
 //! component died first.
 
+pub mod faults;
 pub mod host;
 pub mod pki;
 
@@ -111,6 +112,12 @@ pub struct Proc {
     pub program: PathBuf,
     /// Its log.
     pub log: PathBuf,
+    /// Its arguments (what `restart` starts it with again).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The cgroup it was put in.
+    #[serde(default)]
+    pub cgroup: String,
 }
 
 /// A node of the cluster.
@@ -809,6 +816,8 @@ fn start(
         pid: child.id(),
         program: program.to_path_buf(),
         log,
+        args: args.to_vec(),
+        cgroup: cgroup.to_string(),
     };
     cluster.procs.push(proc);
     cluster.save(state)?;

@@ -578,6 +578,38 @@ async fn a_move_resumes_after_a_crash_and_an_address_already_here_is_not_moved_a
 }
 
 #[tokio::test]
+async fn a_static_ip_whose_eni_went_with_its_node_is_taken_here_by_name() {
+    let claims = Arc::new(RecordingClaims::default());
+    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
+    // This node has an ENI with room (a growth now could give the freed
+    // address to the new ENI as its primary: then it is taken for good).
+    add(&a, "plain").await;
+    let held = held_on_another_node(&a).await;
+    let ip = held.ip;
+    // Its node is gone and the cluster component deleted the ENI as
+    // leaked: the address is back in the subnet, the claim still names it.
+    a.cloud.delete_eni(&held.eni_id).await.expect("delete");
+    assert!(cloud_has(&a, ip).await.is_empty());
+    *claims.answer.lock().expect("lock") = Some(Ok(Some(held.clone())));
+    *claims.take.lock().expect("lock") = Some(Ok(crate::claim_store::TakeOver::Taken(
+        crate::claim_store::HeldElsewhere {
+            moving_here: true,
+            ..held.clone()
+        },
+    )));
+    let reply = match a.handle(static_add_req("s1", "web-0"), None).await {
+        Ok(Response::Added(r)) => r,
+        other => panic!("ADD of a pod whose claim's ENI is gone: {other:?}"),
+    };
+    assert_eq!(reply.ip, ip, "the same address");
+    assert_eq!(
+        cloud_has(&a, ip).await,
+        std::slice::from_ref(&reply.eni_id),
+        "on this node's ENI only"
+    );
+}
+
+#[tokio::test]
 async fn a_claim_that_cannot_move_here_leaves_the_pod_waiting_with_why() {
     let claims = Arc::new(RecordingClaims::default());
     let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;

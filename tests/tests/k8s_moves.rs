@@ -1,0 +1,171 @@
+//! Privileged: a static pod leaving its node on a real cluster
+//! (`vpc-sim up --kubernetes`, vpc-cni from `deploy/`): `kubectl drain`,
+//! then its node's agent pod and Node object deleted during the move; the
+//! same IP each time, reachable from other pods, on exactly one ENI.
+
+use std::time::Duration;
+
+use vpc_cni_tests::k8s::{
+    Cluster, cloud_enis, disagreements, enis_holding, field as s, items, ready, sts,
+};
+use vpc_cni_tests::require_root;
+
+const WAIT: Duration = Duration::from_secs(90);
+const STATIC: &str = "tke.cloud.tencent.com/vpc-ip-claim-delete-policy: Never";
+
+fn pod_ip(c: &Cluster, name: &str) -> String {
+    let p = c.wait_ready(name, WAIT);
+    s(&p, &["status", "podIP"]).to_string()
+}
+
+const PINGER: &str = r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: pinger}
+spec:
+  selector: {matchLabels: {app: pinger}}
+  template:
+    metadata: {labels: {app: pinger}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: localhost/busybox:1.35
+        imagePullPolicy: Never
+        command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
+"#;
+
+/// The pinger pod on `node`.
+fn pinger_on(c: &Cluster, node: &str) -> String {
+    c.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=pinger",
+        "--field-selector",
+        &format!("spec.nodeName={node}"),
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ])
+}
+
+/// Waits until `pod` answers a ping from `from` (a pod).
+fn wait_ping(c: &Cluster, from: &str, pod: &str, ip: &str) {
+    c.wait_until(&format!("{from} pings {pod} at {ip}"), WAIT, || {
+        c.try_kubectl(
+            &["exec", from, "--", "ping", "-c", "1", "-W", "2", ip],
+            None,
+        )
+        .is_ok()
+    });
+}
+
+/// Waits until `ip` is on exactly one ENI in the cloud, attached to `node`.
+fn wait_on_one_eni_of(c: &Cluster, ip: &str, node: &str) {
+    c.wait_until(&format!("{ip} on exactly one ENI, {node}'s"), WAIT, || {
+        let holders = enis_holding(c, ip);
+        let enis = cloud_enis(c);
+        holders.len() == 1 && enis[&holders[0]]["attached_to"] == node
+    });
+}
+
+#[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+fn k8s_a_static_pod_leaves_a_drained_node_and_a_deleted_one_with_its_ip() {
+    require_root();
+    let c = Cluster::up(2);
+    let ns = c.get("VPC_CNI_NAMESPACE").to_string();
+    let nodes = [
+        c.get("NODE1_INSTANCE").to_string(),
+        c.get("NODE2_INSTANCE").to_string(),
+    ];
+    c.apply(PINGER);
+    c.apply(&sts("web", 1, STATIC));
+    let first = c.wait_ready("web-0", WAIT);
+    let ip = s(&first, &["status", "podIP"]).to_string();
+    let a = s(&first, &["spec", "nodeName"]).to_string();
+    let b = nodes
+        .iter()
+        .find(|n| **n != a)
+        .expect("the other node")
+        .clone();
+    let index = |node: &str| 1 + nodes.iter().position(|n| n == node).expect("a node");
+    c.kubectl(&["rollout", "status", "daemonset/pinger", "--timeout=90s"]);
+    let (pinger_a, pinger_b) = (pinger_on(&c, &a), pinger_on(&c, &b));
+
+    // Move 1: A cordoned and drained; web-0 comes back on B with its IP.
+    c.kubectl(&[
+        "drain",
+        &a,
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        "--timeout=120s",
+    ]);
+    c.wait_until("web-0 Running on B", WAIT, || {
+        c.pod("web-0")
+            .is_some_and(|p| s(&p, &["spec", "nodeName"]) == b && ready(&p))
+    });
+    assert_eq!(pod_ip(&c, "web-0"), ip, "the same IP on B");
+    c.wait_until("the claim Bound on B", WAIT, || {
+        c.object("vipc", "web-0").is_some_and(|v| {
+            s(&v, &["status", "phase"]) == "Bound" && s(&v, &["status", "node"]) == b
+        })
+    });
+    wait_on_one_eni_of(&c, &ip, &b);
+    wait_ping(&c, &pinger_b, "web-0", &ip);
+    wait_ping(&c, &pinger_a, "web-0", &ip);
+    c.wait_until("A's pool no longer lists it", WAIT, || {
+        !c.pool(index(&a))
+            .enis
+            .iter()
+            .any(|e| e.ips.iter().any(|i| i.ip.to_string() == ip))
+    });
+    c.wait_until("the objects match the cloud and the pods", WAIT, || {
+        disagreements(&c).is_empty()
+    });
+
+    // Move 2, back to A, while B's agent pod and B's Node are deleted: A
+    // takes the claim over without B.
+    c.kubectl(&["uncordon", &a]);
+    c.kubectl(&["cordon", &b]);
+    let agent_b = c.agent_pod(index(&b));
+    c.kubectl(&[
+        "delete",
+        "pod",
+        "web-0",
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ]);
+    c.kubectl(&[
+        "-n",
+        &ns,
+        "delete",
+        "pod",
+        &agent_b,
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ]);
+    c.kubectl(&["delete", "node", &b, "--wait=false"]);
+    c.wait_until("web-0 Running on A", Duration::from_secs(180), || {
+        c.pod("web-0")
+            .is_some_and(|p| s(&p, &["spec", "nodeName"]) == a && ready(&p))
+    });
+    assert_eq!(pod_ip(&c, "web-0"), ip, "the same IP back on A");
+    c.wait_until("the claim Bound on A", WAIT, || {
+        c.object("vipc", "web-0").is_some_and(|v| {
+            s(&v, &["status", "phase"]) == "Bound" && s(&v, &["status", "node"]) == a
+        })
+    });
+    wait_on_one_eni_of(&c, &ip, &a);
+    wait_ping(&c, &pinger_a, "web-0", &ip);
+    // No address of any VpcIP is on two ENIs.
+    for vip in items(&c, "vip") {
+        let addr = s(&vip, &["metadata", "name"]);
+        let on = enis_holding(&c, addr);
+        assert!(on.len() <= 1, "{addr} is on {on:?}");
+    }
+}
