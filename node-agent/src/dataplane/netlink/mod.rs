@@ -58,6 +58,9 @@ pub struct NetlinkDataplane {
     node_netns: Option<PathBuf>,
     reaper: Arc<reaper::Reaper>,
     workers: workers::Workers,
+    /// A blocking socket in the node's namespace for DEL's few requests,
+    /// sent from the runtime thread itself (no hand-over to a worker).
+    inline: Arc<std::sync::Mutex<batch::NlSocket>>,
     egress: Egress,
 }
 
@@ -80,9 +83,14 @@ impl NetlinkDataplane {
         let workers = workers::Workers::start(home)
             .await
             .map_err(io_err("start the data-path workers"))?;
+        let inline = workers
+            .run(|_| batch::NlSocket::open())
+            .await?
+            .map_err(io_err("open netlink socket in the node namespace"))?;
         Ok(NetlinkDataplane {
             reaper: reaper::Reaper::start(node.clone()),
             workers,
+            inline: Arc::new(std::sync::Mutex::new(inline)),
             node,
             node_netns: node_netns.map(Path::to_path_buf),
             egress: Egress::Off,
