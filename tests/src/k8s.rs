@@ -151,6 +151,12 @@ impl Cluster {
         serde_json::from_str(&text).ok()
     }
 
+    /// The IP of pod `name` once it is Ready (within `limit`).
+    pub fn pod_ip(&self, name: &str, limit: Duration) -> String {
+        let p = self.wait_ready(name, limit);
+        field(&p, &["status", "podIP"]).to_string()
+    }
+
     /// Waits for the pod to be Running and Ready; returns it.
     pub fn wait_ready(&self, name: &str, limit: Duration) -> Value {
         let deadline = Instant::now() + limit;
@@ -338,13 +344,22 @@ spec:
     )
 }
 
-/// `manifest`, a StatefulSet of [`sts`], with its pods placed on `node`.
+/// `manifest`, a StatefulSet of [`sts`] or a [`pod`], with its pods placed
+/// on `node` (bypassing the scheduler).
 pub fn pin(manifest: &str, node: &str) -> String {
-    manifest.replace(
-        "    spec:\n      terminationGracePeriodSeconds",
-        &format!("    spec:\n      nodeName: {node}\n      terminationGracePeriodSeconds"),
-    )
+    manifest
+        .replace(
+            "    spec:\n      terminationGracePeriodSeconds",
+            &format!("    spec:\n      nodeName: {node}\n      terminationGracePeriodSeconds"),
+        )
+        .replace(
+            "\nspec:\n  terminationGracePeriodSeconds",
+            &format!("\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds"),
+        )
 }
+
+/// The annotation that makes a pod's IP static.
+pub const STATIC: &str = "tke.cloud.tencent.com/vpc-ip-claim-delete-policy: Never";
 
 /// Every object of `kind` (all namespaces), as JSON.
 pub fn items(c: &Cluster, kind: &str) -> Vec<Value> {

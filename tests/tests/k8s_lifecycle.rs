@@ -13,19 +13,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vpc_cni_tests::k8s::{
-    Cluster, cloud_enis, disagreements, emulator_post, enis_holding, field as s, items, pin, pod,
-    sts,
+    Cluster, STATIC, cloud_enis, disagreements, emulator_post, enis_holding, field as s, items,
+    pin, pod, sts,
 };
 use vpc_cni_tests::require_root;
 
 const WAIT: Duration = Duration::from_secs(90);
-const STATIC: &str = "tke.cloud.tencent.com/vpc-ip-claim-delete-policy: Never";
 const EXPIRES_5M: &str = "tke.cloud.tencent.com/vpc-ip-claim-expired-duration: 5m";
-
-fn pod_ip(c: &Cluster, name: &str) -> String {
-    let p = c.wait_ready(name, WAIT);
-    s(&p, &["status", "podIP"]).to_string()
-}
 
 fn phase_is(c: &Cluster, claim: &str, phase: &str) -> bool {
     c.object("vipc", claim)
@@ -261,7 +255,7 @@ fn k8s_a_reserved_static_ip_expires_and_returns_to_the_pool() {
     ]);
 
     c.apply(&sts("exp", 1, &format!("{STATIC}, {EXPIRES_5M}")));
-    let ip = pod_ip(&c, "exp-0");
+    let ip = c.pod_ip("exp-0", WAIT);
     c.wait_until("exp-0's claim Bound", WAIT, || {
         phase_is(&c, "exp-0", "Bound")
     });
@@ -316,7 +310,7 @@ fn k8s_a_reserved_static_ip_expires_and_returns_to_the_pool() {
     });
     // The next exp-0 gets a claim anew.
     c.kubectl(&["scale", "statefulset", "exp", "--replicas=1"]);
-    let again = pod_ip(&c, "exp-0");
+    let again = c.pod_ip("exp-0", WAIT);
     c.wait_until("a new claim for exp-0", WAIT, || {
         c.object("vipc", "exp-0").is_some_and(|v| {
             s(&v, &["status", "phase"]) == "Bound" && s(&v, &["status", "ip"]) == again
@@ -376,7 +370,7 @@ fn k8s_the_cluster_component_sweeps_up_after_a_node_that_is_gone() {
         "spec:\n  terminationGracePeriodSeconds",
         &format!("spec:\n  nodeName: {node2}\n  terminationGracePeriodSeconds"),
     ));
-    let ip = |p: &str| pod_ip(&c, p);
+    let ip = |p: &str| c.pod_ip(p, WAIT);
     let (kept, expiring, deleted, plain) =
         (ip("kept-0"), ip("expiring-0"), ip("deleted-0"), ip("plain"));
     c.wait_until("plain's claim Bound", WAIT, || {
@@ -452,7 +446,7 @@ fn k8s_the_cluster_component_sweeps_up_after_a_node_that_is_gone() {
     );
     c.apply(&pin(&sts("kept", 1, STATIC), &node1));
     assert_eq!(
-        pod_ip(&c, "kept-0"),
+        c.pod_ip("kept-0", WAIT),
         kept,
         "kept-0 back with its IP on node1"
     );

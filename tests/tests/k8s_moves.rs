@@ -6,17 +6,11 @@
 use std::time::Duration;
 
 use vpc_cni_tests::k8s::{
-    Cluster, cloud_enis, disagreements, enis_holding, field as s, items, ready, sts,
+    Cluster, STATIC, cloud_enis, disagreements, enis_holding, field as s, items, ready, sts,
 };
 use vpc_cni_tests::require_root;
 
 const WAIT: Duration = Duration::from_secs(90);
-const STATIC: &str = "tke.cloud.tencent.com/vpc-ip-claim-delete-policy: Never";
-
-fn pod_ip(c: &Cluster, name: &str) -> String {
-    let p = c.wait_ready(name, WAIT);
-    s(&p, &["status", "podIP"]).to_string()
-}
 
 const PINGER: &str = r#"apiVersion: apps/v1
 kind: DaemonSet
@@ -107,7 +101,7 @@ fn k8s_a_static_pod_leaves_a_drained_node_and_a_deleted_one_with_its_ip() {
         c.pod("web-0")
             .is_some_and(|p| s(&p, &["spec", "nodeName"]) == b && ready(&p))
     });
-    assert_eq!(pod_ip(&c, "web-0"), ip, "the same IP on B");
+    assert_eq!(c.pod_ip("web-0", WAIT), ip, "the same IP on B");
     c.wait_until("the claim Bound on B", WAIT, || {
         c.object("vipc", "web-0").is_some_and(|v| {
             s(&v, &["status", "phase"]) == "Bound" && s(&v, &["status", "node"]) == b
@@ -154,7 +148,7 @@ fn k8s_a_static_pod_leaves_a_drained_node_and_a_deleted_one_with_its_ip() {
         c.pod("web-0")
             .is_some_and(|p| s(&p, &["spec", "nodeName"]) == a && ready(&p))
     });
-    assert_eq!(pod_ip(&c, "web-0"), ip, "the same IP back on A");
+    assert_eq!(c.pod_ip("web-0", WAIT), ip, "the same IP back on A");
     c.wait_until("the claim Bound on A", WAIT, || {
         c.object("vipc", "web-0").is_some_and(|v| {
             s(&v, &["status", "phase"]) == "Bound" && s(&v, &["status", "node"]) == a

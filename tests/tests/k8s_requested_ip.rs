@@ -9,49 +9,22 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::Value;
-use vpc_cni_tests::k8s::Cluster;
+use vpc_cni_tests::k8s::{Cluster, cloud_enis, field as s, pin, pod};
 use vpc_cni_tests::require_root;
 
 const WAIT: Duration = Duration::from_secs(90);
 const REQUESTED: &str = "tke.cloud.tencent.com/vpc-ip-claim-requested-ip";
 
 /// A pod on `node` asking for `ip` (any annotation value, malformed too).
-fn pod(name: &str, node: &str, ip: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  annotations: {{{REQUESTED}: "{ip}"}}
-spec:
-  nodeName: {node}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: localhost/busybox:1.35
-    imagePullPolicy: Never
-    command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
-"#
-    )
+/// A pod on `node` asking for `ip`.
+fn requesting(name: &str, node: &str, ip: &str) -> String {
+    pin(&pod(name, &format!("{REQUESTED}: \"{ip}\"")), node)
 }
 
-fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
-    path.iter()
-        .fold(v, |v, k| &v[*k])
-        .as_str()
-        .unwrap_or_default()
-}
-
-/// Every secondary or primary address of the VPC and the ENIs carrying
-/// it, as the emulator keeps them.
+/// The ENIs of the cloud that carry each address, primary or secondary.
 fn enis_by_address(c: &Cluster) -> BTreeMap<String, Vec<String>> {
-    let world: Value = serde_json::from_str(
-        &std::fs::read_to_string(c.state().join("vpc.json")).expect("world file"),
-    )
-    .expect("world json");
     let mut by_ip: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (id, eni) in world["vpc"]["enis"].as_object().expect("enis") {
+    for (id, eni) in cloud_enis(c) {
         let primary = eni["primary_ip"].as_str().map(str::to_string);
         let secondary = eni["secondary_ips"]
             .as_array()
@@ -71,12 +44,8 @@ fn on_exactly_one_eni(c: &Cluster, ip: &str, node: &str) {
     let twice: Vec<_> = by_ip.iter().filter(|(_, e)| e.len() != 1).collect();
     assert!(twice.is_empty(), "addresses on several ENIs: {twice:?}");
     let eni = &by_ip.get(ip).expect("the address is on an ENI")[0];
-    let world: Value = serde_json::from_str(
-        &std::fs::read_to_string(c.state().join("vpc.json")).expect("world file"),
-    )
-    .expect("world json");
     assert_eq!(
-        world["vpc"]["enis"][eni]["attached_to"].as_str(),
+        cloud_enis(c)[eni.as_str()]["attached_to"].as_str(),
         Some(node),
         "{ip} is on {eni}, an ENI of {node}"
     );
@@ -114,7 +83,7 @@ fn k8s_a_pod_gets_its_requested_ip_and_a_second_one_is_told_who_holds_it() {
 
     // The address is nobody's yet: assigned by address to an ENI of node1.
     let ip = "10.0.20.7";
-    c.apply(&pod("asker", &node1, ip));
+    c.apply(&requesting("asker", &node1, ip));
     let p = c.wait_ready("asker", WAIT);
     assert_eq!(s(&p, &["status", "podIP"]), ip);
     c.wait_until(
@@ -137,8 +106,8 @@ fn k8s_a_pod_gets_its_requested_ip_and_a_second_one_is_told_who_holds_it() {
 
     // Asked for again, on the same node and on another: refused, naming
     // the holder, and the address stays where it is.
-    c.apply(&pod("again-here", &node1, ip));
-    c.apply(&pod("again-there", &node2, ip));
+    c.apply(&requesting("again-here", &node1, ip));
+    c.apply(&requesting("again-there", &node2, ip));
     c.wait_until(
         "the same node's refusal names the pod holding it",
         WAIT,
@@ -170,7 +139,7 @@ fn k8s_a_pod_gets_its_requested_ip_and_a_second_one_is_told_who_holds_it() {
     on_exactly_one_eni(&c, ip, &node1);
 
     // A malformed annotation: the event names it.
-    c.apply(&pod("malformed", &node1, "10.0.20"));
+    c.apply(&requesting("malformed", &node1, "10.0.20"));
     c.wait_until("the malformed annotation is named", WAIT, || {
         events_of(&c, "malformed")
             .iter()
@@ -180,7 +149,7 @@ fn k8s_a_pod_gets_its_requested_ip_and_a_second_one_is_told_who_holds_it() {
     // The holder gone, its static claim still keeps the address for it.
     c.kubectl(&["delete", "pod", "again-here", "again-there", "--wait=false"]);
     c.kubectl(&["delete", "pod", "asker"]);
-    c.apply(&pod("asker", &node1, ip));
+    c.apply(&requesting("asker", &node1, ip));
     let p = c.wait_ready("asker", WAIT);
     assert_eq!(s(&p, &["status", "podIP"]), ip, "back with its address");
     on_exactly_one_eni(&c, ip, &node1);
@@ -202,8 +171,8 @@ fn k8s_two_pods_racing_for_one_requested_ip_on_two_nodes_one_wins() {
     // Both in one apply: the two kubelets ask their agents at once.
     c.apply(&format!(
         "{}---\n{}",
-        pod("racer-1", &nodes[0], ip),
-        pod("racer-2", &nodes[1], ip)
+        requesting("racer-1", &nodes[0], ip),
+        requesting("racer-2", &nodes[1], ip)
     ));
     let ready = |name: &str| c.pod(name).is_some_and(|p| vpc_cni_tests::k8s::ready(&p));
     c.wait_until("one racer is Ready", WAIT, || {

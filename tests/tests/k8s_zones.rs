@@ -7,63 +7,11 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-use vpc_cni_tests::k8s::Cluster;
+use vpc_cni_tests::k8s::{Cluster, STATIC, field as s, pin, pod, sts};
 use vpc_cni_tests::require_root;
 
 const WAIT: Duration = Duration::from_secs(90);
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-
-fn sts(name: &str) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: StatefulSet
-metadata: {{name: {name}}}
-spec:
-  replicas: 1
-  serviceName: {name}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-      annotations: {{tke.cloud.tencent.com/vpc-ip-claim-delete-policy: Never}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: main
-        image: localhost/busybox:1.35
-        imagePullPolicy: Never
-        command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
-"#
-    )
-}
-
-const PLAIN: &str = r#"apiVersion: v1
-kind: Pod
-metadata: {name: plain}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: localhost/busybox:1.35
-    imagePullPolicy: Never
-    command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
-"#;
-
-/// `manifest` with its pods placed on `node`, bypassing the scheduler.
-fn pin(manifest: &str, node: &str) -> String {
-    manifest.replace(
-        "    spec:\n      terminationGracePeriodSeconds",
-        &format!("    spec:\n      nodeName: {node}\n      terminationGracePeriodSeconds"),
-    )
-}
-
-fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
-    path.iter()
-        .fold(v, |v, k| &v[*k])
-        .as_str()
-        .unwrap_or_default()
-}
 
 fn zone_of(c: &Cluster, node: &str) -> String {
     c.object("node", node)
@@ -122,7 +70,7 @@ fn k8s_a_static_pod_is_scheduled_only_into_its_claims_zone() {
     wait_webhook(&c);
 
     // A pod without a claim is created as it was written.
-    c.apply(PLAIN);
+    c.apply(&pod("plain", ""));
     let plain = c.wait_ready("plain", WAIT);
     assert!(plain["spec"]["affinity"].is_null(), "{plain}");
     assert!(
@@ -134,7 +82,7 @@ fn k8s_a_static_pod_is_scheduled_only_into_its_claims_zone() {
     // schedulable node), where its static IP is bound in zone 1.
     c.kubectl(&["cordon", &b]);
     c.kubectl(&["cordon", &a2]);
-    c.apply(&sts("web"));
+    c.apply(&sts("web", 1, STATIC));
     let first = c.wait_ready("web-0", WAIT);
     assert_eq!(s(&first, &["spec", "nodeName"]), a1);
     assert!(first["spec"]["affinity"].is_null(), "{first}");
@@ -194,7 +142,7 @@ fn k8s_a_static_pod_is_scheduled_only_into_its_claims_zone() {
 
     // Forced onto the zone-2 node (nodeName, no scheduler): the kubelet
     // there refuses the pod, whose affinity requires zone 1.
-    c.apply(&pin(&sts("web"), &b));
+    c.apply(&pin(&sts("web", 1, STATIC), &b));
     c.wait_until("the kubelet refuses web-0 on the zone-2 node", WAIT, || {
         c.events()
             .lines()
