@@ -1,7 +1,8 @@
 //! Privileged: a static pod leaving its node on a real cluster
 //! (`vpc-sim up --kubernetes`, vpc-cni from `deploy/`): `kubectl drain`,
 //! then its node's agent pod and Node object deleted during the move; the
-//! same IP each time, reachable from other pods, on exactly one ENI.
+//! same IP each time, reachable from other pods, on exactly one ENI; and a
+//! StatefulSet scaled down and up, its pods back with their IPs.
 
 use std::time::Duration;
 
@@ -162,4 +163,84 @@ fn k8s_a_static_pod_leaves_a_drained_node_and_a_deleted_one_with_its_ip() {
         let on = enis_holding(&c, addr);
         assert!(on.len() <= 1, "{addr} is on {on:?}");
     }
+}
+
+#[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+fn k8s_a_statefulset_scaled_down_and_up_gets_its_ips_back_and_its_deletion_frees_them() {
+    require_root();
+    let c = Cluster::up(2);
+    let ns = c.get("VPC_CNI_NAMESPACE").to_string();
+    // Owner references on, as an operator who wants workloads' deletion to
+    // free their static IPs sets them.
+    c.kubectl(&[
+        "-n",
+        &ns,
+        "patch",
+        "configmap",
+        "vpc-cni-config",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"enable-ownerref":"true"}}"#,
+    ]);
+    c.kubectl(&["-n", &ns, "rollout", "restart", "daemonset/vpc-cni-agent"]);
+    c.kubectl(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "daemonset/vpc-cni-agent",
+        "--timeout=120s",
+    ]);
+    c.apply(&sts("web", 3, STATIC));
+    let names = ["web-0", "web-1", "web-2"];
+    let ips: Vec<String> = names.iter().map(|n| c.pod_ip(n, WAIT)).collect();
+    let phase = |kind: &str, name: &str, path: &[&str]| {
+        c.object(kind, name)
+            .map(|v| s(&v, path).to_string())
+            .unwrap_or_default()
+    };
+
+    // Down to one: web-1 and web-2's claims and IPs are Reserved, kept.
+    c.kubectl(&["scale", "statefulset", "web", "--replicas=1"]);
+    for (name, ip) in names.iter().zip(&ips).skip(1) {
+        c.wait_until(&format!("{name} Reserved"), WAIT, || {
+            phase("vipc", name, &["status", "phase"]) == "Reserved"
+                && phase("vip", ip, &["spec", "phase"]) == "Reserved"
+        });
+    }
+    let listed = c.kubectl(&["get", "vipc"]);
+    assert!(
+        listed.lines().filter(|l| l.contains("Reserved")).count() == 2,
+        "kubectl get vipc shows both Reserved:\n{listed}"
+    );
+
+    // Back to three: each pod gets its own IP again, each on one ENI.
+    c.kubectl(&["scale", "statefulset", "web", "--replicas=3"]);
+    for (name, ip) in names.iter().zip(&ips) {
+        assert_eq!(&c.pod_ip(name, WAIT), ip, "{name} back with its IP");
+        c.wait_until(&format!("{ip} on exactly one ENI"), WAIT, || {
+            enis_holding(&c, ip).len() == 1
+        });
+    }
+    c.wait_until("the objects match the cloud and the pods", WAIT, || {
+        disagreements(&c).is_empty()
+    });
+
+    // The workload deleted: its claims (owned by it) and IPs go.
+    c.kubectl(&["delete", "statefulset", "web", "--wait=true"]);
+    for (name, ip) in names.iter().zip(&ips) {
+        c.wait_until(&format!("{name}'s claim and VpcIP gone"), WAIT, || {
+            c.object("vipc", name).is_none() && c.object("vip", ip).is_none()
+        });
+    }
+    c.wait_until(
+        "the addresses back in the pools, each on one ENI",
+        WAIT,
+        || ips.iter().all(|ip| enis_holding(&c, ip).len() <= 1),
+    );
 }
