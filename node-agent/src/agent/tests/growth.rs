@@ -291,28 +291,35 @@ async fn start_on(cloud: &FakeCloud, db: &std::path::Path) -> TestAgent {
     .expect("start")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_adds_on_a_cold_pool_grows_in_few_rounds() {
-    let h = harness().await;
-    let agent = Arc::new(h.agent);
-    let before = agent
-        .cloud
-        .growth_calls
-        .load(std::sync::atomic::Ordering::SeqCst);
-    let adds: Vec<_> = (0..30)
+/// `n` ADDs at once; the distinct IPs they got and the growth calls they
+/// cost.
+async fn burst(agent: &Arc<TestAgent>, prefix: &str, n: usize) -> (usize, usize) {
+    let calls = || {
+        agent
+            .cloud
+            .growth_calls
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let before = calls();
+    let adds: Vec<_> = (0..n)
         .map(|i| {
-            let agent = Arc::clone(&agent);
-            tokio::spawn(async move { add(&agent, &format!("burst{i}")).await })
+            let agent = Arc::clone(agent);
+            let id = format!("{prefix}{i}");
+            tokio::spawn(async move { add(&agent, &id).await })
         })
         .collect();
+    let mut ips = std::collections::HashSet::new();
     for a in adds {
-        a.await.expect("ADD");
+        ips.insert(a.await.expect("ADD").ip);
     }
-    let rounds = agent
-        .cloud
-        .growth_calls
-        .load(std::sync::atomic::Ordering::SeqCst)
-        - before;
+    (ips.len(), calls() - before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_adds_on_a_cold_pool_grows_in_few_rounds() {
+    let agent = Arc::new(harness().await.agent);
+    let (ips, rounds) = burst(&agent, "burst", 30).await;
+    assert_eq!(ips, 30);
     assert!(
         rounds <= 6,
         "30 ADDs waiting on a warm pool of 2 took {rounds} growth calls; \
@@ -323,29 +330,10 @@ async fn a_burst_of_adds_on_a_cold_pool_grows_in_few_rounds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_maintenance_loop_a_burst_is_served_as_ips_arrive_and_nothing_is_given_back_meanwhile()
  {
-    let h = harness().await;
-    let agent = Arc::new(h.agent);
+    let agent = Arc::new(harness().await.agent);
     let maintenance = tokio::spawn(Arc::clone(&agent).maintain_pool());
-    let before = agent
-        .cloud
-        .growth_calls
-        .load(std::sync::atomic::Ordering::SeqCst);
-    let adds: Vec<_> = (0..30)
-        .map(|i| {
-            let agent = Arc::clone(&agent);
-            tokio::spawn(async move { add(&agent, &format!("looped{i}")).await })
-        })
-        .collect();
-    let mut ips = std::collections::HashSet::new();
-    for a in adds {
-        ips.insert(a.await.expect("ADD").ip);
-    }
-    assert_eq!(ips.len(), 30, "30 ADDs, 30 distinct IPs");
-    let calls = agent
-        .cloud
-        .growth_calls
-        .load(std::sync::atomic::Ordering::SeqCst)
-        - before;
+    let (ips, calls) = burst(&agent, "looped", 30).await;
+    assert_eq!(ips, 30, "30 ADDs, 30 distinct IPs");
     assert!(
         calls <= 6,
         "the loop grew for all waiting ADDs at once: {calls} growth calls"
