@@ -151,6 +151,33 @@ impl Cluster {
         serde_json::from_str(&text).ok()
     }
 
+    /// Sets `key` in the ConfigMap `vpc-cni-config` and restarts the
+    /// agents so they read it, as an operator would.
+    pub fn set_config(&self, key: &str, value: &str) {
+        let ns = self.get("VPC_CNI_NAMESPACE").to_string();
+        let patch = serde_json::json!({ "data": { key: value } }).to_string();
+        self.kubectl(&[
+            "-n",
+            &ns,
+            "patch",
+            "configmap",
+            "vpc-cni-config",
+            "--type",
+            "merge",
+            "-p",
+            &patch,
+        ]);
+        self.kubectl(&["-n", &ns, "rollout", "restart", "daemonset/vpc-cni-agent"]);
+        self.kubectl(&[
+            "-n",
+            &ns,
+            "rollout",
+            "status",
+            "daemonset/vpc-cni-agent",
+            "--timeout=120s",
+        ]);
+    }
+
     /// The IP of pod `name` once it is Ready (within `limit`).
     pub fn pod_ip(&self, name: &str, limit: Duration) -> String {
         let p = self.wait_ready(name, limit);
@@ -342,6 +369,41 @@ spec:
         command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
 "#
     )
+}
+
+/// For a churn: one static StatefulSet of two pods per node (`PREFIX1`
+/// on node 1, ...), pinned there, its pods started all at once, and
+/// waited for (each within `limit`). The sets with their nodes, and the
+/// pods.
+pub fn pinned_sets(
+    c: &Cluster,
+    prefix: &str,
+    nodes: usize,
+    limit: Duration,
+) -> (Vec<(String, String)>, Vec<String>) {
+    let sets: Vec<(String, String)> = (1..=nodes)
+        .map(|n| {
+            (
+                format!("{prefix}{n}"),
+                c.get(&format!("NODE{n}_INSTANCE")).to_string(),
+            )
+        })
+        .collect();
+    for (name, node) in &sets {
+        let parallel = sts(name, 2, STATIC).replace(
+            &format!("  serviceName: {name}\n"),
+            &format!("  serviceName: {name}\n  podManagementPolicy: Parallel\n"),
+        );
+        c.apply(&pin(&parallel, node));
+    }
+    let pods: Vec<String> = sets
+        .iter()
+        .flat_map(|(name, _)| (0..2).map(move |i| format!("{name}-{i}")))
+        .collect();
+    for p in &pods {
+        c.wait_ready(p, limit);
+    }
+    (sets, pods)
 }
 
 /// `manifest`, a StatefulSet of [`sts`] or a [`pod`], with its pods placed

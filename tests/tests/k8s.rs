@@ -185,18 +185,6 @@ fn k8s_statefulset_pod_recreated_reaches_the_agent_as_del_and_add() {
     );
 }
 
-const IDLE_POD: &str = r#"apiVersion: v1
-kind: Pod
-metadata: {name: k8s-ds-pod}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: localhost/busybox:1.35
-    imagePullPolicy: Never
-    command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
-"#;
-
 #[test]
 #[cfg_attr(
     not(privileged),
@@ -279,7 +267,7 @@ fn k8s_vpc_cni_runs_from_deploy_as_a_daemonset_and_survives_its_pod_restarting()
 
     // A pod wired by the DaemonSet's agent keeps its IP when the agent's
     // pod is deleted: the new pod restores the pool from the node's store.
-    c.apply(IDLE_POD);
+    c.apply(&vpc_cni_tests::k8s::pod("k8s-ds-pod", ""));
     let pod = c.wait_ready("k8s-ds-pod", Duration::from_secs(120));
     let ip = pod["status"]["podIP"]
         .as_str()

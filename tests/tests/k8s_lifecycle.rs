@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vpc_cni_tests::k8s::{
     Cluster, STATIC, cloud_enis, disagreements, emulator_post, enis_holding, field as s, items,
-    pin, pod, ready, sts,
+    pin, pinned_sets, pod, ready, sts,
 };
 use vpc_cni_tests::require_root;
 
@@ -77,30 +77,7 @@ fn k8s_objects_match_the_cloud_after_the_api_server_dies_in_a_churn() {
     require_root();
     let c = Cluster::up(2);
     let ns = c.get("VPC_CNI_NAMESPACE").to_string();
-    let sets: Vec<(String, String)> = (1..=2)
-        .map(|n| {
-            (
-                format!("api{n}"),
-                c.get(&format!("NODE{n}_INSTANCE")).to_string(),
-            )
-        })
-        .collect();
-    for (name, node) in &sets {
-        c.apply(&pin(
-            &sts(name, 2, STATIC).replace(
-                &format!("  serviceName: {name}\n"),
-                &format!("  serviceName: {name}\n  podManagementPolicy: Parallel\n"),
-            ),
-            node,
-        ));
-    }
-    let pods: Vec<String> = sets
-        .iter()
-        .flat_map(|(name, _)| (0..2).map(move |i| format!("{name}-{i}")))
-        .collect();
-    for p in &pods {
-        c.wait_ready(p, WAIT);
-    }
+    let (sets, pods) = pinned_sets(&c, "api", 2, WAIT);
 
     // The moments: when each API server kill comes (after the previous
     // one is ready again) and how long it stays down; the pauses between

@@ -173,29 +173,9 @@ fn k8s_a_static_pod_leaves_a_drained_node_and_a_deleted_one_with_its_ip() {
 fn k8s_a_statefulset_scaled_down_and_up_gets_its_ips_back_and_its_deletion_frees_them() {
     require_root();
     let c = Cluster::up(2);
-    let ns = c.get("VPC_CNI_NAMESPACE").to_string();
     // Owner references on, as an operator who wants workloads' deletion to
     // free their static IPs sets them.
-    c.kubectl(&[
-        "-n",
-        &ns,
-        "patch",
-        "configmap",
-        "vpc-cni-config",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"data":{"enable-ownerref":"true"}}"#,
-    ]);
-    c.kubectl(&["-n", &ns, "rollout", "restart", "daemonset/vpc-cni-agent"]);
-    c.kubectl(&[
-        "-n",
-        &ns,
-        "rollout",
-        "status",
-        "daemonset/vpc-cni-agent",
-        "--timeout=120s",
-    ]);
+    c.set_config("enable-ownerref", "true");
     c.apply(&sts("web", 3, STATIC));
     let names = ["web-0", "web-1", "web-2"];
     let ips: Vec<String> = names.iter().map(|n| c.pod_ip(n, WAIT)).collect();

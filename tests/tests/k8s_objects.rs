@@ -7,12 +7,12 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use vpc_cni_tests::k8s::{Cluster, disagreements, emulator_post, items, pin, pod, sts};
+use vpc_cni_tests::k8s::{
+    Cluster, STATIC, disagreements, emulator_post, items, pin, pinned_sets, pod, sts,
+};
 use vpc_cni_tests::require_root;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-const STATIC: &str = "tke.cloud.tencent.com/vpc-ip-claim-delete-policy: Never";
 
 fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     path.iter()
@@ -278,26 +278,7 @@ fn k8s_eni_limit_is_an_event_ownerrefs_cascade_and_the_cluster_component_leads()
     let pinned = |name: &str| pin(&sts(name, 1, STATIC), &healthy);
     c.apply(&pinned("before"));
     pod_ip(&c, "before-0");
-    c.kubectl(&[
-        "-n",
-        &ns,
-        "patch",
-        "configmap",
-        "vpc-cni-config",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"data":{"enable-ownerref":"true"}}"#,
-    ]);
-    c.kubectl(&["-n", &ns, "rollout", "restart", "daemonset/vpc-cni-agent"]);
-    c.kubectl(&[
-        "-n",
-        &ns,
-        "rollout",
-        "status",
-        "daemonset/vpc-cni-agent",
-        "--timeout=120s",
-    ]);
+    c.set_config("enable-ownerref", "true");
     c.apply(&pinned("after"));
     let ip = pod_ip(&c, "after-0");
     c.wait_until("after-0's claim owned by its StatefulSet", WAIT, || {
@@ -334,30 +315,7 @@ fn k8s_objects_match_the_cloud_after_agents_and_the_cluster_component_die_in_a_c
     let ns = c.get("VPC_CNI_NAMESPACE").to_string();
     // One StatefulSet per node: a static IP stays on its node here (moving
     // one between nodes has its own test below).
-    let sets: Vec<(String, String)> = (1..=2)
-        .map(|n| {
-            (
-                format!("churn{n}"),
-                c.get(&format!("NODE{n}_INSTANCE")).to_string(),
-            )
-        })
-        .collect();
-    for (name, node) in &sets {
-        c.apply(&pin(
-            &sts(name, 2, STATIC).replace(
-                &format!("  serviceName: {name}\n"),
-                &format!("  serviceName: {name}\n  podManagementPolicy: Parallel\n"),
-            ),
-            node,
-        ));
-    }
-    let pods: Vec<String> = sets
-        .iter()
-        .flat_map(|(name, _)| (0..2).map(move |i| format!("{name}-{i}")))
-        .collect();
-    for p in &pods {
-        c.wait_ready(p, WAIT);
-    }
+    let (sets, pods) = pinned_sets(&c, "churn", 2, WAIT);
     let kill = |selector: &str| {
         // As a crash: no grace; the runtime tears the container down.
         let _ = c.try_kubectl(
