@@ -582,3 +582,32 @@ impl Drop for Cluster {
             .output();
     }
 }
+
+/// Reproducible randomness for the churn: xorshift64 from a seed printed
+/// at the start (`VPC_CNI_CHURN_SEED` replays one).
+#[derive(Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `VPC_CNI_CHURN_SEED`, else the clock; prints the seed.
+    pub fn seeded() -> Rng {
+        let seed = std::env::var("VPC_CNI_CHURN_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        eprintln!("churn seed {seed} (VPC_CNI_CHURN_SEED={seed} replays it)");
+        Rng(seed | 1)
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}

@@ -1,8 +1,7 @@
 //! Privileged: the life of claims and ENIs on a real cluster
 //! (`vpc-sim up --kubernetes`, vpc-cni from `deploy/`) when things die or
-//! time passes: the API server SIGKILLed at random moments of a churn and
-//! of a static IP's moves between nodes (with the agents crash-deleted too),
-//! a reserved static IP expiring, and the cluster component sweeping up
+//! time passes: the API server SIGKILLed at random moments of a churn, a
+//! reserved static IP expiring, and the cluster component sweeping up
 //! after a node that is gone (a static pod leaving a drained or deleted
 //! node is in `k8s_moves.rs`).
 //!
@@ -14,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vpc_cni_tests::k8s::{
-    Cluster, STATIC, cloud_enis, disagreements, emulator_post, enis_holding, field as s, items,
-    pin, pinned_sets, pod, ready, sts,
+    Cluster, Rng, STATIC, cloud_enis, disagreements, emulator_post, enis_holding, field as s,
+    items, pin, pinned_sets, pod, sts,
 };
 use vpc_cni_tests::require_root;
 
@@ -40,32 +39,6 @@ fn add_args(args: &[&str]) -> String {
         })
         .collect();
     Value::Array(ops).to_string()
-}
-
-/// Reproducible randomness for the churn: xorshift64 from a seed printed
-/// at the start (`VPC_CNI_CHURN_SEED` replays one).
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        let seed = std::env::var("VPC_CNI_CHURN_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
-        eprintln!("churn seed {seed} (VPC_CNI_CHURN_SEED={seed} replays it)");
-        Rng(seed | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
 }
 
 #[test]
@@ -447,96 +420,4 @@ fn k8s_the_cluster_component_sweeps_up_after_a_node_that_is_gone() {
             s(&claim, &["metadata", "name"])
         );
     }
-}
-
-#[test]
-#[cfg_attr(
-    not(privileged),
-    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
-)]
-fn k8s_a_static_ip_moving_between_nodes_survives_agents_and_the_api_server_dying() {
-    require_root();
-    let c = Cluster::up(2);
-    let ns = c.get("VPC_CNI_NAMESPACE").to_string();
-    let nodes = [
-        c.get("NODE1_INSTANCE").to_string(),
-        c.get("NODE2_INSTANCE").to_string(),
-    ];
-    let retry = Duration::from_secs(120);
-    let apply = |manifest: &str| {
-        let deadline = Instant::now() + retry;
-        while let Err(e) = c.try_kubectl(&["apply", "-f", "-"], Some(manifest)) {
-            assert!(Instant::now() < deadline, "kubectl apply: {e}");
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    };
-    apply(&pin(&sts("mover", 1, STATIC), &nodes[0]));
-    let ip = c.pod_ip("mover-0", WAIT);
-    let mut rng = Rng::seeded();
-    // Each move: the pod pinned to the other node and deleted, while at
-    // random moments both agents are crash-deleted and the API server is
-    // killed and kept down a while.
-    for round in 1..=4usize {
-        let to = &nodes[round % 2];
-        let (agents_at, api_at, down) = (rng.below(1_500), rng.below(2_000), rng.below(2_500));
-        std::thread::scope(|scope| {
-            let killer = scope.spawn(|| {
-                std::thread::sleep(Duration::from_millis(api_at));
-                c.restart("kube-apiserver", Duration::from_millis(down))
-            });
-            apply(&pin(&sts("mover", 1, STATIC), to));
-            let _ = c.try_kubectl(
-                &[
-                    "delete",
-                    "pod",
-                    "mover-0",
-                    "--grace-period=0",
-                    "--force",
-                    "--wait=false",
-                ],
-                None,
-            );
-            std::thread::sleep(Duration::from_millis(agents_at));
-            let _ = c.try_kubectl(
-                &[
-                    "-n",
-                    &ns,
-                    "delete",
-                    "pods",
-                    "-l",
-                    "app.kubernetes.io/name=vpc-cni-agent",
-                    "--grace-period=0",
-                    "--force",
-                    "--wait=false",
-                ],
-                None,
-            );
-            let said = killer.join().expect("the killer thread");
-            eprintln!("move {round}: {said}");
-        });
-        c.wait_until(
-            &format!("mover-0 Ready on {to} (move {round})"),
-            Duration::from_secs(240),
-            || {
-                c.pod("mover-0")
-                    .is_some_and(|p| s(&p, &["spec", "nodeName"]) == to.as_str() && ready(&p))
-            },
-        );
-        assert_eq!(c.pod_ip("mover-0", WAIT), ip, "move {round}: the same IP");
-        c.wait_until(
-            &format!("{ip} on exactly one ENI, {to}'s (move {round})"),
-            Duration::from_secs(120),
-            || {
-                let holders = enis_holding(&c, &ip);
-                holders.len() == 1
-                    && cloud_enis(&c)[holders[0].as_str()]["attached_to"].as_str()
-                        == Some(to.as_str())
-            },
-        );
-    }
-    c.wait_until(
-        "the objects match the cloud and the pods",
-        Duration::from_secs(120),
-        || disagreements(&c).is_empty(),
-    );
 }
