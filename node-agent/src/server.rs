@@ -270,10 +270,9 @@ async fn connection<H: Handler>(
         }
     };
     let write = async {
-        let header =
-            wire::frame_header(payload.len()).map_err(|e| io::Error::other(e.to_string()))?;
-        stream.write_all(&header).await?;
-        stream.write_all(&payload).await?;
+        // One write: the plugin, blocked reading, wakes once.
+        let frame = wire::frame(&payload).map_err(|e| io::Error::other(e.to_string()))?;
+        stream.write_all(&frame).await?;
         stream.flush().await
     };
     match tokio::time::timeout(config.write_timeout, write).await {

@@ -87,25 +87,25 @@ pub fn call_with_netns(
     Ok(wire::decode_reply(&reply)?)
 }
 
-/// Writes one frame whose header carries `fd` as `SCM_RIGHTS`.
+/// Writes one frame, in one `sendmsg` when the socket takes it whole, with
+/// `fd` as `SCM_RIGHTS`.
 fn send_with_fd(
     stream: &mut UnixStream,
     payload: &[u8],
     fd: BorrowedFd<'_>,
 ) -> Result<(), WireError> {
     use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-    let header = wire::frame_header(payload.len())?;
+    let frame = wire::frame(payload)?;
     let fds = [fd.as_raw_fd()];
     let sent = sendmsg::<()>(
         stream.as_raw_fd(),
-        &[IoSlice::new(&header)],
+        &[IoSlice::new(&frame)],
         &[ControlMessage::ScmRights(&fds)],
         MsgFlags::empty(),
         None,
     )
     .map_err(io::Error::from)?;
-    stream.write_all(&header[sent..])?;
-    stream.write_all(payload)?;
+    stream.write_all(&frame[sent..])?;
     stream.flush()?;
     Ok(())
 }
@@ -121,5 +121,47 @@ fn timed_out(e: WireError, timeout: Duration) -> CallError {
             CallError::Timeout(timeout)
         }
         other => CallError::Wire(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::IoSliceMut;
+    use std::os::fd::AsFd;
+
+    /// The request and the namespace's descriptor arrive in one message:
+    /// the agent wakes once for the whole request.
+    #[test]
+    fn a_request_with_its_netns_arrives_in_one_message() {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        let (mut ours, theirs) = UnixStream::pair().expect("socketpair");
+        let netns = std::fs::File::open("/proc/self/ns/net").expect("own netns");
+        send_with_fd(&mut ours, b"{\"request\":1}", netns.as_fd()).expect("send");
+        let mut buf = [0u8; 64];
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = recvmsg::<()>(
+            theirs.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .expect("recvmsg");
+        let fds: Vec<_> = msg
+            .cmsgs()
+            .expect("cmsgs")
+            .filter_map(|c| match c {
+                ControlMessageOwned::ScmRights(fds) => Some(fds),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let got = msg.bytes;
+        for fd in &fds {
+            let _ = nix::unistd::close(*fd);
+        }
+        assert_eq!(fds.len(), 1);
+        assert_eq!(&buf[..got], wire::frame(b"{\"request\":1}").expect("frame"));
     }
 }

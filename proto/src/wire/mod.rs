@@ -682,11 +682,20 @@ pub fn parse_header(header: [u8; 4]) -> Result<usize, WireError> {
 
 /// Writes one frame.
 pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> Result<(), WireError> {
-    let header = frame_header(payload.len())?;
-    w.write_all(&header)?;
-    w.write_all(payload)?;
+    w.write_all(&frame(payload)?)?;
     w.flush()?;
     Ok(())
+}
+
+/// One frame, header and payload in one buffer: written in one call, so
+/// the reader wakes once for all of it (a header written on its own wakes
+/// a blocked reader that then sleeps again until the payload comes).
+pub fn frame(payload: &[u8]) -> Result<Vec<u8>, WireError> {
+    let header = frame_header(payload.len())?;
+    let mut frame = Vec::with_capacity(header.len() + payload.len());
+    frame.extend_from_slice(&header);
+    frame.extend_from_slice(payload);
+    Ok(frame)
 }
 
 /// Reads one frame.
