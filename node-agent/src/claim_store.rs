@@ -22,7 +22,7 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 use crate::ipam::{Change, Claim};
-use crate::outbox::{Delivery, Outbox};
+use crate::outbox::{Delivery, Subscription};
 
 /// A boxed future, so that the trait stays object safe.
 pub type ClaimFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ClaimStoreError>> + Send + 'a>>;
@@ -194,14 +194,12 @@ pub fn claim_changes(changes: &[Change]) -> Vec<ClaimChange> {
         .collect()
 }
 
-/// Feeds `store` from the outbox until the agent stops: a snapshot syncs
+/// Feeds `store` from an outbox subscription until the agent stops: a snapshot syncs
 /// it, each batch's claim changes are published. A failure is retried
 /// with backoff from a fresh snapshot, so the store converges on what the
 /// node's store holds.
-pub async fn follow(outbox: Arc<Outbox>, store: Arc<dyn ClaimStore>, node: String) {
+pub async fn follow(mut stream: Subscription, store: Arc<dyn ClaimStore>, node: String) {
     let mut backoff = Duration::from_millis(200);
-    let mut stream = outbox.subscribe();
-    drop(outbox);
     while let Some(delivery) = stream.next().await {
         let result = match delivery {
             Delivery::Snapshot { seq, pool } => {

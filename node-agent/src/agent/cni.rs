@@ -92,7 +92,16 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             crate::metrics::add_phase("kernel", at.elapsed());
             wired
         };
-        let (wired, committed) = tokio::join!(kernel, self.txn.durable(pending));
+        // The commit as a task of its own: the kernel work below blocks this
+        // thread (`block_in_place`), whose runtime core, handed to another
+        // thread, runs the commit meanwhile.
+        let committing = tokio::spawn(pending.wait());
+        let wired = kernel.await;
+        let committed = self.txn.durable_outcome(
+            committing
+                .await
+                .unwrap_or_else(|e| Err(format!("the commit task failed: {e}"))),
+        );
         match (wired, committed) {
             (Ok(_), Ok(())) if past_deadline() && !plan.existing => {
                 // The caller gave up and will not DEL what it never heard of.
@@ -209,6 +218,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     }
 
     pub(super) async fn del(&self, req: DelRequest) -> Result<Response, AgentError> {
+        let started = Instant::now();
         let _no_gc = self.gc_lock.read().await;
         let key = convert::key(&req.key);
         let Some(allocation) = self.txn.read(|ipam, _| ipam.allocation(&key).cloned()) else {
@@ -227,7 +237,11 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             .await
             .map_err(dataplane_error)?;
         self.release(&key).await?;
-        info!(ip = %allocation.ip, "pod deleted");
+        info!(
+            ip = %allocation.ip,
+            took_us = started.elapsed().as_micros() as u64,
+            "pod deleted"
+        );
         Ok(Response::Deleted)
     }
 

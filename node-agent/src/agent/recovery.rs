@@ -145,8 +145,10 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             reserved = counts.reserved,
             "pool restored"
         );
+        // Subscribed here, not in the task: a commit made before the task
+        // first runs is still delivered as itself.
         tokio::spawn(claim_store::follow(
-            outbox,
+            outbox.subscribe(),
             claim_store,
             agent.instance_id.clone(),
         ));

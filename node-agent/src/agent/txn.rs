@@ -96,7 +96,12 @@ impl Txn {
 
     /// Waits until queued changes are durable; a failure poisons the agent.
     pub async fn durable(&self, pending: Pending) -> Result<(), AgentError> {
-        pending.wait().await.map_err(|e| {
+        self.durable_outcome(pending.wait().await)
+    }
+
+    /// What a [`Pending`]'s wait came to; a failure poisons the agent.
+    pub fn durable_outcome(&self, waited: Result<(), String>) -> Result<(), AgentError> {
+        waited.map_err(|e| {
             self.poison(&e);
             AgentError::new(ErrorKind::Store, e)
         })
