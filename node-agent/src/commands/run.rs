@@ -358,7 +358,17 @@ async fn listen<C: Cloud, D: Dataplane>(
     let stop = async move {
         let _ = tx.send(stop.await);
     };
-    server::serve(listener, agent, ServerConfig::default(), stop).await;
+    // Accepting on a worker thread, not this one (which only blocks on the
+    // runtime): a connection's task then starts on the thread that accepted
+    // it, instead of waking another thread for every CNI call.
+    tokio::spawn(server::serve(
+        listener,
+        agent,
+        ServerConfig::default(),
+        stop,
+    ))
+    .await
+    .map_err(|e| format!("the socket server failed: {e}"))?;
     warm.abort();
     let _ = std::fs::remove_file(&args.socket);
     match rx.await.ok().flatten() {

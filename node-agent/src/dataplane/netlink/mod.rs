@@ -1,7 +1,8 @@
-//! The data path over rtnetlink. ADD and DEL run on the data-path
-//! [`workers`], each with its own blocking netlink socket in the node's
-//! namespace and a short-lived one inside a pod's namespace, sending their
-//! requests in [`batch`]es; everything else (ENIs, CHECK, GC, egress) uses
+//! The data path over rtnetlink. ADD and DEL run through the data-path
+//! [`workers`] (on the serving thread when it can block, else on a worker
+//! thread), with a blocking netlink socket in the node's namespace and a
+//! short-lived one inside a pod's namespace, sending their requests in
+//! [`batch`]es; everything else (ENIs, CHECK, GC, egress) uses
 //! one long-lived async socket in the node's namespace.
 //!
 //! ADD sends 8 requests in three sends: the veth pair (with the host end up
@@ -58,9 +59,6 @@ pub struct NetlinkDataplane {
     node_netns: Option<PathBuf>,
     reaper: Arc<reaper::Reaper>,
     workers: workers::Workers,
-    /// A blocking socket in the node's namespace for DEL's few requests,
-    /// sent from the runtime thread itself (no hand-over to a worker).
-    inline: Arc<std::sync::Mutex<batch::NlSocket>>,
     egress: Egress,
 }
 
@@ -83,14 +81,9 @@ impl NetlinkDataplane {
         let workers = workers::Workers::start(home)
             .await
             .map_err(io_err("start the data-path workers"))?;
-        let inline = workers
-            .run(|_| batch::NlSocket::open())
-            .await?
-            .map_err(io_err("open netlink socket in the node namespace"))?;
         Ok(NetlinkDataplane {
             reaper: reaper::Reaper::start(node.clone()),
             workers,
-            inline: Arc::new(std::sync::Mutex::new(inline)),
             node,
             node_netns: node_netns.map(Path::to_path_buf),
             egress: Egress::Off,

@@ -1,5 +1,6 @@
-//! Wiring a pod, in as few round trips as the kernel allows, on a
-//! data-path worker ([`super::workers`]) with batched requests
+//! Wiring a pod, in as few round trips as the kernel allows, as a
+//! data-path job ([`super::workers`]: on the serving thread, or a worker
+//! thread when it cannot block) with batched requests
 //! ([`super::batch`]). ADD: one request creates the veth pair with the host
 //! end up, their MACs, our link group and the pod end inside the pod's
 //! namespace, and the kernel echoes the host end back (its index, and the
@@ -168,20 +169,6 @@ impl NetlinkDataplane {
             Request::new(RouteNetlinkMessage::DelRoute(route), 0, "ip route del")
                 .tolerating(&[ESRCH, ENOENT]),
         ];
-        // A few microseconds of kernel work: sent from this thread when the
-        // runtime lets it block, which saves two thread hand-overs.
-        if tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            let socket = Arc::clone(&self.inline);
-            return tokio::task::block_in_place(move || {
-                socket
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .run(requests)
-                    .map(drop)
-            });
-        }
         self.workers
             .run(move |worker| worker.node.run(requests).map(drop))
             .await?

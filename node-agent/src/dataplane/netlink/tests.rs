@@ -196,6 +196,13 @@ async fn privileged_attach_check_detach_a_pod() {
 
     let links = dp.attach_pod(&s).await.expect("attach");
     assert_eq!(links.host_ifname, host_ifname("c1", "eth0"));
+    // The kernel work ran on this thread, which entered the pod's
+    // namespace for a socket there: it is back in its own.
+    assert_eq!(
+        std::fs::read_link("/proc/thread-self/ns/net").expect("own netns"),
+        std::fs::read_link("/proc/self/ns/net").expect("process netns"),
+        "the serving thread came back from the pod's namespace"
+    );
     assert_eq!(
         dp.attach_pod(&s).await.expect("attach is idempotent"),
         links

@@ -1,10 +1,14 @@
-//! The data-path workers: a few long-lived threads that do the kernel work
-//! of ADD and DEL synchronously, in batches ([`super::batch`]). Each lives
-//! in the node's namespace with its own netlink socket there; it enters a
-//! pod's namespace only to open a socket in it and comes straight back. An
-//! async caller hands a job over and awaits its result, so no runtime
-//! thread ever changes namespace or blocks on the kernel, and a job costs
-//! two thread hand-overs instead of one per request.
+//! The data-path workers: the kernel work of ADD and DEL, done
+//! synchronously, in batches ([`super::batch`]). A job runs on the calling
+//! runtime thread when it can (`block_in_place`, with a netlink socket of
+//! the node's namespace from a small pool): no hand-over to another thread
+//! and back, which costs two wake-ups of idle CPUs per job. When the pool
+//! is empty (many ADDs at once) or the runtime cannot block, it goes to a
+//! few long-lived threads that live in the node's namespace with their own
+//! sockets. Either way a job enters a pod's namespace only to open a socket
+//! in it and comes straight back; a runtime thread that could not come back
+//! aborts the agent (crash-only: it restarts from its store), since every
+//! task it ran next would act in the wrong namespace.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -23,14 +27,19 @@ const WORKERS: usize = 2;
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 
+/// Node sockets kept for jobs run on the caller's thread: as many as ADDs
+/// usually run at once on a node.
+const INLINE_SOCKETS: usize = 4;
+
 /// What a job works with.
 #[derive(Debug)]
 pub struct Worker {
     /// A socket in the node's namespace.
     pub node: NlSocket,
+    /// The namespace the thread comes back to after entering a pod's.
     home: Arc<OwnedFd>,
-    /// Set when the thread could not come back to the node's namespace:
-    /// it stops after this job.
+    /// Set when the thread could not come back to `home`: a worker thread
+    /// stops after this job, a runtime thread aborts the agent.
     lost: bool,
 }
 
@@ -54,10 +63,14 @@ impl Worker {
     }
 }
 
-/// The workers' queue.
+/// The workers' queue, and the sockets for jobs run in place.
 #[derive(Debug)]
 pub struct Workers {
     queue: Sender<Job>,
+    /// Node sockets for jobs run on the caller's thread.
+    pool: Mutex<Vec<NlSocket>>,
+    /// The runtime threads' own namespace, which they come back to.
+    own: Arc<OwnedFd>,
 }
 
 impl Workers {
@@ -74,11 +87,52 @@ impl Workers {
                 .await
                 .map_err(|_| io::Error::other("a data-path worker died starting"))??;
         }
-        Ok(Workers { queue })
+        let own = Arc::new(OwnedFd::from(std::fs::File::open(
+            "/proc/thread-self/ns/net",
+        )?));
+        let workers = Workers {
+            queue,
+            pool: Mutex::new(Vec::new()),
+            own,
+        };
+        for _ in 0..INLINE_SOCKETS {
+            let socket = workers
+                .queued(|_| NlSocket::open())
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))??;
+            workers.pool().push(socket);
+        }
+        Ok(workers)
     }
 
-    /// Runs `job` on a worker and waits for its result.
+    /// Runs `job` and waits for its result: on this thread when the
+    /// runtime lets it block and a node socket is free, else on a worker.
     pub async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Worker) -> T + Send + 'static,
+    ) -> Result<T, DataplaneError> {
+        let can_block = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let socket = if can_block { self.pool().pop() } else { None };
+        let Some(node) = socket else {
+            return self.queued(job).await;
+        };
+        let mut worker = Worker {
+            node,
+            home: Arc::clone(&self.own),
+            lost: false,
+        };
+        let out = tokio::task::block_in_place(|| job(&mut worker));
+        if worker.lost {
+            error!("a runtime thread could not return to the agent's namespace; aborting");
+            std::process::abort();
+        }
+        self.pool().push(worker.node);
+        Ok(out)
+    }
+
+    /// Runs `job` on a worker thread and waits for its result.
+    async fn queued<T: Send + 'static>(
         &self,
         job: impl FnOnce(&mut Worker) -> T + Send + 'static,
     ) -> Result<T, DataplaneError> {
@@ -92,6 +146,12 @@ impl Workers {
         };
         self.queue.send(job).map_err(|_| gone())?;
         result.await.map_err(|_| gone())
+    }
+}
+
+impl Workers {
+    fn pool(&self) -> std::sync::MutexGuard<'_, Vec<NlSocket>> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
