@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use bench::rss_kib;
+use bench::{rss_kib, rss_split_kib};
 use proto::wire::{IpState, Request, Response};
 use vpc_cni_tests::{CniEnv, PodNetns, Sim, cni};
 
@@ -41,6 +41,7 @@ fn main() {
     let socket = std::path::PathBuf::from(sim.get("NODE1_SOCKET"));
     let pid = agent_pid(&sim);
     let rss = pid.and_then(rss_kib).unwrap_or(0) as f64 / 1024.0;
+    let (anon, file) = pid.and_then(rss_split_kib).unwrap_or((0, 0));
     let before = allocated(&socket);
     let restart = Instant::now();
     sim.crash_agent(1);
@@ -53,7 +54,12 @@ fn main() {
         "{pods} pods on one node (netlink data path): added one by one in {:.1} s",
         added.as_secs_f64()
     );
-    let _ = writeln!(out, "agent resident memory with {pods} pods: {rss:.1} MiB");
+    let _ = writeln!(
+        out,
+        "agent resident memory with {pods} pods: {rss:.1} MiB ({:.1} MiB its own, {:.1} MiB of its executable and libraries)",
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0
+    );
     let _ = writeln!(
         out,
         "SIGKILL to STATUS ready again: {:.0} ms; resident memory after the restart: {rss_after:.1} MiB",

@@ -14,6 +14,7 @@ pub mod ipam;
 #[cfg(feature = "kubernetes")]
 pub mod kube;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod outbox;
 pub mod server;

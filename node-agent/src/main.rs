@@ -39,6 +39,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    one_malloc_arena();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => commands::run::run(*args),
@@ -56,6 +57,23 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("vpc-cni-agent: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// glibc gives each thread that allocates its own arena (up to eight per
+/// core), and each keeps what it once held: on a node with 250 pods the
+/// agent's own memory was 8.6 MiB, 5.9 MiB with one arena. The agent's
+/// threads allocate little and rarely at the same moment, so one arena
+/// costs no measurable time (bench/cni-latency). Set before any thread
+/// starts; `MALLOC_ARENA_MAX` in the environment still wins.
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only changes a malloc tunable; called before any
+        // other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
         }
     }
 }

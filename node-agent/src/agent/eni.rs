@@ -71,11 +71,17 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             if due {
                 self.repair_egress().await;
             }
+            // Jittered by up to a tenth, so nodes started together do not
+            // call the API together every tick; sooner when freed memory
+            // is still to be given back.
+            let mut next =
+                self.config.maintenance_interval + jitter(self.config.maintenance_interval / 10);
+            if let Some(soon) = crate::memory::give_back() {
+                next = next.min(soon);
+            }
             tokio::select! {
                 _ = self.pool_changed.notified() => {}
-                // Jittered by up to a tenth, so nodes started together do
-                // not call the API together every tick.
-                _ = tokio::time::sleep(self.config.maintenance_interval + jitter(self.config.maintenance_interval / 10)) => {}
+                _ = tokio::time::sleep(next) => {}
             }
         }
     }

@@ -25,6 +25,11 @@ const ALLOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("allocati
 const COOLING: TableDefinition<u32, u64> = TableDefinition::new("cooling");
 const CLAIMS: TableDefinition<&str, &[u8]> = TableDefinition::new("claims");
 const FORMAT_KEY: &str = "format_version";
+/// redb's page cache. A node's store is a few hundred KiB (a full node:
+/// 8 ENIs, 250 pods), read whole once at start; writes are a few pages per
+/// commit. redb's default (1 GiB) let the cache keep every page a commit
+/// ever wrote, several MiB of the agent's memory on a busy node.
+const CACHE_BYTES: usize = 1 << 20;
 
 /// The redb-backed store.
 #[derive(Debug)]
@@ -37,10 +42,13 @@ impl RedbStore {
     /// format in place. Fails if another process holds it or it was written
     /// in a format this agent does not know.
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            path: path.display().to_string(),
-            source: Box::new(e),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                source: Box::new(e),
+            })?;
         let txn = db.begin_write().map_err(io)?;
         {
             let mut meta = txn.open_table(META).map_err(io)?;
