@@ -180,6 +180,24 @@ fn measure(o: &Options, work: &Path, host_ns: &str) -> Result<(), String> {
         }
         medians.push((pct(&adds, 50.0), pct(&dels, 50.0)));
     }
+    let inside = |message: &str| {
+        let took = agent_took_ms(&state, message);
+        if took.is_empty() {
+            f64::NAN
+        } else {
+            pct(&took, 50.0)
+        }
+    };
+    let _ = writeln!(
+        out,
+        "{:<16} {:>5} {:>11.2}   (the agent's own time, from its log)\n{:<16} {:>5} {:>11.2}",
+        "  in the agent",
+        "ADD",
+        inside("pod added"),
+        "  in the agent",
+        "DEL",
+        inside("pod deleted")
+    );
     let _ = writeln!(
         out,
         "\nvpc-cni / ptp+host-local at the median: ADD {:.3}x, DEL {:.3}x",
@@ -258,4 +276,16 @@ fn burst(net: &Network, verb: &str, pods: &[Pod], parallel: usize) -> Result<(),
             .into_iter()
             .try_for_each(|w| w.join().map_err(|_| "worker panicked".to_string())?)
     })
+}
+
+/// The `took_us` of the agent's log lines with `message`, in ms (the time
+/// from the request read to the answer, inside the agent).
+fn agent_took_ms(state: &Path, message: &str) -> Vec<f64> {
+    let log = std::fs::read_to_string(state.join("node1/agent.log")).unwrap_or_default();
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == message)
+        .filter_map(|v| v["took_us"].as_u64())
+        .map(|us| us as f64 / 1e3)
+        .collect()
 }

@@ -294,24 +294,50 @@ impl Cluster {
 
     /// The name of the DaemonSet's agent pod on node `n`.
     pub fn agent_pod(&self, n: usize) -> String {
-        let node = self.get(&format!("NODE{n}_INSTANCE")).to_string();
-        self.kubectl(&[
-            "-n",
-            self.get("VPC_CNI_NAMESPACE"),
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/name=vpc-cni-agent",
-            "--field-selector",
-            &format!("spec.nodeName={node}"),
-            "-o",
-            "jsonpath={.items[0].metadata.name}",
-        ])
+        self.try_agent_pod(n)
+            .unwrap_or_else(|e| panic!("node {n}'s agent pod: {e}"))
     }
 
-    /// Node `n`'s agent log (`kubectl logs` of its DaemonSet pod).
+    fn try_agent_pod(&self, n: usize) -> Result<String, String> {
+        let node = self.get(&format!("NODE{n}_INSTANCE")).to_string();
+        self.try_kubectl(
+            &[
+                "-n",
+                self.get("VPC_CNI_NAMESPACE"),
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/name=vpc-cni-agent",
+                "--field-selector",
+                &format!("spec.nodeName={node}"),
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ],
+            None,
+        )
+        .and_then(|name| {
+            if name.trim().is_empty() {
+                Err("none".into())
+            } else {
+                Ok(name.trim().to_string())
+            }
+        })
+    }
+
+    /// Node `n`'s agent log (`kubectl logs` of its DaemonSet pod), or why
+    /// there is none: for reports, so it never panics (the pod may be
+    /// between a crash-delete and its replacement; it is waited for 30 s).
     pub fn agent_log(&self, n: usize) -> String {
-        let pod = self.agent_pod(n);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let pod = loop {
+            match self.try_agent_pod(n) {
+                Ok(pod) => break pod,
+                Err(e) if Instant::now() > deadline => {
+                    return format!("(no agent pod on node {n}: {e})");
+                }
+                Err(_) => std::thread::sleep(Duration::from_secs(1)),
+            }
+        };
         self.try_kubectl(
             &[
                 "-n",
@@ -323,7 +349,7 @@ impl Cluster {
             ],
             None,
         )
-        .unwrap_or_default()
+        .unwrap_or_else(|e| format!("(kubectl logs {pod}: {e})"))
     }
 }
 

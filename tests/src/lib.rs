@@ -416,7 +416,15 @@ impl Sim {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "agent did not come back");
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(state.join(format!("node{n}/agent.log")))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                panic!(
+                    "agent did not come back within 10 s; the end of its log:\n{}",
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
