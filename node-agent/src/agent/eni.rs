@@ -27,6 +27,8 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     pub async fn maintain_pool(self: Arc<Self>) {
         self.loop_grows.store(true, Ordering::SeqCst);
         let _stopped = StopGrowing(&self.loop_grows);
+        // Sandboxes that vanished without a DEL are looked for once a tick.
+        let mut last_sweep = None::<tokio::time::Instant>;
         loop {
             if self.txn.poisoned().is_some() {
                 return;
@@ -67,6 +69,12 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             }
             if let Err(e) = self.expire_claims().await {
                 warn!(error = %e.message, "could not expire static IP claims");
+            }
+            if last_sweep.is_none_or(|at| at.elapsed() >= self.config.maintenance_interval) {
+                last_sweep = Some(tokio::time::Instant::now());
+                if let Err(e) = self.release_vanished().await {
+                    warn!(error = %e.message, "could not look for vanished sandboxes");
+                }
             }
             if due {
                 self.repair_egress().await;

@@ -233,6 +233,38 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     }
 
     /// Every live allocation as the dataplane needs it.
+    /// Releases the IPs of sandboxes whose network namespace is gone
+    /// though no DEL came: a runtime whose ADD failed (the agent was
+    /// restarting, say) cleans up with a DEL that fails too and then drops
+    /// the sandbox for good, and nothing would ever release its IP. A
+    /// static pod's claim then turns `Reserved`, so the node the pod runs
+    /// on now can take it over. Returns how many it released.
+    pub(super) async fn release_vanished(&self) -> Result<usize, proto::wire::AgentError> {
+        // No ADD meanwhile: one between its commit and its veth would look
+        // vanished.
+        let _exclusive = self.gc_lock.write().await;
+        let gone = self
+            .dataplane
+            .vanished(&self.live_specs())
+            .await
+            .map_err(super::errors::dataplane_error)?;
+        let mut released = 0;
+        for spec in &gone {
+            if let Err(e) = self.dataplane.detach_pod(spec).await {
+                warn!(attachment = %spec.key, error = %e, "could not unwire a vanished sandbox; next round");
+                continue;
+            }
+            self.release(&spec.key).await?;
+            released += 1;
+            warn!(
+                attachment = %spec.key,
+                ip = %spec.ip,
+                "released the IP of a sandbox whose network namespace is gone; its DEL never came"
+            );
+        }
+        Ok(released)
+    }
+
     pub(super) fn live_specs(&self) -> Vec<PodSpec> {
         self.txn.read(|ipam, _| {
             ipam.allocations()

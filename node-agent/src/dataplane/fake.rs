@@ -34,6 +34,8 @@ pub struct FakeDataplane {
     egress: Egress,
     /// The egress "in the kernel": what the last `program_egress` set.
     programmed_egress: Mutex<Option<Egress>>,
+    /// Host veths whose sandbox's namespace was removed without a DEL.
+    vanished: Mutex<Vec<String>>,
 }
 
 impl FakeDataplane {
@@ -43,6 +45,21 @@ impl FakeDataplane {
             egress,
             ..FakeDataplane::default()
         }
+    }
+
+    /// The sandbox of `container_id`/`ifname` is removed without a DEL (a
+    /// runtime that gave up on it): its veth goes with its namespace.
+    #[cfg(test)]
+    pub fn vanish(&self, container_id: &str, ifname: &str) {
+        let name = host_ifname(container_id, ifname);
+        self.pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
+        self.vanished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name);
     }
 
     /// Forgets the programmed egress, as a flushed ruleset would.
@@ -134,6 +151,15 @@ impl Dataplane for FakeDataplane {
                 detail: format!("{name} does not exist"),
             }),
         }
+    }
+
+    async fn vanished(&self, pods: &[PodSpec]) -> Result<Vec<PodSpec>, DataplaneError> {
+        let gone = self.vanished.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(pods
+            .iter()
+            .filter(|p| gone.contains(&host_ifname(&p.key.container_id, &p.key.ifname)))
+            .cloned()
+            .collect())
     }
 
     async fn collect_garbage(&self, keep: &[PodSpec]) -> Result<u32, DataplaneError> {

@@ -140,6 +140,13 @@ pub trait Dataplane: Send + Sync + 'static {
     /// Verifies the egress is as [`program_egress`](Self::program_egress)
     /// left it (part of every CHECK).
     fn check_egress(&self) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+    /// Those of `pods` whose host veth is gone: their sandbox's network
+    /// namespace was removed (the veth's pod end lived in it), so the
+    /// attachment is dead whether or not its DEL ever came.
+    fn vanished(
+        &self,
+        pods: &[PodSpec],
+    ) -> impl Future<Output = Result<Vec<PodSpec>, DataplaneError>> + Send;
     /// Removes every veth, route and rule of ours that belongs to none of
     /// `keep`; returns how many objects it removed.
     fn collect_garbage(

@@ -758,3 +758,33 @@ async fn a_claim_of_another_zone_is_not_taken_over_and_the_pod_is_told_the_zones
     assert!(allocated(&a).is_empty(), "no IP handed out meanwhile");
     assert_eq!(cloud_has(&a, held.ip).await, [held.eni_id]);
 }
+
+/// A sandbox the runtime dropped without a DEL (its ADD and the DEL of its
+/// cleanup both failed while the agent restarted) releases its IP once its
+/// namespace is seen gone: the static claim turns reserved, so the node the
+/// pod runs on now can take it over; a live sandbox is left alone.
+#[tokio::test]
+async fn a_sandbox_gone_without_a_del_releases_its_ip_and_its_claim_is_kept() {
+    let h = harness().await;
+    let a = &h.agent;
+    let Ok(Response::Added(web)) = a.handle(static_add_req("s1", "web-0"), None).await else {
+        panic!("static ADD")
+    };
+    add(a, "alive").await;
+    assert_eq!(a.release_vanished().await, Ok(0), "nothing vanished yet");
+    a.dataplane.vanish("s1", "eth0");
+    assert_eq!(a.release_vanished().await, Ok(1));
+    let claim = a
+        .pool()
+        .claim("default", "web-0")
+        .cloned()
+        .expect("claim kept");
+    assert_eq!(claim.ip, web.ip);
+    assert!(
+        claim.released_ms.is_some(),
+        "reserved for its pod: {claim:?}"
+    );
+    let held: Vec<String> = allocated(a).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert!(held[0].contains("alive"), "{held:?}");
+}

@@ -277,6 +277,28 @@ impl Dataplane for NetlinkDataplane {
         })
     }
 
+    async fn vanished(&self, pods: &[PodSpec]) -> Result<Vec<PodSpec>, DataplaneError> {
+        if pods.is_empty() {
+            return Ok(Vec::new());
+        }
+        let present: HashSet<String> = self
+            .node
+            .link()
+            .get()
+            .execute()
+            .try_collect::<Vec<LinkMessage>>()
+            .await
+            .map_err(|e| kernel("ip link show", e))?
+            .iter()
+            .filter_map(link_name)
+            .collect();
+        Ok(pods
+            .iter()
+            .filter(|p| !present.contains(&host_ifname(&p.key.container_id, &p.key.ifname)))
+            .cloned()
+            .collect())
+    }
+
     async fn collect_garbage(&self, keep: &[PodSpec]) -> Result<u32, DataplaneError> {
         let names: HashSet<String> = keep
             .iter()

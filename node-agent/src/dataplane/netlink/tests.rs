@@ -295,10 +295,24 @@ async fn privileged_detach_tolerates_a_vanished_pod_namespace() {
     let pod = Netns::new("pod");
     let s = spec(&bed, &pod, "gone", bed.eni.ips[0]);
     let links = dp.attach_pod(&s).await.expect("attach");
+    let vanished = |v: Vec<PodSpec>| {
+        v.iter()
+            .map(|p| p.key.container_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        vanished(dp.vanished(std::slice::from_ref(&s)).await.expect("look")).is_empty(),
+        "alive while its namespace is"
+    );
     drop(pod);
     assert!(
         wait_gone(&bed.node, &links.host_ifname).await,
         "the pair dies with the namespace"
+    );
+    assert_eq!(
+        vanished(dp.vanished(std::slice::from_ref(&s)).await.expect("look")),
+        ["gone"],
+        "seen vanished once its namespace is gone"
     );
     dp.detach_pod(&s)
         .await
