@@ -16,7 +16,9 @@
 //! makes again from its template before the pin (its cache behind the API
 //! server's restart), on the node it left, is deleted again and the move
 //! goes on: that is the controller's doing, and the agents' state is
-//! right for it (the pod runs there with its IP).
+//! right for it (the pod runs there with its IP). Likewise a node left
+//! without its agent pod for 30 s (the DaemonSet controller stalled after
+//! the API server's restart) gets kube-controller-manager restarted.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -107,6 +109,7 @@ fn run(rounds: usize) {
         });
         let deadline = Instant::now() + Duration::from_secs(240);
         let mut redeleted = None::<Instant>;
+        let (mut agentless_since, mut kcm_restarted) = (None::<Instant>, None::<Instant>);
         loop {
             let pod = c.pod("mover-0");
             let node = pod
@@ -139,6 +142,27 @@ fn run(rounds: usize) {
                     ],
                     None,
                 );
+            }
+            // The DaemonSet controller can stall after the API server's
+            // restart (a pod it created as the server died counts as
+            // expected until a 5-minute timeout): a node left without its
+            // agent for 30 s gets kube-controller-manager restarted, as an
+            // operator would. Kubernetes' doing too, not a stuck move.
+            if (1..=2).any(|n| c.try_agent_pod(n).is_err()) {
+                let since = *agentless_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(30)
+                    && kcm_restarted.is_none_or(|at| at.elapsed() > Duration::from_secs(60))
+                {
+                    kcm_restarted = Some(Instant::now());
+                    let said = c.restart("kube-controller-manager", Duration::ZERO);
+                    let _ = writeln!(
+                        std::io::stdout(),
+                        "move {round}: a node without its agent pod for 30 s; {}",
+                        said.trim()
+                    );
+                }
+            } else {
+                agentless_since = None;
             }
             if Instant::now() > deadline {
                 let show = |args: &[&str]| c.try_kubectl(args, None).unwrap_or_else(|e| e);

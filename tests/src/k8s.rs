@@ -298,7 +298,8 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("node {n}'s agent pod: {e}"))
     }
 
-    fn try_agent_pod(&self, n: usize) -> Result<String, String> {
+    /// Node `n`'s agent pod, or why there is none.
+    pub fn try_agent_pod(&self, n: usize) -> Result<String, String> {
         let node = self.get(&format!("NODE{n}_INSTANCE")).to_string();
         self.try_kubectl(
             &[
