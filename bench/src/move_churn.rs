@@ -78,17 +78,7 @@ fn run(rounds: usize) {
                 c.restart("kube-apiserver", Duration::from_millis(down))
             });
             apply(&pin(&sts("mover", 1, STATIC), to));
-            let _ = c.try_kubectl(
-                &[
-                    "delete",
-                    "pod",
-                    "mover-0",
-                    "--grace-period=0",
-                    "--force",
-                    "--wait=false",
-                ],
-                None,
-            );
+            force_delete_mover(&c);
             std::thread::sleep(Duration::from_millis(agents_at));
             let _ = c.try_kubectl(
                 &[
@@ -131,17 +121,7 @@ fn run(rounds: usize) {
                     std::io::stdout(),
                     "move {round}: the StatefulSet made mover-0 again on {node} (its template before the pin); deleting it again"
                 );
-                let _ = c.try_kubectl(
-                    &[
-                        "delete",
-                        "pod",
-                        "mover-0",
-                        "--grace-period=0",
-                        "--force",
-                        "--wait=false",
-                    ],
-                    None,
-                );
+                force_delete_mover(&c);
             }
             // The DaemonSet controller can stall after the API server's
             // restart (a pod it created as the server died counts as
@@ -196,6 +176,22 @@ fn run(rounds: usize) {
         "the objects match the cloud and the pods",
         Duration::from_secs(120),
         || disagreements(&c).is_empty(),
+    );
+}
+
+/// `kubectl delete pod mover-0 --force`, not waiting; a failure (the API
+/// server down) is the churn's own doing and is not checked.
+fn force_delete_mover(c: &Cluster) {
+    let _ = c.try_kubectl(
+        &[
+            "delete",
+            "pod",
+            "mover-0",
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ],
+        None,
     );
 }
 
