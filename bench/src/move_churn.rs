@@ -17,8 +17,9 @@
 //! server's restart), on the node it left, is deleted again and the move
 //! goes on: that is the controller's doing, and the agents' state is
 //! right for it (the pod runs there with its IP). Likewise a node left
-//! without its agent pod for 30 s (the DaemonSet controller stalled after
-//! the API server's restart) gets kube-controller-manager restarted.
+//! without its agent pod for 30 s (the DaemonSet controller stalled, or
+//! kube-scheduler exited, after the API server's restart) gets both
+//! started again.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -125,21 +126,25 @@ fn run(rounds: usize) {
             }
             // The DaemonSet controller can stall after the API server's
             // restart (a pod it created as the server died counts as
-            // expected until a 5-minute timeout): a node left without its
-            // agent for 30 s gets kube-controller-manager restarted, as an
-            // operator would. Kubernetes' doing too, not a stuck move.
+            // expected until a 5-minute timeout), and kube-scheduler was
+            // seen to exit ("Scheduler cache is corrupted"), which nothing
+            // in the simulation restarts: a node left without its agent
+            // for 30 s gets both started again, as a node's supervisor
+            // would. Kubernetes' doing too, not a stuck move.
             if (1..=2).any(|n| c.try_agent_pod(n).is_err()) {
                 let since = *agentless_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > Duration::from_secs(30)
                     && kcm_restarted.is_none_or(|at| at.elapsed() > Duration::from_secs(60))
                 {
                     kcm_restarted = Some(Instant::now());
-                    let said = c.restart("kube-controller-manager", Duration::ZERO);
-                    let _ = writeln!(
-                        std::io::stdout(),
-                        "move {round}: a node without its agent pod for 30 s; {}",
-                        said.trim()
-                    );
+                    for component in ["kube-controller-manager", "kube-scheduler"] {
+                        let said = c.restart(component, Duration::ZERO);
+                        let _ = writeln!(
+                            std::io::stdout(),
+                            "move {round}: a node without its agent pod for 30 s; {}",
+                            said.trim()
+                        );
+                    }
                 }
             } else {
                 agentless_since = None;
