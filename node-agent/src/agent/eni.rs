@@ -71,9 +71,15 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 warn!(error = %e.message, "could not expire static IP claims");
             }
             if last_sweep.is_none_or(|at| at.elapsed() >= self.config.maintenance_interval) {
-                last_sweep = Some(tokio::time::Instant::now());
-                if let Err(e) = self.release_vanished().await {
-                    warn!(error = %e.message, "could not look for vanished sandboxes");
+                match self.release_vanished().await {
+                    // Skipped while calls were in flight: the next round
+                    // (one follows every ADD) tries again.
+                    Ok(None) => {}
+                    Ok(Some(_)) => last_sweep = Some(tokio::time::Instant::now()),
+                    Err(e) => {
+                        last_sweep = Some(tokio::time::Instant::now());
+                        warn!(error = %e.message, "could not look for vanished sandboxes");
+                    }
                 }
             }
             if due {

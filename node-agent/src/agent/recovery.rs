@@ -238,11 +238,16 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// restarting, say) cleans up with a DEL that fails too and then drops
     /// the sandbox for good, and nothing would ever release its IP. A
     /// static pod's claim then turns `Reserved`, so the node the pod runs
-    /// on now can take it over. Returns how many it released.
-    pub(super) async fn release_vanished(&self) -> Result<usize, proto::wire::AgentError> {
+    /// on now can take it over. Returns how many it released, or `None`
+    /// when it did not look (an ADD or DEL was in flight).
+    pub(super) async fn release_vanished(&self) -> Result<Option<usize>, proto::wire::AgentError> {
         // No ADD meanwhile: one between its commit and its veth would look
-        // vanished.
-        let _exclusive = self.gc_lock.write().await;
+        // vanished. Never waited for: an ADD waiting for IPs holds the lock
+        // while the maintenance loop (this caller) grows the pool, so the
+        // sweep is skipped while any ADD or DEL is in flight.
+        let Ok(_exclusive) = self.gc_lock.try_write() else {
+            return Ok(None);
+        };
         let gone = self
             .dataplane
             .vanished(&self.live_specs())
@@ -262,7 +267,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 "released the IP of a sandbox whose network namespace is gone; its DEL never came"
             );
         }
-        Ok(released)
+        Ok(Some(released))
     }
 
     pub(super) fn live_specs(&self) -> Vec<PodSpec> {

@@ -771,9 +771,20 @@ async fn a_sandbox_gone_without_a_del_releases_its_ip_and_its_claim_is_kept() {
         panic!("static ADD")
     };
     add(a, "alive").await;
-    assert_eq!(a.release_vanished().await, Ok(0), "nothing vanished yet");
+    assert_eq!(
+        a.release_vanished().await,
+        Ok(Some(0)),
+        "nothing vanished yet"
+    );
+    {
+        // An ADD in flight (one waiting for the maintenance loop to grow
+        // the pool, say): the loop's sweep must not wait for it.
+        let _in_flight = a.gc_lock.read().await;
+        let swept = tokio::time::timeout(Duration::from_secs(1), a.release_vanished()).await;
+        assert_eq!(swept, Ok(Ok(None)), "skipped, not waited for");
+    }
     a.dataplane.vanish("s1", "eth0");
-    assert_eq!(a.release_vanished().await, Ok(1));
+    assert_eq!(a.release_vanished().await, Ok(Some(1)));
     let claim = a
         .pool()
         .claim("default", "web-0")
