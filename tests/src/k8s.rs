@@ -231,6 +231,43 @@ impl Cluster {
         }
     }
 
+    /// Waits for the agents' DaemonSet to be rolled out after API server
+    /// kills. The DaemonSet controller can stall after such a kill (a pod
+    /// it created as the server died counts as expected for 5 minutes),
+    /// and kube-scheduler was seen to exit ("Scheduler cache is
+    /// corrupted"), which nothing in the simulation restarts: after 90 s
+    /// both are started again, as a node's supervisor would, and said so.
+    pub fn wait_agents_rolled_out(&self) {
+        let ns = self.get("VPC_CNI_NAMESPACE").to_string();
+        let rollout = |timeout: &str| {
+            self.try_kubectl(
+                &[
+                    "-n",
+                    &ns,
+                    "rollout",
+                    "status",
+                    "daemonset/vpc-cni-agent",
+                    &format!("--timeout={timeout}"),
+                ],
+                None,
+            )
+        };
+        if rollout("90s").is_ok() {
+            return;
+        }
+        for component in ["kube-controller-manager", "kube-scheduler"] {
+            eprintln!(
+                "agents not rolled out in 90 s; {}",
+                self.restart(component, Duration::ZERO).trim()
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while let Err(e) = rollout("60s") {
+            assert!(Instant::now() < deadline, "agents not rolled out: {e}");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
     /// `vpc-sim restart`: SIGKILLs the control-plane process `component`
     /// (`kube-apiserver`, ...), waits `down_for` and starts it again, ready;
     /// what `vpc-sim` said.

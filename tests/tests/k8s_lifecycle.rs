@@ -128,17 +128,7 @@ fn k8s_objects_match_the_cloud_after_the_api_server_dies_in_a_churn() {
     for (name, _) in &sets {
         c.kubectl_retry(&["scale", "statefulset", name, "--replicas=2"], retry);
     }
-    c.kubectl_retry(
-        &[
-            "-n",
-            &ns,
-            "rollout",
-            "status",
-            "daemonset/vpc-cni-agent",
-            "--timeout=180s",
-        ],
-        retry,
-    );
+    c.wait_agents_rolled_out();
     for p in &pods {
         c.wait_ready(p, Duration::from_secs(180));
     }
