@@ -51,7 +51,6 @@ fn usage() -> usize {
 
 fn run(rounds: usize) {
     let c = Cluster::up(2);
-    let ns = c.get("VPC_CNI_NAMESPACE").to_string();
     let nodes = [
         c.get("NODE1_INSTANCE").to_string(),
         c.get("NODE2_INSTANCE").to_string(),
@@ -81,20 +80,7 @@ fn run(rounds: usize) {
             apply(&pin(&sts("mover", 1, STATIC), to));
             force_delete_mover(&c);
             std::thread::sleep(Duration::from_millis(agents_at));
-            let _ = c.try_kubectl(
-                &[
-                    "-n",
-                    &ns,
-                    "delete",
-                    "pods",
-                    "-l",
-                    "app.kubernetes.io/name=vpc-cni-agent",
-                    "--grace-period=0",
-                    "--force",
-                    "--wait=false",
-                ],
-                None,
-            );
+            c.crash_delete("app.kubernetes.io/name=vpc-cni-agent");
             let said = killer.join().expect("the killer thread");
             let _ = writeln!(std::io::stdout(), "move {round}: {}", said.trim());
         });

@@ -168,14 +168,7 @@ impl Cluster {
             &patch,
         ]);
         self.kubectl(&["-n", &ns, "rollout", "restart", "daemonset/vpc-cni-agent"]);
-        self.kubectl(&[
-            "-n",
-            &ns,
-            "rollout",
-            "status",
-            "daemonset/vpc-cni-agent",
-            "--timeout=120s",
-        ]);
+        self.rollout_agents("120s");
     }
 
     /// The IP of pod `name` once it is Ready (within `limit`).
@@ -231,6 +224,52 @@ impl Cluster {
         }
     }
 
+    /// `kubectl rollout status` of the agents' DaemonSet within `timeout`
+    /// (a kubectl duration: `120s`).
+    pub fn try_rollout_agents(&self, timeout: &str) -> Result<String, String> {
+        let ns = self.get("VPC_CNI_NAMESPACE").to_string();
+        self.try_kubectl(
+            &[
+                "-n",
+                &ns,
+                "rollout",
+                "status",
+                "daemonset/vpc-cni-agent",
+                &format!("--timeout={timeout}"),
+            ],
+            None,
+        )
+    }
+
+    /// Waits for the agents' DaemonSet to be rolled out (within `timeout`);
+    /// panics with kubectl's error.
+    pub fn rollout_agents(&self, timeout: &str) {
+        if let Err(e) = self.try_rollout_agents(timeout) {
+            panic!("the agents' DaemonSet not rolled out in {timeout}: {e}");
+        }
+    }
+
+    /// Deletes the pods of the project's namespace matching `selector` as a
+    /// crash would (no grace, not waited for); a refusal (the API server
+    /// down, a moment of a churn too) is not checked.
+    pub fn crash_delete(&self, selector: &str) {
+        let ns = self.get("VPC_CNI_NAMESPACE").to_string();
+        let _ = self.try_kubectl(
+            &[
+                "-n",
+                &ns,
+                "delete",
+                "pods",
+                "-l",
+                selector,
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+            ],
+            None,
+        );
+    }
+
     /// Waits for the agents' DaemonSet to be rolled out after API server
     /// kills. The DaemonSet controller can stall after such a kill (a pod
     /// it created as the server died counts as expected for 5 minutes),
@@ -238,21 +277,7 @@ impl Cluster {
     /// corrupted"), which nothing in the simulation restarts: after 90 s
     /// both are started again, as a node's supervisor would, and said so.
     pub fn wait_agents_rolled_out(&self) {
-        let ns = self.get("VPC_CNI_NAMESPACE").to_string();
-        let rollout = |timeout: &str| {
-            self.try_kubectl(
-                &[
-                    "-n",
-                    &ns,
-                    "rollout",
-                    "status",
-                    "daemonset/vpc-cni-agent",
-                    &format!("--timeout={timeout}"),
-                ],
-                None,
-            )
-        };
-        if rollout("90s").is_ok() {
+        if self.try_rollout_agents("90s").is_ok() {
             return;
         }
         for component in ["kube-controller-manager", "kube-scheduler"] {
@@ -262,7 +287,7 @@ impl Cluster {
             );
         }
         let deadline = Instant::now() + Duration::from_secs(180);
-        while let Err(e) = rollout("60s") {
+        while let Err(e) = self.try_rollout_agents("60s") {
             assert!(Instant::now() < deadline, "agents not rolled out: {e}");
             std::thread::sleep(Duration::from_secs(1));
         }

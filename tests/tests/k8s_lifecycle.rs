@@ -49,7 +49,6 @@ fn add_args(args: &[&str]) -> String {
 fn k8s_objects_match_the_cloud_after_the_api_server_dies_in_a_churn() {
     require_root();
     let c = Cluster::up(2);
-    let ns = c.get("VPC_CNI_NAMESPACE").to_string();
     let (sets, pods) = pinned_sets(&c, "api", 2, WAIT);
 
     // The moments: when each API server kill comes (after the previous
@@ -72,24 +71,7 @@ fn k8s_objects_match_the_cloud_after_the_api_server_dies_in_a_churn() {
                 })
                 .collect::<Vec<String>>()
         });
-        let kill = |selector: &str| {
-            // As a crash; refused while the API server is down, which is a
-            // moment of the churn too.
-            let _ = c.try_kubectl(
-                &[
-                    "-n",
-                    &ns,
-                    "delete",
-                    "pods",
-                    "-l",
-                    selector,
-                    "--grace-period=0",
-                    "--force",
-                    "--wait=false",
-                ],
-                None,
-            );
-        };
+        let kill = |selector: &str| c.crash_delete(selector);
         for (round, pause) in pauses.iter().enumerate() {
             let (name, _) = &sets[round % 2];
             c.kubectl_retry(
@@ -186,14 +168,7 @@ fn k8s_a_reserved_static_ip_expires_and_returns_to_the_pool() {
             "--maintenance-interval=1s",
         ]),
     ]);
-    c.kubectl(&[
-        "-n",
-        &ns,
-        "rollout",
-        "status",
-        "daemonset/vpc-cni-agent",
-        "--timeout=120s",
-    ]);
+    c.rollout_agents("120s");
 
     c.apply(&sts("exp", 1, &format!("{STATIC}, {EXPIRES_5M}")));
     let ip = c.pod_ip("exp-0", WAIT);

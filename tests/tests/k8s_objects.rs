@@ -312,27 +312,10 @@ fn k8s_eni_limit_is_an_event_ownerrefs_cascade_and_the_cluster_component_leads()
 fn k8s_objects_match_the_cloud_after_agents_and_the_cluster_component_die_in_a_churn() {
     require_root();
     let c = Cluster::up(2);
-    let ns = c.get("VPC_CNI_NAMESPACE").to_string();
     // One StatefulSet per node: a static IP stays on its node here (moving
     // one between nodes has its own test below).
     let (sets, pods) = pinned_sets(&c, "churn", 2, WAIT);
-    let kill = |selector: &str| {
-        // As a crash: no grace; the runtime tears the container down.
-        let _ = c.try_kubectl(
-            &[
-                "-n",
-                &ns,
-                "delete",
-                "pods",
-                "-l",
-                selector,
-                "--grace-period=0",
-                "--force",
-                "--wait=false",
-            ],
-            None,
-        );
-    };
+    let kill = |selector: &str| c.crash_delete(selector);
     for round in 0..3 {
         let (name, _) = &sets[round % 2];
         c.kubectl(&[
@@ -354,14 +337,7 @@ fn k8s_objects_match_the_cloud_after_agents_and_the_cluster_component_die_in_a_c
     for (name, _) in &sets {
         c.kubectl(&["scale", "statefulset", name, "--replicas=2"]);
     }
-    c.kubectl(&[
-        "-n",
-        &ns,
-        "rollout",
-        "status",
-        "daemonset/vpc-cni-agent",
-        "--timeout=180s",
-    ]);
+    c.rollout_agents("180s");
     for p in &pods {
         c.wait_ready(p, Duration::from_secs(180));
     }
