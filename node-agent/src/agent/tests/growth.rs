@@ -318,7 +318,33 @@ async fn burst(agent: &Arc<TestAgent>, prefix: &str, n: usize) -> (usize, usize)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_adds_on_a_cold_pool_grows_in_few_rounds() {
     let agent = Arc::new(harness().await.agent);
-    let (ips, rounds) = burst(&agent, "burst", 30).await;
+    // The fake cloud answers at once; a real one takes a while, during
+    // which the burst's ADDs pile up behind the first growth. Held here
+    // until all of them wait, so the count does not depend on how fast
+    // the spawned ADDs happen to arrive (it did, on a loaded machine).
+    let cloud_busy = agent.grow_lock.lock().await;
+    let bursting = tokio::spawn({
+        let agent = Arc::clone(&agent);
+        async move { burst(&agent, "burst", 30).await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let allocated = agent.txn.read(|ipam, now| ipam.counts(now).allocated);
+            if allocated
+                + agent
+                    .waiting_for_ip
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                == 30
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("every ADD got an IP or waits for one");
+    drop(cloud_busy);
+    let (ips, rounds) = bursting.await.expect("burst");
     assert_eq!(ips, 30);
     assert!(
         rounds <= 6,
