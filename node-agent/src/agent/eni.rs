@@ -39,15 +39,17 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             {
                 warn!(error = %e.message, "could not reach the VPC API");
             }
-            // Ahead of demand: twice the ADDs waiting for an IP now.
-            let waiting = self.waiting_for_ip.load(Ordering::SeqCst);
-            self.cloud.set_urgent(waiting > 0);
-            let grown = match self.node() {
-                Some(_) => self.grow(waiting.saturating_mul(2)).await,
-                None => Err(AgentError::new(
-                    ErrorKind::NoIpAvailable,
-                    "no free IP; the VPC API has not answered yet",
-                )),
+            self.cloud
+                .set_urgent(self.waiting_for_ip.load(Ordering::SeqCst) > 0);
+            let (grown, waiting) = match self.node() {
+                Some(_) => self.grow_for_waiting().await,
+                None => (
+                    Err(AgentError::new(
+                        ErrorKind::NoIpAvailable,
+                        "no free IP; the VPC API has not answered yet",
+                    )),
+                    0,
+                ),
             };
             if let Err(e) = &grown {
                 warn!(error = %e.message, waiting, "could not grow the pool");
@@ -125,9 +127,19 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
 
     /// Brings the pool to its targets plus `extra` free IPs (one per ADD
     /// waiting for an IP), as far as the limits allow.
+    #[cfg(test)]
     pub(super) async fn grow(&self, extra: usize) -> Result<(), AgentError> {
         let _serialised = self.grow_lock.lock().await;
         self.grow_locked(extra).await
+    }
+
+    /// Ahead of demand: the targets plus twice the ADDs waiting for an IP,
+    /// counted once the growth lock is held (ADDs that arrived while an
+    /// earlier growth ran are grown for in one go); with that count.
+    async fn grow_for_waiting(&self) -> (Result<(), AgentError>, usize) {
+        let _serialised = self.grow_lock.lock().await;
+        let waiting = self.waiting_for_ip.load(Ordering::SeqCst);
+        (self.grow_locked(waiting.saturating_mul(2)).await, waiting)
     }
 
     /// For an ADD that found no free IP: waits until a growth step put new

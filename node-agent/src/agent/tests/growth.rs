@@ -315,27 +315,28 @@ async fn burst(agent: &Arc<TestAgent>, prefix: &str, n: usize) -> (usize, usize)
     (ips.len(), calls() - before)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_adds_on_a_cold_pool_grows_in_few_rounds() {
-    let agent = Arc::new(harness().await.agent);
-    // The fake cloud answers at once; a real one takes a while, during
-    // which the burst's ADDs pile up behind the first growth. Held here
-    // until all of them wait, so the count does not depend on how fast
-    // the spawned ADDs happen to arrive (it did, on a loaded machine).
+/// [`burst`] while the pool cannot grow until every ADD got an IP or waits
+/// for one. The fake cloud answers at once; a real one takes a while,
+/// during which a burst's ADDs pile up behind the first growth. Without
+/// this the growth count depended on how fast the spawned ADDs happened to
+/// arrive (and failed on a loaded machine).
+async fn burst_behind_a_busy_cloud(
+    agent: &Arc<TestAgent>,
+    prefix: &'static str,
+    n: usize,
+) -> (usize, usize) {
     let cloud_busy = agent.grow_lock.lock().await;
     let bursting = tokio::spawn({
-        let agent = Arc::clone(&agent);
-        async move { burst(&agent, "burst", 30).await }
+        let agent = Arc::clone(agent);
+        async move { burst(&agent, prefix, n).await }
     });
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let allocated = agent.txn.read(|ipam, now| ipam.counts(now).allocated);
-            if allocated
-                + agent
-                    .waiting_for_ip
-                    .load(std::sync::atomic::Ordering::SeqCst)
-                == 30
-            {
+            let waiting = agent
+                .waiting_for_ip
+                .load(std::sync::atomic::Ordering::SeqCst);
+            if allocated + waiting == n {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -344,7 +345,13 @@ async fn a_burst_of_adds_on_a_cold_pool_grows_in_few_rounds() {
     .await
     .expect("every ADD got an IP or waits for one");
     drop(cloud_busy);
-    let (ips, rounds) = bursting.await.expect("burst");
+    bursting.await.expect("burst")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_adds_on_a_cold_pool_grows_in_few_rounds() {
+    let agent = Arc::new(harness().await.agent);
+    let (ips, rounds) = burst_behind_a_busy_cloud(&agent, "burst", 30).await;
     assert_eq!(ips, 30);
     assert!(
         rounds <= 6,
@@ -358,7 +365,7 @@ async fn with_the_maintenance_loop_a_burst_is_served_as_ips_arrive_and_nothing_i
  {
     let agent = Arc::new(harness().await.agent);
     let maintenance = tokio::spawn(Arc::clone(&agent).maintain_pool());
-    let (ips, calls) = burst(&agent, "looped", 30).await;
+    let (ips, calls) = burst_behind_a_busy_cloud(&agent, "looped", 30).await;
     assert_eq!(ips, 30, "30 ADDs, 30 distinct IPs");
     assert!(
         calls <= 6,
