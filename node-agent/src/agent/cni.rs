@@ -79,7 +79,6 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 other => break other?,
             }
         };
-        self.pool_changed.notify_one();
         crate::metrics::add_phase("ip", reserving.elapsed());
         crate::metrics::add_phase("cloud", in_cloud);
         let wiring = Instant::now();
@@ -102,6 +101,10 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 .await
                 .unwrap_or_else(|e| Err(format!("the commit task failed: {e}"))),
         );
+        // The pool refills ahead of the next pods, after this reply.
+        if self.short_of_targets() {
+            self.pool_changed.notify_one();
+        }
         match (wired, committed) {
             (Ok(_), Ok(())) if past_deadline() && !plan.existing => {
                 // The caller gave up and will not DEL what it never heard of.

@@ -19,11 +19,17 @@ use crate::dataplane::Dataplane;
 use crate::ipam::{Change, EniRecord};
 use crate::sizing::{self, Action};
 
+/// How long after an ADD left the pool short of its targets the
+/// maintenance loop refills it (unless an ADD waits for an IP: then at
+/// once).
+pub const REFILL_DELAY: Duration = Duration::from_millis(50);
+
 impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// The maintenance tick, until the agent is poisoned or the task is
     /// dropped: the cloud reconnected and compared with when due, the pool
     /// kept at its targets, released claims expired, leaked ENIs deleted.
-    /// Runs again at once after every ADD that changed the pool.
+    /// Runs a round `REFILL_DELAY` after an ADD that left the pool short of
+    /// its targets, and at once when an ADD waits for an IP.
     pub async fn maintain_pool(self: Arc<Self>) {
         self.loop_grows.store(true, Ordering::SeqCst);
         let _stopped = StopGrowing(&self.loop_grows);
@@ -75,7 +81,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             if last_sweep.is_none_or(|at| at.elapsed() >= self.config.maintenance_interval) {
                 match self.release_vanished().await {
                     // Skipped while calls were in flight: the next round
-                    // (one follows every ADD) tries again.
+                    // tries again.
                     Ok(None) => {}
                     Ok(Some(_)) => last_sweep = Some(tokio::time::Instant::now()),
                     Err(e) => {
@@ -96,7 +102,16 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 next = next.min(soon);
             }
             tokio::select! {
-                _ = self.pool_changed.notified() => {}
+                _ = self.ips_wanted.notified() => {}
+                _ = self.pool_changed.notified() => {
+                    // Off the reply path of the ADD that asked, and one
+                    // round (one cloud call) for the pods of a burst; at
+                    // once when an ADD starts waiting meanwhile.
+                    tokio::select! {
+                        _ = self.ips_wanted.notified() => {}
+                        _ = tokio::time::sleep(REFILL_DELAY) => {}
+                    }
+                }
                 _ = tokio::time::sleep(next) => {}
             }
         }
@@ -131,6 +146,21 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     pub(super) async fn grow(&self, extra: usize) -> Result<(), AgentError> {
         let _serialised = self.grow_lock.lock().await;
         self.grow_locked(extra).await
+    }
+
+    /// Whether the pool holds fewer free IPs than its targets want and could
+    /// grow: an ADD that leaves it so asks the maintenance loop for a round.
+    /// Not known yet (the cloud has not answered) counts as short.
+    pub(super) fn short_of_targets(&self) -> bool {
+        let Some(limits) = self.limits() else {
+            return true;
+        };
+        let targets = self.targets();
+        self.txn.read(|ipam, now| {
+            let counts = ipam.counts(now);
+            counts.free < targets.want_free(limits, counts.total, counts.free)
+                && sizing::can_grow(ipam.enis(), limits)
+        })
     }
 
     /// Ahead of demand: the targets plus twice the ADDs waiting for an IP,
@@ -168,7 +198,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         if self.txn.read(|ipam, now| ipam.counts(now).free) > 0 {
             return Ok(());
         }
-        self.pool_changed.notify_one();
+        self.ips_wanted.notify_one();
         tokio::select! {
             _ = &mut added => Ok(()),
             changed = rounds.changed() => match changed {

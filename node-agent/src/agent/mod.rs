@@ -15,6 +15,8 @@ mod cni;
 mod conditions;
 mod convert;
 mod eni;
+#[cfg(test)]
+use eni::REFILL_DELAY;
 mod errors;
 mod feed;
 mod recovery;
@@ -98,7 +100,11 @@ pub struct Agent<C, D> {
     /// Serialises every change of the pool's shape in the cloud (grow,
     /// shrink, a claim's address assigned again).
     grow_lock: tokio::sync::Mutex<()>,
+    /// The pool fell short of its targets, or the targets changed: the
+    /// maintenance loop runs a round soon (`eni::REFILL_DELAY` later).
     pool_changed: Notify,
+    /// An ADD waits for an IP: the maintenance loop grows at once.
+    ips_wanted: Notify,
     /// ADDs waiting for an IP: the maintenance loop grows for them.
     waiting_for_ip: AtomicUsize,
     /// Woken each time a growth step put new IPs in the pool.

@@ -96,6 +96,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             overrides: RwLock::default(),
             grow_lock: tokio::sync::Mutex::new(()),
             pool_changed: Notify::new(),
+            ips_wanted: Notify::new(),
             waiting_for_ip: AtomicUsize::new(0),
             ips_added: Notify::new(),
             growth_rounds: tokio::sync::watch::channel(GrowthRound::default()).0,

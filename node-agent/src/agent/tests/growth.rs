@@ -382,3 +382,67 @@ async fn with_the_maintenance_loop_a_burst_is_served_as_ips_arrive_and_nothing_i
     );
     maintenance.abort();
 }
+
+/// Maintenance rounds run so far.
+fn rounds(agent: &TestAgent) -> u64 {
+    agent.growth_rounds.borrow().count
+}
+
+/// Waits up to 5 s for `done`.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not within 5 s: {what}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_that_leaves_the_pool_short_gets_it_refilled_after_its_reply() {
+    let agent = Arc::new(harness().await.agent);
+    let maintenance = tokio::spawn(Arc::clone(&agent).maintain_pool());
+    eventually("the first round", || rounds(&agent) >= 1).await;
+    let before = rounds(&agent);
+    add(&agent, "short").await;
+    let free = || agent.txn.read(|ipam, now| ipam.counts(now).free);
+    eventually("the warm pool of 2 refilled", || free() >= 2).await;
+    assert!(rounds(&agent) > before, "a round refilled it");
+    maintenance.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_on_a_pool_above_its_targets_costs_no_maintenance_round() {
+    let config = AgentConfig {
+        pool: crate::sizing::Targets {
+            warm_ip: 2,
+            warm_eni: 0,
+            min_ip: 10,
+            max_eni: None,
+            release_batch: 5,
+        },
+        ..config()
+    };
+    let agent = Arc::new(
+        harness_configured(DEFAULT_LIMITS, Box::new(MemoryStore::default()), config)
+            .await
+            .agent,
+    );
+    let maintenance = tokio::spawn(Arc::clone(&agent).maintain_pool());
+    let total = || agent.txn.read(|ipam, now| ipam.counts(now).total);
+    eventually("the minimum of 10 IPs", || total() >= 10).await;
+    // Whatever the start asked for is done.
+    tokio::time::sleep(REFILL_DELAY * 4).await;
+    let before = rounds(&agent);
+    for i in 0..3 {
+        add(&agent, &format!("calm{i}")).await;
+    }
+    tokio::time::sleep(REFILL_DELAY * 4).await;
+    assert_eq!(
+        rounds(&agent),
+        before,
+        "7 IPs still free against a warm target of 2: nothing to do, no round"
+    );
+    maintenance.abort();
+}
