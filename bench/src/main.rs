@@ -103,7 +103,7 @@ fn measure(o: &Options, work: &Path, host_ns: &str) -> Result<(), String> {
     up_one_node(
         &o.bin_dir,
         &state,
-        &[&format!("--warm-ip-target={capacity}")],
+        &[&format!("--min-ip-target={capacity}")],
     )?;
     let socket = state.join("node1/agent.sock");
     wait_warm(&socket, capacity)?;

@@ -22,7 +22,7 @@ use crate::sizing::{self, Action};
 /// How long after an ADD left the pool short of its targets the
 /// maintenance loop refills it (unless an ADD waits for an IP: then at
 /// once).
-pub const REFILL_DELAY: Duration = Duration::from_millis(50);
+pub const REFILL_DELAY: Duration = Duration::from_millis(200);
 
 impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// The maintenance tick, until the agent is poisoned or the task is
