@@ -158,16 +158,7 @@ async fn the_minimum_holds_and_an_emptied_eni_goes() {
 
 #[tokio::test]
 async fn max_eni_caps_growth() {
-    let config = AgentConfig {
-        pool: crate::sizing::Targets {
-            warm_ip: 0,
-            warm_eni: 0,
-            min_ip: 0,
-            max_eni: Some(2),
-            release_batch: 5,
-        },
-        ..config()
-    };
+    let config = with_targets(0, 0, Some(2));
     let h = harness_configured(
         Limits {
             max_enis: 4,
@@ -414,16 +405,7 @@ async fn an_add_that_leaves_the_pool_short_gets_it_refilled_after_its_reply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_add_on_a_pool_above_its_targets_costs_no_maintenance_round() {
-    let config = AgentConfig {
-        pool: crate::sizing::Targets {
-            warm_ip: 2,
-            warm_eni: 0,
-            min_ip: 10,
-            max_eni: None,
-            release_batch: 5,
-        },
-        ..config()
-    };
+    let config = with_targets(2, 10, None);
     let agent = Arc::new(
         harness_configured(DEFAULT_LIMITS, Box::new(MemoryStore::default()), config)
             .await
@@ -445,4 +427,19 @@ async fn an_add_on_a_pool_above_its_targets_costs_no_maintenance_round() {
         "7 IPs still free against a warm target of 2: nothing to do, no round"
     );
     maintenance.abort();
+}
+
+/// The test configuration with these pool targets (no warm ENI, a release
+/// batch of 5).
+fn with_targets(warm_ip: usize, min_ip: usize, max_eni: Option<u32>) -> AgentConfig {
+    AgentConfig {
+        pool: crate::sizing::Targets {
+            warm_ip,
+            warm_eni: 0,
+            min_ip,
+            max_eni,
+            release_batch: 5,
+        },
+        ..config()
+    }
 }
