@@ -140,14 +140,6 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         self.txn.now().saturating_sub(last) >= jittered.as_millis() as u64
     }
 
-    /// Brings the pool to its targets plus `extra` free IPs (one per ADD
-    /// waiting for an IP), as far as the limits allow.
-    #[cfg(test)]
-    pub(super) async fn grow(&self, extra: usize) -> Result<(), AgentError> {
-        let _serialised = self.grow_lock.lock().await;
-        self.grow_locked(extra).await
-    }
-
     /// Whether the pool holds fewer free IPs than its targets want and could
     /// grow: an ADD that leaves it so asks the maintenance loop for a round.
     /// Not known yet (the cloud has not answered) counts as short.
@@ -220,6 +212,8 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 < hold
     }
 
+    /// Brings the pool to its targets plus `extra` free IPs, as far as the
+    /// limits allow; the caller holds the growth lock.
     pub(super) async fn grow_locked(&self, extra: usize) -> Result<(), AgentError> {
         self.txn.ensure_healthy()?;
         let Some(limits) = self.limits() else {

@@ -15,8 +15,6 @@ mod cni;
 mod conditions;
 mod convert;
 mod eni;
-#[cfg(test)]
-use eni::REFILL_DELAY;
 mod errors;
 mod feed;
 mod recovery;

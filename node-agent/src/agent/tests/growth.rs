@@ -1,4 +1,5 @@
 use super::*;
+use crate::agent::eni::REFILL_DELAY;
 
 #[tokio::test]
 async fn restart_restores_allocations_and_adopts_unknown_enis() {

@@ -66,7 +66,7 @@ async fn hole_2_a_poisoned_agent_stops_talking_to_the_cloud_and_asks_to_exit() {
     assert!(why.expect("a reason").contains("injected"));
     let enis_before = agent.cloud.list_enis().await.expect("list");
     // Far more demand than the pool holds: a healthy agent would create ENIs.
-    let e = agent.grow(50).await.expect_err("no cloud work");
+    let e = agent.grow_locked(50).await.expect_err("no cloud work");
     assert_eq!(e.kind, ErrorKind::Store);
     assert_eq!(
         agent.cloud.list_enis().await.expect("list"),
