@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{Cluster, Kubectl, alive, host, runs, start};
+use super::{Cluster, Kubectl, alive, alive_at, host, runs, start};
 
 /// The processes [`restart`] knows: the control plane, started on the host
 /// without a wrapper.
@@ -70,7 +70,10 @@ pub fn restart(state: &Path, name: &str, down_for: Duration) -> Result<Restarted
         old.pid
     });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(old.pid) && runs(&old) {
+    // Until every thread is gone, not just until its memory is: a process
+    // closes its descriptors (the API server's port) after it lost its
+    // command line, and a killed leader waits as a zombie for its threads.
+    while killed.is_some() && !threads_gone(old.pid) {
         if Instant::now() > deadline {
             return Err(format!("{name} ({}) survived SIGKILL for 10 s", old.pid));
         }
@@ -115,6 +118,15 @@ pub fn restart(state: &Path, name: &str, down_for: Duration) -> Result<Restarted
     })
 }
 
+/// Whether every thread of `pid` has exited (zombies included): only then
+/// are the descriptors it held, its listening sockets among them, closed.
+fn threads_gone(pid: u32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|t| !alive_at(&t.path().join("stat")))
+}
+
 /// Switches node `n` (1-based) of the cluster in `state` off: SIGKILLs
 /// every process of its kubelet's and its runtime's cgroups (the kubelet,
 /// containerd, the shims, every container, the vpc-cni agent's among
@@ -151,5 +163,30 @@ pub fn power_off(state: &Path, n: usize) -> Result<usize, String> {
             killed.insert(pid);
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_killed_process_is_gone_once_all_its_threads_are_zombies_or_reaped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id();
+        assert!(!threads_gone(pid), "a running process is not gone");
+        child.kill().expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !threads_gone(pid) {
+            assert!(Instant::now() < deadline, "still running 5 s after SIGKILL");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A zombie counts as gone (its descriptors are closed); reaped, too.
+        assert!(threads_gone(pid));
+        child.wait().expect("reap");
+        assert!(threads_gone(pid));
     }
 }

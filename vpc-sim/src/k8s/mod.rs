@@ -856,7 +856,12 @@ fn wait(
 
 /// Whether a process runs (a zombie does not).
 pub fn alive(pid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    alive_at(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// Whether the process or thread whose `stat` file is `stat` runs.
+pub(crate) fn alive_at(stat: &Path) -> bool {
+    let Ok(stat) = fs::read_to_string(stat) else {
         return false;
     };
     let state = stat
