@@ -36,12 +36,32 @@ need_rust() {
 }
 
 # Release binaries of the packages named (`-p PKG ...`, or `--workspace
-# --bins`), and the plugin statically linked (static-pie): it then starts in
-# about 0.5 ms instead of 0.9, with no dynamic loader to run (ARCHITECTURE.md,
-# "The plugin starts as fast as a process can").
+# --bins`), and the plugin as a static musl binary: it starts in about
+# 0.25 ms instead of 0.4 (static glibc) or 0.9 (dynamic glibc), with no
+# dynamic loader to run and no CPU-feature probing, which costs a hundred
+# trapped CPUID instructions in a VM (ARCHITECTURE.md, "The plugin starts
+# as fast as a process can"). Where the musl target cannot be installed it
+# falls back to static glibc.
 build_release() {
     [ $# -eq 0 ] || cargo build --release --quiet "$@"
-    cargo rustc --release --quiet -p cni-plugin --bin vpc-cni -- -C target-feature=+crt-static
+    local musl
+    musl="$(uname -m)-unknown-linux-musl"
+    if need_rust_target "$musl"; then
+        cargo build --release --quiet -p cni-plugin --bin vpc-cni --target "$musl"
+        # A copy, not a write through cargo's hard link to its own artifact.
+        rm -f "$ROOT/target/release/vpc-cni"
+        cp "$ROOT/target/$musl/release/vpc-cni" "$ROOT/target/release/vpc-cni"
+    else
+        echo "warning: no Rust target $musl: the plugin is linked statically with glibc" >&2
+        cargo rustc --release --quiet -p cni-plugin --bin vpc-cni -- -C target-feature=+crt-static
+    fi
+}
+
+# A Rust target's standard library, added with rustup if missing; fails
+# when it is neither there nor installable.
+need_rust_target() {
+    rustup target list --installed 2>/dev/null | grep -qx "$1" && return 0
+    command -v rustup >/dev/null 2>&1 && rustup target add "$1" >/dev/null 2>&1
 }
 
 need_nextest() {

@@ -3,5 +3,6 @@
 //! status), so the binary's `main` stays thin and fuzzing reaches the
 //! parsers directly.
 
+pub mod arena;
 pub mod env;
 pub mod run;

@@ -5,7 +5,11 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use cni_plugin::arena::Arena;
 use cni_plugin::run;
+
+#[global_allocator]
+static ALLOCATOR: Arena = Arena::new();
 
 fn main() -> ExitCode {
     let outcome = run::run(&|name| std::env::var(name).ok(), std::io::stdin().lock());

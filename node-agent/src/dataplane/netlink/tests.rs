@@ -210,6 +210,13 @@ async fn privileged_attach_check_detach_a_pod() {
 
     let inside = pod.ip(&["addr", "show", "eth0"]);
     assert!(inside.contains("10.9.0.10/32"), "{inside}");
+    // One queue each way on both ends, not one per possible CPU.
+    for details in [
+        pod.ip(&["-d", "link", "show", "eth0"]),
+        bed.node.ip(&["-d", "link", "show", &links.host_ifname]),
+    ] {
+        assert!(details.contains("numtxqueues 1 numrxqueues 1"), "{details}");
+    }
     assert!(inside.contains("mtu 1500"), "{inside}");
     assert!(
         pod.ip(&["route"])
