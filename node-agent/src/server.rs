@@ -3,6 +3,7 @@
 //! and write deadlines and a frame size cap, so a slow or broken client
 //! never holds up the others.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{self, Read, Write};
@@ -269,6 +270,56 @@ fn serving_thread<H: Handler>(shared: &Arc<Shared<H>>) {
     shared.live.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// Work that waits for a reply to be written.
+type Queued = Vec<Box<dyn FnOnce()>>;
+
+thread_local! {
+    /// Work queued by the request being served on this thread, run once its
+    /// reply is written (`None` outside a connection).
+    static AFTER_REPLY: RefCell<Option<Queued>> = const { RefCell::new(None) };
+}
+
+/// Runs `work` once the caller has its reply: after the reply of the
+/// request this thread serves is written, or at once outside a connection.
+/// For what the caller need not wait for, such as a log line: written to a
+/// pipe, it wakes the log collector on another CPU.
+pub fn after_reply(work: impl FnOnce() + 'static) {
+    let work: Box<dyn FnOnce()> = Box::new(work);
+    let now = AFTER_REPLY.with(|queue| match queue.borrow_mut().as_mut() {
+        Some(queued) => {
+            queued.push(work);
+            None
+        }
+        None => Some(work),
+    });
+    if let Some(work) = now {
+        work();
+    }
+}
+
+/// While it lives, [`after_reply`] queues; dropped (the connection done,
+/// however it ended), it runs what was queued.
+struct Deferred;
+
+impl Deferred {
+    fn arm() -> Deferred {
+        AFTER_REPLY.with(|queue| *queue.borrow_mut() = Some(Vec::new()));
+        Deferred
+    }
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        let queued = AFTER_REPLY.with(|queue| queue.borrow_mut().take());
+        if std::thread::panicking() {
+            return;
+        }
+        for work in queued.into_iter().flatten() {
+            work();
+        }
+    }
+}
+
 /// Whether a caller with `uid` may use the agent.
 pub fn authorize(uid: u32, allowed: u32) -> Result<(), AgentError> {
     if uid == allowed {
@@ -282,6 +333,7 @@ pub fn authorize(uid: u32, allowed: u32) -> Result<(), AgentError> {
 }
 
 fn connection<H: Handler>(stream: std::os::unix::net::UnixStream, shared: &Shared<H>) {
+    let _after_reply = Deferred::arm();
     let config = shared.config;
     // Answered in the plugin's protocol version when it is served, so a
     // plugin one version behind (mid-rollout) reads the reply.
@@ -689,6 +741,65 @@ mod tests {
             after.is_err(),
             "nothing is served after shutdown: {after:?}"
         );
+    }
+
+    /// Queues work that waits for `release` and then reports on `done`.
+    struct Deferring {
+        release: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+        done: std::sync::mpsc::Sender<()>,
+    }
+
+    impl Handler for Deferring {
+        async fn handle(&self, _: Request, _: Option<OwnedFd>) -> Reply {
+            let release = self.release.lock().expect("lock").take().expect("one call");
+            let done = self.done.clone();
+            after_reply(move || {
+                let _ = release.recv();
+                let _ = done.send(());
+            });
+            Ok(Response::Deleted)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_queued_for_after_the_reply_runs_once_the_caller_has_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.sock");
+        let listener = bind(&path).expect("bind");
+        let (release, released) = std::sync::mpsc::channel();
+        let (done, finished) = std::sync::mpsc::channel();
+        let handler = Deferring {
+            release: std::sync::Mutex::new(Some(released)),
+            done,
+        };
+        tokio::spawn(serve(
+            listener,
+            Arc::new(handler),
+            ServerConfig::default(),
+            std::future::pending(),
+        ));
+        let (reply, _) = timed_call(&path).await;
+        assert_eq!(
+            reply,
+            Ok(Response::Deleted),
+            "answered while the work waits"
+        );
+        assert!(
+            finished.try_recv().is_err(),
+            "the work waits for its release"
+        );
+        release.send(()).expect("release");
+        finished
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the queued work ran after the reply");
+    }
+
+    #[test]
+    fn work_queued_outside_a_connection_runs_at_once() {
+        let ran = std::rc::Rc::new(std::cell::Cell::new(false));
+        let flag = std::rc::Rc::clone(&ran);
+        after_reply(move || flag.set(true));
+        assert!(ran.get());
     }
 
     #[tokio::test]

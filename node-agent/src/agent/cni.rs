@@ -20,6 +20,7 @@ use crate::cloud::Cloud;
 use crate::committer::Pending;
 use crate::dataplane::{Dataplane, POD_GATEWAY, PodNetns, PodSpec};
 use crate::ipam::{AddPlan, Allocation, AttachmentKey, IpamError, StaticIp};
+use crate::server::after_reply;
 use crate::sizing;
 
 /// How often one ADD waits for the pool to grow before it gives up (IPs
@@ -138,14 +139,16 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 }
                 crate::metrics::add_phase("wire", wiring.elapsed());
                 crate::metrics::add_phase("total", started.elapsed());
-                info!(
-                    ip = %spec.ip,
-                    eni = %spec.eni.id,
-                    host_veth = %links.host_ifname,
-                    repeated = plan.existing,
-                    took_us = started.elapsed().as_micros() as u64,
-                    "pod added"
+                let (span, ip, eni, host_veth) = (
+                    tracing::Span::current(),
+                    spec.ip,
+                    spec.eni.id.clone(),
+                    links.host_ifname.clone(),
                 );
+                let (repeated, took_us) = (plan.existing, started.elapsed().as_micros() as u64);
+                after_reply(move || {
+                    span.in_scope(|| info!(%ip, %eni, %host_veth, repeated, took_us, "pod added"));
+                });
                 Ok(Response::Added(AddReply {
                     ip: spec.ip,
                     gateway: POD_GATEWAY,
@@ -240,11 +243,9 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             .await
             .map_err(dataplane_error)?;
         self.release(&key).await?;
-        info!(
-            ip = %allocation.ip,
-            took_us = started.elapsed().as_micros() as u64,
-            "pod deleted"
-        );
+        let (span, ip) = (tracing::Span::current(), allocation.ip);
+        let took_us = started.elapsed().as_micros() as u64;
+        after_reply(move || span.in_scope(|| info!(%ip, took_us, "pod deleted")));
         Ok(Response::Deleted)
     }
 
