@@ -12,6 +12,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// The least alignment of a block: malloc's, which code relies on beyond
+/// what it asks (nix builds a control message's header in a byte buffer,
+/// and a debug build checks the header's alignment).
+const MIN_ALIGN: usize = 16;
+
 /// The arena's size: several times what the largest call allocates (a GC
 /// with its attachment list), less than one huge network configuration
 /// (stdin is capped at 1 MiB), which the system allocator then takes.
@@ -52,7 +57,8 @@ impl Arena {
         let base = self.base();
         let mut next = self.next.load(Ordering::Relaxed);
         loop {
-            let start = (base + next).next_multiple_of(layout.align()) - base;
+            let align = layout.align().max(MIN_ALIGN);
+            let start = (base + next).next_multiple_of(align) - base;
             let Some(end) = start.checked_add(layout.size()) else {
                 return std::ptr::null_mut();
             };
@@ -159,6 +165,18 @@ mod tests {
 
     fn layout(size: usize, align: usize) -> Layout {
         Layout::from_size_align(size, align).expect("layout")
+    }
+
+    #[test]
+    fn every_block_is_aligned_as_malloc_would_align_it() {
+        let a = Box::new(Arena::new());
+        // SAFETY: layouts of non-zero size, blocks not used.
+        unsafe {
+            for size in [1, 3, 7, 24] {
+                let p = a.alloc(layout(size, 1));
+                assert_eq!(p as usize % MIN_ALIGN, 0, "a block of {size} bytes");
+            }
+        }
     }
 
     #[test]
