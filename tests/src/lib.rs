@@ -380,8 +380,9 @@ impl Sim {
         // SAFETY: plain kill(2) on a pid this simulation started.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
-        {
+        // Until every thread is gone, not only the leader: the store's lock
+        // is held until the last one has closed its descriptors.
+        while !vpc_sim::k8s::faults::threads_gone(pid as u32) {
             assert!(Instant::now() < deadline, "agent {pid} did not die");
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -119,8 +119,10 @@ pub fn restart(state: &Path, name: &str, down_for: Duration) -> Result<Restarted
 }
 
 /// Whether every thread of `pid` has exited (zombies included): only then
-/// are the descriptors it held, its listening sockets among them, closed.
-fn threads_gone(pid: u32) -> bool {
+/// are the descriptors it held, its listening sockets and file locks among
+/// them, closed. A killed process's leader is a zombie before its other
+/// threads have exited.
+pub fn threads_gone(pid: u32) -> bool {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return true;
     };
