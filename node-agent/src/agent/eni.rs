@@ -191,12 +191,17 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             return Ok(());
         }
         self.ips_wanted.notify_one();
-        tokio::select! {
-            _ = &mut added => Ok(()),
-            changed = rounds.changed() => match changed {
-                Ok(()) => rounds.borrow().error.clone().map_or(Ok(()), Err),
-                Err(_) => Err(internal("the maintenance loop is gone")),
-            },
+        // New IPs count before the round's end: a round whose other step
+        // failed (an ENI the subnet had no room for) still brought them.
+        let ended = tokio::select! {
+            biased;
+            _ = &mut added => return Ok(()),
+            changed = rounds.changed() => changed,
+        };
+        match ended {
+            Err(_) => Err(internal("the maintenance loop is gone")),
+            Ok(()) if self.txn.read(|ipam, now| ipam.counts(now).free) > 0 => Ok(()),
+            Ok(()) => rounds.borrow().error.clone().map_or(Ok(()), Err),
         }
     }
 

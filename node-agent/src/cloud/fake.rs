@@ -55,6 +55,11 @@ impl FakeCloud {
 }
 
 impl FakeCloud {
+    /// Sets the VPC's ENI quota: every ENI created beyond it is refused.
+    pub fn set_eni_quota(&self, quota: u32) {
+        self.vpc.lock().unwrap_or_else(|p| p.into_inner()).eni_quota = quota;
+    }
+
     /// How many ENIs of the whole VPC carry `ip`, attached or not.
     pub fn enis_carrying(&self, ip: Ipv4Addr) -> usize {
         let v = self.vpc.lock().unwrap_or_else(|p| p.into_inner());

@@ -430,6 +430,39 @@ async fn an_add_on_a_pool_above_its_targets_costs_no_maintenance_round() {
     maintenance.abort();
 }
 
+/// A round that grows IPs on an ENI and a new ENI at once: the new ENI is
+/// refused, the IPs arrive. The ADD that waited gets one (it also saw the
+/// round end with an error, and took the error when it looked at that
+/// first: half the time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_add_gets_the_ips_of_a_round_whose_other_step_failed() {
+    let limits = Limits {
+        max_enis: 4,
+        max_ips_per_eni: 3,
+    };
+    for attempt in 0..8 {
+        let h = harness_configured(
+            limits,
+            Box::new(MemoryStore::default()),
+            with_targets(1, 0, None),
+        )
+        .await;
+        let agent = Arc::new(h.agent);
+        let maintenance = tokio::spawn(Arc::clone(&agent).maintain_pool());
+        let free = || agent.txn.read(|ipam, now| ipam.counts(now).free);
+        eventually("the warm IP", || free() >= 1).await;
+        // The ENI has room for one IP more; the rest asks for an ENI.
+        agent.cloud.set_eni_quota(0);
+        add(&agent, "first").await;
+        let second = agent.handle(add_req("second"), None).await;
+        assert!(
+            matches!(second, Ok(Response::Added(_))),
+            "attempt {attempt}: {second:?}"
+        );
+        maintenance.abort();
+    }
+}
+
 /// The test configuration with these pool targets (no warm ENI, a release
 /// batch of 5).
 fn with_targets(warm_ip: usize, min_ip: usize, max_eni: Option<u32>) -> AgentConfig {
