@@ -55,9 +55,9 @@ impl Arena {
     /// A block of `layout` from the arena, or null when it is full.
     fn bump(&self, layout: Layout) -> *mut u8 {
         let base = self.base();
+        let align = layout.align().max(MIN_ALIGN);
         let mut next = self.next.load(Ordering::Relaxed);
         loop {
-            let align = layout.align().max(MIN_ALIGN);
             let start = (base + next).next_multiple_of(align) - base;
             let Some(end) = start.checked_add(layout.size()) else {
                 return std::ptr::null_mut();
@@ -93,8 +93,8 @@ impl Default for Arena {
     }
 }
 
-// SAFETY: blocks come from the arena's own bytes, aligned and sized as
-// asked and never handed out twice, or from the system allocator; each is
+// SAFETY: blocks come from the arena's own bytes, sized as asked, aligned
+// at least as asked and never handed out twice, or from the system allocator; each is
 // given back to where it came from.
 unsafe impl GlobalAlloc for Arena {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
