@@ -418,11 +418,15 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             self.discard_eni(&eni.id).await;
             return Err(cloud_error(e));
         }
-        let record = pool_record(&eni, subnet, node.mtu, table);
-        if let Err(e) = self.dataplane.program_eni(&record).await {
-            self.attaching_state(&eni, Some(e.to_string()));
-            self.discard_eni(&record.id).await;
-            return Err(dataplane_error(e));
+        let mut record = pool_record(&eni, subnet, node.mtu, table);
+        match self.dataplane.program_eni(&record).await {
+            // Its pods take the MTU the VPC gave its link.
+            Ok(mtu) => record.mtu = mtu,
+            Err(e) => {
+                self.attaching_state(&eni, Some(e.to_string()));
+                self.discard_eni(&record.id).await;
+                return Err(dataplane_error(e));
+            }
         }
         self.attaching().remove(&eni.id);
         info!(eni = %record.id, table, ips = record.ips.len(), "attached ENI");

@@ -118,12 +118,12 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             }
         }
         let enis: Vec<EniRecord> = agent.txn.read(|ipam, _| ipam.enis().to_vec());
-        for eni in &enis {
-            // One ENI gone missing must not keep the whole node from serving.
-            if let Err(e) = agent.dataplane.program_eni(eni).await {
-                warn!(eni = %eni.id, error = %e, "cannot program ENI; pods on it will not be reachable");
-            }
-        }
+        agent
+            .program_enis(
+                &enis,
+                "cannot program ENI; pods on it will not be reachable",
+            )
+            .await;
         // Egress out of the VPC; a failure is logged (and every CHECK then
         // names it), never a reason not to serve pods inside the VPC.
         if let Err(e) = agent.dataplane.program_egress().await {
@@ -212,12 +212,37 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 Ok((changes, adopted))
             })
             .await?;
-        for eni in adopted {
-            if let Err(e) = self.dataplane.program_eni(&eni).await {
-                warn!(eni = %eni.id, error = %e, "cannot program an adopted ENI");
+        self.program_enis(&adopted, "cannot program an adopted ENI")
+            .await;
+        Ok(())
+    }
+
+    /// Programs each of `enis` (one that fails is logged with `failed` and
+    /// skipped: one ENI gone missing must not keep the node from serving)
+    /// and records the MTU of each one's link where the pool says
+    /// otherwise, so its pods get the VPC's MTU.
+    async fn program_enis(&self, enis: &[EniRecord], failed: &str) {
+        let mut mtus = Vec::new();
+        for eni in enis {
+            match self.dataplane.program_eni(eni).await {
+                Ok(mtu) => mtus.push((eni.id.clone(), mtu)),
+                Err(e) => warn!(eni = %eni.id, error = %e, "{failed}"),
             }
         }
-        Ok(())
+        let stale = self.txn.read(|ipam, _| {
+            mtus.iter()
+                .any(|(id, mtu)| ipam.eni(id).is_some_and(|e| e.mtu != *mtu))
+        });
+        if !stale {
+            return;
+        }
+        let recorded = self
+            .txn
+            .commit(|ipam, _| Ok((mtu_changes(ipam, &mtus), ())))
+            .await;
+        if let Err(e) = recorded {
+            warn!(error = %e.message, "cannot record the ENIs' MTUs");
+        }
     }
 
     /// Records that the cloud failed; unreachable-like failures set the
@@ -286,6 +311,21 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 .collect()
         })
     }
+}
+
+/// The records of the ENIs among `mtus` (ENI id, its link's MTU) whose
+/// MTU the pool has otherwise, with the link's.
+fn mtu_changes(ipam: &Ipam, mtus: &[(String, u32)]) -> Vec<Change> {
+    mtus.iter()
+        .filter_map(|(id, mtu)| {
+            let known = ipam.eni(id).filter(|e| e.mtu != *mtu)?;
+            info!(eni = %id, was = known.mtu, mtu, "ENI MTU taken from its link");
+            Some(Change::PutEni(EniRecord {
+                mtu: *mtu,
+                ..known.clone()
+            }))
+        })
+        .collect()
 }
 
 /// A stand-in for an ENI the pool no longer has, so that a pod on it can

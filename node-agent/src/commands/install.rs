@@ -1,6 +1,7 @@
-//! `vpc-cni-agent install-cni`: put the plugin binary and the conflist in
-//! place on the node (the DaemonSet's init container runs it with the
-//! node's `/opt/cni/bin` and `/etc/cni/net.d` mounted).
+//! `vpc-cni-agent install-cni`: put the plugin binary, the reference
+//! `portmap` plugin the conflist chains after it (`hostPort`s), and the
+//! conflist in place on the node (the DaemonSet's init container runs it
+//! with the node's `/opt/cni/bin` and `/etc/cni/net.d` mounted).
 //!
 //! Each file is written whole into a temporary file in the target
 //! directory, synced, and renamed over the target, so the runtime (which
@@ -20,6 +21,14 @@ use clap::Args;
 /// Where the image keeps the conflist it installs.
 pub const DEFAULT_CONFLIST: &str = "/etc/vpc-cni/10-vpc-cni.conflist";
 
+/// Where the image keeps the reference `portmap` plugin: Debian's own path
+/// for it (`containernetworking-plugins`), so run by hand on such a node
+/// `install-cni` finds it there too.
+pub const DEFAULT_PORTMAP: &str = "/usr/lib/cni/portmap";
+
+/// The `type` of the chained plugin that maps `hostPort`s.
+const PORTMAP: &str = "portmap";
+
 /// Flags of `install-cni`.
 #[derive(Debug, Args)]
 pub struct InstallArgs {
@@ -32,6 +41,9 @@ pub struct InstallArgs {
     /// The plugin binary to install (default: `vpc-cni` next to this program).
     #[arg(long)]
     plugin: Option<PathBuf>,
+    /// The `portmap` plugin to install beside it, when the conflist chains it.
+    #[arg(long, default_value = DEFAULT_PORTMAP)]
+    portmap: PathBuf,
     /// The conflist to install (kept under its own file name).
     #[arg(long, default_value = DEFAULT_CONFLIST)]
     conflist: PathBuf,
@@ -46,8 +58,10 @@ pub enum Outcome {
     Unchanged,
 }
 
-/// Installs the plugin, then the conflist (last, so a runtime that sees the
-/// configuration finds the plugin it names).
+/// Installs the plugin and, if the conflist chains it, `portmap`, then the
+/// conflist (last, so a runtime that sees the configuration finds every
+/// plugin it names). Everything is read and checked before anything is
+/// written.
 pub fn run(args: InstallArgs) -> Result<(), String> {
     let plugin = match args.plugin {
         Some(p) => p,
@@ -57,16 +71,29 @@ pub fn run(args: InstallArgs) -> Result<(), String> {
     };
     let conflist = fs::read(&args.conflist)
         .map_err(|e| format!("cannot read {}: {e}", args.conflist.display()))?;
-    check_conflist(&conflist).map_err(|e| format!("{}: {e}", args.conflist.display()))?;
-    let binary = fs::read(&plugin).map_err(|e| format!("cannot read {}: {e}", plugin.display()))?;
+    let chained =
+        chained_plugins(&conflist).map_err(|e| format!("{}: {e}", args.conflist.display()))?;
+    let mut binaries = vec![(
+        "vpc-cni",
+        fs::read(&plugin).map_err(|e| format!("cannot read {}: {e}", plugin.display()))?,
+    )];
+    if chained.iter().any(|t| t == PORTMAP) {
+        let portmap = fs::read(&args.portmap).map_err(|e| {
+            format!(
+                "cannot read {}: {e}; the conflist chains portmap, so the image must carry it (or pass --portmap)",
+                args.portmap.display()
+            )
+        })?;
+        binaries.push((PORTMAP, portmap));
+    }
     let conf_name = args
         .conflist
         .file_name()
         .ok_or_else(|| format!("{} has no file name", args.conflist.display()))?;
-    let steps = [
-        (args.bin_dir.join("vpc-cni"), &binary, 0o755),
-        (args.conf_dir.join(conf_name), &conflist, 0o644),
-    ];
+    let steps = binaries
+        .iter()
+        .map(|(name, content)| (args.bin_dir.join(name), content, 0o755))
+        .chain([(args.conf_dir.join(conf_name), &conflist, 0o644)]);
     for (target, content, mode) in steps {
         let outcome = install_file(&target, content, mode)
             .map_err(|e| format!("cannot install {}: {e}", target.display()))?;
@@ -83,15 +110,24 @@ pub fn run(args: InstallArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// A conflist must be a JSON object with a `plugins` list: a broken one
-/// would take the node's network down.
-fn check_conflist(bytes: &[u8]) -> Result<(), String> {
+/// The `type`s of a conflist's plugins, in chain order. It must be a JSON
+/// object with a non-empty `plugins` list whose every entry names its
+/// `type`: a broken one would take the node's network down.
+fn chained_plugins(bytes: &[u8]) -> Result<Vec<String>, String> {
     let v: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    match v.get("plugins") {
-        Some(serde_json::Value::Array(p)) if !p.is_empty() => Ok(()),
-        _ => Err("not a conflist (no \"plugins\" list)".into()),
-    }
+    let plugins = match v.get("plugins") {
+        Some(serde_json::Value::Array(p)) if !p.is_empty() => p,
+        _ => return Err("not a conflist (no \"plugins\" list)".into()),
+    };
+    plugins
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match p.get("type") {
+            Some(serde_json::Value::String(t)) if !t.is_empty() => Ok(t.clone()),
+            _ => Err(format!("plugin {i} of the conflist has no \"type\"")),
+        })
+        .collect()
 }
 
 /// Writes `content` to `target` atomically with `mode`, unless it already
@@ -146,19 +182,20 @@ mod tests {
         names
     }
 
-    const CONFLIST: &str =
-        r#"{"cniVersion":"1.0.0","name":"vpc-cni","plugins":[{"type":"vpc-cni"}]}"#;
+    const CONFLIST: &str = r#"{"cniVersion":"1.0.0","name":"vpc-cni","plugins":[{"type":"vpc-cni"},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
 
     fn setup() -> (tempfile::TempDir, InstallArgs) {
         let dir = tempfile::tempdir().expect("tempdir");
         let src = dir.path().join("src");
         fs::create_dir_all(&src).expect("mkdir");
         fs::write(src.join("vpc-cni"), b"plugin v1").expect("write");
+        fs::write(src.join("portmap"), b"portmap v1").expect("write");
         fs::write(src.join("10-vpc-cni.conflist"), CONFLIST).expect("write");
         let args = InstallArgs {
             bin_dir: dir.path().join("opt/cni/bin"),
             conf_dir: dir.path().join("etc/cni/net.d"),
             plugin: Some(src.join("vpc-cni")),
+            portmap: src.join("portmap"),
             conflist: src.join("10-vpc-cni.conflist"),
         };
         (dir, args)
@@ -169,27 +206,34 @@ mod tests {
             bin_dir: a.bin_dir.clone(),
             conf_dir: a.conf_dir.clone(),
             plugin: a.plugin.clone(),
+            portmap: a.portmap.clone(),
             conflist: a.conflist.clone(),
         }
     }
 
     #[test]
-    fn installs_plugin_and_conflist_into_missing_directories() {
+    fn installs_plugin_portmap_and_conflist_into_missing_directories() {
         let (_dir, args) = setup();
         let (bin, conf) = (args.bin_dir.clone(), args.conf_dir.clone());
         run(args).expect("install");
         assert_eq!(fs::read(bin.join("vpc-cni")).expect("plugin"), b"plugin v1");
-        let mode = fs::metadata(bin.join("vpc-cni"))
-            .expect("meta")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o755);
+        assert_eq!(
+            fs::read(bin.join("portmap")).expect("portmap"),
+            b"portmap v1"
+        );
+        for name in ["vpc-cni", "portmap"] {
+            let mode = fs::metadata(bin.join(name))
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o755, "{name}");
+        }
         assert_eq!(
             fs::read_to_string(conf.join("10-vpc-cni.conflist")).expect("conf"),
             CONFLIST
         );
         // No temporary file is left behind.
-        assert_eq!(files(&bin), ["vpc-cni"]);
+        assert_eq!(files(&bin), ["portmap", "vpc-cni"]);
         assert_eq!(files(&conf), ["10-vpc-cni.conflist"]);
     }
 
@@ -214,25 +258,26 @@ mod tests {
         let mut kept = String::new();
         std::io::Read::read_to_string(&mut &old, &mut kept).expect("read old");
         assert_eq!(kept, "plugin v1");
-        assert_eq!(files(&bin), ["vpc-cni"]);
+        assert_eq!(files(&bin), ["portmap", "vpc-cni"]);
     }
 
     #[test]
     fn running_twice_changes_nothing() {
         let (_dir, args) = setup();
         let conf = args.conf_dir.join("10-vpc-cni.conflist");
+        let portmap = args.bin_dir.join("portmap");
         run(again(&args)).expect("first");
-        let before = fs::metadata(&conf).expect("meta");
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).expect("meta"));
+        let before = (ino(&conf), ino(&portmap));
         assert_eq!(
             install_file(&conf, CONFLIST.as_bytes(), 0o644).expect("again"),
             Outcome::Unchanged
         );
         run(args).expect("second");
-        let after = fs::metadata(&conf).expect("meta");
         assert_eq!(
-            std::os::unix::fs::MetadataExt::ino(&before),
-            std::os::unix::fs::MetadataExt::ino(&after),
-            "an unchanged conflist was replaced (the runtime would reload)"
+            (ino(&conf), ino(&portmap)),
+            before,
+            "an unchanged file was replaced (the runtime would reload)"
         );
     }
 
@@ -257,18 +302,57 @@ mod tests {
         let err = run(args).expect_err("refused");
         assert!(err.contains("not JSON"), "{err}");
         assert!(!bin.exists(), "the plugin was installed before the check");
-        assert!(check_conflist(br#"{"name":"x"}"#).is_err());
-        assert!(check_conflist(CONFLIST.as_bytes()).is_ok());
+        assert!(chained_plugins(br#"{"name":"x"}"#).is_err());
+        assert!(chained_plugins(br#"{"plugins":[{"type":"vpc-cni"},{}]}"#).is_err());
+        assert_eq!(
+            chained_plugins(CONFLIST.as_bytes()).expect("valid"),
+            ["vpc-cni", "portmap"]
+        );
     }
 
     #[test]
-    fn the_shipped_conflist_is_valid_and_points_at_the_default_socket() {
+    fn a_missing_portmap_is_a_clear_error_and_nothing_is_installed() {
+        let (_dir, args) = setup();
+        fs::remove_file(&args.portmap).expect("rm");
+        let bin = args.bin_dir.clone();
+        let err = run(args).expect_err("refused");
+        assert!(
+            err.contains("portmap") && err.contains("the conflist chains portmap"),
+            "{err}"
+        );
+        assert!(!bin.exists(), "the plugin was installed without portmap");
+    }
+
+    #[test]
+    fn a_conflist_without_portmap_needs_none() {
+        let (_dir, args) = setup();
+        fs::write(
+            &args.conflist,
+            r#"{"cniVersion":"1.0.0","name":"vpc-cni","plugins":[{"type":"vpc-cni"}]}"#,
+        )
+        .expect("write");
+        fs::remove_file(&args.portmap).expect("rm");
+        let bin = args.bin_dir.clone();
+        run(args).expect("install");
+        assert_eq!(files(&bin), ["vpc-cni"]);
+    }
+
+    #[test]
+    fn the_shipped_conflist_chains_portmap_after_vpc_cni_on_the_default_socket() {
         let shipped = include_str!("../../../conf/10-vpc-cni.conflist");
-        check_conflist(shipped.as_bytes()).expect("valid");
+        assert_eq!(
+            chained_plugins(shipped.as_bytes()).expect("valid"),
+            ["vpc-cni", PORTMAP]
+        );
         let v: serde_json::Value = serde_json::from_str(shipped).expect("json");
         assert_eq!(
             v["plugins"][0]["agentSocket"],
             proto::cni::config::DEFAULT_AGENT_SOCKET
+        );
+        assert_eq!(
+            v["plugins"][1]["capabilities"],
+            serde_json::json!({"portMappings": true}),
+            "the runtime hands portmap the pod's hostPorts only for this capability"
         );
     }
 }

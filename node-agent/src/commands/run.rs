@@ -13,7 +13,7 @@ use crate::clock::{self, Clock};
 use crate::cloud::tencent::{self, Identity, Settings};
 use crate::cloud::{Cloud, TencentCloud};
 use crate::dataplane::egress::Cidr;
-use crate::dataplane::{Dataplane, Egress, FakeDataplane, NetlinkDataplane};
+use crate::dataplane::{Connmark, ConnmarkBit, Dataplane, Egress, FakeDataplane, NetlinkDataplane};
 use crate::logging::{self, LogFormat};
 use crate::server::{self, ServerConfig};
 use crate::sizing::Targets;
@@ -81,6 +81,17 @@ pub struct RunArgs {
     /// service).
     #[arg(long, value_delimiter = ',')]
     non_masquerade_cidrs: Vec<Cidr>,
+    /// The bit of the conntrack and packet marks that marks connections
+    /// arriving on the primary ENI for the node's own addresses (NodePort,
+    /// hostPort), so their replies leave by it whatever the egress setting:
+    /// hex (`0x80`) or decimal, exactly one bit, none of kube-proxy's
+    /// 0x4000 and 0x8000 or Calico's 0xffff0000.
+    #[arg(long, default_value = "0x80")]
+    connmark_bit: ConnmarkBit,
+    /// The MAC of the node's primary ENI, whose link the connmark matches
+    /// (default: from the metadata service).
+    #[arg(long, value_parser = mac_address)]
+    primary_eni_mac: Option<String>,
     /// VPC API endpoint (a simulation's emulator: `http://HOST:PORT`).
     #[arg(long, default_value = "https://vpc.tencentcloudapi.com")]
     cloud_endpoint: String,
@@ -210,10 +221,15 @@ async fn serve(args: RunArgs) -> Result<(), String> {
     };
     match args.dataplane {
         DataplaneKind::Netlink => {
+            let connmark = Connmark {
+                bit: args.connmark_bit,
+                primary_mac: primary_mac(&args).await?,
+            };
             let dataplane = NetlinkDataplane::new(args.node_netns.as_deref())
                 .await
                 .map_err(|e| e.to_string())?
-                .with_egress(egress(&args, &cloud).await?);
+                .with_egress(egress(&args, &cloud).await?)
+                .with_connmark(connmark);
             let claims = cluster.claim_store();
             listen(
                 args,
@@ -270,6 +286,36 @@ async fn cloud(args: &RunArgs) -> Result<TencentCloud, String> {
         subnets: args.subnet_ids.clone(),
         cluster: args.cluster_name.clone(),
     }))
+}
+
+/// The primary ENI's MAC: the flag's, or the metadata service's.
+async fn primary_mac(args: &RunArgs) -> Result<String, String> {
+    if let Some(mac) = &args.primary_eni_mac {
+        return Ok(mac.clone());
+    }
+    let (url, timeout) = (args.metadata_url.clone(), args.cloud_timeout);
+    let mac =
+        tokio::task::spawn_blocking(move || tencent::primary_mac_from_metadata(&url, timeout))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("the primary ENI's MAC: {e} (give --primary-eni-mac)"))?;
+    info!(%mac, "primary ENI");
+    Ok(mac)
+}
+
+/// A MAC address flag (`aa:bb:cc:dd:ee:ff`), lower case.
+fn mac_address(s: &str) -> Result<String, String> {
+    let octets: Vec<&str> = s.trim().split(':').collect();
+    if octets.len() != 6
+        || octets
+            .iter()
+            .any(|o| o.len() != 2 || u8::from_str_radix(o, 16).is_err())
+    {
+        return Err(format!(
+            "{s}: not a MAC address (such as 52:54:00:12:34:56)"
+        ));
+    }
+    Ok(s.trim().to_ascii_lowercase())
 }
 
 /// The egress from the flags; unless the non-masquerade CIDRs are given,

@@ -1,8 +1,10 @@
 //! `vpc-cni-agent uninstall`: removes from the node what the agent
-//! programs for the node as a whole and no pod's DEL takes away: the egress
-//! masquerade table (`table ip vpc-cni`) and its policy rules. Run it after
-//! the agent is stopped for good (a DaemonSet's pre-stop or clean-up job);
-//! a later start programs them again.
+//! programs for the node as a whole and no pod's DEL takes away: its
+//! nftables table (`table ip vpc-cni`: the connmark chain, and the egress
+//! masquerade's chain and set) and its policy rules (the connmark's
+//! `fwmark` rule and the egress rules). Run it after the agent is stopped
+//! for good (a DaemonSet's pre-stop or clean-up job); a later start
+//! programs them again.
 
 use std::path::PathBuf;
 
@@ -20,7 +22,7 @@ pub struct UninstallArgs {
     node_netns: Option<PathBuf>,
 }
 
-/// Removes the egress table and rules; nothing to remove is success.
+/// Removes the table and rules; nothing to remove is success.
 pub fn run(args: UninstallArgs) -> Result<(), String> {
     logging::init(LogFormat::Text, LevelFilter::INFO);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -30,6 +32,6 @@ pub fn run(args: UninstallArgs) -> Result<(), String> {
     runtime
         .block_on(crate::dataplane::remove_egress(args.node_netns.as_deref()))
         .map_err(|e| e.to_string())?;
-    info!("egress masquerade table and rules removed");
+    info!("connmark and egress masquerade table and rules removed");
     Ok(())
 }

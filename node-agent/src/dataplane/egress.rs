@@ -1,7 +1,8 @@
 //! Egress out of the VPC, as pure data: what gets masqueraded and how pod
 //! traffic is routed for it. The netlink data path turns this into an
-//! nftables table and three kinds of policy rules (`netlink/egress.rs`);
-//! the fake records it.
+//! nftables table and three kinds of policy rules (`netlink/egress.rs`),
+//! beside the connmark's table chain and rule ([`super::connmark`]); the
+//! fake records it.
 //!
 //! Pod traffic to a destination outside the non-masquerade CIDRs leaves by
 //! the main table (the primary ENI) and is masqueraded to the node's
@@ -11,6 +12,8 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
+
+use super::connmark::{ConnmarkBit, RULE_CONNMARK_PRIORITY};
 
 /// An IPv4 CIDR block whose host bits are zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -171,9 +174,17 @@ pub const RULE_EGRESS_MAIN_PRIORITY: u32 = 1025;
 /// Priority of the `nop` rule the skips jump to.
 pub const RULE_EGRESS_ANCHOR: u32 = 1026;
 
-/// One policy rule of the egress routing.
+// A marked reply is routed by the main table before any egress rule (and
+// so before the pods' rules at 1536) sees it.
+const _: () = assert!(RULE_CONNMARK_PRIORITY < RULE_EGRESS_SKIP_PRIORITY);
+
+/// One policy rule of the node's own: the egress routing and the
+/// connmark's.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum EgressRule {
+    /// `fwmark BIT/BIT lookup main` at priority 1000: replies of
+    /// connections that arrived on the primary ENI leave by it.
+    Connmark(ConnmarkBit),
     /// `to CIDR goto 1026` at priority 1024.
     Skip(Cidr),
     /// `lookup main` at priority 1025.
@@ -186,6 +197,7 @@ impl EgressRule {
     /// Its priority.
     pub fn priority(&self) -> u32 {
         match self {
+            EgressRule::Connmark(_) => RULE_CONNMARK_PRIORITY,
             EgressRule::Skip(_) => RULE_EGRESS_SKIP_PRIORITY,
             EgressRule::Main => RULE_EGRESS_MAIN_PRIORITY,
             EgressRule::Anchor => RULE_EGRESS_ANCHOR,
@@ -196,6 +208,9 @@ impl EgressRule {
 impl fmt::Display for EgressRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            EgressRule::Connmark(bit) => {
+                write!(f, "{}: fwmark {bit}/{bit} lookup main", self.priority())
+            }
             EgressRule::Skip(c) => {
                 write!(f, "{}: to {c} goto {RULE_EGRESS_ANCHOR}", self.priority())
             }
@@ -205,15 +220,17 @@ impl fmt::Display for EgressRule {
     }
 }
 
-/// The policy rules `egress` needs, sorted: none when off; else the anchor
-/// first (a `goto` to a missing priority would be skipped), the main-table
-/// rule, and one skip per block of the merged non-masquerade ranges.
-pub fn rules(egress: &Egress) -> Vec<EgressRule> {
+/// The policy rules the node needs, sorted: the connmark's whatever the
+/// egress; none more when off; else the anchor first (a `goto` to a
+/// missing priority would be skipped), the main-table rule, and one skip
+/// per block of the merged non-masquerade ranges.
+pub fn rules(egress: &Egress, connmark: ConnmarkBit) -> Vec<EgressRule> {
     let ranges = egress.ranges();
+    let mut v = vec![EgressRule::Connmark(connmark)];
     if matches!(egress, Egress::Off) {
-        return Vec::new();
+        return v;
     }
-    let mut v = vec![EgressRule::Anchor, EgressRule::Main];
+    v.extend([EgressRule::Anchor, EgressRule::Main]);
     v.extend(
         ranges
             .iter()
@@ -309,14 +326,22 @@ mod tests {
         );
     }
 
+    fn bit() -> ConnmarkBit {
+        ConnmarkBit::default()
+    }
+
     #[test]
-    fn masquerading_needs_a_cidr_and_off_needs_no_rule() {
+    fn masquerading_needs_a_cidr_and_off_needs_only_the_connmark_rule() {
         assert!(Egress::masquerade(vec![]).is_err());
-        assert!(rules(&Egress::Off).is_empty());
+        assert_eq!(
+            rules(&Egress::Off, bit()),
+            vec![EgressRule::Connmark(bit())]
+        );
         let e = Egress::masquerade(vec![c("10.0.0.0/16"), c("10.0.16.0/20")]).expect("egress");
         assert_eq!(
-            rules(&e),
+            rules(&e, bit()),
             vec![
+                EgressRule::Connmark(bit()),
                 EgressRule::Anchor,
                 EgressRule::Main,
                 EgressRule::Skip(c("10.0.0.0/16"))
@@ -331,7 +356,7 @@ mod tests {
     #[test]
     fn rule_plans_remove_strays_and_duplicates_and_add_what_lacks() {
         let e = Egress::masquerade(vec![c("10.0.0.0/16")]).expect("egress");
-        let wanted = rules(&e);
+        let wanted = rules(&e, bit());
         assert_eq!(plan_rules(&wanted, &wanted), (vec![], vec![]));
         let present = vec![
             EgressRule::Main,
@@ -345,10 +370,41 @@ mod tests {
         );
         assert_eq!(
             add,
-            vec![EgressRule::Anchor, EgressRule::Skip(c("10.0.0.0/16"))]
+            vec![
+                EgressRule::Connmark(bit()),
+                EgressRule::Anchor,
+                EgressRule::Skip(c("10.0.0.0/16"))
+            ]
         );
-        let (delete, add) = plan_rules(&wanted, &rules(&Egress::Off));
+        // Off keeps the connmark's rule and drops the egress rules.
+        let (delete, add) = plan_rules(&wanted, &rules(&Egress::Off, bit()));
+        assert_eq!(delete, wanted[1..].to_vec());
+        assert!(add.is_empty());
+        // Uninstall: nothing wanted, everything of ours goes.
+        let (delete, add) = plan_rules(&wanted, &[]);
         assert_eq!(delete, wanted);
         assert!(add.is_empty());
+    }
+
+    #[test]
+    fn the_connmark_rule_follows_its_bit_and_comes_before_every_other() {
+        let old = ConnmarkBit::new(0x80).expect("bit");
+        let new = ConnmarkBit::new(0x100).expect("bit");
+        let present = rules(&Egress::Off, old);
+        let (delete, add) = plan_rules(&present, &rules(&Egress::Off, new));
+        assert_eq!(delete, vec![EgressRule::Connmark(old)]);
+        assert_eq!(add, vec![EgressRule::Connmark(new)]);
+        assert_eq!(
+            EgressRule::Connmark(new).to_string(),
+            "1000: fwmark 0x100/0x100 lookup main"
+        );
+        let e = Egress::masquerade(vec![c("10.0.0.0/16")]).expect("egress");
+        let all = rules(&e, new);
+        assert!(
+            all[1..]
+                .iter()
+                .all(|r| r.priority() > EgressRule::Connmark(new).priority()),
+            "{all:?}"
+        );
     }
 }

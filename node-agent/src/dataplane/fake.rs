@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use super::{Dataplane, DataplaneError, Egress, PodLinks, PodSpec, derived_mac, host_ifname};
 use crate::ipam::EniRecord;
@@ -30,6 +30,8 @@ pub struct FakeDataplane {
     pub fail_attach: AtomicBool,
     /// When set, `program_eni` fails.
     pub fail_program_eni: AtomicBool,
+    /// The MTU `program_eni` finds on every ENI's link (0: the record's).
+    pub eni_mtu: AtomicU32,
     /// The configured egress.
     egress: Egress,
     /// The egress "in the kernel": what the last `program_egress` set.
@@ -100,7 +102,7 @@ impl FakeDataplane {
 }
 
 impl Dataplane for FakeDataplane {
-    async fn program_eni(&self, eni: &EniRecord) -> Result<(), DataplaneError> {
+    async fn program_eni(&self, eni: &EniRecord) -> Result<u32, DataplaneError> {
         self.record(Recorded::ProgramEni(eni.id.clone()));
         if self.fail_program_eni.load(Ordering::SeqCst) {
             return Err(DataplaneError::Kernel {
@@ -108,7 +110,10 @@ impl Dataplane for FakeDataplane {
                 detail: "injected: no link with that MAC".into(),
             });
         }
-        Ok(())
+        Ok(match self.eni_mtu.load(Ordering::SeqCst) {
+            0 => eni.mtu,
+            mtu => mtu,
+        })
     }
 
     async fn attach_pod(&self, pod: &PodSpec) -> Result<PodLinks, DataplaneError> {
@@ -183,9 +188,8 @@ impl Dataplane for FakeDataplane {
     }
 
     async fn check_egress(&self) -> Result<(), DataplaneError> {
-        if self.egress == Egress::Off {
-            return Ok(());
-        }
+        // The connmark is there whatever the egress: even "off" must have
+        // been programmed.
         let programmed = self
             .programmed_egress
             .lock()
@@ -195,7 +199,7 @@ impl Dataplane for FakeDataplane {
             Some(e) if e == self.egress => Ok(()),
             other => Err(DataplaneError::Mismatch {
                 pod: "the node".into(),
-                what: "egress masquerade",
+                what: "egress masquerade and connmark",
                 detail: format!("programmed {other:?}, expected {}", self.egress),
             }),
         }

@@ -3,10 +3,12 @@
 //! calls for tests and for running the agent without touching the host
 //! (`--dataplane fake`).
 
+pub mod connmark;
 pub mod egress;
 mod fake;
 mod netlink;
 
+pub use connmark::{Connmark, ConnmarkBit};
 pub use egress::Egress;
 pub use fake::FakeDataplane;
 #[cfg(test)]
@@ -117,11 +119,13 @@ pub enum DataplaneError {
 /// The kernel operations of the agent.
 pub trait Dataplane: Send + Sync + 'static {
     /// Brings an ENI up and gives it its route table and rules
-    /// (`ip link set ethN up; ip route add default via GW dev ethN table T`).
+    /// (`ip link set ethN up; ip route add default via GW dev ethN table T`);
+    /// returns its link's MTU (`ip link show ethN`), which the VPC set and
+    /// its pods' veths take.
     fn program_eni(
         &self,
         eni: &EniRecord,
-    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+    ) -> impl Future<Output = Result<u32, DataplaneError>> + Send;
     /// Creates the pod's veth, address, routes, neighbour and rules
     /// (`ip link add ... type veth peer ... netns NS`, `ip addr`, `ip route`,
     /// `ip rule`). Idempotent.
@@ -133,12 +137,15 @@ pub trait Dataplane: Send + Sync + 'static {
     fn check_pod(&self, pod: &PodSpec) -> impl Future<Output = Result<(), DataplaneError>> + Send;
     /// Removes what `attach_pod` made; anything already gone is fine.
     fn detach_pod(&self, pod: &PodSpec) -> impl Future<Output = Result<(), DataplaneError>> + Send;
-    /// Programs the node's egress out of the VPC as configured (masquerade
-    /// outside the non-masquerade CIDRs, or nothing of ours when off);
-    /// idempotent, done at every start.
+    /// Programs the node's own part of the data path as configured: the
+    /// connmark that sends replies of connections arriving on the primary
+    /// ENI out by it (always), and the egress out of the VPC (masquerade
+    /// outside the non-masquerade CIDRs, or nothing of it when off);
+    /// idempotent, done at every start (`nft -f`, `ip rule add`).
     fn program_egress(&self) -> impl Future<Output = Result<(), DataplaneError>> + Send;
-    /// Verifies the egress is as [`program_egress`](Self::program_egress)
-    /// left it (part of every CHECK).
+    /// Verifies the connmark and egress are as
+    /// [`program_egress`](Self::program_egress) left them (part of every
+    /// CHECK; `nft list table ip vpc-cni`, `ip rule show`).
     fn check_egress(&self) -> impl Future<Output = Result<(), DataplaneError>> + Send;
     /// Those of `pods` whose host veth is gone: their sandbox's network
     /// namespace was removed (the veth's pod end lived in it), so the

@@ -243,7 +243,8 @@ async fn start_programs_egress_and_check_fails_when_it_is_lost() {
     let e = agent.handle(check(), None).await.expect_err("egress lost");
     assert_eq!(e.kind, ErrorKind::Mismatch);
     assert!(
-        e.message.contains("egress masquerade of the node"),
+        e.message
+            .contains("egress masquerade and connmark of the node"),
         "{}",
         e.message
     );

@@ -39,6 +39,42 @@ async fn restart_restores_allocations_and_adopts_unknown_enis() {
 }
 
 #[tokio::test]
+async fn pods_get_the_mtu_of_their_enis_link_and_a_restart_records_a_changed_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("state.redb");
+    let shared = FakeCloud::new(DEFAULT_LIMITS);
+    let start = |mtu: u32| {
+        let dataplane = FakeDataplane::default();
+        dataplane.eni_mtu.store(mtu, Ordering::SeqCst);
+        let store = Box::new(RedbStore::open(&db).expect("store"));
+        Agent::start(shared.clone(), dataplane, store, config(), system_clock())
+    };
+    {
+        // A new ENI: its link says 9001, whatever the cloud's default.
+        let a = start(9001).await.expect("start");
+        assert_eq!(add(&a, "c1").await.mtu, 9001);
+        assert!(a.pool().enis().iter().all(|e| e.mtu == 9001));
+    }
+    // The link changed while the agent was down: the stored record follows
+    // it at start, and the next pod gets it (the store keeps it too).
+    let a = start(1450).await.expect("restart");
+    assert!(
+        a.pool().enis().iter().all(|e| e.mtu == 1450),
+        "{:?}",
+        a.pool().enis()
+    );
+    assert_eq!(add(&a, "c2").await.mtu, 1450);
+    drop(a);
+    let reopened = RedbStore::open(&db).expect("store");
+    let snapshot = reopened.load().expect("load");
+    assert!(
+        snapshot.enis.iter().all(|e| e.mtu == 1450),
+        "{:?}",
+        snapshot.enis
+    );
+}
+
+#[tokio::test]
 async fn an_eni_that_cannot_be_programmed_is_detached_and_deleted() {
     let h = harness().await;
     h.agent

@@ -146,6 +146,31 @@ pub fn load_credentials(file: Option<&std::path::Path>) -> Result<Credentials, C
     }
 }
 
+/// An HTTP client for the metadata service.
+fn metadata_http(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .build(),
+    )
+}
+
+/// One `GET /latest/meta-data/<path>` of the metadata service at `base`.
+fn metadata_get(http: &ureq::Agent, base: &str, path: &str) -> Result<String, CloudError> {
+    let url = format!("{}/latest/meta-data/{path}", base.trim_end_matches('/'));
+    http.get(&url)
+        .call()
+        .and_then(|mut r| r.body_mut().read_to_string())
+        .map(|s| s.trim().to_string())
+        .map_err(|e| CloudError::Other(format!("metadata {url}: {e}")))
+}
+
+/// The MAC of the node's primary ENI (`mac` of the metadata service at
+/// `base`), lower case.
+pub fn primary_mac_from_metadata(base: &str, timeout: Duration) -> Result<String, CloudError> {
+    metadata_get(&metadata_http(timeout), base, "mac").map(|m| m.to_ascii_lowercase())
+}
+
 /// Reads the node's identity from the metadata service at `base`
 /// (`http://metadata.tencentyun.com`), each field unless already known.
 pub fn identity_from_metadata(
@@ -153,19 +178,8 @@ pub fn identity_from_metadata(
     known: Identity,
     timeout: Duration,
 ) -> Result<Identity, CloudError> {
-    let http = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .build(),
-    );
-    let get = |path: &str| -> Result<String, CloudError> {
-        let url = format!("{}/latest/meta-data/{path}", base.trim_end_matches('/'));
-        http.get(&url)
-            .call()
-            .and_then(|mut r| r.body_mut().read_to_string())
-            .map(|s| s.trim().to_string())
-            .map_err(|e| CloudError::Other(format!("metadata {url}: {e}")))
-    };
+    let http = metadata_http(timeout);
+    let get = |path: &str| metadata_get(&http, base, path);
     let instance_id = if known.instance_id.is_empty() {
         get("instance-id")?
     } else {

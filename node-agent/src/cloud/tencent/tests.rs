@@ -180,6 +180,25 @@ async fn every_action_round_trips_through_the_emulator() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_enis_mac_comes_from_the_metadata_service() {
+    let e = emulator(&[]);
+    let mac = primary_mac_from_metadata(
+        &format!("http://{}/ins-sim0002", e.address),
+        Duration::from_secs(5),
+    )
+    .expect("metadata");
+    let primary = client(&e, "ins-sim0002", "client-secret")
+        .list_enis()
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|eni| eni.primary)
+        .expect("a primary ENI");
+    assert_eq!(mac, primary.mac);
+    assert_eq!(mac, mac.to_ascii_lowercase());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_key_is_an_auth_error_not_retried() {
     let e = emulator(&[]);
     let bad = client(&e, "ins-sim0001", "wrong");

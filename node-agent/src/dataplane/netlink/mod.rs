@@ -2,8 +2,8 @@
 //! [`workers`] (on the serving thread when it can block, else on a worker
 //! thread), with a blocking netlink socket in the node's namespace and a
 //! short-lived one inside a pod's namespace, sending their requests in
-//! [`batch`]es; everything else (ENIs, CHECK, GC, egress) uses
-//! one long-lived async socket in the node's namespace.
+//! [`batch`]es; everything else (ENIs, CHECK, GC, egress and connmark)
+//! uses one long-lived async socket in the node's namespace.
 //!
 //! ADD sends 8 requests in three sends: the veth pair (with the host end up
 //! and the pod end created in the pod namespace, echoed back); the host
@@ -14,8 +14,10 @@
 
 mod batch;
 mod egress;
+mod eni;
 mod messages;
 mod netns;
+mod nfnl;
 mod nft;
 mod pod;
 mod reaper;
@@ -28,15 +30,15 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::packet_route::rule::RuleMessage;
-use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
-use tracing::{debug, warn};
+use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+use tracing::warn;
 
+use super::connmark::Connmark;
 use super::{
     Dataplane, DataplaneError, Egress, HOST_VETH_PREFIX, POD_GATEWAY, PodLinks, PodSpec,
     host_ifname,
@@ -49,9 +51,6 @@ const ESRCH: i32 = 3;
 const ENODEV: i32 = 19;
 const EADDRNOTAVAIL: i32 = 99;
 
-/// How long `program_eni` waits for an attached ENI's link to appear.
-const ENI_LINK_WAIT: Duration = Duration::from_secs(10);
-
 /// The netlink data path.
 #[derive(Debug)]
 pub struct NetlinkDataplane {
@@ -60,6 +59,7 @@ pub struct NetlinkDataplane {
     reaper: Arc<reaper::Reaper>,
     workers: workers::Workers,
     egress: Egress,
+    connmark: Option<Connmark>,
 }
 
 impl NetlinkDataplane {
@@ -87,70 +87,46 @@ impl NetlinkDataplane {
             node,
             node_netns: node_netns.map(Path::to_path_buf),
             egress: Egress::Off,
+            connmark: None,
         })
     }
 
-    /// What [`Dataplane::program_egress`] programs and CHECK verifies.
+    /// The egress [`Dataplane::program_egress`] programs and CHECK verifies.
     pub fn with_egress(mut self, egress: Egress) -> NetlinkDataplane {
         self.egress = egress;
         self
     }
+
+    /// The connmark [`Dataplane::program_egress`] programs, whatever the
+    /// egress, and CHECK verifies; without it, both fail.
+    pub fn with_connmark(mut self, connmark: Connmark) -> NetlinkDataplane {
+        self.connmark = Some(connmark);
+        self
+    }
+
+    fn connmark(&self) -> Result<&Connmark, DataplaneError> {
+        self.connmark
+            .as_ref()
+            .ok_or_else(|| DataplaneError::Kernel {
+                op: "program the connmark",
+                detail: "the primary ENI's MAC is not known".into(),
+            })
+    }
 }
 
-/// Removes the egress table and rules from the node namespace at
-/// `node_netns` (the caller's own when `None`): `vpc-cni-agent uninstall`.
+/// Removes our table (connmark and egress) and our node-wide policy rules
+/// from the node namespace at `node_netns` (the caller's own when `None`):
+/// `vpc-cni-agent uninstall`.
 pub async fn remove_egress(node_netns: Option<&Path>) -> Result<(), DataplaneError> {
     let node = netns::connect(open_path(node_netns)?)
         .await
         .map_err(io_err("open netlink socket in the node namespace"))?;
-    egress::remove(&node, open_path(node_netns)?).await
+    egress::remove(&node, node_netns).await
 }
 
 impl Dataplane for NetlinkDataplane {
-    async fn program_eni(&self, eni: &EniRecord) -> Result<(), DataplaneError> {
-        let link = wait_for_mac(&self.node, &eni.mac).await?;
-        let index = link.header.index;
-        let name = link_name(&link).unwrap_or_default();
-        self.node
-            .link()
-            .set(LinkUnspec::new_with_index(index).mtu(eni.mtu).up().build())
-            .execute()
-            .await
-            .map_err(|e| kernel("ip link set up", e))?;
-        tolerate(
-            self.node
-                .address()
-                .add(index, IpAddr::V4(eni.primary_ip), 32)
-                .execute()
-                .await,
-            &[EEXIST],
-        )
-        .map_err(|e| kernel("ip addr add", e))?;
-        self.node
-            .route()
-            .add(messages::eni_gateway_route(eni.gateway, index, eni.table))
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| kernel("ip route replace (ENI gateway)", e))?;
-        self.node
-            .route()
-            .add(messages::eni_default_route(eni.gateway, index, eni.table))
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| kernel("ip route replace (ENI default)", e))?;
-        // Replies to a pod leave by its ENI while the main table points the
-        // subnet elsewhere: loose reverse-path filtering on the ENI.
-        netns::write_sysctl(
-            open_path(self.node_netns.as_deref())?,
-            &format!("net/ipv4/conf/{name}/rp_filter"),
-            "2",
-        )
-        .await
-        .map_err(io_err("sysctl rp_filter"))?;
-        debug!(eni = %eni.id, link = %name, table = eni.table, "ENI programmed");
-        Ok(())
+    async fn program_eni(&self, eni: &EniRecord) -> Result<u32, DataplaneError> {
+        self.program(eni).await
     }
 
     async fn attach_pod(&self, pod: &PodSpec) -> Result<PodLinks, DataplaneError> {
@@ -257,22 +233,25 @@ impl Dataplane for NetlinkDataplane {
     async fn program_egress(&self) -> Result<(), DataplaneError> {
         egress::program(
             &self.node,
-            open_path(self.node_netns.as_deref())?,
+            self.node_netns.as_deref(),
             &self.egress,
+            self.connmark()?,
         )
         .await
     }
 
     async fn check_egress(&self) -> Result<(), DataplaneError> {
+        let connmark = self.connmark()?;
         egress::check(
             &self.node,
-            open_path(self.node_netns.as_deref())?,
+            self.node_netns.as_deref(),
             &self.egress,
+            connmark,
         )
         .await
         .map_err(|detail| DataplaneError::Mismatch {
             pod: "the node".into(),
-            what: "egress masquerade",
+            what: "egress masquerade and connmark",
             detail,
         })
     }
@@ -423,30 +402,18 @@ async fn find_link(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, D
     }
 }
 
-async fn wait_for_mac(handle: &Handle, mac: &str) -> Result<LinkMessage, DataplaneError> {
-    let deadline = tokio::time::Instant::now() + ENI_LINK_WAIT;
-    loop {
-        let links: Vec<LinkMessage> = handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| kernel("ip link show", e))?;
-        if let Some(link) = links
-            .into_iter()
-            .find(|l| link_mac(l).is_some_and(|m| m.eq_ignore_ascii_case(mac)))
-        {
-            return Ok(link);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(DataplaneError::Kernel {
-                op: "ip link show",
-                detail: format!("no link with MAC {mac} appeared within {ENI_LINK_WAIT:?}"),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// The link whose MAC is `mac`, if any.
+async fn find_mac(handle: &Handle, mac: &str) -> Result<Option<LinkMessage>, DataplaneError> {
+    let links: Vec<LinkMessage> = handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| kernel("ip link show", e))?;
+    Ok(links
+        .into_iter()
+        .find(|l| link_mac(l).is_some_and(|m| m.eq_ignore_ascii_case(mac))))
 }
 
 fn link_name(link: &LinkMessage) -> Option<String> {

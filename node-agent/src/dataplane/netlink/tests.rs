@@ -6,11 +6,13 @@
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use crate::ipam::AttachmentKey;
 
 use super::*;
 use crate::dataplane::PodNetns;
+use links::*;
 
 /// A named network namespace that is deleted on drop.
 struct Netns {
@@ -144,12 +146,22 @@ async fn wait_gone(ns: &Netns, link: &str) -> bool {
     not(privileged),
     ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
 )]
-async fn privileged_program_eni_sets_up_its_table_and_rp_filter() {
+async fn privileged_program_eni_sets_up_its_table_rp_filter_and_arp_and_reads_its_mtu() {
     require_root();
-    let (bed, dp) = programmed_bed().await;
-    dp.program_eni(&bed.eni)
+    let bed = bed();
+    // The VPC's MTU is on the link; the record's (1500) does not override it.
+    bed.node.ip(&["link", "set", "eth1", "mtu", "9001"]);
+    let dp = NetlinkDataplane::new(Some(&bed.node.path()))
         .await
-        .expect("programming twice is fine");
+        .expect("dataplane");
+    assert_eq!(dp.program_eni(&bed.eni).await.expect("program"), 9001);
+    assert_eq!(
+        dp.program_eni(&bed.eni)
+            .await
+            .expect("programming twice is fine"),
+        9001
+    );
+    assert!(bed.node.ip(&["link", "show", "eth1"]).contains("mtu 9001"));
     let table = bed.node.ip(&["route", "show", "table", "101"]);
     assert!(table.contains("default via 10.9.0.1 dev eth1"), "{table}");
     assert!(table.contains("10.9.0.1 dev eth1"), "{table}");
@@ -168,6 +180,9 @@ async fn privileged_program_eni_sets_up_its_table_and_rp_filter() {
         "/proc/sys/net/ipv4/conf/eth1/rp_filter",
     ]);
     assert_eq!(rp.trim(), "2");
+    // No ARP flux between ENIs of one subnet.
+    assert_eq!(sysctl(&bed.node, "net/ipv4/conf/eth1/arp_announce"), "2");
+    assert_eq!(sysctl(&bed.node, "net/ipv4/conf/eth1/arp_ignore"), "1");
     let fwd = sh(&[
         "ip",
         "netns",
@@ -511,4 +526,6 @@ async fn privileged_a_new_veth_is_echoed_with_its_peers_index() {
     drop(bed);
 }
 
+mod connmark;
 mod egress;
+mod links;

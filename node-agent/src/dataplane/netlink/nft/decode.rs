@@ -1,5 +1,5 @@
 //! Reading: the kernel's answers split into messages, and our table's
-//! chain, rule and set elements decoded from them.
+//! chains, rules and set elements decoded from them.
 
 use super::*;
 
@@ -67,7 +67,7 @@ pub(super) fn u32_ne(b: &[u8]) -> u32 {
     u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
 }
 
-fn u32_be(b: &[u8]) -> Option<u32> {
+pub(super) fn u32_be(b: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(0..4)?.try_into().ok()?))
 }
 
@@ -109,15 +109,6 @@ pub struct ChainInfo {
     pub priority: Option<i32>,
 }
 
-impl ChainInfo {
-    /// Whether it is our NAT chain at postrouting, priority srcnat.
-    pub fn is_ours(&self) -> bool {
-        self.kind == "nat"
-            && self.hook == Some(NF_INET_POST_ROUTING)
-            && self.priority == Some(NAT_PRIORITY)
-    }
-}
-
 /// The chain of a `NEWCHAIN` answer.
 pub fn parse_chain(a: &[u8]) -> ChainInfo {
     let hook = find(a, NFTA_CHAIN_HOOK);
@@ -141,41 +132,8 @@ pub fn parse_rule(a: &[u8]) -> Vec<Expr> {
     attrs(list)
         .into_iter()
         .filter(|(t, _)| *t == NFTA_LIST_ELEM)
-        .map(|(_, el)| decode_expr(el))
+        .map(|(_, el)| expr::decode(el))
         .collect()
-}
-
-fn decode_expr(el: &[u8]) -> Expr {
-    let name = find(el, NFTA_EXPR_NAME).map(string).unwrap_or_default();
-    let d = find(el, NFTA_EXPR_DATA).unwrap_or_default();
-    let n = |ty: u16| find(d, ty).and_then(u32_be).unwrap_or_default();
-    match name.as_str() {
-        "meta" => Expr::Meta {
-            key: n(2),
-            dreg: n(1),
-        },
-        "cmp" => Expr::Cmp {
-            sreg: n(1),
-            op: n(2),
-            data: find(d, 3)
-                .and_then(|v| find(v, NFTA_DATA_VALUE))
-                .unwrap_or_default()
-                .to_vec(),
-        },
-        "payload" => Expr::Payload {
-            dreg: n(1),
-            base: n(2),
-            offset: n(3),
-            len: n(4),
-        },
-        "lookup" => Expr::Lookup {
-            set: find(d, 1).map(string).unwrap_or_default(),
-            sreg: n(2),
-            inverted: n(5) & NFT_LOOKUP_F_INV != 0,
-        },
-        "masq" => Expr::Masq { flags: n(1) },
-        _ => Expr::Other(name),
-    }
 }
 
 /// The elements of a `NEWSETELEM` answer: (key, is an interval end).

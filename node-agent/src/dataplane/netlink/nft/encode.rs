@@ -8,7 +8,7 @@ use super::*;
 pub(super) struct Attrs(pub(super) Vec<u8>);
 
 impl Attrs {
-    fn put(&mut self, ty: u16, data: &[u8]) -> &mut Self {
+    pub(super) fn put(&mut self, ty: u16, data: &[u8]) -> &mut Self {
         let len = 4 + data.len();
         self.0.extend_from_slice(&(len as u16).to_ne_bytes());
         self.0.extend_from_slice(&ty.to_ne_bytes());
@@ -17,17 +17,17 @@ impl Attrs {
         self
     }
 
-    fn u32(&mut self, ty: u16, v: u32) -> &mut Self {
+    pub(super) fn u32(&mut self, ty: u16, v: u32) -> &mut Self {
         self.put(ty, &v.to_be_bytes())
     }
 
-    fn str(&mut self, ty: u16, s: &str) -> &mut Self {
+    pub(super) fn str(&mut self, ty: u16, s: &str) -> &mut Self {
         let mut b = s.as_bytes().to_vec();
         b.push(0);
         self.put(ty, &b)
     }
 
-    fn nest(&mut self, ty: u16, f: impl FnOnce(&mut Attrs)) -> &mut Self {
+    pub(super) fn nest(&mut self, ty: u16, f: impl FnOnce(&mut Attrs)) -> &mut Self {
         let mut inner = Attrs::default();
         f(&mut inner);
         self.put(ty | NLA_F_NESTED, &inner.0)
@@ -145,38 +145,67 @@ impl Batch {
     }
 }
 
-/// One transaction that removes our table (if any) and creates it anew
-/// with the set holding `ranges` and the masquerade rule: a second start
-/// replaces, never duplicates, and no packet sees a half-made table.
-pub fn replace_batch(seq: u32, ranges: &[(u32, u32)]) -> Batch {
+/// One transaction that removes our table (if any) and creates it anew as
+/// `spec` says (chains, set and elements, then the rules, since a rule
+/// names its chain and set): a second start replaces, never duplicates,
+/// and no packet sees a half-made table.
+pub fn replace_batch(seq: u32, spec: &TableSpec) -> Batch {
     let mut b = Batch::new(seq);
     b.drop_table();
     let mut t = Attrs::default();
     t.str(NFTA_TABLE_NAME, TABLE);
     b.push(NFT_MSG_NEWTABLE, NLM_F_CREATE, &t);
 
-    let mut c = Attrs::default();
-    c.str(NFTA_CHAIN_TABLE, TABLE)
-        .str(NFTA_CHAIN_NAME, CHAIN)
-        .nest(NFTA_CHAIN_HOOK, |h| {
-            h.u32(NFTA_HOOK_HOOKNUM, NF_INET_POST_ROUTING)
-                .u32(NFTA_HOOK_PRIORITY, NAT_PRIORITY as u32);
-        })
-        .u32(NFTA_CHAIN_POLICY, NF_ACCEPT)
-        .str(NFTA_CHAIN_TYPE, "nat");
-    b.push(NFT_MSG_NEWCHAIN, NLM_F_CREATE, &c);
+    for chain in &spec.chains {
+        let mut c = Attrs::default();
+        c.str(NFTA_CHAIN_TABLE, TABLE)
+            .str(NFTA_CHAIN_NAME, chain.name)
+            .nest(NFTA_CHAIN_HOOK, |h| {
+                h.u32(NFTA_HOOK_HOOKNUM, chain.hook)
+                    .u32(NFTA_HOOK_PRIORITY, chain.priority as u32);
+            })
+            .u32(NFTA_CHAIN_POLICY, NF_ACCEPT)
+            .str(NFTA_CHAIN_TYPE, chain.kind);
+        b.push(NFT_MSG_NEWCHAIN, NLM_F_CREATE, &c);
+    }
 
-    let mut s = Attrs::default();
-    s.str(NFTA_SET_TABLE, TABLE)
-        .str(NFTA_SET_NAME, SET)
-        .u32(NFTA_SET_FLAGS, NFT_SET_INTERVAL)
-        .u32(NFTA_SET_KEY_TYPE, TYPE_IPADDR)
-        .u32(NFTA_SET_KEY_LEN, 4)
-        .u32(NFTA_SET_ID, SET_ID);
-    b.push(NFT_MSG_NEWSET, NLM_F_CREATE, &s);
+    if let Some(ranges) = &spec.set {
+        b.add_set(ranges);
+    }
 
-    let elements = interval_elements(ranges);
-    if !elements.is_empty() {
+    for chain in &spec.chains {
+        for rule in &chain.rules {
+            let mut r = Attrs::default();
+            r.str(NFTA_RULE_TABLE, TABLE)
+                .str(NFTA_RULE_CHAIN, chain.name)
+                .nest(NFTA_RULE_EXPRESSIONS, |list| {
+                    for e in &rule.exprs {
+                        list.nest(NFTA_LIST_ELEM, |el| expr::encode(el, e));
+                    }
+                });
+            b.push(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, &r);
+        }
+    }
+    b.finish()
+}
+
+impl Batch {
+    /// `add set ip vpc-cni non-masquerade { type ipv4_addr; flags
+    /// interval; }` and its elements for `ranges`.
+    fn add_set(&mut self, ranges: &[(u32, u32)]) {
+        let mut s = Attrs::default();
+        s.str(NFTA_SET_TABLE, TABLE)
+            .str(NFTA_SET_NAME, SET)
+            .u32(NFTA_SET_FLAGS, NFT_SET_INTERVAL)
+            .u32(NFTA_SET_KEY_TYPE, TYPE_IPADDR)
+            .u32(NFTA_SET_KEY_LEN, 4)
+            .u32(NFTA_SET_ID, SET_ID);
+        self.push(NFT_MSG_NEWSET, NLM_F_CREATE, &s);
+
+        let elements = interval_elements(ranges);
+        if elements.is_empty() {
+            return;
+        }
         let mut e = Attrs::default();
         e.str(NFTA_SET_ELEM_LIST_TABLE, TABLE)
             .str(NFTA_SET_ELEM_LIST_SET, SET)
@@ -193,19 +222,8 @@ pub fn replace_batch(seq: u32, ranges: &[(u32, u32)]) -> Batch {
                     });
                 }
             });
-        b.push(NFT_MSG_NEWSETELEM, NLM_F_CREATE, &e);
+        self.push(NFT_MSG_NEWSETELEM, NLM_F_CREATE, &e);
     }
-
-    let mut r = Attrs::default();
-    r.str(NFTA_RULE_TABLE, TABLE)
-        .str(NFTA_RULE_CHAIN, CHAIN)
-        .nest(NFTA_RULE_EXPRESSIONS, |list| {
-            for expr in masquerade_rule() {
-                list.nest(NFTA_LIST_ELEM, |el| encode_expr(el, &expr));
-            }
-        });
-    b.push(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, &r);
-    b.finish()
 }
 
 /// One transaction that removes our table; nothing to remove is fine.
@@ -213,51 +231,6 @@ pub fn remove_batch(seq: u32) -> Batch {
     let mut b = Batch::new(seq);
     b.drop_table();
     b.finish()
-}
-
-fn encode_expr(el: &mut Attrs, expr: &Expr) {
-    let name = match expr {
-        Expr::Meta { .. } => "meta",
-        Expr::Cmp { .. } => "cmp",
-        Expr::Payload { .. } => "payload",
-        Expr::Lookup { .. } => "lookup",
-        Expr::Masq { .. } => "masq",
-        Expr::Other(n) => n.as_str(),
-    };
-    el.str(NFTA_EXPR_NAME, name);
-    el.nest(NFTA_EXPR_DATA, |d| match expr {
-        Expr::Meta { key, dreg } => {
-            d.u32(1, *dreg).u32(2, *key); // NFTA_META_DREG, NFTA_META_KEY
-        }
-        Expr::Cmp { sreg, op, data } => {
-            d.u32(1, *sreg).u32(2, *op); // NFTA_CMP_SREG, NFTA_CMP_OP
-            d.nest(3, |v| {
-                v.put(NFTA_DATA_VALUE, data);
-            }); // NFTA_CMP_DATA
-        }
-        Expr::Payload {
-            dreg,
-            base,
-            offset,
-            len,
-        } => {
-            // NFTA_PAYLOAD_DREG, _BASE, _OFFSET, _LEN
-            d.u32(1, *dreg).u32(2, *base).u32(3, *offset).u32(4, *len);
-        }
-        Expr::Lookup {
-            set,
-            sreg,
-            inverted,
-        } => {
-            // NFTA_LOOKUP_SET, _SREG, _SET_ID, _FLAGS
-            d.str(1, set).u32(2, *sreg).u32(4, SET_ID);
-            d.u32(5, if *inverted { NFT_LOOKUP_F_INV } else { 0 });
-        }
-        Expr::Masq { flags } => {
-            d.u32(1, *flags); // NFTA_MASQ_FLAGS
-        }
-        Expr::Other(_) => {}
-    });
 }
 
 /// `GET` of our table (no dump): answered by the table or `ENOENT`.
@@ -274,10 +247,10 @@ pub fn get_table(seq: u32) -> Vec<u8> {
     )
 }
 
-/// `GET` of our chain (no dump).
-pub fn get_chain(seq: u32) -> Vec<u8> {
+/// `GET` of our chain `chain` (no dump).
+pub fn get_chain(seq: u32, chain: &str) -> Vec<u8> {
     let mut a = Attrs::default();
-    a.str(NFTA_CHAIN_TABLE, TABLE).str(NFTA_CHAIN_NAME, CHAIN);
+    a.str(NFTA_CHAIN_TABLE, TABLE).str(NFTA_CHAIN_NAME, chain);
     message(
         nft(NFT_MSG_GETCHAIN),
         NLM_F_REQUEST | NLM_F_ACK,
@@ -288,10 +261,10 @@ pub fn get_chain(seq: u32) -> Vec<u8> {
     )
 }
 
-/// Dump of the rules of our chain.
-pub fn dump_rules(seq: u32) -> Vec<u8> {
+/// Dump of the rules of our chain `chain`.
+pub fn dump_rules(seq: u32, chain: &str) -> Vec<u8> {
     let mut a = Attrs::default();
-    a.str(NFTA_RULE_TABLE, TABLE).str(NFTA_RULE_CHAIN, CHAIN);
+    a.str(NFTA_RULE_TABLE, TABLE).str(NFTA_RULE_CHAIN, chain);
     message(
         nft(NFT_MSG_GETRULE),
         NLM_F_REQUEST | NLM_F_DUMP,

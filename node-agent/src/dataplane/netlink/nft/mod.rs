@@ -1,31 +1,53 @@
-//! nftables over netlink, as pure functions: the messages of our egress
-//! table (one batch that replaces it atomically, one that removes it, the
-//! requests that read it back) and the decoding of the kernel's answers.
-//! No libnftnl and no `nft`: the wire format is the kernel's
-//! (`linux/netfilter/nf_tables.h`, `nfnetlink.h`), written here directly.
+//! nftables over netlink, as pure functions: what our table holds
+//! ([`table`]), the messages that write it (one batch that replaces it
+//! atomically, one that removes it, the requests that read it back), its
+//! rules' expressions both ways ([`expr`]) and the decoding of the
+//! kernel's answers. No libnftnl and no `nft`: the wire format is the
+//! kernel's (`linux/netfilter/nf_tables.h`, `nfnetlink.h`), written here
+//! directly. `nft list table ip vpc-cni` prints it so (the `postrouting`
+//! chain and the set only while masquerading; `mangle - 5` is -155):
 //!
 //! ```text
 //! table ip vpc-cni {
-//!     set non-masquerade { type ipv4_addr; flags interval; elements = { 10.0.0.0/16 } }
+//!     set non-masquerade {
+//!         type ipv4_addr
+//!         flags interval
+//!         elements = { 10.0.0.0/16 }
+//!     }
+//!
+//!     chain prerouting {
+//!         type filter hook prerouting priority mangle - 5; policy accept;
+//!         iifname "eth0" ct state new fib daddr type local ct mark set ct mark | 0x00000080
+//!         iifgroup 1987076914 ct mark & 0x00000080 == 0x00000080 meta mark set meta mark | 0x00000080
+//!     }
+//!
 //!     chain postrouting {
 //!         type nat hook postrouting priority srcnat; policy accept;
-//!         meta iifgroup 0x76706332 ip daddr != @non-masquerade masquerade fully-random
+//!         iifgroup 1987076914 ip daddr != @non-masquerade masquerade fully-random
 //!     }
 //! }
 //! ```
 
 mod decode;
 mod encode;
+mod expr;
+mod table;
 
 pub use decode::*;
 pub use encode::*;
+pub use expr::Expr;
+pub use table::*;
 
 use super::messages::LINK_GROUP;
 
 /// Our table (family `ip`).
 pub const TABLE: &str = "vpc-cni";
-/// Its NAT chain.
+/// Its NAT chain (while masquerading).
 pub const CHAIN: &str = "postrouting";
+/// Its connmark chain (always).
+pub const CONNMARK_CHAIN: &str = "prerouting";
+/// Every chain we ever write, in the order they are checked.
+pub const CHAINS: [&str; 2] = [CONNMARK_CHAIN, CHAIN];
 /// The set of destinations that keep the pod's address.
 pub const SET: &str = "non-masquerade";
 
@@ -95,121 +117,42 @@ const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 /// nft's `ipv4_addr` data type (informational for the kernel; `nft list`
 /// uses it to print the set).
 const TYPE_IPADDR: u32 = 7;
+const NF_INET_PRE_ROUTING: u32 = 0;
 const NF_INET_POST_ROUTING: u32 = 4;
 /// `srcnat`.
 pub const NAT_PRIORITY: i32 = 100;
+/// Priority of the connmark chain. After conntrack (-200), so the
+/// connection's state and mark are known; before the DNAT of kube-proxy and
+/// portmap (iptables' and kube-proxy nftables' `dstnat` at -100), so `fib
+/// daddr type local` still sees the node's own address and not the pod's;
+/// and strictly before iptables' `mangle` (-150) and kube-proxy nftables'
+/// filter chains (-110), so it shares a priority with nobody's chain
+/// (chains of one priority run in an order nobody promises) and whatever
+/// runs later sees the mark. The routing decision comes after every
+/// prerouting chain, so the restored packet mark always reaches it.
+pub const CONNMARK_PRIORITY: i32 = -155;
 const NF_ACCEPT: u32 = 1;
 /// The set's id inside one batch (the rule refers to it by name and id).
 const SET_ID: u32 = 1;
 
 const NFT_REG_1: u32 = 1;
+const NFT_META_MARK: u32 = 3;
+const NFT_META_IIFNAME: u32 = 6;
 const NFT_META_IIFGROUP: u32 = 21;
+const NFT_CT_STATE: u32 = 0;
+const NFT_CT_MARK: u32 = 3;
+/// `ct state new`: `NF_CT_STATE_BIT(IP_CT_NEW)`.
+const NF_CT_STATE_NEW: u32 = 1 << 3;
+const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+const RTN_LOCAL: u32 = 2;
+/// Interface names are compared over all of `IFNAMSIZ`, zero-padded.
+const IFNAMSIZ: usize = 16;
 const NFT_CMP_EQ: u32 = 0;
+const NFT_CMP_NEQ: u32 = 1;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_LOOKUP_F_INV: u32 = 1;
 const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 16;
-
-/// One expression of a rule, as far as we write or compare them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Expr {
-    /// `meta KEY` into a register.
-    Meta {
-        /// `NFT_META_*`.
-        key: u32,
-        /// Destination register.
-        dreg: u32,
-    },
-    /// Compare a register with a value.
-    Cmp {
-        /// Source register.
-        sreg: u32,
-        /// `NFT_CMP_*`.
-        op: u32,
-        /// The value.
-        data: Vec<u8>,
-    },
-    /// Load header bytes into a register.
-    Payload {
-        /// Destination register.
-        dreg: u32,
-        /// `NFT_PAYLOAD_*_HEADER`.
-        base: u32,
-        /// Offset in the header.
-        offset: u32,
-        /// Bytes.
-        len: u32,
-    },
-    /// Look a register up in a named set.
-    Lookup {
-        /// The set.
-        set: String,
-        /// Source register.
-        sreg: u32,
-        /// Matches when the key is *not* in the set.
-        inverted: bool,
-    },
-    /// Masquerade.
-    Masq {
-        /// `NF_NAT_RANGE_*` flags.
-        flags: u32,
-    },
-    /// An expression we do not write, by name.
-    Other(String),
-}
-
-impl std::fmt::Display for Expr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Expr::Meta { key, .. } if *key == NFT_META_IIFGROUP => f.write_str("meta iifgroup"),
-            Expr::Meta { key, .. } => write!(f, "meta key {key}"),
-            Expr::Cmp { op, data, .. } => {
-                let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
-                write!(f, "cmp op {op} 0x{hex}")
-            }
-            Expr::Payload {
-                base, offset, len, ..
-            } => write!(f, "payload base {base} offset {offset} len {len}"),
-            Expr::Lookup { set, inverted, .. } => {
-                write!(f, "{}@{set}", if *inverted { "!= " } else { "" })
-            }
-            Expr::Masq { flags } => write!(f, "masquerade flags {flags}"),
-            Expr::Other(name) => f.write_str(name),
-        }
-    }
-}
-
-/// The one rule of our chain: from a pod's veth (our link group), to a
-/// destination outside the set, masquerade (fully random source ports, as
-/// AWS's `--random-fully`, so many pods' flows do not clash on the
-/// node's address).
-pub fn masquerade_rule() -> Vec<Expr> {
-    vec![
-        Expr::Meta {
-            key: NFT_META_IIFGROUP,
-            dreg: NFT_REG_1,
-        },
-        Expr::Cmp {
-            sreg: NFT_REG_1,
-            op: NFT_CMP_EQ,
-            // Interface groups are compared in host byte order.
-            data: LINK_GROUP.to_ne_bytes().to_vec(),
-        },
-        Expr::Payload {
-            dreg: NFT_REG_1,
-            base: NFT_PAYLOAD_NETWORK_HEADER,
-            offset: 16,
-            len: 4,
-        },
-        Expr::Lookup {
-            set: SET.into(),
-            sreg: NFT_REG_1,
-            inverted: true,
-        },
-        Expr::Masq {
-            flags: NF_NAT_RANGE_PROTO_RANDOM_FULLY,
-        },
-    ]
-}
 
 /// The set's elements for inclusive ranges: a start key per range and an
 /// interval-end key just past it (none for a range reaching the top).
