@@ -260,32 +260,177 @@ pub fn cni(env: &CniEnv, stdin: &[u8]) -> Run {
 
 /// Like [`cni`], as the given uid.
 pub fn cni_as(env: &CniEnv, stdin: &[u8], uid: Option<u32>) -> Run {
-    use std::io::Write;
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(bin("vpc-cni"));
     cmd.env_clear().envs(env.vars.iter().map(|(k, v)| (k, v)));
     if let Some(uid) = uid {
         cmd.uid(uid);
     }
+    run_plugin(cmd, stdin)
+}
+
+/// Runs a plugin's `cmd` (its environment already set) with `stdin`.
+fn run_plugin(mut cmd: Command, stdin: &[u8]) -> Run {
+    use std::io::Write;
+    let program = cmd.get_program().to_string_lossy().into_owned();
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn vpc-cni");
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
     let mut input = child.stdin.take().expect("stdin");
     let data = stdin.to_vec();
     // The plugin may stop reading early (oversized input): ignore EPIPE.
     let writer = std::thread::spawn(move || {
         let _ = input.write_all(&data);
     });
-    let out = child.wait_with_output().expect("wait vpc-cni");
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait {program}: {e}"));
     let _ = writer.join();
     Run {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).trim_end().to_string(),
         stderr: String::from_utf8_lossy(&out.stderr).to_string(),
     }
+}
+
+/// A network configuration list run as a runtime's libcni runs it: ADD
+/// through the plugins in order, each one's result the next one's
+/// `prevResult`; CHECK in order and DEL in reverse, each plugin given the
+/// cached ADD result as `prevResult`; `runtimeConfig` holding only the
+/// capability arguments a plugin declares in `capabilities`; each plugin
+/// found by its `type` in `CNI_PATH`.
+#[derive(Debug)]
+pub struct ConfList {
+    /// The list: `cniVersion`, `name`, `plugins`.
+    pub list: Value,
+    /// `CNI_PATH`: where each plugin's `type` is looked for, in order.
+    pub cni_path: Vec<PathBuf>,
+    /// The network namespace the runtime runs in (a node's).
+    pub netns: PathBuf,
+}
+
+impl ConfList {
+    /// ADD through the chain; the last plugin's result (libcni caches it).
+    /// `env` is the attachment's (`CNI_COMMAND` is set here);
+    /// `capability_args` what the runtime offers (`{"portMappings": [...]}`).
+    pub fn add(&self, env: &CniEnv, capability_args: &Value) -> Result<Value, String> {
+        let mut prev: Option<Value> = None;
+        for plugin in self.plugins() {
+            let run = self.invoke(plugin, "ADD", env, capability_args, prev.as_ref())?;
+            prev = Some(serde_json::from_str(&run.stdout).map_err(|e| {
+                format!(
+                    "{} ADD printed no result ({e}): {}",
+                    plugin_type(plugin),
+                    run.stdout
+                )
+            })?);
+        }
+        prev.ok_or_else(|| "the list has no plugins".to_string())
+    }
+
+    /// CHECK through the chain against `cached`, ADD's result.
+    pub fn check(
+        &self,
+        env: &CniEnv,
+        capability_args: &Value,
+        cached: &Value,
+    ) -> Result<(), String> {
+        for plugin in self.plugins() {
+            self.invoke(plugin, "CHECK", env, capability_args, Some(cached))?;
+        }
+        Ok(())
+    }
+
+    /// DEL through the chain, last plugin first, with `cached` (ADD's
+    /// result, if the runtime has it) as `prevResult`.
+    pub fn del(
+        &self,
+        env: &CniEnv,
+        capability_args: &Value,
+        cached: Option<&Value>,
+    ) -> Result<(), String> {
+        for plugin in self.plugins().iter().rev() {
+            self.invoke(plugin, "DEL", env, capability_args, cached)?;
+        }
+        Ok(())
+    }
+
+    fn plugins(&self) -> &[Value] {
+        self.list["plugins"].as_array().map_or(&[], Vec::as_slice)
+    }
+
+    /// One plugin's run: its configuration as libcni builds it from the
+    /// list, in the runtime's namespace.
+    fn invoke(
+        &self,
+        plugin: &Value,
+        verb: &str,
+        env: &CniEnv,
+        capability_args: &Value,
+        prev: Option<&Value>,
+    ) -> Result<Run, String> {
+        let mut conf = plugin.clone();
+        conf["cniVersion"] = self.list["cniVersion"].clone();
+        conf["name"] = self.list["name"].clone();
+        if let Some(prev) = prev {
+            conf["prevResult"] = prev.clone();
+        }
+        let runtime_config: serde_json::Map<String, Value> = plugin["capabilities"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, on)| on.as_bool() == Some(true))
+            .filter_map(|(cap, _)| Some((cap.clone(), capability_args.get(cap)?.clone())))
+            .collect();
+        if !runtime_config.is_empty() {
+            conf["runtimeConfig"] = Value::Object(runtime_config);
+        }
+        let binary = self
+            .cni_path
+            .iter()
+            .map(|dir| dir.join(plugin_type(plugin)))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                format!(
+                    "plugin {} not found in {:?}",
+                    plugin_type(plugin),
+                    self.cni_path
+                )
+            })?;
+        let cni_path = std::env::join_paths(&self.cni_path).expect("CNI_PATH");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns.display()))
+            .arg("--")
+            .arg(&binary)
+            .env_clear()
+            .envs(env.vars.iter().map(|(k, v)| (k, v)))
+            .env("CNI_COMMAND", verb)
+            .env("CNI_PATH", cni_path)
+            // libcni hands the runtime's own environment on: portmap runs
+            // iptables from its PATH.
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            );
+        let run = run_plugin(cmd, &serde_json::to_vec(&conf).expect("json"));
+        if !run.ok {
+            return Err(format!(
+                "{} {verb} failed: {} {}",
+                plugin_type(plugin),
+                run.stdout,
+                run.stderr.trim()
+            ));
+        }
+        Ok(run)
+    }
+}
+
+/// A plugin's `type`.
+fn plugin_type(plugin: &Value) -> &str {
+    plugin["type"].as_str().unwrap_or("")
 }
 
 /// The `ip/32` a successful ADD result gives the pod interface.
