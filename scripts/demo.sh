@@ -9,7 +9,7 @@
 # for leftovers. Exits non-zero if any check fails. Needs root.
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-need_apt gcc libc6-dev iproute2 iputils-ping
+need_apt gcc libc6-dev iproute2 iputils-ping nftables
 need_rust
 cd "$ROOT"
 

@@ -17,6 +17,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 K8S_VERSION="v1.34.4"
 ETCD_VERSION="v3.6.16"
+COREDNS_VERSION="v1.12.1"
 CACHE="${VPC_CNI_K8S_CACHE:-$HOME/.cache/vpc-cni/k8s}"
 BIN="$CACHE/$K8S_VERSION/bin"
 
@@ -30,7 +31,7 @@ if ! command -v go >/dev/null 2>&1; then
     exit 1
 fi
 
-ALL="etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl"
+ALL="etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy coredns e2e.test agnhost"
 WANT="${K8S_BINS:-$ALL}"
 mkdir -p "$BIN"
 LOGDIR="$CACHE/$K8S_VERSION/logs"
@@ -52,7 +53,10 @@ build_one() {
     local name="$1" dir pkg tmp start secs log
     case "$name" in
         etcd) dir="$ROOT/tools/etcd"; pkg="go.etcd.io/etcd/server/v3" ;;
-        kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kubectl)
+        coredns) dir="$ROOT/tools/coredns"; pkg="github.com/coredns/coredns" ;;
+        agnhost) dir="$ROOT/tools/e2e"; pkg="k8s.io/kubernetes/test/images/agnhost" ;;
+        e2e.test) dir="$ROOT/tools/e2e"; pkg="." ;;
+        kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kubectl|kube-proxy)
             dir="$ROOT/tools/k8s"; pkg="k8s.io/kubernetes/cmd/$name" ;;
         *) echo "k8s-bins: unknown component $name" >&2; exit 1 ;;
     esac
@@ -65,8 +69,15 @@ build_one() {
     start=$(date +%s)
     tmp="$BIN/.$name.tmp.$$"
     local ldflags="-s -w"
-    [ "$name" != etcd ] && ldflags="$ldflags $LDX"
-    if ! (cd "$dir" && CGO_ENABLED=0 nice -n "${K8S_NICE:-10}" go build -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg") >"$log" 2>&1; then
+    case "$name" in
+        etcd) ;;
+        coredns) ldflags="$ldflags -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" ;;
+        *) ldflags="$ldflags $LDX" ;;
+    esac
+    # e2e.test is the test binary of tools/e2e (upstream's network suites).
+    local verb=(build)
+    [ "$name" = e2e.test ] && verb=(test -c)
+    if ! (cd "$dir" && CGO_ENABLED=0 nice -n "${K8S_NICE:-10}" go "${verb[@]}" -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg") >"$log" 2>&1; then
         rm -f "$tmp"
         echo "k8s-bins: building $name failed; the last lines of $log:" >&2
         tail -n 30 "$log" >&2
@@ -81,8 +92,10 @@ build_one() {
 # sandbox from images/pause/pause.c, busybox from Debian's busybox-static. No
 # image is downloaded. Names are fully qualified so nothing is normalised to a
 # registry.
-PAUSE_IMAGE="registry.k8s.io/pause:3.10"
-BUSYBOX_IMAGE="localhost/busybox:1.35"
+# The e2e specs name the sandbox image of their release (3.10.1): the same image.
+PAUSE_IMAGE="registry.k8s.io/pause:3.10,registry.k8s.io/pause:3.10.1"
+BUSYBOX_IMAGE="localhost/busybox:1.35,registry.k8s.io/e2e-test-images/busybox:1.37.0-1"
+COREDNS_IMAGE="localhost/coredns:$COREDNS_VERSION"
 IMAGES="$CACHE/$K8S_VERSION/images"
 
 # image NAME ROOTFS CONFIG_JSON OUT (scripts/image.sh)
@@ -91,7 +104,8 @@ source "$ROOT/scripts/image.sh"
 build_images() {
     mkdir -p "$IMAGES"
     local src="$ROOT/images/pause/pause.c" work
-    if [ ! -s "$IMAGES/pause.tar" ] || [ "$src" -nt "$IMAGES/pause.tar" ]; then
+    if [ ! -s "$IMAGES/pause.tar" ] || [ "$src" -nt "$IMAGES/pause.tar" ] \
+        || [ "$ROOT/scripts/k8s-bins.sh" -nt "$IMAGES/pause.tar" ]; then
         command -v gcc >/dev/null || { echo "k8s-bins: gcc is needed to build the pause image" >&2; exit 1; }
         work="$(mktemp -d)"
         gcc -Os -Wall -Werror -static -o "$work/pause" "$src"
@@ -100,7 +114,7 @@ build_images() {
         rm -rf "$work"
         echo "==> k8s-bins: built image $PAUSE_IMAGE"
     fi
-    if [ ! -s "$IMAGES/busybox.tar" ]; then
+    if [ ! -s "$IMAGES/busybox.tar" ] || [ "$ROOT/scripts/k8s-bins.sh" -nt "$IMAGES/busybox.tar" ]; then
         if [ ! -x /bin/busybox ] || ! /bin/busybox --list >/dev/null 2>&1; then
             echo "k8s-bins: /bin/busybox is missing: apt-get install busybox-static" >&2
             exit 1
@@ -119,8 +133,83 @@ build_images() {
     fi
 }
 
+# CoreDNS's image: the binary built above, alone, run as the cluster's DNS
+# (its Corefile comes from a ConfigMap).
+build_coredns_image() {
+    [ -x "$BIN/coredns" ] || return 0
+    if [ -s "$IMAGES/coredns.tar" ] && [ "$IMAGES/coredns.tar" -nt "$BIN/coredns" ]; then
+        return 0
+    fi
+    local work
+    work="$(mktemp -d)"
+    cp "$BIN/coredns" "$work/coredns"
+    image "$COREDNS_IMAGE" "$work" '{"Entrypoint":["/coredns"]}' "$IMAGES/coredns.tar"
+    rm -rf "$work"
+    echo "==> k8s-bins: built image $COREDNS_IMAGE"
+}
+
+# The images of the e2e network specs, named as test/utils/image/manifest.go
+# of the pinned release names them (nothing is pulled): agnhost built from
+# its module, with a shell and the tools the specs run in it (busybox's
+# applets; Debian's dig, curl, getent and OpenBSD netcat with the libraries
+# they load), also
+# tagged as jessie-dnsutils (the DNS specs run dig in it); busybox and pause
+# under the specs' names.
+AGNHOST_IMAGE="registry.k8s.io/e2e-test-images/agnhost:2.56"
+E2E_EXTRA_TAGS="registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7"
+build_e2e_images() {
+    [ -x "$BIN/agnhost" ] || return 0
+    if [ -s "$IMAGES/agnhost.tar" ] && [ "$IMAGES/agnhost.tar" -nt "$BIN/agnhost" ] \
+        && [ "$IMAGES/agnhost.tar" -nt "$ROOT/scripts/k8s-bins.sh" ]; then
+        return 0
+    fi
+    local work tool lib
+    work="$(mktemp -d)"
+    mkdir -p "$work/bin" "$work/usr/bin" "$work/tmp" "$work/etc"
+    chmod 1777 "$work/tmp"
+    cp "$BIN/agnhost" "$work/agnhost"
+    cp /bin/busybox "$work/bin/busybox"
+    for a in $(/bin/busybox --list); do
+        [ "$a" = busybox ] || ln -sf busybox "$work/bin/$a"
+    done
+    # The specs run `nc -v -t -w 2` and `nc -u`: OpenBSD's netcat, not busybox's.
+    for tool in /usr/bin/dig /usr/bin/curl /usr/bin/getent /usr/bin/nc.openbsd /bin/dash /usr/bin/ss; do
+        if [ ! -x "$tool" ]; then
+            echo "k8s-bins: $tool is missing (apt-get install bind9-dnsutils curl libc-bin netcat-openbsd dash iproute2)" >&2
+            exit 1
+        fi
+        cp "$tool" "$work/usr/bin/"
+        for lib in $(ldd "$tool" | grep -oE '(/[^ ]+\.so[^ ]*)' | sort -u); do
+            mkdir -p "$work$(dirname "$lib")"
+            cp -L "$lib" "$work$lib"
+        done
+    done
+    mv "$work/usr/bin/nc.openbsd" "$work/usr/bin/nc"
+    # The shell is dash: Debian's static busybox sh runs its own applets
+    # before PATH (so `sh -c "nc -v ..."` would get busybox's nc).
+    ln -sf ../usr/bin/dash "$work/bin/sh"
+    # What upstream's Dockerfile adds beside the binary: porter's TLS
+    # certificate and key (from the module), netexec's /uploads, the
+    # agnhost-2 link, a user and group the security-context specs name.
+    local src
+    src="$(cd "$ROOT/tools/e2e" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost"
+    cp "$src/porter/localhost.crt" "$src/porter/localhost.key" "$work/"
+    mkdir -p "$work/uploads"
+    ln -sf agnhost "$work/agnhost-2"
+    # getent and glibc's resolver read these.
+    printf 'root:x:0:0:root:/:/bin/sh\nuser-defined-in-image:x:1000:1000::/:/bin/sh\n' >"$work/etc/passwd"
+    printf 'root:x:0:\nuser-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n' >"$work/etc/group"
+    echo 'hosts: files dns' >"$work/etc/nsswitch.conf"
+    image "$AGNHOST_IMAGE,$E2E_EXTRA_TAGS" "$work" \
+        '{"Entrypoint":["/agnhost"],"Cmd":["pause"],"WorkingDir":"/","Env":["PATH=/usr/bin:/bin"]}' "$IMAGES/agnhost.tar"
+    rm -rf "$work"
+    echo "==> k8s-bins: built image $AGNHOST_IMAGE (also $E2E_EXTRA_TAGS)"
+}
+
 build_images
 for name in $WANT; do
     build_one "$name"
 done
+build_coredns_image
+build_e2e_images
 echo "$BIN"

@@ -72,7 +72,7 @@ need_nextest() {
 # Kubernetes binaries (scripts/k8s-bins.sh).
 need_k8s_apt() {
     need_apt gcc libc6-dev iproute2 iputils-ping containerd runc containernetworking-plugins \
-        busybox-static openssl util-linux
+        iptables busybox-static openssl util-linux
     if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
         export PATH="/usr/local/go/bin:$PATH"
     fi

@@ -4,7 +4,7 @@
 # test, and the plugin's size and dependency budget.
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-need_apt gcc libc6-dev iproute2 iputils-ping python3 python3-venv
+need_apt gcc libc6-dev iproute2 iputils-ping nftables python3 python3-venv
 need_rust rustfmt clippy
 need_nextest
 cd "$ROOT"

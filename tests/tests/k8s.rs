@@ -72,26 +72,36 @@ fn k8s_pod_gets_a_vpc_ip_through_the_kubelet_and_is_deleted_cleanly() {
     );
     assert!(ping.is_ok(), "ping the gateway from the pod: {ping:?}");
 
-    c.kubectl(&["delete", "pod", "k8s-test-pod", "--wait=true"]);
-    c.wait_until(
-        "the agent released the pod's IP",
-        Duration::from_secs(30),
-        || c.allocations(1).is_empty(),
-    );
+    // The cluster's own pods (CoreDNS) keep theirs: only this pod's go.
     let netns = c
         .get("NODE1_NETNS")
         .rsplit('/')
         .next()
         .unwrap_or_default()
         .to_string();
+    let route = vpc_cni_tests::ip(&["-n", &netns, "route", "show", &format!("{ip}/32")]);
+    let veth = route
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no host route to the pod: {route:?}"))
+        .to_string();
+    c.kubectl(&["delete", "pod", "k8s-test-pod", "--wait=true"]);
     c.wait_until(
-        "no pod veth left on the node",
+        "the agent released the pod's IP",
+        Duration::from_secs(30),
+        || !c.allocations(1).iter().any(|(_, _, a)| *a == ip),
+    );
+    c.wait_until(
+        "the pod's veth gone from the node",
         Duration::from_secs(10),
         || {
             let links = vpc_cni_tests::ip(&["-n", &netns, "-o", "link", "show"]);
-            !links
-                .lines()
-                .any(|l| l.split(": ").nth(1).is_some_and(|n| n.starts_with("vpc")))
+            !links.lines().any(|l| {
+                l.split(": ")
+                    .nth(1)
+                    .is_some_and(|n| n.split('@').next() == Some(veth.as_str()))
+            })
         },
     );
 }
@@ -220,9 +230,14 @@ fn k8s_vpc_cni_runs_from_deploy_as_a_daemonset_and_survives_its_pod_restarting()
     assert_eq!(image, "localhost/vpc-cni:dev");
     let install = c.kubectl(&["-n", &ns, "logs", &agent, "-c", "install-cni"]);
     assert!(install.contains("vpc-cni:"), "{install}");
+    assert!(install.contains("portmap:"), "{install}");
     assert!(install.contains("10-vpc-cni.conflist:"), "{install}");
     let root = c.state().join("k8s/node1/root");
     assert!(root.join("opt/cni/bin/vpc-cni").is_file());
+    assert!(
+        root.join("opt/cni/bin/portmap").is_file(),
+        "the conflist chains portmap: the init container installs it"
+    );
     assert!(root.join("etc/cni/net.d/10-vpc-cni.conflist").is_file());
     // The node's bind mounts live in its own mount namespace only.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
@@ -326,6 +341,6 @@ fn k8s_vpc_cni_runs_from_deploy_as_a_daemonset_and_survives_its_pod_restarting()
     c.wait_until(
         "the new agent released the pod's IP",
         Duration::from_secs(30),
-        || c.allocations(1).is_empty(),
+        || !c.allocations(1).iter().any(|(_, _, a)| *a == ip),
     );
 }

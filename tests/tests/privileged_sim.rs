@@ -242,9 +242,9 @@ fn privileged_a_caller_in_another_mount_namespace_is_served() {
     ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
 )]
 fn privileged_the_router_keeps_delivering_every_ip_as_enis_join() {
-    // A bridge without a fixed address takes its lowest port's, and flushes
-    // its neighbours (the delivered IPs) whenever that changes: ENIs plugged
-    // later would silently cut off earlier ones.
+    // Every address an attached ENI holds is a route to that ENI's own link
+    // on the VPC's router, with a permanent neighbour for its MAC: ENIs
+    // plugged later never take over or cut off earlier ones.
     require_root();
     let sim = Sim::up(2, &[]);
     for n in 1..=2 {
@@ -266,18 +266,22 @@ fn privileged_the_router_keeps_delivering_every_ip_as_enis_join() {
         serde_json::from_slice(&std::fs::read(sim.dir.path().join("sim/vpc.json")).expect("world"))
             .expect("json");
     let neigh = vpc_cni_tests::ip(&["-n", &router, "neigh", "show"]);
+    let routes = vpc_cni_tests::ip(&["-n", &router, "route", "show"]);
     let mut checked = 0;
     for eni in world["vpc"]["enis"].as_object().expect("enis").values() {
-        if eni["primary"] == true || eni["attached_to"].is_null() {
+        if eni["attached_to"].is_null() {
             continue;
         }
         let mac = eni["mac"].as_str().expect("mac");
-        for ip in eni["secondary_ips"].as_array().expect("ips") {
-            let line = format!(
-                "{} dev br0 lladdr {mac} PERMANENT",
-                ip.as_str().expect("ip")
-            );
+        let link = format!("e{}", eni["seq"]);
+        let held = std::iter::once(&eni["primary_ip"])
+            .chain(eni["secondary_ips"].as_array().expect("ips"));
+        for ip in held {
+            let ip = ip.as_str().expect("ip");
+            let line = format!("{ip} dev {link} lladdr {mac} PERMANENT");
             assert!(neigh.contains(&line), "missing `{line}` in:\n{neigh}");
+            let route = format!("{ip} dev {link} ");
+            assert!(routes.contains(&route), "missing `{route}` in:\n{routes}");
             checked += 1;
         }
     }

@@ -27,6 +27,10 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Serve the Tencent Cloud VPC API and instance metadata for a world.
     Serve(commands::serve::ServeArgs),
+    /// Print the table of a Kubernetes e2e run (Ginkgo's JSON report); fails unless all passed.
+    E2eReport(commands::e2e_report::E2eReportArgs),
+    /// Print what the VPC's source/destination check caught; `on`/`off` switches it.
+    SourceCheck(commands::source_check::SourceCheckArgs),
     /// Kubernetes mode: SIGKILL a control-plane process and start it again with the same arguments.
     Restart(commands::faults::RestartArgs),
     /// Kubernetes mode: switch a node off (its kubelet, containerd and every pod killed at once).
@@ -39,6 +43,8 @@ fn main() -> ExitCode {
         Command::Down(args) => commands::down::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::E2eReport(args) => commands::e2e_report::run(args),
+        Command::SourceCheck(args) => commands::source_check::run(args),
         Command::Restart(args) => commands::faults::restart(args),
         Command::PowerOff(args) => commands::faults::power_off(args),
     };

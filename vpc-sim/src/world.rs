@@ -194,9 +194,7 @@ impl World {
         let ips = self.vpc.assign_ips(eni_id, count)?;
         let eni = &self.vpc.enis[eni_id];
         if let (Some(f), Some(_)) = (&self.fabric, &eni.attached_to) {
-            for ip in &ips {
-                f.deliver(&eni.subnet_id, *ip, &eni.mac)?;
-            }
+            f.deliver(eni, &ips)?;
         }
         Ok(ips)
     }
@@ -206,21 +204,22 @@ impl World {
         self.vpc.assign_named_ips(eni_id, ips)?;
         let eni = &self.vpc.enis[eni_id];
         if let (Some(f), Some(_)) = (&self.fabric, &eni.attached_to) {
-            for ip in ips {
-                f.deliver(&eni.subnet_id, *ip, &eni.mac)?;
-            }
+            f.deliver(eni, ips)?;
         }
         Ok(())
     }
 
-    /// Moves a secondary IP to another ENI and delivers it there.
+    /// Moves a secondary IP to another ENI and delivers it there: the
+    /// route is replaced first, so the address is never delivered nowhere.
     pub fn migrate_ip(&mut self, from: &str, to: &str, ip: Ipv4Addr) -> Result<(), SimError> {
         self.vpc.migrate_ip(from, to, ip)?;
-        let dest = &self.vpc.enis[to];
+        let (source, dest) = (&self.vpc.enis[from], &self.vpc.enis[to]);
         if let Some(f) = &self.fabric {
-            match dest.attached_to {
-                Some(_) => f.deliver(&dest.subnet_id, ip, &dest.mac)?,
-                None => f.withdraw(&dest.subnet_id, ip)?,
+            if dest.attached_to.is_some() {
+                f.deliver(dest, &[ip])?;
+            }
+            if source.attached_to.is_some() {
+                f.withdraw(source, &[ip])?;
             }
         }
         Ok(())
@@ -229,11 +228,9 @@ impl World {
     /// Unassigns IPs and stops their delivery.
     pub fn unassign_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), SimError> {
         self.vpc.unassign_ips(eni_id, ips)?;
-        let subnet = self.vpc.enis[eni_id].subnet_id.clone();
-        if let Some(f) = &self.fabric {
-            for ip in ips {
-                f.withdraw(&subnet, *ip)?;
-            }
+        let eni = &self.vpc.enis[eni_id];
+        if let (Some(f), Some(_)) = (&self.fabric, &eni.attached_to) {
+            f.withdraw(eni, ips)?;
         }
         Ok(())
     }

@@ -99,6 +99,10 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         k8s_bin_dir: None,
         image: None,
         api_limits: "documented".into(),
+        source_check: super::source_check::Switch::On,
+        proxy_mode: Default::default(),
+        e2e_images: false,
+        eni_mtu: 1500,
     };
     say(&format!(
         "==> vpc-sim up: 2 nodes, agents with the netlink data path ({})",
@@ -248,6 +252,10 @@ fn exercise(
         "==> egress: to the outside host {OUTSIDE_HOST} as the node, inside the VPC as the pod"
     ));
     egress(dir, nodes, pods, &mut checks)?;
+    checks.record(
+        "the VPC's source/destination check dropped nothing".into(),
+        nothing_spoofed(dir),
+    );
 
     say("==> DEL every pod, then look for leftovers");
     for p in pods.iter() {
@@ -260,11 +268,11 @@ fn exercise(
     for (n, node) in nodes.iter().enumerate() {
         checks.record(
             format!("node{} has no pod veths, routes or rules left", n + 1),
-            no_leftovers(&node.netns),
+            no_leftovers(&node.netns, &[]),
         );
         checks.record(
             format!("node{} has no allocation left", n + 1),
-            no_allocations(node),
+            no_allocations(node, &[]),
         );
     }
     Ok(checks)
@@ -417,13 +425,15 @@ pub(super) fn eni_of_pods(nodes: &[Node]) -> Result<BTreeMap<String, String>, St
     Ok(out)
 }
 
-pub(super) fn no_allocations(node: &Node) -> Result<(), String> {
+/// No allocation on the node but those of the pods at `keep`.
+pub(super) fn no_allocations(node: &Node, keep: &[String]) -> Result<(), String> {
     let held: Vec<String> = pool(node)?
         .enis
         .iter()
         .flat_map(|e| &e.ips)
         .filter(|ip| matches!(ip.state, IpState::Allocated { .. }))
         .map(|ip| ip.ip.to_string())
+        .filter(|ip| !keep.contains(ip))
         .collect();
     if held.is_empty() {
         Ok(())
@@ -432,26 +442,58 @@ pub(super) fn no_allocations(node: &Node) -> Result<(), String> {
     }
 }
 
+/// Nothing left an ENI from an address that ENI does not hold.
+pub(super) fn nothing_spoofed(dir: &std::path::Path) -> Result<(), String> {
+    let world = SharedWorld::at(&world_file(dir))
+        .read()
+        .map_err(|e| e.to_string())?;
+    let fabric = world.fabric.as_ref().ok_or("no fabric")?;
+    let spoofed = fabric.spoofed().map_err(|e| e.to_string())?;
+    if spoofed.is_empty() {
+        Ok(())
+    } else {
+        Err(spoofed
+            .iter()
+            .map(|s| format!("{} sent {} packets from {}", s.link, s.packets, s.source))
+            .collect::<Vec<_>>()
+            .join(", "))
+    }
+}
+
 /// Veths are deleted in the background after DEL answers: wait for them.
-pub(super) fn no_leftovers(netns: &str) -> Result<(), String> {
+/// The pods at `keep` (still running: the cluster's DNS, say) keep theirs.
+pub(super) fn no_leftovers(netns: &str, keep: &[String]) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(5);
+    let kept = |line: &str| {
+        keep.iter()
+            .any(|ip| line.split_whitespace().any(|w| w == ip.as_str()))
+    };
     loop {
+        let all_routes = ip_output(&["-n", netns, "route", "show", "proto", "175"])?;
+        let (kept_routes, routes): (Vec<&str>, Vec<&str>) =
+            all_routes.lines().partition(|l| kept(l));
+        let kept_veths: Vec<&str> = kept_routes
+            .iter()
+            .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "dev").nth(1))
+            .collect();
         let links = ip_output(&["-n", netns, "-o", "link", "show"])?;
         let veths: Vec<&str> = links
             .lines()
             .filter_map(|l| l.split(": ").nth(1))
             .map(|n| n.split('@').next().unwrap_or(n))
-            .filter(|n| n.starts_with("vpc"))
+            .filter(|n| n.starts_with("vpc") && !kept_veths.contains(n))
             .collect();
-        // Pods' rules; the node's egress rules (1024 to 1026) stay.
+        // Pods' rules; the node's egress rules (1000 to 1026) stay.
         let rules: Vec<String> = ip_output(&["-n", netns, "rule", "show"])?
             .lines()
             .filter(|l| {
-                l.contains("proto 175") && (l.starts_with("512:") || l.starts_with("1536:"))
+                l.contains("proto 175")
+                    && (l.starts_with("512:") || l.starts_with("1536:"))
+                    && !kept(&l.replace(['\t', ':'], " "))
             })
             .map(str::to_string)
             .collect();
-        let routes = ip_output(&["-n", netns, "route", "show", "proto", "175"])?;
+        let routes = routes.join("\n");
         if veths.is_empty() && rules.is_empty() && routes.trim().is_empty() {
             return Ok(());
         }

@@ -92,7 +92,7 @@ pub fn deploy_dir() -> PathBuf {
 
 /// The vpc-cni image archive for the binaries in `bin_dir`
 /// (`bin_dir/vpc-cni-image.tar`), made by `scripts/vpc-cni-image.sh` when
-/// missing or older than the binaries or the conflist.
+/// missing or older than the binaries, Debian's `portmap` or the conflist.
 pub fn vpc_cni_image(bin_dir: &Path) -> Result<PathBuf, String> {
     let out = bin_dir.join("vpc-cni-image.tar");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -100,6 +100,7 @@ pub fn vpc_cni_image(bin_dir: &Path) -> Result<PathBuf, String> {
     let inputs = [
         bin_dir.join("vpc-cni-agent"),
         bin_dir.join("vpc-cni"),
+        PathBuf::from("/usr/lib/cni/portmap"),
         root.join("conf/10-vpc-cni.conflist"),
     ];
     let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
@@ -208,11 +209,22 @@ pub fn start(dir: &Path, sim: &mut Sim, args: &UpArgs) -> Result<(), String> {
                 .unwrap_or_default(),
         })
         .collect();
+    let mut extra_images = vec![image, images_dir.join("coredns.tar")];
+    if args.e2e_images {
+        extra_images.push(images_dir.join("agnhost.tar"));
+    }
     let opts = Options {
         bin_dir,
         images_dir,
-        extra_images: vec![image],
+        extra_images,
         loopback_bin: PathBuf::from("/usr/lib/cni/loopback"),
+        proxy_mode: args.proxy_mode,
+        cluster_cidr: world.vpc.cidr.to_string(),
+        router_netns: world
+            .fabric
+            .as_ref()
+            .map(|f| f.router.clone())
+            .ok_or("the simulation has no fabric")?,
     };
     let installed = k8s::up(dir, &sim.tag, &nodes, &opts, &say)
         .and_then(|cluster| install(dir, sim, &cluster, &opts, &args.api_limits));
@@ -270,8 +282,19 @@ fn install(
     say(&format!(
         "==> the VPC API and metadata emulator on {host_ip} (the nodes' network)"
     ));
-    let address =
-        super::up::start_emulator(dir, sim, &format!("{host_ip}:0"), &clients, api_limits)?;
+    let wrapper = cluster
+        .control_plane_netns
+        .as_deref()
+        .map(k8s::control_plane::wrapper)
+        .unwrap_or_default();
+    let address = super::up::start_emulator(
+        dir,
+        sim,
+        &format!("{host_ip}:0"),
+        &clients,
+        api_limits,
+        &wrapper,
+    )?;
     for (i, node) in sim.nodes.iter_mut().enumerate() {
         node.socket = k8s::node_private_dir(dir, i + 1, "/run/vpc-cni").join("agent.sock");
     }
@@ -372,6 +395,49 @@ fn install(
     say(&format!(
         "==> vpc-cni ready on {} nodes {:.1} s after kubectl apply",
         sim.nodes.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    install_dns(dir, &kubectl)
+}
+
+/// CoreDNS behind `kube-dns`, once pods can get addresses; returns when
+/// it answers (a ready replica, the Service with an endpoint).
+fn install_dns(dir: &Path, kubectl: &Kubectl) -> Result<(), String> {
+    let started = Instant::now();
+    say(&format!(
+        "==> cluster DNS: CoreDNS {} behind kube-dns ({})",
+        k8s::dns::COREDNS_VERSION,
+        k8s::dns::DNS_SERVICE_IP
+    ));
+    kubectl.run_with_input(&["apply", "-f", "-"], Some(&k8s::dns::manifest()))?;
+    let ready = k8s::wait_for(dir, "CoreDNS", Duration::from_secs(120), || {
+        kubectl
+            .json(&["-n", "kube-system", "get", "deployment", "coredns"])
+            .is_ok_and(|d| d["status"]["readyReplicas"].as_u64().unwrap_or(0) >= 1)
+    });
+    if let Err(e) = ready {
+        let pods = kubectl
+            .run(&["-n", "kube-system", "get", "pods", "-o", "wide"])
+            .unwrap_or_else(|e| e);
+        let logs = kubectl
+            .run(&[
+                "-n",
+                "kube-system",
+                "logs",
+                "-l",
+                "k8s-app=kube-dns",
+                "--tail=10",
+                "--prefix",
+            ])
+            .unwrap_or_else(|e| e);
+        return Err(format!(
+            "{e}
+{pods}
+{logs}"
+        ));
+    }
+    say(&format!(
+        "    CoreDNS ready after {:.1} s",
         started.elapsed().as_secs_f64()
     ));
     Ok(())

@@ -62,8 +62,24 @@ spec:
         image: localhost/busybox:1.35
         imagePullPolicy: Never
         command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -v -p 8080 -h /www']
+        ports: [{containerPort: 8080, hostPort: 18080}]
         readinessProbe: {httpGet: {path: /index.html, port: 8080}, periodSeconds: 2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: demo-web-svc}
+spec: {selector: {app: demo-web}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: demo-web-np}
+spec: {type: NodePort, selector: {app: demo-web}, ports: [{port: 8080, nodePort: 30080}]}
 "#;
+
+/// The hostPort of the StatefulSet's pods.
+const HOST_PORT: u16 = 18080;
+/// The NodePort of `demo-web-np`.
+const NODE_PORT: u16 = 30080;
 
 /// A pod as the API reports it.
 #[derive(Clone, Debug)]
@@ -153,6 +169,10 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
         k8s_bin_dir: args.k8s_bin_dir.clone(),
         image: None,
         api_limits: "documented".into(),
+        source_check: super::source_check::Switch::On,
+        proxy_mode: Default::default(),
+        e2e_images: false,
+        eni_mtu: 1500,
     };
     say(&format!(
         "==> vpc-sim up --kubernetes: 2 nodes ({})",
@@ -166,7 +186,7 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
     ));
     let (bin_dir, _) = super::kube::binaries(args.k8s_bin_dir.as_deref())?;
     let kubectl = Kubectl::new(&bin_dir, &dir);
-    let outcome = exercise(&kubectl, &sim.nodes);
+    let outcome = exercise(&dir, &kubectl, &sim.nodes);
     say("==> vpc-sim down");
     let down = super::down::down(&dir);
     let checks = outcome?;
@@ -185,7 +205,11 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
     }
 }
 
-fn exercise(kubectl: &Kubectl, nodes: &[super::up::Node]) -> Result<Checks, String> {
+fn exercise(
+    dir: &std::path::Path,
+    kubectl: &Kubectl,
+    nodes: &[super::up::Node],
+) -> Result<Checks, String> {
     let mut checks = Checks {
         results: Vec::new(),
     };
@@ -382,6 +406,12 @@ fn exercise(kubectl: &Kubectl, nodes: &[super::up::Node]) -> Result<Checks, Stri
         }
     }
 
+    services(kubectl, nodes, &current, &sleepers, &webs, &mut checks);
+    checks.record(
+        "the VPC's source/destination check dropped nothing".into(),
+        super::demo::nothing_spoofed(dir),
+    );
+
     if let Some(w) = webs.first() {
         say(&format!(
             "==> static IP: kubectl delete pod {} (the StatefulSet makes it again)",
@@ -427,15 +457,173 @@ fn exercise(kubectl: &Kubectl, nodes: &[super::up::Node]) -> Result<Checks, Stri
         }
     };
     checks.record("every pod gone".into(), gone);
+    // The cluster's own pods (CoreDNS) keep their addresses.
+    let system = system_pod_ips(kubectl);
     for (n, node) in nodes.iter().enumerate() {
         checks.record(
             format!("node{} has no pod veths, routes or rules left", n + 1),
-            no_leftovers(&node.netns),
+            no_leftovers(&node.netns, &system),
         );
         checks.record(
             format!("node{} has no allocation left", n + 1),
-            eventually(Duration::from_secs(20), || no_allocations(node)),
+            eventually(Duration::from_secs(20), || no_allocations(node, &system)),
         );
     }
     Ok(checks)
+}
+
+/// `wget -q -O - URL` through `kubectl exec POD`, the body.
+fn exec_wget(kubectl: &Kubectl, pod: &str, url: &str) -> Result<String, String> {
+    // busybox 1.35's static wget crashes with -T.
+    kubectl.run(&[
+        "exec", pod, "--", "timeout", "5", "wget", "-q", "-O", "-", url,
+    ])
+}
+
+/// `wget -q -O - URL` from a node's own network (the host's busybox).
+fn node_wget(netns: &str, url: &str) -> Result<String, String> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", netns, "timeout", "5", "busybox", "wget", "-q", "-O", "-", url,
+        ])
+        .output()
+        .map_err(|e| format!("ip netns exec: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "wget {url} in {netns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A node's address in the VPC (its primary ENI's).
+fn vpc_address(netns: &str) -> Result<String, String> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", netns, "-4", "-o", "addr", "show", "dev", "eth0"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .map(str::to_string)
+        .ok_or_else(|| format!("no address on eth0 of {netns}"))
+}
+
+/// Whether `body` is the name of one of `webs`.
+fn served_by(body: &str, webs: &[&PodInfo]) -> Result<(), String> {
+    if webs.iter().any(|w| w.name == body.trim()) {
+        Ok(())
+    } else {
+        Err(format!("body {body:?}"))
+    }
+}
+
+/// Services through kube-proxy, cluster DNS, a NodePort reached from the
+/// other node and a hostPort.
+fn services(
+    kubectl: &Kubectl,
+    nodes: &[super::up::Node],
+    current: &[PodInfo],
+    sleepers: &[&PodInfo],
+    webs: &[&PodInfo],
+    checks: &mut Checks,
+) {
+    say("==> Services (kube-proxy), cluster DNS (CoreDNS), NodePort and hostPort");
+    let cluster_ip = kubectl.json(&["get", "service", "demo-web-svc"]).map(|s| {
+        s["spec"]["clusterIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    });
+    if let (Some(client), Ok(ip)) = (sleepers.first(), &cluster_ip) {
+        checks.record(
+            format!("{} -> ClusterIP {ip}:80 of demo-web-svc", client.name),
+            eventually(Duration::from_secs(30), || {
+                served_by(
+                    &exec_wget(kubectl, &client.name, &format!("http://{ip}/index.html"))?,
+                    webs,
+                )
+            }),
+        );
+        checks.record(
+            format!(
+                "{} resolves demo-web-svc.default.svc.cluster.local to {ip}",
+                client.name
+            ),
+            kubectl
+                .run(&[
+                    "exec",
+                    &client.name,
+                    "--",
+                    "nslookup",
+                    "demo-web-svc.default.svc.cluster.local",
+                ])
+                .and_then(|out| {
+                    if out.contains(ip.as_str()) {
+                        Ok(())
+                    } else {
+                        Err(out)
+                    }
+                }),
+        );
+        checks.record(
+            format!("{} -> http://demo-web-svc/ (by name)", client.name),
+            exec_wget(kubectl, &client.name, "http://demo-web-svc/index.html")
+                .and_then(|b| served_by(&b, webs)),
+        );
+    }
+    let (Some(n1), Some(n2)) = (nodes.first(), nodes.get(1)) else {
+        return;
+    };
+    let Ok(n1_ip) = vpc_address(&n1.netns) else {
+        checks.record("node1's VPC address".into(), Err("none".into()));
+        return;
+    };
+    checks.record(
+        format!("node2 -> NodePort {n1_ip}:{NODE_PORT} (node1's VPC address)"),
+        eventually(Duration::from_secs(30), || {
+            served_by(
+                &node_wget(&n2.netns, &format!("http://{n1_ip}:{NODE_PORT}/index.html"))?,
+                webs,
+            )
+        }),
+    );
+    if let Some(w) = current
+        .iter()
+        .find(|p| p.name.starts_with("demo-web") && p.node == n1.instance)
+    {
+        checks.record(
+            format!(
+                "node2 -> hostPort {n1_ip}:{HOST_PORT} ({} on node1)",
+                w.name
+            ),
+            node_wget(&n2.netns, &format!("http://{n1_ip}:{HOST_PORT}/index.html")).and_then(|b| {
+                if b.trim() == w.name {
+                    Ok(())
+                } else {
+                    Err(format!("body {b:?}"))
+                }
+            }),
+        );
+    }
+}
+
+/// The pod IPs of `kube-system` (not those on the host's network).
+fn system_pod_ips(kubectl: &Kubectl) -> Vec<String> {
+    kubectl
+        .json(&["-n", "kube-system", "get", "pods"])
+        .map(|v| {
+            v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["spec"]["hostNetwork"] != true)
+                .filter_map(|p| p["status"]["podIP"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -2,10 +2,12 @@
 
 pub mod demo;
 pub mod down;
+pub mod e2e_report;
 pub mod faults;
 pub mod kube;
 pub mod kube_demo;
 pub mod serve;
+pub mod source_check;
 pub mod up;
 
 use std::path::PathBuf;

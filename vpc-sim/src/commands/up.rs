@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use proto::wire::{Request, Response};
 use serde::{Deserialize, Serialize};
-use vpc_sim::fabric::Fabric;
+use vpc_sim::fabric::{Fabric, FabricOptions};
 use vpc_sim::model::DEFAULT_ENI_QUOTA;
 use vpc_sim::world::{NodeLimits, SharedWorld, World};
 
@@ -51,6 +51,13 @@ pub struct UpArgs {
     /// and a kubelet in every node; kubeconfig at `STATE/kubeconfig`.
     #[arg(long)]
     pub kubernetes: bool,
+    /// With `--kubernetes`: kube-proxy's mode on every node (`nftables` or `iptables`).
+    #[arg(long, default_value = "nftables")]
+    pub proxy_mode: vpc_sim::k8s::ProxyMode,
+    /// With `--kubernetes`: also import the images Kubernetes' e2e network
+    /// specs run (agnhost and the others, made by scripts/k8s-bins.sh).
+    #[arg(long)]
+    pub e2e_images: bool,
     /// Where etcd, kube-* and kubectl are (default: the cache of
     /// scripts/k8s-bins.sh, built first when anything is missing).
     #[arg(long)]
@@ -63,6 +70,14 @@ pub struct UpArgs {
     /// The VPC API's limits the emulator enforces (see `serve --api-limits`).
     #[arg(long, default_value = "documented")]
     pub api_limits: String,
+    /// The VPC's source/destination check: `on` drops what leaves an ENI
+    /// from an address it does not hold, `off` only counts it (see
+    /// `vpc-sim source-check`).
+    #[arg(long, default_value = "on")]
+    pub source_check: super::source_check::Switch,
+    /// The MTU the VPC gives every ENI's link.
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1280..=9000))]
+    pub eni_mtu: u32,
 }
 
 /// One simulated node.
@@ -157,7 +172,11 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
     let mut world =
         World::zoned(args.nodes, args.zones, limits, args.eni_quota).map_err(|e| e.to_string())?;
     let tag = tag();
-    let fabric = Fabric::create(&tag, &world.vpc).map_err(|e| e.to_string())?;
+    let options = FabricOptions {
+        source_check: args.source_check == super::source_check::Switch::On,
+        mtu: args.eni_mtu,
+    };
+    let fabric = Fabric::create(&tag, &world.vpc, options).map_err(|e| e.to_string())?;
     let mut sim = Sim {
         tag,
         emulator_pid: None,
@@ -204,7 +223,7 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
         }
         return super::kube::start(&dir, &mut sim, args).map(|()| sim);
     }
-    let address = start_emulator(&dir, &mut sim, "127.0.0.1:0", &[], &args.api_limits)?;
+    let address = start_emulator(&dir, &mut sim, "127.0.0.1:0", &[], &args.api_limits, &[])?;
     let agent = args
         .agent_bin
         .clone()
@@ -256,13 +275,15 @@ pub fn credentials_file(dir: &Path) -> PathBuf {
 /// Starts `vpc-sim serve` for the world in `dir`, detached, listening on
 /// `listen`, with `clients` (address, instance) known to its metadata
 /// service and the API's `api_limits` enforced (see `serve --api-limits`);
-/// returns its address once it listens.
+/// returns its address once it listens. `wrapper` (a command line that
+/// enters a namespace and execs) puts it beside the control plane.
 pub fn start_emulator(
     dir: &Path,
     sim: &mut Sim,
     listen: &str,
     clients: &[(String, String)],
     api_limits: &str,
+    wrapper: &[String],
 ) -> Result<String, String> {
     let credentials = credentials_file(dir);
     let key = format!("{:016x}{:08x}", nanos(), std::process::id());
@@ -278,7 +299,16 @@ pub fn start_emulator(
     .map_err(|e| e.to_string())?;
     let address_file = dir.join("emulator.address");
     let log = fs::File::create(dir.join("emulator.log")).map_err(|e| e.to_string())?;
-    let child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
+    let child = cmd
         .arg("serve")
         .arg("--world")
         .arg(world_file(dir))

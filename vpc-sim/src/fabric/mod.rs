@@ -1,11 +1,30 @@
-//! The fabric: what makes the model's ENIs real links. One network
-//! namespace plays the VPC router and holds one bridge per subnet with the
-//! subnet's gateway address; every node is a network namespace. Attaching
-//! an ENI creates a veth pair whose node end appears in the node as
-//! `eth<device index>` with the ENI's MAC and whose other end joins the
-//! subnet's bridge. Assigning a secondary IP adds a permanent neighbour
-//! entry on the router so the VPC delivers that IP to the ENI's MAC, as a
-//! cloud's VPC does; unassigning removes it.
+//! The fabric: what makes the model's ENIs real links, routed as a real
+//! VPC routes them. One network namespace plays the VPC's virtual switch
+//! and router; every node is a network namespace. Attaching an ENI creates
+//! a veth pair whose node end appears in the node as `eth<device index>`
+//! with the ENI's MAC and whose other end, `e<seq>`, stays in the router.
+//! There is no layer-2 segment between nodes: every ENI has a
+//! point-to-point link to the router, which
+//!
+//! - answers ARP for **every** address of the subnet itself, with the
+//!   subnet gateway's MAC (proxy ARP on every `e<seq>`, no delay; the
+//!   gateway address on the router's `lo`; a route for the whole subnet
+//!   through `lo` so that addresses no ENI holds are answered too), so no
+//!   node ever depends on another node answering ARP, and a node's ENIs on
+//!   one subnet see no ARP for each other's addresses;
+//! - delivers by routing: every address an ENI holds (its primary and
+//!   secondary IPs) is a /32 route to that ENI's link with a permanent
+//!   neighbour entry for the ENI's MAC, so the router never sends ARP into
+//!   a node; assigning, moving and unassigning an IP changes that route;
+//!   a packet to an address nobody holds is dropped and counted;
+//! - applies the **source/destination check** ([`checks`]): a packet
+//!   leaving an ENI with a source address that ENI does not hold is
+//!   dropped and counted (on by default; off, it is only counted).
+//!
+//! That is what the VPC of Tencent Cloud (and AWS's) presents to an
+//! instance: its ENIs talk only to the virtual switch, which answers ARP for
+//! the subnet and forwards by the address table of the VPC, not by
+//! learning, and drops what an ENI sends from an address it was not given.
 //!
 //! Behind the router, an "outside" namespace stands for everything beyond
 //! the VPC (the internet, an on-premises network): one host,
@@ -14,13 +33,16 @@
 //! without NAT, so the outside host sees whatever source address a node
 //! sends: with the agent's egress masquerade, the node's primary address.
 //!
-//! The fabric is simulator tooling, so it drives iproute2 (`ip`) rather
-//! than netlink: it runs only when ENIs come and go, never on a pod's path.
+//! The fabric is simulator tooling, so it drives iproute2 (`ip`) and `nft`
+//! rather than netlink: it runs only when ENIs and IPs come and go, never
+//! on a pod's path.
+
+pub mod checks;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
@@ -47,9 +69,12 @@ pub enum FabricError {
         /// What it printed.
         stderr: String,
     },
-    /// `ip` could not be run.
-    #[error("cannot run `ip` (is iproute2 installed?): {0}")]
+    /// `ip` or `nft` could not be run.
+    #[error("cannot run `ip` or `nft` (are iproute2 and nftables installed?): {0}")]
     Spawn(#[source] std::io::Error),
+    /// `nft` answered something unexpected.
+    #[error("{0}")]
+    Parse(String),
 }
 
 /// The fabric of one simulated VPC.
@@ -59,60 +84,88 @@ pub struct Fabric {
     pub router: String,
     /// Node namespace names by instance id.
     pub nodes: BTreeMap<String, String>,
-    /// Bridge names by subnet id.
-    pub bridges: BTreeMap<String, String>,
+    /// The MAC the router answers with on a subnet's links, by subnet id.
+    #[serde(default)]
+    pub gateway_macs: BTreeMap<String, String>,
     /// The outside namespace's name (absent in worlds made before it).
     #[serde(default)]
     pub outside: Option<String>,
+    /// The MTU of every ENI's link.
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+}
+
+/// How a fabric is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FabricOptions {
+    /// Drop what leaves an ENI from an address it does not hold (else only count it).
+    pub source_check: bool,
+    /// The MTU the VPC gives every ENI's link.
+    pub mtu: u32,
+}
+
+impl Default for FabricOptions {
+    fn default() -> FabricOptions {
+        FabricOptions {
+            source_check: true,
+            mtu: default_mtu(),
+        }
+    }
+}
+
+/// The MTU of a Tencent Cloud VPC's ENIs.
+fn default_mtu() -> u32 {
+    1500
+}
+
+/// The router's end of an ENI's link.
+pub fn router_link(eni: &Eni) -> String {
+    format!("e{}", eni.seq)
 }
 
 impl Fabric {
-    /// Creates the router namespace and a bridge per subnet of `vpc`, and a
-    /// namespace per instance, all named after `tag` so two simulations
-    /// never collide. On failure, whatever was made is removed again.
-    pub fn create(tag: &str, vpc: &Vpc) -> Result<Fabric, FabricError> {
+    /// Creates the router namespace and a namespace per instance, all named
+    /// after `tag` so two simulations never collide. On failure, whatever
+    /// was made is removed again.
+    pub fn create(tag: &str, vpc: &Vpc, options: FabricOptions) -> Result<Fabric, FabricError> {
         let mut fabric = Fabric {
             router: format!("vpcsim-{tag}-vpc"),
             nodes: BTreeMap::new(),
-            bridges: BTreeMap::new(),
+            gateway_macs: BTreeMap::new(),
             outside: None,
+            mtu: options.mtu,
         };
-        let made = fabric.build(tag, vpc);
+        let made = fabric.build(tag, vpc, options);
         if made.is_err() {
             fabric.destroy();
         }
         made.map(|()| fabric)
     }
 
-    fn build(&mut self, tag: &str, vpc: &Vpc) -> Result<(), FabricError> {
+    fn build(&mut self, tag: &str, vpc: &Vpc, options: FabricOptions) -> Result<(), FabricError> {
         ip(&["netns", "add", &self.router])?;
         ip(&["-n", &self.router, "link", "set", "lo", "up"])?;
+        // Forwarding without redirects (a node must keep sending to the
+        // router), proxy ARP on every link made from now on, and no reverse
+        // path filter (the router's own view of routes is not a VPC's rule).
         in_netns(
             &self.router,
-            "echo 1 > /proc/sys/net/ipv4/ip_forward && echo 0 > /proc/sys/net/ipv4/conf/all/send_redirects",
+            "echo 1 > /proc/sys/net/ipv4/ip_forward && \
+             for c in all default; do \
+               echo 0 > /proc/sys/net/ipv4/conf/$c/send_redirects && \
+               echo 1 > /proc/sys/net/ipv4/conf/$c/proxy_arp && \
+               echo 0 > /proc/sys/net/ipv4/conf/$c/rp_filter || exit 1; \
+             done",
         )?;
+        nft(&self.router, &checks::ruleset(options.source_check))?;
+        let mut batch = String::new();
         for (i, subnet) in vpc.subnets.values().enumerate() {
-            let bridge = format!("br{i}");
-            // A fixed address: a bridge otherwise takes the lowest of its
-            // ports' and, when that changes as ENIs come and go, flushes its
-            // neighbour table, permanent entries (the delivered IPs) included.
             let mac = format!("02:56:51:00:{:02x}:{:02x}", (i >> 8) & 0xff, i & 0xff);
-            ip(&[
-                "-n",
-                &self.router,
-                "link",
-                "add",
-                &bridge,
-                "address",
-                &mac,
-                "type",
-                "bridge",
-            ])?;
-            let gw = format!("{}/{}", subnet.gateway(), subnet.cidr.prefix);
-            ip(&["-n", &self.router, "addr", "add", &gw, "dev", &bridge])?;
-            ip(&["-n", &self.router, "link", "set", &bridge, "up"])?;
-            self.bridges.insert(subnet.id.clone(), bridge);
+            self.gateway_macs.insert(subnet.id.clone(), mac);
+            batch += &format!("addr add {}/32 dev lo\n", subnet.gateway());
+            batch += &format!("route add {} dev lo\n", subnet.cidr);
         }
+        ip_batch(&self.router, &batch)?;
         self.build_outside(tag, vpc)?;
         for (i, instance) in vpc.instances.keys().enumerate() {
             let ns = format!("vpcsim-{tag}-n{}", i + 1);
@@ -124,7 +177,7 @@ impl Fabric {
     }
 
     /// The outside namespace: `eth0` with [`OUTSIDE_HOST`], linked to the
-    /// router's `ext0` with [`OUTSIDE_GATEWAY`], and a route to the VPC.
+    /// router's `out0` with [`OUTSIDE_GATEWAY`], and a route to the VPC.
     fn build_outside(&mut self, tag: &str, vpc: &Vpc) -> Result<(), FabricError> {
         let out = format!("vpcsim-{tag}-out");
         ip(&["netns", "add", &out])?;
@@ -135,7 +188,7 @@ impl Fabric {
             &self.router,
             "link",
             "add",
-            "ext0",
+            "out0",
             "type",
             "veth",
             "peer",
@@ -145,8 +198,8 @@ impl Fabric {
             &out,
         ])?;
         let gw = format!("{OUTSIDE_GATEWAY}/{OUTSIDE_PREFIX}");
-        ip(&["-n", &self.router, "addr", "add", &gw, "dev", "ext0"])?;
-        ip(&["-n", &self.router, "link", "set", "ext0", "up"])?;
+        ip(&["-n", &self.router, "addr", "add", &gw, "dev", "out0"])?;
+        ip(&["-n", &self.router, "link", "set", "out0", "up"])?;
         let host = format!("{OUTSIDE_HOST}/{OUTSIDE_PREFIX}");
         ip(&["-n", &out, "addr", "add", &host, "dev", "eth0"])?;
         ip(&["-n", &out, "link", "set", "eth0", "up"])?;
@@ -160,14 +213,15 @@ impl Fabric {
         PathBuf::from(NETNS_DIR).join(name)
     }
 
-    /// Plugs an attached ENI into its node and subnet, with its primary IP.
-    /// A primary ENI also gets the subnet prefix and the node's default
-    /// route, as a booted instance has.
+    /// Plugs an attached ENI into its node, with its primary IP, and has
+    /// the router deliver every address it holds. A primary ENI also gets
+    /// the subnet prefix and the node's default route, as a booted instance
+    /// has.
     pub fn plug(&self, vpc: &Vpc, eni: &Eni) -> Result<(), FabricError> {
         let plugged = self.plug_links(vpc, eni);
         if plugged.is_err() {
             // Leave nothing half-made that the next attach would trip over.
-            let _ = ip(&["-n", &self.router, "link", "del", &format!("e{}", eni.seq)]);
+            let _ = self.unplug(eni);
         }
         plugged
     }
@@ -179,15 +233,20 @@ impl Fabric {
         let Some(node) = self.nodes.get(instance) else {
             return Ok(());
         };
-        let outside = format!("e{}", eni.seq);
+        let outside = router_link(eni);
         let inside = format!("eth{index}");
-        let bridge = &self.bridges[&eni.subnet_id];
+        let gateway_mac = &self.gateway_macs[&eni.subnet_id];
+        let mtu = self.mtu.to_string();
         ip(&[
             "-n",
             &self.router,
             "link",
             "add",
             &outside,
+            "address",
+            gateway_mac,
+            "mtu",
+            &mtu,
             "type",
             "veth",
             "peer",
@@ -195,19 +254,18 @@ impl Fabric {
             &inside,
             "address",
             &eni.mac,
+            "mtu",
+            &mtu,
             "netns",
             node,
         ])?;
-        ip(&[
-            "-n",
+        // Proxy ARP answers at once, not after up to 0.8 s (the default
+        // `proxy_delay`; a non-initial namespace has no `neigh/default`).
+        in_netns(
             &self.router,
-            "link",
-            "set",
-            &outside,
-            "master",
-            bridge,
-            "up",
-        ])?;
+            &format!("echo 0 > /proc/sys/net/ipv4/neigh/{outside}/proxy_delay"),
+        )?;
+        ip(&["-n", &self.router, "link", "set", &outside, "up"])?;
         let subnet = &vpc.subnets[&eni.subnet_id];
         if eni.primary {
             let address = format!("{}/{}", eni.primary_ip, subnet.cidr.prefix);
@@ -230,56 +288,90 @@ impl Fabric {
             let address = format!("{}/32", eni.primary_ip);
             ip(&["-n", node, "addr", "add", &address, "dev", &inside])?;
         }
-        for ip in &eni.secondary_ips {
-            self.deliver(&eni.subnet_id, *ip, &eni.mac)?;
-        }
-        Ok(())
+        let mut held = vec![eni.primary_ip];
+        held.extend(&eni.secondary_ips);
+        self.deliver(eni, &held)
     }
 
-    /// Unplugs an ENI (its node end goes with it).
+    /// Unplugs an ENI (its node end, routes and neighbours go with its link).
     pub fn unplug(&self, eni: &Eni) -> Result<(), FabricError> {
-        for ip in &eni.secondary_ips {
-            self.withdraw(&eni.subnet_id, *ip)?;
+        let mut held = vec![eni.primary_ip];
+        held.extend(&eni.secondary_ips);
+        let link = router_link(eni);
+        nft(&self.router, &checks::forget(&link, &held))?;
+        ignore_missing(ip(&["-n", &self.router, "link", "del", &link]))
+    }
+
+    /// Makes the VPC deliver `addrs` to `eni` (a route and a permanent
+    /// neighbour each, replacing where they led before) and lets the ENI
+    /// send from them.
+    pub fn deliver(&self, eni: &Eni, addrs: &[Ipv4Addr]) -> Result<(), FabricError> {
+        if addrs.is_empty() {
+            return Ok(());
         }
-        ignore_missing(ip(&[
-            "-n",
-            &self.router,
-            "link",
-            "del",
-            &format!("e{}", eni.seq),
-        ]))
+        let link = router_link(eni);
+        let mut batch = String::new();
+        for addr in addrs {
+            batch += &format!("route replace {addr}/32 dev {link}\n");
+            batch += &format!(
+                "neigh replace {addr} lladdr {} dev {link} nud permanent\n",
+                eni.mac
+            );
+        }
+        ip_batch(&self.router, &batch)?;
+        nft(&self.router, &checks::elements("add", &link, addrs))
     }
 
-    /// Makes the VPC deliver `addr` to the ENI with `mac`.
-    pub fn deliver(&self, subnet_id: &str, addr: Ipv4Addr, mac: &str) -> Result<(), FabricError> {
-        let bridge = &self.bridges[subnet_id];
-        ip(&[
-            "-n",
-            &self.router,
-            "neigh",
-            "replace",
-            &addr.to_string(),
-            "lladdr",
-            mac,
-            "dev",
-            bridge,
-            "nud",
-            "permanent",
-        ])
+    /// Stops delivering `addrs` to `eni` and letting it send from them. A
+    /// route that already leads elsewhere (the address moved) is left alone.
+    pub fn withdraw(&self, eni: &Eni, addrs: &[Ipv4Addr]) -> Result<(), FabricError> {
+        let link = router_link(eni);
+        for addr in addrs {
+            let a = addr.to_string();
+            ignore_missing(ip(&["-n", &self.router, "neigh", "del", &a, "dev", &link]))?;
+            ignore_missing(ip(&[
+                "-n",
+                &self.router,
+                "route",
+                "del",
+                &format!("{a}/32"),
+                "dev",
+                &link,
+            ]))?;
+        }
+        nft(&self.router, &checks::forget(&link, addrs))
     }
 
-    /// Stops delivering `addr`.
-    pub fn withdraw(&self, subnet_id: &str, addr: Ipv4Addr) -> Result<(), FabricError> {
-        let bridge = &self.bridges[subnet_id];
-        ignore_missing(ip(&[
-            "-n",
+    /// Turns the source/destination check on (drop) or off (count only).
+    pub fn set_source_check(&self, enforce: bool) -> Result<(), FabricError> {
+        nft(&self.router, &checks::switch(enforce))
+    }
+
+    /// Whether the source/destination check drops.
+    pub fn source_check(&self) -> Result<bool, FabricError> {
+        let json = nft_output(
             &self.router,
-            "neigh",
-            "del",
-            &addr.to_string(),
-            "dev",
-            bridge,
-        ]))
+            &["-j", "list", "chain", "ip", checks::TABLE, "source-check"],
+        )?;
+        checks::parse_enforcing(&json).map_err(FabricError::Parse)
+    }
+
+    /// What the source/destination check caught so far, per router link and source.
+    pub fn spoofed(&self) -> Result<Vec<checks::Spoofed>, FabricError> {
+        let json = nft_output(
+            &self.router,
+            &["-j", "list", "set", "ip", checks::TABLE, checks::SPOOFED],
+        )?;
+        checks::parse_spoofed(&json).map_err(FabricError::Parse)
+    }
+
+    /// Packets sent to addresses no ENI holds, dropped by the router.
+    pub fn unheld(&self) -> Result<u64, FabricError> {
+        let json = nft_output(
+            &self.router,
+            &["-j", "list", "counter", "ip", checks::TABLE, "unheld"],
+        )?;
+        checks::parse_counter(&json).map_err(FabricError::Parse)
     }
 
     /// Deletes every namespace of the fabric; returns what could not be
@@ -291,6 +383,72 @@ impl Fabric {
             .chain(self.outside.as_ref())
             .filter_map(|ns| ignore_missing(ip(&["netns", "del", ns])).err())
             .collect()
+    }
+}
+
+/// Runs `ip -n NETNS -batch -` with `commands`, one per line.
+fn ip_batch(netns: &str, commands: &str) -> Result<(), FabricError> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    run_with_input(
+        Command::new("ip").args(["-n", netns, "-batch", "-"]),
+        commands,
+        &format!("ip -n {netns} -batch - <<< {commands:?}"),
+    )
+}
+
+/// Runs `nft -f -` inside a namespace with `script`.
+fn nft(netns: &str, script: &str) -> Result<(), FabricError> {
+    if script.is_empty() {
+        return Ok(());
+    }
+    run_with_input(
+        Command::new("ip").args(["netns", "exec", netns, "nft", "-f", "-"]),
+        script,
+        &format!("nft -f - <<< {script:?} (in {netns})"),
+    )
+}
+
+/// What `nft ARGS` prints inside a namespace.
+fn nft_output(netns: &str, args: &[&str]) -> Result<String, FabricError> {
+    let shown = format!("nft {} (in {netns})", args.join(" "));
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "nft"])
+        .args(args)
+        .output()
+        .map_err(FabricError::Spawn)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(FabricError::Command {
+            command: shown,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+fn run_with_input(cmd: &mut Command, input: &str, shown: &str) -> Result<(), FabricError> {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(FabricError::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(FabricError::Spawn)?;
+    }
+    let out = child.wait_with_output().map_err(FabricError::Spawn)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(FabricError::Command {
+            command: shown.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
@@ -324,14 +482,16 @@ fn run(cmd: &mut Command, shown: &str) -> Result<(), FabricError> {
 
 fn ignore_missing(r: Result<(), FabricError>) -> Result<(), FabricError> {
     match r {
-        Err(FabricError::Command { stderr, .. })
-            if stderr.contains("Cannot find device")
-                || stderr.contains("No such file")
-                || stderr.contains("No such process")
-                || stderr.contains("not found") =>
-        {
-            Ok(())
-        }
+        Err(e) if missing(&e) => Ok(()),
         other => other,
     }
+}
+
+/// Whether a failure only says the thing to remove is not there.
+fn missing(e: &FabricError) -> bool {
+    matches!(e, FabricError::Command { stderr, .. }
+        if stderr.contains("Cannot find device")
+            || stderr.contains("No such file")
+            || stderr.contains("No such process")
+            || stderr.contains("not found"))
 }

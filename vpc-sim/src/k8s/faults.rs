@@ -17,8 +17,8 @@ use nix::unistd::Pid;
 
 use super::{Cluster, Kubectl, alive, alive_at, host, runs, start};
 
-/// The processes [`restart`] knows: the control plane, started on the host
-/// without a wrapper.
+/// The processes [`restart`] knows: the control plane, started in its own
+/// network namespace (and started again through the same wrapper).
 pub const CONTROL_PLANE: [&str; 4] = [
     "etcd",
     "kube-apiserver",
@@ -88,7 +88,7 @@ pub fn restart(state: &Path, name: &str, down_for: Duration) -> Result<Restarted
         &mut cluster,
         name,
         &old.cgroup,
-        &[],
+        &old.wrapper,
         &old.program,
         &old.args,
     )?;

@@ -19,12 +19,15 @@
 //! mounts under `DIR`, the pods' namespaces and the bridge, whichever
 //! component died first.
 
+pub mod control_plane;
+pub mod dns;
 pub mod faults;
 pub mod host;
 pub mod pki;
+mod proxy;
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,6 +37,7 @@ use serde_json::{Value, json};
 
 use crate::fabric::{Fabric, ip};
 use pki::Pki;
+pub use proxy::ProxyMode;
 
 /// The Kubernetes release the binaries are built from.
 pub const K8S_VERSION: &str = "v1.34.4";
@@ -47,13 +51,14 @@ pub const SERVICE_CIDR: &str = "172.20.0.0/16";
 pub const APISERVER_PORT: u16 = 6443;
 
 /// The binaries the cluster runs, built by `scripts/k8s-bins.sh`.
-pub const BINARIES: [&str; 6] = [
+pub const BINARIES: [&str; 7] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
     "kubelet",
     "kubectl",
+    "kube-proxy",
 ];
 
 /// A simulated node that gets a kubelet.
@@ -80,6 +85,12 @@ pub struct Options {
     /// node's `/opt/cni/bin` (a node's OS ships it; the `vpc-cni` plugin
     /// beside it is installed by the DaemonSet).
     pub loopback_bin: PathBuf,
+    /// kube-proxy's mode on every node.
+    pub proxy_mode: ProxyMode,
+    /// The block pods' addresses come from (the VPC's), for kube-proxy.
+    pub cluster_cidr: String,
+    /// The VPC router's namespace, which the control plane is linked to.
+    pub router_netns: String,
 }
 
 /// The directories each node has for itself (bind-mounted over these paths
@@ -118,6 +129,9 @@ pub struct Proc {
     /// The cgroup it was put in.
     #[serde(default)]
     pub cgroup: String,
+    /// The command line it was started through (entering namespaces).
+    #[serde(default)]
+    pub wrapper: Vec<String>,
 }
 
 /// A node of the cluster.
@@ -145,8 +159,11 @@ pub struct Cluster {
     pub made_cgroups: Vec<PathBuf>,
     /// The management bridge.
     pub bridge: Option<String>,
-    /// The host's (and the control plane's) address on it.
+    /// The control plane's address on it (the host has `.254`).
     pub host_ip: Option<String>,
+    /// The control plane's network namespace (see [`control_plane`]).
+    #[serde(default)]
+    pub control_plane_netns: Option<String>,
     /// Every process started.
     pub procs: Vec<Proc>,
     /// The nodes.
@@ -236,6 +253,19 @@ pub fn check_prerequisites(opts: &Options) -> Result<(), String> {
             ));
         }
     }
+    for tool in opts.proxy_mode.tools() {
+        if which(tool).is_none() {
+            return Err(format!(
+                "{tool} is not installed, which kube-proxy's {} mode runs (apt-get install {})",
+                opts.proxy_mode,
+                if *tool == "nft" {
+                    "nftables"
+                } else {
+                    "iptables"
+                }
+            ));
+        }
+    }
     if !opts.loopback_bin.is_file() {
         return Err(format!(
             "CNI plugin {} is missing (apt-get install containernetworking-plugins)",
@@ -298,11 +328,22 @@ pub fn up(
     fabric_err(ip(&[
         "addr",
         "add",
-        &format!("{host_ip}/24"),
+        &format!("{}/24", control_plane::host_address(&prefix)),
         "dev",
         &bridge,
     ]))?;
     fabric_err(ip(&["link", "set", &bridge, "up"]))?;
+    let cp_netns = control_plane::netns_name(tag);
+    cluster.control_plane_netns = Some(cp_netns.clone());
+    cluster.save(state)?;
+    control_plane::create(
+        tag,
+        &bridge,
+        &host_ip,
+        &opts.router_netns,
+        &opts.cluster_cidr,
+    )?;
+    let cp = control_plane::wrapper(&cp_netns);
     for (i, node) in nodes.iter().enumerate() {
         let node_ip = format!("{prefix}.{}", 11 + i);
         let outside = format!("vk{tag}m{}", i + 1);
@@ -367,10 +408,6 @@ pub fn up(
     let sched_kc = dir.join("kube-scheduler.kubeconfig");
     pki.kubeconfig(&sched_kc, &server, "kube-scheduler")?;
 
-    for port in [2379, 2380, APISERVER_PORT, 10257, 10259] {
-        port_free(&host_ip, port)?;
-    }
-
     let bin = |name: &str| opts.bin_dir.join(name);
     let control = format!("{}/control", cluster.cgroup);
     say("==> etcd");
@@ -380,7 +417,7 @@ pub fn up(
         &mut cluster,
         "etcd",
         &control,
-        &[],
+        &cp,
         &bin("etcd"),
         &[
             "--name=vpc-sim".into(),
@@ -410,7 +447,7 @@ pub fn up(
         &mut cluster,
         "kube-apiserver",
         &control,
-        &[],
+        &cp,
         &bin("kube-apiserver"),
         &[
             format!("--etcd-servers={etcd_url}"),
@@ -460,7 +497,7 @@ pub fn up(
         &mut cluster,
         "kube-controller-manager",
         &control,
-        &[],
+        &cp,
         &bin("kube-controller-manager"),
         &[
             format!("--kubeconfig={}", kcm_kc.display()),
@@ -483,7 +520,7 @@ pub fn up(
         &mut cluster,
         "kube-scheduler",
         &control,
-        &[],
+        &cp,
         &bin("kube-scheduler"),
         &[
             format!("--kubeconfig={}", sched_kc.display()),
@@ -509,6 +546,7 @@ pub fn up(
             node.netns
         ));
         start_node(state, &mut cluster, i, node, &cn, &pki, &server, opts)?;
+        proxy::start_proxy(state, &mut cluster, i, node, &cn, &pki, &server, opts)?;
     }
 
     // Not Ready yet: no CNI configuration until the CNI's DaemonSet puts
@@ -685,6 +723,8 @@ fn start_node(
         "nodeStatusUpdateFrequency": "4s",
         "syncFrequency": "10s",
         "resolvConf": "/etc/resolv.conf",
+        "clusterDNS": [dns::DNS_SERVICE_IP],
+        "clusterDomain": dns::CLUSTER_DOMAIN,
     });
     fs::write(
         &config,
@@ -818,6 +858,7 @@ fn start(
         log,
         args: args.to_vec(),
         cgroup: cgroup.to_string(),
+        wrapper: wrapper.to_vec(),
     };
     cluster.procs.push(proc);
     cluster.save(state)?;
@@ -925,12 +966,6 @@ pub fn node_ready(nodes: &Value, name: &str) -> bool {
                 .flatten()
                 .any(|c| c["type"] == "Ready" && c["status"] == "True")
     })
-}
-
-fn port_free(host: &str, port: u16) -> Result<(), String> {
-    TcpListener::bind((host, port))
-        .map(drop)
-        .map_err(|e| format!("port {port} on {host} is not free for the control plane: {e}"))
 }
 
 /// A /24 of 100.64.0.0/10 that no address or route of the host touches,
@@ -1074,6 +1109,12 @@ pub fn down(state: &Path) -> Vec<String> {
     }
     problems.extend(host::remove_pod_netns(&inodes));
     problems.extend(host::unmount_under(state));
+    if let Some(ns) = &cluster.control_plane_netns
+        && let Err(e) = ip(&["netns", "del", ns])
+        && !e.to_string().contains("No such file")
+    {
+        problems.push(e.to_string());
+    }
     if let Some(bridge) = &cluster.bridge
         && let Err(e) = ip(&["link", "del", bridge])
         && !e.to_string().contains("Cannot find device")

@@ -1,0 +1,205 @@
+//! Privileged: the simulated VPC is as strict as a real one. Its switch
+//! answers ARP for every address of the subnet itself, delivers by routing
+//! to the ENI that holds an address, and drops (and counts) what leaves an
+//! ENI from an address that ENI does not hold.
+
+use std::process::Command;
+
+use vpc_cni_tests::{Sim, bin, require_root};
+
+/// `ip netns exec NS ARGS`: whether it succeeded.
+fn exec_ok(netns: &str, args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(args)
+        .output()
+        .expect("ip netns exec")
+        .status
+        .success()
+}
+
+fn netns(sim: &Sim, n: usize) -> String {
+    sim.get(&format!("NODE{n}_NETNS"))
+        .rsplit('/')
+        .next()
+        .expect("name")
+        .to_string()
+}
+
+/// The first IPv4 address of `dev` in node `n`.
+fn address(sim: &Sim, n: usize, dev: &str) -> String {
+    let out = sim.node_ip(n, &["-4", "-o", "addr", "show", "dev", dev]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no address on {dev}: {out}"))
+        .to_string()
+}
+
+/// The MAC node `n` has for `addr` on `dev`.
+fn neighbour(sim: &Sim, n: usize, addr: &str, dev: &str) -> String {
+    let out = sim.node_ip(n, &["neigh", "show", addr, "dev", dev]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no neighbour {addr} on {dev}: {out:?}"))
+        .to_string()
+}
+
+fn source_check(sim: &Sim, switch: Option<&str>) -> String {
+    let out = Command::new(bin("vpc-sim"))
+        .arg("source-check")
+        .arg("--state")
+        .arg(sim.dir.path().join("sim"))
+        .args(switch)
+        .output()
+        .expect("vpc-sim source-check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The number before `what` in the source-check summary line.
+fn count_before(report: &str, what: &str) -> u64 {
+    let at = report
+        .find(what)
+        .unwrap_or_else(|| panic!("no {what:?} in {report}"));
+    report[..at]
+        .split_whitespace()
+        .last()
+        .and_then(|w| w.trim_end_matches(';').parse().ok())
+        .unwrap_or_else(|| panic!("no count before {what:?} in {report}"))
+}
+
+#[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+fn privileged_the_vpc_answers_arp_for_every_subnet_address_with_the_gateways_mac() {
+    require_root();
+    let sim = Sim::up(2, &[]);
+    let (a, b) = (netns(&sim, 1), netns(&sim, 2));
+    let b_primary = address(&sim, 2, "eth0");
+    let gateway = "10.0.16.1";
+    assert!(exec_ok(&a, &["ping", "-c", "1", "-W", "2", gateway]));
+    assert!(
+        exec_ok(&a, &["ping", "-c", "1", "-W", "2", &b_primary]),
+        "node1 -> node2's primary address"
+    );
+    let gateway_mac = neighbour(&sim, 1, gateway, "eth0");
+    let b_mac = sim.node_ip(2, &["-o", "link", "show", "eth0"]);
+    assert_eq!(
+        neighbour(&sim, 1, &b_primary, "eth0"),
+        gateway_mac,
+        "node2's address must be answered by the VPC, not by node2 ({b_mac})"
+    );
+    // An address nobody holds: ARP is answered all the same, the packet
+    // is delivered nowhere, and the router counts it.
+    let before = count_before(
+        &source_check(&sim, None),
+        "packets to addresses no ENI holds",
+    );
+    let unheld = "10.0.31.250";
+    assert!(!exec_ok(&a, &["ping", "-c", "1", "-W", "1", unheld]));
+    assert_eq!(neighbour(&sim, 1, unheld, "eth0"), gateway_mac);
+    let after = count_before(
+        &source_check(&sim, None),
+        "packets to addresses no ENI holds",
+    );
+    assert!(after > before, "unheld: {before} -> {after}");
+    // Node 2 answered ARP for nothing: it never saw a request.
+    let b_neigh = sim.node_ip(2, &["neigh", "show", "dev", "eth0"]);
+    assert!(
+        b_neigh
+            .lines()
+            .all(|l| l.contains(&gateway_mac) || l.contains("FAILED")),
+        "node2 learnt a MAC other than the VPC's: {b_neigh}"
+    );
+    drop(b);
+}
+
+#[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+fn privileged_the_source_check_drops_what_an_eni_sends_from_an_address_it_does_not_hold() {
+    require_root();
+    let sim = Sim::up(2, &[]);
+    let (a, b) = (netns(&sim, 1), netns(&sim, 2));
+    let b_primary = address(&sim, 2, "eth0");
+    let spoofed = "10.0.31.249";
+    sim.node_ip(1, &["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"]);
+    // What arrives at node 2 from the spoofed source, counted there.
+    let nft = |ns: &str, script: &str| {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("write");
+        assert!(child.wait().expect("nft").success(), "{script}");
+    };
+    nft(
+        &b,
+        &format!(
+            "table ip seen {{\n counter spoofed {{ }}\n chain input {{\n type filter hook input priority 0;\n ip saddr {spoofed} counter name \"spoofed\"\n }}\n}}\n"
+        ),
+    );
+    let arrived = || {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &b, "nft", "list", "counter", "ip", "seen", "spoofed",
+            ])
+            .output()
+            .expect("nft list");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("counter: {text}"))
+    };
+    let ping_from_spoofed = || {
+        exec_ok(
+            &a,
+            &[
+                "ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", spoofed, &b_primary,
+            ],
+        )
+    };
+
+    assert!(source_check(&sim, None).contains("on (dropping)"));
+    assert!(!ping_from_spoofed());
+    assert_eq!(arrived(), 0, "a spoofed packet got through the check");
+    let report = source_check(&sim, None);
+    assert!(
+        report.contains(&format!("eth0) sent 2 packets from {spoofed}")),
+        "{report}"
+    );
+    // The node's own address still goes through.
+    assert!(exec_ok(&a, &["ping", "-c", "1", "-W", "2", &b_primary]));
+
+    // Off, the check only counts: the packets arrive (their replies go to
+    // an address no ENI holds and are lost there).
+    assert!(source_check(&sim, Some("off")).contains("off (counting only)"));
+    assert!(!ping_from_spoofed());
+    assert_eq!(arrived(), 2, "with the check off the packets arrive");
+    let report = source_check(&sim, None);
+    assert!(
+        report.contains(&format!("eth0) sent 4 packets from {spoofed}")),
+        "{report}"
+    );
+    assert!(source_check(&sim, Some("on")).contains("on (dropping)"));
+}
