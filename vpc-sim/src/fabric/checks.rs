@@ -149,17 +149,23 @@ pub fn parse_counter(json: &str) -> Result<u64, String> {
 /// Whether the source-check rule drops, from `nft -j list chain ...`.
 pub fn parse_enforcing(json: &str) -> Result<bool, String> {
     let v: Value = serde_json::from_str(json).map_err(|e| format!("nft -j: {e}"))?;
-    let rule = v["nftables"]
+    let rules: Vec<&Value> = v["nftables"]
         .as_array()
         .into_iter()
         .flatten()
-        .find_map(|item| item.get("rule"))
-        .ok_or_else(|| "the source-check chain has no rule".to_string())?;
-    Ok(rule["expr"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|e| e.get("drop").is_some()))
+        .filter_map(|item| item.get("rule"))
+        .collect();
+    if rules.is_empty() {
+        return Err("the source-check chain has no rule".to_string());
+    }
+    // Any rule of the chain that drops (one added by hand to log, say, does not).
+    Ok(rules.iter().any(|rule| {
+        rule["expr"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e.get("drop").is_some())
+    }))
 }
 
 #[cfg(test)]
@@ -203,7 +209,9 @@ mod tests {
         assert!(parse_spoofed(empty).expect("valid").is_empty());
         let counter = r#"{"nftables": [{"metainfo": {}}, {"counter": {"name": "unheld", "packets": 7, "bytes": 588}}]}"#;
         assert_eq!(parse_counter(counter).expect("valid"), 7);
-        let chain = r#"{"nftables": [{"chain": {"name": "source-check"}}, {"rule": {"expr": [{"match": {}}, {"set": {}}, {"drop": null}]}}]}"#;
+        let chain = r#"{"nftables": [{"chain": {"name": "source-check"}}, {"rule": {"expr": [{"log": {}}]}}, {"rule": {"expr": [{"match": {}}, {"set": {}}, {"drop": null}]}}]}"#;
         assert!(parse_enforcing(chain).expect("valid"));
+        let off = r#"{"nftables": [{"rule": {"expr": [{"match": {}}, {"set": {}}]}}]}"#;
+        assert!(!parse_enforcing(off).expect("valid"));
     }
 }
