@@ -412,20 +412,13 @@ fn nft(netns: &str, script: &str) -> Result<(), FabricError> {
 
 /// What `nft ARGS` prints inside a namespace.
 fn nft_output(netns: &str, args: &[&str]) -> Result<String, FabricError> {
-    let shown = format!("nft {} (in {netns})", args.join(" "));
     let out = Command::new("ip")
         .args(["netns", "exec", netns, "nft"])
         .args(args)
         .output()
         .map_err(FabricError::Spawn)?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(FabricError::Command {
-            command: shown,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+    let out = succeeded(out, &format!("nft {} (in {netns})", args.join(" ")))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn run_with_input(cmd: &mut Command, input: &str, shown: &str) -> Result<(), FabricError> {
@@ -442,14 +435,7 @@ fn run_with_input(cmd: &mut Command, input: &str, shown: &str) -> Result<(), Fab
             .map_err(FabricError::Spawn)?;
     }
     let out = child.wait_with_output().map_err(FabricError::Spawn)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(FabricError::Command {
-            command: shown.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+    succeeded(out, shown).map(drop)
 }
 
 /// Runs `ip ARGS`.
@@ -470,8 +456,13 @@ pub fn in_netns(netns: &str, script: &str) -> Result<(), FabricError> {
 
 fn run(cmd: &mut Command, shown: &str) -> Result<(), FabricError> {
     let out = cmd.output().map_err(FabricError::Spawn)?;
+    succeeded(out, shown).map(drop)
+}
+
+/// `out` when its command succeeded, else the failure with what it printed.
+fn succeeded(out: std::process::Output, shown: &str) -> Result<std::process::Output, FabricError> {
     if out.status.success() {
-        Ok(())
+        Ok(out)
     } else {
         Err(FabricError::Command {
             command: shown.to_string(),
