@@ -156,17 +156,8 @@ pub fn mark_rule(primary: &str, bit: u32) -> RuleSpec {
 /// are. Packets crossing from a pod's namespace arrive with mark 0, so
 /// nothing ever needs to clear the bit on the other packets.
 pub fn restore_rule(bit: u32) -> RuleSpec {
-    let mut exprs = vec![
-        Expr::Meta {
-            key: NFT_META_IIFGROUP,
-            dreg: NFT_REG_1,
-        },
-        Expr::Cmp {
-            sreg: NFT_REG_1,
-            op: NFT_CMP_EQ,
-            // Interface groups are compared in host byte order.
-            data: LINK_GROUP.to_ne_bytes().to_vec(),
-        },
+    let mut exprs = from_a_pod().to_vec();
+    exprs.extend([
         Expr::Ct {
             key: NFT_CT_MARK,
             dreg: NFT_REG_1,
@@ -181,7 +172,7 @@ pub fn restore_rule(bit: u32) -> RuleSpec {
             key: NFT_META_MARK,
             dreg: NFT_REG_1,
         },
-    ];
+    ]);
     exprs.extend(set_bit(
         bit,
         Expr::MetaSet {
@@ -195,6 +186,22 @@ pub fn restore_rule(bit: u32) -> RuleSpec {
         ),
         exprs,
     }
+}
+
+/// `meta iifgroup LINK_GROUP`: the packet comes from a pod's host veth.
+fn from_a_pod() -> [Expr; 2] {
+    [
+        Expr::Meta {
+            key: NFT_META_IIFGROUP,
+            dreg: NFT_REG_1,
+        },
+        Expr::Cmp {
+            sreg: NFT_REG_1,
+            op: NFT_CMP_EQ,
+            // Interface groups are compared in host byte order.
+            data: LINK_GROUP.to_ne_bytes().to_vec(),
+        },
+    ]
 }
 
 /// `reg1 = (reg1 & mask) ^ xor` on a 32-bit mark or state.
@@ -219,16 +226,8 @@ fn set_bit(bit: u32, store: Expr) -> [Expr; 2] {
 /// source ports, as AWS's `--random-fully`, so many pods' flows do not
 /// clash on the node's address).
 pub fn masquerade_rule() -> RuleSpec {
-    let exprs = vec![
-        Expr::Meta {
-            key: NFT_META_IIFGROUP,
-            dreg: NFT_REG_1,
-        },
-        Expr::Cmp {
-            sreg: NFT_REG_1,
-            op: NFT_CMP_EQ,
-            data: LINK_GROUP.to_ne_bytes().to_vec(),
-        },
+    let mut exprs = from_a_pod().to_vec();
+    exprs.extend([
         Expr::Payload {
             dreg: NFT_REG_1,
             base: NFT_PAYLOAD_NETWORK_HEADER,
@@ -243,7 +242,7 @@ pub fn masquerade_rule() -> RuleSpec {
         Expr::Masq {
             flags: NF_NAT_RANGE_PROTO_RANDOM_FULLY,
         },
-    ];
+    ]);
     RuleSpec {
         text: format!("iifgroup {LINK_GROUP} ip daddr != @{SET} masquerade fully-random"),
         exprs,
