@@ -56,7 +56,7 @@ impl Arena {
     fn bump(&self, layout: Layout) -> *mut u8 {
         let base = self.base();
         let align = layout.align().max(MIN_ALIGN);
-        let mut next = self.next.load(Ordering::Relaxed);
+        let mut next = self.next.load(Ordering::Acquire);
         loop {
             let start = (base + next).next_multiple_of(align) - base;
             let Some(end) = start.checked_add(layout.size()) else {
@@ -67,7 +67,7 @@ impl Arena {
             }
             match self
                 .next
-                .compare_exchange_weak(next, end, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange_weak(next, end, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return (base + start) as *mut u8,
                 Err(now) => next = now,
@@ -82,7 +82,7 @@ impl Arena {
         new_end <= ARENA_BYTES
             && self
                 .next
-                .compare_exchange(end, new_end, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(end, new_end, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
     }
 }

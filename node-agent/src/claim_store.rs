@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
-use crate::ipam::{Change, Claim};
+use crate::ipam::{Change, Claim, Word};
 use crate::outbox::{Delivery, Subscription};
 
 /// A boxed future, so that the trait stays object safe.
@@ -106,7 +106,7 @@ pub enum PodFactsError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClaimChange {
     /// Made, bound to a new sandbox, or released.
-    Put(Claim),
+    Put(Box<Claim>),
     /// Ended (namespace, name): its IP is no longer reserved.
     Removed(String, String),
 }
@@ -174,6 +174,27 @@ pub trait ClaimStore: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// What the cluster's object says of pod `namespace/name`'s claim: that
+    /// this node holds it, another does, or there is none; read afresh
+    /// (never from a cache), as the hand-over decides on it.
+    fn word<'a>(&'a self, _namespace: &'a str, _name: &'a str) -> ClaimFuture<'a, Word> {
+        Box::pin(async { Ok(Word::Unknown) })
+    }
+
+    /// Gives pod `namespace/name`'s claim, which this node took over from
+    /// `held` and could not bring here, back to that node (reserved there,
+    /// with `why`): written only over the take-over, so a newer holder is
+    /// never overwritten.
+    fn give_back<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _name: &'a str,
+        _held: &'a HeldElsewhere,
+        _why: &'a str,
+    ) -> ClaimFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Makes a static claim this node just bound known to the cluster
     /// before the ADD answers: a static IP the cluster does not know of
     /// is a promise nobody could keep after this node is gone.
@@ -187,7 +208,7 @@ pub fn claim_changes(changes: &[Change]) -> Vec<ClaimChange> {
     changes
         .iter()
         .filter_map(|c| match c {
-            Change::PutClaim(claim) => Some(ClaimChange::Put(claim.clone())),
+            Change::PutClaim(claim) => Some(ClaimChange::Put(Box::new(claim.clone()))),
             Change::RemoveClaim(ns, name) => Some(ClaimChange::Removed(ns.clone(), name.clone())),
             _ => None,
         })

@@ -129,6 +129,37 @@ fn k8s_claims_ips_and_node_configs_are_objects_kubectl_shows_and_deletes() {
     let refused = label("ins-other").expect_err("another node's agent is refused");
     assert!(refused.contains("may only write its own node"), "{refused}");
     label(&node).expect("the node's own agent may");
+    // Nor may another node's agent relabel the object to itself (the
+    // policy judges the object as it was, not only as it would be), the
+    // claim's either.
+    let relabel = |kind: &str, name: &str| {
+        let kc = as_agent_on("ins-other");
+        c.try_kubectl(
+            &[
+                "--kubeconfig",
+                &kc.to_string_lossy(),
+                "label",
+                "--overwrite",
+                kind,
+                name,
+                "vpc-cni.io/node=ins-other",
+            ],
+            None,
+        )
+    };
+    for (kind, name) in [("vip", web0.as_str()), ("vipc", "web-0")] {
+        let refused = relabel(kind, name).expect_err("a relabel to another node is refused");
+        assert!(
+            refused.contains("may only write its own node"),
+            "{kind}: {refused}"
+        );
+        let still = c.object(kind, name).expect("object");
+        assert_eq!(
+            s(&still, &["metadata", "labels", "vpc-cni.io/node"]),
+            node,
+            "{kind} {name} still this node's"
+        );
+    }
 
     // A static pod deleted comes back with its IP; a plain one's claim and
     // VpcIP go with it.

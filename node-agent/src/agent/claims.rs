@@ -9,11 +9,12 @@ use tracing::{info, warn};
 
 use super::Agent;
 use super::convert;
-use super::errors::{claim_error, cloud_error, dataplane_error};
+use super::errors::{claim_error, dataplane_error};
 use crate::claim_store::{HeldElsewhere, PodFactsError, TakeOver};
-use crate::cloud::{Cloud, CloudError};
+use crate::cloud::Cloud;
 use crate::dataplane::Dataplane;
 use crate::ipam::{Change, Claim, EniRecord};
+use crate::ipam::{Handover, Source};
 
 impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// Before a static pod's ADD: a claim this node holds must still have
@@ -28,6 +29,12 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 .cloned()
         });
         match here {
+            // On its way here: brought here first (or the pod waits).
+            Some(claim) if matches!(claim.handover, Some(Handover::Incoming { .. })) => {
+                self.bring_here(&claim).await
+            }
+            // Another node took it over: it is taken back from there.
+            Some(claim) if claim.handover.is_some() => self.not_claimed_elsewhere(req).await,
             Some(claim) => self.verify_claim(claim, req).await,
             None if req.static_ip.is_some() => self.not_claimed_elsewhere(req).await,
             None => Ok(()),
@@ -185,13 +192,15 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         // Another node may have taken the claim over (the pod ran there
         // meanwhile): the address moved, it is not lost. This node forgets
         // it and takes it over in turn if it may.
+        // (`locate` names another node, or this one moving it here: the
+        // node's name in the cluster is not its instance id.)
         if let Ok(Some(held)) = self.claim_store.locate(&claim.namespace, &claim.name).await
             && !held.moving_here
-            && held.node != self.instance_id
         {
             drop(serialised);
-            info!(ip = %claim.ip, node = %held.node, namespace = %claim.namespace, name = %claim.name, "static IP held by another node now; forgetting it here");
-            self.forget_moved(&claim.namespace, &claim.name).await?;
+            info!(ip = %claim.ip, node = %held.node, namespace = %claim.namespace, name = %claim.name, "static IP held by another node now");
+            self.leave(&claim.namespace, &claim.name, &held.node)
+                .await?;
             return self.not_claimed_elsewhere(req).await;
         }
         warn!(ip = %claim.ip, eni = %claim.eni_id, namespace = %claim.namespace, name = %claim.name, "static IP vanished from the cloud; asking for it back by address");
@@ -216,17 +225,25 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             );
             return self.mark_lost(&claim, &why).await;
         };
-        match self.cloud.assign_named_ips(&target.id, &[claim.ip]).await {
-            Ok(()) => {
-                info!(ip = %claim.ip, eni = %target.id, "static IP assigned again by address");
-                self.commit_restored(&claim, &target).await
-            }
-            Err(CloudError::AddressInUse(detail)) => {
-                let why = format!("the address was taken by someone else in the VPC ({detail})");
-                self.mark_lost(&claim, &why).await
-            }
-            Err(e) => Err(cloud_error(e)),
-        }
+        // Recorded incoming before the cloud is asked, so that a crash
+        // after the call never leaves the address free here.
+        let intent = Claim {
+            eni_id: target.id.clone(),
+            ..claim.clone()
+        };
+        self.txn
+            .commit(move |ipam, _| {
+                let changes = ipam
+                    .plan_incoming(&intent, Source::Subnet)
+                    .map_err(claim_error)?;
+                Ok((changes, ()))
+            })
+            .await?;
+        let incoming = self
+            .txn
+            .read(|ipam, _| ipam.claim(&claim.namespace, &claim.name).cloned())
+            .ok_or_else(|| AgentError::new(ErrorKind::Internal, "the incoming claim vanished"))?;
+        self.bring_here_locked(&incoming).await
     }
 
     async fn commit_restored(&self, claim: &Claim, eni: &EniRecord) -> Result<(), AgentError> {
@@ -255,7 +272,6 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let Some(pod) = &req.pod else { return Ok(()) };
         let held = match self.claim_store.locate(&pod.namespace, &pod.name).await {
             Ok(None) => return Ok(()),
-            Ok(Some(held)) if held.node == self.instance_id && !held.moving_here => return Ok(()),
             Ok(Some(held)) => held,
             Err(e) => {
                 return Err(AgentError::new(
@@ -344,163 +360,6 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 node.zone, held.subnet_id
             )
         })
-    }
-
-    /// Moves a claim this node took over to one of its ENIs in the
-    /// claim's subnet (idempotent: an address already on an ENI of this
-    /// node is not moved again) and commits it here, reserved, in one
-    /// commit: the ADD then binds it as any reserved claim.
-    async fn move_here(&self, req: &AddRequest, held: &HeldElsewhere) -> Result<(), AgentError> {
-        let Some(pod) = &req.pod else { return Ok(()) };
-        let _serialised = self.grow_lock.lock().await;
-        self.txn.ensure_healthy()?;
-        let listed = self.cloud.list_enis().await.map_err(cloud_error)?;
-        let on_ours = |listed: &[crate::cloud::Eni]| {
-            listed
-                .iter()
-                .find(|e| !e.primary && e.secondary_ips.contains(&held.ip))
-                .map(|e| e.id.clone())
-        };
-        let target_id = match on_ours(&listed) {
-            Some(id) => id,
-            None => {
-                let room = || {
-                    let max_ips = self.limits().map_or(0, |l| l.max_ips_per_eni as usize);
-                    self.txn.read(|ipam, _| {
-                        ipam.enis()
-                            .iter()
-                            .find(|e| e.subnet_id == held.subnet_id && e.ips.len() + 1 < max_ips)
-                            .map(|e| e.id.clone())
-                    })
-                };
-                let mut target = room();
-                let ours = self.node().and_then(|n| n.subnet).map(|s| s.id);
-                if target.is_none() && ours.as_deref() == Some(held.subnet_id.as_str()) {
-                    // The node's own subnet: an ENI grown there takes it.
-                    self.grow_locked(1).await?;
-                    target = room();
-                }
-                let Some(target) = target else {
-                    return Err(AgentError::new(
-                        ErrorKind::NotReady,
-                        format!(
-                            "the static IP {} of {}/{} was taken over from node {} but no ENI of \
-                             this node in subnet {} has room for it; an address moves only within \
-                             its subnet (give this node an ENI in subnet {}, or delete the claim \
-                             to give the pod a new IP)",
-                            held.ip,
-                            pod.namespace,
-                            pod.name,
-                            held.node,
-                            held.subnet_id,
-                            held.subnet_id
-                        ),
-                    ));
-                };
-                let moved_to = match self.cloud.migrate_ip(&held.eni_id, &target, held.ip).await {
-                    Ok(()) => target,
-                    Err(e) => {
-                        // An earlier attempt may have taken effect; or, the
-                        // source ENI gone, the address may have come back to
-                        // this node's pool meanwhile (a growth took it from
-                        // the subnet).
-                        let again = self.cloud.list_enis().await.map_err(cloud_error)?;
-                        match on_ours(&again) {
-                            Some(id) => id,
-                            // The source ENI is gone (deleted as leaked after
-                            // its node went): its addresses went back to the
-                            // subnet. The address is taken here by name, which
-                            // the cloud refuses if anyone holds it.
-                            None if matches!(e, CloudError::NotFound(_)) => {
-                                if let Err(e) =
-                                    self.cloud.assign_named_ips(&target, &[held.ip]).await
-                                {
-                                    warn!(ip = %held.ip, gone = %held.eni_id, to = %target, error = %e, "the static IP's ENI is gone and the address cannot be taken here");
-                                    return Err(cloud_error(e));
-                                }
-                                info!(ip = %held.ip, gone = %held.eni_id, to = %target, "the static IP's ENI is gone; the address was assigned here by name");
-                                target
-                            }
-                            None => {
-                                warn!(ip = %held.ip, from = %held.eni_id, to = %target, error = %e, "cannot move a static IP here");
-                                return Err(cloud_error(e));
-                            }
-                        }
-                    }
-                };
-                info!(ip = %held.ip, from = %held.eni_id, to = %moved_to, node = %held.node, "static IP moved here from another node");
-                moved_to
-            }
-        };
-        let (record, holder) = self.txn.read(|ipam, _| {
-            (
-                ipam.eni(&target_id).cloned(),
-                ipam.holder_of(&held.ip).map(|a| a.key.container_id.clone()),
-            )
-        });
-        if let Some(container) = holder {
-            return Err(AgentError::new(
-                ErrorKind::Internal,
-                format!(
-                    "the static IP {} of {}/{} moved here is held by sandbox {container}",
-                    held.ip, pod.namespace, pod.name
-                ),
-            ));
-        }
-        let Some(record) = record else {
-            return Err(AgentError::new(
-                ErrorKind::NotReady,
-                format!(
-                    "the static IP {} of {}/{} is on ENI {target_id}, which the pool does not \
-                     know yet; the ADD is retried",
-                    held.ip, pod.namespace, pod.name
-                ),
-            ));
-        };
-        let now = self.txn.now();
-        let created = held.created_ms.unwrap_or(now).min(now);
-        let claim = Claim {
-            namespace: pod.namespace.clone(),
-            name: pod.name.clone(),
-            ip: held.ip,
-            eni_id: record.id.clone(),
-            subnet_id: record.subnet_id.clone(),
-            created_ms: created,
-            last_bound_ms: created,
-            released_ms: Some(now),
-            expire_after_ms: req.static_ip.as_ref().and_then(|s| s.expire_after_ms),
-            owner: req
-                .static_ip
-                .as_ref()
-                .and_then(|s| s.owner.as_ref())
-                .map(convert::owner),
-            lost: None,
-            requested: req.static_ip.as_ref().and_then(|s| s.requested_ip) == Some(held.ip),
-        };
-        self.commit_restored(&claim, &record).await
-    }
-
-    /// Forgets a claim another node took over (the address moved there):
-    /// the claim and the address leave this node's pool, durably, without
-    /// a word to the cloud. Only a reserved claim is forgotten; returns
-    /// whether it was.
-    pub(super) async fn forget_moved(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<bool, AgentError> {
-        let (ns, n) = (namespace.to_string(), name.to_string());
-        let forgotten = self
-            .txn
-            .commit(move |ipam, _| match ipam.plan_forget_claim(&ns, &n) {
-                Some((claim, changes)) => Ok((changes, Some(claim))),
-                None => Ok((Vec::new(), None)),
-            })
-            .await?;
-        if let Some(c) = &forgotten {
-            info!(ip = %c.ip, namespace, name, "static IP claim taken over by another node; forgotten here");
-        }
-        Ok(forgotten.is_some())
     }
 
     /// Ends a static claim by hand (`claims delete`).
@@ -607,7 +466,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     }
 }
 
-fn lost_error(claim: &Claim, why: &str) -> AgentError {
+pub(super) fn lost_error(claim: &Claim, why: &str) -> AgentError {
     AgentError::new(
         ErrorKind::ClaimLost,
         format!(

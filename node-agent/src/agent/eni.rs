@@ -27,7 +27,8 @@ pub const REFILL_DELAY: Duration = Duration::from_millis(200);
 impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// The maintenance tick, until the agent is poisoned or the task is
     /// dropped: the cloud reconnected and compared with when due, the pool
-    /// kept at its targets, released claims expired, leaked ENIs deleted.
+    /// kept at its targets, released claims expired, claims between nodes
+    /// driven on, leaked ENIs deleted.
     /// Runs a round `REFILL_DELAY` after an ADD that left the pool short of
     /// its targets, and at once when an ADD waits for an IP.
     pub async fn maintain_pool(self: Arc<Self>) {
@@ -77,6 +78,12 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             }
             if let Err(e) = self.expire_claims().await {
                 warn!(error = %e.message, "could not expire static IP claims");
+            }
+            // Claims between nodes move on without waiting for their pods.
+            if self.node().is_some()
+                && let Err(e) = self.drive_handovers().await
+            {
+                warn!(error = %e.message, "could not drive static IPs between nodes");
             }
             if last_sweep.is_none_or(|at| at.elapsed() >= self.config.maintenance_interval) {
                 match self.release_vanished().await {

@@ -35,8 +35,13 @@ pub fn claim_error(e: IpamError) -> AgentError {
     let kind = match e {
         IpamError::ClaimNotFound { .. } => ErrorKind::UnknownAttachment,
         IpamError::ClaimLost { .. } => ErrorKind::ClaimLost,
-        IpamError::ClaimInUse { .. } | IpamError::RequestedCooling { .. } => ErrorKind::NotReady,
-        IpamError::RequestedHeld { .. } => ErrorKind::NoIpAvailable,
+        IpamError::ClaimInUse { .. }
+        | IpamError::RequestedCooling { .. }
+        | IpamError::ClaimChanged { .. }
+        | IpamError::ClaimMoving { .. } => ErrorKind::NotReady,
+        IpamError::RequestedHeld { .. } | IpamError::InUse { .. } | IpamError::Claimed { .. } => {
+            ErrorKind::NoIpAvailable
+        }
         _ => ErrorKind::InvalidRequest,
     };
     AgentError::new(kind, e.to_string())

@@ -13,7 +13,7 @@ use proto::wire::{AgentError, ClaimView, PoolView};
 use super::{Agent, views};
 use crate::cloud::{Cloud, NodeInfo};
 use crate::dataplane::Dataplane;
-use crate::ipam::{Ipam, UnixMillis};
+use crate::ipam::{Claim, Ipam, UnixMillis};
 use crate::outbox::Subscription;
 use crate::sizing::Overrides;
 
@@ -49,17 +49,33 @@ pub trait NodeFeed: Send + Sync + 'static {
     fn reclaim(self: Arc<Self>, namespace: String, name: String) -> FeedFuture;
     /// The operator's overrides of this node's targets, from now on.
     fn set_overrides(&self, overrides: Overrides);
-    /// Forgets the claim of pod `namespace/name`, which another node took
-    /// over (its address moved there), unless a sandbox here holds it;
-    /// whether it was forgotten.
-    fn forget_moved(
+    /// The cluster names node `to` as the holder of pod `namespace/name`'s
+    /// claim: it becomes outgoing here (reserved until its address leaves)
+    /// unless a sandbox here holds it; whether it is outgoing.
+    fn leave(
         self: Arc<Self>,
         namespace: String,
         name: String,
+        to: String,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, AgentError>> + Send>>;
+
+    /// The cluster's object of a static claim this node should hold but
+    /// its pool lacks (an empty or replaced store): the claim is rebuilt
+    /// from it, reserved; whether it was.
+    fn restore(
+        self: Arc<Self>,
+        claim: Claim,
     ) -> Pin<Box<dyn Future<Output = Result<bool, AgentError>> + Send>>;
 }
 
 impl<C: Cloud + 'static, D: Dataplane + 'static> NodeFeed for Agent<C, D> {
+    fn restore(
+        self: Arc<Self>,
+        claim: Claim,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, AgentError>> + Send>> {
+        Box::pin(async move { Agent::restore_claim(&self, claim).await })
+    }
+
     fn node_name(&self) -> String {
         self.instance_id.clone()
     }
@@ -100,29 +116,41 @@ impl<C: Cloud + 'static, D: Dataplane + 'static> NodeFeed for Agent<C, D> {
         }
     }
 
-    fn forget_moved(
+    fn leave(
         self: Arc<Self>,
         namespace: String,
         name: String,
+        to: String,
     ) -> Pin<Box<dyn Future<Output = Result<bool, AgentError>> + Send>> {
-        Box::pin(async move { Agent::forget_moved(&self, &namespace, &name).await })
+        Box::pin(async move { Agent::leave(&self, &namespace, &name, &to).await })
     }
 
     fn reclaim(self: Arc<Self>, namespace: String, name: String) -> FeedFuture {
         Box::pin(async move {
             let held = self.txn.read(|ipam, _| {
-                ipam.claim(&namespace, &name)
-                    .map(|c| ipam.holder_of(&c.ip).map(|a| a.key.container_id.clone()))
+                ipam.claim(&namespace, &name).map(|c| {
+                    (
+                        ipam.holder_of(&c.ip).map(|a| a.key.container_id.clone()),
+                        c.handover.clone(),
+                    )
+                })
             });
             match held {
                 None => Ok(Reclaimed::NotHeld),
-                Some(Some(container)) => Ok(Reclaimed::Deferred(format!(
-                    "sandbox {container} of the pod still uses the IP; it is reclaimed when the pod ends"
-                ))),
-                Some(None) => {
-                    self.delete_claim(&namespace, &name, false).await?;
-                    Ok(Reclaimed::Done)
-                }
+                Some((_, Some(crate::ipam::Handover::Outgoing { .. }))) => Ok(Reclaimed::NotHeld),
+                Some((_, Some(crate::ipam::Handover::Incoming { .. }))) => Ok(Reclaimed::Deferred(
+                    "the static IP is on its way to this node; it is reclaimed once it is here"
+                        .into(),
+                )),
+                Some((held, None)) => match held {
+                    Some(container) => Ok(Reclaimed::Deferred(format!(
+                        "sandbox {container} of the pod still uses the IP; it is reclaimed when the pod ends"
+                    ))),
+                    None => {
+                        self.delete_claim(&namespace, &name, false).await?;
+                        Ok(Reclaimed::Done)
+                    }
+                },
             }
         })
     }

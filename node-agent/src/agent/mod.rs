@@ -7,6 +7,7 @@
 //! - `cni.rs`: ADD, DEL, CHECK, GC, STATUS
 //! - `eni.rs`: growing and shrinking the pool, leaked ENIs, the maintenance tick
 //! - `claims.rs`: static claims: by hand, expiry, cascade, lost addresses
+//! - `handover.rs`: a claim between nodes, moved and driven to its end
 //! - `requested.rs`: an address a pod asks for, made its static claim
 //! - `conditions.rs`, `views.rs`, `convert.rs`, `errors.rs`
 
@@ -17,8 +18,9 @@ mod convert;
 mod eni;
 mod errors;
 mod feed;
+mod handover;
 mod recovery;
-mod requested;
+pub(crate) mod requested;
 mod txn;
 mod views;
 

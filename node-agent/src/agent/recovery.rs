@@ -542,6 +542,7 @@ mod tests {
             owner: None,
             lost: None,
             requested: false,
+            handover: None,
         })]);
         let changes = reconcile(&ipam, &[], &node());
         ipam.apply(&changes);

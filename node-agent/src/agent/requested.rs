@@ -3,7 +3,8 @@
 //! `VPC_IP_CLAIM_REQUESTED_IP` in `CNI_ARGS`). Before its ADD the address
 //! becomes the pod's static claim, reserved: from this node's pool when it
 //! is free there, else assigned by address to an ENI of this node in its
-//! subnet. The ADD then binds it as any reserved claim.
+//! subnet, recorded as an incoming claim (`ipam/handover.rs`) before the
+//! cloud is asked. The ADD then binds it as any reserved claim.
 //!
 //! Who wins when two pods ask for one address: on one node, the grow lock
 //! and the claim committed under the pool's lock; across nodes, the
@@ -18,9 +19,9 @@ use tracing::{info, warn};
 
 use super::Agent;
 use super::convert;
-use super::errors::{claim_error, cloud_error};
+use super::errors::claim_error;
 use crate::claim_store::AddressFence;
-use crate::cloud::{Cloud, CloudError, Subnet};
+use crate::cloud::{Cloud, Subnet};
 use crate::dataplane::Dataplane;
 use crate::ipam::{RequestedSpot, StaticIp};
 
@@ -112,35 +113,52 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 ));
             }
         }
-        let taken = match spot {
-            RequestedSpot::InPool { eni_id } => Ok(eni_id),
-            RequestedSpot::NotInPool => self.assign_requested(ip, &subnet_id).await,
-        };
-        let committed = match taken {
-            Ok(eni_id) => {
-                let wanted = self.wanted(req);
-                let (ns2, name2, eni) = (ns.to_string(), name.to_string(), eni_id.clone());
+        let wanted = self.wanted(req);
+        let (ns2, name2) = (ns.to_string(), name.to_string());
+        let committed = match spot {
+            RequestedSpot::InPool { eni_id } => {
                 self.txn
                     .commit(move |ipam, now| {
                         let changes = ipam
-                            .plan_requested_claim(ip, &eni, &ns2, &name2, wanted, now)
+                            .plan_requested_claim(ip, &eni_id, &ns2, &name2, wanted, now)
                             .map_err(claim_error)?;
                         Ok((changes, ()))
                     })
                     .await
-                    .map(|()| eni_id)
             }
-            Err(e) => Err(e),
+            RequestedSpot::NotInPool => match self.room_for_requested(ip, &subnet_id).await {
+                // Recorded incoming before the cloud is asked: a crash
+                // after the call leaves the address this pod's, not free.
+                Ok(target) => match self
+                    .txn
+                    .commit(move |ipam, now| {
+                        let (claim, changes) = ipam
+                            .plan_requested_intent(ip, &target, &ns2, &name2, wanted, now)
+                            .map_err(claim_error)?;
+                        Ok((changes, claim))
+                    })
+                    .await
+                {
+                    Ok(claim) => self.bring_here_locked(&claim).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
         };
         match committed {
-            Ok(eni_id) => {
-                info!(ip = %ip, eni = %eni_id, namespace = ns, name, "requested address reserved for its pod");
+            Ok(()) => {
+                info!(ip = %ip, namespace = ns, name, "requested address reserved for its pod");
                 Ok(())
             }
             Err(e) => {
-                // The address stays wherever the cloud put it (the pool
-                // adopts what it lacks); only the fence is lifted.
-                if let Err(lift) = self.claim_store.release_address(ip).await {
+                // Still on its way here (the cloud did not answer): the
+                // fence stays, and so does the incoming claim, driven on
+                // by the maintenance loop.
+                let incoming = self.txn.read(|ipam, _| {
+                    ipam.claim(ns, name)
+                        .is_some_and(|c| c.ip == ip && c.handover.is_some())
+                });
+                if !incoming && let Err(lift) = self.claim_store.release_address(ip).await {
                     warn!(ip = %ip, error = %lift, "cannot lift the fence on a requested address; the publisher removes it");
                 }
                 Err(for_pod(e, ns, name))
@@ -148,9 +166,13 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         }
     }
 
-    /// Assigns `ip` by address to an ENI of this node in `subnet_id` with
-    /// room for it (growing one in the node's subnet if none has room).
-    async fn assign_requested(&self, ip: Ipv4Addr, subnet_id: &str) -> Result<String, AgentError> {
+    /// An ENI of this node in `subnet_id` with room for the address `ip`
+    /// (growing one in the node's subnet if none has room).
+    async fn room_for_requested(
+        &self,
+        ip: Ipv4Addr,
+        subnet_id: &str,
+    ) -> Result<String, AgentError> {
         let room = || {
             let max_ips = self.limits().map_or(0, |l| l.max_ips_per_eni as usize);
             self.txn.read(|ipam, _| {
@@ -167,30 +189,15 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 room()
             }
         };
-        let Some(target) = target else {
-            return Err(AgentError::new(
+        target.ok_or_else(|| {
+            AgentError::new(
                 ErrorKind::NoIpAvailable,
                 format!(
                     "no ENI of this node in subnet {subnet_id} has room for the address {ip}, \
                      and none can be added"
                 ),
-            ));
-        };
-        match self.cloud.assign_named_ips(&target, &[ip]).await {
-            Ok(()) => {
-                info!(ip = %ip, eni = %target, "requested address assigned by address");
-                Ok(target)
-            }
-            Err(CloudError::AddressInUse(detail)) => Err(AgentError::new(
-                ErrorKind::NoIpAvailable,
-                format!(
-                    "the address {ip} is in use in the VPC, though no pod of this cluster holds \
-                     it: it is on an ENI outside the cluster, or unused in another node's pool, \
-                     which only that node can give up (the VPC API says: {detail})"
-                ),
-            )),
-            Err(e) => Err(cloud_error(e)),
-        }
+            )
+        })
     }
 
     /// What the pod asked of its static IP, as the pool records it.

@@ -18,6 +18,11 @@ pub struct FakeCloud {
     vpc: Arc<Mutex<Vpc>>,
     /// Calls that grew a pool (ENIs created, IPs assigned by count).
     pub growth_calls: Arc<std::sync::atomic::AtomicUsize>,
+    /// The next migrate or assign by address takes effect but its reply
+    /// is lost (the caller sees a timeout).
+    pub lose_next_reply: Arc<std::sync::atomic::AtomicBool>,
+    /// The next migrate or assign by address fails without effect.
+    pub fail_next_move: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeCloud {
@@ -37,6 +42,8 @@ impl FakeCloud {
         FakeCloud {
             vpc: Arc::new(Mutex::new(vpc)),
             growth_calls: Arc::default(),
+            lose_next_reply: Arc::default(),
+            fail_next_move: Arc::default(),
         }
     }
 
@@ -55,6 +62,30 @@ impl FakeCloud {
 }
 
 impl FakeCloud {
+    /// The reply of a call that took effect: lost when so set.
+    fn reply(&self) -> Result<(), CloudError> {
+        if self
+            .lose_next_reply
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(CloudError::Other(
+                "the VPC API did not answer in time (the call took effect)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A call refused before it took effect, when so set.
+    fn refused(&self) -> Result<(), CloudError> {
+        if self
+            .fail_next_move
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(CloudError::Other("the VPC API is unavailable".into()));
+        }
+        Ok(())
+    }
+
     /// Sets the VPC's ENI quota: every ENI created beyond it is refused.
     pub fn set_eni_quota(&self, quota: u32) {
         self.vpc.lock().unwrap_or_else(|p| p.into_inner()).eni_quota = quota;
@@ -167,7 +198,9 @@ impl Cloud for FakeCloud {
     }
 
     async fn assign_named_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
-        self.with(|v| v.assign_named_ips(eni_id, ips))
+        self.refused()?;
+        self.with(|v| v.assign_named_ips(eni_id, ips))?;
+        self.reply()
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
@@ -175,7 +208,9 @@ impl Cloud for FakeCloud {
     }
 
     async fn migrate_ip(&self, from: &str, to: &str, ip: Ipv4Addr) -> Result<(), CloudError> {
-        self.with(|v| v.migrate_ip(from, to, ip))
+        self.refused()?;
+        self.with(|v| v.migrate_ip(from, to, ip))?;
+        self.reply()
     }
 
     async fn list_cluster_enis(&self) -> Result<Vec<Eni>, CloudError> {

@@ -57,6 +57,19 @@ impl Ipam {
                         holder: Box::new(holder.clone()),
                     });
                 }
+                if let Some(h) = &c.handover {
+                    return Err(IpamError::ClaimMoving {
+                        namespace: c.namespace.clone(),
+                        name: c.name.clone(),
+                        ip: c.ip,
+                        what: match h {
+                            super::Handover::Incoming { .. } => "on its way to this node".into(),
+                            super::Handover::Outgoing { to_node } => {
+                                format!("taken over by node {to_node}")
+                            }
+                        },
+                    });
+                }
                 if let Some(why) = self.claim_trouble(c) {
                     return Err(IpamError::ClaimLost {
                         namespace: c.namespace.clone(),
@@ -114,6 +127,7 @@ impl Ipam {
                 owner: s.owner,
                 lost: None,
                 requested: false,
+                handover: None,
             })),
             _ => {}
         }

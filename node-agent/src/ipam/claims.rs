@@ -1,8 +1,10 @@
 //! Static IP claims as plans: expiry, deletion by hand, cascade from a
-//! deleted owner, and a claim whose address the cloud lost.
+//! deleted owner, and a claim whose address the cloud lost. A claim in a
+//! hand-over (`handover.rs`) is none of these: it is never ended here.
 
 use std::net::Ipv4Addr;
 
+use super::handover::Handover;
 use super::records::{Allocation, Change, Claim, EniRecord, OwnerRef, UnixMillis};
 use super::{Ipam, IpamError};
 
@@ -20,6 +22,15 @@ impl Ipam {
     /// Why the claim's address cannot be handed to its pod as it is: marked
     /// lost, or no longer on its ENI in the pool (the cloud lost it).
     pub fn claim_trouble(&self, c: &Claim) -> Option<String> {
+        match &c.handover {
+            Some(Handover::Incoming { .. }) => {
+                return Some(format!("it is on its way to ENI {} of this node", c.eni_id));
+            }
+            Some(Handover::Outgoing { to_node }) => {
+                return Some(format!("node {to_node} took it over"));
+            }
+            None => {}
+        }
         if let Some(why) = &c.lost {
             return Some(why.clone());
         }
@@ -78,37 +89,6 @@ impl Ipam {
         changes
     }
 
-    /// Plans forgetting a claim another node took over (its address moved
-    /// there with `MigratePrivateIpAddress`): the claim goes and so does
-    /// the address from every ENI record here, without a cooldown and
-    /// without a word to the cloud, so it is never handed out again from
-    /// this node. `None` while a sandbox here holds the address (a claim
-    /// is only forgotten reserved) or when there is no such claim.
-    pub fn plan_forget_claim(&self, namespace: &str, name: &str) -> Option<(Claim, Vec<Change>)> {
-        let claim = self.claim(namespace, name)?.clone();
-        if self.holder.contains_key(&claim.ip) {
-            return None;
-        }
-        let mut changes: Vec<Change> = self
-            .enis
-            .iter()
-            .filter(|e| e.ips.contains(&claim.ip))
-            .map(|e| {
-                let mut old = e.clone();
-                old.ips.retain(|ip| *ip != claim.ip);
-                Change::PutEni(old)
-            })
-            .collect();
-        if self.cooling.contains_key(&claim.ip) {
-            changes.push(Change::RemoveCooling(claim.ip));
-        }
-        changes.push(Change::RemoveClaim(
-            claim.namespace.clone(),
-            claim.name.clone(),
-        ));
-        Some((claim, changes))
-    }
-
     /// Plans the end of released claims whose time is up at `now` (a
     /// claim's own expiry, else `default_ms`; never when neither is set):
     /// their IPs go back to the pool through the cooldown.
@@ -135,6 +115,17 @@ impl Ipam {
                 namespace: namespace.into(),
                 name: name.into(),
             })?;
+        if let Some(h) = &c.handover {
+            return Err(IpamError::ClaimMoving {
+                namespace: namespace.into(),
+                name: name.into(),
+                ip: c.ip,
+                what: match h {
+                    Handover::Incoming { .. } => "on its way to this node".into(),
+                    Handover::Outgoing { to_node } => format!("taken over by node {to_node}"),
+                },
+            });
+        }
         let holder = self
             .holder
             .get(&c.ip)
@@ -169,7 +160,7 @@ impl Ipam {
         for c in self
             .claims
             .values()
-            .filter(|c| c.owner.as_ref() == Some(owner))
+            .filter(|c| c.owner.as_ref() == Some(owner) && c.handover.is_none())
         {
             if self.holder.contains_key(&c.ip) {
                 changes.push(Change::RemoveClaim(c.namespace.clone(), c.name.clone()));
@@ -185,7 +176,7 @@ impl Ipam {
     pub fn expired(&self, now: UnixMillis, default_ms: Option<u64>) -> Vec<(Claim, UnixMillis)> {
         self.claims
             .values()
-            .filter(|c| !self.holder.contains_key(&c.ip))
+            .filter(|c| !self.holder.contains_key(&c.ip) && c.handover.is_none())
             .filter_map(|c| {
                 c.expires_ms(default_ms)
                     .filter(|t| *t <= now)

@@ -81,6 +81,46 @@ pub enum IpamError {
         /// End of its cooldown (Unix ms).
         until_ms: u64,
     },
+    /// The claim changed since a step of its hand-over was decided.
+    #[error("the static IP claim of {namespace}/{name} changed meanwhile; looked at again")]
+    ClaimChanged {
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+    },
+    /// The claim is between nodes: it is neither ended nor reclaimed here.
+    #[error(
+        "the static IP {ip} of {namespace}/{name} is {what}; it cannot be ended here meanwhile"
+    )]
+    ClaimMoving {
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+        /// The IP.
+        ip: Ipv4Addr,
+        /// Where it is going, for the operator.
+        what: String,
+    },
+    /// An address is already a sandbox's here.
+    #[error("{ip} is in use here by sandbox {holder}")]
+    InUse {
+        /// The address.
+        ip: Ipv4Addr,
+        /// The attachment holding it.
+        holder: Box<AttachmentKey>,
+    },
+    /// An address is already another pod's claim here.
+    #[error("{ip} is the static IP of {namespace}/{name} here")]
+    Claimed {
+        /// The address.
+        ip: Ipv4Addr,
+        /// That claim's pod namespace.
+        namespace: String,
+        /// That claim's pod name.
+        name: String,
+    },
     /// The store holds two allocations on one IP.
     #[error("store is inconsistent: {ip} is allocated to both {first} and {second}")]
     DoubleAllocation {

@@ -6,12 +6,14 @@
 //! store's contents replayed through `apply` rebuild the same pool.
 //!
 //! `records.rs` holds the types, `allocation.rs` ADD and DEL, `claims.rs`
-//! the static claims' plans, `requested.rs` a requested address, `errors.rs`
+//! the static claims' plans, `handover.rs` a claim between nodes (the
+//! durable state machine of a move), `requested.rs` a requested address, `errors.rs`
 //! why the pool refuses.
 
 mod allocation;
 mod claims;
 mod errors;
+mod handover;
 mod records;
 mod requested;
 #[cfg(test)]
@@ -24,6 +26,7 @@ use std::net::Ipv4Addr;
 
 pub use allocation::{AddPlan, StaticIp};
 pub use errors::IpamError;
+pub use handover::{Handover, Seen, Source, Step, Word, step};
 pub use records::{
     Allocation, AttachmentKey, Change, Claim, Counts, EniRecord, EniUsage, IpUse, OwnerRef, PodRef,
     Snapshot, UnixMillis,

@@ -116,6 +116,8 @@ pub struct Claim {
     /// The pod asked for this address (a requested IP), rather than
     /// taking the pool's first free one.
     pub requested: bool,
+    /// Between nodes (`handover.rs`); `None` while held here.
+    pub handover: Option<super::handover::Handover>,
 }
 
 impl Claim {
@@ -133,8 +135,16 @@ impl Claim {
         )
     }
 
-    /// The phase operators see: `Bound`, `Reserved` or `Lost`.
+    /// The phase operators see: `Bound`, `Reserved`, `Lost`, `Moving`
+    /// (coming here) or `Leaving` (taken over by another node).
     pub fn phase(&self) -> &'static str {
+        use super::handover::Handover;
+        if let Some(h) = &self.handover {
+            return match h {
+                Handover::Incoming { .. } => "Moving",
+                Handover::Outgoing { .. } => "Leaving",
+            };
+        }
         if self.lost.is_some() {
             "Lost"
         } else if self.released_ms.is_some() {

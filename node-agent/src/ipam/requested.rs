@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::records::{Allocation, Change, Claim, IpUse, UnixMillis};
+use super::records::{Allocation, Change, Claim, EniRecord, IpUse, UnixMillis};
 use super::{Ipam, IpamError, StaticIp};
 
 /// Where a requested address stands in this node's pool.
@@ -80,6 +80,19 @@ impl Ipam {
         wanted: StaticIp,
         now: UnixMillis,
     ) -> Result<Vec<Change>, IpamError> {
+        let (claim, eni) = self.requested_claim(ip, eni_id, namespace, name, wanted, now)?;
+        Ok(self.plan_claim_restored(&claim, &eni))
+    }
+
+    fn requested_claim(
+        &self,
+        ip: Ipv4Addr,
+        eni_id: &str,
+        namespace: &str,
+        name: &str,
+        wanted: StaticIp,
+        now: UnixMillis,
+    ) -> Result<(Claim, EniRecord), IpamError> {
         self.requested_spot(ip, namespace, name, now)?;
         let eni = self.eni(eni_id).ok_or_else(|| IpamError::RequestedHeld {
             ip,
@@ -98,8 +111,28 @@ impl Ipam {
             owner: wanted.owner,
             lost: None,
             requested: true,
+            handover: None,
         };
-        Ok(self.plan_claim_restored(&claim, eni))
+        Ok((claim, eni.clone()))
+    }
+
+    /// Plans the intent of a requested address not in the pool: the pod's
+    /// claim, incoming (`handover.rs`) to ENI `eni_id`, written before the
+    /// cloud is asked to assign it there by address.
+    pub fn plan_requested_intent(
+        &self,
+        ip: Ipv4Addr,
+        eni_id: &str,
+        namespace: &str,
+        name: &str,
+        wanted: StaticIp,
+        now: UnixMillis,
+    ) -> Result<(Claim, Vec<Change>), IpamError> {
+        let (mut claim, _) = self.requested_claim(ip, eni_id, namespace, name, wanted, now)?;
+        claim.handover = Some(super::Handover::Incoming {
+            from: super::Source::Request,
+        });
+        Ok((claim.clone(), vec![Change::PutClaim(claim)]))
     }
 }
 

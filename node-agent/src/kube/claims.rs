@@ -14,12 +14,14 @@ use super::NODE_LABEL;
 use super::crd::{VpcIP, VpcIPClaim, VpcIPClaimStatus, VpcIPSpec};
 use super::objects;
 use super::pods::Pods;
-use super::publish::{apply_claim, apply_ip};
+use super::publish::{
+    Created, apply_claim, apply_claim_status, apply_ip, claim_resource, create_ip,
+};
 use crate::claim_store::{
     AddressFence, ClaimChange, ClaimFuture, ClaimStore, ClaimStoreError, HeldElsewhere, PodFacts,
     PodFactsError, TakeOver,
 };
-use crate::ipam::Claim;
+use crate::ipam::{Claim, Word};
 
 /// The phase of a claim another node took over and is moving to itself.
 pub const MOVING: &str = "Moving";
@@ -107,6 +109,20 @@ fn held(
             .as_ref()
             .and_then(|t| u64::try_from(t.0.as_millisecond()).ok()),
     }))
+}
+
+/// What a claim object (`None`: there is none) says of the claim, seen
+/// from node `me`.
+fn word_of(claim: Option<&VpcIPClaim>, me: &str) -> Word {
+    let Some(claim) = claim else {
+        return Word::Absent;
+    };
+    match claim.status.as_ref().map(|s| s.node.as_str()) {
+        Some(node) if node == me => Word::Here,
+        Some(node) if !node.is_empty() => Word::Other(node.to_string()),
+        // Created, its status not written yet: the creator's.
+        _ => Word::Unknown,
+    }
 }
 
 /// What an address's `VpcIP` object, found when `me` tried to create it as
@@ -272,6 +288,69 @@ impl ClaimStore for KubeClaims {
         })
     }
 
+    fn word<'a>(&'a self, namespace: &'a str, name: &'a str) -> ClaimFuture<'a, Word> {
+        Box::pin(async move {
+            let api: Api<VpcIPClaim> = Api::namespaced(self.client.clone(), namespace);
+            let claim = within(api.get_opt(name)).await?;
+            Ok(word_of(claim.as_ref(), &self.node))
+        })
+    }
+
+    fn give_back<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        held: &'a HeldElsewhere,
+        why: &'a str,
+    ) -> ClaimFuture<'a, ()> {
+        Box::pin(async move {
+            let api: Api<VpcIPClaim> = Api::namespaced(self.client.clone(), namespace);
+            let Some(mut claim) = within(api.get_opt(name)).await? else {
+                return Ok(());
+            };
+            let Some(status) = claim.status.as_mut() else {
+                return Ok(());
+            };
+            if status.node != self.node || status.phase != MOVING {
+                // Not this node's take-over any more: nothing to give.
+                return Ok(());
+            }
+            status.node = held.node.clone();
+            status.phase = RESERVED.into();
+            status.eni_id = held.eni_id.clone();
+            status.subnet_id = held.subnet_id.clone();
+            status.zone = held.zone.clone();
+            status.container_id = None;
+            status.message = Some(format!(
+                "the move to node {} failed: {why}; reserved on node {} again",
+                self.node, held.node
+            ));
+            claim.metadata.managed_fields = None;
+            // Over the version read: a newer holder is never overwritten.
+            let written = tokio::time::timeout(
+                TIMEOUT,
+                api.replace_status(name, &PostParams::default(), &claim),
+            )
+            .await
+            .map_err(|_| unavailable("the API server did not answer within 3 s"))?;
+            match written {
+                Ok(_) => {}
+                // Changed since it was read: someone else's now.
+                Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
+                Err(e) => return Err(unavailable(e)),
+            }
+            let label =
+                serde_json::json!({ "metadata": { "labels": { NODE_LABEL: held.node.clone() } } });
+            if let Err(e) =
+                within(api.patch(name, &PatchParams::default(), &Patch::Merge(&label))).await
+            {
+                tracing::warn!(namespace, name, error = %e, "cannot relabel a claim given back");
+            }
+            tracing::warn!(namespace, name, to = %held.node, why, "claim given back to the node it came from");
+            Ok(())
+        })
+    }
+
     fn sync<'a>(&'a self, _: &'a str, _: &'a [Claim]) -> ClaimFuture<'a, ()> {
         Box::pin(async { Ok(()) })
     }
@@ -387,8 +466,32 @@ impl ClaimStore for KubeClaims {
             };
             let obj = objects::claim_object(&view, &self.node, "");
             let key = (claim.namespace.clone(), claim.name.clone());
-            within(apply_claim(&self.client, &self.node, &key, &obj, None)).await?;
-            let ip = super::crd::VpcIPSpec {
+            // A create: the fence against a claim object another node
+            // holds (it took the pod's claim meanwhile).
+            let api: Api<VpcIPClaim> = Api::namespaced(self.client.clone(), &key.0);
+            let params = PostParams {
+                field_manager: Some(super::MANAGER.into()),
+                ..PostParams::default()
+            };
+            let resource = claim_resource(&self.node, &key, &obj);
+            match tokio::time::timeout(TIMEOUT, api.create(&params, &resource))
+                .await
+                .map_err(|_| unavailable("the API server did not answer within 3 s"))?
+            {
+                Ok(_) => within(apply_claim_status(&api, &key, &obj, None)).await?,
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    let live = within(api.get_opt(&key.1)).await?;
+                    if let Word::Other(holder) = word_of(live.as_ref(), &self.node) {
+                        return Err(unavailable(format!(
+                            "the claim {}/{} is held by node {holder}",
+                            key.0, key.1
+                        )));
+                    }
+                    within(apply_claim(&self.client, &self.node, &key, &obj, None)).await?;
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+            let spec = super::crd::VpcIPSpec {
                 phase: "Bound".into(),
                 node: self.node.clone(),
                 eni_id: claim.eni_id.clone(),
@@ -396,7 +499,21 @@ impl ClaimStore for KubeClaims {
                 claim: Some(format!("{}/{}", claim.namespace, claim.name)),
                 error: None,
             };
-            within(apply_ip(&self.client, &claim.ip.to_string(), &ip)).await?;
+            let name = claim.ip.to_string();
+            let mut ip = VpcIP::new(&name, spec.clone());
+            ip.metadata.labels = Some(
+                [(NODE_LABEL.to_string(), self.node.clone())]
+                    .into_iter()
+                    .collect(),
+            );
+            let ips: Api<VpcIP> = Api::all(self.client.clone());
+            match within(create_ip(&ips, &ip)).await? {
+                Created::Done => {}
+                Created::Ours => within(apply_ip(&self.client, &name, &spec)).await?,
+                Created::Theirs(holder) => {
+                    return Err(unavailable(format!("the VpcIP {name} names node {holder}")));
+                }
+            }
             Ok(())
         })
     }
@@ -437,6 +554,18 @@ mod tests {
         let resumed = held("b", MOVING).expect("moving here");
         assert!(resumed.moving_here, "a take-over by this node to resume");
         assert!(!held("a", MOVING).expect("moving to a").moving_here);
+    }
+
+    #[test]
+    fn the_object_gives_its_word_on_the_holder() {
+        assert_eq!(word_of(None, "b"), Word::Absent);
+        assert_eq!(word_of(Some(&object("b", MOVING)), "b"), Word::Here);
+        assert_eq!(
+            word_of(Some(&object("a", RESERVED)), "b"),
+            Word::Other("a".into())
+        );
+        let fresh = VpcIPClaim::new("web-0", VpcIPClaimSpec::default());
+        assert_eq!(word_of(Some(&fresh), "b"), Word::Unknown);
     }
 
     #[test]

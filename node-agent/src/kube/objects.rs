@@ -70,6 +70,60 @@ pub fn duration(ms: u64) -> String {
     }
 }
 
+/// The static claim a claim object of node `node` describes, to rebuild a
+/// pool that lost it (an empty or replaced store): only a `Never` claim
+/// this node holds, with an address; reserved, or incoming when this node
+/// took it over and had not moved it yet (`Moving`).
+pub fn claim_from_object(o: &super::crd::VpcIPClaim, node: &str) -> Option<crate::ipam::Claim> {
+    use kube::ResourceExt;
+    let status = o.status.as_ref()?;
+    if o.spec.delete_policy != DeletePolicy::Never || status.node != node {
+        return None;
+    }
+    let ip = status.ip.parse().ok()?;
+    let created = o
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| u64::try_from(t.0.as_millisecond()).ok())
+        .unwrap_or_default();
+    let bound = status.bound_since.as_deref().and_then(parse_rfc3339);
+    let released = status.released_at.as_deref().and_then(parse_rfc3339);
+    Some(crate::ipam::Claim {
+        namespace: o.namespace().unwrap_or_default(),
+        name: o.name_any(),
+        ip,
+        eni_id: status.eni_id.clone(),
+        subnet_id: status.subnet_id.clone(),
+        created_ms: created,
+        last_bound_ms: bound.unwrap_or(created),
+        released_ms: Some(released.or(bound).unwrap_or(created)),
+        expire_after_ms: o
+            .spec
+            .expire_after
+            .as_deref()
+            .and_then(|d| proto::duration::parse(d).ok())
+            .map(|d| d.as_millis() as u64),
+        owner: status.owner.as_ref().map(|w| crate::ipam::OwnerRef {
+            kind: w.kind.clone(),
+            name: w.name.clone(),
+            uid: w.uid.clone(),
+        }),
+        lost: None,
+        requested: o.spec.ip.is_some(),
+        // Taken over by this node, not moved yet: its status still names
+        // the ENI it comes from.
+        handover: (status.phase == super::claims::MOVING).then(|| {
+            crate::ipam::Handover::Incoming {
+                from: crate::ipam::Source::Node {
+                    node: String::new(),
+                    eni_id: status.eni_id.clone(),
+                },
+            }
+        }),
+    })
+}
+
 /// The claim object of one claim view.
 pub fn claim_object(c: &ClaimView, node: &str, zone: &str) -> ClaimObject {
     let policy = if c.policy == "Never" {
@@ -107,6 +161,10 @@ pub fn claim_object(c: &ClaimView, node: &str, zone: &str) -> ClaimObject {
     }
 }
 
+/// The phase of a claim another node took over, while its address is
+/// still on this node (`ipam/handover.rs`).
+pub const LEAVING: &str = "Leaving";
+
 /// What `node` publishes for its pool and claims.
 pub fn desired(
     node: &str,
@@ -116,8 +174,16 @@ pub fn desired(
     claims: &[ClaimView],
 ) -> Desired {
     let zone = info.map(|i| i.zone.as_str()).unwrap_or_default();
+    // A claim leaving this node is its new holder's to write, and so is
+    // its address's `VpcIP`.
+    let leaving: std::collections::BTreeSet<String> = claims
+        .iter()
+        .filter(|c| c.status == LEAVING)
+        .map(|c| format!("{}/{}", c.namespace, c.name))
+        .collect();
     let claims_out = claims
         .iter()
+        .filter(|c| c.status != LEAVING)
         .map(|c| {
             (
                 (c.namespace.clone(), c.name.clone()),
@@ -145,7 +211,11 @@ pub fn desired(
                 }
                 IpState::Reserved { namespace, name } => {
                     reserved += 1;
-                    ("Reserved", Some(format!("{namespace}/{name}")), None)
+                    let claim = format!("{namespace}/{name}");
+                    if leaving.contains(&claim) {
+                        continue;
+                    }
+                    ("Reserved", Some(claim), None)
                 }
                 IpState::Attaching { error } => {
                     attaching = true;
@@ -200,7 +270,8 @@ pub fn desired(
         NodeEniConfigStatus::default()
     } else {
         NodeEniConfigStatus {
-            instance_id: node.into(),
+            // The cloud's id of the instance, not the node's name.
+            instance_id: info.map(|i| i.instance_id.clone()).unwrap_or_default(),
             zone: zone.into(),
             subnet_ids: subnet_ids.to_vec(),
             capacity: info.map(|i| Capacity {
@@ -409,6 +480,58 @@ mod tests {
         let app = &d.claims[&("default".to_string(), "app".to_string())];
         assert_eq!(app.spec.delete_policy, DeletePolicy::Immediate);
         assert!(app.bound());
+    }
+
+    #[test]
+    fn a_static_claims_object_is_its_backup_and_a_plain_ones_is_not() {
+        use crate::kube::crd::{VpcIPClaim, VpcIPClaimSpec, VpcIPClaimStatus};
+        let object = |policy: DeletePolicy, node: &str, phase: &str| {
+            let mut o = VpcIPClaim::new(
+                "web-0",
+                VpcIPClaimSpec {
+                    delete_policy: policy,
+                    expire_after: Some("1h".into()),
+                    ..Default::default()
+                },
+            );
+            o.metadata.namespace = Some("default".into());
+            o.status = Some(VpcIPClaimStatus {
+                phase: phase.into(),
+                ip: "10.0.1.9".into(),
+                node: node.into(),
+                eni_id: "eni-a".into(),
+                subnet_id: "subnet-1".into(),
+                released_at: Some("2026-12-02T10:00:00Z".into()),
+                ..Default::default()
+            });
+            o
+        };
+        let c = claim_from_object(&object(DeletePolicy::Never, "n1", "Reserved"), "n1")
+            .expect("a static claim of this node");
+        assert_eq!(
+            (c.namespace.as_str(), c.name.as_str()),
+            ("default", "web-0")
+        );
+        assert_eq!(c.ip.to_string(), "10.0.1.9");
+        assert_eq!(
+            (c.expire_after_ms, c.handover.clone()),
+            (Some(3_600_000), None)
+        );
+        assert_eq!(c.released_ms, parse_rfc3339("2026-12-02T10:00:00Z"));
+        let moving = claim_from_object(&object(DeletePolicy::Never, "n1", "Moving"), "n1")
+            .expect("taken over here");
+        assert!(
+            matches!(moving.handover, Some(crate::ipam::Handover::Incoming { from: crate::ipam::Source::Node { ref eni_id, .. } }) if eni_id == "eni-a"),
+            "{moving:?}"
+        );
+        assert_eq!(
+            claim_from_object(&object(DeletePolicy::Immediate, "n1", "Bound"), "n1"),
+            None
+        );
+        assert_eq!(
+            claim_from_object(&object(DeletePolicy::Never, "n2", "Reserved"), "n1"),
+            None
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -72,6 +72,8 @@ struct Publisher {
     conditions: BTreeMap<String, String>,
     deferred: HashSet<String>,
     last: BTreeMap<(String, String), ClaimObject>,
+    /// When this node first saw each `Requested` fence, by its own clock.
+    fences_seen: HashMap<String, Instant>,
 }
 
 impl Publisher {
@@ -118,6 +120,7 @@ impl Publisher {
             conditions: BTreeMap::new(),
             deferred: HashSet::new(),
             last: BTreeMap::new(),
+            fences_seen: HashMap::new(),
         }
     }
 
@@ -196,6 +199,17 @@ impl Publisher {
     async fn publish_claims(&mut self, want: &Desired) -> Result<(), kube::Error> {
         for (key, obj) in &want.claims {
             let live = self.claims.get(&ObjectRef::new(&key.1).within(&key.0));
+            // The object is the fence: one that names another node as the
+            // holder (it took the claim over) is never written back, nor
+            // its deletion carried out here; the claim leaves this node
+            // instead. Looked at before anything else.
+            if let Some(holder) = live
+                .as_ref()
+                .and_then(|l| other_holder(l, &self.options.node))
+            {
+                self.leave(key, &holder).await;
+                continue;
+            }
             if let Some(live) = &live
                 && live.metadata.deletion_timestamp.is_some()
             {
@@ -212,9 +226,6 @@ impl Publisher {
             {
                 continue;
             }
-            // The object is the fence: one that names another node as the
-            // holder (it took the claim over; the address moved there) is
-            // never written back; this node forgets the claim instead.
             let current = match live {
                 Some(l) => Some((*l).clone()),
                 None => {
@@ -226,21 +237,7 @@ impl Publisher {
                 .as_ref()
                 .and_then(|c| other_holder(c, &self.options.node))
             {
-                self.sent_claims.remove(key);
-                match Arc::clone(&self.feed)
-                    .forget_moved(key.0.clone(), key.1.clone())
-                    .await
-                {
-                    Ok(true) => {
-                        info!(namespace = %key.0, name = %key.1, node = %holder, "claim taken over by another node; forgotten here")
-                    }
-                    Ok(false) => {
-                        warn!(namespace = %key.0, name = %key.1, node = %holder, "claim object names another node while a sandbox here holds the pod's IP; not written back")
-                    }
-                    Err(e) => {
-                        warn!(namespace = %key.0, name = %key.1, error = %e.message, "cannot forget a claim taken over; will retry")
-                    }
-                }
+                self.leave(key, &holder).await;
                 continue;
             }
             let version = current.as_ref().and_then(|c| c.resource_version());
@@ -269,6 +266,24 @@ impl Publisher {
             }
             let id = format!("vipc/{}/{}", key.0, key.1);
             if self.deleted.contains_key(&id) || other_holder(&live, &self.options.node).is_some() {
+                continue;
+            }
+            // A static claim the pool never held while this publisher ran
+            // (an emptied or replaced store, a new instance under this
+            // node's name): the object is the backup; the claim is rebuilt
+            // from it, never deleted for it.
+            if !self.last.contains_key(&key)
+                && let Some(claim) = objects::claim_from_object(&live, &self.options.node)
+            {
+                match Arc::clone(&self.feed).restore(claim).await {
+                    Ok(true) => {
+                        info!(namespace = %key.0, name = %key.1, "static IP claim rebuilt from its object")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(namespace = %key.0, name = %key.1, error = %e.message, "cannot rebuild a static IP claim from its object; will retry")
+                    }
+                }
                 continue;
             }
             // A claim this node took over and is moving here: the ADD
@@ -322,6 +337,26 @@ impl Publisher {
             self.deleted.insert(id, Instant::now());
         }
         Ok(())
+    }
+
+    /// The claim of `key` is held by node `holder` now: it leaves this
+    /// node (outgoing, reserved until its address is gone from here).
+    async fn leave(&mut self, key: &(String, String), holder: &str) {
+        self.sent_claims.remove(key);
+        match Arc::clone(&self.feed)
+            .leave(key.0.clone(), key.1.clone(), holder.to_string())
+            .await
+        {
+            Ok(true) => {
+                debug!(namespace = %key.0, name = %key.1, node = %holder, "claim taken over by another node; outgoing here")
+            }
+            Ok(false) => {
+                warn!(namespace = %key.0, name = %key.1, node = %holder, "claim object names another node while a sandbox here holds the pod's IP; not written back")
+            }
+            Err(e) => {
+                warn!(namespace = %key.0, name = %key.1, error = %e.message, "cannot mark a claim taken over; will retry")
+            }
+        }
     }
 
     /// A claim object being deleted (`kubectl delete vipc`, its namespace
@@ -407,19 +442,53 @@ impl Publisher {
             }
             let mut obj = VpcIP::new(name, spec.clone());
             obj.metadata.labels = Some(node_labels(&self.options.node));
+            if live.is_none() {
+                // Not this node's yet: a create, which fails if the
+                // address's object exists; one naming another node (the
+                // address moved, and that node writes it) is never written
+                // over.
+                match create_ip(&api, &obj).await? {
+                    Created::Done => {
+                        self.sent_ips
+                            .insert(name.clone(), (spec.clone(), Instant::now()));
+                        continue;
+                    }
+                    Created::Theirs(other) => {
+                        debug!(ip = %name, node = %other, "VpcIP held by another node; not written");
+                        continue;
+                    }
+                    Created::Ours => {}
+                }
+            }
             api.patch(name, &apply_params(), &Patch::Apply(&obj))
                 .await?;
             self.sent_ips
                 .insert(name.clone(), (spec.clone(), Instant::now()));
         }
+        let live_names: HashSet<String> = self.ips.state().iter().map(|l| l.name_any()).collect();
+        self.fences_seen.retain(|name, _| live_names.contains(name));
         for live in self.ips.state() {
             let name = live.name_any();
             let id = format!("vip/{name}");
-            if want.ips.contains_key(&name)
-                || self.deleted.contains_key(&id)
-                || fence_in_flight(&live.spec.phase, created_ms(&*live), now_ms())
-            {
+            // An address on its way here (an incoming claim) is still the
+            // claim's: its fence stays.
+            let arriving = want
+                .claims
+                .values()
+                .any(|c| c.status.ip == name && c.status.phase == super::claims::MOVING);
+            if want.ips.contains_key(&name) || self.deleted.contains_key(&id) || arriving {
                 continue;
+            }
+            // A fence's age by this node's own clock, from when it was
+            // first seen: the API server's clock is another host's.
+            if live.spec.phase == super::claims::REQUESTED {
+                let seen = *self
+                    .fences_seen
+                    .entry(name.clone())
+                    .or_insert_with(Instant::now);
+                if fence_in_flight(seen.elapsed()) {
+                    continue;
+                }
             }
             self.sent_ips.remove(&name);
             // Only the version this node saw (the address may have moved
@@ -529,27 +598,14 @@ impl Publisher {
 
 /// How long a `Requested` fence (`kube/claims.rs`) is left alone while
 /// the pool does not hold its address yet: the ADD that made it is asking
-/// the cloud. Older, it is a crashed attempt's and is deleted.
-const FENCE_GRACE_MS: u64 = 60_000;
+/// the cloud (an incoming claim of the pool keeps asking). Older, it is a
+/// crashed attempt's and is deleted.
+const FENCE_GRACE: Duration = Duration::from_secs(60);
 
-/// Whether a `VpcIP` in `phase`, created at `created_ms`, is a fence whose
-/// request may still be under way at `now_ms`.
-fn fence_in_flight(phase: &str, created_ms: Option<u64>, now_ms: u64) -> bool {
-    phase == super::claims::REQUESTED
-        && created_ms.is_some_and(|c| now_ms.saturating_sub(c) < FENCE_GRACE_MS)
-}
-
-fn created_ms<K: Resource>(obj: &K) -> Option<u64> {
-    obj.meta()
-        .creation_timestamp
-        .as_ref()
-        .and_then(|t| u64::try_from(t.0.as_millisecond()).ok())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// Whether a `Requested` fence this node first saw `seen_for` ago may
+/// still have its request under way.
+fn fence_in_flight(seen_for: Duration) -> bool {
+    seen_for < FENCE_GRACE
 }
 
 /// Server-side apply as the node agent, taking over fields it owned.
@@ -609,26 +665,75 @@ pub(super) async fn apply_claim(
     version: Option<String>,
 ) -> Result<(), kube::Error> {
     let api: Api<VpcIPClaim> = Api::namespaced(client.clone(), &key.0);
+    let mut o = claim_resource(node, key, obj);
+    o.metadata.resource_version = version.clone();
+    let written = api
+        .patch(&key.1, &apply_params(), &Patch::Apply(&o))
+        .await?;
+    let version = version.and(written.resource_version());
+    apply_claim_status(&api, key, obj, version).await
+}
+
+/// The claim object `node` writes for `obj`: labels, finalizer, owner and
+/// spec (its status is written apart).
+pub(super) fn claim_resource(node: &str, key: &(String, String), obj: &ClaimObject) -> VpcIPClaim {
     let mut o = VpcIPClaim::new(&key.1, obj.spec.clone());
     o.metadata.namespace = Some(key.0.clone());
     o.metadata.labels = Some(node_labels(node));
     o.metadata.finalizers = Some(vec![FINALIZER.into()]);
     o.metadata.owner_references = owner_references(obj);
-    o.metadata.resource_version = version.clone();
-    let written = api
-        .patch(&key.1, &apply_params(), &Patch::Apply(&o))
-        .await?;
+    o
+}
+
+/// Writes a claim object's status, over `version` when given.
+pub(super) async fn apply_claim_status(
+    api: &Api<VpcIPClaim>,
+    key: &(String, String),
+    obj: &ClaimObject,
+    version: Option<String>,
+) -> Result<(), kube::Error> {
     let mut status = serde_json::json!({
         "apiVersion": VpcIPClaim::api_version(&()),
         "kind": VpcIPClaim::kind(&()),
         "status": obj.status,
     });
-    if version.is_some() {
-        status["metadata"] = serde_json::json!({ "resourceVersion": written.resource_version() });
+    if let Some(v) = version {
+        status["metadata"] = serde_json::json!({ "resourceVersion": v });
     }
     api.patch_status(&key.1, &apply_params(), &Patch::Apply(&status))
         .await?;
     Ok(())
+}
+
+/// What a create of a `VpcIP` found.
+pub(super) enum Created {
+    /// Created.
+    Done,
+    /// It exists and is this node's: write it over.
+    Ours,
+    /// It exists and names another node.
+    Theirs(String),
+}
+
+/// Creates `obj` unless its address's object exists; says whose it is.
+pub(super) async fn create_ip(api: &Api<VpcIP>, obj: &VpcIP) -> Result<Created, kube::Error> {
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, obj).await {
+        Ok(_) => Ok(Created::Done),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let node = obj.spec.node.as_str();
+            match api.get_opt(&obj.name_any()).await? {
+                Some(live) if !has_node_label(&live, node) || live.spec.node != node => {
+                    Ok(Created::Theirs(live.spec.node.clone()))
+                }
+                _ => Ok(Created::Ours),
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes the `VpcIP` of a claim's address.
@@ -690,21 +795,7 @@ mod tests {
 
     #[test]
     fn a_requested_fence_is_left_alone_only_while_its_request_may_run() {
-        let requested = super::super::claims::REQUESTED;
-        assert!(fence_in_flight(
-            requested,
-            Some(1_000),
-            1_000 + FENCE_GRACE_MS - 1
-        ));
-        assert!(!fence_in_flight(
-            requested,
-            Some(1_000),
-            1_000 + FENCE_GRACE_MS
-        ));
-        assert!(
-            !fence_in_flight("Bound", Some(1_000), 1_000),
-            "a published object"
-        );
-        assert!(!fence_in_flight(requested, None, 1_000));
+        assert!(fence_in_flight(FENCE_GRACE - Duration::from_millis(1)));
+        assert!(!fence_in_flight(FENCE_GRACE));
     }
 }

@@ -14,7 +14,9 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ipam::{Allocation, AttachmentKey, Claim, EniRecord, OwnerRef, PodRef, UnixMillis};
+use crate::ipam::{
+    Allocation, AttachmentKey, Claim, EniRecord, Handover, OwnerRef, PodRef, Source, UnixMillis,
+};
 
 /// The format this agent writes.
 pub const FORMAT_VERSION: u64 = 2;
@@ -103,6 +105,72 @@ pub struct ClaimRow {
     /// IPs, and left out when false so such records stay as they were.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     requested: bool,
+    /// Format 2, later: a claim between nodes; absent while held. An older
+    /// agent ignores it and sees the claim reserved here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    handover: Option<HandoverRow>,
+}
+
+/// A claim's hand-over, as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum HandoverRow {
+    /// Taken over by `to_node`.
+    Outgoing { to_node: String },
+    /// Coming here: from ENI `from_eni` of `from_node`, or from the subnet
+    /// when both are absent (`requested`: an address the pod asked for).
+    Incoming {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_node: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_eni: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        requested: bool,
+    },
+}
+
+impl From<&Handover> for HandoverRow {
+    fn from(h: &Handover) -> HandoverRow {
+        match h {
+            Handover::Outgoing { to_node } => HandoverRow::Outgoing {
+                to_node: to_node.clone(),
+            },
+            Handover::Incoming {
+                from: Source::Node { node, eni_id },
+            } => HandoverRow::Incoming {
+                from_node: Some(node.clone()),
+                from_eni: Some(eni_id.clone()),
+                requested: false,
+            },
+            Handover::Incoming { from } => HandoverRow::Incoming {
+                from_node: None,
+                from_eni: None,
+                requested: *from == Source::Request,
+            },
+        }
+    }
+}
+
+impl From<HandoverRow> for Handover {
+    fn from(h: HandoverRow) -> Handover {
+        match h {
+            HandoverRow::Outgoing { to_node } => Handover::Outgoing { to_node },
+            HandoverRow::Incoming {
+                from_node: Some(node),
+                from_eni: Some(eni_id),
+                ..
+            } => Handover::Incoming {
+                from: Source::Node { node, eni_id },
+            },
+            HandoverRow::Incoming { requested, .. } => Handover::Incoming {
+                from: if requested {
+                    Source::Request
+                } else {
+                    Source::Subnet
+                },
+            },
+        }
+    }
 }
 
 impl From<&EniRecord> for EniRow {
@@ -208,6 +276,7 @@ impl From<&Claim> for ClaimRow {
             }),
             lost: c.lost.clone(),
             requested: c.requested,
+            handover: c.handover.as_ref().map(HandoverRow::from),
         }
     }
 }
@@ -231,6 +300,7 @@ impl From<ClaimRow> for Claim {
             }),
             lost: c.lost,
             requested: c.requested,
+            handover: c.handover.map(Handover::from),
         }
     }
 }
@@ -272,9 +342,39 @@ mod tests {
             }),
             lost: Some("gone".into()),
             requested: true,
+            handover: None,
         };
         let json = serde_json::to_string(&ClaimRow::from(&claim)).expect("encode");
+        assert!(
+            !json.contains("handover"),
+            "a held claim's record is as before"
+        );
         let back: ClaimRow = serde_json::from_str(&json).expect("decode");
         assert_eq!(Claim::from(back), claim);
+        for handover in [
+            Handover::Outgoing {
+                to_node: "ins-b".into(),
+            },
+            Handover::Incoming {
+                from: Source::Node {
+                    node: "ins-a".into(),
+                    eni_id: "eni-a".into(),
+                },
+            },
+            Handover::Incoming {
+                from: Source::Subnet,
+            },
+            Handover::Incoming {
+                from: Source::Request,
+            },
+        ] {
+            let moving = Claim {
+                handover: Some(handover),
+                ..claim.clone()
+            };
+            let json = serde_json::to_string(&ClaimRow::from(&moving)).expect("encode");
+            let back: ClaimRow = serde_json::from_str(&json).expect("decode");
+            assert_eq!(Claim::from(back), moving, "{json}");
+        }
     }
 }

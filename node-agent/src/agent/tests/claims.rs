@@ -2,20 +2,25 @@ use super::*;
 
 /// A claim store that records what it is told and answers `locate` as set.
 #[derive(Default)]
-struct RecordingClaims {
-    answer: Mutex<Option<Result<Option<crate::claim_store::HeldElsewhere>, String>>>,
-    located: Mutex<Vec<String>>,
-    synced: Mutex<Vec<Vec<crate::ipam::Claim>>>,
-    published: Mutex<Vec<ClaimChange>>,
+pub(super) struct RecordingClaims {
+    pub(super) answer: Mutex<Option<Result<Option<crate::claim_store::HeldElsewhere>, String>>>,
+    pub(super) located: Mutex<Vec<String>>,
+    pub(super) synced: Mutex<Vec<Vec<crate::ipam::Claim>>>,
+    pub(super) published: Mutex<Vec<ClaimChange>>,
     /// What `pod_facts` answers; `None`: no cluster.
-    facts: Mutex<Option<Result<crate::claim_store::PodFacts, crate::claim_store::PodFactsError>>>,
+    pub(super) facts:
+        Mutex<Option<Result<crate::claim_store::PodFacts, crate::claim_store::PodFactsError>>>,
     /// Claims announced, and whether announcing fails.
-    announced: Mutex<Vec<String>>,
-    announce_fails: std::sync::atomic::AtomicBool,
+    pub(super) announced: Mutex<Vec<String>>,
+    pub(super) announce_fails: std::sync::atomic::AtomicBool,
     /// What `take_over` answers; `None`: the trait's default (refused).
-    take: Mutex<Option<Result<crate::claim_store::TakeOver, String>>>,
+    pub(super) take: Mutex<Option<Result<crate::claim_store::TakeOver, String>>>,
     /// Take-overs asked for (namespace/name by node).
-    taken: Mutex<Vec<String>>,
+    pub(super) taken: Mutex<Vec<String>>,
+    /// What `word` answers; `None`: unknown.
+    pub(super) word: Mutex<Option<crate::ipam::Word>>,
+    /// Claims given back (namespace/name to node).
+    pub(super) given_back: Mutex<Vec<String>>,
 }
 
 impl ClaimStore for RecordingClaims {
@@ -96,6 +101,34 @@ impl ClaimStore for RecordingClaims {
         Box::pin(async move { answer.map_err(crate::claim_store::ClaimStoreError) })
     }
 
+    fn word<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> crate::claim_store::ClaimFuture<'a, crate::ipam::Word> {
+        let word = self
+            .word
+            .lock()
+            .expect("lock")
+            .clone()
+            .unwrap_or(crate::ipam::Word::Unknown);
+        Box::pin(async move { Ok(word) })
+    }
+
+    fn give_back<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        held: &'a crate::claim_store::HeldElsewhere,
+        _: &'a str,
+    ) -> crate::claim_store::ClaimFuture<'a, ()> {
+        self.given_back
+            .lock()
+            .expect("lock")
+            .push(format!("{namespace}/{name} to {}", held.node));
+        Box::pin(async { Ok(()) })
+    }
+
     fn announce<'a>(
         &'a self,
         _: &'a str,
@@ -122,7 +155,7 @@ impl ClaimStore for RecordingClaims {
 
 /// Waits (a few seconds at most) until `done` holds: the claim store hears
 /// from the outbox asynchronously.
-async fn eventually(what: &str, done: impl Fn() -> bool) {
+pub(super) async fn eventually(what: &str, done: impl Fn() -> bool) {
     for _ in 0..500 {
         if done() {
             return;
@@ -140,7 +173,7 @@ fn delete_claim_req(pod: &str) -> Request {
     }
 }
 
-fn static_add_req(c: &str, pod: &str) -> Request {
+pub(super) fn static_add_req(c: &str, pod: &str) -> Request {
     let Request::Add(mut req) = add_req(c) else {
         unreachable!()
     };
@@ -149,9 +182,18 @@ fn static_add_req(c: &str, pod: &str) -> Request {
     Request::Add(req)
 }
 
-async fn with_claims(store: Box<dyn Store>, claims: Arc<RecordingClaims>) -> TestAgent {
+pub(super) async fn with_claims(store: Box<dyn Store>, claims: Arc<RecordingClaims>) -> TestAgent {
+    with_claims_on(FakeCloud::new(DEFAULT_LIMITS), store, claims).await
+}
+
+/// [`with_claims`] on `cloud` (an agent restarting on one node).
+pub(super) async fn with_claims_on(
+    cloud: FakeCloud,
+    store: Box<dyn Store>,
+    claims: Arc<RecordingClaims>,
+) -> TestAgent {
     Agent::start_with_claims(
-        FakeCloud::new(DEFAULT_LIMITS),
+        cloud,
         FakeDataplane::default(),
         store,
         config(),
@@ -461,7 +503,7 @@ async fn a_first_static_bind_is_announced_before_the_add_answers_or_undone() {
 
 /// Another node's ENI in this node's subnet (attached nowhere here) with
 /// one secondary IP: where a static claim held elsewhere lives.
-async fn held_on_another_node(a: &TestAgent) -> crate::claim_store::HeldElsewhere {
+pub(super) async fn held_on_another_node(a: &TestAgent) -> crate::claim_store::HeldElsewhere {
     let subnet = a.node().and_then(|n| n.subnet).expect("subnet").id;
     let theirs = a.cloud.create_eni(&subnet, 1).await.expect("create");
     crate::claim_store::HeldElsewhere {
@@ -476,7 +518,7 @@ async fn held_on_another_node(a: &TestAgent) -> crate::claim_store::HeldElsewher
 }
 
 /// The ENIs, anywhere in the VPC, carrying `ip`.
-async fn cloud_has(a: &TestAgent, ip: std::net::Ipv4Addr) -> Vec<String> {
+pub(super) async fn cloud_has(a: &TestAgent, ip: std::net::Ipv4Addr) -> Vec<String> {
     let listed = a.cloud.list_cluster_enis().await.expect("list");
     listed
         .into_iter()
@@ -667,8 +709,10 @@ async fn a_node_forgets_a_reserved_claim_another_node_took_and_never_marks_it_lo
         other => panic!("ADD: {other:?}"),
     };
     assert!(
-        !a.forget_moved("default", "web-0").await.expect("forget"),
-        "a claim a sandbox holds is never forgotten"
+        !a.leave("default", "web-0", "ins-other")
+            .await
+            .expect("leave"),
+        "a claim a sandbox holds never leaves"
     );
     a.handle(del_req("s1"), None).await.expect("DEL");
     let ours = a
@@ -697,17 +741,22 @@ async fn a_node_forgets_a_reserved_claim_another_node_took_and_never_marks_it_lo
         "its pod still runs on node ins-other, which is Ready".into(),
     )));
     // The pod is scheduled back here meanwhile: the address is not lost,
-    // it moved; this node forgets it and waits for the other to let go.
+    // it moved; the claim leaves this node and the pod waits for the other
+    // to let go.
     let e = a
         .handle(static_add_req("s2", "web-0"), None)
         .await
         .expect_err("held on the other node");
     assert_eq!(e.kind, ErrorKind::NotReady, "{}", e.message);
     assert!(e.message.contains("ins-other"), "{}", e.message);
+    let leaving = a.pool().claim("default", "web-0").cloned().expect("claim");
+    assert_eq!(leaving.phase(), "Leaving", "outgoing, not lost");
+    assert_eq!(leaving.lost, None);
+    a.drive_handovers().await.expect("drive");
     let pool = a.pool();
     assert!(
         pool.claim("default", "web-0").is_none(),
-        "forgotten, not lost"
+        "forgotten once the cloud shows the address gone"
     );
     assert!(
         pool.enis().iter().all(|e| !e.ips.contains(&ip)),
@@ -718,8 +767,12 @@ async fn a_node_forgets_a_reserved_claim_another_node_took_and_never_marks_it_lo
         [theirs.id],
         "and stays where it moved"
     );
-    // The publisher's path: forgetting twice is harmless.
-    assert!(!a.forget_moved("default", "web-0").await.expect("forget"));
+    // The publisher's path: leaving a claim forgotten is harmless.
+    assert!(
+        !a.leave("default", "web-0", "ins-other")
+            .await
+            .expect("leave")
+    );
 }
 
 #[tokio::test]

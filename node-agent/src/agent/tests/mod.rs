@@ -1,11 +1,12 @@
 //! The agent's logic over the fake cloud, the fake dataplane and an
 //! injected clock: `cni.rs` (the verbs), `store.rs` (failed commits),
 //! `growth.rs` (growth, shrink, restarts, leaked ENIs), `claims.rs` (the
-//! claim store and static pods), `requested.rs` (a requested address).
+//! claim store and static pods), `handover.rs` (a claim between nodes), `requested.rs` (a requested address).
 
 mod claims;
 mod cni;
 mod growth;
+mod handover;
 mod requested;
 mod store;
 

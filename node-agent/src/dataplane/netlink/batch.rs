@@ -68,6 +68,9 @@ pub struct Sent {
     requests: Vec<Request>,
 }
 
+/// How long one read of a batch's answers may wait for the kernel.
+const RECV_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A blocking `NETLINK_ROUTE` socket, in the namespace of the thread that
 /// opened it.
 #[derive(Debug)]
@@ -83,6 +86,12 @@ impl NlSocket {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
+        // A kernel that never answers must not hold the worker for ever:
+        // a read past this is the batch's error.
+        let timeout = nix::sys::time::TimeVal::new(RECV_TIMEOUT.as_secs() as _, 0);
+        // SAFETY: the descriptor is the socket's own, open for its life.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(socket.as_raw_fd()) };
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)?;
         Ok(NlSocket {
             socket,
             seq: 0,
