@@ -771,6 +771,13 @@ impl Emulator {
         }
     }
 
+    /// Stops it: the VPC API and the metadata service both stop answering
+    /// (a [`restart`](Self::restart) brings them back).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops it and starts it again on the same world and address with
     /// `flags` (faults), as an outage and a recovery of the API would look.
     pub fn restart(&mut self, flags: &[&str]) {

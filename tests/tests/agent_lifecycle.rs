@@ -142,3 +142,35 @@ fn free_ips(agent: &Agent) -> usize {
         .filter(|ip| matches!(ip.state, proto::wire::IpState::Free))
         .count()
 }
+
+#[test]
+fn hole_8_the_agent_starts_with_neither_the_vpc_api_nor_the_metadata_service() {
+    let mut agent = Agent::start(&["--warm-ip-target", "2"]);
+    let ips: Vec<String> = (0..2).map(|i| add(&agent, &format!("p{i}"))).collect();
+    agent.kill9();
+    // The emulator serves both the VPC API and the metadata service: both
+    // stop answering.
+    agent.emulator.stop();
+    agent.spawn();
+    match proto::client::call(&agent.socket(), &Request::Status, Duration::from_secs(5)) {
+        Ok(Ok(Response::Status(_))) => {}
+        other => panic!(
+            "status without the metadata service: {other:?}\n{}",
+            agent.log()
+        ),
+    }
+    assert!(
+        agent
+            .log()
+            .contains("using the node identity kept in the state directory"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(allocated(&agent).len(), ips.len(), "served from its store");
+    for sandbox in ["p0", "p1"] {
+        let r = run(&agent, "DEL", sandbox);
+        assert!(r.ok, "DEL {sandbox} without the cloud: {}", r.stdout);
+    }
+    assert!(allocated(&agent).is_empty());
+    agent.emulator.restart(&[]);
+}

@@ -3,6 +3,7 @@
 pub mod claims;
 #[cfg(feature = "kubernetes")]
 pub mod cluster;
+mod identity;
 pub mod install;
 pub mod pool;
 pub mod run;

@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use tracing::level_filters::LevelFilter;
 use tracing::{error, info, warn};
 
+use super::identity;
 use crate::agent::{Agent, AgentConfig, MIN_CLAIM_EXPIRY, StartError};
 use crate::clock::{self, Clock};
 use crate::cloud::tencent::{self, Identity, Settings};
@@ -270,11 +271,36 @@ async fn cloud(args: &RunArgs) -> Result<TencentCloud, String> {
         region: args.region.clone().unwrap_or_default(),
     };
     let (url, timeout) = (args.metadata_url.clone(), args.cloud_timeout);
-    let identity =
-        tokio::task::spawn_blocking(move || tencent::identity_from_metadata(&url, known, timeout))
+    let asked = known.clone();
+    let looked_up =
+        tokio::task::spawn_blocking(move || tencent::identity_from_metadata(&url, asked, timeout))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("node identity: {e}"))?;
+            .map_err(|e| e.to_string())?;
+    let kept = identity::kept(&args.state_dir);
+    let identity = match (looked_up, &kept) {
+        (Ok(identity), _) => {
+            let keep = identity::Known {
+                instance_id: identity.instance_id.clone(),
+                zone: identity.zone.clone(),
+                vpc_id: identity.vpc_id.clone(),
+                region: identity.region.clone(),
+                primary_mac: kept.as_ref().and_then(|k| k.primary_mac.clone()),
+            };
+            if kept.as_ref() != Some(&keep)
+                && let Err(e) = identity::keep(&args.state_dir, &keep)
+            {
+                warn!(error = %e, "cannot keep the node's identity in the state directory");
+            }
+            identity
+        }
+        // Known before: the agent starts from its store, as it does when
+        // the VPC API does not answer.
+        (Err(e), Some(kept)) => {
+            warn!(error = %e, "the metadata service does not answer; using the node identity kept in the state directory");
+            kept.fill(known)
+        }
+        (Err(e), None) => return Err(format!("node identity: {e}")),
+    };
     info!(instance = %identity.instance_id, zone = %identity.zone, vpc = %identity.vpc_id, region = %identity.region, "node identity");
     Ok(TencentCloud::new(Settings {
         endpoint: args.cloud_endpoint.clone(),
@@ -294,11 +320,33 @@ async fn primary_mac(args: &RunArgs) -> Result<String, String> {
         return Ok(mac.clone());
     }
     let (url, timeout) = (args.metadata_url.clone(), args.cloud_timeout);
-    let mac =
+    let looked_up =
         tokio::task::spawn_blocking(move || tencent::primary_mac_from_metadata(&url, timeout))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("the primary ENI's MAC: {e} (give --primary-eni-mac)"))?;
+            .map_err(|e| e.to_string())?;
+    let kept = identity::kept(&args.state_dir);
+    let mac = match looked_up {
+        Ok(mac) => {
+            if let Some(mut k) = kept.filter(|k| k.primary_mac.as_deref() != Some(mac.as_str())) {
+                k.primary_mac = Some(mac.clone());
+                if let Err(e) = identity::keep(&args.state_dir, &k) {
+                    warn!(error = %e, "cannot keep the primary ENI's MAC in the state directory");
+                }
+            }
+            mac
+        }
+        Err(e) => match kept.and_then(|k| k.primary_mac) {
+            Some(mac) => {
+                warn!(error = %e, "the metadata service does not answer; using the primary ENI's MAC kept in the state directory");
+                mac
+            }
+            None => {
+                return Err(format!(
+                    "the primary ENI's MAC: {e} (give --primary-eni-mac)"
+                ));
+            }
+        },
+    };
     info!(%mac, "primary ENI");
     Ok(mac)
 }

@@ -16,6 +16,8 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -44,34 +46,77 @@ pub struct Options {
     pub leaked_eni_grace: Duration,
 }
 
-/// What to do with the lease.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LeaseDecision {
-    /// Take it (free, expired, or ours already): write it as ours.
-    Hold,
-    /// Another replica holds it until the given time (Unix ms).
-    Wait(u64),
+/// What this replica knows of the lease, by its own monotonic clock only:
+/// another replica's lease has expired once its record (holder and
+/// resourceVersion) has not changed for a whole lease duration *as observed
+/// here* (never by comparing the holder's renew time, another host's clock,
+/// with this one's); this replica leads only until its renew deadline after
+/// the start of its last successful renewal, which is shorter than the
+/// duration, so it stops acting before any other replica may take over.
+#[derive(Clone, Debug)]
+pub struct Elector {
+    me: String,
+    duration: Duration,
+    renew_deadline: Duration,
+    observed: Option<(String, String)>,
+    observed_at: Option<Instant>,
+    renewed_at: Option<Instant>,
 }
 
-/// Whether `me` may hold a lease whose holder and last renewal are these.
-pub fn lease_decision(
-    holder: Option<&str>,
-    renewed_ms: Option<u64>,
-    duration: Duration,
-    me: &str,
-    now_ms: u64,
-) -> LeaseDecision {
-    match (holder, renewed_ms) {
-        (Some(h), _) if h == me => LeaseDecision::Hold,
-        (Some(h), Some(at)) if !h.is_empty() => {
-            let until = at + duration.as_millis() as u64;
-            if until > now_ms {
-                LeaseDecision::Wait(until)
-            } else {
-                LeaseDecision::Hold
-            }
+impl Elector {
+    /// Replica `me` for a lease of `duration`; its renew deadline is two
+    /// thirds of it.
+    pub fn new(me: &str, duration: Duration) -> Elector {
+        Elector {
+            me: me.to_string(),
+            duration,
+            renew_deadline: duration * 2 / 3,
+            observed: None,
+            observed_at: None,
+            renewed_at: None,
         }
-        _ => LeaseDecision::Hold,
+    }
+
+    /// The lease as read at `now`: its holder and resourceVersion.
+    pub fn observe(&mut self, holder: &str, version: &str, now: Instant) {
+        let record = (holder.to_string(), version.to_string());
+        if self.observed.as_ref() != Some(&record) {
+            self.observed = Some(record);
+            self.observed_at = Some(now);
+        }
+        if holder != self.me {
+            self.renewed_at = None;
+        }
+    }
+
+    /// Whether this replica may write the lease as its own at `now`: it is
+    /// free, ours, or unchanged for a whole duration since observed here.
+    pub fn may_take(&self, now: Instant) -> bool {
+        match (&self.observed, self.observed_at) {
+            (Some((holder, _)), _) if holder.is_empty() || *holder == self.me => true,
+            (Some(_), Some(at)) => now.saturating_duration_since(at) >= self.duration,
+            _ => true,
+        }
+    }
+
+    /// A write of the lease as ours, sent at `sent`, succeeded.
+    pub fn renewed(&mut self, sent: Instant) {
+        self.renewed_at = Some(sent);
+    }
+
+    /// A renewal failed or was refused: not leading any more.
+    pub fn lost(&mut self) {
+        self.renewed_at = None;
+    }
+
+    /// Until when this replica may act as the leader.
+    pub fn leading_until(&self) -> Option<Instant> {
+        self.renewed_at.map(|at| at + self.renew_deadline)
+    }
+
+    /// Whether it leads at `now`.
+    pub fn leading(&self, now: Instant) -> bool {
+        self.leading_until().is_some_and(|until| now < until)
     }
 }
 
@@ -159,40 +204,47 @@ fn now_ms() -> u64 {
 /// Runs the cluster component until the process is stopped.
 pub async fn run<C: Cloud>(client: Client, cloud: C, options: Options) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), &options.namespace);
-    let mut leading = false;
-    let mut next_sweep = tokio::time::Instant::now();
+    let mut elector = Elector::new(&options.identity, options.lease_duration);
+    let mut was_leading = false;
+    let mut next_sweep = Instant::now();
     loop {
-        match hold_lease(&leases, &options).await {
-            Ok(true) => {
-                if !leading {
-                    info!(identity = %options.identity, lease = %options.lease, "leading");
-                }
-                leading = true;
-            }
-            Ok(false) => {
-                if leading {
-                    warn!(identity = %options.identity, "lost the lease");
-                }
-                leading = false;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot read or renew the lease");
-                leading = false;
-            }
+        if let Err(e) = hold_lease(&leases, &options, &mut elector).await {
+            warn!(error = %e, "cannot read or renew the lease");
+            elector.lost();
         }
-        if leading && tokio::time::Instant::now() >= next_sweep {
-            if let Err(e) = sweep(&client, &cloud, &options).await {
-                warn!(error = %e, "sweep incomplete; will retry");
+        let leading = elector.leading(Instant::now());
+        match (was_leading, leading) {
+            (false, true) => info!(identity = %options.identity, lease = %options.lease, "leading"),
+            (true, false) => warn!(identity = %options.identity, "lost the lease"),
+            _ => {}
+        }
+        was_leading = leading;
+        if let Some(until) = elector.leading_until().filter(|_| leading)
+            && Instant::now() >= next_sweep
+        {
+            // Bounded by the renew deadline: past it another replica may
+            // lead, so every step stops there.
+            match tokio::time::timeout_at(until, sweep(&client, &cloud, &options, until)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "sweep incomplete; will retry"),
+                Err(_) => {
+                    warn!("sweep stopped at the lease's renew deadline; the next one goes on")
+                }
             }
-            next_sweep = tokio::time::Instant::now() + options.interval;
+            next_sweep = Instant::now() + options.interval;
         }
         tokio::time::sleep(options.lease_duration / 3).await;
     }
 }
 
-/// Takes or renews the lease; `true` while this replica holds it. Writes
-/// carry the lease's resourceVersion, so two replicas never both win.
-async fn hold_lease(leases: &Api<Lease>, options: &Options) -> Result<bool, kube::Error> {
+/// Reads the lease and takes or renews it when the elector says this
+/// replica may. Writes carry the lease's resourceVersion, so two replicas
+/// never both win one round.
+async fn hold_lease(
+    leases: &Api<Lease>,
+    options: &Options,
+    elector: &mut Elector,
+) -> Result<(), kube::Error> {
     let now = k8s_openapi::jiff::Timestamp::now();
     let spec = LeaseSpec {
         holder_identity: Some(options.identity.clone()),
@@ -200,6 +252,7 @@ async fn hold_lease(leases: &Api<Lease>, options: &Options) -> Result<bool, kube
         renew_time: Some(MicroTime(now)),
         ..Default::default()
     };
+    let sent = Instant::now();
     let Some(mut lease) = leases.get_opt(&options.lease).await? else {
         let mut lease = Lease::default();
         lease.metadata.name = Some(options.lease.clone());
@@ -207,64 +260,93 @@ async fn hold_lease(leases: &Api<Lease>, options: &Options) -> Result<bool, kube
             acquire_time: Some(MicroTime(now)),
             ..spec
         });
-        return match leases.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-            Err(e) => Err(e),
-        };
+        match leases.create(&PostParams::default(), &lease).await {
+            Ok(_) => elector.renewed(sent),
+            Err(kube::Error::Api(e)) if e.code == 409 => elector.lost(),
+            Err(e) => return Err(e),
+        }
+        return Ok(());
     };
     let current = lease.spec.clone().unwrap_or_default();
-    let renewed = current
-        .renew_time
-        .as_ref()
-        .and_then(|t| u64::try_from(t.0.as_millisecond()).ok());
-    let duration = current
-        .lease_duration_seconds
-        .map_or(options.lease_duration, |s| {
-            Duration::from_secs(s.max(0) as u64)
-        });
-    match lease_decision(
-        current.holder_identity.as_deref(),
-        renewed,
-        duration,
-        &options.identity,
-        now_ms(),
-    ) {
-        LeaseDecision::Wait(_) => Ok(false),
-        LeaseDecision::Hold => {
-            let taken = current.holder_identity.as_deref() != Some(options.identity.as_str());
-            lease.spec = Some(LeaseSpec {
-                acquire_time: if taken {
-                    Some(MicroTime(now))
-                } else {
-                    current.acquire_time
-                },
-                lease_transitions: Some(current.lease_transitions.unwrap_or(0) + i32::from(taken)),
-                ..spec
-            });
-            match leases
-                .replace(&options.lease, &PostParams::default(), &lease)
-                .await
-            {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            }
-        }
+    let holder = current.holder_identity.clone().unwrap_or_default();
+    elector.observe(
+        &holder,
+        lease
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or_default(),
+        sent,
+    );
+    if !elector.may_take(Instant::now()) {
+        return Ok(());
     }
+    let taken = holder != options.identity;
+    lease.spec = Some(LeaseSpec {
+        acquire_time: if taken {
+            Some(MicroTime(now))
+        } else {
+            current.acquire_time
+        },
+        lease_transitions: Some(current.lease_transitions.unwrap_or(0) + i32::from(taken)),
+        ..spec
+    });
+    match leases
+        .replace(&options.lease, &PostParams::default(), &lease)
+        .await
+    {
+        Ok(written) => {
+            elector.observe(
+                &options.identity,
+                written
+                    .metadata
+                    .resource_version
+                    .as_deref()
+                    .unwrap_or_default(),
+                Instant::now(),
+            );
+            elector.renewed(sent);
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => elector.lost(),
+        Err(e) => return Err(e),
+    }
+    Ok(())
 }
 
-async fn sweep<C: Cloud>(client: &Client, cloud: &C, options: &Options) -> Result<(), String> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let nodes = node_ids(
-        &nodes
+async fn sweep<C: Cloud>(
+    client: &Client,
+    cloud: &C,
+    options: &Options,
+    until: Instant,
+) -> Result<(), String> {
+    // ENIs and claims are listed before the Nodes: a node that joins
+    // meanwhile is then among the Nodes, never taken for gone. And each
+    // release looks at the Nodes again right before it acts.
+    let enis = cloud.list_cluster_enis().await.map_err(|e| e.to_string())?;
+    let claims: Api<VpcIPClaim> = Api::all(client.clone());
+    let listed_claims = claims
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .items;
+    let node_api: Api<Node> = Api::all(client.clone());
+    let list_nodes = || async {
+        node_api
             .list(&ListParams::default())
             .await
-            .map_err(|e| e.to_string())?
-            .items,
-    );
-    let enis = cloud.list_cluster_enis().await.map_err(|e| e.to_string())?;
+            .map(|l| node_ids(&l.items))
+            .map_err(|e| e.to_string())
+    };
+    let nodes = list_nodes().await?;
+    let in_time = || {
+        if Instant::now() < until {
+            Ok(())
+        } else {
+            Err("the lease's renew deadline passed; the rest waits for the next sweep".to_string())
+        }
+    };
     for action in leaked_enis(&enis, &nodes, now_ms() / 1000, options.leaked_eni_grace) {
+        in_time()?;
         match &action {
             EniAction::Delete(id) => match cloud.delete_eni(id).await {
                 Ok(()) => info!(eni = %id, "leaked ENI deleted"),
@@ -275,16 +357,15 @@ async fn sweep<C: Cloud>(client: &Client, cloud: &C, options: &Options) -> Resul
             }
         }
     }
-    let claims: Api<VpcIPClaim> = Api::all(client.clone());
     let ips: Api<VpcIP> = Api::all(client.clone());
     let now = now_ms();
-    for claim in claims
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| e.to_string())?
-        .items
-    {
-        let Some(why) = release_reason(&claim, &nodes, now) else {
+    for claim in listed_claims {
+        if release_reason(&claim, &nodes, now).is_none() {
+            continue;
+        }
+        // Still true now? The node may have joined since the lists.
+        in_time()?;
+        let Some(why) = release_reason(&claim, &list_nodes().await?, now_ms()) else {
             continue;
         };
         let status = claim.status.clone().unwrap_or_default();
@@ -335,22 +416,71 @@ mod tests {
     use super::*;
     use crate::kube::crd::{VpcIPClaimSpec, VpcIPClaimStatus};
 
+    /// Two replicas over one lease record, each acting only by its own
+    /// clock: A renews; B, whose wall clock may be anything, takes it only
+    /// once the record has not changed for a whole duration as B saw it,
+    /// and by then A's renew deadline has passed. At no instant do both
+    /// lead, even when A's sweep stalls its renewals.
     #[test]
-    fn a_lease_is_held_by_one_replica_until_it_expires() {
+    fn hole_3_two_replicas_never_lead_at_once_with_a_slow_sweep_and_any_clocks() {
         let d = Duration::from_secs(15);
-        assert_eq!(lease_decision(None, None, d, "a", 0), LeaseDecision::Hold);
-        assert_eq!(
-            lease_decision(Some("b"), Some(1_000), d, "a", 10_000),
-            LeaseDecision::Wait(16_000)
+        let t0 = Instant::now();
+        let (mut a, mut b) = (Elector::new("a", d), Elector::new("b", d));
+        let mut record = (String::new(), 0u32);
+        let write = |e: &mut Elector, me: &str, at: Instant, record: &mut (String, u32)| {
+            e.observe(&record.0, &record.1.to_string(), at);
+            if e.may_take(at) {
+                *record = (me.to_string(), record.1 + 1);
+                e.observe(me, &record.1.to_string(), at);
+                e.renewed(at);
+            }
+        };
+        let mut first_b = None;
+        for ms in (0..60_000u64).step_by(250) {
+            let now = t0 + Duration::from_millis(ms);
+            // A renews every 5 s until a sweep stalls it after 10 s; B
+            // tries every 5 s, a second after A.
+            if ms % 5_000 == 0 && ms <= 10_000 {
+                write(&mut a, "a", now, &mut record);
+            }
+            if ms % 5_000 == 1_000 {
+                write(&mut b, "b", now, &mut record);
+            }
+            if ms == 0 {
+                assert!(a.leading(now));
+            }
+            if b.leading(now) && first_b.is_none() {
+                first_b = Some(ms);
+            }
+            assert!(!(a.leading(now) && b.leading(now)), "both lead at {ms} ms");
+        }
+        let first_b = first_b.expect("B takes over once A stops renewing");
+        assert!(
+            first_b >= 25_000,
+            "not before A's last renewal plus a duration: {first_b}"
         );
-        assert_eq!(
-            lease_decision(Some("b"), Some(1_000), d, "a", 16_000),
-            LeaseDecision::Hold
+        assert!(
+            !a.leading(t0 + Duration::from_secs(20)),
+            "A stopped at its renew deadline"
         );
-        assert_eq!(
-            lease_decision(Some("a"), Some(1_000), d, "a", 2_000),
-            LeaseDecision::Hold
-        );
+    }
+
+    #[test]
+    fn a_free_or_own_lease_is_taken_at_once() {
+        let d = Duration::from_secs(15);
+        let t0 = Instant::now();
+        let mut e = Elector::new("a", d);
+        assert!(e.may_take(t0), "never read");
+        e.observe("", "1", t0);
+        assert!(e.may_take(t0), "free");
+        e.observe("a", "2", t0);
+        assert!(e.may_take(t0), "ours");
+        e.observe("b", "3", t0);
+        assert!(!e.may_take(t0 + d - Duration::from_millis(1)));
+        assert!(e.may_take(t0 + d));
+        e.renewed(t0);
+        e.observe("b", "4", t0);
+        assert!(!e.leading(t0), "another holder's record: not leading");
     }
 
     fn eni(id: &str, attached: Option<&str>, created: u64) -> Eni {

@@ -48,6 +48,13 @@ use super::zone_affinity::{ZONE_LABEL, claim_zone, zone_patch};
 const MANAGER: &str = "vpc-cni-cluster";
 /// The largest admission review read.
 const MAX_BODY: usize = 4 << 20;
+/// How long a client may take to send a request's headers, and then its
+/// body: the port is reachable from every pod, so a slow or silent client
+/// must not hold a connection open.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; past it a new one is closed at once (the
+/// API server retries, and its connections are few and kept alive).
+const MAX_CONNECTIONS: usize = 128;
 
 /// Settings of the webhook.
 #[derive(Clone, Debug)]
@@ -338,9 +345,18 @@ async fn handle(
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => Ok(reply(StatusCode::OK, b"ok".to_vec())),
         (&Method::POST, "/zone") => {
-            let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return Ok(reply(StatusCode::BAD_REQUEST, e.to_string().into_bytes())),
+            let body = Limited::new(request.into_body(), MAX_BODY).collect();
+            let body = match tokio::time::timeout(READ_TIMEOUT, body).await {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(e)) => {
+                    return Ok(reply(StatusCode::BAD_REQUEST, e.to_string().into_bytes()));
+                }
+                Err(_) => {
+                    return Ok(reply(
+                        StatusCode::REQUEST_TIMEOUT,
+                        b"the body was not sent in time".to_vec(),
+                    ));
+                }
             };
             let Ok(review) = serde_json::from_slice::<Value>(&body) else {
                 return Ok(reply(
@@ -417,6 +433,7 @@ pub async fn serve(client: Client, options: Options) -> Result<(), String> {
     info!(port = options.port, service = %options.service, "zone webhook serving");
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let caches = Arc::new(Caches { claims, nodes });
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -426,23 +443,37 @@ pub async fn serve(client: Client, options: Options) -> Result<(), String> {
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            warn!(%peer, max = MAX_CONNECTIONS, "webhook connections at their cap; closed");
+            continue;
+        };
         let (acceptor, caches) = (acceptor.clone(), Arc::clone(&caches));
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return debug!(%peer, error = %e, "webhook TLS handshake failed"),
-                    Err(_) => return debug!(%peer, "webhook TLS handshake timed out"),
-                };
-            let service = hyper::service::service_fn(move |r| handle(Arc::clone(&caches), r));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return debug!(%peer, error = %e, "webhook TLS handshake failed"),
+                Err(_) => return debug!(%peer, "webhook TLS handshake timed out"),
+            };
+            if let Err(e) = serve_http(tls, caches).await {
                 debug!(%peer, error = %e, "webhook connection ended");
             }
         });
     }
+}
+
+/// Serves HTTP/1.1 on one connection: each request's headers within
+/// [`READ_TIMEOUT`], its body within as long again.
+async fn serve_http<I>(io: I, caches: Arc<Caches>) -> Result<(), hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |r| handle(Arc::clone(&caches), r));
+    hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service)
+        .await
 }
 
 #[cfg(test)]
@@ -516,6 +547,26 @@ mod tests {
             |_| None,
         );
         assert_eq!(answer["response"], json!({"uid": "u-2", "allowed": true}));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+        let caches = Arc::new(Caches {
+            claims: kube::runtime::reflector::store::Writer::default().as_reader(),
+            nodes: kube::runtime::reflector::store::Writer::default().as_reader(),
+        });
+        let (mut client, server) = tokio::io::duplex(4096);
+        let served = tokio::spawn(serve_http(server, caches));
+        client
+            .write_all(b"POST /zone HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        // Nothing more is sent: the server gives up after READ_TIMEOUT
+        // (the paused clock runs ahead), not never.
+        let ended = tokio::time::timeout(READ_TIMEOUT * 2, served).await;
+        assert!(ended.is_ok(), "the connection is still served");
+        let mut rest = Vec::new();
+        let _ = client.read_to_end(&mut rest).await;
     }
 
     #[tokio::test]
