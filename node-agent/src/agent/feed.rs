@@ -59,6 +59,15 @@ pub trait NodeFeed: Send + Sync + 'static {
         to: String,
     ) -> Pin<Box<dyn Future<Output = Result<bool, AgentError>> + Send>>;
 
+    /// The owner `uid` of pod `namespace/name`'s claim let go of it (the
+    /// garbage collector orphaned the object): the claim forgets it.
+    fn disown(
+        self: Arc<Self>,
+        namespace: String,
+        name: String,
+        uid: String,
+    ) -> Pin<Box<dyn Future<Output = Result<(), AgentError>> + Send>>;
+
     /// The cluster's object of a static claim this node should hold but
     /// its pool lacks (an empty or replaced store): the claim is rebuilt
     /// from it, reserved; whether it was.
@@ -69,6 +78,30 @@ pub trait NodeFeed: Send + Sync + 'static {
 }
 
 impl<C: Cloud + 'static, D: Dataplane + 'static> NodeFeed for Agent<C, D> {
+    fn disown(
+        self: Arc<Self>,
+        namespace: String,
+        name: String,
+        uid: String,
+    ) -> Pin<Box<dyn Future<Output = Result<(), AgentError>> + Send>> {
+        Box::pin(async move {
+            self.txn
+                .commit(move |ipam, _| {
+                    let changes = match ipam.claim(&namespace, &name) {
+                        Some(c) if c.owner.as_ref().is_some_and(|o| o.uid == uid) => {
+                            vec![crate::ipam::Change::PutClaim(Claim {
+                                owner: None,
+                                ..c.clone()
+                            })]
+                        }
+                        _ => Vec::new(),
+                    };
+                    Ok((changes, ()))
+                })
+                .await
+        })
+    }
+
     fn restore(
         self: Arc<Self>,
         claim: Claim,

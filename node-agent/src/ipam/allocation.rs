@@ -106,9 +106,12 @@ impl Ipam {
         }
         changes.push(Change::PutAllocation(allocation.clone()));
         match (held, pod, claim) {
-            (Some(c), _, _) => changes.push(Change::PutClaim(Claim {
+            // A workload re-created over an orphaned claim adopts it: the
+            // pod's owner now is the claim's.
+            (Some(c), _, s) => changes.push(Change::PutClaim(Claim {
                 last_bound_ms: now,
                 released_ms: None,
+                owner: s.and_then(|s| s.owner).or_else(|| c.owner.clone()),
                 ..c.clone()
             })),
             (None, Some(p), Some(s)) => changes.push(Change::PutClaim(Claim {

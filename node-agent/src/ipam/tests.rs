@@ -341,3 +341,34 @@ fn ips_spread_over_enis_in_attach_order() {
     let plan = p.plan_add(&key("c1"), "/n", None, None, 0).expect("ip");
     assert_eq!(plan.allocation.eni_id, "eni-b");
 }
+
+#[test]
+fn hole_4_a_workload_recreated_over_an_orphaned_claim_adopts_it() {
+    let mut p = pool(&[10, 11], 0);
+    let owner = |uid: &str| {
+        Some(StaticIp {
+            expire_after_ms: None,
+            owner: Some(OwnerRef {
+                kind: "StatefulSet".into(),
+                name: "web".into(),
+                uid: uid.into(),
+            }),
+        })
+    };
+    let ip = add_pod(&mut p, "s1", "web-0", owner("u-old"), 0).expect("ip");
+    del(&mut p, "s1", 1);
+    // Orphaned (the owner's reference was taken off), then re-created.
+    let mut orphan = p.claim("default", "web-0").cloned().expect("claim");
+    orphan.owner = None;
+    p.apply(&[Change::PutClaim(orphan)]);
+    assert_eq!(add_pod(&mut p, "s2", "web-0", owner("u-new"), 2), Ok(ip), "the same IP");
+    let claim = p.claim("default", "web-0").expect("claim");
+    assert_eq!(claim.owner.as_ref().map(|o| o.uid.as_str()), Some("u-new"));
+    // The old owner going takes nothing; the new one's would.
+    let old = OwnerRef {
+        kind: "StatefulSet".into(),
+        name: "web".into(),
+        uid: "u-old".into(),
+    };
+    assert!(p.plan_owner_deleted(&old, 3).0.is_empty());
+}

@@ -226,6 +226,27 @@ impl Publisher {
             {
                 continue;
             }
+            // The garbage collector took the owner's reference off (its
+            // workload was deleted with --cascade=orphan): written back, it
+            // would make the collector delete the claim once that owner is
+            // gone. The claim forgets its owner instead; the next workload
+            // whose pod binds it adopts it.
+            if let Some(live) = &live
+                && let Some(uid) = orphaned(live, obj)
+            {
+                match Arc::clone(&self.feed)
+                    .disown(key.0.clone(), key.1.clone(), uid.clone())
+                    .await
+                {
+                    Ok(()) => {
+                        info!(namespace = %key.0, name = %key.1, owner = %uid, "claim orphaned by its owner; kept without it")
+                    }
+                    Err(e) => {
+                        warn!(namespace = %key.0, name = %key.1, error = %e.message, "cannot orphan a claim; will retry")
+                    }
+                }
+                continue;
+            }
             let current = match live {
                 Some(l) => Some((*l).clone()),
                 None => {
@@ -646,6 +667,14 @@ fn same_claim(live: &VpcIPClaim, want: &ClaimObject, node: &str) -> bool {
             == owner_references(want).unwrap_or_default()
 }
 
+/// The uid of the owner `want` names when the live object no longer
+/// carries any owner reference: the garbage collector orphaned it.
+fn orphaned(live: &VpcIPClaim, want: &ClaimObject) -> Option<String> {
+    let wanted = owner_references(want)?;
+    let carried = live.metadata.owner_references.as_deref().unwrap_or_default();
+    carried.is_empty().then(|| wanted[0].uid.clone())
+}
+
 /// The node another than `node` that a claim object names as its holder.
 fn other_holder(live: &VpcIPClaim, node: &str) -> Option<String> {
     live.status
@@ -792,6 +821,32 @@ fn ignore_missing<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hole_4_a_claim_whose_owner_reference_was_taken_off_is_orphaned_not_written_back() {
+        use crate::kube::crd::{Owner, VpcIPClaimStatus};
+        let want = ClaimObject {
+            spec: Default::default(),
+            status: VpcIPClaimStatus {
+                owner: Some(Owner {
+                    kind: "StatefulSet".into(),
+                    name: "web".into(),
+                    uid: "u-old".into(),
+                }),
+                ..Default::default()
+            },
+        };
+        let mut live = VpcIPClaim::new("web-0", Default::default());
+        assert_eq!(orphaned(&live, &want), Some("u-old".into()), "no reference left");
+        live.metadata.owner_references = owner_references(&want);
+        assert_eq!(orphaned(&live, &want), None, "still owned");
+        let unowned = ClaimObject {
+            status: VpcIPClaimStatus::default(),
+            ..want
+        };
+        live.metadata.owner_references = None;
+        assert_eq!(orphaned(&live, &unowned), None, "never owned");
+    }
 
     #[test]
     fn a_requested_fence_is_left_alone_only_while_its_request_may_run() {
