@@ -47,3 +47,11 @@ cargo build --workspace --bins --quiet
 # The image the k8s_ tests install vpc-cni from (vpc-sim would make it too).
 bash scripts/vpc-cni-image.sh target/debug
 cargo nextest run --workspace --no-fail-fast
+
+# A short churn of static IP moves between two nodes while both agents and
+# the API server are killed, with plain pods asking the source node for
+# addresses meanwhile (bench/move-churn --rounds 50 is the campaign).
+if [ "$(id -u)" = 0 ]; then
+    echo "==> a short static IP move churn under crashes"
+    VPC_CNI_BIN_DIR="$ROOT/target/debug" "$ROOT/target/debug/move-churn" --rounds 3
+fi

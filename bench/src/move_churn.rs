@@ -6,8 +6,12 @@
 //! crash-deleted and the API server is killed and kept down a while. Each
 //! move must end with the pod Ready on the other node with its IP, the
 //! address on exactly one ENI (the new node's); at the end every object
-//! must match the cloud. On a stuck move it prints the pod, claim,
-//! `VpcIP`, events and both agents' last log lines.
+//! must match the cloud. Meanwhile plain pods on the node the static pod
+//! leaves are deleted and made again (they ask that node for addresses
+//! while its claim is between nodes), and a watcher checks twice a second,
+//! not only at the end, that no address is on two ENIs and no two pods
+//! hold one address. On a stuck move it prints the pod, claim, `VpcIP`,
+//! events and both agents' last log lines.
 //!
 //!   bench/move-churn [--rounds 4]
 //!
@@ -25,7 +29,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use vpc_cni_tests::k8s::{
-    Cluster, Rng, STATIC, cloud_enis, disagreements, enis_holding, field as s, pin, ready, sts,
+    Cluster, Rng, STATIC, cloud_enis, disagreements, enis_holding, field as s, items, pin, ready,
+    sts,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -66,19 +71,99 @@ fn run(rounds: usize) {
     apply(&pin(&sts("mover", 1, STATIC), &nodes[0]));
     let ip = c.pod_ip("mover-0", WAIT);
     let mut rng = Rng::seeded();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let violations = std::sync::Mutex::new(Vec::<String>::new());
+    std::thread::scope(|outer| {
+        outer.spawn(|| watch(&c, &stop, &violations));
+        moves(&c, &nodes, rounds, &ip, &mut rng, &apply);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let seen = violations.into_inner().unwrap_or_else(|p| p.into_inner());
+    assert!(
+        seen.is_empty(),
+        "the invariants broke during the churn:\n{}",
+        seen.join("\n")
+    );
+    c.wait_until(
+        "the objects match the cloud and the pods",
+        Duration::from_secs(120),
+        || disagreements(&c).is_empty(),
+    );
+}
+
+/// Twice a second until `stop`: no address on two ENIs, no two running
+/// pods with one address; each broken invariant is recorded once.
+fn watch(
+    c: &Cluster,
+    stop: &std::sync::atomic::AtomicBool,
+    violations: &std::sync::Mutex<Vec<String>>,
+) {
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let mut found = Vec::new();
+        let mut on = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for (id, eni) in cloud_enis(c) {
+            for ip in eni["secondary_ips"].as_array().into_iter().flatten() {
+                on.entry(ip.as_str().unwrap_or_default().to_string())
+                    .or_default()
+                    .push(id.clone());
+            }
+        }
+        for (ip, enis) in on.iter().filter(|(_, e)| e.len() > 1) {
+            found.push(format!("{ip} on ENIs {enis:?}"));
+        }
+        let mut held = std::collections::BTreeMap::<String, String>::new();
+        for pod in items(c, "pods") {
+            let ip = s(&pod, &["status", "podIP"]).to_string();
+            if ip.is_empty() || pod["spec"]["hostNetwork"] == true || pod["status"]["phase"] != "Running" {
+                continue;
+            }
+            let name = s(&pod, &["metadata", "name"]).to_string();
+            if let Some(other) = held.insert(ip.clone(), name.clone()) {
+                found.push(format!("{ip} held by pods {other} and {name}"));
+            }
+        }
+        let mut v = violations.lock().unwrap_or_else(|p| p.into_inner());
+        for f in found {
+            if !v.contains(&f) {
+                let _ = writeln!(std::io::stdout(), "VIOLATION: {f}");
+                v.push(f);
+            }
+        }
+        drop(v);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn moves(
+    c: &Cluster,
+    nodes: &[String; 2],
+    rounds: usize,
+    ip: &str,
+    rng: &mut Rng,
+    apply: &dyn Fn(&str),
+) {
+    let c = c;
     // Each move: the pod pinned to the other node and deleted, while at
     // random moments both agents are crash-deleted and the API server is
     // killed and kept down a while.
     for round in 1..=rounds {
         let to = &nodes[round % 2];
+        let from = &nodes[(round + 1) % 2];
         let (agents_at, api_at, down) = (rng.below(1_500), rng.below(2_000), rng.below(2_500));
+        // Plain pods on the node the claim leaves, asking it for addresses
+        // while the move runs.
+        apply(&pin(&sts("asker", 3, ""), from));
         std::thread::scope(|scope| {
             let killer = scope.spawn(|| {
                 std::thread::sleep(Duration::from_millis(api_at));
                 c.restart("kube-apiserver", Duration::from_millis(down))
             });
             apply(&pin(&sts("mover", 1, STATIC), to));
-            force_delete_mover(&c);
+            force_delete_mover(c);
+            let _ = c.try_kubectl(
+                &["delete", "pod", "-l", "app=asker", "--grace-period=0", "--force", "--wait=false"],
+                None,
+            );
             std::thread::sleep(Duration::from_millis(agents_at));
             c.crash_delete("app.kubernetes.io/name=vpc-cni-agent");
             let said = killer.join().expect("the killer thread");
@@ -163,11 +248,6 @@ fn run(rounds: usize) {
             },
         );
     }
-    c.wait_until(
-        "the objects match the cloud and the pods",
-        Duration::from_secs(120),
-        || disagreements(&c).is_empty(),
-    );
 }
 
 /// `kubectl delete pod mover-0 --force`, not waiting; a failure (the API

@@ -328,6 +328,16 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Node `n`'s agent's pool, if the cluster has such a node and its
+    /// agent answers.
+    pub fn try_pool(&self, n: usize) -> Option<PoolView> {
+        let socket = PathBuf::from(self.env.get(&format!("NODE{n}_SOCKET"))?);
+        match proto::client::call(&socket, &Request::Pool, Duration::from_secs(10)) {
+            Ok(Ok(Response::Pool(view))) => Some(view),
+            _ => None,
+        }
+    }
+
     /// Node `n`'s agent's pool.
     pub fn pool(&self, n: usize) -> PoolView {
         let socket = PathBuf::from(self.get(&format!("NODE{n}_SOCKET")));
@@ -583,6 +593,39 @@ pub fn disagreements(c: &Cluster) -> Vec<String> {
                 "claim {} points at {ip}, which has no VpcIP",
                 field(claim, &["metadata", "name"])
             ));
+        }
+    }
+    // Every address in a node's pool is on that ENI of that node in the
+    // cloud, and no address is in two nodes' pools.
+    let mut pooled: std::collections::BTreeMap<String, String> = Default::default();
+    for n in 1.. {
+        let Some(instance) = c.env.get(&format!("NODE{n}_INSTANCE")) else {
+            break;
+        };
+        let Some(pool) = c.try_pool(n) else {
+            out.push(format!("node {instance}'s agent does not answer"));
+            continue;
+        };
+        for eni in &pool.enis {
+            let cloud = &enis[eni.id.as_str()];
+            for ip in &eni.ips {
+                if matches!(ip.state, IpState::Attaching { .. }) {
+                    continue;
+                }
+                let addr = ip.ip.to_string();
+                let there = cloud["secondary_ips"]
+                    .as_array()
+                    .is_some_and(|ips| ips.iter().any(|i| i == addr.as_str()));
+                if !there || cloud["attached_to"].as_str() != Some(instance.as_str()) {
+                    out.push(format!(
+                        "{addr} is in node {instance}'s pool on {} but not there in the cloud",
+                        eni.id
+                    ));
+                }
+                if let Some(other) = pooled.insert(addr.clone(), instance.clone()) {
+                    out.push(format!("{addr} is in the pools of {other} and {instance}"));
+                }
+            }
         }
     }
     let mut seen = std::collections::BTreeSet::new();

@@ -157,11 +157,13 @@ fn k8s_a_static_pod_leaves_a_drained_node_and_a_deleted_one_with_its_ip() {
     });
     wait_on_one_eni_of(&c, &ip, &a);
     wait_ping(&c, &pinger_a, "web-0", &ip);
-    // No address of any VpcIP is on two ENIs.
-    for vip in items(&c, "vip") {
+    // Every VpcIP's address is on exactly one ENI.
+    let vips = items(&c, "vip");
+    assert!(!vips.is_empty(), "web-0 has its VpcIP");
+    for vip in vips {
         let addr = s(&vip, &["metadata", "name"]);
         let on = enis_holding(&c, addr);
-        assert!(on.len() <= 1, "{addr} is on {on:?}");
+        assert_eq!(on.len(), 1, "{addr} is on {on:?}");
     }
 }
 
@@ -211,6 +213,38 @@ fn k8s_a_statefulset_scaled_down_and_up_gets_its_ips_back_and_its_deletion_frees
         disagreements(&c).is_empty()
     });
 
+    // Orphaned and re-created (`--cascade=orphan`): the garbage collector
+    // takes the owner references off; the claims stay, and the new
+    // StatefulSet's pods adopt them with their IPs.
+    let owner_uid = |name: &str| {
+        c.object("vipc", name)
+            .and_then(|v| v["metadata"]["ownerReferences"][0]["uid"].as_str().map(String::from))
+    };
+    let old_uid = owner_uid("web-1").expect("owned by the StatefulSet");
+    c.kubectl(&["delete", "statefulset", "web", "--cascade=orphan", "--wait=true"]);
+    c.wait_until("the claims orphaned", WAIT, || {
+        names.iter().all(|n| owner_uid(n).is_none() && c.object("vipc", n).is_some())
+    });
+    c.apply(&sts("web", 3, STATIC));
+    c.kubectl(&["delete", "pod", "web-1", "--wait=true"]);
+    assert_eq!(c.pod_ip("web-1", WAIT), ips[1], "web-1 back with its IP");
+    c.wait_until("web-1's claim adopted by the new StatefulSet", WAIT, || {
+        owner_uid("web-1").is_some_and(|u| u != old_uid)
+    });
+    for (name, ip) in names.iter().zip(&ips) {
+        assert_eq!(&c.pod_ip(name, WAIT), ip, "{name} kept its IP through the orphaning");
+    }
+    // The other two adopt theirs at their next start.
+    for name in ["web-0", "web-2"] {
+        c.kubectl(&["delete", "pod", name, "--wait=true"]);
+    }
+    for (name, ip) in names.iter().zip(&ips) {
+        assert_eq!(&c.pod_ip(name, WAIT), ip, "{name} back with its IP");
+    }
+    c.wait_until("every claim owned by the new StatefulSet", WAIT, || {
+        names.iter().all(|n| owner_uid(n).is_some_and(|u| u != old_uid))
+    });
+
     // The workload deleted: its claims (owned by it) and IPs go.
     c.kubectl(&["delete", "statefulset", "web", "--wait=true"]);
     for (name, ip) in names.iter().zip(&ips) {
@@ -219,8 +253,8 @@ fn k8s_a_statefulset_scaled_down_and_up_gets_its_ips_back_and_its_deletion_frees
         });
     }
     c.wait_until(
-        "the addresses back in the pools, each on one ENI",
+        "the addresses back in the pools (or the subnet), none on two ENIs",
         WAIT,
-        || ips.iter().all(|ip| enis_holding(&c, ip).len() <= 1),
+        || disagreements(&c).is_empty() && ips.iter().all(|ip| enis_holding(&c, ip).len() <= 1),
     );
 }

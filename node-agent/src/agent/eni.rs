@@ -23,6 +23,9 @@ use crate::sizing::{self, Action};
 /// maintenance loop refills it (unless an ADD waits for an IP: then at
 /// once).
 pub const REFILL_DELAY: Duration = Duration::from_millis(200);
+/// How soon the loop looks again while a static IP is between nodes (a
+/// cluster read per such claim and one listing of the node's ENIs).
+const HANDOVER_TICK: Duration = Duration::from_secs(2);
 
 impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// The maintenance tick, until the agent is poisoned or the task is
@@ -79,11 +82,17 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             if let Err(e) = self.expire_claims().await {
                 warn!(error = %e.message, "could not expire static IP claims");
             }
-            // Claims between nodes move on without waiting for their pods.
-            if self.node().is_some()
-                && let Err(e) = self.drive_handovers().await
-            {
-                warn!(error = %e.message, "could not drive static IPs between nodes");
+            // Claims between nodes move on without waiting for their pods,
+            // looked at again soon while any is between nodes.
+            let mut moving = 0;
+            if self.node().is_some() {
+                match self.drive_handovers().await {
+                    Ok(n) => moving = n,
+                    Err(e) => {
+                        moving = 1;
+                        warn!(error = %e.message, "could not drive static IPs between nodes");
+                    }
+                }
             }
             if last_sweep.is_none_or(|at| at.elapsed() >= self.config.maintenance_interval) {
                 match self.release_vanished().await {
@@ -107,6 +116,9 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 self.config.maintenance_interval + jitter(self.config.maintenance_interval / 10);
             if let Some(soon) = crate::memory::give_back() {
                 next = next.min(soon);
+            }
+            if moving > 0 {
+                next = next.min(HANDOVER_TICK);
             }
             tokio::select! {
                 _ = self.ips_wanted.notified() => {}

@@ -40,6 +40,8 @@ pub struct Desired {
     pub claims: BTreeMap<(String, String), ClaimObject>,
     /// `VpcIP`s by name (the address).
     pub ips: BTreeMap<String, VpcIPSpec>,
+    /// Addresses on their way here (incoming claims): their fences stay.
+    pub arriving: std::collections::BTreeSet<String>,
     /// The node's `NodeEniConfig` status.
     pub node: NodeEniConfigStatus,
 }
@@ -164,6 +166,8 @@ pub fn claim_object(c: &ClaimView, node: &str, zone: &str) -> ClaimObject {
 /// The phase of a claim another node took over, while its address is
 /// still on this node (`ipam/handover.rs`).
 pub const LEAVING: &str = "Leaving";
+/// The phase of a claim on its way to this node.
+const MOVING: &str = super::claims::MOVING;
 
 /// What `node` publishes for its pool and claims.
 pub fn desired(
@@ -175,15 +179,21 @@ pub fn desired(
 ) -> Desired {
     let zone = info.map(|i| i.zone.as_str()).unwrap_or_default();
     // A claim leaving this node is its new holder's to write, and so is
-    // its address's `VpcIP`.
+    // its address's `VpcIP`; one on its way here is left as the take-over
+    // wrote it (its `eniId` names the ENI it comes from) until it arrives.
     let leaving: std::collections::BTreeSet<String> = claims
         .iter()
         .filter(|c| c.status == LEAVING)
         .map(|c| format!("{}/{}", c.namespace, c.name))
         .collect();
+    let arriving = claims
+        .iter()
+        .filter(|c| c.status == MOVING)
+        .map(|c| c.ip.to_string())
+        .collect();
     let claims_out = claims
         .iter()
-        .filter(|c| c.status != LEAVING)
+        .filter(|c| c.status != LEAVING && c.status != MOVING)
         .map(|c| {
             (
                 (c.namespace.clone(), c.name.clone()),
@@ -290,6 +300,7 @@ pub fn desired(
     Desired {
         claims: claims_out,
         ips,
+        arriving,
         node: node_status,
     }
 }

@@ -293,7 +293,12 @@ impl Publisher {
             // (an emptied or replaced store, a new instance under this
             // node's name): the object is the backup; the claim is rebuilt
             // from it, never deleted for it.
+            let incoming_here = live
+                .status
+                .as_ref()
+                .is_some_and(|st| want.arriving.contains(&st.ip));
             if !self.last.contains_key(&key)
+                && !incoming_here
                 && let Some(claim) = objects::claim_from_object(&live, &self.options.node)
             {
                 match Arc::clone(&self.feed).restore(claim).await {
@@ -493,11 +498,10 @@ impl Publisher {
             let id = format!("vip/{name}");
             // An address on its way here (an incoming claim) is still the
             // claim's: its fence stays.
-            let arriving = want
-                .claims
-                .values()
-                .any(|c| c.status.ip == name && c.status.phase == super::claims::MOVING);
-            if want.ips.contains_key(&name) || self.deleted.contains_key(&id) || arriving {
+            if want.ips.contains_key(&name)
+                || self.deleted.contains_key(&id)
+                || want.arriving.contains(&name)
+            {
                 continue;
             }
             // A fence's age by this node's own clock, from when it was
