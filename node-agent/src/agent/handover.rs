@@ -58,6 +58,8 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 to,
                 "static IP claim taken over by another node; outgoing here until its address leaves"
             );
+            // The maintenance loop drives it from now on.
+            self.pool_changed.notify_one();
         }
         Ok(left)
     }
