@@ -114,7 +114,10 @@ fn watch(
         let mut held = std::collections::BTreeMap::<String, String>::new();
         for pod in items(c, "pods") {
             let ip = s(&pod, &["status", "podIP"]).to_string();
-            if ip.is_empty() || pod["spec"]["hostNetwork"] == true || pod["status"]["phase"] != "Running" {
+            if ip.is_empty()
+                || pod["spec"]["hostNetwork"] == true
+                || pod["status"]["phase"] != "Running"
+            {
                 continue;
             }
             let name = s(&pod, &["metadata", "name"]).to_string();
@@ -142,7 +145,6 @@ fn moves(
     rng: &mut Rng,
     apply: &dyn Fn(&str),
 ) {
-    let c = c;
     // Each move: the pod pinned to the other node and deleted, while at
     // random moments both agents are crash-deleted and the API server is
     // killed and kept down a while.
@@ -161,7 +163,15 @@ fn moves(
             apply(&pin(&sts("mover", 1, STATIC), to));
             force_delete_mover(c);
             let _ = c.try_kubectl(
-                &["delete", "pod", "-l", "app=asker", "--grace-period=0", "--force", "--wait=false"],
+                &[
+                    "delete",
+                    "pod",
+                    "-l",
+                    "app=asker",
+                    "--grace-period=0",
+                    "--force",
+                    "--wait=false",
+                ],
                 None,
             );
             std::thread::sleep(Duration::from_millis(agents_at));
@@ -193,7 +203,7 @@ fn moves(
                     std::io::stdout(),
                     "move {round}: the StatefulSet made mover-0 again on {node} (its template before the pin); deleting it again"
                 );
-                force_delete_mover(&c);
+                force_delete_mover(c);
             }
             // The DaemonSet controller can stall after the API server's
             // restart (a pod it created as the server died counts as
@@ -228,7 +238,7 @@ fn moves(
                     show(&["get", "pod", "mover-0", "-o", "wide"]),
                     show(&["get", "sts", "mover", "-o", "jsonpath={.status}"]),
                     show(&["get", "vipc", "mover-0", "-o", "yaml"]),
-                    show(&["get", "vip", &ip, "-o", "yaml"]),
+                    show(&["get", "vip", ip, "-o", "yaml"]),
                     c.events(),
                     tail(&c.agent_log(1), 40),
                     tail(&c.agent_log(2), 40),
@@ -241,9 +251,9 @@ fn moves(
             &format!("{ip} on exactly one ENI, {to}'s (move {round})"),
             Duration::from_secs(120),
             || {
-                let holders = enis_holding(&c, &ip);
+                let holders = enis_holding(c, ip);
                 holders.len() == 1
-                    && cloud_enis(&c)[holders[0].as_str()]["attached_to"].as_str()
+                    && cloud_enis(c)[holders[0].as_str()]["attached_to"].as_str()
                         == Some(to.as_str())
             },
         );

@@ -217,13 +217,24 @@ fn k8s_a_statefulset_scaled_down_and_up_gets_its_ips_back_and_its_deletion_frees
     // takes the owner references off; the claims stay, and the new
     // StatefulSet's pods adopt them with their IPs.
     let owner_uid = |name: &str| {
-        c.object("vipc", name)
-            .and_then(|v| v["metadata"]["ownerReferences"][0]["uid"].as_str().map(String::from))
+        c.object("vipc", name).and_then(|v| {
+            v["metadata"]["ownerReferences"][0]["uid"]
+                .as_str()
+                .map(String::from)
+        })
     };
     let old_uid = owner_uid("web-1").expect("owned by the StatefulSet");
-    c.kubectl(&["delete", "statefulset", "web", "--cascade=orphan", "--wait=true"]);
+    c.kubectl(&[
+        "delete",
+        "statefulset",
+        "web",
+        "--cascade=orphan",
+        "--wait=true",
+    ]);
     c.wait_until("the claims orphaned", WAIT, || {
-        names.iter().all(|n| owner_uid(n).is_none() && c.object("vipc", n).is_some())
+        names
+            .iter()
+            .all(|n| owner_uid(n).is_none() && c.object("vipc", n).is_some())
     });
     c.apply(&sts("web", 3, STATIC));
     c.kubectl(&["delete", "pod", "web-1", "--wait=true"]);
@@ -232,7 +243,11 @@ fn k8s_a_statefulset_scaled_down_and_up_gets_its_ips_back_and_its_deletion_frees
         owner_uid("web-1").is_some_and(|u| u != old_uid)
     });
     for (name, ip) in names.iter().zip(&ips) {
-        assert_eq!(&c.pod_ip(name, WAIT), ip, "{name} kept its IP through the orphaning");
+        assert_eq!(
+            &c.pod_ip(name, WAIT),
+            ip,
+            "{name} kept its IP through the orphaning"
+        );
     }
     // The other two adopt theirs at their next start.
     for name in ["web-0", "web-2"] {
@@ -242,7 +257,9 @@ fn k8s_a_statefulset_scaled_down_and_up_gets_its_ips_back_and_its_deletion_frees
         assert_eq!(&c.pod_ip(name, WAIT), ip, "{name} back with its IP");
     }
     c.wait_until("every claim owned by the new StatefulSet", WAIT, || {
-        names.iter().all(|n| owner_uid(n).is_some_and(|u| u != old_uid))
+        names
+            .iter()
+            .all(|n| owner_uid(n).is_some_and(|u| u != old_uid))
     });
 
     // The workload deleted: its claims (owned by it) and IPs go.

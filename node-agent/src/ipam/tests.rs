@@ -361,7 +361,11 @@ fn hole_4_a_workload_recreated_over_an_orphaned_claim_adopts_it() {
     let mut orphan = p.claim("default", "web-0").cloned().expect("claim");
     orphan.owner = None;
     p.apply(&[Change::PutClaim(orphan)]);
-    assert_eq!(add_pod(&mut p, "s2", "web-0", owner("u-new"), 2), Ok(ip), "the same IP");
+    assert_eq!(
+        add_pod(&mut p, "s2", "web-0", owner("u-new"), 2),
+        Ok(ip),
+        "the same IP"
+    );
     let claim = p.claim("default", "web-0").expect("claim");
     assert_eq!(claim.owner.as_ref().map(|o| o.uid.as_str()), Some("u-new"));
     // The old owner going takes nothing; the new one's would.

@@ -14,7 +14,7 @@ use super::NODE_LABEL;
 use super::crd::{VpcIP, VpcIPClaim, VpcIPClaimStatus, VpcIPSpec};
 use super::objects;
 use super::pods::Pods;
-use super::publish::{
+use super::writes::{
     Created, apply_claim, apply_claim_status, apply_ip, claim_resource, create_ip,
 };
 use crate::claim_store::{

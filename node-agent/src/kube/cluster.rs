@@ -403,7 +403,7 @@ async fn sweep<C: Cloud>(
                 Err(e) => return Err(e.to_string()),
             }
         }
-        super::publish::remove_finalizer(&api, &claim)
+        super::writes::remove_finalizer(&api, &claim)
             .await
             .map_err(|e| e.to_string())?;
         info!(namespace = %ns, name = %claim.name_any(), ip = %status.ip, why, "claim of a gone node released");

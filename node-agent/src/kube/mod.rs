@@ -13,6 +13,7 @@ pub mod objects;
 pub mod pods;
 pub mod publish;
 pub mod webhook;
+mod writes;
 pub mod zone_affinity;
 
 use std::fmt::Debug;

@@ -1,0 +1,211 @@
+//! Every write of `VpcIPClaim` and `VpcIP` objects by a node agent, and
+//! what it takes to decide one: who a live object names, whether it is
+//! this node's, the object this node would write. The publisher
+//! (`publish.rs`) and the claim store (`claims.rs`) both write through
+//! here; neither imports the other. A write two parties can race on is
+//! conditional: a create (the fence for a first bind and for a new
+//! `VpcIP`), or a write over the resourceVersion read (take-over,
+//! give-back, a claim's status, the finalizer's removal).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use super::crd::{VpcIP, VpcIPClaim, VpcIPSpec};
+use super::objects::{self, ClaimObject};
+use super::{FINALIZER, MANAGER, NODE_LABEL};
+
+/// Server-side apply as the node agent, taking over fields it owned.
+pub(super) fn apply_params() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+pub(super) fn node_labels(node: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(NODE_LABEL.to_string(), node.to_string())])
+}
+
+pub(super) fn has_node_label<K: Resource>(obj: &K, node: &str) -> bool {
+    obj.meta()
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(NODE_LABEL))
+        .is_some_and(|n| n == node)
+}
+
+pub(super) fn owner_references(obj: &ClaimObject) -> Option<Vec<OwnerReference>> {
+    let owner = obj.owner()?;
+    let api_version = objects::owner_api_version(&owner.kind)?;
+    Some(vec![OwnerReference {
+        api_version: api_version.into(),
+        kind: owner.kind.clone(),
+        name: owner.name.clone(),
+        uid: owner.uid.clone(),
+        ..Default::default()
+    }])
+}
+
+pub(super) fn same_claim(live: &VpcIPClaim, want: &ClaimObject, node: &str) -> bool {
+    live.spec == want.spec
+        && live.status.as_ref() == Some(&want.status)
+        && has_node_label(live, node)
+        && live.finalizers().iter().any(|f| f == FINALIZER)
+        && live.metadata.owner_references.clone().unwrap_or_default()
+            == owner_references(want).unwrap_or_default()
+}
+
+/// The uid of the owner `want` names when the live object no longer
+/// carries any owner reference: the garbage collector orphaned it.
+pub(super) fn orphaned(live: &VpcIPClaim, want: &ClaimObject) -> Option<String> {
+    let wanted = owner_references(want)?;
+    let carried = live
+        .metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default();
+    carried.is_empty().then(|| wanted[0].uid.clone())
+}
+
+/// The node another than `node` that a claim object names as its holder.
+pub(super) fn other_holder(live: &VpcIPClaim, node: &str) -> Option<String> {
+    live.status
+        .as_ref()
+        .map(|s| s.node.clone())
+        .filter(|n| !n.is_empty() && n != node)
+}
+
+/// Writes a claim object as `node` holds it: labels, finalizer, owner,
+/// spec, then status; only over `version` of the object when given (a
+/// conflict, 409, if it changed since).
+pub(super) async fn apply_claim(
+    client: &Client,
+    node: &str,
+    key: &(String, String),
+    obj: &ClaimObject,
+    version: Option<String>,
+) -> Result<(), kube::Error> {
+    let api: Api<VpcIPClaim> = Api::namespaced(client.clone(), &key.0);
+    let mut o = claim_resource(node, key, obj);
+    o.metadata.resource_version = version.clone();
+    let written = api
+        .patch(&key.1, &apply_params(), &Patch::Apply(&o))
+        .await?;
+    let version = version.and(written.resource_version());
+    apply_claim_status(&api, key, obj, version).await
+}
+
+/// The claim object `node` writes for `obj`: labels, finalizer, owner and
+/// spec (its status is written apart).
+pub(super) fn claim_resource(node: &str, key: &(String, String), obj: &ClaimObject) -> VpcIPClaim {
+    let mut o = VpcIPClaim::new(&key.1, obj.spec.clone());
+    o.metadata.namespace = Some(key.0.clone());
+    o.metadata.labels = Some(node_labels(node));
+    o.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    o.metadata.owner_references = owner_references(obj);
+    o
+}
+
+/// Writes a claim object's status, over `version` when given.
+pub(super) async fn apply_claim_status(
+    api: &Api<VpcIPClaim>,
+    key: &(String, String),
+    obj: &ClaimObject,
+    version: Option<String>,
+) -> Result<(), kube::Error> {
+    let mut status = serde_json::json!({
+        "apiVersion": VpcIPClaim::api_version(&()),
+        "kind": VpcIPClaim::kind(&()),
+        "status": obj.status,
+    });
+    if let Some(v) = version {
+        status["metadata"] = serde_json::json!({ "resourceVersion": v });
+    }
+    api.patch_status(&key.1, &apply_params(), &Patch::Apply(&status))
+        .await?;
+    Ok(())
+}
+
+/// What a create of a `VpcIP` found.
+pub(super) enum Created {
+    /// Created.
+    Done,
+    /// It exists and is this node's: write it over.
+    Ours,
+    /// It exists and names another node.
+    Theirs(String),
+}
+
+/// Creates `obj` unless its address's object exists; says whose it is.
+pub(super) async fn create_ip(api: &Api<VpcIP>, obj: &VpcIP) -> Result<Created, kube::Error> {
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, obj).await {
+        Ok(_) => Ok(Created::Done),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let node = obj.spec.node.as_str();
+            match api.get_opt(&obj.name_any()).await? {
+                Some(live) if !has_node_label(&live, node) || live.spec.node != node => {
+                    Ok(Created::Theirs(live.spec.node.clone()))
+                }
+                _ => Ok(Created::Ours),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the `VpcIP` of a claim's address.
+pub(super) async fn apply_ip(
+    client: &Client,
+    name: &str,
+    spec: &VpcIPSpec,
+) -> Result<(), kube::Error> {
+    let api: Api<VpcIP> = Api::all(client.clone());
+    let mut obj = VpcIP::new(name, spec.clone());
+    obj.metadata.labels = Some(node_labels(&spec.node));
+    api.patch(name, &apply_params(), &Patch::Apply(&obj))
+        .await?;
+    Ok(())
+}
+
+/// Drops this agent's finalizer from a claim object.
+pub(crate) async fn remove_finalizer(
+    api: &Api<VpcIPClaim>,
+    live: &VpcIPClaim,
+) -> Result<(), kube::Error> {
+    if !live.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let rest: Vec<&String> = live
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": { "finalizers": rest, "resourceVersion": live.resource_version() }
+    });
+    match api
+        .patch(
+            &live.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Gone, or changed since: the next pass looks again.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+pub(super) fn ignore_missing<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
