@@ -68,11 +68,13 @@ need_nextest() {
     cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 }
 
-# What `vpc-sim up --kubernetes` needs from Debian, and Go to build the
-# Kubernetes binaries (scripts/k8s-bins.sh).
+# What `vpc-sim up --kubernetes` needs from Debian, the tools
+# scripts/k8s-bins.sh copies into the e2e image (dig, curl, getent, OpenBSD
+# netcat, dash, ss), and Go to build the Kubernetes binaries.
 need_k8s_apt() {
     need_apt gcc libc6-dev iproute2 iputils-ping containerd runc containernetworking-plugins \
-        iptables busybox-static openssl util-linux
+        iptables busybox-static openssl util-linux \
+        bind9-dnsutils curl libc-bin netcat-openbsd dash
     if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
         export PATH="/usr/local/go/bin:$PATH"
     fi
