@@ -656,11 +656,27 @@ mod tests {
             },
         };
         let mut live = VpcIPClaim::new("web-0", Default::default());
+        assert_eq!(orphaned(&live, &want), None, "never written with it");
+        live.status = Some(want.status.clone());
         assert_eq!(
             orphaned(&live, &want),
             Some("u-old".into()),
             "no reference left"
         );
+        // The re-created workload adopted the claim: its owner is written,
+        // not taken for the one the collector removed.
+        let adopted = ClaimObject {
+            status: VpcIPClaimStatus {
+                owner: Some(Owner {
+                    kind: "StatefulSet".into(),
+                    name: "web".into(),
+                    uid: "u-new".into(),
+                }),
+                ..Default::default()
+            },
+            ..want.clone()
+        };
+        assert_eq!(orphaned(&live, &adopted), None, "adopted by a new owner");
         live.metadata.owner_references = owner_references(&want);
         assert_eq!(orphaned(&live, &want), None, "still owned");
         let unowned = ClaimObject {

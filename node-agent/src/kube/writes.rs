@@ -55,8 +55,10 @@ pub(super) fn same_claim(live: &VpcIPClaim, want: &ClaimObject, node: &str) -> b
             == owner_references(want).unwrap_or_default()
 }
 
-/// The uid of the owner `want` names when the live object no longer
-/// carries any owner reference: the garbage collector orphaned it.
+/// The uid of the owner `want` names when the live object was written
+/// with that owner (its status records it) and no longer carries any owner
+/// reference: the garbage collector orphaned it. A claim adopted by a new
+/// workload names an owner the object never had: that is written.
 pub(super) fn orphaned(live: &VpcIPClaim, want: &ClaimObject) -> Option<String> {
     let wanted = owner_references(want)?;
     let carried = live
@@ -64,7 +66,9 @@ pub(super) fn orphaned(live: &VpcIPClaim, want: &ClaimObject) -> Option<String> 
         .owner_references
         .as_deref()
         .unwrap_or_default();
-    carried.is_empty().then(|| wanted[0].uid.clone())
+    let recorded = live.status.as_ref().and_then(|s| s.owner.as_ref());
+    (carried.is_empty() && recorded.is_some_and(|o| o.uid == wanted[0].uid))
+        .then(|| wanted[0].uid.clone())
 }
 
 /// The node another than `node` that a claim object names as its holder.
