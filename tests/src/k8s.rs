@@ -204,9 +204,33 @@ impl Cluster {
     pub fn wait_until(&self, what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
         let deadline = Instant::now() + limit;
         while !ok() {
-            assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+            if Instant::now() >= deadline {
+                panic!("{what}: not within {limit:?}\n{}", self.report());
+            }
             std::thread::sleep(Duration::from_millis(300));
         }
+    }
+
+    /// What a failed wait shows: the pods, the claim and IP objects, and
+    /// the tail of every node's agent log. Never panics.
+    pub fn report(&self) -> String {
+        let mut out = String::new();
+        for args in [
+            &["get", "pods,vipc,vip", "-A", "-o", "wide"][..],
+            &["get", "vipc", "-A", "-o", "yaml"][..],
+        ] {
+            out.push_str(&format!("--- kubectl {}\n", args.join(" ")));
+            out.push_str(&self.try_kubectl(args, None).unwrap_or_else(|e| e));
+            out.push('\n');
+        }
+        for n in (0..).take_while(|n| self.env.contains_key(&format!("NODE{n}_INSTANCE"))) {
+            let log = self.agent_log(n);
+            let lines: Vec<&str> = log.lines().collect();
+            out.push_str(&format!("--- agent log of node {n} (last 80 lines)\n"));
+            out.push_str(&lines[lines.len().saturating_sub(80)..].join("\n"));
+            out.push('\n');
+        }
+        out
     }
 
     /// Runs kubectl until it succeeds (the API server may be restarting),

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -24,7 +25,7 @@ use super::crd::{DeletePolicy, NodeEniConfig, NodeEniConfigSpec, VpcIP, VpcIPCla
 use super::objects::{self, ClaimObject, Desired};
 use super::writes::{
     Created, apply_claim, apply_params, create_ip, has_node_label, ignore_missing, node_labels,
-    orphaned, other_holder, remove_finalizer, same_claim,
+    other_holder, owner_gone, remove_finalizer, same_claim, unreferenced_owner, was_written_with,
 };
 use super::{MANAGER, NODE_LABEL};
 use crate::agent::{NodeFeed, Reclaimed};
@@ -38,6 +39,8 @@ const TICK: Duration = Duration::from_secs(2);
 /// How long an object just written may take to show in the cache before
 /// it is written again.
 const SETTLE: Duration = Duration::from_secs(10);
+/// How long a look-up of a claim's owner may take.
+const OWNER_LOOKUP: Duration = Duration::from_secs(3);
 
 /// Settings of the publisher.
 #[derive(Clone, Debug)]
@@ -199,6 +202,45 @@ impl Publisher {
         Ok(())
     }
 
+    /// Whether a claim object that lost its reference to `wanted` was
+    /// orphaned by it (see [`was_written_with`]), or adopted by a new
+    /// workload; `None` when the owner could not be looked up.
+    async fn orphaned_by(
+        &self,
+        namespace: &str,
+        live: &VpcIPClaim,
+        wanted: &OwnerReference,
+    ) -> Option<bool> {
+        if was_written_with(live, wanted) {
+            return Some(true);
+        }
+        match tokio::time::timeout(OWNER_LOOKUP, owner_gone(&self.client, namespace, wanted)).await
+        {
+            Ok(Ok(gone)) => Some(gone),
+            Ok(Err(e)) => {
+                warn!(namespace, owner = %wanted.name, error = %e, "cannot look up a claim's owner; the claim is not written this pass");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// The claim forgets the owner it was orphaned by; the next workload
+    /// whose pod binds it adopts it.
+    async fn disown(&self, key: &(String, String), uid: &str) {
+        match Arc::clone(&self.feed)
+            .disown(key.0.clone(), key.1.clone(), uid.to_string())
+            .await
+        {
+            Ok(()) => {
+                info!(namespace = %key.0, name = %key.1, owner = %uid, "claim orphaned by its owner; kept without it")
+            }
+            Err(e) => {
+                warn!(namespace = %key.0, name = %key.1, error = %e.message, "cannot orphan a claim; will retry")
+            }
+        }
+    }
+
     async fn publish_claims(&mut self, want: &Desired) -> Result<(), kube::Error> {
         for (key, obj) in &want.claims {
             let live = self.claims.get(&ObjectRef::new(&key.1).within(&key.0));
@@ -235,20 +277,18 @@ impl Publisher {
             // gone. The claim forgets its owner instead; the next workload
             // whose pod binds it adopts it.
             if let Some(live) = &live
-                && let Some(uid) = orphaned(live, obj)
+                && let Some(wanted) = unreferenced_owner(live, obj)
             {
-                match Arc::clone(&self.feed)
-                    .disown(key.0.clone(), key.1.clone(), uid.clone())
-                    .await
-                {
-                    Ok(()) => {
-                        info!(namespace = %key.0, name = %key.1, owner = %uid, "claim orphaned by its owner; kept without it")
-                    }
-                    Err(e) => {
-                        warn!(namespace = %key.0, name = %key.1, error = %e.message, "cannot orphan a claim; will retry")
+                match self.orphaned_by(&key.0, live, &wanted).await {
+                    // A new workload adopted the claim: written below.
+                    Some(false) => {}
+                    // Not known yet: nothing written this pass.
+                    None => continue,
+                    Some(true) => {
+                        self.disown(key, &wanted.uid).await;
+                        continue;
                     }
                 }
-                continue;
             }
             let current = match live {
                 Some(l) => Some((*l).clone()),
@@ -656,15 +696,16 @@ mod tests {
             },
         };
         let mut live = VpcIPClaim::new("web-0", Default::default());
-        assert_eq!(orphaned(&live, &want), None, "never written with it");
-        live.status = Some(want.status.clone());
-        assert_eq!(
-            orphaned(&live, &want),
-            Some("u-old".into()),
-            "no reference left"
+        let lost = unreferenced_owner(&live, &want).expect("no reference carried");
+        assert_eq!(lost.uid, "u-old");
+        assert!(
+            !was_written_with(&live, &lost),
+            "never written with it: only a look-up of the owner tells"
         );
-        // The re-created workload adopted the claim: its owner is written,
-        // not taken for the one the collector removed.
+        live.status = Some(want.status.clone());
+        assert!(was_written_with(&live, &lost), "written with it, now lost");
+        // The re-created workload adopted the claim: its owner is not the
+        // one the object was written with, so it is looked up (and found).
         let adopted = ClaimObject {
             status: VpcIPClaimStatus {
                 owner: Some(Owner {
@@ -676,15 +717,16 @@ mod tests {
             },
             ..want.clone()
         };
-        assert_eq!(orphaned(&live, &adopted), None, "adopted by a new owner");
+        let new = unreferenced_owner(&live, &adopted).expect("not written yet");
+        assert!(!was_written_with(&live, &new), "adopted by a new owner");
         live.metadata.owner_references = owner_references(&want);
-        assert_eq!(orphaned(&live, &want), None, "still owned");
+        assert_eq!(unreferenced_owner(&live, &want), None, "still owned");
         let unowned = ClaimObject {
             status: VpcIPClaimStatus::default(),
             ..want
         };
         live.metadata.owner_references = None;
-        assert_eq!(orphaned(&live, &unowned), None, "never owned");
+        assert_eq!(unreferenced_owner(&live, &unowned), None, "never owned");
     }
 
     #[test]

@@ -55,20 +55,53 @@ pub(super) fn same_claim(live: &VpcIPClaim, want: &ClaimObject, node: &str) -> b
             == owner_references(want).unwrap_or_default()
 }
 
-/// The uid of the owner `want` names when the live object was written
-/// with that owner (its status records it) and no longer carries any owner
-/// reference: the garbage collector orphaned it. A claim adopted by a new
-/// workload names an owner the object never had: that is written.
-pub(super) fn orphaned(live: &VpcIPClaim, want: &ClaimObject) -> Option<String> {
-    let wanted = owner_references(want)?;
+/// The owner reference `want` names when the live object carries none:
+/// either the garbage collector took it off (the owner was deleted with
+/// `--cascade=orphan`) or the claim was adopted by a new workload and has
+/// not been written with it yet.
+pub(super) fn unreferenced_owner(live: &VpcIPClaim, want: &ClaimObject) -> Option<OwnerReference> {
     let carried = live
         .metadata
         .owner_references
         .as_deref()
         .unwrap_or_default();
-    let recorded = live.status.as_ref().and_then(|s| s.owner.as_ref());
-    (carried.is_empty() && recorded.is_some_and(|o| o.uid == wanted[0].uid))
-        .then(|| wanted[0].uid.clone())
+    if !carried.is_empty() {
+        return None;
+    }
+    owner_references(want)?.into_iter().next()
+}
+
+/// Whether the live object was written with `wanted` as its owner (its
+/// status records it): losing the reference then is the garbage
+/// collector's orphaning, or an operator's edit, never an adoption.
+pub(super) fn was_written_with(live: &VpcIPClaim, wanted: &OwnerReference) -> bool {
+    live.status
+        .as_ref()
+        .and_then(|s| s.owner.as_ref())
+        .is_some_and(|o| o.uid == wanted.uid)
+}
+
+/// A reference to an owner that is gone must never be written: the
+/// garbage collector would delete the claim, and its static IP with it.
+/// Whether the workload `owner` names is gone from `namespace`: absent,
+/// another object under its name (another uid), or being deleted.
+pub(super) async fn owner_gone(
+    client: &Client,
+    namespace: &str,
+    owner: &OwnerReference,
+) -> Result<bool, kube::Error> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let (group, version) = owner
+        .api_version
+        .split_once('/')
+        .unwrap_or(("", owner.api_version.as_str()));
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &owner.kind));
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let live = api.get_opt(&owner.name).await?;
+    Ok(live.is_none_or(|o| {
+        o.metadata.uid.as_deref() != Some(owner.uid.as_str())
+            || o.metadata.deletion_timestamp.is_some()
+    }))
 }
 
 /// The node another than `node` that a claim object names as its holder.
