@@ -4,9 +4,9 @@
 //! `vpc-cni-agent` binary is a thin `main` over `commands`.
 
 pub mod agent;
-pub mod claim_store;
 pub mod clock;
 pub mod cloud;
+pub mod cluster_claims;
 pub mod commands;
 pub mod committer;
 pub mod dataplane;
@@ -17,6 +17,7 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod outbox;
+pub mod phase;
 pub mod server;
 pub mod sizing;
 pub mod store;

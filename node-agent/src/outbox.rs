@@ -1,6 +1,6 @@
 //! The ordered stream of durable changes. The store's writer thread
 //! publishes every batch once it is durable, in commit order; subscribers
-//! (the cluster's claim store today; Kubernetes objects, events and metrics
+//! (the cluster's claims today; Kubernetes objects, events and metrics
 //! next) read it at their own pace. Publishing never waits for a
 //! subscriber: each reads from a bounded ring, and one that falls behind
 //! is handed a full snapshot of the durable pool and then the stream again

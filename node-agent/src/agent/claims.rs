@@ -10,8 +10,8 @@ use tracing::{info, warn};
 use super::Agent;
 use super::convert;
 use super::errors::{claim_error, dataplane_error};
-use crate::claim_store::{HeldElsewhere, PodFactsError, TakeOver};
 use crate::cloud::Cloud;
+use crate::cluster_claims::{HeldElsewhere, PodFactsError, TakeOver};
 use crate::dataplane::Dataplane;
 use crate::ipam::{Change, Claim, EniRecord};
 use crate::ipam::{Handover, Source};
@@ -46,7 +46,11 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// for which owner.
     pub(super) async fn apply_pod_facts(&self, req: &mut AddRequest) -> Result<(), AgentError> {
         let Some(pod) = &req.pod else { return Ok(()) };
-        let facts = match self.claim_store.pod_facts(&pod.namespace, &pod.name).await {
+        let facts = match self
+            .cluster_claims
+            .pod_facts(&pod.namespace, &pod.name)
+            .await
+        {
             Ok(Some(facts)) => facts,
             Ok(None) => return Ok(()),
             Err(PodFactsError::Invalid(why)) => {
@@ -105,7 +109,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         else {
             return Ok(());
         };
-        self.claim_store
+        self.cluster_claims
             .announce(&self.instance_id, &claim)
             .await
             .map_err(|e| {
@@ -194,7 +198,10 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         // it and takes it over in turn if it may.
         // (`locate` names another node, or this one moving it here: the
         // node's name in the cluster is not its instance id.)
-        if let Ok(Some(held)) = self.claim_store.locate(&claim.namespace, &claim.name).await
+        if let Ok(Some(held)) = self
+            .cluster_claims
+            .locate(&claim.namespace, &claim.name)
+            .await
             && !held.moving_here
         {
             drop(serialised);
@@ -270,7 +277,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// pod waits; it never gets a new IP meanwhile.
     async fn not_claimed_elsewhere(&self, req: &AddRequest) -> Result<(), AgentError> {
         let Some(pod) = &req.pod else { return Ok(()) };
-        let held = match self.claim_store.locate(&pod.namespace, &pod.name).await {
+        let held = match self.cluster_claims.locate(&pod.namespace, &pod.name).await {
             Ok(None) => return Ok(()),
             Ok(Some(held)) => held,
             Err(e) => {
@@ -300,7 +307,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             ));
         } else {
             match self
-                .claim_store
+                .cluster_claims
                 .take_over(&self.instance_id, &pod.namespace, &pod.name, &held)
                 .await
             {

@@ -16,8 +16,8 @@ use tracing::{info, warn};
 use super::Agent;
 use super::convert;
 use super::errors::{claim_error, cloud_error};
-use crate::claim_store::HeldElsewhere;
 use crate::cloud::{Cloud, CloudError, Eni};
+use crate::cluster_claims::HeldElsewhere;
 use crate::dataplane::Dataplane;
 use crate::ipam::{Claim, Handover, Ipam, Seen, Source, Step, Word, step};
 
@@ -147,7 +147,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// an event-worthy reason, and answers the pod's ADD with it.
     async fn give_back(&self, claim: &Claim, held: &HeldElsewhere, why: &str) -> AgentError {
         let (ns, name) = (claim.namespace.as_str(), claim.name.as_str());
-        let back = self.claim_store.give_back(ns, name, held, why).await;
+        let back = self.cluster_claims.give_back(ns, name, held, why).await;
         let outcome = match &back {
             Ok(()) => format!("it stays reserved on node {}", held.node),
             Err(e) => format!("giving it back to node {} failed too ({e})", held.node),
@@ -212,7 +212,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let word = match word {
             Some(w) => w,
             None => self
-                .claim_store
+                .cluster_claims
                 .word(ns, name)
                 .await
                 .unwrap_or(Word::Unknown),
@@ -484,7 +484,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let mut words = Vec::with_capacity(moving.len());
         for c in &moving {
             words.push(
-                self.claim_store
+                self.cluster_claims
                     .word(&c.namespace, &c.name)
                     .await
                     .unwrap_or(Word::Unknown),

@@ -37,8 +37,8 @@ use proto::wire::{Reply, Request, Response};
 use tokio::sync::Notify;
 use tracing::{Instrument, info_span, warn};
 
-use crate::claim_store::ClaimStore;
 use crate::cloud::{Cloud, Eni, Limits, NodeInfo};
+use crate::cluster_claims::ClusterClaims;
 use crate::dataplane::Dataplane;
 use crate::server::Handler;
 use crate::sizing;
@@ -92,7 +92,7 @@ pub struct Agent<C, D> {
     config: AgentConfig,
     txn: Txn,
     /// The cluster's view of this node's static claims.
-    claim_store: Arc<dyn ClaimStore>,
+    cluster_claims: Arc<dyn ClusterClaims>,
     /// Durable changes, in commit order, for whoever follows them.
     outbox: Arc<crate::outbox::Outbox>,
     /// The operator's overrides of the targets (the node's `NodeEniConfig`).

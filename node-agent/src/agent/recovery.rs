@@ -18,9 +18,9 @@ use super::eni::pool_record;
 use super::errors::cloud_error;
 use super::txn::Txn;
 use super::{Agent, AgentConfig, GrowthRound};
-use crate::claim_store::{self, ClaimStore, LocalClaims};
 use crate::clock::Clock;
 use crate::cloud::{Cloud, CloudError, Eni, NodeInfo};
+use crate::cluster_claims::{self, ClusterClaims, LocalClaims};
 use crate::committer::Committer;
 use crate::dataplane::{Dataplane, PodNetns, PodSpec};
 use crate::ipam::{Change, EniRecord, Ipam, IpamError};
@@ -64,7 +64,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         .await
     }
 
-    /// [`start`](Self::start) with the cluster's claim store, which follows
+    /// [`start`](Self::start) with the cluster's claims, which follow
     /// the outbox from a snapshot of every claim the node holds.
     pub async fn start_with_claims(
         cloud: C,
@@ -72,7 +72,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         store: Box<dyn Store>,
         config: AgentConfig,
         clock: Clock,
-        claim_store: Arc<dyn ClaimStore>,
+        cluster_claims: Arc<dyn ClusterClaims>,
     ) -> Result<Self, StartError> {
         // Reading the store may touch the disk: off the runtime's workers.
         let (store, snapshot) = tokio::task::spawn_blocking(move || {
@@ -91,7 +91,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             node: RwLock::new(None),
             config,
             txn: Txn::new(ipam, committer, clock),
-            claim_store: Arc::clone(&claim_store),
+            cluster_claims: Arc::clone(&cluster_claims),
             outbox: Arc::clone(&outbox),
             overrides: RwLock::default(),
             grow_lock: tokio::sync::Mutex::new(()),
@@ -148,9 +148,9 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         );
         // Subscribed here, not in the task: a commit made before the task
         // first runs is still delivered as itself.
-        tokio::spawn(claim_store::follow(
+        tokio::spawn(cluster_claims::follow(
             outbox.subscribe(),
-            claim_store,
+            cluster_claims,
             agent.instance_id.clone(),
         ));
         Ok(agent)

@@ -20,8 +20,8 @@ use tracing::{info, warn};
 use super::Agent;
 use super::convert;
 use super::errors::claim_error;
-use crate::claim_store::AddressFence;
 use crate::cloud::{Cloud, Subnet};
+use crate::cluster_claims::AddressFence;
 use crate::dataplane::Dataplane;
 use crate::ipam::{RequestedSpot, StaticIp};
 
@@ -92,7 +92,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             }
         };
         match self
-            .claim_store
+            .cluster_claims
             .reserve_address(ip, ns, name, &subnet_id)
             .await
         {
@@ -158,7 +158,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     ipam.claim(ns, name)
                         .is_some_and(|c| c.ip == ip && c.handover.is_some())
                 });
-                if !incoming && let Err(lift) = self.claim_store.release_address(ip).await {
+                if !incoming && let Err(lift) = self.cluster_claims.release_address(ip).await {
                     warn!(ip = %ip, error = %lift, "cannot lift the fence on a requested address; the publisher removes it");
                 }
                 Err(for_pod(e, ns, name))

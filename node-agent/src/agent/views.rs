@@ -1,6 +1,7 @@
 //! What operators see (`pool`, `claims`): the pool rendered as the wire's
 //! views. Pure functions of the pool and what the agent knows beside it.
 
+use crate::phase::ClaimPhase;
 use std::collections::BTreeMap;
 
 use proto::wire::{ClaimView, ConditionView, EniView, IpState, IpView, PoolView};
@@ -125,7 +126,7 @@ pub fn claims(ipam: &Ipam, node: &str, default_expiry_ms: Option<u64>) -> Vec<Cl
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),
             ip: a.ip,
-            status: "Bound".into(),
+            status: ClaimPhase::Bound.into(),
             node: node.to_string(),
             subnet_id: subnet_of(&a.eni_id),
             eni_id: a.eni_id.clone(),

@@ -231,7 +231,7 @@ async fn serve(args: RunArgs) -> Result<(), String> {
                 .map_err(|e| e.to_string())?
                 .with_egress(egress(&args, &cloud).await?)
                 .with_connmark(connmark);
-            let claims = cluster.claim_store();
+            let claims = cluster.cluster_claims();
             listen(
                 args,
                 Agent::start_with_claims(cloud, dataplane, store, config, clock, claims).await,
@@ -248,7 +248,7 @@ async fn serve(args: RunArgs) -> Result<(), String> {
                     Egress::Off
                 },
             );
-            let claims = cluster.claim_store();
+            let claims = cluster.cluster_claims();
             listen(
                 args,
                 Agent::start_with_claims(cloud, dataplane, store, config, clock, claims).await,
@@ -531,7 +531,7 @@ impl Cluster {
         }
     }
 
-    fn claim_store(&self) -> Arc<dyn crate::claim_store::ClaimStore> {
+    fn cluster_claims(&self) -> Arc<dyn crate::cluster_claims::ClusterClaims> {
         #[cfg(feature = "kubernetes")]
         if let Some((client, node)) = &self.kube {
             return Arc::new(crate::kube::claims::KubeClaims::new(
@@ -541,7 +541,7 @@ impl Cluster {
             ));
         }
         let _ = self.enable_ownerref;
-        Arc::new(crate::claim_store::LocalClaims)
+        Arc::new(crate::cluster_claims::LocalClaims)
     }
 
     fn publish(&self, feed: Arc<dyn crate::agent::NodeFeed>, args: &RunArgs) {

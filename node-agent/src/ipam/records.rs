@@ -3,6 +3,7 @@
 //! the wire protocol and the store's records are converted to and from
 //! them at the edges.
 
+use crate::phase::ClaimPhase;
 use std::net::Ipv4Addr;
 
 /// Milliseconds since the Unix epoch; the clock survives restarts.
@@ -137,20 +138,20 @@ impl Claim {
 
     /// The phase operators see: `Bound`, `Reserved`, `Lost`, `Moving`
     /// (coming here) or `Leaving` (taken over by another node).
-    pub fn phase(&self) -> &'static str {
+    pub fn phase(&self) -> ClaimPhase {
         use super::handover::Handover;
         if let Some(h) = &self.handover {
             return match h {
-                Handover::Incoming { .. } => "Moving",
-                Handover::Outgoing { .. } => "Leaving",
+                Handover::Incoming { .. } => ClaimPhase::Moving,
+                Handover::Outgoing { .. } => ClaimPhase::Leaving,
             };
         }
         if self.lost.is_some() {
-            "Lost"
+            ClaimPhase::Lost
         } else if self.released_ms.is_some() {
-            "Reserved"
+            ClaimPhase::Reserved
         } else {
-            "Bound"
+            ClaimPhase::Bound
         }
     }
 }

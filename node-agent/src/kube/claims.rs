@@ -1,4 +1,4 @@
-//! The cluster's claim store on Kubernetes: `VpcIPClaim` objects say which
+//! The cluster's claims on Kubernetes: `VpcIPClaim` objects say which
 //! node holds a pod's claim; the pods' annotations say what they want;
 //! a static claim's first bind is written before its ADD answers. The rest
 //! of the objects follow the outbox (`publish.rs`), so `sync` and
@@ -17,21 +17,12 @@ use super::pods::Pods;
 use super::writes::{
     Created, apply_claim, apply_claim_status, apply_ip, claim_resource, create_ip,
 };
-use crate::claim_store::{
-    AddressFence, ClaimChange, ClaimFuture, ClaimStore, ClaimStoreError, HeldElsewhere, PodFacts,
-    PodFactsError, TakeOver,
+use crate::cluster_claims::{
+    AddressFence, ClaimChange, ClaimFuture, ClusterClaims, ClusterClaimsError, HeldElsewhere,
+    PodFacts, PodFactsError, TakeOver,
 };
 use crate::ipam::{Claim, Word};
-
-/// The phase of a claim another node took over and is moving to itself.
-pub const MOVING: &str = "Moving";
-/// The phase of a `VpcIP` a node created as the fence on an address a pod
-/// requested, before the cloud was asked for it.
-pub const REQUESTED: &str = "Requested";
-/// The phase of a claim whose pod has ended.
-const RESERVED: &str = "Reserved";
-/// The phase of a claim a sandbox holds.
-const BOUND: &str = "Bound";
+use crate::phase::{ClaimPhase, IpPhase};
 
 /// How long one question to the API server may take on the pod path.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -53,7 +44,7 @@ impl std::fmt::Debug for KubeClaims {
 }
 
 impl KubeClaims {
-    /// The claim store of node `node`, reading its pods' annotations (and
+    /// The cluster's claims as node `node` sees them, reading its pods' annotations (and
     /// their owners when `resolve_owners`).
     pub fn new(client: Client, node: &str, resolve_owners: bool) -> KubeClaims {
         KubeClaims {
@@ -64,11 +55,13 @@ impl KubeClaims {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> ClaimStoreError {
-    ClaimStoreError(format!("Kubernetes: {e}"))
+fn unavailable(e: impl std::fmt::Display) -> ClusterClaimsError {
+    ClusterClaimsError(format!("Kubernetes: {e}"))
 }
 
-async fn within<T>(f: impl Future<Output = Result<T, kube::Error>>) -> Result<T, ClaimStoreError> {
+async fn within<T>(
+    f: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, ClusterClaimsError> {
     tokio::time::timeout(TIMEOUT, f)
         .await
         .map_err(|_| unavailable("the API server did not answer within 3 s"))?
@@ -82,14 +75,14 @@ fn held(
     me: &str,
     namespace: &str,
     name: &str,
-) -> Result<Option<HeldElsewhere>, ClaimStoreError> {
+) -> Result<Option<HeldElsewhere>, ClusterClaimsError> {
     let Some(status) = &claim.status else {
         return Ok(None);
     };
     if status.node.is_empty() || status.ip.is_empty() {
         return Ok(None);
     }
-    let moving_here = status.node == me && status.phase == MOVING;
+    let moving_here = status.node == me && status.claim_phase() == Some(ClaimPhase::Moving);
     if status.node == me && !moving_here {
         return Ok(None);
     }
@@ -132,9 +125,9 @@ fn fence_of(object: &str, spec: &VpcIPSpec, me: &str) -> AddressFence {
     if spec.node == me {
         return AddressFence::Ours;
     }
-    let what = match spec.phase.as_str() {
-        REQUESTED => "being taken for".to_string(),
-        phase => format!("{phase} for"),
+    let what = match spec.ip_phase() {
+        Some(IpPhase::Requested) => "being taken for".to_string(),
+        _ => format!("{} for", spec.phase),
     };
     let claim = spec
         .claim
@@ -151,7 +144,7 @@ fn fence_of(object: &str, spec: &VpcIPSpec, me: &str) -> AddressFence {
 
 /// Whether Kubernetes says node `name` is up: it exists and its `Ready`
 /// condition is `True`.
-async fn node_ready(client: &Client, name: &str) -> Result<bool, ClaimStoreError> {
+async fn node_ready(client: &Client, name: &str) -> Result<bool, ClusterClaimsError> {
     let api: Api<Node> = Api::all(client.clone());
     let Some(node) = within(api.get_opt(name)).await? else {
         return Ok(false);
@@ -166,27 +159,28 @@ async fn node_ready(client: &Client, name: &str) -> Result<bool, ClaimStoreError
 
 /// Whether a take-over of a claim in `phase` depends on its holder being
 /// up.
-fn holder_checked(phase: &str) -> bool {
-    matches!(phase, BOUND | MOVING)
+fn holder_checked(phase: Option<ClaimPhase>) -> bool {
+    matches!(phase, Some(ClaimPhase::Bound | ClaimPhase::Moving))
 }
 
 /// Why another node may not take over a claim in `status` (its holder
 /// `holder_ready` or not): only a reserved claim (its pod ended), or one
 /// whose holder is no Ready Node (down, deleted), is taken over.
 fn refusal(status: &VpcIPClaimStatus, holder_ready: bool) -> Option<String> {
-    match status.phase.as_str() {
-        RESERVED => None,
-        BOUND | MOVING if !holder_ready => None,
-        BOUND => Some(format!(
+    match status.claim_phase() {
+        Some(ClaimPhase::Reserved) => None,
+        Some(ClaimPhase::Bound | ClaimPhase::Moving) if !holder_ready => None,
+        Some(ClaimPhase::Bound) => Some(format!(
             "its pod still runs on node {}, which is Ready; it moves once that pod has ended",
             status.node
         )),
-        MOVING => Some(format!(
+        Some(ClaimPhase::Moving) => Some(format!(
             "node {} is moving it to itself, and is Ready",
             status.node
         )),
-        phase => Some(format!(
-            "the claim is {phase} on node {}{}",
+        _ => Some(format!(
+            "the claim is {} on node {}{}",
+            status.phase,
             status.node,
             status
                 .message
@@ -197,7 +191,7 @@ fn refusal(status: &VpcIPClaimStatus, holder_ready: bool) -> Option<String> {
     }
 }
 
-impl ClaimStore for KubeClaims {
+impl ClusterClaims for KubeClaims {
     fn locate<'a>(
         &'a self,
         namespace: &'a str,
@@ -240,7 +234,7 @@ impl ClaimStore for KubeClaims {
             // This node as Kubernetes names it (`--node-name`).
             let node = self.node.as_str();
             let mut status = claim.status.clone().unwrap_or_default();
-            let holder_ready = if holder_checked(&status.phase) {
+            let holder_ready = if holder_checked(status.claim_phase()) {
                 node_ready(&self.client, &status.node).await?
             } else {
                 false
@@ -251,7 +245,7 @@ impl ClaimStore for KubeClaims {
             // The fence: a write of the object as it was read (its
             // resourceVersion); of two nodes taking it over, one wins.
             status.node = node.to_string();
-            status.phase = MOVING.into();
+            status.phase = ClaimPhase::Moving.into();
             status.container_id = None;
             status.zone = String::new();
             status.message = Some(format!("moving from node {} to node {node}", was.node));
@@ -311,12 +305,12 @@ impl ClaimStore for KubeClaims {
             let Some(status) = claim.status.as_mut() else {
                 return Ok(());
             };
-            if status.node != self.node || status.phase != MOVING {
+            if status.node != self.node || status.claim_phase() != Some(ClaimPhase::Moving) {
                 // Not this node's take-over any more: nothing to give.
                 return Ok(());
             }
             status.node = held.node.clone();
-            status.phase = RESERVED.into();
+            status.phase = ClaimPhase::Reserved.into();
             status.eni_id = held.eni_id.clone();
             status.subnet_id = held.subnet_id.clone();
             status.zone = held.zone.clone();
@@ -381,7 +375,7 @@ impl ClaimStore for KubeClaims {
             let mut fence = VpcIP::new(
                 &object,
                 VpcIPSpec {
-                    phase: REQUESTED.into(),
+                    phase: IpPhase::Requested.into(),
                     node: self.node.clone(),
                     eni_id: String::new(),
                     subnet_id: subnet_id.to_string(),
@@ -419,7 +413,7 @@ impl ClaimStore for KubeClaims {
             let Some(live) = within(api.get_opt(&object)).await? else {
                 return Ok(());
             };
-            if live.spec.phase != REQUESTED || live.spec.node != self.node {
+            if live.spec.ip_phase() != Some(IpPhase::Requested) || live.spec.node != self.node {
                 return Ok(());
             }
             let mut params = kube::api::DeleteParams::background();
@@ -492,7 +486,7 @@ impl ClaimStore for KubeClaims {
                 Err(e) => return Err(unavailable(e)),
             }
             let spec = super::crd::VpcIPSpec {
-                phase: "Bound".into(),
+                phase: IpPhase::Bound.into(),
                 node: self.node.clone(),
                 eni_id: claim.eni_id.clone(),
                 subnet_id: claim.subnet_id.clone(),
@@ -523,6 +517,12 @@ impl ClaimStore for KubeClaims {
 mod tests {
     use super::*;
     use crate::kube::crd::VpcIPClaimSpec;
+
+    // The phases as the objects carry them.
+    const BOUND: &str = ClaimPhase::Bound.as_str();
+    const RESERVED: &str = ClaimPhase::Reserved.as_str();
+    const MOVING: &str = ClaimPhase::Moving.as_str();
+    const REQUESTED: &str = IpPhase::Requested.as_str();
 
     fn object(node: &str, phase: &str) -> VpcIPClaim {
         let mut o = VpcIPClaim::new("web-0", VpcIPClaimSpec::default());
@@ -598,8 +598,11 @@ mod tests {
     fn a_claim_is_taken_over_only_reserved_or_from_a_node_that_is_down() {
         let status = |phase: &str| object("a", phase).status.expect("status");
         assert_eq!(refusal(&status(RESERVED), true), None, "its pod has ended");
-        assert!(!holder_checked(RESERVED));
-        assert!(holder_checked(BOUND) && holder_checked(MOVING));
+        assert!(!holder_checked(Some(ClaimPhase::Reserved)));
+        assert!(!holder_checked(None), "a phase this agent does not know");
+        assert!(
+            holder_checked(Some(ClaimPhase::Bound)) && holder_checked(Some(ClaimPhase::Moving))
+        );
         let why = refusal(&status(BOUND), true).expect("its pod runs on a");
         assert!(
             why.contains("node a") && why.contains("still runs"),

@@ -337,6 +337,20 @@ pub fn crds_yaml() -> Result<String, String> {
     Ok(out)
 }
 
+impl VpcIPClaimStatus {
+    /// The phase, typed; `None` when empty or unknown to this agent.
+    pub fn claim_phase(&self) -> Option<crate::phase::ClaimPhase> {
+        crate::phase::ClaimPhase::of(&self.phase)
+    }
+}
+
+impl VpcIPSpec {
+    /// The phase, typed; `None` when unknown to this agent.
+    pub fn ip_phase(&self) -> Option<crate::phase::IpPhase> {
+        crate::phase::IpPhase::of(&self.phase)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

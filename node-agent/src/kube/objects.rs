@@ -2,6 +2,7 @@
 //! of the operator views (`pool`, `claims`) and the node's details, so what
 //! is published is tested without a cluster.
 
+use crate::phase::{ClaimPhase, EniState, IpPhase};
 use std::collections::BTreeMap;
 
 use proto::wire::{ClaimView, IpState, PoolView};
@@ -115,7 +116,7 @@ pub fn claim_from_object(o: &super::crd::VpcIPClaim, node: &str) -> Option<crate
         requested: o.spec.ip.is_some(),
         // Taken over by this node, not moved yet: its status still names
         // the ENI it comes from.
-        handover: (status.phase == super::claims::MOVING).then(|| {
+        handover: (status.claim_phase() == Some(ClaimPhase::Moving)).then(|| {
             crate::ipam::Handover::Incoming {
                 from: crate::ipam::Source::Node {
                     node: String::new(),
@@ -163,12 +164,6 @@ pub fn claim_object(c: &ClaimView, node: &str, zone: &str) -> ClaimObject {
     }
 }
 
-/// The phase of a claim another node took over, while its address is
-/// still on this node (`ipam/handover.rs`).
-pub const LEAVING: &str = "Leaving";
-/// The phase of a claim on its way to this node.
-const MOVING: &str = super::claims::MOVING;
-
 /// What `node` publishes for its pool and claims.
 pub fn desired(
     node: &str,
@@ -181,19 +176,20 @@ pub fn desired(
     // A claim leaving this node is its new holder's to write, and so is
     // its address's `VpcIP`; one on its way here is left as the take-over
     // wrote it (its `eniId` names the ENI it comes from) until it arrives.
+    let phase = |c: &ClaimView| ClaimPhase::of(&c.status);
     let leaving: std::collections::BTreeSet<String> = claims
         .iter()
-        .filter(|c| c.status == LEAVING)
+        .filter(|c| phase(c) == Some(ClaimPhase::Leaving))
         .map(|c| format!("{}/{}", c.namespace, c.name))
         .collect();
     let arriving = claims
         .iter()
-        .filter(|c| c.status == MOVING)
+        .filter(|c| phase(c) == Some(ClaimPhase::Moving))
         .map(|c| c.ip.to_string())
         .collect();
     let claims_out = claims
         .iter()
-        .filter(|c| c.status != LEAVING && c.status != MOVING)
+        .filter(|c| !matches!(phase(c), Some(ClaimPhase::Leaving | ClaimPhase::Moving)))
         .map(|c| {
             (
                 (c.namespace.clone(), c.name.clone()),
@@ -214,7 +210,7 @@ pub fn desired(
                     allocated += 1;
                     eni_allocated += 1;
                     (
-                        "Bound",
+                        IpPhase::Bound,
                         pod.as_ref().map(|p| format!("{}/{}", p.namespace, p.name)),
                         None,
                     )
@@ -225,12 +221,12 @@ pub fn desired(
                     if leaving.contains(&claim) {
                         continue;
                     }
-                    ("Reserved", Some(claim), None)
+                    (IpPhase::Reserved, Some(claim), None)
                 }
                 IpState::Attaching { error } => {
                     attaching = true;
                     attaching_error.clone_from(error);
-                    ("Attaching", None, error.clone())
+                    (IpPhase::Attaching, None, error.clone())
                 }
                 IpState::Cooling { .. } => {
                     cooling += 1;
@@ -257,7 +253,12 @@ pub fn desired(
             id: eni.id.clone(),
             mac: eni.mac.clone(),
             subnet_id: eni.subnet_id.clone(),
-            state: if attaching { "Attaching" } else { "Attached" }.into(),
+            state: if attaching {
+                EniState::Attaching
+            } else {
+                EniState::Attached
+            }
+            .into(),
             error: attaching_error,
             ips: eni.ips.len() as u32,
             allocated: eni_allocated,

@@ -11,7 +11,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource};
 
 use crate::agent::MIN_CLAIM_EXPIRY;
-use crate::claim_store::{PodFacts, PodFactsError};
+use crate::cluster_claims::{PodFacts, PodFactsError};
 
 /// `Never` keeps the pod's IP across its sandboxes (a static IP);
 /// `Immediate` frees it when the pod ends. TKE's name.

@@ -360,7 +360,7 @@ impl Publisher {
             if live
                 .status
                 .as_ref()
-                .is_some_and(|s| s.phase == super::claims::MOVING)
+                .is_some_and(|s| s.claim_phase() == Some(crate::phase::ClaimPhase::Moving))
             {
                 continue;
             }
@@ -549,7 +549,7 @@ impl Publisher {
             }
             // A fence's age by this node's own clock, from when it was
             // first seen: the API server's clock is another host's.
-            if live.spec.phase == super::claims::REQUESTED {
+            if live.spec.ip_phase() == Some(crate::phase::IpPhase::Requested) {
                 let seen = *self
                     .fences_seen
                     .entry(name.clone())

@@ -17,9 +17,6 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// The annotation the webhook writes on a pod it pinned to a zone.
 pub const ZONE_ANNOTATION: &str = "vpc-cni.io/zone";
 
-/// The claim phases in which an address is held for the pod.
-const HOLDING: [&str; 3] = ["Bound", "Reserved", "Moving"];
-
 /// Where a claim pins its pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pinned {
@@ -42,7 +39,7 @@ pub fn claim_zone(
         return None;
     }
     let status = claim.status.as_ref()?;
-    if status.ip.is_empty() || !HOLDING.contains(&status.phase.as_str()) {
+    if status.ip.is_empty() || !status.claim_phase().is_some_and(|p| p.holds_address()) {
         return None;
     }
     let zone = if status.zone.is_empty() {

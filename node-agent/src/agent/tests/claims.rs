@@ -1,20 +1,22 @@
 use super::*;
+use crate::phase::ClaimPhase;
 
 /// A claim store that records what it is told and answers `locate` as set.
 #[derive(Default)]
 pub(super) struct RecordingClaims {
-    pub(super) answer: Mutex<Option<Result<Option<crate::claim_store::HeldElsewhere>, String>>>,
+    pub(super) answer: Mutex<Option<Result<Option<crate::cluster_claims::HeldElsewhere>, String>>>,
     pub(super) located: Mutex<Vec<String>>,
     pub(super) synced: Mutex<Vec<Vec<crate::ipam::Claim>>>,
     pub(super) published: Mutex<Vec<ClaimChange>>,
     /// What `pod_facts` answers; `None`: no cluster.
-    pub(super) facts:
-        Mutex<Option<Result<crate::claim_store::PodFacts, crate::claim_store::PodFactsError>>>,
+    pub(super) facts: Mutex<
+        Option<Result<crate::cluster_claims::PodFacts, crate::cluster_claims::PodFactsError>>,
+    >,
     /// Claims announced, and whether announcing fails.
     pub(super) announced: Mutex<Vec<String>>,
     pub(super) announce_fails: std::sync::atomic::AtomicBool,
     /// What `take_over` answers; `None`: the trait's default (refused).
-    pub(super) take: Mutex<Option<Result<crate::claim_store::TakeOver, String>>>,
+    pub(super) take: Mutex<Option<Result<crate::cluster_claims::TakeOver, String>>>,
     /// Take-overs asked for (namespace/name by node).
     pub(super) taken: Mutex<Vec<String>>,
     /// What `word` answers; `None`: unknown.
@@ -23,12 +25,12 @@ pub(super) struct RecordingClaims {
     pub(super) given_back: Mutex<Vec<String>>,
 }
 
-impl ClaimStore for RecordingClaims {
+impl ClusterClaims for RecordingClaims {
     fn locate<'a>(
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> crate::claim_store::ClaimFuture<'a, Option<crate::claim_store::HeldElsewhere>> {
+    ) -> crate::cluster_claims::ClaimFuture<'a, Option<crate::cluster_claims::HeldElsewhere>> {
         self.located
             .lock()
             .expect("lock")
@@ -39,14 +41,14 @@ impl ClaimStore for RecordingClaims {
             .expect("lock")
             .clone()
             .unwrap_or(Ok(None));
-        Box::pin(async move { answer.map_err(crate::claim_store::ClaimStoreError) })
+        Box::pin(async move { answer.map_err(crate::cluster_claims::ClusterClaimsError) })
     }
 
     fn sync<'a>(
         &'a self,
         _: &'a str,
         claims: &'a [crate::ipam::Claim],
-    ) -> crate::claim_store::ClaimFuture<'a, ()> {
+    ) -> crate::cluster_claims::ClaimFuture<'a, ()> {
         self.synced.lock().expect("lock").push(claims.to_vec());
         Box::pin(async { Ok(()) })
     }
@@ -55,7 +57,7 @@ impl ClaimStore for RecordingClaims {
         &'a self,
         _: &'a str,
         changes: &'a [ClaimChange],
-    ) -> crate::claim_store::ClaimFuture<'a, ()> {
+    ) -> crate::cluster_claims::ClaimFuture<'a, ()> {
         self.published
             .lock()
             .expect("lock")
@@ -71,8 +73,8 @@ impl ClaimStore for RecordingClaims {
         Box<
             dyn std::future::Future<
                     Output = Result<
-                        Option<crate::claim_store::PodFacts>,
-                        crate::claim_store::PodFactsError,
+                        Option<crate::cluster_claims::PodFacts>,
+                        crate::cluster_claims::PodFactsError,
                     >,
                 > + Send
                 + 'a,
@@ -87,25 +89,25 @@ impl ClaimStore for RecordingClaims {
         node: &'a str,
         namespace: &'a str,
         name: &'a str,
-        _: &'a crate::claim_store::HeldElsewhere,
-    ) -> crate::claim_store::ClaimFuture<'a, crate::claim_store::TakeOver> {
+        _: &'a crate::cluster_claims::HeldElsewhere,
+    ) -> crate::cluster_claims::ClaimFuture<'a, crate::cluster_claims::TakeOver> {
         self.taken
             .lock()
             .expect("lock")
             .push(format!("{namespace}/{name} by {node}"));
         let answer = self.take.lock().expect("lock").clone().unwrap_or_else(|| {
-            Ok(crate::claim_store::TakeOver::Refused(
+            Ok(crate::cluster_claims::TakeOver::Refused(
                 "this claim store cannot move claims between nodes".into(),
             ))
         });
-        Box::pin(async move { answer.map_err(crate::claim_store::ClaimStoreError) })
+        Box::pin(async move { answer.map_err(crate::cluster_claims::ClusterClaimsError) })
     }
 
     fn word<'a>(
         &'a self,
         _: &'a str,
         _: &'a str,
-    ) -> crate::claim_store::ClaimFuture<'a, crate::ipam::Word> {
+    ) -> crate::cluster_claims::ClaimFuture<'a, crate::ipam::Word> {
         let word = self
             .word
             .lock()
@@ -119,9 +121,9 @@ impl ClaimStore for RecordingClaims {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-        held: &'a crate::claim_store::HeldElsewhere,
+        held: &'a crate::cluster_claims::HeldElsewhere,
         _: &'a str,
-    ) -> crate::claim_store::ClaimFuture<'a, ()> {
+    ) -> crate::cluster_claims::ClaimFuture<'a, ()> {
         self.given_back
             .lock()
             .expect("lock")
@@ -133,7 +135,7 @@ impl ClaimStore for RecordingClaims {
         &'a self,
         _: &'a str,
         claim: &'a crate::ipam::Claim,
-    ) -> crate::claim_store::ClaimFuture<'a, ()> {
+    ) -> crate::cluster_claims::ClaimFuture<'a, ()> {
         let fails = self
             .announce_fails
             .load(std::sync::atomic::Ordering::SeqCst);
@@ -145,7 +147,9 @@ impl ClaimStore for RecordingClaims {
         }
         Box::pin(async move {
             if fails {
-                Err(crate::claim_store::ClaimStoreError("apiserver down".into()))
+                Err(crate::cluster_claims::ClusterClaimsError(
+                    "apiserver down".into(),
+                ))
             } else {
                 Ok(())
             }
@@ -205,7 +209,7 @@ pub(super) async fn with_claims_on(
 }
 
 #[tokio::test]
-async fn the_claim_store_sees_every_claim_change_in_order_and_all_claims_at_start() {
+async fn the_cluster_claims_sees_every_claim_change_in_order_and_all_claims_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.redb");
     let claims = Arc::new(RecordingClaims::default());
@@ -287,7 +291,7 @@ async fn the_claim_store_sees_every_claim_change_in_order_and_all_claims_at_star
 async fn a_static_pod_held_on_another_node_or_unlocatable_gets_no_new_ip() {
     let claims = Arc::new(RecordingClaims::default());
     let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
-    *claims.answer.lock().expect("lock") = Some(Ok(Some(crate::claim_store::HeldElsewhere {
+    *claims.answer.lock().expect("lock") = Some(Ok(Some(crate::cluster_claims::HeldElsewhere {
         node: "ins-other".into(),
         ip: std::net::Ipv4Addr::new(10, 0, 9, 9),
         subnet_id: "subnet-1".into(),
@@ -412,7 +416,7 @@ async fn the_pods_annotations_decide_whether_it_keeps_its_ip() {
     let claims = Arc::new(RecordingClaims::default());
     let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
     // The runtime said nothing; the pod's annotation says Never.
-    *claims.facts.lock().expect("lock") = Some(Ok(crate::claim_store::PodFacts {
+    *claims.facts.lock().expect("lock") = Some(Ok(crate::cluster_claims::PodFacts {
         keep_ip: Some(true),
         expire_after_ms: Some(3_600_000),
         owner: None,
@@ -432,7 +436,7 @@ async fn the_pods_annotations_decide_whether_it_keeps_its_ip() {
         .expect("a static claim made from the annotation");
     assert_eq!(claim.expire_after_ms, Some(3_600_000));
     // An annotation saying Immediate wins over a runtime asking for a static IP.
-    *claims.facts.lock().expect("lock") = Some(Ok(crate::claim_store::PodFacts {
+    *claims.facts.lock().expect("lock") = Some(Ok(crate::cluster_claims::PodFacts {
         keep_ip: Some(false),
         ..Default::default()
     }));
@@ -441,7 +445,7 @@ async fn the_pods_annotations_decide_whether_it_keeps_its_ip() {
         .expect("ADD");
     assert!(a.pool().claim("default", "app").is_none());
     // A malformed annotation fails the ADD with its own words.
-    *claims.facts.lock().expect("lock") = Some(Err(crate::claim_store::PodFactsError::Invalid(
+    *claims.facts.lock().expect("lock") = Some(Err(crate::cluster_claims::PodFactsError::Invalid(
         "annotation tke.cloud.tencent.com/vpc-ip-claim-delete-policy: \"never\"".into(),
     )));
     let e = a
@@ -456,7 +460,7 @@ async fn the_pods_annotations_decide_whether_it_keeps_its_ip() {
     );
     // The cluster cannot be asked: not ready, retried by the runtime.
     *claims.facts.lock().expect("lock") = Some(Err(
-        crate::claim_store::PodFactsError::Unavailable("apiserver down".into()),
+        crate::cluster_claims::PodFactsError::Unavailable("apiserver down".into()),
     ));
     let e = a
         .handle(static_add_req("s4", "later"), None)
@@ -503,10 +507,10 @@ async fn a_first_static_bind_is_announced_before_the_add_answers_or_undone() {
 
 /// Another node's ENI in this node's subnet (attached nowhere here) with
 /// one secondary IP: where a static claim held elsewhere lives.
-pub(super) async fn held_on_another_node(a: &TestAgent) -> crate::claim_store::HeldElsewhere {
+pub(super) async fn held_on_another_node(a: &TestAgent) -> crate::cluster_claims::HeldElsewhere {
     let subnet = a.node().and_then(|n| n.subnet).expect("subnet").id;
     let theirs = a.cloud.create_eni(&subnet, 1).await.expect("create");
-    crate::claim_store::HeldElsewhere {
+    crate::cluster_claims::HeldElsewhere {
         node: "ins-other".into(),
         ip: theirs.secondary_ips[0],
         subnet_id: subnet,
@@ -534,8 +538,8 @@ async fn a_static_ip_taken_over_from_another_node_moves_here_with_its_pod() {
     let held = held_on_another_node(&a).await;
     let ip = held.ip;
     *claims.answer.lock().expect("lock") = Some(Ok(Some(held.clone())));
-    *claims.take.lock().expect("lock") = Some(Ok(crate::claim_store::TakeOver::Taken(
-        crate::claim_store::HeldElsewhere {
+    *claims.take.lock().expect("lock") = Some(Ok(crate::cluster_claims::TakeOver::Taken(
+        crate::cluster_claims::HeldElsewhere {
             moving_here: true,
             ..held.clone()
         },
@@ -604,7 +608,7 @@ async fn a_move_resumes_after_a_crash_and_an_address_already_here_is_not_moved_a
         .migrate_ip(&held.eni_id, &ours, ip)
         .await
         .expect("migrate");
-    *claims.answer.lock().expect("lock") = Some(Ok(Some(crate::claim_store::HeldElsewhere {
+    *claims.answer.lock().expect("lock") = Some(Ok(Some(crate::cluster_claims::HeldElsewhere {
         moving_here: true,
         ..held
     })));
@@ -633,8 +637,8 @@ async fn a_static_ip_whose_eni_went_with_its_node_is_taken_here_by_name() {
     a.cloud.delete_eni(&held.eni_id).await.expect("delete");
     assert!(cloud_has(&a, ip).await.is_empty());
     *claims.answer.lock().expect("lock") = Some(Ok(Some(held.clone())));
-    *claims.take.lock().expect("lock") = Some(Ok(crate::claim_store::TakeOver::Taken(
-        crate::claim_store::HeldElsewhere {
+    *claims.take.lock().expect("lock") = Some(Ok(crate::cluster_claims::TakeOver::Taken(
+        crate::cluster_claims::HeldElsewhere {
             moving_here: true,
             ..held.clone()
         },
@@ -657,7 +661,7 @@ async fn a_claim_that_cannot_move_here_leaves_the_pod_waiting_with_why() {
     let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
     let held = held_on_another_node(&a).await;
     *claims.answer.lock().expect("lock") = Some(Ok(Some(held.clone())));
-    *claims.take.lock().expect("lock") = Some(Ok(crate::claim_store::TakeOver::Refused(
+    *claims.take.lock().expect("lock") = Some(Ok(crate::cluster_claims::TakeOver::Refused(
         "its pod still runs on node ins-other, which is Ready".into(),
     )));
     let e = a
@@ -677,12 +681,13 @@ async fn a_claim_that_cannot_move_here_leaves_the_pod_waiting_with_why() {
         "not moved"
     );
     // Taken over, but in a subnet this node has no ENI in.
-    let elsewhere = crate::claim_store::HeldElsewhere {
+    let elsewhere = crate::cluster_claims::HeldElsewhere {
         subnet_id: "subnet-far".into(),
         moving_here: true,
         ..held.clone()
     };
-    *claims.take.lock().expect("lock") = Some(Ok(crate::claim_store::TakeOver::Taken(elsewhere)));
+    *claims.take.lock().expect("lock") =
+        Some(Ok(crate::cluster_claims::TakeOver::Taken(elsewhere)));
     let e = a
         .handle(static_add_req("s1", "web-0"), None)
         .await
@@ -728,7 +733,7 @@ async fn a_node_forgets_a_reserved_claim_another_node_took_and_never_marks_it_lo
         .migrate_ip(&ours, &theirs.id, ip)
         .await
         .expect("migrate");
-    *claims.answer.lock().expect("lock") = Some(Ok(Some(crate::claim_store::HeldElsewhere {
+    *claims.answer.lock().expect("lock") = Some(Ok(Some(crate::cluster_claims::HeldElsewhere {
         node: "ins-other".into(),
         ip,
         subnet_id: subnet,
@@ -737,7 +742,7 @@ async fn a_node_forgets_a_reserved_claim_another_node_took_and_never_marks_it_lo
         moving_here: false,
         created_ms: None,
     })));
-    *claims.take.lock().expect("lock") = Some(Ok(crate::claim_store::TakeOver::Refused(
+    *claims.take.lock().expect("lock") = Some(Ok(crate::cluster_claims::TakeOver::Refused(
         "its pod still runs on node ins-other, which is Ready".into(),
     )));
     // The pod is scheduled back here meanwhile: the address is not lost,
@@ -750,7 +755,7 @@ async fn a_node_forgets_a_reserved_claim_another_node_took_and_never_marks_it_lo
     assert_eq!(e.kind, ErrorKind::NotReady, "{}", e.message);
     assert!(e.message.contains("ins-other"), "{}", e.message);
     let leaving = a.pool().claim("default", "web-0").cloned().expect("claim");
-    assert_eq!(leaving.phase(), "Leaving", "outgoing, not lost");
+    assert_eq!(leaving.phase(), ClaimPhase::Leaving, "outgoing, not lost");
     assert_eq!(leaving.lost, None);
     a.drive_handovers().await.expect("drive");
     let pool = a.pool();
@@ -779,14 +784,14 @@ async fn a_node_forgets_a_reserved_claim_another_node_took_and_never_marks_it_lo
 async fn a_claim_of_another_zone_is_not_taken_over_and_the_pod_is_told_the_zones() {
     let claims = Arc::new(RecordingClaims::default());
     let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
-    let held = crate::claim_store::HeldElsewhere {
+    let held = crate::cluster_claims::HeldElsewhere {
         subnet_id: "subnet-b".into(),
         zone: "zone-b".into(),
         ..held_on_another_node(&a).await
     };
     *claims.answer.lock().expect("lock") = Some(Ok(Some(held.clone())));
-    *claims.take.lock().expect("lock") = Some(Ok(crate::claim_store::TakeOver::Taken(
-        crate::claim_store::HeldElsewhere {
+    *claims.take.lock().expect("lock") = Some(Ok(crate::cluster_claims::TakeOver::Taken(
+        crate::cluster_claims::HeldElsewhere {
             moving_here: true,
             ..held.clone()
         },

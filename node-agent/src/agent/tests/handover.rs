@@ -10,8 +10,9 @@ use super::claims::{
     RecordingClaims, cloud_has, held_on_another_node, static_add_req, with_claims, with_claims_on,
 };
 use super::*;
-use crate::claim_store::{HeldElsewhere, TakeOver};
+use crate::cluster_claims::{HeldElsewhere, TakeOver};
 use crate::ipam::{IpUse, Word};
+use crate::phase::ClaimPhase;
 
 fn taken(held: &HeldElsewhere) -> Option<Result<TakeOver, String>> {
     Some(Ok(TakeOver::Taken(HeldElsewhere {
@@ -47,7 +48,7 @@ async fn hole_handover_an_outgoing_address_is_never_handed_out_before_it_leaves(
     a.drive_handovers().await.expect("drive");
     assert!(matches!(
         a.pool().ip_use(&ip, u64::MAX),
-        IpUse::Reserved(c) if c.phase() == "Leaving"
+        IpUse::Reserved(c) if c.phase() == ClaimPhase::Leaving
     ));
     // A burst of other pods takes every other address of the node.
     for i in 0..30 {
@@ -103,7 +104,7 @@ async fn an_outgoing_claim_given_back_is_held_here_again() {
     *claims.word.lock().expect("lock") = Some(Word::Here);
     a.drive_handovers().await.expect("drive");
     let claim = a.pool().claim("default", "web-0").cloned().expect("claim");
-    assert_eq!(claim.phase(), "Reserved");
+    assert_eq!(claim.phase(), ClaimPhase::Reserved);
     match a.handle(static_add_req("s2", "web-0"), None).await {
         Ok(Response::Added(r)) => assert_eq!(r.ip, ip),
         other => panic!("ADD with the claim back: {other:?}"),
@@ -150,7 +151,7 @@ async fn hole_handover_a_move_whose_reply_was_lost_finishes_and_the_address_is_n
     assert_eq!(on.len(), 1, "moved, once");
     assert_eq!(
         a.pool().claim("default", "web-0").expect("claim").phase(),
-        "Moving"
+        ClaimPhase::Moving
     );
     // The reconcile adopts the address that arrived: it is the claim's.
     a.connect_cloud().await.expect("reconcile");
@@ -210,7 +211,7 @@ async fn hole_handover_an_incoming_move_survives_a_crash_and_finishes_without_it
     let claim = b.pool().claim("default", "web-0").cloned().expect("claim");
     assert_eq!(
         claim.phase(),
-        "Reserved",
+        ClaimPhase::Reserved,
         "finished by the maintenance loop"
     );
     assert_eq!(cloud_has(&b, ip).await, [claim.eni_id]);
@@ -232,7 +233,7 @@ async fn an_incoming_move_whose_claim_went_elsewhere_is_abandoned_when_nothing_a
         .expect_err("not moved yet");
     assert_eq!(
         a.pool().claim("default", "web-0").expect("claim").phase(),
-        "Moving"
+        ClaimPhase::Moving
     );
     *claims.word.lock().expect("lock") = Some(Word::Other("ins-third".into()));
     a.drive_handovers().await.expect("drive");
@@ -336,7 +337,7 @@ async fn hole_2_an_emptied_store_rebuilds_its_static_claims_from_the_cluster() {
         .claim("default", "web-0")
         .cloned()
         .expect("rebuilt");
-    assert_eq!((rebuilt.ip, rebuilt.phase()), (ip, "Reserved"));
+    assert_eq!((rebuilt.ip, rebuilt.phase()), (ip, ClaimPhase::Reserved));
     for i in 0..30 {
         let _ = b.handle(add_req(&format!("p{i}")), None).await;
         assert!(

@@ -20,10 +20,10 @@ use proto::wire::{
 };
 
 use super::*;
-use crate::claim_store::ClaimChange;
 use crate::clock::{Clock, system_clock};
 use crate::cloud::Limits;
 use crate::cloud::fake::FakeCloud;
+use crate::cluster_claims::ClaimChange;
 use crate::dataplane::POD_GATEWAY;
 use crate::dataplane::{FakeDataplane, Recorded};
 use crate::store::Store;

@@ -2,12 +2,12 @@
 //!
 //! The node's store is the authority on its own claims: a claim is written
 //! in the same commit as the IP it reserves, so a crash never separates
-//! them. A [`ClaimStore`] is what the cluster sees of them. It follows the
+//! them. [`ClusterClaims`] is what the cluster sees of them. It follows the
 //! outbox ([`follow`]): it is told every claim this node holds from each
-//! snapshot ([`ClaimStore::sync`]) and every durable change after
-//! ([`ClaimStore::publish`]), in commit order; and it is asked, before a static pod
+//! snapshot ([`ClusterClaims::sync`]) and every durable change after
+//! ([`ClusterClaims::publish`]), in commit order; and it is asked, before a static pod
 //! this node has no claim for gets a new IP, whether another node holds
-//! that pod's claim ([`ClaimStore::locate`]). The local implementation,
+//! that pod's claim ([`ClusterClaims::locate`]). The local implementation,
 //! [`LocalClaims`], is the node's store alone: nothing is elsewhere. The
 //! cluster-wide implementation (Kubernetes `VpcIPClaim` objects) answers
 //! `locate` with the holding node, and the ADD path then moves the IP here
@@ -25,12 +25,13 @@ use crate::ipam::{Change, Claim, Word};
 use crate::outbox::{Delivery, Subscription};
 
 /// A boxed future, so that the trait stays object safe.
-pub type ClaimFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ClaimStoreError>> + Send + 'a>>;
+pub type ClaimFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, ClusterClaimsError>> + Send + 'a>>;
 
-/// The cluster's claim store could not answer.
+/// The cluster's claims could not be asked.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("claim store: {0}")]
-pub struct ClaimStoreError(pub String);
+#[error("the cluster's claims: {0}")]
+pub struct ClusterClaimsError(pub String);
 
 /// A pod's claim held by another node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,7 +113,7 @@ pub enum ClaimChange {
 }
 
 /// The cluster's view of static IP claims.
-pub trait ClaimStore: Send + Sync + 'static {
+pub trait ClusterClaims: Send + Sync + 'static {
     /// The claim of pod `namespace/name` if another node holds it.
     fn locate<'a>(
         &'a self,
@@ -219,7 +220,7 @@ pub fn claim_changes(changes: &[Change]) -> Vec<ClaimChange> {
 /// it, each batch's claim changes are published. A failure is retried
 /// with backoff from a fresh snapshot, so the store converges on what the
 /// node's store holds.
-pub async fn follow(mut stream: Subscription, store: Arc<dyn ClaimStore>, node: String) {
+pub async fn follow(mut stream: Subscription, store: Arc<dyn ClusterClaims>, node: String) {
     let mut backoff = Duration::from_millis(200);
     while let Some(delivery) = stream.next().await {
         let result = match delivery {
@@ -227,7 +228,7 @@ pub async fn follow(mut stream: Subscription, store: Arc<dyn ClaimStore>, node: 
                 debug!(
                     after = seq,
                     claims = pool.claims.len(),
-                    "claim store syncing"
+                    "cluster claims syncing"
                 );
                 store.sync(&node, &pool.claims).await
             }
@@ -242,7 +243,7 @@ pub async fn follow(mut stream: Subscription, store: Arc<dyn ClaimStore>, node: 
         match result {
             Ok(()) => backoff = Duration::from_millis(200),
             Err(e) => {
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "claim store behind; will re-sync");
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cluster claims behind; will re-sync");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 if !stream.restart() {
@@ -257,7 +258,7 @@ pub async fn follow(mut stream: Subscription, store: Arc<dyn ClaimStore>, node: 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LocalClaims;
 
-impl ClaimStore for LocalClaims {
+impl ClusterClaims for LocalClaims {
     fn locate<'a>(&'a self, _: &'a str, _: &'a str) -> ClaimFuture<'a, Option<HeldElsewhere>> {
         Box::pin(async { Ok(None) })
     }
