@@ -208,35 +208,44 @@ pub(super) async fn apply_ip(
     Ok(())
 }
 
-/// Drops this agent's finalizer from a claim object.
+/// Drops this agent's finalizer from a claim object, on condition only of
+/// what the decision rested on: the finalizer still at its place and the
+/// object still naming the holder `live` names (a JSON patch's `test`
+/// operations), not the whole object's resourceVersion. A copy of `live`
+/// from an informer a little behind (its labels, status times) does not
+/// make it fail; another node's take-over in the meantime does.
 pub(crate) async fn remove_finalizer(
     api: &Api<VpcIPClaim>,
     live: &VpcIPClaim,
 ) -> Result<(), kube::Error> {
-    if !live.finalizers().iter().any(|f| f == FINALIZER) {
+    let Some(patch) = finalizer_removal(live) else {
         return Ok(());
-    }
-    let rest: Vec<&String> = live
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .collect();
-    let patch = serde_json::json!({
-        "metadata": { "finalizers": rest, "resourceVersion": live.resource_version() }
-    });
+    };
+    let patch = Patch::<()>::Json(serde_json::from_value(patch).map_err(kube::Error::SerdeError)?);
     match api
-        .patch(
-            &live.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
+        .patch(&live.name_any(), &PatchParams::default(), &patch)
         .await
     {
         Ok(_) => Ok(()),
-        // Gone, or changed since: the next pass looks again.
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        // Gone, or a `test` failed (moved, its finalizers changed): the
+        // next pass looks again.
+        Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409 | 422) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// The JSON patch that drops this agent's finalizer from `live`; `None`
+/// when it carries none.
+pub(super) fn finalizer_removal(live: &VpcIPClaim) -> Option<serde_json::Value> {
+    let index = live.finalizers().iter().position(|f| f == FINALIZER)?;
+    let path = format!("/metadata/finalizers/{index}");
+    let mut ops = vec![serde_json::json!({ "op": "test", "path": path, "value": FINALIZER })];
+    let node = live.status.as_ref().map(|s| s.node.as_str()).unwrap_or("");
+    if !node.is_empty() {
+        ops.push(serde_json::json!({ "op": "test", "path": "/status/node", "value": node }));
+    }
+    ops.push(serde_json::json!({ "op": "remove", "path": path }));
+    Some(serde_json::Value::Array(ops))
 }
 
 pub(super) fn ignore_missing<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
@@ -244,5 +253,51 @@ pub(super) fn ignore_missing<T>(r: Result<T, kube::Error>) -> Result<(), kube::E
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::crd::VpcIPClaimStatus;
+
+    #[test]
+    fn the_finalizer_is_removed_on_its_place_and_the_holder_not_on_the_version() {
+        let mut live = VpcIPClaim::new("web-0", Default::default());
+        assert_eq!(finalizer_removal(&live), None, "none to remove");
+        live.metadata.finalizers = Some(vec!["other.io/keep".into(), FINALIZER.into()]);
+        live.metadata.resource_version = Some("41".into());
+        live.status = Some(VpcIPClaimStatus {
+            node: "node-a".into(),
+            ..Default::default()
+        });
+        let ops = finalizer_removal(&live).expect("ours is there");
+        assert_eq!(
+            ops,
+            serde_json::json!([
+                { "op": "test", "path": "/metadata/finalizers/1", "value": FINALIZER },
+                { "op": "test", "path": "/status/node", "value": "node-a" },
+                { "op": "remove", "path": "/metadata/finalizers/1" },
+            ])
+        );
+        assert!(
+            !ops.to_string().contains("41"),
+            "no resourceVersion: a cache a little behind does not refuse it"
+        );
+        // The patch does what it says on the object it was made from, and
+        // is refused once another node holds the claim.
+        let mut doc = serde_json::to_value(&live).expect("json");
+        let patch: json_patch::Patch = serde_json::from_value(ops.clone()).expect("patch");
+        json_patch::patch(&mut doc, &patch).expect("applies");
+        assert_eq!(
+            doc["metadata"]["finalizers"],
+            serde_json::json!(["other.io/keep"])
+        );
+        let mut moved = serde_json::to_value(&live).expect("json");
+        moved["status"]["node"] = "node-b".into();
+        assert!(
+            json_patch::patch(&mut moved, &patch).is_err(),
+            "taken over meanwhile"
+        );
     }
 }
