@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use proto::wire::{
     AddReply, AddRequest, AgentError, CheckRequest, DelRequest, ErrorKind, GcRequest, Response,
@@ -63,7 +63,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         self.prepare_requested(&req).await?;
         crate::metrics::add_phase("queue", started.elapsed());
         let reserving = Instant::now();
-        let mut in_cloud = std::time::Duration::ZERO;
+        let mut in_cloud = Duration::ZERO;
         let mut attempts = 0;
         let (plan, pending) = loop {
             match self.reserve(&req, &key) {
@@ -73,7 +73,10 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     // hence the retries.
                     attempts += 1;
                     let growing = Instant::now();
-                    let grown = self.wait_for_ips().await;
+                    let left = req
+                        .deadline_ms
+                        .map(|d| Duration::from_millis(d.saturating_sub(system_now_ms())));
+                    let grown = self.wait_for_ips(left).await;
                     in_cloud += growing.elapsed();
                     grown?;
                 }

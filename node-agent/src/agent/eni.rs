@@ -189,7 +189,10 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// ahead of them, and each ENI's IPs are handed out as soon as they
     /// arrive, not when the whole round is done. Without the loop (an
     /// agent driven alone) the ADD grows the pool itself.
-    pub(super) async fn wait_for_ips(&self) -> Result<(), AgentError> {
+    /// `left`: how long the caller still waits for its answer; a wait
+    /// for the maintenance loop's round ends then (a growth this ADD runs
+    /// itself, with the cloud, is not cut off half-way).
+    pub(super) async fn wait_for_ips(&self, left: Option<Duration>) -> Result<(), AgentError> {
         let _waiting = Waiting::new(&self.waiting_for_ip, &self.last_wait, self.txn.now());
         if !self.loop_grows.load(Ordering::SeqCst) {
             let _serialised = self.grow_lock.lock().await;
@@ -212,10 +215,24 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         self.ips_wanted.notify_one();
         // New IPs count before the round's end: a round whose other step
         // failed (an ENI the subnet had no room for) still brought them.
-        let ended = tokio::select! {
-            biased;
-            _ = &mut added => return Ok(()),
-            changed = rounds.changed() => changed,
+        let waited = async {
+            tokio::select! {
+                biased;
+                _ = &mut added => None,
+                changed = rounds.changed() => Some(changed),
+            }
+        };
+        let ended = match left {
+            Some(left) => tokio::time::timeout(left, waited).await.map_err(|_| {
+                AgentError::new(
+                    ErrorKind::NotReady,
+                    "the caller's deadline passed while the ADD waited for the pool to grow",
+                )
+            })?,
+            None => waited.await,
+        };
+        let Some(ended) = ended else {
+            return Ok(());
         };
         match ended {
             Err(_) => Err(internal("the maintenance loop is gone")),

@@ -112,6 +112,50 @@ async fn an_add_past_the_callers_deadline_is_refused_and_leaves_nothing() {
     assert!(h.agent.dataplane.wired().is_empty());
 }
 
+/// Hole 7: an ADD that waits for the pool to grow is cut off at its
+/// caller's deadline (a maintenance round stuck behind a throttling cloud
+/// here), instead of holding a serving task for as long as the round takes.
+#[tokio::test]
+async fn hole_7_an_add_waiting_for_growth_is_cut_off_at_the_callers_deadline() {
+    let h = harness_configured(
+        Limits {
+            max_enis: 2,
+            max_ips_per_eni: 2,
+        },
+        Box::new(MemoryStore::default()),
+        with_targets(0, 0, None),
+    )
+    .await;
+    // The maintenance loop grows (it is running), but its round never
+    // ends: the ADD can only wait.
+    h.agent.loop_grows.store(true, Ordering::SeqCst);
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let req = Request::Add(AddRequest {
+        key: key("waits"),
+        netns: "/n".into(),
+        pod: None,
+        deadline_ms: Some(wall + 300),
+        static_ip: None,
+    });
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(10), h.agent.handle(req, None))
+        .await
+        .expect("answered, not left waiting for the round");
+    let e = answer.expect_err("no IP within the deadline");
+    assert_eq!(e.kind, ErrorKind::NotReady, "{e:?}");
+    assert!(e.message.contains("deadline"), "{}", e.message);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut off at the deadline: {:?}",
+        started.elapsed()
+    );
+    assert!(allocated(&h.agent).is_empty());
+    assert!(h.agent.dataplane.wired().is_empty());
+}
+
 async fn churn(h: &Harness, pods: usize) {
     for i in 0..pods {
         add(&h.agent, &format!("p{i}")).await;
