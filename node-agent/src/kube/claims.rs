@@ -1,7 +1,7 @@
 //! The cluster's claims on Kubernetes: `VpcIPClaim` objects say which
 //! node holds a pod's claim; the pods' annotations say what they want;
 //! a static claim's first bind is written before its ADD answers. The rest
-//! of the objects follow the outbox (`publish.rs`), so `sync` and
+//! of the objects follow the outbox (`publish/`), so `sync` and
 //! `publish` have nothing to add here.
 
 use std::time::Duration;

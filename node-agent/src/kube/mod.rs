@@ -2,7 +2,7 @@
 //! the pods' annotations, events, and the cluster component.
 //!
 //! The node's store stays the authority on the node's pool; the objects
-//! follow it through the outbox (`publish.rs`), except the first bind of
+//! follow it through the outbox (`publish/`), except the first bind of
 //! a static claim, which is made known before its ADD answers
 //! (`claims.rs`). ADD and DEL otherwise never wait on the API server.
 

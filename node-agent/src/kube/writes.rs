@@ -1,7 +1,7 @@
 //! Every write of `VpcIPClaim` and `VpcIP` objects by a node agent, and
 //! what it takes to decide one: who a live object names, whether it is
 //! this node's, the object this node would write. The publisher
-//! (`publish.rs`) and the cluster's claims (`claims.rs`) both write through
+//! (`publish/`) and the cluster's claims (`claims.rs`) both write through
 //! here; neither imports the other. A write two parties can race on is
 //! conditional: a create (the fence for a first bind and for a new
 //! `VpcIP`), or a write over the resourceVersion read (take-over,
