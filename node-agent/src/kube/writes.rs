@@ -4,8 +4,9 @@
 //! (`publish/`) and the cluster's claims (`claims.rs`) both write through
 //! here; neither imports the other. A write two parties can race on is
 //! conditional: a create (the fence for a first bind and for a new
-//! `VpcIP`), or a write over the resourceVersion read (take-over,
-//! give-back, a claim's status, the finalizer's removal).
+//! `VpcIP`), a write over the resourceVersion read (take-over, give-back,
+//! a claim's status), or a JSON patch whose `test`s name what the write
+//! rests on (the finalizer's removal).
 
 use std::collections::BTreeMap;
 
@@ -81,10 +82,10 @@ pub(super) fn was_written_with(live: &VpcIPClaim, wanted: &OwnerReference) -> bo
         .is_some_and(|o| o.uid == wanted.uid)
 }
 
-/// A reference to an owner that is gone must never be written: the
-/// garbage collector would delete the claim, and its static IP with it.
 /// Whether the workload `owner` names is gone from `namespace`: absent,
-/// another object under its name (another uid), or being deleted.
+/// another object under its name (another uid), or being deleted. A
+/// reference to such an owner must never be written: the garbage
+/// collector would delete the claim, and its static IP with it.
 pub(super) async fn owner_gone(
     client: &Client,
     namespace: &str,

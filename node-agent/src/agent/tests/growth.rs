@@ -133,17 +133,17 @@ async fn hole_7_an_add_waiting_for_growth_is_cut_off_at_the_callers_deadline() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_millis() as u64;
-    let req = Request::Add(AddRequest {
-        key: key("waits"),
-        netns: "/n".into(),
-        pod: None,
-        deadline_ms: Some(wall + 300),
-        static_ip: None,
-    });
+    let Request::Add(mut req) = add_req("waits") else {
+        unreachable!("an ADD")
+    };
+    req.deadline_ms = Some(wall + 300);
     let started = std::time::Instant::now();
-    let answer = tokio::time::timeout(Duration::from_secs(10), h.agent.handle(req, None))
-        .await
-        .expect("answered, not left waiting for the round");
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        h.agent.handle(Request::Add(req), None),
+    )
+    .await
+    .expect("answered, not left waiting for the round");
     let e = answer.expect_err("no IP within the deadline");
     assert_eq!(e.kind, ErrorKind::NotReady, "{e:?}");
     assert!(e.message.contains("deadline"), "{}", e.message);
