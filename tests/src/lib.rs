@@ -163,6 +163,31 @@ impl Agent {
         }
     }
 
+    /// Waits (10 s at most) until the agent's maintenance loop sleeps with
+    /// nothing asked of it and wakes no sooner than `quiet` from now (the
+    /// wall clock; the agent's clock not moved yet).
+    pub fn wait_for_idle_maintenance(&self, quiet: Duration) {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let wall_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis() as u64;
+            let pool = self.pool();
+            let asleep = pool.maintenance.and_then(|m| m.asleep_until_ms);
+            if asleep.is_some_and(|at| at >= wall_ms + quiet.as_millis() as u64) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "the maintenance loop never fell asleep for {quiet:?}: {:?}\n{}",
+                pool.maintenance,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A network configuration for this agent.
     pub fn conf(&self, version: &str) -> Value {
         serde_json::json!({

@@ -176,9 +176,9 @@ fn hole_14_expired_claims_are_previewed_then_reclaimed_on_a_moved_clock() {
     let (ok, text) = cli(&agent, &["reclaim", "--dry-run"]);
     assert!(ok && !text.contains("tmp-0"), "not expired yet: {text}");
     // The ADD woke the maintenance loop (it grows the pool after every
-    // ADD); let it finish those rounds and fall asleep for its hour, so
-    // that only the commands below act on the moved clock.
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    // ADD); it must be asleep for its hour, with nothing asked of it,
+    // before the clock moves, so that only the commands below act on it.
+    agent.wait_for_idle_maintenance(std::time::Duration::from_secs(30 * 60));
     agent.advance_clock(std::time::Duration::from_secs(301));
     let (ok, text) = cli(&agent, &["reclaim", "--dry-run"]);
     assert!(

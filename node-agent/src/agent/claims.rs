@@ -8,6 +8,7 @@ use proto::wire::{
 use tracing::{info, warn};
 
 use super::Agent;
+use super::cni::time_left;
 use super::convert;
 use super::errors::{claim_error, dataplane_error};
 use crate::cloud::Cloud;
@@ -31,7 +32,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         match here {
             // On its way here: brought here first (or the pod waits).
             Some(claim) if matches!(claim.handover, Some(Handover::Incoming { .. })) => {
-                self.bring_here(&claim).await
+                self.bring_here(&claim, time_left(req)).await
             }
             // Another node took it over: it is taken back from there.
             Some(claim) if claim.handover.is_some() => self.not_claimed_elsewhere(req).await,
@@ -148,7 +149,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     async fn verify_claim(&self, claim: Claim, req: &AddRequest) -> Result<(), AgentError> {
         // A lost claim is tried again too: the operator may have freed
         // the address since.
-        let serialised = self.grow_lock.lock().await;
+        let serialised = self.lock_growth_for_add(time_left(req)).await?;
         self.txn.ensure_healthy()?;
         let listed = match self.cloud.list_enis().await {
             Ok(listed) => listed,

@@ -73,10 +73,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     // hence the retries.
                     attempts += 1;
                     let growing = Instant::now();
-                    let left = req
-                        .deadline_ms
-                        .map(|d| Duration::from_millis(d.saturating_sub(system_now_ms())));
-                    let grown = self.wait_for_ips(left).await;
+                    let grown = self.wait_for_ips(time_left(&req)).await;
                     in_cloud += growing.elapsed();
                     grown?;
                 }
@@ -400,6 +397,12 @@ fn with_netns(mut spec: PodSpec, netns: Option<OwnedFd>) -> PodSpec {
         spec.netns.fd = Some(Arc::new(fd));
     }
     spec
+}
+
+/// What remains of an ADD's caller's deadline (`None`: the caller set none).
+pub(super) fn time_left(req: &AddRequest) -> Option<Duration> {
+    req.deadline_ms
+        .map(|d| Duration::from_millis(d.saturating_sub(system_now_ms())))
 }
 
 /// The system clock in Unix milliseconds.

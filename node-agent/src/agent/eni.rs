@@ -120,20 +120,55 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             if moving > 0 {
                 next = next.min(HANDOVER_TICK);
             }
-            tokio::select! {
-                _ = self.ips_wanted.notified() => {}
-                _ = self.pool_changed.notified() => {
-                    // Off the reply path of the ADD that asked, and one
-                    // round (one cloud call) for the pods of a burst; at
-                    // once when an ADD starts waiting meanwhile.
-                    tokio::select! {
-                        _ = self.ips_wanted.notified() => {}
-                        _ = tokio::time::sleep(REFILL_DELAY) => {}
-                    }
-                }
-                _ = tokio::time::sleep(next) => {}
-            }
+            self.rounds_done.fetch_add(1, Ordering::SeqCst);
+            self.sleep_until_asked(next).await;
         }
+    }
+
+    /// Between two rounds: at once when an ADD waits for an IP, shortly
+    /// when the pool changed, else after `next`. Shown as asleep (in the
+    /// pool's view) only once no request was already pending, so whoever
+    /// sees it asleep knows no round runs before `next` unless asked.
+    async fn sleep_until_asked(&self, next: Duration) {
+        let mut wanted = std::pin::pin!(self.ips_wanted.notified());
+        let mut changed = std::pin::pin!(self.pool_changed.notified());
+        if wanted.as_mut().enable() {
+            return;
+        }
+        if changed.as_mut().enable() {
+            return self.refill_pause().await;
+        }
+        let wakes = self.txn.now() + next.as_millis() as u64;
+        self.asleep_until.store(wakes, Ordering::SeqCst);
+        tokio::select! {
+            _ = wanted => {}
+            _ = changed => {
+                self.asleep_until.store(0, Ordering::SeqCst);
+                self.refill_pause().await;
+            }
+            _ = tokio::time::sleep(next) => {}
+        }
+        self.asleep_until.store(0, Ordering::SeqCst);
+    }
+
+    /// After the pool changed: off the reply path of the ADD that asked,
+    /// and one round (one cloud call) for the pods of a burst; at once when
+    /// an ADD starts waiting meanwhile.
+    async fn refill_pause(&self) {
+        tokio::select! {
+            _ = self.ips_wanted.notified() => {}
+            _ = tokio::time::sleep(REFILL_DELAY) => {}
+        }
+    }
+
+    /// Where the maintenance loop is (`None`: it does not run).
+    pub(super) fn maintenance_view(&self) -> Option<proto::wire::MaintenanceView> {
+        self.loop_grows
+            .load(Ordering::SeqCst)
+            .then(|| proto::wire::MaintenanceView {
+                rounds: self.rounds_done.load(Ordering::SeqCst),
+                asleep_until_ms: Some(self.asleep_until.load(Ordering::SeqCst)).filter(|&t| t > 0),
+            })
     }
 
     /// Programs the egress masquerade again when it is missing or wrong
@@ -181,6 +216,28 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let _serialised = self.grow_lock.lock().await;
         let waiting = self.waiting_for_ip.load(Ordering::SeqCst);
         (self.grow_locked(waiting.saturating_mul(2)).await, waiting)
+    }
+
+    /// The growth lock for an ADD, waited for until `left` (what remains
+    /// of the caller's deadline) runs out: behind a round that a throttling
+    /// cloud keeps long, ADDs are answered `NotReady` (the runtime retries)
+    /// instead of piling up on the serving threads. What holds the lock
+    /// when the deadline passes carries on.
+    pub(super) async fn lock_growth_for_add(
+        &self,
+        left: Option<Duration>,
+    ) -> Result<tokio::sync::MutexGuard<'_, ()>, AgentError> {
+        let locked = self.grow_lock.lock();
+        match left {
+            None => Ok(locked.await),
+            Some(left) => tokio::time::timeout(left, locked).await.map_err(|_| {
+                AgentError::new(
+                    ErrorKind::NotReady,
+                    "the caller's deadline passed while the ADD waited for the pool's cloud work \
+                     (a growth round or a static IP's move); the ADD is retried",
+                )
+            }),
+        }
     }
 
     /// For an ADD that found no free IP: waits until a growth step put new

@@ -9,11 +9,18 @@
 //! lock, after its incoming record is durable, and every decision reads
 //! the cluster's word before it lists the cloud: no call is in flight
 //! while a step is decided, and a listing is never older than the word.
+//! The word is asked before the lock is taken (an API server that is slow
+//! to answer never holds up the pool's growth), and an ADD waits for the
+//! lock no longer than its caller's deadline.
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use proto::wire::{AddRequest, AgentError, ErrorKind};
 use tracing::{info, warn};
 
 use super::Agent;
+use super::cni::time_left;
 use super::convert;
 use super::errors::{claim_error, cloud_error};
 use crate::cloud::{Cloud, CloudError, Eni};
@@ -74,7 +81,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         held: &HeldElsewhere,
     ) -> Result<(), AgentError> {
         let Some(pod) = &req.pod else { return Ok(()) };
-        let _serialised = self.grow_lock.lock().await;
+        let _serialised = self.lock_growth_for_add(time_left(req)).await?;
         self.txn.ensure_healthy()?;
         let listed = self.cloud.list_enis().await.map_err(cloud_error)?;
         let now = self.txn.now();
@@ -182,9 +189,20 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         self.node().and_then(|n| n.subnet).map(|s| s.id)
     }
 
-    /// Brings an incoming claim's address here (the grow lock taken).
-    pub(super) async fn bring_here(&self, claim: &Claim) -> Result<(), AgentError> {
-        let _serialised = self.grow_lock.lock().await;
+    /// Brings an incoming claim's address here for its pod's ADD, which
+    /// waits for the grow lock at most `left`. The cluster is asked before
+    /// the lock is taken: no remote call but the cloud's holds it.
+    pub(super) async fn bring_here(
+        &self,
+        claim: &Claim,
+        left: Option<Duration>,
+    ) -> Result<(), AgentError> {
+        let word = self
+            .cluster_claims
+            .word(&claim.namespace, &claim.name)
+            .await
+            .unwrap_or(Word::Unknown);
+        let _serialised = self.lock_growth_for_add(left).await?;
         self.txn.ensure_healthy()?;
         let Some(now) = self
             .txn
@@ -192,7 +210,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         else {
             return Ok(());
         };
-        self.bring_here_locked(&now).await
+        self.bring_here_with(&now, Some(word)).await
     }
 
     /// One step of an incoming claim, the grow lock held: the cluster's
@@ -478,18 +496,30 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         if self.txn.read(|ipam, _| ipam.handovers().is_empty()) {
             return Ok(0);
         }
+        // The cluster's word on each first, without the lock (the API
+        // server may be slow); claims that began to move meanwhile wait
+        // for the next round.
+        let asked = self.txn.read(|ipam, _| ipam.handovers());
+        let mut words = HashMap::with_capacity(asked.len());
+        for c in &asked {
+            let word = self
+                .cluster_claims
+                .word(&c.namespace, &c.name)
+                .await
+                .unwrap_or(Word::Unknown);
+            words.insert((c.namespace.clone(), c.name.clone()), word);
+        }
         let _serialised = self.grow_lock.lock().await;
         self.txn.ensure_healthy()?;
-        let moving = self.txn.read(|ipam, _| ipam.handovers());
-        let mut words = Vec::with_capacity(moving.len());
-        for c in &moving {
-            words.push(
-                self.cluster_claims
-                    .word(&c.namespace, &c.name)
-                    .await
-                    .unwrap_or(Word::Unknown),
-            );
-        }
+        let (moving, words): (Vec<Claim>, Vec<Word>) = self
+            .txn
+            .read(|ipam, _| ipam.handovers())
+            .into_iter()
+            .filter_map(|c| {
+                let word = words.remove(&(c.namespace.clone(), c.name.clone()))?;
+                Some((c, word))
+            })
+            .unzip();
         let listed = self.cloud.list_enis().await.map_err(cloud_error)?;
         if let Some(node) = self.node() {
             self.reconcile_with(&listed, &node).await?;

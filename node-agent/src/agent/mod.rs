@@ -29,7 +29,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -114,6 +114,10 @@ pub struct Agent<C, D> {
     /// Set while the maintenance loop runs: it grows the pool for waiting
     /// ADDs; without it (tests driving the agent alone) an ADD grows it.
     loop_grows: AtomicBool,
+    /// Maintenance rounds finished, and when the sleeping loop wakes next
+    /// (the agent's clock, Unix ms; 0 while a round runs or is due).
+    rounds_done: AtomicU64,
+    asleep_until: AtomicU64,
     /// When an ADD last waited for an IP (Unix ms): nothing is given back
     /// soon after.
     last_wait: std::sync::atomic::AtomicU64,
@@ -234,8 +238,11 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
     fn pool_view(&self) -> proto::wire::PoolView {
         let attaching = self.attaching().clone();
         let conditions = self.conditions.all();
-        self.txn
-            .read(|ipam, now| views::pool(ipam, now, &attaching, conditions))
+        let mut view = self
+            .txn
+            .read(|ipam, now| views::pool(ipam, now, &attaching, conditions));
+        view.maintenance = self.maintenance_view();
+        view
     }
 
     /// The pool's IPs by state (`free`, `allocated`, `cooling`, `reserved`,

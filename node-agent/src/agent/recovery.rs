@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -101,6 +101,8 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             ips_added: Notify::new(),
             growth_rounds: tokio::sync::watch::channel(GrowthRound::default()).0,
             loop_grows: AtomicBool::new(false),
+            rounds_done: AtomicU64::new(0),
+            asleep_until: AtomicU64::new(0),
             last_wait: std::sync::atomic::AtomicU64::new(0),
             gc_lock: tokio::sync::RwLock::new(()),
             conditions: Conditions::default(),

@@ -18,6 +18,7 @@ use proto::wire::{AddRequest, AgentError, ErrorKind};
 use tracing::{info, warn};
 
 use super::Agent;
+use super::cni::time_left;
 use super::convert;
 use super::errors::claim_error;
 use crate::cloud::{Cloud, Subnet};
@@ -28,7 +29,9 @@ use crate::ipam::{RequestedSpot, StaticIp};
 impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// Before the ADD of a pod that asks for an address it does not hold
     /// yet: makes it the pod's claim, reserved, or fails naming who holds
-    /// it.
+    /// it. The address's fence is made in the cluster before the grow lock
+    /// is taken (the lock is held across cloud calls only), and where the
+    /// address stands is looked at again under the lock.
     pub(super) async fn prepare_requested(&self, req: &AddRequest) -> Result<(), AgentError> {
         let (Some(pod), Some(ip)) = (
             &req.pod,
@@ -37,11 +40,71 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             return Ok(());
         };
         let (ns, name) = (pod.namespace.as_str(), pod.name.as_str());
-        let _serialised = self.grow_lock.lock().await;
-        self.txn.ensure_healthy()?;
+        let Some((spot, subnet_id)) = self.requested_spot(ip, ns, name)? else {
+            return Ok(());
+        };
+        match self
+            .cluster_claims
+            .reserve_address(ip, ns, name, &subnet_id)
+            .await
+        {
+            Ok(AddressFence::Ours) => {}
+            Ok(AddressFence::Held(holder)) => {
+                return Err(AgentError::new(
+                    ErrorKind::NoIpAvailable,
+                    format!("pod {ns}/{name} asks for the address {ip}, which is held by {holder}"),
+                ));
+            }
+            Err(e) => {
+                return Err(AgentError::new(
+                    ErrorKind::NotReady,
+                    format!(
+                        "pod {ns}/{name} asks for the address {ip}, but the cluster cannot say \
+                         whether another node holds it ({e}); the ADD is retried"
+                    ),
+                ));
+            }
+        }
+        let committed = match self.lock_growth_for_add(time_left(req)).await {
+            Ok(serialised) => {
+                let done = self.reserve_requested(req, ip, spot, &subnet_id).await;
+                drop(serialised);
+                done
+            }
+            Err(e) => Err(e),
+        };
+        match committed {
+            Ok(()) => {
+                info!(ip = %ip, namespace = ns, name, "requested address reserved for its pod");
+                Ok(())
+            }
+            Err(e) => {
+                // Still on its way here (the cloud did not answer), or
+                // reserved by an ADD of the same pod meanwhile: the fence
+                // stays, and an incoming claim is driven on by the
+                // maintenance loop.
+                let claimed = self
+                    .txn
+                    .read(|ipam, _| ipam.claim(ns, name).is_some_and(|c| c.ip == ip));
+                if !claimed && let Err(lift) = self.cluster_claims.release_address(ip).await {
+                    warn!(ip = %ip, error = %lift, "cannot lift the fence on a requested address; the publisher removes it");
+                }
+                Err(for_pod(e, ns, name))
+            }
+        }
+    }
+
+    /// Where the address `ip` pod `ns/name` asks for stands in this pool,
+    /// with its subnet; `None` when the pod's claim holds it already.
+    fn requested_spot(
+        &self,
+        ip: Ipv4Addr,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<(RequestedSpot, String)>, AgentError> {
         if let Some(claim) = self.txn.read(|ipam, _| ipam.claim(ns, name).cloned()) {
             if claim.ip == ip {
-                return Ok(());
+                return Ok(None);
             }
             return Err(AgentError::new(
                 ErrorKind::InvalidRequest,
@@ -91,31 +154,39 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 subnet.id
             }
         };
-        match self
-            .cluster_claims
-            .reserve_address(ip, ns, name, &subnet_id)
-            .await
-        {
-            Ok(AddressFence::Ours) => {}
-            Ok(AddressFence::Held(holder)) => {
-                return Err(AgentError::new(
-                    ErrorKind::NoIpAvailable,
-                    format!("pod {ns}/{name} asks for the address {ip}, which is held by {holder}"),
-                ));
-            }
-            Err(e) => {
+        Ok(Some((spot, subnet_id)))
+    }
+
+    /// Makes the address the pod's claim, the grow lock held: from the
+    /// pool, or by address from the cloud (recorded incoming first). Where
+    /// it stands is checked again first: the fence was made without the
+    /// lock.
+    async fn reserve_requested(
+        &self,
+        req: &AddRequest,
+        ip: Ipv4Addr,
+        spot: RequestedSpot,
+        subnet_id: &str,
+    ) -> Result<(), AgentError> {
+        let Some(pod) = &req.pod else { return Ok(()) };
+        let (ns, name) = (pod.namespace.as_str(), pod.name.as_str());
+        self.txn.ensure_healthy()?;
+        match self.requested_spot(ip, ns, name)? {
+            None => return Ok(()),
+            Some((now, subnet)) if now == spot && subnet == subnet_id => {}
+            Some(_) => {
                 return Err(AgentError::new(
                     ErrorKind::NotReady,
                     format!(
-                        "pod {ns}/{name} asks for the address {ip}, but the cluster cannot say \
-                         whether another node holds it ({e}); the ADD is retried"
+                        "the address {ip} changed its place in this node's pool while it was \
+                         fenced in the cluster; the ADD is retried"
                     ),
                 ));
             }
         }
         let wanted = self.wanted(req);
         let (ns2, name2) = (ns.to_string(), name.to_string());
-        let committed = match spot {
+        match spot {
             RequestedSpot::InPool { eni_id } => {
                 self.txn
                     .commit(move |ipam, now| {
@@ -126,7 +197,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     })
                     .await
             }
-            RequestedSpot::NotInPool => match self.room_for_requested(ip, &subnet_id).await {
+            RequestedSpot::NotInPool => match self.room_for_requested(ip, subnet_id).await {
                 // Recorded incoming before the cloud is asked: a crash
                 // after the call leaves the address this pod's, not free.
                 Ok(target) => match self
@@ -144,25 +215,6 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                 },
                 Err(e) => Err(e),
             },
-        };
-        match committed {
-            Ok(()) => {
-                info!(ip = %ip, namespace = ns, name, "requested address reserved for its pod");
-                Ok(())
-            }
-            Err(e) => {
-                // Still on its way here (the cloud did not answer): the
-                // fence stays, and so does the incoming claim, driven on
-                // by the maintenance loop.
-                let incoming = self.txn.read(|ipam, _| {
-                    ipam.claim(ns, name)
-                        .is_some_and(|c| c.ip == ip && c.handover.is_some())
-                });
-                if !incoming && let Err(lift) = self.cluster_claims.release_address(ip).await {
-                    warn!(ip = %ip, error = %lift, "cannot lift the fence on a requested address; the publisher removes it");
-                }
-                Err(for_pod(e, ns, name))
-            }
         }
     }
 

@@ -62,6 +62,7 @@ pub fn pool(
                 since_ms,
             })
             .collect(),
+        maintenance: None,
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use proto::wire::{IpState, PoolView, Request, Response};
+use proto::wire::{IpState, MaintenanceView, PoolView, Request, Response};
 
 /// Output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -43,10 +43,25 @@ pub fn run(args: PoolArgs) -> Result<(), String> {
             for c in &view.conditions {
                 text.push_str(&format!("\ncondition {}: {}", c.kind, c.message));
             }
+            if let Some(m) = view.maintenance {
+                text.push_str(&maintenance_line(m));
+            }
             text
         }
     };
     writeln!(std::io::stdout().lock(), "{text}").map_err(|e| e.to_string())
+}
+
+/// The maintenance loop's line under the table.
+fn maintenance_line(m: MaintenanceView) -> String {
+    match m.asleep_until_ms {
+        Some(at) => format!(
+            "\nmaintenance: {} rounds, asleep until {}",
+            m.rounds,
+            crate::kube::objects::rfc3339(at)
+        ),
+        None => format!("\nmaintenance: {} rounds, a round runs", m.rounds),
+    }
 }
 
 fn table(view: &PoolView) -> String {
@@ -129,6 +144,7 @@ mod tests {
                 ],
             }],
             conditions: Vec::new(),
+            maintenance: None,
         };
         let t = table(&view);
         let lines: Vec<&str> = t.lines().collect();

@@ -373,6 +373,7 @@ mod tests {
         let pool = PoolView {
             enis: vec![],
             conditions: vec![],
+            maintenance: None,
         };
         let d = desired("ins-1", Some(&info()), &[], &pool, &[]);
         assert_eq!(d.node, NodeEniConfigStatus::default());
@@ -388,6 +389,7 @@ mod tests {
                 message: "quota reached".into(),
                 since_ms: 1_700_000_000_000,
             }],
+            maintenance: None,
         };
         let d = desired("ins-1", Some(&info()), &[], &pool, &[]);
         assert_eq!(d.node.conditions.len(), 1);
@@ -448,6 +450,7 @@ mod tests {
                 },
             ],
             conditions: vec![],
+            maintenance: None,
         };
         let d = desired("ins-1", Some(&info()), &[], &pool, &[]);
         assert_eq!(
@@ -477,6 +480,7 @@ mod tests {
         let pool = PoolView {
             enis: vec![],
             conditions: vec![],
+            maintenance: None,
         };
         let d = desired("ins-1", Some(&info()), &[], &pool, &claims);
         let web = &d.claims[&("default".to_string(), "web-0".to_string())];

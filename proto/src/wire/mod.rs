@@ -338,6 +338,22 @@ pub struct PoolView {
     /// Conditions the agent is in, such as `ENILimit`.
     #[serde(default)]
     pub conditions: Vec<ConditionView>,
+    /// The maintenance loop (growth, give-back, expiry, moves); `None`
+    /// when it does not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceView>,
+}
+
+/// Where the maintenance loop is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceView {
+    /// Rounds finished since the agent started.
+    pub rounds: u64,
+    /// While it sleeps with nothing asked of it: when it wakes for its next
+    /// round (Unix ms, the agent's clock); `None` while a round runs or
+    /// one is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asleep_until_ms: Option<u64>,
 }
 
 /// A condition of the node's pool.

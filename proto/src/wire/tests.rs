@@ -124,6 +124,7 @@ fn replies_round_trip() {
                 message: "quota".into(),
                 since_ms: 1,
             }],
+            maintenance: None,
         })),
         Err(AgentError::new(ErrorKind::NoIpAvailable, "empty")),
     ];

@@ -21,6 +21,10 @@ pub(super) struct RecordingClaims {
     pub(super) taken: Mutex<Vec<String>>,
     /// What `word` answers; `None`: unknown.
     pub(super) word: Mutex<Option<crate::ipam::Word>>,
+    /// Words asked for so far, and what each answer waits for first
+    /// (`None`: answered at once).
+    pub(super) words_asked: std::sync::atomic::AtomicUsize,
+    pub(super) word_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
     /// Claims given back (namespace/name to node).
     pub(super) given_back: Mutex<Vec<String>>,
 }
@@ -114,7 +118,15 @@ impl ClusterClaims for RecordingClaims {
             .expect("lock")
             .clone()
             .unwrap_or(crate::ipam::Word::Unknown);
-        Box::pin(async move { Ok(word) })
+        let gate = self.word_gate.lock().expect("lock").clone();
+        self.words_asked
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            if let Some(gate) = gate {
+                gate.notified().await;
+            }
+            Ok(word)
+        })
     }
 
     fn give_back<'a>(

@@ -1,5 +1,5 @@
+use super::claims::eventually;
 use super::*;
-use crate::agent::eni::REFILL_DELAY;
 
 #[tokio::test]
 async fn restart_restores_allocations_and_adopts_unknown_enis() {
@@ -444,8 +444,7 @@ async fn with_the_maintenance_loop_a_burst_is_served_as_ips_arrive_and_nothing_i
         "the loop grew for all waiting ADDs at once: {calls} growth calls"
     );
     // Right after the burst the spare IPs stay (a burst comes in waves).
-    agent.pool_changed.notify_one();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    one_more_round(&agent).await;
     let counts = agent.txn.read(|ipam, now| ipam.counts(now));
     assert_eq!(counts.allocated, 30);
     assert!(
@@ -460,15 +459,27 @@ fn rounds(agent: &TestAgent) -> u64 {
     agent.growth_rounds.borrow().count
 }
 
-/// Waits up to 5 s for `done`.
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+/// Waits until the maintenance loop sleeps with nothing asked of it;
+/// the rounds it finished.
+async fn loop_asleep(agent: &TestAgent) -> u64 {
+    let asleep = || {
+        agent
+            .maintenance_view()
+            .filter(|m| m.asleep_until_ms.is_some())
+    };
+    eventually("the maintenance loop asleep", || asleep().is_some()).await;
+    asleep().map_or(0, |m| m.rounds)
+}
+
+/// One whole maintenance round from here: the loop asleep, woken, and
+/// that round finished.
+async fn one_more_round(agent: &TestAgent) {
+    let before = loop_asleep(agent).await;
+    agent.pool_changed.notify_one();
+    eventually("the round after the wake-up", || {
+        agent.maintenance_view().is_some_and(|m| m.rounds > before)
     })
-    .await
-    .unwrap_or_else(|_| panic!("not within 5 s: {what}"));
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,20 +511,14 @@ async fn an_add_on_a_pool_above_its_targets_costs_no_cloud_call() {
     // also wakes to give freed memory back (once a second, process-wide,
     // so other agents of this test process wake it too).
     let calls = || agent.cloud.growth_calls.load(Ordering::SeqCst);
-    // Whatever the start asked for is done: no call for a while.
-    let mut before = calls();
-    loop {
-        tokio::time::sleep(REFILL_DELAY * 3).await;
-        let now = calls();
-        if now == before {
-            break;
-        }
-        before = now;
-    }
+    // Whatever the start asked for is done once the loop sleeps.
+    loop_asleep(&agent).await;
+    let before = calls();
     for i in 0..3 {
         add(&agent, &format!("calm{i}")).await;
     }
-    tokio::time::sleep(REFILL_DELAY * 4).await;
+    // A round that runs after the ADDs grows nothing.
+    one_more_round(&agent).await;
     assert_eq!(
         calls(),
         before,

@@ -7,7 +7,8 @@
 use std::sync::atomic::Ordering as AtomicOrdering;
 
 use super::claims::{
-    RecordingClaims, cloud_has, held_on_another_node, static_add_req, with_claims, with_claims_on,
+    RecordingClaims, cloud_has, eventually, held_on_another_node, static_add_req, with_claims,
+    with_claims_on,
 };
 use super::*;
 use crate::cluster_claims::{HeldElsewhere, TakeOver};
@@ -349,4 +350,94 @@ async fn hole_2_an_emptied_store_rebuilds_its_static_claims_from_the_cluster() {
         Ok(Response::Added(r)) => assert_eq!(r.ip, ip),
         other => panic!("ADD with the rebuilt claim: {other:?}"),
     }
+}
+
+/// A wall-clock deadline `ms` from now, as the plugin sets it.
+fn deadline_in(ms: u64) -> Option<u64> {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    Some(wall + ms)
+}
+
+/// Hole 7: a static pod's ADD, which checks its address with the cloud
+/// under the grow lock, waits for that lock no longer than its caller's
+/// deadline. A maintenance round stuck behind a throttling cloud holds the
+/// lock here; before, every such ADD held a serving thread until the round
+/// ended.
+#[tokio::test]
+async fn hole_7_a_static_add_waits_for_the_growth_lock_no_longer_than_its_deadline() {
+    let claims = Arc::new(RecordingClaims::default());
+    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
+    let ip = match a.handle(static_add_req("s1", "web-0"), None).await {
+        Ok(Response::Added(r)) => r.ip,
+        other => panic!("ADD: {other:?}"),
+    };
+    a.handle(del_req("s1"), None).await.expect("DEL");
+    let round = a.grow_lock.lock().await;
+    let Request::Add(mut req) = static_add_req("s2", "web-0") else {
+        unreachable!("an ADD")
+    };
+    req.deadline_ms = deadline_in(300);
+    let started = std::time::Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(10), a.handle(Request::Add(req), None))
+        .await
+        .expect("answered, not left waiting for the round")
+        .expect_err("the round holds the lock past the deadline");
+    assert_eq!(e.kind, ErrorKind::NotReady, "{e:?}");
+    assert!(e.message.contains("deadline"), "{}", e.message);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        matches!(a.pool().ip_use(&ip, u64::MAX), IpUse::Reserved(_)),
+        "the claim stays reserved for the retry"
+    );
+    drop(round);
+    match a.handle(static_add_req("s3", "web-0"), None).await {
+        Ok(Response::Added(r)) => assert_eq!(r.ip, ip, "the retry binds the same address"),
+        other => panic!("ADD retried: {other:?}"),
+    }
+}
+
+/// Hole 7: the maintenance loop asks the cluster about the claims between
+/// nodes before it takes the grow lock, so an API server slow to answer
+/// never holds up the pool's growth (nor the ADDs waiting on it).
+#[tokio::test]
+async fn hole_7_the_cluster_is_asked_about_moves_without_the_growth_lock() {
+    let claims = Arc::new(RecordingClaims::default());
+    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
+    add(&a, "plain").await;
+    let held = held_on_another_node(&a).await;
+    *claims.answer.lock().expect("lock") = Some(Ok(Some(held.clone())));
+    *claims.take.lock().expect("lock") = taken(&held);
+    a.cloud.fail_next_move.store(true, AtomicOrdering::SeqCst);
+    a.handle(static_add_req("s1", "web-0"), None)
+        .await
+        .expect_err("not moved yet");
+    assert_eq!(
+        a.pool().claim("default", "web-0").expect("claim").phase(),
+        ClaimPhase::Moving
+    );
+    *claims.word.lock().expect("lock") = Some(Word::Here);
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *claims.word_gate.lock().expect("lock") = Some(Arc::clone(&gate));
+    let asked = claims.words_asked.load(AtomicOrdering::SeqCst);
+    let observer = async {
+        eventually("the loop asks the cluster", || {
+            claims.words_asked.load(AtomicOrdering::SeqCst) > asked
+        })
+        .await;
+        let free = a.grow_lock.try_lock().is_ok();
+        gate.notify_one();
+        free
+    };
+    let (driven, free) = tokio::join!(a.drive_handovers(), observer);
+    assert!(
+        free,
+        "the grow lock was held while the API server was asked"
+    );
+    driven.expect("drive");
+    let claim = a.pool().claim("default", "web-0").cloned().expect("claim");
+    assert_eq!(claim.phase(), ClaimPhase::Reserved, "moved here after all");
+    assert_eq!(cloud_has(&a, held.ip).await, [claim.eni_id]);
 }

@@ -248,3 +248,36 @@ async fn a_crash_between_the_assign_and_the_commit_leaks_nothing() {
             .is_some_and(|c| c.requested)
     );
 }
+
+/// Hole 7: a pod asking for an address waits for the grow lock (held by a
+/// maintenance round stuck behind a throttling cloud here) no longer than
+/// its caller's deadline, and nothing is reserved for it meanwhile.
+#[tokio::test]
+async fn hole_7_a_requested_address_waits_for_the_growth_lock_no_longer_than_the_deadline() {
+    let h = harness().await;
+    let round = h.agent.grow_lock.lock().await;
+    let Request::Add(mut req) = requested_req("s1", "web-0", WANTED) else {
+        unreachable!("an ADD")
+    };
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    req.deadline_ms = Some(wall + 300);
+    let e = tokio::time::timeout(
+        Duration::from_secs(10),
+        h.agent.handle(Request::Add(req), None),
+    )
+    .await
+    .expect("answered, not left waiting for the round")
+    .expect_err("the round holds the lock past the deadline");
+    assert_eq!(e.kind, ErrorKind::NotReady, "{e:?}");
+    assert!(e.message.contains("deadline"), "{}", e.message);
+    assert!(h.agent.pool().claim("default", "web-0").is_none());
+    assert_eq!(enis_with(&h.agent, WANTED).await, 0);
+    drop(round);
+    let r = request(&h.agent, "s2", "web-0", WANTED)
+        .await
+        .expect("the retry");
+    assert_eq!(r.ip, WANTED);
+}
