@@ -22,6 +22,18 @@ fn taken(held: &HeldElsewhere) -> Option<Result<TakeOver, String>> {
     })))
 }
 
+/// An agent whose pod web-0 ran once and stopped: its claim reserved
+/// here. With the claim's address.
+async fn reserved_web_0(claims: &Arc<RecordingClaims>) -> (TestAgent, std::net::Ipv4Addr) {
+    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(claims)).await;
+    let ip = match a.handle(static_add_req("s1", "web-0"), None).await {
+        Ok(Response::Added(r)) => r.ip,
+        other => panic!("ADD: {other:?}"),
+    };
+    a.handle(del_req("s1"), None).await.expect("DEL");
+    (a, ip)
+}
+
 /// Every allocation's address, and whether `ip` is among them.
 fn handed_out(a: &TestAgent, ip: std::net::Ipv4Addr) -> bool {
     a.pool().allocations().any(|x| x.ip == ip)
@@ -30,12 +42,7 @@ fn handed_out(a: &TestAgent, ip: std::net::Ipv4Addr) -> bool {
 #[tokio::test]
 async fn hole_handover_an_outgoing_address_is_never_handed_out_before_it_leaves() {
     let claims = Arc::new(RecordingClaims::default());
-    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
-    let ip = match a.handle(static_add_req("s1", "web-0"), None).await {
-        Ok(Response::Added(r)) => r.ip,
-        other => panic!("ADD: {other:?}"),
-    };
-    a.handle(del_req("s1"), None).await.expect("DEL");
+    let (a, ip) = reserved_web_0(&claims).await;
     // Another node takes the claim over; its move has not happened yet.
     assert!(
         a.leave("default", "web-0", "ins-other")
@@ -92,12 +99,7 @@ async fn hole_handover_an_outgoing_address_is_never_handed_out_before_it_leaves(
 #[tokio::test]
 async fn an_outgoing_claim_given_back_is_held_here_again() {
     let claims = Arc::new(RecordingClaims::default());
-    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
-    let ip = match a.handle(static_add_req("s1", "web-0"), None).await {
-        Ok(Response::Added(r)) => r.ip,
-        other => panic!("ADD: {other:?}"),
-    };
-    a.handle(del_req("s1"), None).await.expect("DEL");
+    let (a, ip) = reserved_web_0(&claims).await;
     a.leave("default", "web-0", "ins-other")
         .await
         .expect("leave");
@@ -115,12 +117,7 @@ async fn an_outgoing_claim_given_back_is_held_here_again() {
 #[tokio::test]
 async fn an_outgoing_claim_deleted_in_the_cluster_ends_here_once_its_new_holder_let_go() {
     let claims = Arc::new(RecordingClaims::default());
-    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
-    let ip = match a.handle(static_add_req("s1", "web-0"), None).await {
-        Ok(Response::Added(r)) => r.ip,
-        other => panic!("ADD: {other:?}"),
-    };
-    a.handle(del_req("s1"), None).await.expect("DEL");
+    let (a, ip) = reserved_web_0(&claims).await;
     a.leave("default", "web-0", "ins-other")
         .await
         .expect("leave");
@@ -218,16 +215,13 @@ async fn hole_handover_an_incoming_move_survives_a_crash_and_finishes_without_it
     assert_eq!(cloud_has(&b, ip).await, [claim.eni_id]);
 }
 
-#[tokio::test]
-async fn an_incoming_move_whose_claim_went_elsewhere_is_abandoned_when_nothing_arrived() {
-    let claims = Arc::new(RecordingClaims::default());
-    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
-    add(&a, "plain").await;
-    let held = held_on_another_node(&a).await;
+/// Pod web-0's claim, held on another node, taken over here; its move
+/// failed once (the API did not answer), so it is incoming. Its holder.
+async fn stuck_incoming(a: &TestAgent, claims: &RecordingClaims) -> HeldElsewhere {
+    add(a, "plain").await;
+    let held = held_on_another_node(a).await;
     *claims.answer.lock().expect("lock") = Some(Ok(Some(held.clone())));
     *claims.take.lock().expect("lock") = taken(&held);
-    // The move fails for now (the API did not answer): it stays
-    // incoming, and the cluster meanwhile names a third node.
     a.cloud.fail_next_move.store(true, AtomicOrdering::SeqCst);
     a.handle(static_add_req("s1", "web-0"), None)
         .await
@@ -236,6 +230,16 @@ async fn an_incoming_move_whose_claim_went_elsewhere_is_abandoned_when_nothing_a
         a.pool().claim("default", "web-0").expect("claim").phase(),
         ClaimPhase::Moving
     );
+    held
+}
+
+#[tokio::test]
+async fn an_incoming_move_whose_claim_went_elsewhere_is_abandoned_when_nothing_arrived() {
+    let claims = Arc::new(RecordingClaims::default());
+    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
+    // The move fails for now (the API did not answer): it stays
+    // incoming, and the cluster meanwhile names a third node.
+    let held = stuck_incoming(&a, &claims).await;
     *claims.word.lock().expect("lock") = Some(Word::Other("ins-third".into()));
     a.drive_handovers().await.expect("drive");
     assert!(a.pool().claim("default", "web-0").is_none(), "abandoned");
@@ -369,12 +373,7 @@ fn deadline_in(ms: u64) -> Option<u64> {
 #[tokio::test]
 async fn hole_7_a_static_add_waits_for_the_growth_lock_no_longer_than_its_deadline() {
     let claims = Arc::new(RecordingClaims::default());
-    let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
-    let ip = match a.handle(static_add_req("s1", "web-0"), None).await {
-        Ok(Response::Added(r)) => r.ip,
-        other => panic!("ADD: {other:?}"),
-    };
-    a.handle(del_req("s1"), None).await.expect("DEL");
+    let (a, ip) = reserved_web_0(&claims).await;
     let round = a.grow_lock.lock().await;
     let Request::Add(mut req) = static_add_req("s2", "web-0") else {
         unreachable!("an ADD")
@@ -406,18 +405,7 @@ async fn hole_7_a_static_add_waits_for_the_growth_lock_no_longer_than_its_deadli
 async fn hole_7_the_cluster_is_asked_about_moves_without_the_growth_lock() {
     let claims = Arc::new(RecordingClaims::default());
     let a = with_claims(Box::new(MemoryStore::default()), Arc::clone(&claims)).await;
-    add(&a, "plain").await;
-    let held = held_on_another_node(&a).await;
-    *claims.answer.lock().expect("lock") = Some(Ok(Some(held.clone())));
-    *claims.take.lock().expect("lock") = taken(&held);
-    a.cloud.fail_next_move.store(true, AtomicOrdering::SeqCst);
-    a.handle(static_add_req("s1", "web-0"), None)
-        .await
-        .expect_err("not moved yet");
-    assert_eq!(
-        a.pool().claim("default", "web-0").expect("claim").phase(),
-        ClaimPhase::Moving
-    );
+    let held = stuck_incoming(&a, &claims).await;
     *claims.word.lock().expect("lock") = Some(Word::Here);
     let gate = Arc::new(tokio::sync::Notify::new());
     *claims.word_gate.lock().expect("lock") = Some(Arc::clone(&gate));
