@@ -223,7 +223,8 @@ impl Cluster {
             out.push_str(&self.try_kubectl(args, None).unwrap_or_else(|e| e));
             out.push('\n');
         }
-        for n in (0..).take_while(|n| self.env.contains_key(&format!("NODE{n}_INSTANCE"))) {
+        // Nodes are numbered from 1, as `vpc-sim up` writes them.
+        for n in (1..).take_while(|n| self.env.contains_key(&format!("NODE{n}_INSTANCE"))) {
             let log = self.agent_log(n);
             let lines: Vec<&str> = log.lines().collect();
             out.push_str(&format!("--- agent log of node {n} (last 80 lines)\n"));
@@ -369,6 +370,22 @@ impl Cluster {
             Ok(Ok(Response::Pool(view))) => view,
             other => panic!("pool: {other:?}"),
         }
+    }
+
+    /// Waits until node `n`'s maintenance loop has finished `more` rounds
+    /// from now: what "a few ticks later" means, without guessing a sleep.
+    pub fn wait_for_rounds(&self, n: usize, more: u64, limit: Duration) {
+        let rounds = || {
+            self.try_pool(n)
+                .and_then(|p| p.maintenance)
+                .map(|m| m.rounds)
+        };
+        let start = rounds().unwrap_or(0);
+        self.wait_until(
+            &format!("{more} maintenance rounds on node {n}"),
+            limit,
+            || rounds().is_some_and(|r| r >= start + more),
+        );
     }
 
     /// The allocations of node `n`'s agent: (pod name, container id, IP).

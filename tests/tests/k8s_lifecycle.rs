@@ -182,7 +182,7 @@ fn k8s_a_reserved_static_ip_expires_and_returns_to_the_pool() {
         })
     });
     // Several maintenance ticks later, it is still there: not expired.
-    std::thread::sleep(Duration::from_secs(3));
+    c.wait_for_rounds(1, 3, WAIT);
     assert!(
         phase_is(&c, "exp-0", "Reserved"),
         "not expired before its time"
