@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bench::pct;
 use node_agent::agent::{Agent, AgentConfig};
 use node_agent::cloud::TencentCloud;
-use node_agent::cloud::tencent::{Credentials, Identity, Settings};
+use node_agent::cloud::tencent::{CredentialSource, Credentials, Identity, Settings};
 use node_agent::dataplane::FakeDataplane;
 use node_agent::server::Handler;
 use node_agent::store::MemoryStore;
@@ -213,11 +213,11 @@ async fn run(a: &Args, address: &str, credentials: &SimCredentials) -> Vec<Optio
         let settings = Settings {
             endpoint: format!("http://{address}"),
             region: vpc_sim::api::REGION.to_string(),
-            credentials: Credentials {
+            credentials: CredentialSource::Fixed(Credentials {
                 secret_id: credentials.secret_id.clone(),
                 secret_key: credentials.secret_key.clone(),
                 token: None,
-            },
+            }),
             qps: a.cloud_qps,
             timeout: Duration::from_secs(10),
             identity: Identity {

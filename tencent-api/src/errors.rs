@@ -12,6 +12,9 @@ pub enum Kind {
     SignatureExpired,
     /// The SecretId is unknown.
     SecretIdNotFound,
+    /// Temporary credentials whose token is missing, wrong or expired
+    /// (`AuthFailure.TokenFailure`): new ones are to be fetched.
+    TokenFailure,
     /// Too many requests (`RequestLimitExceeded`): retry later.
     Throttled,
     /// The VPC's ENI quota is used up.
@@ -48,6 +51,7 @@ const TABLE: &[(Kind, &str)] = &[
     (Kind::SignatureFailure, "AuthFailure.SignatureFailure"),
     (Kind::SignatureExpired, "AuthFailure.SignatureExpire"),
     (Kind::SecretIdNotFound, "AuthFailure.SecretIdNotFound"),
+    (Kind::TokenFailure, "AuthFailure.TokenFailure"),
     (Kind::Throttled, "RequestLimitExceeded"),
     (
         Kind::EniQuotaExceeded,

@@ -1,9 +1,12 @@
 """Drives the vpc-sim emulator with Tencent Cloud's official Python SDK
-through a full ENI lifecycle, and checks that a request signed with the
-wrong key is refused. Usage: vpc_lifecycle.py ADDRESS SECRET_ID SECRET_KEY
+through a full ENI lifecycle, checks that a request signed with the wrong
+key is refused, and signs with the temporary credentials of the instance's
+CAM role (from the emulator's metadata service) as a CVM instance would.
+Usage: vpc_lifecycle.py ADDRESS SECRET_ID SECRET_KEY
 """
 import json
 import sys
+import urllib.request
 
 from tencentcloud.common import credential
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
@@ -88,5 +91,21 @@ try:
     raise AssertionError("a request signed with the wrong key was accepted")
 except TencentCloudSDKException as e:
     assert e.get_code() == "AuthFailure.SignatureFailure", e.get_code()
+
+# The instance's CAM role, as CVM's metadata service serves it.
+meta = f"http://{address}/ins-sim0001/latest/meta-data/cam/security-credentials/"
+role = urllib.request.urlopen(meta).read().decode().strip()
+tmp = json.loads(urllib.request.urlopen(meta + role).read())
+assert tmp["Code"] == "Success" and tmp["ExpiredTime"] > 0, tmp
+temporary = vpc_client.VpcClient(
+    credential.Credential(tmp["TmpSecretId"], tmp["TmpSecretKey"], tmp["Token"]), "sim-region-1", profile)
+assert temporary.DescribeSubnets(models.DescribeSubnetsRequest()).TotalCount >= 1
+try:
+    vpc_client.VpcClient(
+        credential.Credential(tmp["TmpSecretId"], tmp["TmpSecretKey"], "not-the-token"), "sim-region-1", profile,
+    ).DescribeSubnets(models.DescribeSubnetsRequest())
+    raise AssertionError("temporary credentials with a wrong token were accepted")
+except TencentCloudSDKException as e:
+    assert e.get_code() == "AuthFailure.TokenFailure", e.get_code()
 
 print("sdk lifecycle: ok")

@@ -102,8 +102,9 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
         .map_err(|e| format!("tokio runtime: {e}"))?;
     runtime.block_on(async move {
         let client = crate::kube::connect(args.kubeconfig.as_deref()).await?;
-        let credentials = tencent::load_credentials(args.credentials_file.as_deref())
-            .map_err(|e| e.to_string())?;
+        let credentials =
+            tencent::credential_source(args.credentials_file.as_deref(), &args.metadata_url)
+                .map_err(|e| e.to_string())?;
         let known = Identity {
             instance_id: "cluster".into(),
             zone: "-".into(),

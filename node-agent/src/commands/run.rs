@@ -263,7 +263,8 @@ async fn serve(args: RunArgs) -> Result<(), String> {
 /// or the metadata service.
 async fn cloud(args: &RunArgs) -> Result<TencentCloud, String> {
     let credentials =
-        tencent::load_credentials(args.credentials_file.as_deref()).map_err(|e| e.to_string())?;
+        tencent::credential_source(args.credentials_file.as_deref(), &args.metadata_url)
+            .map_err(|e| e.to_string())?;
     let known = Identity {
         instance_id: args.instance_id.clone().unwrap_or_default(),
         zone: args.zone.clone().unwrap_or_default(),

@@ -24,6 +24,18 @@ pub fn answer(
     peer: Option<IpAddr>,
     clients: &HashMap<IpAddr, String>,
 ) -> Option<String> {
+    let (instance, key) = caller(world, path, peer, clients)?;
+    world.view(|w| in_world(w, &instance, &key)).ok()?
+}
+
+/// The instance a metadata request `path` is answered for, and the key it
+/// asks (what follows `latest/meta-data/`).
+pub fn caller(
+    world: &SharedWorld,
+    path: &str,
+    peer: Option<IpAddr>,
+    clients: &HashMap<IpAddr, String>,
+) -> Option<(String, String)> {
     world
         .view(|w| {
             let (instance, key) = match path.strip_prefix("/latest/meta-data/") {
@@ -49,7 +61,10 @@ pub fn answer(
                     )
                 }
             };
-            in_world(w, &instance, key)
+            w.vpc
+                .instances
+                .contains_key(&instance)
+                .then(|| (instance, key.to_string()))
         })
         .ok()?
 }

@@ -7,6 +7,7 @@
 //! puts it behind a listener.
 
 mod actions;
+pub mod cam;
 pub mod http;
 pub mod limits;
 mod metadata;
@@ -131,6 +132,8 @@ pub struct Emulator {
     /// The API's documented limits (rates per action, addresses per call).
     limits: ApiLimits,
     limiter: RateLimiter,
+    /// The instances' CAM role and its temporary credentials.
+    cam: cam::Cam,
     clock: fn() -> u64,
 }
 
@@ -152,8 +155,16 @@ impl Emulator {
             metadata_clients: HashMap::new(),
             limits: ApiLimits::unlimited(),
             limiter: RateLimiter::default(),
+            cam: cam::Cam::new(cam::DEFAULT_LIFETIME_SECS),
             clock: unix_now,
         }
+    }
+
+    /// The same emulator, its temporary credentials (the instances' CAM
+    /// role, from the metadata service) valid for `secs`.
+    pub fn credential_lifetime(mut self, secs: u64) -> Emulator {
+        self.cam = cam::Cam::new(secs);
+        self
     }
 
     /// The same emulator, enforcing `limits`: each action's request rate
@@ -247,6 +258,18 @@ impl Emulator {
                 Err(e) => text_response(400, &format!("bad faults: {e}")),
             },
             ("GET", path) => {
+                let role = metadata::caller(&self.world, path, req.peer, &self.metadata_clients)
+                    .and_then(|(instance, key)| {
+                        let rest = key.strip_prefix("cam/security-credentials")?;
+                        let rest = rest.strip_prefix('/').unwrap_or(rest);
+                        Some(self.cam.metadata(rest, &instance, (self.clock)()))
+                    });
+                if let Some(answer) = role {
+                    return match answer {
+                        Some(text) => text_response(200, &text),
+                        None => text_response(404, "not found"),
+                    };
+                }
                 match metadata::answer(&self.world, path, req.peer, &self.metadata_clients) {
                     Some(text) => text_response(200, &text),
                     None => text_response(404, "not found"),
@@ -349,12 +372,24 @@ impl Emulator {
         }
         let auth = sign::Authorization::parse(header("authorization").unwrap_or_default())
             .map_err(|e| ApiError::new(Kind::SignatureFailure, e.to_string()))?;
-        if auth.secret_id != self.credentials.secret_id {
-            return Err(ApiError::new(
-                Kind::SecretIdNotFound,
-                "the SecretId is not found",
-            ));
-        }
+        // The long-term key, or temporary credentials of the instances'
+        // role (with their token, before their expiry).
+        let secret_key =
+            match self
+                .cam
+                .verify(&auth.secret_id, header("x-tc-token"), (self.clock)())
+            {
+                Some(temporary) => temporary?,
+                None if auth.secret_id == self.credentials.secret_id => {
+                    self.credentials.secret_key.clone()
+                }
+                None => {
+                    return Err(ApiError::new(
+                        Kind::SecretIdNotFound,
+                        "the SecretId is not found",
+                    ));
+                }
+            };
         let signed = sign::Request {
             service: &auth.service,
             host: header("host").unwrap_or_default(),
@@ -364,7 +399,7 @@ impl Emulator {
         };
         if auth.signed_headers != sign::SIGNED_HEADERS
             || auth.date != signed.date()
-            || signed.signature(&self.credentials.secret_key) != auth.signature
+            || signed.signature(&secret_key) != auth.signature
         {
             return Err(ApiError::new(
                 Kind::SignatureFailure,

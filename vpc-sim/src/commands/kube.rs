@@ -21,8 +21,6 @@ use super::up::{Sim, UpArgs, world_file};
 pub const NAMESPACE: &str = "vpc-cni-system";
 /// The DaemonSet in `deploy/`.
 pub const DAEMONSET: &str = "vpc-cni-agent";
-/// The Secret the DaemonSet reads the cloud credentials from.
-pub const SECRET: &str = "vpc-cni-credentials";
 /// The label of the agent's pods.
 pub const AGENT_LABEL: &str = "app.kubernetes.io/name=vpc-cni-agent";
 
@@ -311,23 +309,14 @@ fn install(
     let deploy = deploy_dir();
     let started = Instant::now();
     say(&format!(
-        "==> installing vpc-cni from {}: namespace, Secret {SECRET}, ConfigMap values, kubectl apply -f deploy/",
+        "==> installing vpc-cni from {}: namespace, ConfigMap values, kubectl apply -f deploy/ \
+         (no Secret: the instances' CAM role gives the credentials)",
         deploy.display()
     ));
     kubectl.run(&[
         "apply",
         "-f",
         &deploy.join("00-namespace.yaml").to_string_lossy(),
-    ])?;
-    let credentials = super::up::credentials_file(dir);
-    kubectl.run(&[
-        "-n",
-        NAMESPACE,
-        "create",
-        "secret",
-        "generic",
-        SECRET,
-        &format!("--from-env-file={}", credentials.display()),
     ])?;
     // The copy a user would edit: the ConfigMap's values for this cluster.
     let edited = k8s::cluster_dir(dir).join("deploy");

@@ -76,6 +76,11 @@ pub struct ServeArgs {
     /// primary IPs. Repeatable.
     #[arg(long = "metadata-client", value_parser = metadata_client)]
     pub metadata_clients: Vec<(std::net::IpAddr, String)>,
+    /// How long the temporary credentials of the instances' CAM role
+    /// (`cam/security-credentials/vpc-cni-role` of the metadata service)
+    /// are valid, in seconds; refused after, rotated when a third is left.
+    #[arg(long, default_value_t = vpc_sim::api::cam::DEFAULT_LIFETIME_SECS)]
+    pub credential_lifetime: u64,
 }
 
 fn metadata_client(s: &str) -> Result<(std::net::IpAddr, String), String> {
@@ -110,7 +115,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             .limited(limits)
             .failing(args.fail_actions.clone())
             .dropping(args.drop_responses.clone(), args.drop_every)
-            .metadata_clients(args.metadata_clients.iter().cloned().collect()),
+            .metadata_clients(args.metadata_clients.iter().cloned().collect())
+            .credential_lifetime(args.credential_lifetime),
     );
     let (bound, server) = vpc_sim::api::http::listen(&args.listen)?;
     if let Some(file) = &args.address_file {

@@ -208,9 +208,10 @@ fn typed(kind: Kind, message: String) -> CloudError {
             CloudError::InvalidState(message)
         }
         Kind::Throttled => CloudError::Throttled(message),
-        Kind::SignatureFailure | Kind::SignatureExpired | Kind::SecretIdNotFound => {
-            CloudError::Auth(message)
-        }
+        Kind::SignatureFailure
+        | Kind::SignatureExpired
+        | Kind::SecretIdNotFound
+        | Kind::TokenFailure => CloudError::Auth(message),
         Kind::Internal | Kind::Other => CloudError::Other(message),
     }
 }

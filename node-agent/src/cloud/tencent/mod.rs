@@ -5,6 +5,7 @@
 //! are safe to retry: a create carries a `ClientToken`, and an assign or
 //! attach whose answer was lost looks at the ENI before it is sent again.
 
+mod credentials;
 mod decode;
 mod once;
 mod retry;
@@ -12,11 +13,11 @@ mod retry;
 mod tests;
 mod transport;
 
+pub use credentials::{CredentialSource, Credentials, source as credential_source};
 pub use decode::{
     best_subnet as decode_best_subnet, eni as decode_eni,
     instance_limits as decode_instance_limits, response as decode_response,
 };
-pub use transport::Credentials;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -54,8 +55,8 @@ pub struct Settings {
     pub endpoint: String,
     /// Region, such as `ap-guangzhou`.
     pub region: String,
-    /// Key pair.
-    pub credentials: Credentials,
+    /// Where the credentials come from.
+    pub credentials: CredentialSource,
     /// Client-side rate limit, calls per second (0: none).
     pub qps: f64,
     /// Timeout of one HTTP exchange.
@@ -114,35 +115,6 @@ impl TencentCloud {
         tokio::task::spawn_blocking(move || work(&transport))
             .await
             .map_err(|e| CloudError::Other(format!("{action}: {e}")))?
-    }
-}
-
-/// The key pair: from `file` (`SecretId=`, `SecretKey=`, optional `Token=`
-/// lines) or from TENCENTCLOUD_SECRET_ID, TENCENTCLOUD_SECRET_KEY and
-/// TENCENTCLOUD_SESSION_TOKEN.
-pub fn load_credentials(file: Option<&std::path::Path>) -> Result<Credentials, CloudError> {
-    let (id, key, token) = match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| CloudError::Auth(format!("{}: {e}", path.display())))?;
-            let get = |k: &str| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
-                    .map(|v| v.trim().to_string())
-            };
-            (get("SecretId"), get("SecretKey"), get("Token"))
-        }
-        None => (
-            std::env::var("TENCENTCLOUD_SECRET_ID").ok(),
-            std::env::var("TENCENTCLOUD_SECRET_KEY").ok(),
-            std::env::var("TENCENTCLOUD_SESSION_TOKEN").ok(),
-        ),
-    };
-    match (id.filter(|s| !s.is_empty()), key.filter(|s| !s.is_empty())) {
-        (Some(secret_id), Some(secret_key)) => Ok(Credentials { secret_id, secret_key, token: token.filter(|t| !t.is_empty()) }),
-        _ => Err(CloudError::Auth(
-            "no credentials: give --credentials-file or set TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY".into(),
-        )),
     }
 }
 

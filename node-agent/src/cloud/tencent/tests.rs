@@ -90,11 +90,11 @@ fn client_with_timeout(
     TencentCloud::new(Settings {
         endpoint: format!("http://{}", e.address),
         region: identity.region.clone(),
-        credentials: Credentials {
+        credentials: CredentialSource::Fixed(Credentials {
             secret_id: "AKIDclient".into(),
             secret_key: secret_key.into(),
             token: None,
-        },
+        }),
         qps: 0.0,
         timeout,
         identity,
@@ -196,6 +196,69 @@ async fn the_primary_enis_mac_comes_from_the_metadata_service() {
         .expect("a primary ENI");
     assert_eq!(mac, primary.mac);
     assert_eq!(mac, mac.to_ascii_lowercase());
+}
+
+/// Without a key the client uses the instance's CAM role: temporary
+/// credentials from the metadata service, replaced before they expire
+/// (here after 3 s), so calls go on working past the first ones' expiry,
+/// which the API then refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_the_instances_role_is_used_and_its_credentials_renewed() {
+    let e = emulator(&["--credential-lifetime", "3"]);
+    let metadata = format!("http://{}/ins-sim0001", e.address);
+    let identity = identity_from_metadata(&metadata, Identity::default(), Duration::from_secs(5))
+        .expect("metadata");
+    let role = TencentCloud::new(Settings {
+        endpoint: format!("http://{}", e.address),
+        region: identity.region.clone(),
+        credentials: CredentialSource::Role {
+            metadata: metadata.clone(),
+        },
+        qps: 0.0,
+        timeout: Duration::from_secs(5),
+        identity,
+        subnets: Vec::new(),
+        cluster: "test".into(),
+    });
+    let first = fetch_role_credentials(&metadata);
+    assert_eq!(role.node().await.expect("node").instance_id, "ins-sim0001");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(4500) {
+        role.list_enis()
+            .await
+            .expect("every call signed with live credentials");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The first ones expired meanwhile: refused by name.
+    let stale = TencentCloud::new(Settings {
+        credentials: CredentialSource::Fixed(first),
+        ..role.settings.as_ref().clone()
+    });
+    match stale.list_enis().await {
+        Err(CloudError::Auth(why)) => assert!(why.contains("expired"), "{why}"),
+        other => panic!("expired credentials accepted: {other:?}"),
+    }
+}
+
+/// The role's credentials as the metadata service at `base` gives them.
+fn fetch_role_credentials(base: &str) -> Credentials {
+    let get = |path: &str| {
+        ureq::get(&format!(
+            "{base}/latest/meta-data/cam/security-credentials/{path}"
+        ))
+        .call()
+        .expect("metadata")
+        .body_mut()
+        .read_to_string()
+        .expect("body")
+    };
+    let role = get("");
+    let v: serde_json::Value = serde_json::from_str(&get(role.trim())).expect("JSON");
+    Credentials {
+        secret_id: v["TmpSecretId"].as_str().expect("id").into(),
+        secret_key: v["TmpSecretKey"].as_str().expect("key").into(),
+        token: v["Token"].as_str().map(str::to_string),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@ use tencent_api::errors::Kind;
 use tencent_api::sign;
 use tracing::{debug, info, warn};
 
+use super::credentials::{CredentialSource, Keyring};
 use super::retry::{AdaptiveRate, RateLimiter, RetryPolicy, jitter_seed, task_poll_delay};
 use crate::cloud::CloudError;
 
@@ -62,25 +63,6 @@ pub enum Confirm<'a> {
     Look(&'a dyn Fn(&Transport) -> Result<Option<bool>, CloudError>),
 }
 
-/// SecretId, SecretKey and an optional session token. Never logged.
-#[derive(Clone)]
-pub struct Credentials {
-    /// SecretId.
-    pub secret_id: String,
-    /// SecretKey.
-    pub secret_key: String,
-    /// Session token of temporary credentials.
-    pub token: Option<String>,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("secret_id", &self.secret_id)
-            .finish_non_exhaustive()
-    }
-}
-
 /// The HTTP side of the client.
 #[derive(Debug)]
 pub struct Transport {
@@ -88,7 +70,7 @@ pub struct Transport {
     endpoint: String,
     host: String,
     region: String,
-    credentials: Credentials,
+    keyring: Keyring,
     limiter: Mutex<RateLimiter>,
     /// The adaptive rate of each action (AIMD on `RequestLimitExceeded`).
     rates: Mutex<HashMap<String, AdaptiveRate>>,
@@ -110,7 +92,7 @@ impl Transport {
     pub fn new(
         endpoint: &str,
         region: &str,
-        credentials: Credentials,
+        credentials: CredentialSource,
         qps: f64,
         timeout: Duration,
     ) -> Transport {
@@ -131,7 +113,7 @@ impl Transport {
             endpoint: endpoint.trim_end_matches('/').to_string() + "/",
             host,
             region: region.to_string(),
-            credentials,
+            keyring: Keyring::new(credentials, timeout),
             limiter: Mutex::new(RateLimiter::new(qps, Instant::now())),
             rates: Mutex::default(),
             qps,
@@ -358,7 +340,12 @@ impl Transport {
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
-        let outcome = self.send(action, params);
+        let mut outcome = self.send(action, params);
+        // Temporary credentials refused (expired, rotated away): sent once
+        // more with new ones; the refused call had no effect.
+        if matches!(outcome, Err((Kind::TokenFailure, _))) && self.keyring.refused() {
+            outcome = self.send(action, params);
+        }
         crate::metrics::cloud_call(action, outcome.as_ref().err().map(|(kind, _)| kind.code()));
         match &outcome {
             Err((Kind::Throttled, _)) => self.rate_of(action, |r| r.on_throttle(Instant::now())),
@@ -377,6 +364,8 @@ impl Transport {
     }
 
     fn send(&self, action: &str, params: &Value) -> Result<Value, (Kind, CloudError)> {
+        // The metadata service not answering is worth a retry.
+        let credentials = self.keyring.current().map_err(|e| (Kind::Internal, e))?;
         let body = serde_json::to_vec(params).expect("JSON values serialise");
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -394,14 +383,14 @@ impl Transport {
             .post(&self.endpoint)
             .header(
                 "Authorization",
-                signed.authorization(&self.credentials.secret_id, &self.credentials.secret_key),
+                signed.authorization(&credentials.secret_id, &credentials.secret_key),
             )
             .header("Content-Type", sign::JSON_CONTENT_TYPE)
             .header("X-TC-Action", action)
             .header("X-TC-Version", VERSION)
             .header("X-TC-Timestamp", timestamp.to_string())
             .header("X-TC-Region", &self.region);
-        if let Some(token) = &self.credentials.token {
+        if let Some(token) = &credentials.token {
             request = request.header("X-TC-Token", token);
         }
         let transient = |e: String| (Kind::Internal, CloudError::Other(e));
