@@ -46,6 +46,18 @@ fn k8s_pod_gets_a_vpc_ip_through_the_kubelet_and_is_deleted_cleanly() {
         .unwrap_or_default()
         .to_string();
     assert!(in_vpc_subnet(&ip), "pod IP {ip:?} not from the VPC subnet");
+    // No key on the node: the agent signs with its instance's CAM role.
+    let ns = c.get("VPC_CNI_NAMESPACE").to_string();
+    assert!(
+        c.try_kubectl(&["-n", &ns, "get", "secret", "vpc-cni-credentials"], None)
+            .is_err(),
+        "the simulation installs without a Secret"
+    );
+    let log = c.agent_log(1);
+    assert!(
+        log.contains("temporary credentials of the instance's role fetched"),
+        "{log}"
+    );
     let held = c.allocations(1);
     assert!(
         held.iter()
