@@ -69,7 +69,7 @@ fn k8s_claims_ips_and_node_configs_are_objects_kubectl_shows_and_deletes() {
         table.starts_with("NAME") && table.contains("STATUS") && table.contains("EXPIRES"),
         "{table}"
     );
-    // The node's ENIs and counts.
+    // The node's ENIs and counts (counts are written every 10 s at most).
     let nec = c.object("nec", &node).expect("NodeEniConfig");
     assert!(
         nec["status"]["enis"]
@@ -77,7 +77,10 @@ fn k8s_claims_ips_and_node_configs_are_objects_kubectl_shows_and_deletes() {
             .is_some_and(|e| !e.is_empty()),
         "{nec}"
     );
-    assert!(nec["status"]["allocated"].as_u64() >= Some(3), "{nec}");
+    c.wait_until("the node's counts", WAIT, || {
+        c.object("nec", &node)
+            .is_some_and(|v| v["status"]["allocated"].as_u64() >= Some(3))
+    });
     // The node's own CLI agrees with kubectl.
     let socket = c.get("NODE1_SOCKET").to_string();
     let claims = match proto::client::call(

@@ -275,6 +275,28 @@ pub struct NodeEniConfigStatus {
     pub conditions: Vec<NodeCondition>,
 }
 
+impl NodeEniConfigStatus {
+    /// The status without what changes with every pod (the IP counts, of
+    /// the node and of each ENI): its ENIs, limits and conditions.
+    pub fn without_counts(&self) -> NodeEniConfigStatus {
+        NodeEniConfigStatus {
+            allocated: None,
+            free: None,
+            cooling: None,
+            reserved: None,
+            enis: self
+                .enis
+                .iter()
+                .map(|e| EniStatus {
+                    allocated: 0,
+                    ..e.clone()
+                })
+                .collect(),
+            ..self.clone()
+        }
+    }
+}
+
 /// A node's limits.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -365,6 +387,47 @@ mod tests {
             "deploy/05-crds.yaml is not what the types generate: run \
              `cargo run -p node-agent -- crds > deploy/05-crds.yaml`"
         );
+    }
+
+    /// The node's status is written at once when its ENIs, limits or
+    /// conditions change, and only now and then when a pod came or went.
+    #[test]
+    fn a_pod_changes_only_the_counts_of_the_node_status() {
+        let eni = EniStatus {
+            id: "eni-1".into(),
+            ips: 9,
+            allocated: 3,
+            ..EniStatus::default()
+        };
+        let before = NodeEniConfigStatus {
+            enis: vec![eni.clone()],
+            allocated: Some(3),
+            free: Some(6),
+            ..NodeEniConfigStatus::default()
+        };
+        let a_pod_more = NodeEniConfigStatus {
+            enis: vec![EniStatus {
+                allocated: 4,
+                ..eni.clone()
+            }],
+            allocated: Some(4),
+            free: Some(5),
+            ..before.clone()
+        };
+        assert_eq!(before.without_counts(), a_pod_more.without_counts());
+        let grown = NodeEniConfigStatus {
+            enis: vec![EniStatus { ips: 18, ..eni }],
+            ..before.clone()
+        };
+        assert_ne!(before.without_counts(), grown.without_counts());
+        let limited = NodeEniConfigStatus {
+            conditions: vec![NodeCondition {
+                type_: "ENILimit".into(),
+                ..NodeCondition::default()
+            }],
+            ..before.clone()
+        };
+        assert_ne!(before.without_counts(), limited.without_counts());
     }
 
     #[test]

@@ -40,6 +40,11 @@ const TICK: Duration = Duration::from_secs(2);
 /// How long an object just written may take to show in the cache before
 /// it is written again.
 const SETTLE: Duration = Duration::from_secs(10);
+/// How often the node's status is written when only its counts changed
+/// (pods came and went): the last counts are written at most this long (and
+/// a tick) after the change; a change of its ENIs, limits or conditions is
+/// written at once.
+const COUNTS_PERIOD: Duration = Duration::from_secs(10);
 /// How long a look-up of a claim's owner may take.
 const OWNER_LOOKUP: Duration = Duration::from_secs(3);
 
@@ -76,6 +81,8 @@ struct Publisher {
     sent_ips: HashMap<String, (VpcIPSpec, Instant)>,
     deleted: HashMap<String, Instant>,
     sent_node: Option<super::crd::NodeEniConfigStatus>,
+    /// When the node's status was last written.
+    node_written: Option<std::time::Instant>,
     conditions: BTreeMap<String, String>,
     deferred: HashSet<String>,
     last: BTreeMap<(String, String), ClaimObject>,
@@ -124,6 +131,7 @@ impl Publisher {
             sent_ips: HashMap::new(),
             deleted: HashMap::new(),
             sent_node: None,
+            node_written: None,
             conditions: BTreeMap::new(),
             deferred: HashSet::new(),
             last: BTreeMap::new(),
