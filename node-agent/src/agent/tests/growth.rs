@@ -129,14 +129,10 @@ async fn hole_7_an_add_waiting_for_growth_is_cut_off_at_the_callers_deadline() {
     // The maintenance loop grows (it is running), but its round never
     // ends: the ADD can only wait.
     h.agent.loop_grows.store(true, Ordering::SeqCst);
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
     let Request::Add(mut req) = add_req("waits") else {
         unreachable!("an ADD")
     };
-    req.deadline_ms = Some(wall + 300);
+    req.deadline_ms = deadline_in(300);
     let started = std::time::Instant::now();
     let answer = tokio::time::timeout(
         Duration::from_secs(10),

@@ -356,15 +356,6 @@ async fn hole_2_an_emptied_store_rebuilds_its_static_claims_from_the_cluster() {
     }
 }
 
-/// A wall-clock deadline `ms` from now, as the plugin sets it.
-fn deadline_in(ms: u64) -> Option<u64> {
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
-    Some(wall + ms)
-}
-
 /// Hole 7: a static pod's ADD, which checks its address with the cloud
 /// under the grow lock, waits for that lock no longer than its caller's
 /// deadline. A maintenance round stuck behind a throttling cloud holds the

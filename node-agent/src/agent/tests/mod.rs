@@ -123,3 +123,12 @@ fn allocated(a: &TestAgent) -> Vec<(String, std::net::Ipv4Addr)> {
     v.sort();
     v
 }
+
+/// A wall-clock deadline `ms` from now, as the plugin sets it.
+fn deadline_in(ms: u64) -> Option<u64> {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    Some(wall + ms)
+}

@@ -259,11 +259,7 @@ async fn hole_7_a_requested_address_waits_for_the_growth_lock_no_longer_than_the
     let Request::Add(mut req) = requested_req("s1", "web-0", WANTED) else {
         unreachable!("an ADD")
     };
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
-    req.deadline_ms = Some(wall + 300);
+    req.deadline_ms = deadline_in(300);
     let e = tokio::time::timeout(
         Duration::from_secs(10),
         h.agent.handle(Request::Add(req), None),
