@@ -58,7 +58,7 @@ fn maintenance_line(m: MaintenanceView) -> String {
         Some(at) => format!(
             "\nmaintenance: {} rounds, asleep until {}",
             m.rounds,
-            crate::kube::objects::rfc3339(at)
+            tencent_api::sign::utc_datetime(at / 1000).replace(' ', "T") + "Z"
         ),
         None => format!("\nmaintenance: {} rounds, a round runs", m.rounds),
     }
@@ -113,6 +113,26 @@ mod tests {
     use super::*;
     use proto::wire::{AttachmentKey, EniView, IpView, PodRef};
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn the_maintenance_line_says_when_the_loop_wakes_or_that_it_runs() {
+        let asleep = MaintenanceView {
+            rounds: 12,
+            asleep_until_ms: Some(1_796_311_267_000),
+        };
+        assert_eq!(
+            maintenance_line(asleep),
+            "\nmaintenance: 12 rounds, asleep until 2026-12-03T15:21:07Z"
+        );
+        let running = MaintenanceView {
+            rounds: 3,
+            asleep_until_ms: None,
+        };
+        assert_eq!(
+            maintenance_line(running),
+            "\nmaintenance: 3 rounds, a round runs"
+        );
+    }
 
     #[test]
     fn table_lists_every_ip_with_its_holder() {
