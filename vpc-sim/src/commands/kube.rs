@@ -223,6 +223,7 @@ pub fn start(dir: &Path, sim: &mut Sim, args: &UpArgs) -> Result<(), String> {
             .as_ref()
             .map(|f| f.router.clone())
             .ok_or("the simulation has no fabric")?,
+        api_types: vec![deploy_dir().join("05-crds.yaml")],
     };
     let installed = k8s::up(dir, &sim.tag, &nodes, &opts, &say)
         .and_then(|cluster| install(dir, sim, &cluster, &opts, &args.api_limits));

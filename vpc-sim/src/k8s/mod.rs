@@ -91,6 +91,14 @@ pub struct Options {
     pub cluster_cidr: String,
     /// The VPC router's namespace, which the control plane is linked to.
     pub router_netns: String,
+    /// Manifests of API types (CRDs) applied once the API server answers
+    /// and before kube-controller-manager starts. Its garbage collector
+    /// watches the resources it finds at start and looks for new ones only
+    /// every 30 s: a workload deleted with `--cascade=orphan` in the first
+    /// 30 s after its dependents' CRD appeared has them deleted, not
+    /// orphaned. A cluster whose CRDs predate its controllers has no such
+    /// window, and tests of orphaning must not depend on the clock.
+    pub api_types: Vec<PathBuf>,
 }
 
 /// The directories each node has for itself (bind-mounted over these paths
@@ -491,6 +499,13 @@ pub fn up(
         started.elapsed().as_secs_f64()
     ));
 
+    for manifest in &opts.api_types {
+        say(&format!(
+            "==> API types before the controllers: {}",
+            manifest.display()
+        ));
+        kubectl.run(&["apply", "-f", &manifest.to_string_lossy()])?;
+    }
     say("==> kube-controller-manager, kube-scheduler");
     start(
         state,
