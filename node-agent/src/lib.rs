@@ -10,6 +10,7 @@ pub mod cluster_claims;
 pub mod commands;
 pub mod committer;
 pub mod dataplane;
+pub mod gateway;
 pub mod ipam;
 #[cfg(feature = "kubernetes")]
 pub mod kube;

@@ -15,6 +15,10 @@ pub enum Kind {
     /// Temporary credentials whose token is missing, wrong or expired
     /// (`AuthFailure.TokenFailure`): new ones are to be fetched.
     TokenFailure,
+    /// The caller may not do this (`UnauthorizedOperation`): a CAM
+    /// policy that does not grant the action, or the cluster's cloud
+    /// gateway refusing a node an ENI or address that is not its own.
+    Unauthorized,
     /// Too many requests (`RequestLimitExceeded`): retry later.
     Throttled,
     /// The VPC's ENI quota is used up.
@@ -52,6 +56,7 @@ const TABLE: &[(Kind, &str)] = &[
     (Kind::SignatureExpired, "AuthFailure.SignatureExpire"),
     (Kind::SecretIdNotFound, "AuthFailure.SecretIdNotFound"),
     (Kind::TokenFailure, "AuthFailure.TokenFailure"),
+    (Kind::Unauthorized, "UnauthorizedOperation"),
     (Kind::Throttled, "RequestLimitExceeded"),
     (
         Kind::EniQuotaExceeded,
@@ -103,6 +108,7 @@ impl Kind {
                 Kind::InvalidParameter
             }
             "InternalError" => Kind::Internal,
+            "UnauthorizedOperation" => Kind::Unauthorized,
             "AuthFailure" => Kind::SignatureFailure,
             _ => Kind::Other,
         }

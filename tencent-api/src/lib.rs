@@ -7,6 +7,26 @@ pub mod errors;
 pub mod sign;
 pub mod time;
 
+/// The VPC API's documented per-second request rates of the actions vpc-cni
+/// calls, for one account (all its callers together): what `vpc-sim`'s
+/// emulator enforces and the cluster's cloud gateway keeps below. Sources:
+/// each action's API page, "默认接口请求频率限制" (`vpc-sim/src/api/limits.rs`
+/// lists them); `DeleteNetworkInterface` and `MigratePrivateIpAddress` were
+/// not checked and get 100.
+pub const DOCUMENTED_RATES: &[(&str, u32)] = &[
+    ("CreateNetworkInterface", 100),
+    ("AttachNetworkInterface", 50),
+    ("DetachNetworkInterface", 50),
+    ("DeleteNetworkInterface", 100),
+    ("AssignPrivateIpAddresses", 100),
+    ("UnassignPrivateIpAddresses", 100),
+    ("MigratePrivateIpAddress", 100),
+    ("DescribeNetworkInterfaces", 100),
+    ("DescribeSubnets", 100),
+    ("DescribeVpcTaskResult", 20),
+    ("DescribeNetworkInterfaceLimit", 20),
+];
+
 /// Whether a VPC action completes asynchronously: its `RequestId` is then a
 /// task id to poll with `DescribeVpcTaskResult`.
 pub fn is_async(action: &str) -> bool {

@@ -46,16 +46,14 @@ fn k8s_pod_gets_a_vpc_ip_through_the_kubelet_and_is_deleted_cleanly() {
         .unwrap_or_default()
         .to_string();
     assert!(in_vpc_subnet(&ip), "pod IP {ip:?} not from the VPC subnet");
-    // No key on the node: the agent signs with its instance's CAM role.
+    // No key on the node: the DaemonSet names no Secret, and the agent's
+    // VPC calls go through the cluster component's gateway.
     let ns = c.get("VPC_CNI_NAMESPACE").to_string();
-    assert!(
-        c.try_kubectl(&["-n", &ns, "get", "secret", "vpc-cni-credentials"], None)
-            .is_err(),
-        "the simulation installs without a Secret"
-    );
+    let agents = c.kubectl(&["-n", &ns, "get", "daemonset", "vpc-cni-agent", "-o", "json"]);
+    assert!(!agents.contains("secretKeyRef"), "{agents}");
     let log = c.agent_log(1);
     assert!(
-        log.contains("temporary credentials of the instance's role fetched"),
+        log.contains("VPC calls go through the cluster's cloud gateway"),
         "{log}"
     );
     let held = c.allocations(1);

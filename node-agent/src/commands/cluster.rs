@@ -10,6 +10,7 @@ use tracing::level_filters::LevelFilter;
 
 use crate::cloud::TencentCloud;
 use crate::cloud::tencent::{self, Identity, Settings};
+use crate::gateway;
 use crate::kube::cluster::{self, Options};
 use crate::kube::webhook;
 use crate::logging::{self, LogFormat};
@@ -77,6 +78,19 @@ pub struct ClusterArgs {
     /// The webhook's name in that configuration.
     #[arg(long, default_value = "zone.vpc-cni.io")]
     webhook_name: String,
+    /// Port of the cloud gateway (HTTP, all addresses), through which the
+    /// agents make their VPC calls with no key of their own; 0: not served.
+    #[arg(long, default_value_t = 0)]
+    gateway_port: u16,
+    /// The agents' service account (`NAMESPACE:NAME`), the only one whose
+    /// tokens the gateway takes.
+    #[arg(long, default_value = "vpc-cni-system:vpc-cni-agent")]
+    agent_service_account: String,
+    /// The share of the account's documented VPC API rates the gateway
+    /// uses for the nodes' calls (the rest: this component's sweeps, the
+    /// console, other tools of the account).
+    #[arg(long, default_value_t = 0.8)]
+    gateway_rate_share: f64,
     /// Kubeconfig (default: `KUBECONFIG`, else the in-cluster service account).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -151,6 +165,21 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
             configuration: args.webhook_configuration,
             webhook: args.webhook_name,
         };
+        let gateway = gateway::serve::Options {
+            port: args.gateway_port,
+            cluster: args.cluster_name.clone(),
+            agent_account: args.agent_service_account.clone(),
+            rate_share: args.gateway_rate_share,
+        };
+        let relaying = {
+            let (client, transport) = (client.clone(), cloud.transport());
+            async move {
+                if gateway.port == 0 {
+                    return std::future::pending().await;
+                }
+                gateway::serve::serve(client, transport, gateway).await
+            }
+        };
         info!(identity = %options.identity, namespace = %options.namespace, "cluster component starting");
         let serving = {
             let client = client.clone();
@@ -164,6 +193,7 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
         tokio::select! {
             () = cluster::run(client, cloud, options) => Ok(()),
             served = serving => served.map_err(|e| format!("zone webhook: {e}")),
+            relayed = relaying => relayed.map_err(|e| format!("cloud gateway: {e}")),
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })

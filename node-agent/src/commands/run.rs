@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 use super::identity;
 use crate::agent::{Agent, AgentConfig, MIN_CLAIM_EXPIRY, StartError};
 use crate::clock::{self, Clock};
-use crate::cloud::tencent::{self, Identity, Settings};
+use crate::cloud::tencent::{self, CredentialSource, Identity, Settings};
 use crate::cloud::{Cloud, TencentCloud};
 use crate::dataplane::egress::Cidr;
 use crate::dataplane::{Connmark, ConnmarkBit, Dataplane, Egress, FakeDataplane, NetlinkDataplane};
@@ -104,6 +104,19 @@ pub struct RunArgs {
     /// TENCENTCLOUD_SESSION_TOKEN from the environment).
     #[arg(long)]
     credentials_file: Option<PathBuf>,
+    /// The cluster's cloud gateway (the cluster component's): every VPC
+    /// call goes there instead of `--cloud-endpoint`, authorised by the
+    /// service-account token in `--gateway-token-file`, and the node holds
+    /// no cloud key at all. `http://HOST:PORT`, or `service`: the ready
+    /// endpoint of the `vpc-cni-gateway` Service in `POD_NAMESPACE`,
+    /// followed as it moves (needs `--kubernetes` support). Empty: the node
+    /// calls the VPC API itself with its own credentials.
+    #[arg(long, default_value = "")]
+    cloud_gateway: String,
+    /// The projected service-account token (audience `vpc-cni-gateway`)
+    /// shown to the cloud gateway.
+    #[arg(long, default_value = "/var/run/secrets/vpc-cni/token")]
+    gateway_token_file: PathBuf,
     /// Instance metadata service base URL.
     #[arg(long, default_value = "http://metadata.tencentyun.com")]
     metadata_url: String,
@@ -262,9 +275,28 @@ async fn serve(args: RunArgs) -> Result<(), String> {
 /// The Tencent Cloud client, with the node's identity and region from flags
 /// or the metadata service.
 async fn cloud(args: &RunArgs) -> Result<TencentCloud, String> {
-    let credentials =
-        tencent::credential_source(args.credentials_file.as_deref(), &args.metadata_url)
-            .map_err(|e| e.to_string())?;
+    let gateway = gateway_at(&args.cloud_gateway)?;
+    let (endpoint, credentials) = if gateway == GatewayAt::Nowhere {
+        let credentials =
+            tencent::credential_source(args.credentials_file.as_deref(), &args.metadata_url)
+                .map_err(|e| e.to_string())?;
+        (args.cloud_endpoint.clone(), credentials)
+    } else {
+        if args.credentials_file.is_some() {
+            return Err(
+                "--cloud-gateway and --credentials-file: behind the gateway a node holds no key"
+                    .into(),
+            );
+        }
+        info!(?gateway, token = %args.gateway_token_file.display(), "VPC calls go through the cluster's cloud gateway");
+        let token_file = args.gateway_token_file.clone();
+        let url = match &gateway {
+            GatewayAt::Url(url) => url.clone(),
+            // Known once its endpoints are (`follow_gateway`).
+            _ => String::new(),
+        };
+        (url, CredentialSource::Gateway { token_file })
+    };
     let known = Identity {
         instance_id: args.instance_id.clone().unwrap_or_default(),
         zone: args.zone.clone().unwrap_or_default(),
@@ -303,8 +335,8 @@ async fn cloud(args: &RunArgs) -> Result<TencentCloud, String> {
         (Err(e), None) => return Err(format!("node identity: {e}")),
     };
     info!(instance = %identity.instance_id, zone = %identity.zone, vpc = %identity.vpc_id, region = %identity.region, "node identity");
-    Ok(TencentCloud::new(Settings {
-        endpoint: args.cloud_endpoint.clone(),
+    let cloud = TencentCloud::new(Settings {
+        endpoint,
         region: identity.region.clone(),
         credentials,
         qps: args.cloud_qps,
@@ -312,7 +344,68 @@ async fn cloud(args: &RunArgs) -> Result<TencentCloud, String> {
         identity,
         subnets: args.subnet_ids.clone(),
         cluster: args.cluster_name.clone(),
-    }))
+    });
+    if gateway == GatewayAt::Service {
+        follow_gateway(args, &cloud).await?;
+    }
+    Ok(cloud)
+}
+
+/// Where `--cloud-gateway` says the VPC calls go.
+#[derive(Debug, PartialEq, Eq)]
+enum GatewayAt {
+    /// To the VPC API itself.
+    Nowhere,
+    /// To this URL.
+    Url(String),
+    /// To the ready endpoint of the `vpc-cni-gateway` Service, followed.
+    Service,
+}
+
+/// What `--cloud-gateway` says. A `$(VAR)` the kubelet left as it was (a
+/// ConfigMap without the key, from before the gateway) is no gateway.
+fn gateway_at(flag: &str) -> Result<GatewayAt, String> {
+    match flag.trim() {
+        "" => Ok(GatewayAt::Nowhere),
+        f if f.starts_with("$(") => {
+            warn!(
+                flag = f,
+                "--cloud-gateway names an unset variable: no gateway, the VPC API called directly"
+            );
+            Ok(GatewayAt::Nowhere)
+        }
+        "service" => Ok(GatewayAt::Service),
+        url if url.starts_with("http://") || url.starts_with("https://") => {
+            Ok(GatewayAt::Url(url.trim_end_matches('/').to_string()))
+        }
+        other => Err(format!(
+            "--cloud-gateway {other}: expected http(s)://HOST:PORT, service, or empty"
+        )),
+    }
+}
+
+/// Keeps `cloud` sent to the gateway Service's ready endpoint.
+#[cfg_attr(not(feature = "kubernetes"), allow(clippy::unused_async))]
+async fn follow_gateway(args: &RunArgs, cloud: &TencentCloud) -> Result<(), String> {
+    #[cfg(feature = "kubernetes")]
+    {
+        let client = crate::kube::connect(args.kubeconfig.as_deref()).await?;
+        let namespace = std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "vpc-cni-system".into());
+        let cloud = cloud.clone();
+        crate::kube::gateway::follow(client, &namespace, move |url| cloud.set_endpoint(url));
+        Ok(())
+    }
+    #[cfg(not(feature = "kubernetes"))]
+    {
+        let _ = (args, cloud);
+        Err(
+            "--cloud-gateway=service: this vpc-cni-agent was built without Kubernetes support"
+                .into(),
+        )
+    }
 }
 
 /// The primary ENI's MAC: the flag's, or the metadata service's.
@@ -559,5 +652,25 @@ impl Cluster {
         }
         #[cfg(not(feature = "kubernetes"))]
         let _ = (feed, args);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{GatewayAt, gateway_at};
+
+    #[test]
+    fn the_gateway_is_a_url_the_service_or_none() {
+        assert_eq!(gateway_at("service"), Ok(GatewayAt::Service));
+        assert_eq!(gateway_at(""), Ok(GatewayAt::Nowhere));
+        assert_eq!(
+            gateway_at("$(VPC_CNI_CLOUD_GATEWAY)"),
+            Ok(GatewayAt::Nowhere)
+        );
+        assert_eq!(
+            gateway_at("http://gw:9444/"),
+            Ok(GatewayAt::Url("http://gw:9444".into()))
+        );
+        assert!(gateway_at("gw:9444").is_err());
     }
 }

@@ -9,6 +9,7 @@
 pub mod claims;
 
 pub mod crd;
+pub mod gateway;
 pub mod objects;
 pub mod pods;
 pub mod publish;

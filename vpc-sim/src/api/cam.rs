@@ -7,6 +7,12 @@
 //! stay valid until they expire). The API accepts a temporary key only with
 //! its token and before its expiry; otherwise it answers
 //! `AuthFailure.TokenFailure`, and the caller fetches new ones.
+//!
+//! What the role may do is its policy ([`RolePolicy`]): every VPC action
+//! (a cluster whose nodes call the VPC API themselves), or reads only (a
+//! cluster whose cloud gateway does the writes for the nodes: a node's
+//! credentials then change nothing), refused with `UnauthorizedOperation`
+//! as CAM refuses what a policy does not grant.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,6 +26,23 @@ use super::ApiError;
 pub const ROLE: &str = "vpc-cni-role";
 /// How long temporary credentials are valid unless told otherwise.
 pub const DEFAULT_LIFETIME_SECS: u64 = 2 * 60 * 60;
+
+/// What the instances' role is granted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RolePolicy {
+    /// Every VPC action.
+    #[default]
+    Full,
+    /// `Describe*` only.
+    ReadOnly,
+}
+
+impl RolePolicy {
+    /// Whether the role may call `action`.
+    pub fn grants(self, action: &str) -> bool {
+        self == RolePolicy::Full || action.starts_with("Describe")
+    }
+}
 
 /// One set of temporary credentials.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +59,8 @@ struct Issued {
 #[derive(Debug)]
 pub struct Cam {
     lifetime_secs: u64,
+    /// What the role may do.
+    pub policy: RolePolicy,
     issued: Mutex<HashMap<String, Issued>>,
 }
 
@@ -44,6 +69,7 @@ impl Cam {
     pub fn new(lifetime_secs: u64) -> Cam {
         Cam {
             lifetime_secs: lifetime_secs.max(3),
+            policy: RolePolicy::Full,
             issued: Mutex::default(),
         }
     }

@@ -28,20 +28,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-/// The documented per-second rates, by action.
-pub const DOCUMENTED_RATES: &[(&str, u32)] = &[
-    ("CreateNetworkInterface", 100),
-    ("AttachNetworkInterface", 50),
-    ("DetachNetworkInterface", 50),
-    ("DeleteNetworkInterface", 100),
-    ("AssignPrivateIpAddresses", 100),
-    ("UnassignPrivateIpAddresses", 100),
-    ("MigratePrivateIpAddress", 100),
-    ("DescribeNetworkInterfaces", 100),
-    ("DescribeSubnets", 100),
-    ("DescribeVpcTaskResult", 20),
-    ("DescribeNetworkInterfaceLimit", 20),
-];
+/// The documented per-second rates, by action (the table above).
+pub use tencent_api::DOCUMENTED_RATES;
 
 /// How many addresses `PrivateIpAddresses` may name in one call.
 pub const DOCUMENTED_MAX_ADDRESSES: usize = 10;

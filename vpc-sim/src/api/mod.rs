@@ -163,7 +163,15 @@ impl Emulator {
     /// The same emulator, its temporary credentials (the instances' CAM
     /// role, from the metadata service) valid for `secs`.
     pub fn credential_lifetime(mut self, secs: u64) -> Emulator {
+        let policy = self.cam.policy;
         self.cam = cam::Cam::new(secs);
+        self.cam.policy = policy;
+        self
+    }
+
+    /// The same emulator, the instances' role granted what `policy` says.
+    pub fn role_policy(mut self, policy: cam::RolePolicy) -> Emulator {
+        self.cam.policy = policy;
         self
     }
 
@@ -287,7 +295,13 @@ impl Emulator {
             n
         );
         let mut drop = false;
-        let outcome = self.authenticate(req).and_then(|action| {
+        let outcome = self.authenticate(req).and_then(|(action, role)| {
+            if role && !self.cam.policy.grants(&action) {
+                return Err(ApiError::new(
+                    Kind::Unauthorized,
+                    format!("the instance's role is not granted {action}"),
+                ));
+            }
             if !self.limiter.admit(&self.limits, &action, now_ms()) {
                 return Err(ApiError::new(
                     Kind::Throttled,
@@ -346,8 +360,9 @@ impl Emulator {
         (*n - 1).is_multiple_of(self.drop_every)
     }
 
-    /// Checks headers, clock skew and signature; returns the action.
-    fn authenticate(&self, req: &HttpRequest) -> Result<String, ApiError> {
+    /// Checks headers, clock skew and signature; returns the action and
+    /// whether the caller signed with the role's temporary credentials.
+    fn authenticate(&self, req: &HttpRequest) -> Result<(String, bool), ApiError> {
         let header = |name: &str| req.headers.get(name).map(String::as_str);
         let action = header("x-tc-action")
             .ok_or_else(|| ApiError::new(Kind::InvalidParameter, "missing X-TC-Action"))?;
@@ -374,14 +389,14 @@ impl Emulator {
             .map_err(|e| ApiError::new(Kind::SignatureFailure, e.to_string()))?;
         // The long-term key, or temporary credentials of the instances'
         // role (with their token, before their expiry).
-        let secret_key =
+        let (secret_key, role) =
             match self
                 .cam
                 .verify(&auth.secret_id, header("x-tc-token"), (self.clock)())
             {
-                Some(temporary) => temporary?,
+                Some(temporary) => (temporary?, true),
                 None if auth.secret_id == self.credentials.secret_id => {
-                    self.credentials.secret_key.clone()
+                    (self.credentials.secret_key.clone(), false)
                 }
                 None => {
                     return Err(ApiError::new(
@@ -406,7 +421,7 @@ impl Emulator {
                 "the provided credentials could not be validated",
             ));
         }
-        Ok(action.to_string())
+        Ok((action.to_string(), role))
     }
 
     fn action(

@@ -292,6 +292,10 @@ fn install(
         &format!("{host_ip}:0"),
         &clients,
         api_limits,
+        // The nodes' role reads only: the cloud gateway holds the one key
+        // that writes (the Secret below), and a node's own credentials
+        // change nothing.
+        "read-only",
         &wrapper,
     )?;
     for (i, node) in sim.nodes.iter_mut().enumerate() {
@@ -310,14 +314,28 @@ fn install(
     let deploy = deploy_dir();
     let started = Instant::now();
     say(&format!(
-        "==> installing vpc-cni from {}: namespace, ConfigMap values, kubectl apply -f deploy/ \
-         (no Secret: the instances' CAM role gives the credentials)",
+        "==> installing vpc-cni from {}: namespace, the cloud gateway's Secret, ConfigMap values, \
+         kubectl apply -f deploy/ (the nodes' own CAM role reads only)",
         deploy.display()
     ));
     kubectl.run(&[
         "apply",
         "-f",
         &deploy.join("00-namespace.yaml").to_string_lossy(),
+    ])?;
+    // The one key that writes, for the cluster component only (the
+    // DaemonSet names no Secret).
+    kubectl.run(&[
+        "-n",
+        NAMESPACE,
+        "create",
+        "secret",
+        "generic",
+        "vpc-cni-credentials",
+        &format!(
+            "--from-env-file={}",
+            super::up::credentials_file(dir).display()
+        ),
     ])?;
     // The copy a user would edit: the ConfigMap's values for this cluster.
     let edited = k8s::cluster_dir(dir).join("deploy");

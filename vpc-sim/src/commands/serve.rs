@@ -81,6 +81,11 @@ pub struct ServeArgs {
     /// are valid, in seconds; refused after, rotated when a third is left.
     #[arg(long, default_value_t = vpc_sim::api::cam::DEFAULT_LIFETIME_SECS)]
     pub credential_lifetime: u64,
+    /// What the instances' CAM role may do: `full`, or `read-only`
+    /// (`Describe*`; other actions refused with `UnauthorizedOperation`), for
+    /// a cluster whose cloud gateway holds the only write key.
+    #[arg(long, value_enum, default_value = "full")]
+    pub role_policy: vpc_sim::api::cam::RolePolicy,
 }
 
 fn metadata_client(s: &str) -> Result<(std::net::IpAddr, String), String> {
@@ -116,7 +121,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             .failing(args.fail_actions.clone())
             .dropping(args.drop_responses.clone(), args.drop_every)
             .metadata_clients(args.metadata_clients.iter().cloned().collect())
-            .credential_lifetime(args.credential_lifetime),
+            .credential_lifetime(args.credential_lifetime)
+            .role_policy(args.role_policy),
     );
     let (bound, server) = vpc_sim::api::http::listen(&args.listen)?;
     if let Some(file) = &args.address_file {

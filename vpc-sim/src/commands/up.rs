@@ -223,7 +223,15 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
         }
         return super::kube::start(&dir, &mut sim, args).map(|()| sim);
     }
-    let address = start_emulator(&dir, &mut sim, "127.0.0.1:0", &[], &args.api_limits, &[])?;
+    let address = start_emulator(
+        &dir,
+        &mut sim,
+        "127.0.0.1:0",
+        &[],
+        &args.api_limits,
+        "full",
+        &[],
+    )?;
     let agent = args
         .agent_bin
         .clone()
@@ -274,7 +282,8 @@ pub fn credentials_file(dir: &Path) -> PathBuf {
 
 /// Starts `vpc-sim serve` for the world in `dir`, detached, listening on
 /// `listen`, with `clients` (address, instance) known to its metadata
-/// service and the API's `api_limits` enforced (see `serve --api-limits`);
+/// service, the API's `api_limits` enforced (see `serve --api-limits`) and
+/// the instances' role granted `role_policy` (see `serve --role-policy`);
 /// returns its address once it listens. `wrapper` (a command line that
 /// enters a namespace and execs) puts it beside the control plane.
 pub fn start_emulator(
@@ -283,6 +292,7 @@ pub fn start_emulator(
     listen: &str,
     clients: &[(String, String)],
     api_limits: &str,
+    role_policy: &str,
     wrapper: &[String],
 ) -> Result<String, String> {
     let credentials = credentials_file(dir);
@@ -322,6 +332,7 @@ pub fn start_emulator(
         }))
         .arg("--api-limits")
         .arg(api_limits)
+        .args(["--role-policy", role_policy])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

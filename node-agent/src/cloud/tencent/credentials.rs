@@ -5,6 +5,11 @@
 //! `Token`, `ExpiredTime`), fetched when first needed and again before
 //! they expire, or at once when the API refuses their token. No long-term
 //! key then lives on the instance.
+//!
+//! Behind the cluster's cloud gateway a node signs nothing: it presents
+//! its Kubernetes service-account token (a projected file the kubelet
+//! renews) as `Authorization: Bearer`, and the gateway, which alone holds
+//! a key, judges and signs the call.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -48,7 +53,26 @@ pub enum CredentialSource {
         /// The metadata service's base URL.
         metadata: String,
     },
+    /// The cluster's cloud gateway: no key, the service-account token in
+    /// `token_file` as a bearer token.
+    Gateway {
+        /// The projected token's path.
+        token_file: std::path::PathBuf,
+    },
 }
+
+/// How one call is authorised: its `Authorization` header and, for
+/// temporary credentials, its `X-TC-Token`.
+pub struct Authorization {
+    /// The `Authorization` header's value.
+    pub header: String,
+    /// The `X-TC-Token` header's value.
+    pub token: Option<String>,
+}
+
+/// How long a service-account token read from its file is used before the
+/// file is read again (the kubelet renews it well before it expires).
+pub const TOKEN_REREAD: Duration = Duration::from_secs(60);
 
 /// Temporary credentials and when they expire (Unix seconds).
 #[derive(Clone, Debug)]
@@ -63,6 +87,9 @@ struct Held {
 pub struct Keyring {
     source: CredentialSource,
     held: Mutex<Option<Held>>,
+    /// The service-account token read from its file, and until when (Unix
+    /// seconds) it is used before the file is read again.
+    bearer: Mutex<Option<(String, u64)>>,
     http: ureq::Agent,
 }
 
@@ -77,8 +104,54 @@ impl Keyring {
         Keyring {
             source,
             held: Mutex::new(None),
+            bearer: Mutex::new(None),
             http,
         }
+    }
+
+    /// How to authorise the next call: `sign` turns a key into the TC3
+    /// `Authorization` header; behind the gateway, the bearer token.
+    pub fn authorize(
+        &self,
+        sign: impl FnOnce(&Credentials) -> String,
+    ) -> Result<Authorization, CloudError> {
+        if let CredentialSource::Gateway { token_file } = &self.source {
+            return Ok(Authorization {
+                header: format!("Bearer {}", self.bearer(token_file)?),
+                token: None,
+            });
+        }
+        let credentials = self.current()?;
+        Ok(Authorization {
+            header: sign(&credentials),
+            token: credentials.token,
+        })
+    }
+
+    /// The service-account token, read again every [`TOKEN_REREAD`] or
+    /// after the gateway refused it.
+    fn bearer(&self, file: &std::path::Path) -> Result<String, CloudError> {
+        let now = unix_now();
+        let mut held = self.bearer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((token, until)) = held.as_ref()
+            && now < *until
+        {
+            return Ok(token.clone());
+        }
+        let token = std::fs::read_to_string(file)
+            .map_err(|e| {
+                CloudError::Auth(format!("service-account token {}: {e}", file.display()))
+            })?
+            .trim()
+            .to_string();
+        if token.is_empty() {
+            return Err(CloudError::Auth(format!(
+                "service-account token {} is empty",
+                file.display()
+            )));
+        }
+        *held = Some((token.clone(), now + TOKEN_REREAD.as_secs()));
+        Ok(token)
     }
 
     /// The credentials to sign the next call with. The role's are fetched
@@ -88,6 +161,11 @@ impl Keyring {
         let metadata = match &self.source {
             CredentialSource::Fixed(c) => return Ok(c.clone()),
             CredentialSource::Role { metadata } => metadata,
+            CredentialSource::Gateway { .. } => {
+                return Err(CloudError::Auth(
+                    "behind the cloud gateway the node holds no key".into(),
+                ));
+            }
         };
         let now = unix_now();
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -121,13 +199,19 @@ impl Keyring {
         }
     }
 
-    /// The API refused the credentials' token (expired, rotated away):
-    /// the next call fetches new ones. Whether there is anything to fetch.
+    /// The API refused the credentials' token (expired, rotated away), or
+    /// the gateway the service-account token: the next call fetches new
+    /// ones, or reads the file again. Whether there is anything to fetch.
     pub fn refused(&self) -> bool {
-        if matches!(self.source, CredentialSource::Fixed(_)) {
-            return false;
+        match self.source {
+            CredentialSource::Fixed(_) => return false,
+            CredentialSource::Role { .. } => {
+                *self.held.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            CredentialSource::Gateway { .. } => {
+                *self.bearer.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
         }
-        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = None;
         true
     }
 

@@ -211,7 +211,8 @@ fn typed(kind: Kind, message: String) -> CloudError {
         Kind::SignatureFailure
         | Kind::SignatureExpired
         | Kind::SecretIdNotFound
-        | Kind::TokenFailure => CloudError::Auth(message),
+        | Kind::TokenFailure
+        | Kind::Unauthorized => CloudError::Auth(message),
         Kind::Internal | Kind::Other => CloudError::Other(message),
     }
 }

@@ -10,7 +10,7 @@ mod decode;
 mod once;
 mod retry;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod transport;
 
 pub use credentials::{CredentialSource, Credentials, source as credential_source};
@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{Cloud, CloudError, Eni, NodeInfo};
-use transport::Transport;
+pub use transport::Transport;
 
 /// The MTU of Tencent Cloud ENIs.
 pub const MTU: u32 = 1500;
@@ -98,6 +98,16 @@ impl TencentCloud {
             settings: Arc::new(settings),
             limits: Arc::default(),
         }
+    }
+
+    /// Sends the calls from now on to `endpoint` (the cloud gateway moved).
+    pub fn set_endpoint(&self, endpoint: &str) {
+        self.transport.set_endpoint(endpoint);
+    }
+
+    /// The transport, for the cloud gateway's relaying of nodes' calls.
+    pub fn transport(&self) -> Arc<Transport> {
+        Arc::clone(&self.transport)
     }
 
     async fn call(&self, action: &'static str, params: Value) -> Result<Value, CloudError> {

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::cloud::Limits;
 
-struct Emulator {
+pub(crate) struct Emulator {
     _dir: tempfile::TempDir,
-    address: String,
+    pub(crate) address: String,
     child: Child,
 }
 
@@ -22,7 +22,7 @@ impl Drop for Emulator {
     }
 }
 
-fn emulator(flags: &[&str]) -> Emulator {
+pub(crate) fn emulator(flags: &[&str]) -> Emulator {
     let exe = std::env::current_exe().expect("exe");
     let bin: PathBuf = exe
         .parent()
@@ -71,7 +71,7 @@ fn emulator(flags: &[&str]) -> Emulator {
     }
 }
 
-fn client(e: &Emulator, instance: &str, secret_key: &str) -> TencentCloud {
+pub(crate) fn client(e: &Emulator, instance: &str, secret_key: &str) -> TencentCloud {
     client_with_timeout(e, instance, secret_key, Duration::from_secs(5))
 }
 
@@ -238,6 +238,39 @@ async fn without_a_key_the_instances_role_is_used_and_its_credentials_renewed() 
         Err(CloudError::Auth(why)) => assert!(why.contains("expired"), "{why}"),
         other => panic!("expired credentials accepted: {other:?}"),
     }
+}
+
+/// A read-only role (a cluster whose cloud gateway holds the only write
+/// key): the node's own credentials read, and change nothing, refused as
+/// CAM refuses an action its policy does not grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_role_reads_and_is_refused_every_write() {
+    let e = emulator(&["--role-policy", "read-only"]);
+    let metadata = format!("http://{}/ins-sim0001", e.address);
+    let identity = identity_from_metadata(&metadata, Identity::default(), Duration::from_secs(5))
+        .expect("metadata");
+    let role = TencentCloud::new(Settings {
+        endpoint: format!("http://{}", e.address),
+        region: identity.region.clone(),
+        credentials: CredentialSource::Role { metadata },
+        qps: 0.0,
+        timeout: Duration::from_secs(5),
+        identity,
+        subnets: Vec::new(),
+        cluster: "test".into(),
+    });
+    let node = role.node().await.expect("reads are granted");
+    let subnet = node.subnet.expect("a subnet");
+    match role.create_eni(&subnet.id, 1).await {
+        Err(CloudError::Auth(why)) => assert!(why.contains("UnauthorizedOperation"), "{why}"),
+        other => panic!("a write with read-only credentials: {other:?}"),
+    }
+    let primary = role.list_enis().await.expect("list").remove(0);
+    assert!(matches!(
+        role.assign_ips(&primary.id, 1, &primary.secondary_ips)
+            .await,
+        Err(CloudError::Auth(_))
+    ));
 }
 
 /// The role's credentials as the metadata service at `base` gives them.

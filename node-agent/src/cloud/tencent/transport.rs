@@ -63,11 +63,23 @@ pub enum Confirm<'a> {
     Look(&'a dyn Fn(&Transport) -> Result<Option<bool>, CloudError>),
 }
 
+impl std::fmt::Debug for Confirm<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Confirm::Task => "Task",
+            Confirm::Look(_) => "Look",
+        })
+    }
+}
+
 /// The HTTP side of the client.
 #[derive(Debug)]
 pub struct Transport {
     http: ureq::Agent,
-    endpoint: String,
+    /// Where requests go; the cloud gateway's address changes when it
+    /// moves to another node ([`Transport::set_endpoint`]). Empty: not
+    /// known yet (calls fail as retryable).
+    endpoint: std::sync::RwLock<String>,
     host: String,
     region: String,
     keyring: Keyring,
@@ -80,7 +92,26 @@ pub struct Transport {
     urgent: std::sync::atomic::AtomicBool,
 }
 
+/// `endpoint` with one trailing slash; empty stays empty.
+fn normalised(endpoint: &str) -> String {
+    if endpoint.is_empty() {
+        return String::new();
+    }
+    endpoint.trim_end_matches('/').to_string() + "/"
+}
+
 impl Transport {
+    /// Sends the calls from now on to `endpoint` (the cloud gateway's new
+    /// address).
+    pub fn set_endpoint(&self, endpoint: &str) {
+        let mut current = self.endpoint.write().unwrap_or_else(|p| p.into_inner());
+        let endpoint = normalised(endpoint);
+        if *current != endpoint {
+            info!(from = %current, to = %endpoint, "cloud endpoint changed");
+            *current = endpoint;
+        }
+    }
+
     /// Whether pods wait for the tasks started from now on.
     pub fn set_urgent(&self, urgent: bool) {
         self.urgent
@@ -110,7 +141,7 @@ impl Transport {
             .to_string();
         Transport {
             http: ureq::Agent::new_with_config(config),
-            endpoint: endpoint.trim_end_matches('/').to_string() + "/",
+            endpoint: std::sync::RwLock::new(normalised(endpoint)),
             host,
             region: region.to_string(),
             keyring: Keyring::new(credentials, timeout),
@@ -364,8 +395,14 @@ impl Transport {
     }
 
     fn send(&self, action: &str, params: &Value) -> Result<Value, (Kind, CloudError)> {
-        // The metadata service not answering is worth a retry.
-        let credentials = self.keyring.current().map_err(|e| (Kind::Internal, e))?;
+        let (status, text) = self.send_raw(action, params)?;
+        let answer = super::decode::response(action, status, &text)?;
+        debug!(action, "cloud call done");
+        Ok(answer)
+    }
+
+    /// One request as it is sent, answered with the HTTP status and body.
+    fn send_raw(&self, action: &str, params: &Value) -> Result<(u16, String), (Kind, CloudError)> {
         let body = serde_json::to_vec(params).expect("JSON values serialise");
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -378,19 +415,34 @@ impl Transport {
             payload: &body,
             timestamp,
         };
+        // The metadata service not answering is worth a retry.
+        let auth = self
+            .keyring
+            .authorize(|c| signed.authorization(&c.secret_id, &c.secret_key))
+            .map_err(|e| (Kind::Internal, e))?;
+        let endpoint = self
+            .endpoint
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if endpoint.is_empty() {
+            return Err((
+                Kind::Internal,
+                CloudError::Other(format!(
+                    "{action}: the cloud gateway has no ready endpoint yet"
+                )),
+            ));
+        }
         let mut request = self
             .http
-            .post(&self.endpoint)
-            .header(
-                "Authorization",
-                signed.authorization(&credentials.secret_id, &credentials.secret_key),
-            )
+            .post(&endpoint)
+            .header("Authorization", auth.header)
             .header("Content-Type", sign::JSON_CONTENT_TYPE)
             .header("X-TC-Action", action)
             .header("X-TC-Version", VERSION)
             .header("X-TC-Timestamp", timestamp.to_string())
             .header("X-TC-Region", &self.region);
-        if let Some(token) = &credentials.token {
+        if let Some(token) = &auth.token {
             request = request.header("X-TC-Token", token);
         }
         let transient = |e: String| (Kind::Internal, CloudError::Other(e));
@@ -402,8 +454,38 @@ impl Transport {
             .body_mut()
             .read_to_string()
             .map_err(|e| transient(format!("{action}: {e}")))?;
-        let answer = super::decode::response(action, status, &text)?;
-        debug!(action, "cloud call done");
-        Ok(answer)
+        Ok((status, text))
+    }
+
+    /// Sends a node's request on (the cloud gateway): throttling is waited
+    /// out as for the client's own calls, anything else answered as the
+    /// API answered it, the HTTP status and body unchanged, so the node's
+    /// own client retries, confirms and classifies as if it had called.
+    /// `Err` only when no answer came (the caller answers `InternalError`,
+    /// an unknown outcome).
+    pub fn relay(&self, action: &str, params: &Value) -> Result<(u16, String), CloudError> {
+        let started = Instant::now();
+        let (mut throttled, mut resent) = (0, false);
+        loop {
+            let outcome = self.send_raw(action, params).map_err(|(_, e)| e);
+            let kind = match &outcome {
+                Ok((status, text)) => super::decode::response(action, *status, text)
+                    .err()
+                    .map(|(kind, _)| kind),
+                Err(_) => None,
+            };
+            crate::metrics::cloud_call(action, kind.map(Kind::code));
+            match kind {
+                Some(Kind::Throttled) if started.elapsed() < THROTTLE_DEADLINE => {
+                    self.rate_of(action, |r| r.on_throttle(Instant::now()));
+                    throttled += 1;
+                    std::thread::sleep(THROTTLE_BACKOFF.backoff(throttled, jitter_seed()));
+                }
+                // The gateway's own temporary credentials refused: once more
+                // with new ones (the refused call had no effect).
+                Some(Kind::TokenFailure) if !resent && self.keyring.refused() => resent = true,
+                _ => return outcome,
+            }
+        }
     }
 }
