@@ -395,7 +395,7 @@ async fn follow_gateway(args: &RunArgs, cloud: &TencentCloud) -> Result<(), Stri
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "vpc-cni-system".into());
         let cloud = cloud.clone();
-        crate::kube::gateway::follow(client, &namespace, move |url| cloud.set_endpoint(url));
+        crate::kube::gateway::follow(client, &namespace, move |urls| cloud.set_endpoints(urls));
         Ok(())
     }
     #[cfg(not(feature = "kubernetes"))]

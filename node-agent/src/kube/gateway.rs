@@ -17,10 +17,10 @@ pub const SERVICE: &str = "vpc-cni-gateway";
 /// The name of its port.
 pub const PORT_NAME: &str = "gateway";
 
-/// The URL of the gateway among `slices`: its ready endpoint of lowest
-/// address (every agent picks the same one), `None` when none is ready.
-pub fn url_of(slices: &[Arc<EndpointSlice>]) -> Option<String> {
-    slices
+/// The URLs of the gateway's ready replicas among `slices`, lowest
+/// address first (every agent uses the same one while it answers).
+pub fn urls_of(slices: &[Arc<EndpointSlice>]) -> Vec<String> {
+    let mut found: Vec<(String, i32)> = slices
         .iter()
         .filter_map(|slice| {
             let port = slice
@@ -36,7 +36,11 @@ pub fn url_of(slices: &[Arc<EndpointSlice>]) -> Option<String> {
             }))
         })
         .flatten()
-        .min()
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+        .into_iter()
         .map(|(address, port)| {
             if address.contains(':') {
                 format!("http://[{address}]:{port}")
@@ -44,11 +48,13 @@ pub fn url_of(slices: &[Arc<EndpointSlice>]) -> Option<String> {
                 format!("http://{address}:{port}")
             }
         })
+        .collect()
 }
 
 /// Watches the gateway's endpoints in `namespace`, calling `moved` with
-/// its URL at first and whenever it changes. Runs until the process ends.
-pub fn follow(client: Client, namespace: &str, moved: impl Fn(&str) + Send + 'static) {
+/// the ready replicas' URLs at first and whenever they change (not when
+/// none is ready: the last ones are kept). Runs until the process ends.
+pub fn follow(client: Client, namespace: &str, moved: impl Fn(&[String]) + Send + 'static) {
     let (slices, changed) = super::cache(
         Api::<EndpointSlice>::namespaced(client, namespace),
         watcher::Config::default().labels(&format!("kubernetes.io/service-name={SERVICE}")),
@@ -56,19 +62,15 @@ pub fn follow(client: Client, namespace: &str, moved: impl Fn(&str) + Send + 'st
     );
     let namespace = namespace.to_string();
     tokio::spawn(async move {
-        let mut current: Option<String> = None;
+        let mut current: Vec<String> = Vec::new();
         loop {
-            let url = url_of(&slices.state());
-            match &url {
-                Some(u) if current.as_ref() != Some(u) => {
-                    info!(url = %u, "cloud gateway found");
-                    moved(u);
-                    current = url;
-                }
-                None if current.is_some() => {
-                    warn!(%namespace, service = SERVICE, "the cloud gateway has no ready endpoint; the last one is kept");
-                }
-                _ => {}
+            let urls = urls_of(&slices.state());
+            if urls.is_empty() && !current.is_empty() {
+                warn!(%namespace, service = SERVICE, "the cloud gateway has no ready endpoint; the last ones are kept");
+            } else if urls != current {
+                info!(?urls, "cloud gateway endpoints");
+                moved(&urls);
+                current = urls;
             }
             changed.notified().await;
         }
@@ -104,17 +106,24 @@ mod tests {
     }
 
     #[test]
-    fn the_gateway_is_the_lowest_ready_endpoint_of_its_port() {
-        assert_eq!(url_of(&[]), None);
+    fn the_gateways_are_the_ready_endpoints_of_its_port_lowest_first() {
+        assert!(urls_of(&[]).is_empty());
         let one = slice(
-            &[("10.0.0.9", Some(false)), ("10.0.0.7", Some(true))],
+            &[
+                ("10.0.0.9", Some(true)),
+                ("10.0.0.5", Some(false)),
+                ("10.0.0.7", Some(true)),
+            ],
             "gateway",
         );
-        assert_eq!(url_of(&[one]), Some("http://10.0.0.7:9444".into()));
+        assert_eq!(
+            urls_of(&[one]),
+            ["http://10.0.0.7:9444", "http://10.0.0.9:9444"]
+        );
         let two = slice(&[("10.0.0.8", None), ("10.0.0.7", Some(false))], "gateway");
-        assert_eq!(url_of(&[two]), Some("http://10.0.0.8:9444".into()));
-        assert_eq!(url_of(&[slice(&[("10.0.0.7", Some(true))], "other")]), None);
+        assert_eq!(urls_of(&[two]), ["http://10.0.0.8:9444"]);
+        assert!(urls_of(&[slice(&[("10.0.0.7", Some(true))], "other")]).is_empty());
         let v6 = slice(&[("fd00::7", Some(true))], "gateway");
-        assert_eq!(url_of(&[v6]), Some("http://[fd00::7]:9444".into()));
+        assert_eq!(urls_of(&[v6]), ["http://[fd00::7]:9444"]);
     }
 }

@@ -28,6 +28,10 @@ use serde_json::{Value, json};
 use super::{Cloud, CloudError, Eni, NodeInfo};
 pub use transport::Transport;
 
+/// How long the cluster's cloud gateway may hold a node's call for its
+/// action's turn before it answers `RequestLimitExceeded`; a node behind
+/// the gateway waits this much longer than its own timeout for an answer.
+pub const GATEWAY_QUEUE: Duration = Duration::from_secs(20);
 /// The MTU of Tencent Cloud ENIs.
 pub const MTU: u32 = 1500;
 /// Tag naming the cluster an ENI belongs to.
@@ -100,9 +104,10 @@ impl TencentCloud {
         }
     }
 
-    /// Sends the calls from now on to `endpoint` (the cloud gateway moved).
-    pub fn set_endpoint(&self, endpoint: &str) {
-        self.transport.set_endpoint(endpoint);
+    /// Sends the calls from now on to the first of `endpoints` reachable
+    /// (the cloud gateway's ready replicas).
+    pub fn set_endpoints(&self, endpoints: &[String]) {
+        self.transport.set_endpoints(endpoints);
     }
 
     /// The transport, for the cloud gateway's relaying of nodes' calls.

@@ -634,3 +634,24 @@ async fn addresses_are_unassigned_ten_at_a_time() {
         other => panic!("11 addresses in one call: {other:?}"),
     }
 }
+
+/// Two gateway replicas, the first gone: the call goes on to the next
+/// and stays with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_endpoint_is_left_for_the_next() {
+    let e = emulator(&[]);
+    let cloud = client(&e, "ins-sim0001", "client-secret");
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gone = format!("http://{}", dead.local_addr().expect("address"));
+    drop(dead);
+    cloud.set_endpoints(&[gone, format!("http://{}", e.address)]);
+    let started = Instant::now();
+    cloud.list_enis().await.expect("served by the second");
+    cloud.list_enis().await.expect("and again");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}

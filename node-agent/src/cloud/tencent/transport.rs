@@ -24,6 +24,9 @@ use crate::cloud::CloudError;
 pub const VERSION: &str = "2017-03-12";
 /// How long an asynchronous action may take.
 pub const TASK_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a connection to the API (or a gateway replica) may take: one
+/// that does not come is a replica gone, and the next one is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a throttled call keeps being retried: the API's limits are the
 /// account's, shared by every node, so a cold start of a large cluster is
 /// throttled for minutes; giving up early only starts the wait again.
@@ -76,10 +79,10 @@ impl std::fmt::Debug for Confirm<'_> {
 #[derive(Debug)]
 pub struct Transport {
     http: ureq::Agent,
-    /// Where requests go; the cloud gateway's address changes when it
-    /// moves to another node ([`Transport::set_endpoint`]). Empty: not
-    /// known yet (calls fail as retryable).
-    endpoint: std::sync::RwLock<String>,
+    /// Where requests go: one endpoint, or the cloud gateway's ready
+    /// replicas ([`Transport::set_endpoints`]), the first used until it
+    /// cannot be reached. None: not known yet (calls fail as retryable).
+    endpoints: Mutex<Endpoints>,
     host: String,
     region: String,
     keyring: Keyring,
@@ -92,6 +95,19 @@ pub struct Transport {
     urgent: std::sync::atomic::AtomicBool,
 }
 
+/// The endpoints a transport may send to, and the one in use.
+#[derive(Debug, Default)]
+struct Endpoints {
+    list: Vec<String>,
+    at: usize,
+}
+
+impl Endpoints {
+    fn current(&self) -> Option<&String> {
+        self.list.get(self.at)
+    }
+}
+
 /// `endpoint` with one trailing slash; empty stays empty.
 fn normalised(endpoint: &str) -> String {
     if endpoint.is_empty() {
@@ -101,14 +117,41 @@ fn normalised(endpoint: &str) -> String {
 }
 
 impl Transport {
-    /// Sends the calls from now on to `endpoint` (the cloud gateway's new
-    /// address).
+    /// Sends the calls from now on to `endpoint`.
     pub fn set_endpoint(&self, endpoint: &str) {
-        let mut current = self.endpoint.write().unwrap_or_else(|p| p.into_inner());
-        let endpoint = normalised(endpoint);
-        if *current != endpoint {
-            info!(from = %current, to = %endpoint, "cloud endpoint changed");
-            *current = endpoint;
+        self.set_endpoints(&[endpoint.to_string()]);
+    }
+
+    /// Sends the calls from now on to the first of `endpoints` (the cloud
+    /// gateway's ready replicas, in the order every node sees them), or the
+    /// next when one cannot be reached; the one in use is kept while it is
+    /// listed.
+    pub fn set_endpoints(&self, endpoints: &[String]) {
+        let list: Vec<String> = endpoints
+            .iter()
+            .map(|e| normalised(e))
+            .filter(|e| !e.is_empty())
+            .collect();
+        let mut held = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if held.list == list {
+            return;
+        }
+        let kept = held
+            .current()
+            .and_then(|c| list.iter().position(|e| e == c));
+        info!(from = ?held.list, to = ?list, "cloud endpoints changed");
+        *held = Endpoints {
+            at: kept.unwrap_or(0),
+            list,
+        };
+    }
+
+    /// `endpoint` could not be reached: the next one listed is tried next.
+    fn unreachable(&self, endpoint: &str) {
+        let mut held = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if held.list.len() > 1 && held.current().map(String::as_str) == Some(endpoint) {
+            held.at = (held.at + 1) % held.list.len();
+            warn!(unreachable = endpoint, next = ?held.current(), "cloud endpoint unreachable; trying the next");
         }
     }
 
@@ -127,8 +170,14 @@ impl Transport {
         qps: f64,
         timeout: Duration,
     ) -> Transport {
+        // Behind the gateway a call may wait its turn there first.
+        let exchange = match &credentials {
+            CredentialSource::Gateway { .. } => timeout + super::GATEWAY_QUEUE,
+            _ => timeout,
+        };
         let config = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
+            .timeout_global(Some(exchange))
+            .timeout_connect(Some(timeout.min(CONNECT_TIMEOUT)))
             .http_status_as_error(false)
             .build();
         let host = endpoint
@@ -141,7 +190,13 @@ impl Transport {
             .to_string();
         Transport {
             http: ureq::Agent::new_with_config(config),
-            endpoint: std::sync::RwLock::new(normalised(endpoint)),
+            endpoints: Mutex::new(Endpoints {
+                list: Some(normalised(endpoint))
+                    .filter(|e| !e.is_empty())
+                    .into_iter()
+                    .collect(),
+                at: 0,
+            }),
             host,
             region: region.to_string(),
             keyring: Keyring::new(credentials, timeout),
@@ -421,18 +476,19 @@ impl Transport {
             .authorize(|c| signed.authorization(&c.secret_id, &c.secret_key))
             .map_err(|e| (Kind::Internal, e))?;
         let endpoint = self
-            .endpoint
-            .read()
+            .endpoints
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if endpoint.is_empty() {
+            .current()
+            .cloned();
+        let Some(endpoint) = endpoint else {
             return Err((
                 Kind::Internal,
                 CloudError::Other(format!(
                     "{action}: the cloud gateway has no ready endpoint yet"
                 )),
             ));
-        }
+        };
         let mut request = self
             .http
             .post(&endpoint)
@@ -446,9 +502,18 @@ impl Transport {
             request = request.header("X-TC-Token", token);
         }
         let transient = |e: String| (Kind::Internal, CloudError::Other(e));
-        let mut response = request
-            .send(&body[..])
-            .map_err(|e| transient(format!("{action}: {e}")))?;
+        let mut response = request.send(&body[..]).map_err(|e| {
+            if matches!(
+                e,
+                ureq::Error::Io(_)
+                    | ureq::Error::ConnectionFailed
+                    | ureq::Error::HostNotFound
+                    | ureq::Error::Timeout(_)
+            ) {
+                self.unreachable(&endpoint);
+            }
+            transient(format!("{action}: {e}"))
+        })?;
         let status = response.status().as_u16();
         let text = response
             .body_mut()
@@ -457,15 +522,15 @@ impl Transport {
         Ok((status, text))
     }
 
-    /// Sends a node's request on (the cloud gateway): throttling is waited
-    /// out as for the client's own calls, anything else answered as the
-    /// API answered it, the HTTP status and body unchanged, so the node's
+    /// Sends a node's request on (the cloud gateway), once: the answer as
+    /// the API gave it, the HTTP status and body unchanged, so the node's
     /// own client retries, confirms and classifies as if it had called.
-    /// `Err` only when no answer came (the caller answers `InternalError`,
-    /// an unknown outcome).
+    /// Sent a second time only when the gateway's own temporary credentials
+    /// were refused (that call had no effect). Throttling is the gateway's
+    /// to wait out (its budget adapts to it). `Err` only when no answer
+    /// came (the caller answers `InternalError`, an unknown outcome).
     pub fn relay(&self, action: &str, params: &Value) -> Result<(u16, String), CloudError> {
-        let started = Instant::now();
-        let (mut throttled, mut resent) = (0, false);
+        let mut resent = false;
         loop {
             let outcome = self.send_raw(action, params).map_err(|(_, e)| e);
             let kind = match &outcome {
@@ -476,13 +541,6 @@ impl Transport {
             };
             crate::metrics::cloud_call(action, kind.map(Kind::code));
             match kind {
-                Some(Kind::Throttled) if started.elapsed() < THROTTLE_DEADLINE => {
-                    self.rate_of(action, |r| r.on_throttle(Instant::now()));
-                    throttled += 1;
-                    std::thread::sleep(THROTTLE_BACKOFF.backoff(throttled, jitter_seed()));
-                }
-                // The gateway's own temporary credentials refused: once more
-                // with new ones (the refused call had no effect).
                 Some(Kind::TokenFailure) if !resent && self.keyring.refused() => resent = true,
                 _ => return outcome,
             }
