@@ -3,6 +3,7 @@
 //! memory, and percentiles.
 
 pub mod floor;
+pub mod gateways;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

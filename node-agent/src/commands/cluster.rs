@@ -89,7 +89,7 @@ pub struct ClusterArgs {
     /// The share of the account's documented VPC API rates the gateway
     /// uses for the nodes' calls (the rest: this component's sweeps, the
     /// console, other tools of the account).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = crate::gateway::budget::DEFAULT_SHARE)]
     gateway_rate_share: f64,
     /// Kubeconfig (default: `KUBECONFIG`, else the in-cluster service account).
     #[arg(long)]

@@ -4,12 +4,15 @@
 //! signature; it finds out which node asks (a `TokenReview`: the token's
 //! pod and node), lets through only what is that node's to do
 //! ([`policy`]), spaces the calls under the account's documented rates
-//! ([`budget`]), signs them with its own credentials and hands the cloud's
-//! answer back unchanged. A compromised node thus holds no key, and its
-//! token changes nothing of another node's.
+//! ([`budget`], [`relay`]), makes the reads many nodes make alike once for
+//! all of them ([`reads`]), signs the calls with its own credentials and
+//! hands the cloud's answer back unchanged. A compromised node thus holds
+//! no key, and its token changes nothing of another node's.
 
 pub mod budget;
 pub mod policy;
+pub mod reads;
+pub mod relay;
 #[cfg(feature = "kubernetes")]
 pub mod serve;
 
@@ -17,7 +20,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use serde_json::{Value, json};
 use tencent_api::errors::Kind;
@@ -28,6 +30,8 @@ use crate::cloud::tencent::TAG_NODE;
 use crate::cloud::tencent::Transport;
 use budget::Budget;
 use policy::{Caller, Facts, Refusal};
+use reads::{Batches, Memo, Read};
+use relay::{Relay, Unsent};
 
 /// Why a token does not say who calls.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,8 +55,9 @@ pub type ClaimIndex = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 /// The gateway.
 pub struct Gateway<A> {
     auth: A,
-    transport: Arc<Transport>,
-    budget: Budget,
+    relay: Arc<Relay>,
+    memo: Memo,
+    batches: Arc<Batches>,
     cluster: String,
     claims: ClaimIndex,
     /// ENI id → the instance it is tagged for (tags never change).
@@ -64,13 +69,24 @@ impl<A> std::fmt::Debug for Gateway<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
             .field("cluster", &self.cluster)
-            .field("budget", &self.budget)
+            .field("relay", &self.relay)
             .finish_non_exhaustive()
     }
 }
 
 /// One answer: the HTTP status and the body.
 pub type Answer = (u16, String);
+
+/// What a gateway did, for the figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// The calls to the cloud.
+    pub relay: relay::Counts,
+    /// Of them, batched looks at ENIs by id.
+    pub batch_calls: u64,
+    /// The nodes' looks those answered.
+    pub batched_looks: u64,
+}
 
 impl<A: Authenticate> Gateway<A> {
     /// A gateway signing with `transport`'s credentials, for the ENIs of
@@ -82,10 +98,12 @@ impl<A: Authenticate> Gateway<A> {
         cluster: &str,
         claims: ClaimIndex,
     ) -> Gateway<A> {
+        let relay = Arc::new(Relay::new(transport, budget));
         Gateway {
             auth,
-            transport,
-            budget,
+            batches: Arc::new(Batches::new(Arc::clone(&relay))),
+            relay,
+            memo: Memo::default(),
             cluster: cluster.to_string(),
             claims,
             eni_tags: Mutex::default(),
@@ -130,9 +148,15 @@ impl<A: Authenticate> Gateway<A> {
                 return self.error(Kind::Internal, &format!("cannot check the call: {e}"));
             }
         }
-        let answer = match self.send(action, &params).await {
+        let answer = match self.send(&caller, action, &params).await {
             Ok(a) => a,
-            Err(e) => return self.error(Kind::Internal, &format!("{action}: {e}")),
+            Err(Unsent::Busy(queue)) => {
+                return self.error(
+                    Kind::Throttled,
+                    &format!("{action}: more calls wait than the account's rate serves in {queue:?}; try again later"),
+                );
+            }
+            Err(Unsent::Failed(e)) => return self.error(Kind::Internal, &format!("{action}: {e}")),
         };
         self.learn(&caller, action, &params, &answer);
         if action.starts_with("Describe") {
@@ -144,18 +168,29 @@ impl<A: Authenticate> Gateway<A> {
         answer
     }
 
-    /// Sends the call in its action's turn, with the gateway's signature.
-    async fn send(&self, action: &str, params: &Value) -> Result<Answer, CloudError> {
-        let at = self.budget.reserve(action, Instant::now());
-        tokio::time::sleep_until(at.into()).await;
-        let (transport, action_, params) = (
-            Arc::clone(&self.transport),
-            action.to_string(),
-            params.clone(),
-        );
-        tokio::task::spawn_blocking(move || transport.relay(&action_, &params))
-            .await
-            .map_err(|e| CloudError::Other(e.to_string()))?
+    /// Sends the call in its action's turn, with the gateway's signature,
+    /// or answers it with what another node's same read was answered, or
+    /// in a batch with other nodes' looks at ENIs.
+    async fn send(&self, caller: &Caller, action: &str, params: &Value) -> Result<Answer, Unsent> {
+        match reads::classify(caller, action, params) {
+            Read::Relay => self.relay.send(action, params).await,
+            Read::Shared { key, ttl } => {
+                self.memo
+                    .get(&key, ttl, self.relay.send(action, params))
+                    .await
+            }
+            Read::Batched(look) => self.batches.describe(look).await,
+        }
+    }
+
+    /// What the relay and the batches did so far.
+    pub fn counts(&self) -> Counts {
+        let (batch_calls, batched_looks) = self.batches.counts();
+        Counts {
+            relay: self.relay.counts(),
+            batch_calls,
+            batched_looks,
+        }
     }
 
     /// Keeps the tag of an ENI the caller just created; forgets a deleted
@@ -208,11 +243,17 @@ impl<A: Authenticate> Facts for Gateway<A> {
             return Ok(Some(node.clone()));
         }
         let (status, text) = self
-            .send(
-                "DescribeNetworkInterfaces",
-                &json!({ "NetworkInterfaceIds": [id] }),
-            )
-            .await?;
+            .batches
+            .describe(reads::Look {
+                lane: reads::Lane::Ids,
+                values: vec![id.to_string()],
+                limit: 1,
+            })
+            .await
+            .map_err(|e| match e {
+                Unsent::Busy(_) => CloudError::Throttled(format!("looking at ENI {id}")),
+                Unsent::Failed(e) => e,
+            })?;
         let answer =
             crate::cloud::tencent::decode_response("DescribeNetworkInterfaces", status, &text)
                 .map_err(|(_, e)| e)?;

@@ -20,6 +20,9 @@ pub struct Caller {
     pub node: String,
     /// Its instance id.
     pub instance: String,
+    /// Its instance type (the Node's `node.kubernetes.io/instance-type`),
+    /// when known: nodes of one type share their limits.
+    pub instance_type: Option<String>,
 }
 
 /// What a call must show before it goes to the cloud.
@@ -191,6 +194,7 @@ mod tests {
         Caller {
             node: "node-a".into(),
             instance: "ins-a".into(),
+            instance_type: None,
         }
     }
 

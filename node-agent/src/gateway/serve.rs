@@ -32,6 +32,9 @@ use crate::kube::crd::VpcIPClaim;
 pub const AUDIENCE: &str = "vpc-cni-gateway";
 /// The review's extra field naming the node of the token's pod.
 const NODE_NAME: &str = "authentication.kubernetes.io/node-name";
+/// The Node label naming its instance type (set by the kubelet or the
+/// cloud controller): nodes of one type share their ENI limits.
+const INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
 /// How long a reviewed token is trusted before it is reviewed again.
 const REVIEWED_FOR: Duration = Duration::from_secs(60);
 /// Tokens kept reviewed at most (one or two per node).
@@ -40,8 +43,9 @@ const MAX_REVIEWED: usize = 50_000;
 const MAX_BODY: usize = 64 << 10;
 /// How long a client may take to send its headers, then its body.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once (agents keep theirs alive).
-const MAX_CONNECTIONS: usize = 4096;
+/// Connections served at once (each agent keeps one alive; a cluster has
+/// up to 5,000 nodes).
+const MAX_CONNECTIONS: usize = 16_384;
 
 /// Settings of the gateway.
 #[derive(Clone, Debug)]
@@ -120,9 +124,9 @@ impl Reviews {
             .ok_or_else(|| {
                 AuthError::Invalid("the token is bound to no pod on a node".to_string())
             })?;
-        let instance = self
-            .nodes
-            .get(&ObjectRef::new(&node))
+        let known = self.nodes.get(&ObjectRef::new(&node));
+        let instance = known
+            .as_ref()
             .and_then(|n| {
                 n.spec
                     .as_ref()
@@ -132,7 +136,19 @@ impl Reviews {
                     .map(str::to_string)
             })
             .unwrap_or_else(|| node.clone());
-        Ok(Caller { node, instance })
+        let instance_type = known.as_ref().and_then(|n| {
+            n.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(INSTANCE_TYPE))
+                .filter(|t| !t.is_empty())
+                .cloned()
+        });
+        Ok(Caller {
+            node,
+            instance,
+            instance_type,
+        })
     }
 }
 
@@ -313,6 +329,7 @@ mod tests {
             Ok(Caller {
                 node: node.into(),
                 instance: node.into(),
+                instance_type: None,
             })
         }
     }
