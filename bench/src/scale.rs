@@ -150,6 +150,13 @@ enum Outcome {
 
 fn main() {
     let a = args();
+    // The agents' and the gateway's warnings, with `SCALE_LOG=warn`.
+    if let Ok(level) = std::env::var("SCALE_LOG") {
+        let level = level
+            .parse()
+            .unwrap_or_else(|_| usage("SCALE_LOG takes a level"));
+        node_agent::logging::init(node_agent::logging::LogFormat::Text, level);
+    }
     // Every ENI counts against the VPC's quota, the nodes' primary ENIs too.
     let quota = a.eni_quota.unwrap_or((a.nodes as u32) * 4 + 100);
     let expected_ready = (quota as usize).saturating_sub(a.nodes).min(a.nodes);
@@ -255,7 +262,7 @@ fn main() {
         .build()
         .expect("runtime");
     let started = Instant::now();
-    let outcomes = runtime.block_on(run(&a, &to, &credentials));
+    let outcomes = runtime.block_on(run(&a, &to, &credentials, &emulator));
     let _ = std::fs::remove_dir_all(&tokens);
     let wall = started.elapsed().as_secs_f64();
     let stats = emulator.stats();
@@ -312,7 +319,12 @@ enum To {
     },
 }
 
-async fn run(a: &Args, to: &To, credentials: &SimCredentials) -> Vec<Option<Outcome>> {
+async fn run(
+    a: &Args,
+    to: &To,
+    credentials: &SimCredentials,
+    emulator: &Emulator,
+) -> Vec<Option<Outcome>> {
     let config = AgentConfig {
         ip_cooldown: Duration::from_secs(30),
         pool: node_agent::sizing::Targets {
@@ -428,7 +440,14 @@ async fn run(a: &Args, to: &To, credentials: &SimCredentials) -> Vec<Option<Outc
             break;
         }
         if last_note.elapsed() > Duration::from_secs(10) {
-            eprintln!("scale: {now:.0} s: {ready} ready, {limited} at ENILimit");
+            let calls = emulator.stats();
+            let of = |action: &str| calls.get(action).map_or(0, |s| s.calls);
+            eprintln!(
+                "scale: {now:.0} s: {ready} ready, {limited} at ENILimit; calls so far: {} creates, {} attaches, {} ENI looks",
+                of("CreateNetworkInterface"),
+                of("AttachNetworkInterface"),
+                of("DescribeNetworkInterfaces")
+            );
             last_note = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -168,6 +168,15 @@ pub struct Instance {
     pub max_ips_per_eni: u32,
 }
 
+impl Instance {
+    /// Its instance type's name, as its Node is labelled
+    /// (`node.kubernetes.io/instance-type`): instances of one type have the
+    /// same limits, and the simulation names a type by them.
+    pub fn type_name(&self) -> String {
+        format!("SIM.E{}I{}", self.max_enis, self.max_ips_per_eni)
+    }
+}
+
 /// An elastic network interface.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Eni {

@@ -342,6 +342,23 @@ impl SharedWorld {
         Ok(out)
     }
 
+    /// [`update`](Self::update) for a change that leaves the world as it
+    /// was whenever it fails: every single operation of the model does
+    /// (each checks before it changes anything), and a world in memory has
+    /// no fabric whose failure could follow a change. No copy of the world
+    /// is kept, which at thousands of nodes is most of a call's cost.
+    pub fn update_atomic<T>(
+        &self,
+        change: impl FnOnce(&mut World) -> Result<T, SimError>,
+    ) -> Result<T, SimError> {
+        if let Some(m) = &self.memory {
+            let mut guard = m.lock().unwrap_or_else(|p| p.into_inner());
+            debug_assert!(guard.fabric.is_none(), "a world in memory has no fabric");
+            return change(&mut guard);
+        }
+        self.update(change)
+    }
+
     fn lock(&self) -> Result<Flock<File>, SimError> {
         let lock_path = self.path.with_extension("lock");
         let file = OpenOptions::new()

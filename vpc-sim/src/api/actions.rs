@@ -76,8 +76,12 @@ pub fn run(
             }
             let eni = w.create_eni(text(p, "SubnetId")?)?;
             let count = number(p, "SecondaryPrivateIpAddressCount").unwrap_or(0);
-            if count > 0 {
-                w.assign_ips(&eni.id, count)?;
+            if count > 0
+                && let Err(e) = w.assign_ips(&eni.id, count)
+            {
+                // The call fails whole: the new ENI goes again.
+                w.delete_eni(&eni.id)?;
+                return Err(e.into());
             }
             let tags: Vec<(String, String)> = p
                 .get("Tags")
@@ -137,7 +141,14 @@ pub fn run(
             w.assign_named_ips(id, &named)?;
             let mut ips = named;
             if let Some(count) = count.filter(|c| *c > 0) {
-                ips.extend(w.assign_ips(id, count)?);
+                match w.assign_ips(id, count) {
+                    Ok(more) => ips.extend(more),
+                    Err(e) => {
+                        // The call fails whole: the named ones go back.
+                        w.unassign_ips(id, &ips)?;
+                        return Err(e.into());
+                    }
+                }
             }
             Ok(
                 json!({ "PrivateIpAddressSet": ips.iter().map(|ip| ip_json(*ip, false)).collect::<Vec<_>>() }),
@@ -272,7 +283,9 @@ fn write(
     f: impl FnOnce(&mut World) -> Result<Value, ApiError>,
 ) -> Result<Value, ApiError> {
     let mut failure = None;
-    let out = world.update(|w| {
+    // Each action's change is whole or nothing (a second step that fails
+    // undoes the first), so the world needs no copy to roll back.
+    let out = world.update_atomic(|w| {
         f(w).map_err(|e| {
             failure = Some(e);
             SimError::State {
@@ -379,5 +392,73 @@ fn api_error(e: SimError) -> ApiError {
     match e {
         SimError::Model(m) => m.into(),
         other => ApiError::new(Kind::Internal, other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Cidr;
+    use crate::world::{NodeLimits, SUBNET_ID};
+
+    /// A call whose second step fails fails whole, in a world in memory
+    /// (changed in place, no copy kept): nothing of its first step stays.
+    #[test]
+    fn a_call_that_fails_half_way_leaves_the_world_as_it_was() {
+        let world = SharedWorld::in_memory(
+            World::with_subnet(
+                1,
+                NodeLimits::default(),
+                10,
+                Cidr::parse("10.0.16.0/28").expect("cidr"),
+            )
+            .expect("world"),
+        );
+        let before = world.read().expect("read");
+        let free = |w: &World| w.vpc.subnets[SUBNET_ID].free_ips();
+        let too_many = free(&before);
+        let failed = run(
+            &world,
+            "CreateNetworkInterface",
+            &json!({
+                "VpcId": before.vpc.id,
+                "SubnetId": SUBNET_ID,
+                "SecondaryPrivateIpAddressCount": too_many,
+            }),
+            10,
+        );
+        assert_eq!(failed.map_err(|e| e.kind), Err(Kind::SubnetExhausted));
+        let after = world.read().expect("read");
+        assert_eq!(after.vpc.enis.len(), before.vpc.enis.len(), "no ENI left");
+        assert_eq!(free(&after), free(&before), "no address taken");
+
+        // Named addresses, then a count that cannot be had: the named ones
+        // are free again.
+        let eni = run(
+            &world,
+            "CreateNetworkInterface",
+            &json!({ "VpcId": before.vpc.id, "SubnetId": SUBNET_ID }),
+            10,
+        )
+        .expect("create")["NetworkInterface"]["NetworkInterfaceId"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        let held = free(&world.read().expect("read"));
+        let named = "10.0.16.14";
+        let failed = run(
+            &world,
+            "AssignPrivateIpAddresses",
+            &json!({
+                "NetworkInterfaceId": eni,
+                "PrivateIpAddresses": [{ "PrivateIpAddress": named }],
+                "SecondaryPrivateIpAddressCount": held,
+            }),
+            10,
+        );
+        assert_eq!(failed.map_err(|e| e.kind), Err(Kind::SubnetExhausted));
+        let after = world.read().expect("read");
+        assert_eq!(free(&after), held, "the named address is free again");
+        assert!(after.vpc.enis[&eni].secondary_ips.is_empty());
     }
 }

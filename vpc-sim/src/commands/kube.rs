@@ -196,15 +196,14 @@ pub fn start(dir: &Path, sim: &mut Sim, args: &UpArgs) -> Result<(), String> {
     let nodes: Vec<NodeSpec> = sim
         .nodes
         .iter()
-        .map(|n| NodeSpec {
-            name: n.instance.clone(),
-            netns: n.netns.clone(),
-            zone: world
-                .vpc
-                .instances
-                .get(&n.instance)
-                .map(|i| i.zone.clone())
-                .unwrap_or_default(),
+        .map(|n| {
+            let instance = world.vpc.instances.get(&n.instance);
+            NodeSpec {
+                name: n.instance.clone(),
+                netns: n.netns.clone(),
+                zone: instance.map(|i| i.zone.clone()).unwrap_or_default(),
+                instance_type: instance.map(|i| i.type_name()).unwrap_or_default(),
+            }
         })
         .collect();
     let mut extra_images = vec![image, images_dir.join("coredns.tar")];

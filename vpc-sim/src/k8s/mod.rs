@@ -70,6 +70,8 @@ pub struct NodeSpec {
     pub netns: String,
     /// The node's zone.
     pub zone: String,
+    /// Its instance type (`Instance::type_name`).
+    pub instance_type: String,
 }
 
 /// Where the cluster's programs and images are.
@@ -766,7 +768,10 @@ fn start_node(
             format!("--node-ip={}", cn.ip),
             format!("--root-dir={}", cn.kubelet_dir.display()),
             format!("--cert-dir={}", node_dir.join("kubelet-pki").display()),
-            format!("--node-labels=topology.kubernetes.io/zone={}", node.zone),
+            format!(
+                "--node-labels=topology.kubernetes.io/zone={},node.kubernetes.io/instance-type={}",
+                node.zone, node.instance_type
+            ),
             "--v=1".into(),
         ],
     )

@@ -31,7 +31,10 @@ pub use transport::Transport;
 /// How long the cluster's cloud gateway may hold a node's call for its
 /// action's turn before it answers `RequestLimitExceeded`; a node behind
 /// the gateway waits this much longer than its own timeout for an answer.
-pub const GATEWAY_QUEUE: Duration = Duration::from_secs(20);
+/// Long enough for a cold start of 5,000 nodes (the attaches then queue
+/// for about a minute): a call turned away comes back after a backoff and
+/// leaves its turn unused meanwhile, a call that waits does not.
+pub const GATEWAY_QUEUE: Duration = Duration::from_secs(120);
 /// The MTU of Tencent Cloud ENIs.
 pub const MTU: u32 = 1500;
 /// Tag naming the cluster an ENI belongs to.
