@@ -263,7 +263,6 @@ fn main() {
         .expect("runtime");
     let started = Instant::now();
     let outcomes = runtime.block_on(run(&a, &to, &credentials, &emulator));
-    let _ = std::fs::remove_dir_all(&tokens);
     let wall = started.elapsed().as_secs_f64();
     let stats = emulator.stats();
     // The agents keep running on the runtime's workers meanwhile.
@@ -300,6 +299,7 @@ fn main() {
         killed_at,
     );
     // The agents' tasks and blocking calls end with the process.
+    let _ = std::fs::remove_dir_all(&tokens);
     std::process::exit(0);
 }
 

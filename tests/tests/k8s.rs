@@ -276,7 +276,9 @@ fn k8s_vpc_cni_runs_from_deploy_as_a_daemonset_and_survives_its_pod_restarting()
     assert!(can("create", "", "events", "", "default"));
     assert!(can("patch", "events.k8s.io", "events", "", "default"));
     assert!(can("create", "vpc-cni.io", "vpcipclaims", "", "default"));
-    assert!(can(
+    assert!(can("patch", "vpc-cni.io", "nodeeniconfigs", "status", ""));
+    // A claim's status is no subresource: written with the claim.
+    assert!(!can(
         "patch",
         "vpc-cni.io",
         "vpcipclaims",

@@ -246,15 +246,18 @@ fn k8s_the_cluster_component_sweeps_up_after_a_node_that_is_gone() {
     let node1 = c.get("NODE1_INSTANCE").to_string();
     let node2 = c.get("NODE2_INSTANCE").to_string();
     // Test-only: the cluster component sweeps every 2 s with a 10 s grace,
-    // and runs on node1 (node2 is about to go).
+    // and runs on node1 alone (node2 is about to go; its replicas use the
+    // host's ports, so one a node).
     let mut patch: Value =
         serde_json::from_str(&add_args(&["--interval=2s", "--leaked-eni-grace=10s"]))
             .expect("patch");
-    patch.as_array_mut().expect("ops").push(serde_json::json!({
+    let ops = patch.as_array_mut().expect("ops");
+    ops.push(serde_json::json!({
         "op": "add",
         "path": "/spec/template/spec/nodeSelector",
         "value": {"kubernetes.io/hostname": node1},
     }));
+    ops.push(serde_json::json!({ "op": "replace", "path": "/spec/replicas", "value": 1 }));
     c.kubectl(&[
         "-n",
         &ns,
@@ -322,13 +325,12 @@ fn k8s_the_cluster_component_sweeps_up_after_a_node_that_is_gone() {
     let mut got = detached;
     got.sort();
     assert_eq!(got, want, "the instance's secondary ENIs detached");
-    // Time passes past expiring-0's expiry (status only: no node is left
-    // to write it), and an operator deletes deleted-0's claim.
+    // Time passes past expiring-0's expiry (no node is left to write it),
+    // and an operator deletes deleted-0's claim.
     c.kubectl(&[
         "patch",
         "vipc",
         "expiring-0",
-        "--subresource=status",
         "--type",
         "merge",
         "-p",

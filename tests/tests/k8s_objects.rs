@@ -164,6 +164,39 @@ fn k8s_claims_ips_and_node_configs_are_objects_kubectl_shows_and_deletes() {
         );
     }
 
+    // A take-over (the claim's status naming the taker, Moving) that
+    // changes anything else of the claim is refused: the status is no
+    // subresource, so the policy holds the rest as it was.
+    let kc = as_agent_on("ins-other");
+    let grab = serde_json::json!({
+        "spec": { "expireAfter": "9h" },
+        "status": { "node": "ins-other", "phase": "Moving" },
+    });
+    let refused = c
+        .try_kubectl(
+            &[
+                "--kubeconfig",
+                &kc.to_string_lossy(),
+                "patch",
+                "vipc",
+                "web-0",
+                "--type=merge",
+                "-p",
+                &grab.to_string(),
+            ],
+            None,
+        )
+        .expect_err("a take-over that changes the spec is refused");
+    assert!(refused.contains("may only write its own node"), "{refused}");
+    assert_eq!(
+        s(
+            &c.object("vipc", "web-0").expect("claim"),
+            &["status", "node"]
+        ),
+        node,
+        "web-0's claim still this node's"
+    );
+
     // A static pod deleted comes back with its IP; a plain one's claim and
     // VpcIP go with it.
     c.kubectl(&["delete", "pod", "web-0", "plain", "--wait=true"]);

@@ -19,8 +19,9 @@ fn zone_of(c: &Cluster, node: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The webhook serves: the cluster component is Ready (its readiness probe
-/// is the webhook's `/healthz`) and its CA is in the configuration.
+/// The webhook serves: a replica of the cluster component is Ready (its
+/// readiness probe is the webhook's `/healthz`) and its CA is in the
+/// configuration.
 fn wait_webhook(c: &Cluster) {
     let ns = c.get("VPC_CNI_NAMESPACE").to_string();
     c.wait_until("the zone webhook serves", WAIT, || {
@@ -37,7 +38,7 @@ fn wait_webhook(c: &Cluster) {
                 ],
                 None,
             )
-            .is_ok_and(|r| r.trim() == "1");
+            .is_ok_and(|r| r.trim().parse::<u32>().is_ok_and(|n| n >= 1));
         let ca = c
             .try_kubectl(
                 &[

@@ -590,7 +590,7 @@ async fn shutdown_signal() {
 /// The Kubernetes side of the agent, when `--kubernetes` is on.
 struct Cluster {
     #[cfg(feature = "kubernetes")]
-    kube: Option<(::kube::Client, String)>,
+    kube: Option<(::kube::Client, String, crate::kube::writes::Written)>,
     enable_ownerref: bool,
 }
 
@@ -614,7 +614,7 @@ impl Cluster {
                 .unwrap_or_else(|| instance_id.to_string());
             info!(node = %node, "publishing to Kubernetes");
             Ok(Cluster {
-                kube: Some((client, node)),
+                kube: Some((client, node, crate::kube::writes::Written::default())),
                 enable_ownerref: args.enable_ownerref,
             })
         }
@@ -627,11 +627,12 @@ impl Cluster {
 
     fn cluster_claims(&self) -> Arc<dyn crate::cluster_claims::ClusterClaims> {
         #[cfg(feature = "kubernetes")]
-        if let Some((client, node)) = &self.kube {
+        if let Some((client, node, written)) = &self.kube {
             return Arc::new(crate::kube::claims::KubeClaims::new(
                 client.clone(),
                 node,
                 self.enable_ownerref,
+                written.clone(),
             ));
         }
         let _ = self.enable_ownerref;
@@ -640,13 +641,14 @@ impl Cluster {
 
     fn publish(&self, feed: Arc<dyn crate::agent::NodeFeed>, args: &RunArgs) {
         #[cfg(feature = "kubernetes")]
-        if let Some((client, node)) = &self.kube {
+        if let Some((client, node, written)) = &self.kube {
             crate::kube::publish::spawn(
                 client.clone(),
                 feed,
                 crate::kube::publish::Options {
                     node: node.clone(),
                     subnet_ids: args.subnet_ids.clone(),
+                    written: written.clone(),
                 },
             );
         }

@@ -14,9 +14,7 @@ use super::NODE_LABEL;
 use super::crd::{VpcIP, VpcIPClaim, VpcIPClaimStatus, VpcIPSpec};
 use super::objects;
 use super::pods::Pods;
-use super::writes::{
-    Created, apply_claim, apply_claim_status, apply_ip, claim_resource, create_ip,
-};
+use super::writes::{Created, Written, apply_claim, apply_ip, claim_resource, create_ip};
 use crate::cluster_claims::{
     AddressFence, ClaimChange, ClaimFuture, ClusterClaims, ClusterClaimsError, HeldElsewhere,
     PodFacts, PodFactsError, TakeOver,
@@ -33,6 +31,7 @@ pub struct KubeClaims {
     client: Client,
     node: String,
     pods: Pods,
+    written: Written,
 }
 
 impl std::fmt::Debug for KubeClaims {
@@ -46,11 +45,12 @@ impl std::fmt::Debug for KubeClaims {
 impl KubeClaims {
     /// The cluster's claims as node `node` sees them, reading its pods' annotations (and
     /// their owners when `resolve_owners`).
-    pub fn new(client: Client, node: &str, resolve_owners: bool) -> KubeClaims {
+    pub fn new(client: Client, node: &str, resolve_owners: bool, written: Written) -> KubeClaims {
         KubeClaims {
             pods: Pods::watch(client.clone(), node, resolve_owners),
             client,
             node: node.to_string(),
+            written,
         }
     }
 }
@@ -251,12 +251,13 @@ impl ClusterClaims for KubeClaims {
             status.message = Some(format!("moving from node {} to node {node}", was.node));
             claim.status = Some(status);
             claim.metadata.managed_fields = None;
-            let written = tokio::time::timeout(
-                TIMEOUT,
-                api.replace_status(name, &PostParams::default(), &claim),
-            )
-            .await
-            .map_err(|_| unavailable("the API server did not answer within 3 s"))?;
+            // The status alone first, the label as it was: the node the
+            // claim leaves watches its own node's claims by that label,
+            // and sees the take-over only while the object carries it.
+            let written =
+                tokio::time::timeout(TIMEOUT, api.replace(name, &PostParams::default(), &claim))
+                    .await
+                    .map_err(|_| unavailable("the API server did not answer within 3 s"))?;
             match written {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -268,12 +269,7 @@ impl ClusterClaims for KubeClaims {
             }
             // The node label follows, so that the new holder's publisher
             // sees the object; its next apply would set it too.
-            let label = serde_json::json!({ "metadata": { "labels": { NODE_LABEL: node } } });
-            if let Err(e) =
-                within(api.patch(name, &PatchParams::default(), &Patch::Merge(&label))).await
-            {
-                tracing::warn!(namespace, name, error = %e, "cannot relabel a claim taken over");
-            }
+            relabel(&api, namespace, name, node).await;
             tracing::info!(namespace, name, from = %was.node, to = node, ip = %was.ip, "claim taken over");
             Ok(TakeOver::Taken(HeldElsewhere {
                 moving_here: true,
@@ -321,25 +317,17 @@ impl ClusterClaims for KubeClaims {
             ));
             claim.metadata.managed_fields = None;
             // Over the version read: a newer holder is never overwritten.
-            let written = tokio::time::timeout(
-                TIMEOUT,
-                api.replace_status(name, &PostParams::default(), &claim),
-            )
-            .await
-            .map_err(|_| unavailable("the API server did not answer within 3 s"))?;
+            let written =
+                tokio::time::timeout(TIMEOUT, api.replace(name, &PostParams::default(), &claim))
+                    .await
+                    .map_err(|_| unavailable("the API server did not answer within 3 s"))?;
             match written {
                 Ok(_) => {}
                 // Changed since it was read: someone else's now.
                 Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
                 Err(e) => return Err(unavailable(e)),
             }
-            let label =
-                serde_json::json!({ "metadata": { "labels": { NODE_LABEL: held.node.clone() } } });
-            if let Err(e) =
-                within(api.patch(name, &PatchParams::default(), &Patch::Merge(&label))).await
-            {
-                tracing::warn!(namespace, name, error = %e, "cannot relabel a claim given back");
-            }
+            relabel(&api, namespace, name, &held.node).await;
             tracing::warn!(namespace, name, to = %held.node, why, "claim given back to the node it came from");
             Ok(())
         })
@@ -467,12 +455,13 @@ impl ClusterClaims for KubeClaims {
                 field_manager: Some(super::MANAGER.into()),
                 ..PostParams::default()
             };
-            let resource = claim_resource(&self.node, &key, &obj);
+            // A static claim: owned by its workload, if by anything.
+            let resource = claim_resource(&self.node, &key, &obj, None);
             match tokio::time::timeout(TIMEOUT, api.create(&params, &resource))
                 .await
                 .map_err(|_| unavailable("the API server did not answer within 3 s"))?
             {
-                Ok(_) => within(apply_claim_status(&api, &key, &obj, None)).await?,
+                Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 409 => {
                     let live = within(api.get_opt(&key.1)).await?;
                     if let Word::Other(holder) = word_of(live.as_ref(), &self.node) {
@@ -481,7 +470,15 @@ impl ClusterClaims for KubeClaims {
                             key.0, key.1
                         )));
                     }
-                    within(apply_claim(&self.client, &self.node, &key, &obj, None)).await?;
+                    within(apply_claim(
+                        &self.client,
+                        &self.node,
+                        &key,
+                        &obj,
+                        None,
+                        None,
+                    ))
+                    .await?;
                 }
                 Err(e) => return Err(unavailable(e)),
             }
@@ -501,8 +498,8 @@ impl ClusterClaims for KubeClaims {
                     .collect(),
             );
             let ips: Api<VpcIP> = Api::all(self.client.clone());
-            match within(create_ip(&ips, &ip)).await? {
-                Created::Done => {}
+            match within(create_ip(&ips, &ip, &self.written)).await? {
+                Created::Done(_) | Created::Same => {}
                 Created::Ours => within(apply_ip(&self.client, &name, &spec)).await?,
                 Created::Theirs(holder) => {
                     return Err(unavailable(format!("the VpcIP {name} names node {holder}")));
@@ -510,6 +507,15 @@ impl ClusterClaims for KubeClaims {
             }
             Ok(())
         })
+    }
+}
+
+/// Labels a claim object with the node its status names now, after a
+/// take-over or a give-back (each a write of its status alone first).
+async fn relabel(api: &Api<VpcIPClaim>, namespace: &str, name: &str, node: &str) {
+    let label = serde_json::json!({ "metadata": { "labels": { NODE_LABEL: node } } });
+    if let Err(e) = within(api.patch(name, &PatchParams::default(), &Patch::Merge(&label))).await {
+        tracing::warn!(namespace, name, node, error = %e, "cannot relabel a claim that changed hands");
     }
 }
 

@@ -14,7 +14,7 @@ pub mod objects;
 pub mod pods;
 pub mod publish;
 pub mod webhook;
-mod writes;
+pub mod writes;
 pub mod zone_affinity;
 
 use std::fmt::Debug;

@@ -226,6 +226,12 @@ pub fn desired(
                 IpState::Attaching { error } => {
                     attaching = true;
                     attaching_error.clone_from(error);
+                    // An address is shown `Attaching` once its ENI's attach
+                    // failed; one that is simply on its way (a second or
+                    // two) is not worth two writes.
+                    if error.is_none() {
+                        continue;
+                    }
                     (IpPhase::Attaching, None, error.clone())
                 }
                 IpState::Cooling { .. } => {

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use super::crd::{VpcIP, VpcIPClaim, VpcIPSpec};
+use super::crd::{DeletePolicy, VpcIP, VpcIPClaim, VpcIPSpec};
 use super::objects::{self, ClaimObject};
 use super::{FINALIZER, MANAGER, NODE_LABEL};
 
@@ -35,6 +35,8 @@ pub(super) fn has_node_label<K: Resource>(obj: &K, node: &str) -> bool {
         .is_some_and(|n| n == node)
 }
 
+/// The reference to a static claim's workload (recorded with
+/// `--enable-ownerref`): deleting the workload reclaims the claim.
 pub(super) fn owner_references(obj: &ClaimObject) -> Option<Vec<OwnerReference>> {
     let owner = obj.owner()?;
     let api_version = objects::owner_api_version(&owner.kind)?;
@@ -47,13 +49,60 @@ pub(super) fn owner_references(obj: &ClaimObject) -> Option<Vec<OwnerReference>>
     }])
 }
 
-pub(super) fn same_claim(live: &VpcIPClaim, want: &ClaimObject, node: &str) -> bool {
+/// The owners a claim object is written with: a static claim's workload
+/// ([`owner_references`]); a plain claim's `VpcIP` of uid `ip_uid`, so
+/// that deleting the address's object when the pod's sandbox ends takes
+/// the claim with it (the garbage collector's write, not this node's).
+pub(super) fn claim_owners(obj: &ClaimObject, ip_uid: Option<&str>) -> Option<Vec<OwnerReference>> {
+    if obj.spec.delete_policy == DeletePolicy::Never {
+        return owner_references(obj);
+    }
+    ip_uid.map(|uid| vec![ip_owner(&obj.status.ip, uid)])
+}
+
+/// The reference to the `VpcIP` `name` of uid `uid`.
+fn ip_owner(name: &str, uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: VpcIP::api_version(&()).into(),
+        kind: VpcIP::kind(&()).into(),
+        name: name.into(),
+        uid: uid.into(),
+        ..Default::default()
+    }
+}
+
+/// The `VpcIP` that owns a claim object, as (name, uid): a plain claim,
+/// which goes when its address's object goes.
+pub(super) fn owning_ip(live: &VpcIPClaim) -> Option<(String, String)> {
+    let kind = VpcIP::kind(&());
+    live.metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|o| o.kind == kind)
+        .map(|o| (o.name.clone(), o.uid.clone()))
+}
+
+/// Whether a claim object is written with the finalizer: a static claim's
+/// IP is freed before its object goes (`kubectl delete vipc`); a plain
+/// claim's ends with its sandbox whatever becomes of the object.
+fn finalized(obj: &ClaimObject) -> bool {
+    obj.spec.delete_policy == DeletePolicy::Never
+}
+
+pub(super) fn same_claim(
+    live: &VpcIPClaim,
+    want: &ClaimObject,
+    node: &str,
+    ip_uid: Option<&str>,
+) -> bool {
     live.spec == want.spec
         && live.status.as_ref() == Some(&want.status)
         && has_node_label(live, node)
-        && live.finalizers().iter().any(|f| f == FINALIZER)
+        && live.finalizers().iter().any(|f| f == FINALIZER) == finalized(want)
         && live.metadata.owner_references.clone().unwrap_or_default()
-            == owner_references(want).unwrap_or_default()
+            == claim_owners(want, ip_uid).unwrap_or_default()
 }
 
 /// The owner reference `want` names when the live object carries none:
@@ -113,61 +162,84 @@ pub(super) fn other_holder(live: &VpcIPClaim, node: &str) -> Option<String> {
         .filter(|n| !n.is_empty() && n != node)
 }
 
-/// Writes a claim object as `node` holds it: labels, finalizer, owner,
-/// spec, then status; only over `version` of the object when given (a
-/// conflict, 409, if it changed since).
+/// Writes a claim object as `node` holds it, in one write: labels,
+/// finalizer, owners, spec and status; only over `version` of the object
+/// when given (a conflict, 409, if it changed since).
 pub(super) async fn apply_claim(
     client: &Client,
     node: &str,
     key: &(String, String),
     obj: &ClaimObject,
+    ip_uid: Option<&str>,
     version: Option<String>,
 ) -> Result<(), kube::Error> {
     let api: Api<VpcIPClaim> = Api::namespaced(client.clone(), &key.0);
-    let mut o = claim_resource(node, key, obj);
-    o.metadata.resource_version = version.clone();
-    let written = api
-        .patch(&key.1, &apply_params(), &Patch::Apply(&o))
-        .await?;
-    let version = version.and(written.resource_version());
-    apply_claim_status(&api, key, obj, version).await
-}
-
-/// The claim object `node` writes for `obj`: labels, finalizer, owner and
-/// spec (its status is written apart).
-pub(super) fn claim_resource(node: &str, key: &(String, String), obj: &ClaimObject) -> VpcIPClaim {
-    let mut o = VpcIPClaim::new(&key.1, obj.spec.clone());
-    o.metadata.namespace = Some(key.0.clone());
-    o.metadata.labels = Some(node_labels(node));
-    o.metadata.finalizers = Some(vec![FINALIZER.into()]);
-    o.metadata.owner_references = owner_references(obj);
-    o
-}
-
-/// Writes a claim object's status, over `version` when given.
-pub(super) async fn apply_claim_status(
-    api: &Api<VpcIPClaim>,
-    key: &(String, String),
-    obj: &ClaimObject,
-    version: Option<String>,
-) -> Result<(), kube::Error> {
-    let mut status = serde_json::json!({
-        "apiVersion": VpcIPClaim::api_version(&()),
-        "kind": VpcIPClaim::kind(&()),
-        "status": obj.status,
-    });
-    if let Some(v) = version {
-        status["metadata"] = serde_json::json!({ "resourceVersion": v });
-    }
-    api.patch_status(&key.1, &apply_params(), &Patch::Apply(&status))
+    let mut o = claim_resource(node, key, obj, ip_uid);
+    o.metadata.resource_version = version;
+    api.patch(&key.1, &apply_params(), &Patch::Apply(&o))
         .await?;
     Ok(())
 }
 
+/// The claim object `node` writes for `obj`, whole: labels, finalizer (a
+/// static claim's), owners ([`claim_owners`]), spec and status.
+pub(super) fn claim_resource(
+    node: &str,
+    key: &(String, String),
+    obj: &ClaimObject,
+    ip_uid: Option<&str>,
+) -> VpcIPClaim {
+    let mut o = VpcIPClaim::new(&key.1, obj.spec.clone());
+    o.metadata.namespace = Some(key.0.clone());
+    o.metadata.labels = Some(node_labels(node));
+    o.metadata.finalizers = finalized(obj).then(|| vec![FINALIZER.into()]);
+    o.metadata.owner_references = claim_owners(obj, ip_uid);
+    o.status = Some(obj.status.clone());
+    o
+}
+
+/// The `VpcIP`s this agent created lately, as it created them: the
+/// publisher's cache shows an object a moment after its create, and the
+/// first bind of a static claim creates one outside the publisher; looked
+/// up before a create that would only find the object there.
+#[derive(Clone, Debug, Default)]
+pub struct Written {
+    ips: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, CreatedIp>>>,
+}
+
+/// One `VpcIP` created: its spec, its uid, when.
+type CreatedIp = (VpcIPSpec, String, std::time::Instant);
+
+/// How long a created object is remembered: longer than a cache takes to
+/// show it.
+const REMEMBERED: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Written {
+    fn created(&self, name: &str, spec: &VpcIPSpec, uid: &str) {
+        let mut ips = self.ips.lock().unwrap_or_else(|p| p.into_inner());
+        ips.retain(|_, (_, _, at)| at.elapsed() < REMEMBERED);
+        ips.insert(
+            name.to_string(),
+            (spec.clone(), uid.to_string(), std::time::Instant::now()),
+        );
+    }
+
+    /// The uid of the `VpcIP` `name` if this agent created it lately as
+    /// `spec`.
+    pub(super) fn ip(&self, name: &str, spec: &VpcIPSpec) -> Option<String> {
+        let ips = self.ips.lock().unwrap_or_else(|p| p.into_inner());
+        ips.get(name)
+            .filter(|(s, _, at)| s == spec && at.elapsed() < REMEMBERED)
+            .map(|(_, uid, _)| uid.clone())
+    }
+}
+
 /// What a create of a `VpcIP` found.
 pub(super) enum Created {
-    /// Created.
-    Done,
+    /// Created, with this uid.
+    Done(String),
+    /// It exists and is this node's, as wanted: nothing to write.
+    Same,
     /// It exists and is this node's: write it over.
     Ours,
     /// It exists and names another node.
@@ -175,19 +247,28 @@ pub(super) enum Created {
 }
 
 /// Creates `obj` unless its address's object exists; says whose it is.
-pub(super) async fn create_ip(api: &Api<VpcIP>, obj: &VpcIP) -> Result<Created, kube::Error> {
+pub(super) async fn create_ip(
+    api: &Api<VpcIP>,
+    obj: &VpcIP,
+    written: &Written,
+) -> Result<Created, kube::Error> {
     let params = PostParams {
         field_manager: Some(MANAGER.into()),
         ..PostParams::default()
     };
     match api.create(&params, obj).await {
-        Ok(_) => Ok(Created::Done),
+        Ok(made) => {
+            let uid = made.uid().unwrap_or_default();
+            written.created(&obj.name_any(), &obj.spec, &uid);
+            Ok(Created::Done(uid))
+        }
         Err(kube::Error::Api(e)) if e.code == 409 => {
             let node = obj.spec.node.as_str();
             match api.get_opt(&obj.name_any()).await? {
                 Some(live) if !has_node_label(&live, node) || live.spec.node != node => {
                     Ok(Created::Theirs(live.spec.node.clone()))
                 }
+                Some(live) if live.spec == obj.spec => Ok(Created::Same),
                 _ => Ok(Created::Ours),
             }
         }

@@ -74,6 +74,23 @@ pub struct NodeSpec {
     pub instance_type: String,
 }
 
+/// The audit log of writes of vpc-cni's objects, in the cluster's
+/// directory (`DIR/k8s`): one JSON line per write, with its user.
+pub const AUDIT_LOG: &str = "audit.log";
+
+/// What the API server audits: writes of `vpc-cni.io` objects, at the
+/// Metadata level (who, what, the answer); nothing else.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+  resources:
+  - group: vpc-cni.io
+- level: None
+";
+
 /// Where the cluster's programs and images are.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -451,6 +468,11 @@ pub fn up(
         .is_ok()
     })?;
 
+    // An audit log of the writes of vpc-cni's objects, by whom: what the
+    // agents write and what the garbage collector writes for them
+    // (`bench/api-writes`).
+    let audit_policy = dir.join("audit-policy.yaml");
+    fs::write(&audit_policy, AUDIT_POLICY).map_err(|e| e.to_string())?;
     say("==> kube-apiserver");
     start(
         state,
@@ -487,6 +509,9 @@ pub fn up(
             // endpoints, not its ClusterIP: there is no kube-proxy here.
             "--enable-aggregator-routing=true".into(),
             "--profiling=false".into(),
+            format!("--audit-policy-file={}", audit_policy.display()),
+            format!("--audit-log-path={}", dir.join(AUDIT_LOG).display()),
+            "--audit-log-maxsize=100".into(),
         ],
     )?;
     let kubectl = Kubectl {

@@ -18,7 +18,7 @@ use crate::kube::crd::{DeletePolicy, VpcIPClaim};
 use crate::kube::objects;
 use crate::kube::objects::{ClaimObject, Desired};
 use crate::kube::writes::{
-    apply_claim, ignore_missing, other_holder, owner_gone, remove_finalizer, same_claim,
+    apply_claim, ignore_missing, other_holder, owner_gone, owning_ip, remove_finalizer, same_claim,
     unreferenced_owner, was_written_with,
 };
 
@@ -82,9 +82,10 @@ impl Publisher {
                 self.deletion(live, Some(obj)).await?;
                 continue;
             }
+            let ip_uid = self.ip_uid(&obj.status.ip);
             if live
                 .as_ref()
-                .is_some_and(|l| same_claim(l, obj, &self.options.node))
+                .is_some_and(|l| same_claim(l, obj, &self.options.node, ip_uid.as_deref()))
                 || self
                     .sent_claims
                     .get(key)
@@ -126,7 +127,16 @@ impl Publisher {
                 continue;
             }
             let version = current.as_ref().and_then(|c| c.resource_version());
-            match apply_claim(&self.client, &self.options.node, key, obj, version).await {
+            match apply_claim(
+                &self.client,
+                &self.options.node,
+                key,
+                obj,
+                ip_uid.as_deref(),
+                version,
+            )
+            .await
+            {
                 // Changed since it was read (another node may be taking
                 // it over): looked at again next pass.
                 Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -151,6 +161,16 @@ impl Publisher {
             }
             let id = format!("vipc/{}/{}", key.0, key.1);
             if self.deleted.contains_key(&id) || other_holder(&live, &self.options.node).is_some() {
+                continue;
+            }
+            // A plain claim whose `VpcIP` went (this node deleted it, or
+            // another one took its name): the garbage collector deletes it
+            // with its owner; no write of this node's.
+            if let Some((ip, uid)) = owning_ip(&live)
+                && (self.deleted.contains_key(&format!("vip/{ip}"))
+                    || self.ip_uid(&ip).as_deref() != Some(uid.as_str()))
+            {
+                self.deleted.insert(id, Instant::now());
                 continue;
             }
             // A static claim the pool never held while this publisher ran

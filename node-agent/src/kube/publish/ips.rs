@@ -15,6 +15,7 @@ use crate::kube::objects::Desired;
 use crate::kube::writes::{
     Created, apply_params, create_ip, has_node_label, ignore_missing, node_labels,
 };
+use crate::phase::IpPhase;
 
 impl Publisher {
     pub(super) async fn publish_ips(&mut self, want: &Desired) -> Result<(), kube::Error> {
@@ -33,19 +34,33 @@ impl Publisher {
             }
             let mut obj = VpcIP::new(name, spec.clone());
             obj.metadata.labels = Some(node_labels(&self.options.node));
+            // Just created (by this publisher, or by the first bind of a
+            // static claim) and not in the cache yet: nothing to write.
+            if live.is_none()
+                && let Some(uid) = self.written.ip(name, spec)
+            {
+                self.ip_uids.entry(name.clone()).or_insert(uid);
+                continue;
+            }
             if live.is_none() {
                 // Not this node's yet: a create, which fails if the
                 // address's object exists; one naming another node (the
                 // address moved, and that node writes it) is never written
                 // over.
-                match create_ip(&api, &obj).await? {
-                    Created::Done => {
+                match create_ip(&api, &obj, &self.written).await? {
+                    Created::Done(uid) => {
                         self.sent_ips
                             .insert(name.clone(), (spec.clone(), Instant::now()));
+                        self.ip_uids.insert(name.clone(), uid);
                         continue;
                     }
                     Created::Theirs(other) => {
                         debug!(ip = %name, node = %other, "VpcIP held by another node; not written");
+                        continue;
+                    }
+                    Created::Same => {
+                        self.sent_ips
+                            .insert(name.clone(), (spec.clone(), Instant::now()));
                         continue;
                     }
                     Created::Ours => {}
@@ -57,10 +72,16 @@ impl Publisher {
                 .insert(name.clone(), (spec.clone(), Instant::now()));
         }
         let live_names: HashSet<String> = self.ips.state().iter().map(|l| l.name_any()).collect();
-        self.fences_seen.retain(|name, _| live_names.contains(name));
+        self.ips_seen.retain(|name, _| live_names.contains(name));
         for live in self.ips.state() {
             let name = live.name_any();
             let id = format!("vip/{name}");
+            // When this node first saw the object, by its own clock: the
+            // API server's clock is another host's.
+            let seen = *self
+                .ips_seen
+                .entry(name.clone())
+                .or_insert_with(Instant::now);
             // An address on its way here (an incoming claim) is still the
             // claim's: its fence stays.
             if want.ips.contains_key(&name)
@@ -69,18 +90,17 @@ impl Publisher {
             {
                 continue;
             }
-            // A fence's age by this node's own clock, from when it was
-            // first seen: the API server's clock is another host's.
-            if live.spec.ip_phase() == Some(crate::phase::IpPhase::Requested) {
-                let seen = *self
-                    .fences_seen
-                    .entry(name.clone())
-                    .or_insert_with(Instant::now);
-                if fence_in_flight(seen.elapsed()) {
-                    continue;
-                }
+            // A `Requested` fence stays while its request may run; another
+            // object this publisher did not write (the first bind of a
+            // static claim writes its `VpcIP` before the pool shows the
+            // address) for a moment, until the pool catches up.
+            if seen.elapsed()
+                < deletion_grace(live.spec.ip_phase(), self.ip_uids.contains_key(&name))
+            {
+                continue;
             }
             self.sent_ips.remove(&name);
+            self.ip_uids.remove(&name);
             // Only the version this node saw (the address may have moved
             // to another node, which writes it now).
             let mut params = DeleteParams::background();
@@ -104,10 +124,17 @@ impl Publisher {
 /// crashed attempt's and is deleted.
 const FENCE_GRACE: Duration = Duration::from_secs(60);
 
-/// Whether a `Requested` fence this node first saw `seen_for` ago may
-/// still have its request under way.
-fn fence_in_flight(seen_for: Duration) -> bool {
-    seen_for < FENCE_GRACE
+/// How long after this node first saw an unwanted `VpcIP` of its own it
+/// is left alone: a `Requested` fence while its request may run; one this
+/// publisher did not create itself (the first bind of a static claim
+/// writes its `VpcIP` before the pool shows the address) a moment, until
+/// the pool catches up; one it created, not at all.
+fn deletion_grace(phase: Option<IpPhase>, created_here: bool) -> Duration {
+    match phase {
+        Some(IpPhase::Requested) => FENCE_GRACE,
+        _ if created_here => Duration::ZERO,
+        _ => SETTLE,
+    }
 }
 
 #[cfg(test)]
@@ -115,8 +142,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_requested_fence_is_left_alone_only_while_its_request_may_run() {
-        assert!(fence_in_flight(FENCE_GRACE - Duration::from_millis(1)));
-        assert!(!fence_in_flight(FENCE_GRACE));
+    fn an_unwanted_vpcip_goes_at_once_only_when_this_publisher_created_it() {
+        assert_eq!(deletion_grace(Some(IpPhase::Bound), true), Duration::ZERO);
+        assert_eq!(deletion_grace(Some(IpPhase::Bound), false), SETTLE);
+        assert_eq!(deletion_grace(None, false), SETTLE);
+        assert_eq!(
+            deletion_grace(Some(IpPhase::Requested), true),
+            FENCE_GRACE,
+            "a fence waits for its request"
+        );
     }
 }

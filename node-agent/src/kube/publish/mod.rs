@@ -55,6 +55,8 @@ pub struct Options {
     pub node: String,
     /// Subnets the node may take ENIs from, as configured.
     pub subnet_ids: Vec<String>,
+    /// The objects this agent created lately (shared with its claims').
+    pub written: super::writes::Written,
 }
 
 /// Starts publishing `feed`'s pool; runs until the agent's outbox ends.
@@ -79,6 +81,10 @@ struct Publisher {
     node_uid: Option<String>,
     sent_claims: HashMap<(String, String), (ClaimObject, Instant)>,
     sent_ips: HashMap<String, (VpcIPSpec, Instant)>,
+    written: super::writes::Written,
+    /// The uid of each `VpcIP` this publisher created, until it deletes
+    /// it (its cache may not show it yet).
+    ip_uids: HashMap<String, String>,
     deleted: HashMap<String, Instant>,
     sent_node: Option<super::crd::NodeEniConfigStatus>,
     /// When the node's status was last written.
@@ -86,8 +92,8 @@ struct Publisher {
     conditions: BTreeMap<String, String>,
     deferred: HashSet<String>,
     last: BTreeMap<(String, String), ClaimObject>,
-    /// When this node first saw each `Requested` fence, by its own clock.
-    fences_seen: HashMap<String, Instant>,
+    /// When this node first saw each of its `VpcIP`s, by its own clock.
+    ips_seen: HashMap<String, Instant>,
 }
 
 impl Publisher {
@@ -115,6 +121,7 @@ impl Publisher {
                 instance: Some(options.node.clone()),
             },
         );
+        let written = options.written.clone();
         Publisher {
             client,
             feed,
@@ -129,13 +136,15 @@ impl Publisher {
             node_uid: None,
             sent_claims: HashMap::new(),
             sent_ips: HashMap::new(),
+            written,
+            ip_uids: HashMap::new(),
             deleted: HashMap::new(),
             sent_node: None,
             node_written: None,
             conditions: BTreeMap::new(),
             deferred: HashSet::new(),
             last: BTreeMap::new(),
-            fences_seen: HashMap::new(),
+            ips_seen: HashMap::new(),
         }
     }
 
@@ -177,6 +186,16 @@ impl Publisher {
         }
     }
 
+    /// The uid of this node's `VpcIP` of `ip`, if it has one.
+    fn ip_uid(&self, ip: &str) -> Option<String> {
+        self.ip_uids.get(ip).cloned().or_else(|| {
+            self.ips
+                .get(&ObjectRef::new(ip))
+                .filter(|l| super::writes::has_node_label(&**l, &self.options.node))
+                .and_then(|l| l.metadata.uid.clone())
+        })
+    }
+
     /// The operator's targets for this node, from its `NodeEniConfig` spec.
     fn read_overrides(&self) {
         let spec = self
@@ -204,8 +223,10 @@ impl Publisher {
             &claim_views,
         );
         self.deleted.retain(|_, at| at.elapsed() < SETTLE);
-        self.publish_claims(&want).await?;
+        // The addresses first: a plain claim is written with its `VpcIP`
+        // as its owner, and is left to go with it.
         self.publish_ips(&want).await?;
+        self.publish_claims(&want).await?;
         self.publish_node(&want).await?;
         self.last = want.claims;
         Ok(())
