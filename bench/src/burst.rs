@@ -1,26 +1,41 @@
 //! `burst`: pods arriving at once on a node whose warm pool is small: ADD
 //! latencies (median, p99, max) and the cloud calls the growth took, with
 //! the agent against the VPC API emulator (default task latency unless
-//! given) and the fake dataplane, every ADD through the real plugin.
+//! given) and the fake dataplane, every ADD through the real plugin. The
+//! agent holds no key: its calls go through the cluster's cloud gateway
+//! (the real one, in this process), or with `--shape direct` straight to
+//! the emulator with a key.
 //!
 //!   bench/burst [--pods 50] [--warm 4] [--task-latency-ms 0] [--latency-ms 0]
+//!               [--shape gateway|direct]
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use bench::gateways::{self, Replica};
 use bench::pct;
-use vpc_cni_tests::{Agent, CniEnv, cni};
+use node_agent::cloud::tencent::Credentials;
+use vpc_cni_tests::{Agent, CniEnv, Emulator, cni};
 
 fn main() {
     let mut pods = 50usize;
     let mut warm = 4usize;
     let mut task_latency = 0u64;
     let mut latency = 0u64;
+    let mut gateway = true;
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
         let [flag, value] = pair else {
             usage(&format!("{} needs a value", pair[0]));
         };
+        if flag == "--shape" {
+            gateway = match value.as_str() {
+                "gateway" => true,
+                "direct" => false,
+                _ => usage("--shape takes gateway or direct"),
+            };
+            continue;
+        }
         let n: u64 = value
             .parse()
             .unwrap_or_else(|_| usage(&format!("{flag} takes a number")));
@@ -37,7 +52,8 @@ fn main() {
         latency.to_string(),
         warm.to_string(),
     );
-    let agent = Agent::start_with(
+    let emulator = Emulator::start(
+        1,
         &[
             "--task-latency-ms",
             &task_latency,
@@ -48,8 +64,37 @@ fn main() {
             "--ips-per-eni",
             "30",
         ],
-        &["--warm-ip-target", &warm_s, "--log-format", "json"],
     );
+    let mut flags = vec![
+        "--warm-ip-target".to_string(),
+        warm_s,
+        "--log-format".into(),
+        "json".into(),
+    ];
+    let tokens = tempfile::tempdir().expect("tempdir");
+    let replica = gateway.then(|| {
+        let replica = Replica::start(
+            &format!("http://{}", emulator.address),
+            vpc_sim::api::REGION,
+            Credentials {
+                secret_id: emulator.secret_id.clone(),
+                secret_key: emulator.secret_key.clone(),
+                token: None,
+            },
+            node_agent::gateway::budget::DEFAULT_SHARE,
+            "default",
+        );
+        let token = gateways::token_file(tokens.path(), &vpc_sim::world::instance_id(1));
+        flags.extend([
+            "--cloud-gateway".into(),
+            replica.url.clone(),
+            "--gateway-token-file".into(),
+            token.display().to_string(),
+        ]);
+        replica
+    });
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let agent = Agent::start_on(emulator, &flags);
     // Let the warm pool fill first.
     let deadline = Instant::now() + Duration::from_secs(30);
     while free(&agent) < warm && Instant::now() < deadline {
@@ -83,7 +128,12 @@ fn main() {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "{pods} pods at once, warm pool {warm} IPs, API latency {latency} ms, task latency {task_latency} ms"
+        "{pods} pods at once, warm pool {warm} IPs, API latency {latency} ms, task latency {task_latency} ms, {}",
+        if replica.is_some() {
+            "the agent's calls through the cloud gateway"
+        } else {
+            "the agent straight to the API"
+        }
     );
     let _ = writeln!(
         out,
@@ -146,5 +196,8 @@ fn api_calls(agent: &Agent) -> usize {
 
 fn usage(msg: &str) -> ! {
     eprintln!("burst: {msg}");
+    eprintln!(
+        "usage: burst [--pods 50] [--warm 4] [--task-latency-ms 0] [--latency-ms 0] [--shape gateway|direct]"
+    );
     std::process::exit(2)
 }

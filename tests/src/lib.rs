@@ -85,10 +85,17 @@ impl Agent {
 
     /// Like [`Agent::start`], with extra `vpc-sim serve` flags (limits).
     pub fn start_with(emulator_flags: &[&str], flags: &[&str]) -> Agent {
+        Agent::start_on(Emulator::start(1, emulator_flags), flags)
+    }
+
+    /// An agent of node 1 of `emulator`. With `--cloud-gateway` among
+    /// `flags` it holds no key and calls the cloud through that gateway
+    /// (whose token file the flags name too).
+    pub fn start_on(emulator: Emulator, flags: &[&str]) -> Agent {
         let mut agent = Agent {
             dir: tempfile::tempdir().expect("tempdir"),
             flags: flags.iter().map(|s| s.to_string()).collect(),
-            emulator: Emulator::start(1, emulator_flags),
+            emulator,
             child: None,
         };
         agent.spawn();
@@ -691,6 +698,20 @@ pub fn spawn_agent(dir: &Path, emulator: &Emulator, instance: usize, flags: &[St
         .append(true)
         .open(dir.join("agent.log"))
         .expect("log file");
+    // Behind a gateway the agent holds no key and names no endpoint.
+    let direct = !flags.iter().any(|f| f.starts_with("--cloud-gateway"));
+    let endpoint = format!("http://{}", emulator.address);
+    let credentials = emulator.dir.path().join("credentials");
+    let key: Vec<&std::ffi::OsStr> = if direct {
+        vec![
+            "--cloud-endpoint".as_ref(),
+            endpoint.as_ref(),
+            "--credentials-file".as_ref(),
+            credentials.as_os_str(),
+        ]
+    } else {
+        Vec::new()
+    };
     Command::new(bin("vpc-cni-agent"))
         .arg("run")
         .arg("--socket")
@@ -698,13 +719,11 @@ pub fn spawn_agent(dir: &Path, emulator: &Emulator, instance: usize, flags: &[St
         .arg("--state-dir")
         .arg(dir.join("state"))
         .args(["--dataplane", "fake", "--log-level", "debug"])
-        .args(["--cloud-endpoint", &format!("http://{}", emulator.address)])
+        .args(key)
         .args([
             "--metadata-url",
             &format!("http://{}/ins-sim{instance:04}", emulator.address),
         ])
-        .arg("--credentials-file")
-        .arg(emulator.dir.path().join("credentials"))
         .arg("--test-clock-offset-file")
         .arg(dir.join("clock-offset"))
         .args(
