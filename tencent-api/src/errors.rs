@@ -45,6 +45,30 @@ pub enum Kind {
     /// A parameter names more values than one call may carry, such as more
     /// than 10 `PrivateIpAddresses` (`InvalidParameterValue.LimitExceeded`).
     TooManyValues,
+    /// The VPC has its IPv6 block already (`LimitExceeded.CidrBlock`).
+    Ipv6BlockAssigned,
+    /// The subnet has its IPv6 block already
+    /// (`LimitExceeded.SubnetCidrBlock`).
+    SubnetIpv6BlockAssigned,
+    /// The VPC or the ENI's subnet has no IPv6 block
+    /// (`UnsupportedOperation.UnassignCidrBlock`, "未分配IPv6网段").
+    NoIpv6Block,
+    /// A subnet's IPv6 block is not one of the VPC's
+    /// (`InvalidParameterValue.SubnetRange`).
+    SubnetRange,
+    /// A subnet's IPv6 block is another subnet's
+    /// (`InvalidParameterValue.SubnetConflict`).
+    SubnetConflict,
+    /// The ENI has its quota of addresses (`LimitExceeded.Address`): the
+    /// code of the IPv6 actions.
+    AddressLimit,
+    /// A named IPv6 address is in use (`ResourceInUse.Address`).
+    AddressUsed,
+    /// A named address is reserved (`InvalidParameterValue.Reserved`).
+    Reserved,
+    /// An address to take off is not on the ENI
+    /// (`UnsupportedOperation.AttachmentNotFound`).
+    AttachmentNotFound,
     /// The service failed: retry later.
     Internal,
     /// A code the client does not know.
@@ -83,6 +107,24 @@ const TABLE: &[(Kind, &str)] = &[
     // "The number of parameter values exceeds the limit": the code the
     // official SDKs list for a parameter with too many values.
     (Kind::TooManyValues, "InvalidParameterValue.LimitExceeded"),
+    // The IPv6 actions' codes (tencentcloud-sdk-go, vpc/v20170312/client.go:
+    // AssignIpv6CidrBlock, AssignIpv6SubnetCidrBlock, AssignIpv6Addresses,
+    // UnassignIpv6Addresses).
+    (Kind::Ipv6BlockAssigned, "LimitExceeded.CidrBlock"),
+    (
+        Kind::SubnetIpv6BlockAssigned,
+        "LimitExceeded.SubnetCidrBlock",
+    ),
+    (Kind::NoIpv6Block, "UnsupportedOperation.UnassignCidrBlock"),
+    (Kind::SubnetRange, "InvalidParameterValue.SubnetRange"),
+    (Kind::SubnetConflict, "InvalidParameterValue.SubnetConflict"),
+    (Kind::AddressLimit, "LimitExceeded.Address"),
+    (Kind::AddressUsed, "ResourceInUse.Address"),
+    (Kind::Reserved, "InvalidParameterValue.Reserved"),
+    (
+        Kind::AttachmentNotFound,
+        "UnsupportedOperation.AttachmentNotFound",
+    ),
     (Kind::Internal, "InternalError"),
 ];
 

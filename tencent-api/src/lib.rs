@@ -25,6 +25,10 @@ pub const DOCUMENTED_RATES: &[(&str, u32)] = &[
     ("DescribeSubnets", 100),
     ("DescribeVpcTaskResult", 20),
     ("DescribeNetworkInterfaceLimit", 20),
+    ("AssignIpv6CidrBlock", 20),
+    ("AssignIpv6SubnetCidrBlock", 20),
+    ("AssignIpv6Addresses", 20),
+    ("UnassignIpv6Addresses", 20),
 ];
 
 /// Whether a VPC action completes asynchronously: its `RequestId` is then a
@@ -38,5 +42,7 @@ pub fn is_async(action: &str) -> bool {
             | "AssignPrivateIpAddresses"
             | "UnassignPrivateIpAddresses"
             | "MigratePrivateIpAddress"
+            | "AssignIpv6Addresses"
+            | "UnassignIpv6Addresses"
     )
 }

@@ -108,4 +108,47 @@ try:
 except TencentCloudSDKException as e:
     assert e.get_code() == "AuthFailure.TokenFailure", e.get_code()
 
+# IPv6: a block for the VPC, a /64 of it for the subnet, addresses for an ENI.
+vpcs = call("DescribeVpcs", {"VpcIds": ["vpc-sim0001"]})["VpcSet"]
+assert vpcs[0]["Ipv6CidrBlock"] == "" and vpcs[0]["Ipv6CidrBlockSet"] == [], vpcs
+block = call("AssignIpv6CidrBlock", {"VpcId": "vpc-sim0001"})["Ipv6CidrBlock"]
+assert block.endswith("/56"), block
+expect_error("LimitExceeded.CidrBlock", "AssignIpv6CidrBlock", {"VpcId": "vpc-sim0001"})
+assert call("DescribeVpcs", {})["VpcSet"][0]["Ipv6CidrBlockSet"][0]["IPv6CidrBlock"] == block
+prefix = block.split("::")[0]
+sixty_four = prefix[:-2] + "01::/64"
+expect_error("UnsupportedOperation.UnassignCidrBlock", "AssignIpv6Addresses", {
+    "NetworkInterfaceId": other_id, "Ipv6AddressCount": 1})
+sub = call("AssignIpv6SubnetCidrBlock", {
+    "VpcId": "vpc-sim0001", "Ipv6SubnetCidrBlocks": [{"SubnetId": subnet, "Ipv6CidrBlock": sixty_four}],
+})["Ipv6SubnetCidrBlockSet"]
+assert sub == [{"SubnetId": subnet, "Ipv6CidrBlock": sixty_four}], sub
+expect_error("LimitExceeded.SubnetCidrBlock", "AssignIpv6SubnetCidrBlock", {
+    "VpcId": "vpc-sim0001", "Ipv6SubnetCidrBlocks": [{"SubnetId": subnet, "Ipv6CidrBlock": sixty_four}],
+})
+shown = call("DescribeSubnets", {"SubnetIds": [subnet]})["SubnetSet"][0]
+assert shown["Ipv6CidrBlock"] == sixty_four, shown
+v6 = call("AssignIpv6Addresses", {"NetworkInterfaceId": other_id, "Ipv6AddressCount": 2})
+assert [a["State"] for a in v6["Ipv6AddressSet"]] == ["PENDING", "PENDING"], v6
+assert call("DescribeVpcTaskResult", {"TaskId": v6["RequestId"]})["Status"] == "SUCCESS"
+got = [a["Address"] for a in v6["Ipv6AddressSet"]]
+named = sixty_four.split("::")[0] + "::99"
+call("AssignIpv6Addresses", {"NetworkInterfaceId": other_id, "Ipv6Addresses": [{"Address": named}]})
+expect_error("ResourceInUse.Address", "AssignIpv6Addresses", {
+    "NetworkInterfaceId": other_id, "Ipv6Addresses": [{"Address": named}]})
+expect_error("InvalidParameterValue.Range", "AssignIpv6Addresses", {
+    "NetworkInterfaceId": other_id, "Ipv6Addresses": [{"Address": prefix[:-2] + "02::5"}]})
+seen = call("DescribeNetworkInterfaces", {"Filters": [{"Name": "address-ipv6", "Values": [named]}]})
+assert seen["TotalCount"] == 1, seen
+held6 = [a["Address"] for a in seen["NetworkInterfaceSet"][0]["Ipv6AddressSet"]]
+assert set(got + [named]) == set(held6), (got, named, held6)
+assert all(a["State"] == "AVAILABLE" and not a["Primary"] for a in seen["NetworkInterfaceSet"][0]["Ipv6AddressSet"])
+call("UnassignIpv6Addresses", {"NetworkInterfaceId": other_id, "Ipv6Addresses": [{"Address": named}]})
+expect_error("UnsupportedOperation.AttachmentNotFound", "UnassignIpv6Addresses", {
+    "NetworkInterfaceId": other_id, "Ipv6Addresses": [{"Address": named}]})
+created = call("CreateNetworkInterface", {
+    "VpcId": "vpc-sim0001", "SubnetId": subnet, "NetworkInterfaceName": "v6b", "Ipv6AddressCount": 1,
+})["NetworkInterface"]
+assert len(created["Ipv6AddressSet"]) == 1, created
+
 print("sdk lifecycle: ok")

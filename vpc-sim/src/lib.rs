@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod fabric;
+pub mod ipv6;
 pub mod k8s;
 pub mod model;
 pub mod probe;

@@ -4,9 +4,11 @@
 //! I/O, every rule of the cloud checked here.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
+
+use crate::ipv6::{Cidr6, Pool6};
 
 /// The VPC ENI quota unless configured otherwise.
 pub const DEFAULT_ENI_QUOTA: u32 = 1000;
@@ -81,6 +83,9 @@ pub struct Subnet {
     /// when the sequence reaches them.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     named: BTreeSet<Ipv4Addr>,
+    /// Its IPv6 block and addresses, once it has one (`ipv6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Pool6>,
 }
 
 impl Subnet {
@@ -204,6 +209,9 @@ pub struct Eni {
     /// When it was created (Unix seconds; 0 if unknown).
     #[serde(default)]
     pub created_unix: u64,
+    /// Its IPv6 addresses (all secondary).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv6_addresses: Vec<Ipv6Addr>,
 }
 
 /// What the cloud refuses, with the reason it gives.
@@ -271,6 +279,55 @@ pub enum ModelError {
         /// Its CIDR.
         cidr: Cidr,
     },
+    /// The VPC has its IPv6 block already (one per VPC).
+    #[error("{0}")]
+    Ipv6BlockAssigned(String),
+    /// The subnet has its IPv6 block already (one per subnet).
+    #[error("{0}")]
+    SubnetIpv6BlockAssigned(String),
+    /// The VPC, or the ENI's subnet, has no IPv6 block.
+    #[error("{0}")]
+    NoIpv6Block(String),
+    /// A subnet's IPv6 block is not a /64 of the VPC's.
+    #[error("{0}")]
+    Ipv6SubnetRange(String),
+    /// A subnet's IPv6 block is another subnet's.
+    #[error("{0}")]
+    Ipv6SubnetConflict(String),
+    /// The ENI cannot take more IPv6 addresses.
+    #[error("ENI {eni} cannot take {requested} more IPv6 addresses (limit {limit} per ENI)")]
+    Ipv6Limit {
+        /// ENI id.
+        eni: String,
+        /// Asked for.
+        requested: u32,
+        /// Limit.
+        limit: u32,
+    },
+    /// A named IPv6 address is in use.
+    #[error("{0} is already in use")]
+    Ipv6InUse(Ipv6Addr),
+    /// A named IPv6 address is outside the ENI's subnet's block.
+    #[error("{ip} is outside subnet {subnet}'s IPv6 block {cidr}")]
+    Ipv6OutOfSubnet {
+        /// The address.
+        ip: Ipv6Addr,
+        /// The ENI's subnet.
+        subnet: String,
+        /// Its IPv6 block.
+        cidr: Cidr6,
+    },
+    /// A named IPv6 address is the subnet router's or the gateway's.
+    #[error("{0} is reserved")]
+    Ipv6Reserved(Ipv6Addr),
+    /// An IPv6 address to take off is not on the ENI.
+    #[error("{ip} is not an address of {eni}")]
+    Ipv6NotOnEni {
+        /// The address.
+        ip: Ipv6Addr,
+        /// The ENI.
+        eni: String,
+    },
 }
 
 /// The VPC.
@@ -289,6 +346,9 @@ pub struct Vpc {
     /// ENIs by id.
     pub enis: BTreeMap<String, Eni>,
     next_eni: u32,
+    /// Its IPv6 block, once it has one (`ipv6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_block: Option<Cidr6>,
 }
 
 impl Vpc {
@@ -302,6 +362,7 @@ impl Vpc {
             instances: BTreeMap::new(),
             enis: BTreeMap::new(),
             next_eni: 0,
+            ipv6_block: None,
         }
     }
 
@@ -329,6 +390,7 @@ impl Vpc {
             next_host: 2,
             released: Vec::new(),
             named: BTreeSet::new(),
+            ipv6: None,
         };
         Ok(self.subnets.entry(id.into()).or_insert(subnet))
     }
@@ -395,6 +457,7 @@ impl Vpc {
             device_index: None,
             tags: BTreeMap::new(),
             created_unix: 0,
+            ipv6_addresses: Vec::new(),
         };
         self.enis.insert(eni.id.clone(), eni.clone());
         Ok(eni)
@@ -482,6 +545,9 @@ impl Vpc {
             .get_mut(&eni.subnet_id)
             .expect("ENI subnets exist");
         subnet.release(std::iter::once(eni.primary_ip).chain(eni.secondary_ips));
+        if let Some(pool) = subnet.ipv6.as_mut() {
+            pool.release(eni.ipv6_addresses);
+        }
         Ok(())
     }
 

@@ -236,6 +236,28 @@ impl World {
     }
 }
 
+impl World {
+    /// Assigns IPv6 addresses to an ENI (`ipv6`). The fabric does not
+    /// carry IPv6 yet: the addresses are the model's only.
+    pub fn assign_ipv6(
+        &mut self,
+        eni_id: &str,
+        named: &[std::net::Ipv6Addr],
+        count: u32,
+    ) -> Result<Vec<std::net::Ipv6Addr>, SimError> {
+        Ok(self.vpc.assign_ipv6(eni_id, named, count)?)
+    }
+
+    /// Takes IPv6 addresses off an ENI.
+    pub fn unassign_ipv6(
+        &mut self,
+        eni_id: &str,
+        ips: &[std::net::Ipv6Addr],
+    ) -> Result<(), SimError> {
+        Ok(self.vpc.unassign_ipv6(eni_id, ips)?)
+    }
+}
+
 /// The id of the `n`th simulated instance (from 1).
 pub fn instance_id(n: usize) -> String {
     format!("ins-sim{n:04}")

@@ -105,9 +105,11 @@ pub fn needs(caller: &Caller, cluster: &str, action: &str, params: &Value) -> Re
             on_own_instance()?;
             Ok(Need::OwnEni(field("NetworkInterfaceId")?))
         }
-        "DeleteNetworkInterface" | "AssignPrivateIpAddresses" | "UnassignPrivateIpAddresses" => {
-            Ok(Need::OwnEni(field("NetworkInterfaceId")?))
-        }
+        "DeleteNetworkInterface"
+        | "AssignPrivateIpAddresses"
+        | "UnassignPrivateIpAddresses"
+        | "AssignIpv6Addresses"
+        | "UnassignIpv6Addresses" => Ok(Need::OwnEni(field("NetworkInterfaceId")?)),
         "MigratePrivateIpAddress" => Ok(Need::Move {
             from: field("SourceNetworkInterfaceId")?,
             to: field("DestinationNetworkInterfaceId")?,
@@ -210,6 +212,8 @@ mod tests {
         for action in [
             "AssignPrivateIpAddresses",
             "UnassignPrivateIpAddresses",
+            "AssignIpv6Addresses",
+            "UnassignIpv6Addresses",
             "DeleteNetworkInterface",
         ] {
             assert_eq!(
@@ -256,6 +260,9 @@ mod tests {
             "DeleteSubnet",
             "ModifyNetworkInterfaceAttribute",
             "CreateVpc",
+            // The VPC's and subnets' IPv6 blocks are the operator's.
+            "AssignIpv6CidrBlock",
+            "AssignIpv6SubnetCidrBlock",
         ] {
             assert!(verdict(action, json!({})).await.is_err(), "{action}");
         }

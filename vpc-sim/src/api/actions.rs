@@ -17,6 +17,9 @@ pub fn run(
     p: &Value,
     max_addresses: usize,
 ) -> Result<Value, ApiError> {
+    if let Some(done) = super::actions6::run(world, action, p, max_addresses) {
+        return done;
+    }
     match action {
         "DescribeNetworkInterfaceLimit" => read(world, |w| {
             let id = text(p, "InstanceId")?;
@@ -39,10 +42,21 @@ pub fn run(
                 .into_iter()
                 .filter(|v| ids.is_empty() || ids.contains(&v.id))
                 .filter(|v| matches(&filters(p), "vpc-id", &v.id))
+                .filter(|v| {
+                    let block = v.ipv6_block.map(|b| b.to_string()).unwrap_or_default();
+                    matches(&filters(p), "ipv6-cidr-block", &block)
+                })
                 .map(|v| {
+                    let block = v.ipv6_block.map(|b| b.to_string()).unwrap_or_default();
+                    let blocks: Vec<Value> = v
+                        .ipv6_block
+                        .iter()
+                        .map(|b| json!({ "IPv6CidrBlock": b.to_string(), "ISPType": "BGP", "AddressType": "GUA" }))
+                        .collect();
                     json!({
                         "VpcId": v.id, "VpcName": v.id, "CidrBlock": v.cidr.to_string(),
                         "IsDefault": false, "EnableMulticast": false, "AssistantCidrSet": [],
+                        "Ipv6CidrBlock": block, "Ipv6CidrBlockSet": blocks,
                     })
                 })
                 .collect();
@@ -59,11 +73,13 @@ pub fn run(
                 .filter(|s| matches(&filters, "subnet-id", &s.id))
                 .filter(|s| matches(&filters, "zone", &s.zone))
                 .filter(|_| matches(&filters, "vpc-id", &w.vpc.id))
+                .filter(|s| matches(&filters, "ipv6-cidr-block", &ipv6_block(s)))
                 .map(|s| {
                     json!({
                         "VpcId": w.vpc.id, "SubnetId": s.id, "SubnetName": s.id, "CidrBlock": s.cidr.to_string(),
                         "Zone": s.zone, "AvailableIpAddressCount": s.free_ips(),
                         "TotalIpAddressCount": s.cidr.size().saturating_sub(3), "IsDefault": false,
+                        "Ipv6CidrBlock": ipv6_block(s),
                     })
                 })
                 .collect();
@@ -76,12 +92,18 @@ pub fn run(
             }
             let eni = w.create_eni(text(p, "SubnetId")?)?;
             let count = number(p, "SecondaryPrivateIpAddressCount").unwrap_or(0);
-            if count > 0
-                && let Err(e) = w.assign_ips(&eni.id, count)
-            {
+            let assigned = if count > 0 {
+                w.assign_ips(&eni.id, count)
+                    .map(|_| ())
+                    .map_err(ApiError::from)
+            } else {
+                Ok(())
+            }
+            .and_then(|()| super::actions6::on_create(w, &eni.id, p, max_addresses));
+            if let Err(e) = assigned {
                 // The call fails whole: the new ENI goes again.
                 w.delete_eni(&eni.id)?;
-                return Err(e.into());
+                return Err(e);
             }
             let tags: Vec<(String, String)> = p
                 .get("Tags")
@@ -182,12 +204,12 @@ pub fn run(
 
 /// `InvalidParameterValue.LimitExceeded` when a call names more addresses
 /// than one call may.
-fn too_many(ips: &[Ipv4Addr], max: usize) -> Result<(), ApiError> {
+pub(super) fn too_many<T>(ips: &[T], max: usize) -> Result<(), ApiError> {
     if ips.len() > max {
         return Err(ApiError::new(
             Kind::TooManyValues,
             format!(
-                "PrivateIpAddresses names {} addresses; at most {max} may be given in one call",
+                "the call names {} addresses; at most {max} may be given in one call",
                 ips.len()
             ),
         ));
@@ -221,6 +243,18 @@ fn describe_enis(w: &World, p: &Value) -> Result<Value, ApiError> {
             )
         })
         .filter(|e| {
+            // `address-ipv6`: any of the ENI's IPv6 addresses.
+            filters
+                .iter()
+                .filter(|(n, _)| n == "address-ipv6")
+                .all(|(_, values)| {
+                    values.iter().any(|v| {
+                        v.parse::<std::net::Ipv6Addr>()
+                            .is_ok_and(|ip| e.ipv6_addresses.contains(&ip))
+                    })
+                })
+        })
+        .filter(|e| {
             filters
                 .iter()
                 .filter_map(|(name, values)| name.strip_prefix("tag:").map(|k| (k, values)))
@@ -236,6 +270,14 @@ fn describe_enis(w: &World, p: &Value) -> Result<Value, ApiError> {
         .map(|e| eni_json(w, e))
         .collect();
     Ok(json!({ "TotalCount": all.len(), "NetworkInterfaceSet": page }))
+}
+
+/// A subnet's IPv6 block as the API shows it, `""` when it has none.
+fn ipv6_block(s: &crate::model::Subnet) -> String {
+    s.ipv6
+        .as_ref()
+        .map(|p| p.cidr.to_string())
+        .unwrap_or_default()
 }
 
 fn eni_json(w: &World, e: &Eni) -> Value {
@@ -258,6 +300,7 @@ fn eni_json(w: &World, e: &Eni) -> Value {
         "Primary": e.primary,
         "Zone": zone,
         "PrivateIpAddressSet": ips,
+        "Ipv6AddressSet": e.ipv6_addresses.iter().map(|ip| super::actions6::address_json(*ip, "AVAILABLE")).collect::<Vec<_>>(),
         "Attachment": e.attached_to.as_ref().map(|i| json!({
             "InstanceId": i, "DeviceIndex": e.device_index.unwrap_or(0), "InstanceAccountId": "", "AttachTime": "",
         })),
@@ -278,7 +321,7 @@ fn read(
     world.view(f).map_err(api_error)?
 }
 
-fn write(
+pub(super) fn write(
     world: &SharedWorld,
     f: impl FnOnce(&mut World) -> Result<Value, ApiError>,
 ) -> Result<Value, ApiError> {
@@ -301,13 +344,13 @@ fn write(
     }
 }
 
-fn text<'a>(p: &'a Value, key: &str) -> Result<&'a str, ApiError> {
+pub(super) fn text<'a>(p: &'a Value, key: &str) -> Result<&'a str, ApiError> {
     p.get(key)
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::new(Kind::InvalidParameter, format!("{key} is required")))
 }
 
-fn number(p: &Value, key: &str) -> Option<u32> {
+pub(super) fn number(p: &Value, key: &str) -> Option<u32> {
     p.get(key)
         .and_then(Value::as_u64)
         .and_then(|n| u32::try_from(n).ok())
@@ -377,6 +420,16 @@ impl From<ModelError> for ApiError {
             ModelError::InvalidParameter(_) => Kind::InvalidParameter,
             ModelError::AddressInUse(_) => Kind::AddressInUse,
             ModelError::AddressOutOfSubnet { .. } => Kind::OutOfRange,
+            ModelError::Ipv6BlockAssigned(_) => Kind::Ipv6BlockAssigned,
+            ModelError::SubnetIpv6BlockAssigned(_) => Kind::SubnetIpv6BlockAssigned,
+            ModelError::NoIpv6Block(_) => Kind::NoIpv6Block,
+            ModelError::Ipv6SubnetRange(_) => Kind::SubnetRange,
+            ModelError::Ipv6SubnetConflict(_) => Kind::SubnetConflict,
+            ModelError::Ipv6Limit { .. } => Kind::AddressLimit,
+            ModelError::Ipv6InUse(_) => Kind::AddressUsed,
+            ModelError::Ipv6OutOfSubnet { .. } => Kind::OutOfRange,
+            ModelError::Ipv6Reserved(_) => Kind::Reserved,
+            ModelError::Ipv6NotOnEni { .. } => Kind::AttachmentNotFound,
         };
         ApiError::new(kind, e.to_string())
     }

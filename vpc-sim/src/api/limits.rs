@@ -18,6 +18,8 @@
 //! | `DescribeSubnets` | 100 | 215/15784 |
 //! | `DescribeVpcTaskResult` | 20 | 215/59037 |
 //! | `DescribeNetworkInterfaceLimit` | 20 | 215/38533 |
+//! | `AssignIpv6CidrBlock`, `AssignIpv6SubnetCidrBlock` | 20 | |
+//! | `AssignIpv6Addresses`, `UnassignIpv6Addresses` | 20 | |
 //!
 //! `DeleteNetworkInterface` and `MigratePrivateIpAddress` were not checked
 //! and get 100. `PrivateIpAddresses` of `AssignPrivateIpAddresses` and

@@ -7,6 +7,7 @@
 //! puts it behind a listener.
 
 mod actions;
+mod actions6;
 pub mod cam;
 pub mod http;
 pub mod limits;

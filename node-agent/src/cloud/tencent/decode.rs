@@ -199,14 +199,22 @@ fn typed(kind: Kind, message: String) -> CloudError {
     match kind {
         Kind::EniQuotaExceeded => CloudError::EniQuota(message),
         Kind::InstanceEniLimit => CloudError::EniLimit(message),
-        Kind::EniIpLimit => CloudError::IpLimit(message),
+        Kind::EniIpLimit | Kind::AddressLimit => CloudError::IpLimit(message),
         Kind::SubnetExhausted => CloudError::SubnetExhausted(message),
         Kind::NotFound => CloudError::NotFound(message),
         Kind::ZoneMismatch => CloudError::ZoneMismatch(message),
-        Kind::AddressInUse => CloudError::AddressInUse(message),
-        Kind::InvalidState | Kind::InvalidParameter | Kind::OutOfRange | Kind::TooManyValues => {
-            CloudError::InvalidState(message)
-        }
+        Kind::AddressInUse | Kind::AddressUsed => CloudError::AddressInUse(message),
+        Kind::InvalidState
+        | Kind::InvalidParameter
+        | Kind::OutOfRange
+        | Kind::TooManyValues
+        | Kind::Ipv6BlockAssigned
+        | Kind::SubnetIpv6BlockAssigned
+        | Kind::NoIpv6Block
+        | Kind::SubnetRange
+        | Kind::SubnetConflict
+        | Kind::Reserved
+        | Kind::AttachmentNotFound => CloudError::InvalidState(message),
         Kind::Throttled => CloudError::Throttled(message),
         Kind::SignatureFailure
         | Kind::SignatureExpired
