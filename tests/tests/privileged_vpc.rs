@@ -203,3 +203,136 @@ fn privileged_the_source_check_drops_what_an_eni_sends_from_an_address_it_does_n
     );
     assert!(source_check(&sim, Some("on")).contains("on (dropping)"));
 }
+
+#[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+fn privileged_ipv6_is_delivered_to_the_eni_holding_it_and_source_checked() {
+    use vpc_sim::world::{SUBNET_ID, SharedWorld, instance_id};
+    require_root();
+    let sim = Sim::up(2, &[]);
+    let (a, b) = (netns(&sim, 1), netns(&sim, 2));
+    // The VPC and its subnet get their IPv6 blocks, each node's primary
+    // ENI an address, as the API's actions do (on the same world file the
+    // emulator serves).
+    let world = SharedWorld::at(&sim.dir.path().join("sim").join("vpc.json"));
+    let addresses = world
+        .update(|w| {
+            w.vpc.assign_ipv6_block()?;
+            w.assign_subnet_ipv6_blocks(&[(
+                SUBNET_ID.to_string(),
+                "2402:4e00:1c00:9a01::/64".to_string(),
+            )])?;
+            let mut got = Vec::new();
+            for n in 1..=2 {
+                let primary = w
+                    .vpc
+                    .enis
+                    .values()
+                    .find(|e| e.primary && e.attached_to.as_deref() == Some(&instance_id(n)))
+                    .map(|e| e.id.clone())
+                    .expect("primary ENI");
+                got.push(w.assign_ipv6(&primary, &[], 1)?[0]);
+            }
+            Ok(got)
+        })
+        .expect("IPv6 assigned");
+    // The node's side, as an agent configures it: the address alone, and
+    // the VPC's gateway at fe80::1.
+    for (n, addr) in addresses.iter().enumerate() {
+        sim.node_ip(
+            n + 1,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+        sim.node_ip(
+            n + 1,
+            &[
+                "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+            ],
+        );
+    }
+    let to_b = addresses[1].to_string();
+    assert!(
+        exec_ok(&a, &["ping", "-6", "-c", "1", "-W", "2", &to_b]),
+        "node1 -> node2 over IPv6"
+    );
+    assert!(exec_ok(&a, &["ping", "-c", "1", "-W", "2", "10.0.16.1"]));
+    let gateway_mac = neighbour(&sim, 1, "10.0.16.1", "eth0");
+    assert_eq!(
+        neighbour(&sim, 1, "fe80::1", "eth0"),
+        gateway_mac,
+        "the IPv6 gateway is the VPC's, with the subnet gateway's MAC"
+    );
+    // An address of the block nobody holds: delivered nowhere, counted.
+    let before = count_before(
+        &source_check(&sim, None),
+        "packets to addresses no ENI holds",
+    );
+    assert!(!exec_ok(
+        &a,
+        &[
+            "ping",
+            "-6",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "2402:4e00:1c00:9a01::7777"
+        ]
+    ));
+    let after = count_before(
+        &source_check(&sim, None),
+        "packets to addresses no ENI holds",
+    );
+    assert!(after > before, "unheld: {before} -> {after}");
+    // From an address the ENI was not given: dropped and counted.
+    let spoofed = "2402:4e00:1c00:9a01::6666";
+    sim.node_ip(
+        1,
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{spoofed}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    assert!(!exec_ok(
+        &a,
+        &[
+            "ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", "-I", spoofed, &to_b
+        ]
+    ));
+    let report = source_check(&sim, None);
+    assert!(
+        report.contains(&format!("eth0) sent 2 packets from {spoofed}")),
+        "{report}"
+    );
+    // Taken off the ENI, the address is delivered nowhere.
+    world
+        .update(|w| {
+            let eni = w
+                .vpc
+                .enis
+                .values()
+                .find(|e| e.ipv6_addresses.contains(&addresses[1]))
+                .map(|e| e.id.clone())
+                .expect("holder");
+            w.unassign_ipv6(&eni, &[addresses[1]])
+        })
+        .expect("unassigned");
+    assert!(!exec_ok(&a, &["ping", "-6", "-c", "1", "-W", "1", &to_b]));
+    drop(b);
+}

@@ -237,24 +237,47 @@ impl World {
 }
 
 impl World {
-    /// Assigns IPv6 addresses to an ENI (`ipv6`). The fabric does not
-    /// carry IPv6 yet: the addresses are the model's only.
+    /// Gives subnets their IPv6 blocks (`ipv6`), routed nowhere by the
+    /// fabric but where an ENI holds an address.
+    pub fn assign_subnet_ipv6_blocks(
+        &mut self,
+        blocks: &[(String, String)],
+    ) -> Result<Vec<(String, crate::ipv6::Cidr6)>, SimError> {
+        let done = self.vpc.assign_subnet_ipv6_blocks(blocks)?;
+        if let Some(f) = &self.fabric {
+            let cidrs: Vec<crate::ipv6::Cidr6> = done.iter().map(|(_, c)| *c).collect();
+            f.add_blocks6(&cidrs)?;
+        }
+        Ok(done)
+    }
+
+    /// Assigns IPv6 addresses to an ENI and has the fabric deliver them.
     pub fn assign_ipv6(
         &mut self,
         eni_id: &str,
         named: &[std::net::Ipv6Addr],
         count: u32,
     ) -> Result<Vec<std::net::Ipv6Addr>, SimError> {
-        Ok(self.vpc.assign_ipv6(eni_id, named, count)?)
+        let ips = self.vpc.assign_ipv6(eni_id, named, count)?;
+        let eni = &self.vpc.enis[eni_id];
+        if let (Some(f), Some(_)) = (&self.fabric, &eni.attached_to) {
+            f.deliver6(eni, &ips)?;
+        }
+        Ok(ips)
     }
 
-    /// Takes IPv6 addresses off an ENI.
+    /// Takes IPv6 addresses off an ENI and out of the fabric.
     pub fn unassign_ipv6(
         &mut self,
         eni_id: &str,
         ips: &[std::net::Ipv6Addr],
     ) -> Result<(), SimError> {
-        Ok(self.vpc.unassign_ipv6(eni_id, ips)?)
+        self.vpc.unassign_ipv6(eni_id, ips)?;
+        let eni = &self.vpc.enis[eni_id];
+        if let (Some(f), Some(_)) = (&self.fabric, &eni.attached_to) {
+            f.withdraw6(eni, ips)?;
+        }
+        Ok(())
     }
 }
 

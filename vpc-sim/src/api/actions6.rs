@@ -32,7 +32,7 @@ pub(super) fn run(
         "AssignIpv6SubnetCidrBlock" => write(world, |w| {
             same_vpc(w, p)?;
             let pairs = subnet_blocks(p)?;
-            let done = w.vpc.assign_subnet_ipv6_blocks(&pairs)?;
+            let done = w.assign_subnet_ipv6_blocks(&pairs)?;
             Ok(json!({ "Ipv6SubnetCidrBlockSet": done
                 .iter()
                 .map(|(s, c)| json!({ "SubnetId": s, "Ipv6CidrBlock": c.to_string() }))

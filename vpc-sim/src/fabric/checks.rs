@@ -1,7 +1,7 @@
 //! What the VPC router refuses to forward, as a real VPC does, and the
 //! counters that show it: an nftables table `ip vpcsim` in the router's
-//! namespace, written with `nft` (simulator tooling, like the `ip` calls of
-//! the fabric).
+//! namespace, and its twin `ip6 vpcsim` for IPv6, written with `nft`
+//! (simulator tooling, like the `ip` calls of the fabric).
 //!
 //! ```text
 //! table ip vpcsim {
@@ -28,8 +28,14 @@
 //!   subnet (a route for the subnet through `lo`, see the fabric), so a
 //!   packet to an address no ENI holds is routed to `lo`: dropped here and
 //!   counted, as a VPC delivers it nowhere.
+//!
+//! The IPv6 table is the same but for two things: a link-local source
+//! (neighbour discovery with the router) or the unspecified one is never
+//! spoofed, and an address of a subnet's block that no ENI holds meets the
+//! block's `blackhole` route, which its `unheld` chain counts and drops
+//! before routing (`fib daddr type blackhole`).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::Value;
 
@@ -45,6 +51,35 @@ pub fn source_check_rule(enforce: bool) -> String {
     format!(
         "iifname \"e*\" iifname . ip saddr != @{ALLOWED} update @{SPOOFED} {{ iifname . ip saddr }}{}",
         if enforce { " drop" } else { "" }
+    )
+}
+
+/// The IPv6 source-check rule: neighbour discovery's sources pass.
+pub fn source_check_rule6(enforce: bool) -> String {
+    format!(
+        "iifname \"e*\" ip6 saddr != {{ ::, fe80::/10 }} iifname . ip6 saddr != @{ALLOWED} update @{SPOOFED} {{ iifname . ip6 saddr }}{}",
+        if enforce { " drop" } else { "" }
+    )
+}
+
+/// The IPv6 table, for `nft -f -` (replacing any earlier one).
+pub fn ruleset6(enforce: bool) -> String {
+    format!(
+        "add table ip6 {TABLE}\ndelete table ip6 {TABLE}\n\
+         table ip6 {TABLE} {{\n\
+         \tset {ALLOWED} {{ type ifname . ipv6_addr; }}\n\
+         \tset {SPOOFED} {{ type ifname . ipv6_addr; size 65535; flags dynamic; counter; }}\n\
+         \tcounter unheld {{ }}\n\
+         \tchain source-check {{\n\
+         \t\ttype filter hook prerouting priority raw; policy accept;\n\
+         \t\t{}\n\
+         \t}}\n\
+         \tchain unheld {{\n\
+         \t\ttype filter hook prerouting priority filter; policy accept;\n\
+         \t\tfib daddr type blackhole counter name \"unheld\" drop\n\
+         \t}}\n\
+         }}\n",
+        source_check_rule6(enforce)
     )
 }
 
@@ -69,11 +104,13 @@ pub fn ruleset(enforce: bool) -> String {
     )
 }
 
-/// Commands that switch the check on or off in place.
+/// Commands that switch the check on or off in place, both families.
 pub fn switch(enforce: bool) -> String {
     format!(
-        "flush chain ip {TABLE} source-check\nadd rule ip {TABLE} source-check {}\n",
-        source_check_rule(enforce)
+        "flush chain ip {TABLE} source-check\nadd rule ip {TABLE} source-check {}\n\
+         flush chain ip6 {TABLE} source-check\nadd rule ip6 {TABLE} source-check {}\n",
+        source_check_rule(enforce),
+        source_check_rule6(enforce)
     )
 }
 
@@ -96,13 +133,30 @@ pub fn forget(link: &str, addrs: &[Ipv4Addr]) -> String {
     elements("add", link, addrs) + &elements("delete", link, addrs)
 }
 
+/// [`elements`] of the IPv6 table.
+pub fn elements6(verb: &str, link: &str, addrs: &[Ipv6Addr]) -> String {
+    if addrs.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = addrs.iter().map(|a| format!("\"{link}\" . {a}")).collect();
+    format!(
+        "{verb} element ip6 {TABLE} {ALLOWED} {{ {} }}\n",
+        list.join(", ")
+    )
+}
+
+/// [`forget`] of the IPv6 table.
+pub fn forget6(link: &str, addrs: &[Ipv6Addr]) -> String {
+    elements6("add", link, addrs) + &elements6("delete", link, addrs)
+}
+
 /// One refused (link, source) pair and how many packets it sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spoofed {
     /// The router's end of the ENI (`e<seq>`).
     pub link: String,
     /// The source address the ENI does not hold.
-    pub source: Ipv4Addr,
+    pub source: IpAddr,
     /// Packets seen.
     pub packets: u64,
 }
@@ -181,6 +235,21 @@ mod tests {
     }
 
     #[test]
+    fn the_ipv6_table_spares_neighbour_discovery_and_counts_unheld_addresses() {
+        assert!(source_check_rule6(true).contains("ip6 saddr != { ::, fe80::/10 }"));
+        assert!(source_check_rule6(true).ends_with(" drop"));
+        assert!(!source_check_rule6(false).contains("drop"));
+        assert!(ruleset6(true).contains("fib daddr type blackhole"));
+        assert!(switch(true).contains(&source_check_rule6(true)));
+        let a: Ipv6Addr = "2402:4e00::2".parse().expect("valid");
+        assert_eq!(
+            elements6("add", "e3", &[a]),
+            "add element ip6 vpcsim eni-addresses { \"e3\" . 2402:4e00::2 }\n"
+        );
+        assert_eq!(forget6("e3", &[]), "");
+    }
+
+    #[test]
     fn elements_name_the_link_of_every_address() {
         let a: Ipv4Addr = "10.0.16.5".parse().expect("valid");
         let b: Ipv4Addr = "10.0.16.6".parse().expect("valid");
@@ -201,7 +270,7 @@ mod tests {
             parse_spoofed(set).expect("valid"),
             [Spoofed {
                 link: "e2".into(),
-                source: "10.9.1.99".parse().expect("valid"),
+                source: "10.9.1.99".parse::<IpAddr>().expect("valid"),
                 packets: 2
             }]
         );

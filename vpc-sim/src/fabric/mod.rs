@@ -19,7 +19,9 @@
 //!   a packet to an address nobody holds is dropped and counted;
 //! - applies the **source/destination check** ([`checks`]): a packet
 //!   leaving an ENI with a source address that ENI does not hold is
-//!   dropped and counted (on by default; off, it is only counted).
+//!   dropped and counted (on by default; off, it is only counted);
+//! - carries IPv6 the same way ([`ipv6`]): the router is every link's IPv6
+//!   gateway at `fe80::1`, delivers by /128 routes, and checks sources.
 //!
 //! That is what the VPC of Tencent Cloud (and AWS's) presents to an
 //! instance: its ENIs talk only to the virtual switch, which answers ARP for
@@ -38,6 +40,7 @@
 //! on a pod's path.
 
 pub mod checks;
+pub mod ipv6;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -158,6 +161,7 @@ impl Fabric {
              done",
         )?;
         nft(&self.router, &checks::ruleset(options.source_check))?;
+        self.build6(options.source_check)?;
         let mut batch = String::new();
         for (i, subnet) in vpc.subnets.values().enumerate() {
             let mac = format!("02:56:51:00:{:02x}:{:02x}", (i >> 8) & 0xff, i & 0xff);
@@ -290,7 +294,8 @@ impl Fabric {
         }
         let mut held = vec![eni.primary_ip];
         held.extend(&eni.secondary_ips);
-        self.deliver(eni, &held)
+        self.deliver(eni, &held)?;
+        self.plug6(eni)
     }
 
     /// Unplugs an ENI (its node end, routes and neighbours go with its link).
@@ -299,6 +304,7 @@ impl Fabric {
         held.extend(&eni.secondary_ips);
         let link = router_link(eni);
         nft(&self.router, &checks::forget(&link, &held))?;
+        nft(&self.router, &checks::forget6(&link, &eni.ipv6_addresses))?;
         ignore_missing(ip(&["-n", &self.router, "link", "del", &link]))
     }
 
@@ -356,22 +362,32 @@ impl Fabric {
         checks::parse_enforcing(&json).map_err(FabricError::Parse)
     }
 
-    /// What the source/destination check caught so far, per router link and source.
+    /// What the source/destination check caught so far, per router link
+    /// and source, IPv4 and IPv6.
     pub fn spoofed(&self) -> Result<Vec<checks::Spoofed>, FabricError> {
-        let json = nft_output(
-            &self.router,
-            &["-j", "list", "set", "ip", checks::TABLE, checks::SPOOFED],
-        )?;
-        checks::parse_spoofed(&json).map_err(FabricError::Parse)
+        let mut all = Vec::new();
+        for family in ["ip", "ip6"] {
+            let json = nft_output(
+                &self.router,
+                &["-j", "list", "set", family, checks::TABLE, checks::SPOOFED],
+            )?;
+            all.extend(checks::parse_spoofed(&json).map_err(FabricError::Parse)?);
+        }
+        Ok(all)
     }
 
-    /// Packets sent to addresses no ENI holds, dropped by the router.
+    /// Packets sent to addresses no ENI holds, dropped by the router
+    /// (IPv4 and IPv6).
     pub fn unheld(&self) -> Result<u64, FabricError> {
-        let json = nft_output(
-            &self.router,
-            &["-j", "list", "counter", "ip", checks::TABLE, "unheld"],
-        )?;
-        checks::parse_counter(&json).map_err(FabricError::Parse)
+        let mut packets = 0;
+        for family in ["ip", "ip6"] {
+            let json = nft_output(
+                &self.router,
+                &["-j", "list", "counter", family, checks::TABLE, "unheld"],
+            )?;
+            packets += checks::parse_counter(&json).map_err(FabricError::Parse)?;
+        }
+        Ok(packets)
     }
 
     /// Deletes every namespace of the fabric; returns what could not be
@@ -388,13 +404,22 @@ impl Fabric {
 
 /// Runs `ip -n NETNS -batch -` with `commands`, one per line.
 fn ip_batch(netns: &str, commands: &str) -> Result<(), FabricError> {
+    batch(netns, "-4", commands)
+}
+
+/// [`ip_batch`] for IPv6 (`ip -6`).
+fn ip6_batch(netns: &str, commands: &str) -> Result<(), FabricError> {
+    batch(netns, "-6", commands)
+}
+
+fn batch(netns: &str, family: &str, commands: &str) -> Result<(), FabricError> {
     if commands.is_empty() {
         return Ok(());
     }
     run_with_input(
-        Command::new("ip").args(["-n", netns, "-batch", "-"]),
+        Command::new("ip").args([family, "-n", netns, "-batch", "-"]),
         commands,
-        &format!("ip -n {netns} -batch - <<< {commands:?}"),
+        &format!("ip {family} -n {netns} -batch - <<< {commands:?}"),
     )
 }
 
