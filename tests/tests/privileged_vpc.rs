@@ -336,3 +336,27 @@ fn privileged_ipv6_is_delivered_to_the_eni_holding_it_and_source_checked() {
     assert!(!exec_ok(&a, &["ping", "-6", "-c", "1", "-W", "1", &to_b]));
     drop(b);
 }
+
+#[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+fn privileged_a_dual_stack_vpc_gives_its_nodes_ipv6_and_carries_it_between_them() {
+    require_root();
+    let sim = Sim::up(2, &["--ip-family", "dual"]);
+    let a = netns(&sim, 1);
+    let (v6_a, v6_b) = (sim.get("NODE1_IPV6"), sim.get("NODE2_IPV6"));
+    assert_ne!(v6_a, v6_b);
+    let shown = sim.node_ip(1, &["-6", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(shown.contains(&format!("{v6_a}/128")), "{shown}");
+    assert!(
+        exec_ok(&a, &["ping", "-6", "-c", "1", "-W", "2", v6_b]),
+        "node1 -> node2 over IPv6"
+    );
+    let report = source_check(&sim, None);
+    assert!(
+        report.contains("0 packets from ENIs with a source they do not hold"),
+        "{report}"
+    );
+}

@@ -103,6 +103,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         proxy_mode: Default::default(),
         e2e_images: false,
         eni_mtu: 1500,
+        ip_family: super::up::IpFamily::Ipv4,
     };
     say(&format!(
         "==> vpc-sim up: 2 nodes, agents with the netlink data path ({})",

@@ -78,6 +78,21 @@ pub struct UpArgs {
     /// The MTU the VPC gives every ENI's link.
     #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1280..=9000))]
     pub eni_mtu: u32,
+    /// `dual`: the VPC gets an IPv6 block, every subnet a /64 of it, and
+    /// every node's primary ENI an IPv6 address besides its IPv4 one
+    /// (configured in the node as a booted instance has it: the address
+    /// alone, routed to the VPC's gateway `fe80::1`).
+    #[arg(long, value_enum, default_value = "ipv4")]
+    pub ip_family: IpFamily,
+}
+
+/// The address families of a simulated VPC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IpFamily {
+    /// IPv4 only.
+    Ipv4,
+    /// IPv4 and IPv6.
+    Dual,
 }
 
 /// One simulated node.
@@ -93,6 +108,9 @@ pub struct Node {
     pub conflist: PathBuf,
     /// The agent's pid.
     pub agent_pid: Option<u32>,
+    /// The IPv6 address of its primary ENI, in a dual-stack VPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
 }
 
 /// What `down` needs: written before any agent starts.
@@ -171,12 +189,18 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
     };
     let mut world =
         World::zoned(args.nodes, args.zones, limits, args.eni_quota).map_err(|e| e.to_string())?;
+    let blocks6 = if args.ip_family == IpFamily::Dual {
+        dual_stack(&mut world).map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
     let tag = tag();
     let options = FabricOptions {
         source_check: args.source_check == super::source_check::Switch::On,
         mtu: args.eni_mtu,
     };
     let fabric = Fabric::create(&tag, &world.vpc, options).map_err(|e| e.to_string())?;
+    fabric.add_blocks6(&blocks6).map_err(|e| e.to_string())?;
     let mut sim = Sim {
         tag,
         emulator_pid: None,
@@ -193,6 +217,13 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
                     socket: node_dir.join("agent.sock"),
                     conflist: node_dir.join("10-vpc-cni.conflist"),
                     agent_pid: None,
+                    ipv6: world
+                        .vpc
+                        .enis
+                        .values()
+                        .find(|e| e.primary && e.attached_to.as_ref() == Some(id))
+                        .and_then(|e| e.ipv6_addresses.first())
+                        .map(|ip| ip.to_string()),
                 }
             })
             .collect(),
@@ -408,6 +439,9 @@ pub fn write_env(dir: &Path, sim: &Sim) -> Result<(), String> {
         ));
         env.push_str(&format!("NODE{n}_SOCKET={}\n", node.socket.display()));
         env.push_str(&format!("NODE{n}_CONFLIST={}\n", node.conflist.display()));
+        if let Some(v6) = &node.ipv6 {
+            env.push_str(&format!("NODE{n}_IPV6={v6}\n"));
+        }
     }
     // The host beyond the VPC router (see `fabric`).
     env.push_str(&format!(
@@ -416,6 +450,36 @@ pub fn write_env(dir: &Path, sim: &Sim) -> Result<(), String> {
         vpc_sim::fabric::OUTSIDE_HOST
     ));
     fs::write(dir.join("env"), env).map_err(|e| e.to_string())
+}
+
+/// A dual-stack VPC: its IPv6 block, a /64 of it for each subnet (the
+/// `i`th subnet `…:9a<i>::/64`), an IPv6 address for each primary ENI; the
+/// subnets' blocks, for the fabric.
+fn dual_stack(world: &mut World) -> Result<Vec<vpc_sim::ipv6::Cidr6>, vpc_sim::model::ModelError> {
+    let block = world.vpc.assign_ipv6_block()?;
+    let base = u128::from(block.network);
+    let pairs: Vec<(String, String)> = world
+        .vpc
+        .subnets
+        .keys()
+        .enumerate()
+        .map(|(i, id)| {
+            let network = std::net::Ipv6Addr::from(base + ((i as u128 + 1) << 64));
+            (id.clone(), format!("{network}/64"))
+        })
+        .collect();
+    let done = world.vpc.assign_subnet_ipv6_blocks(&pairs)?;
+    let primaries: Vec<String> = world
+        .vpc
+        .enis
+        .values()
+        .filter(|e| e.primary)
+        .map(|e| e.id.clone())
+        .collect();
+    for eni in primaries {
+        world.vpc.assign_ipv6(&eni, &[], 1)?;
+    }
+    Ok(done.into_iter().map(|(_, c)| c).collect())
 }
 
 pub fn save_sim(dir: &Path, sim: &Sim) -> Result<(), String> {

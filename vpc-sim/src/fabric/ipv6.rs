@@ -52,6 +52,21 @@ impl Fabric {
         self.deliver6(eni, &eni.ipv6_addresses)
     }
 
+    /// A primary ENI's IPv6 addresses in its node, as a booted instance
+    /// has them: each alone (a /128), IPv6 routed to the gateway.
+    pub(super) fn boot6(&self, node: &str, dev: &str, eni: &Eni) -> Result<(), FabricError> {
+        if eni.ipv6_addresses.is_empty() {
+            return Ok(());
+        }
+        let mut batch: String = eni
+            .ipv6_addresses
+            .iter()
+            .map(|a| format!("addr add {a}/128 dev {dev} nodad\n"))
+            .collect();
+        batch += &format!("route add default via {GATEWAY6} dev {dev}\n");
+        ip6_batch(node, &batch)
+    }
+
     /// Routes the subnets' `blocks` nowhere but where an ENI holds an
     /// address (the /128 routes are longer).
     pub fn add_blocks6(&self, blocks: &[Cidr6]) -> Result<(), FabricError> {

@@ -295,7 +295,11 @@ impl Fabric {
         let mut held = vec![eni.primary_ip];
         held.extend(&eni.secondary_ips);
         self.deliver(eni, &held)?;
-        self.plug6(eni)
+        self.plug6(eni)?;
+        if eni.primary {
+            self.boot6(node, &inside, eni)?;
+        }
+        Ok(())
     }
 
     /// Unplugs an ENI (its node end, routes and neighbours go with its link).
