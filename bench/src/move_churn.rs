@@ -2,7 +2,8 @@
 //! static StatefulSet pod on a two-node `vpc-sim up --kubernetes` cluster
 //! is moved to the other node N times (its `nodeName` pinned, the pod
 //! deleted); during each move, at random moments (seeded; the seed is
-//! printed and `VPC_CNI_CHURN_SEED` replays it), both agents are
+//! printed and `VPC_CNI_CHURN_SEED` replays it), both agents and the
+//! cluster component (the cloud gateway the moves go through) are
 //! crash-deleted and the API server is killed and kept down a while. Each
 //! move must end with the pod Ready on the other node with its IP, the
 //! address on exactly one ENI (the new node's); at the end every object
@@ -146,12 +147,13 @@ fn moves(
     apply: &dyn Fn(&str),
 ) {
     // Each move: the pod pinned to the other node and deleted, while at
-    // random moments both agents are crash-deleted and the API server is
-    // killed and kept down a while.
+    // random moments both agents and the cluster component are
+    // crash-deleted and the API server is killed and kept down a while.
     for round in 1..=rounds {
         let to = &nodes[round % 2];
         let from = &nodes[(round + 1) % 2];
         let (agents_at, api_at, down) = (rng.below(1_500), rng.below(2_000), rng.below(2_500));
+        let gateway_at = rng.below(1_500);
         // Plain pods on the node the claim leaves, asking it for addresses
         // while the move runs.
         apply(&pin(&sts("asker", 3, ""), from));
@@ -174,8 +176,13 @@ fn moves(
                 ],
                 None,
             );
+            let gateway = scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(gateway_at));
+                c.crash_delete("app.kubernetes.io/name=vpc-cni-cluster");
+            });
             std::thread::sleep(Duration::from_millis(agents_at));
             c.crash_delete("app.kubernetes.io/name=vpc-cni-agent");
+            gateway.join().expect("the gateway killer thread");
             let said = killer.join().expect("the killer thread");
             let _ = writeln!(std::io::stdout(), "move {round}: {}", said.trim());
         });
