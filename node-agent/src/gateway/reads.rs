@@ -392,16 +392,22 @@ impl Batches {
     /// call, page by page.
     async fn rounds(&self, lane: Lane) {
         loop {
+            // Nothing waiting: the round ends without spending a turn. Only
+            // this round takes from the lane, so what waits now still waits
+            // once the turn comes.
+            {
+                let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+                let q = lanes.entry(lane.clone()).or_default();
+                if q.waiting.is_empty() {
+                    q.running = false;
+                    return;
+                }
+            }
             let turn = self.relay.turn(DESCRIBE, GATEWAY_QUEUE).await;
             let batch = {
                 let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
                 let q = lanes.entry(lane.clone()).or_default();
-                let batch = take_batch(&mut q.waiting, lane.max_values());
-                if batch.is_empty() {
-                    q.running = false;
-                    return;
-                }
-                batch
+                take_batch(&mut q.waiting, lane.max_values())
             };
             let outcome = match turn {
                 Ok(()) => self.send(&lane, &batch).await,

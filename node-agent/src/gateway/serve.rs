@@ -444,4 +444,63 @@ mod tests {
         refused(stranger.list_enis().await, "TokenFailure");
         assert!(started.elapsed() < Duration::from_secs(3));
     }
+
+    /// Many nodes' looks at once go to the cloud together: one call for
+    /// many looks, each answered with its own node's ENIs only; limits and
+    /// subnets are asked once for all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn looks_of_many_nodes_at_once_are_batched_and_answered_apart() {
+        let e = emulator(&[]);
+        let gateway = Arc::new(Gateway::new(
+            Tokens,
+            client(&e, "ins-sim0001", "client-secret").transport(),
+            Budget::documented(1.0),
+            "test",
+            Arc::new(|_: &str| None),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let gw = listener.local_addr().expect("address").to_string();
+        tokio::spawn(serve_on(listener, Arc::clone(&gateway)));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let one = node(&e.address, &gw, "ins-sim0001", "tok-1", dir.path());
+        let two = node(&e.address, &gw, "ins-sim0002", "tok-2", dir.path());
+        let before = gateway.counts();
+        let mut looks = tokio::task::JoinSet::new();
+        for i in 0..40 {
+            let cloud = if i % 2 == 0 { one.clone() } else { two.clone() };
+            looks.spawn(async move { (i % 2, cloud.list_enis().await.expect("listed")) });
+        }
+        while let Some(done) = looks.join_next().await {
+            let (who, enis) = done.expect("task");
+            let instance = if who == 0 {
+                "ins-sim0001"
+            } else {
+                "ins-sim0002"
+            };
+            assert!(!enis.is_empty());
+            assert!(
+                enis.iter()
+                    .all(|e| e.attached_to.as_deref() == Some(instance)),
+                "{instance} got another node's ENIs: {enis:?}"
+            );
+        }
+        let after = gateway.counts();
+        let (calls, answered) = (
+            after.batch_calls - before.batch_calls,
+            after.batched_looks - before.batched_looks,
+        );
+        assert_eq!(answered, 40);
+        assert!(calls < answered, "{calls} calls for {answered} looks");
+        // Limits and subnets: asked once whoever asks.
+        for cloud in [&one, &two, &one] {
+            cloud.node().await.expect("node");
+        }
+        let sent = gateway.counts().relay.sent - after.relay.sent;
+        assert!(
+            sent <= 3,
+            "{sent} calls for three nodes' limits and subnets"
+        );
+    }
 }
