@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Build the pinned Kubernetes binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubelet, kubectl) from the upstream Go modules, through the Go module
-# proxy, into a cache outside the clone keyed by version:
+# kube-scheduler, kubelet, kubectl, kube-proxy, CoreDNS, the e2e suite and agnhost) and
+# the tools the suite runs on them (helm for the chart, promtool for the metrics) from
+# the upstream Go modules, through the Go module proxy, into a cache outside the clone
+# keyed by the Kubernetes version (after changing HELM_VERSION or PROMTOOL_VERSION,
+# remove the cached binary to have it built again):
 #
 #   ${VPC_CNI_K8S_CACHE:-~/.cache/vpc-cni/k8s}/<k8s version>/bin
 #
 # Each binary is built only when missing. The wrapper modules with their go.sum are in
-# tools/k8s and tools/etcd, so a build is reproducible. Prints how long each build took.
+# tools/ (k8s, etcd, coredns, e2e, helm, promtool), so a build is reproducible. Prints how long each build took.
 #
 #   scripts/k8s-bins.sh            build what is missing, print the bin directory last
 #   scripts/k8s-bins.sh --print    print the bin directory only (no build)
@@ -31,7 +34,10 @@ if ! command -v go >/dev/null 2>&1; then
     exit 1
 fi
 
-ALL="etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy coredns e2e.test agnhost"
+HELM_VERSION="v4.3.2"
+# The Go module version of Prometheus 3.16.0 (tools/promtool): the metrics test's promtool.
+PROMTOOL_VERSION="v0.316.0"
+ALL="etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy coredns e2e.test agnhost helm promtool"
 WANT="${K8S_BINS:-$ALL}"
 mkdir -p "$BIN"
 LOGDIR="$CACHE/$K8S_VERSION/logs"
@@ -54,6 +60,8 @@ build_one() {
     case "$name" in
         etcd) dir="$ROOT/tools/etcd"; pkg="go.etcd.io/etcd/server/v3" ;;
         coredns) dir="$ROOT/tools/coredns"; pkg="github.com/coredns/coredns" ;;
+        helm) dir="$ROOT/tools/helm"; pkg="helm.sh/helm/v4/cmd/helm" ;;
+        promtool) dir="$ROOT/tools/promtool"; pkg="github.com/prometheus/prometheus/cmd/promtool" ;;
         agnhost) dir="$ROOT/tools/e2e"; pkg="k8s.io/kubernetes/test/images/agnhost" ;;
         e2e.test) dir="$ROOT/tools/e2e"; pkg="." ;;
         kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kubectl|kube-proxy)
@@ -72,6 +80,8 @@ build_one() {
     case "$name" in
         etcd) ;;
         coredns) ldflags="$ldflags -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" ;;
+        helm) ldflags="$ldflags -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" ;;
+        promtool) ldflags="$ldflags -X github.com/prometheus/common/version.Version=$PROMTOOL_VERSION" ;;
         *) ldflags="$ldflags $LDX" ;;
     esac
     # e2e.test is the test binary of tools/e2e (upstream's network suites).
