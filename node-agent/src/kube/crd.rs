@@ -396,14 +396,16 @@ mod tests {
 
     #[test]
     fn deploy_crds_match_the_types() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/05-crds.yaml");
-        let committed = std::fs::read_to_string(path).unwrap_or_default();
         let generated = crds_yaml().expect("yaml");
-        assert!(
-            committed == generated,
-            "deploy/05-crds.yaml is not what the types generate: run \
-             `cargo run -p node-agent -- crds > deploy/05-crds.yaml`"
-        );
+        for file in ["deploy/05-crds.yaml", "deploy/helm/vpc-cni/files/crds.yaml"] {
+            let path = format!("{}/../{file}", env!("CARGO_MANIFEST_DIR"));
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                committed == generated,
+                "{file} is not what the types generate: run \
+                 `cargo run -p node-agent -- crds > {file}`"
+            );
+        }
     }
 
     /// The node's status is written at once when its ENIs, limits or

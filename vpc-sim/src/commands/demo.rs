@@ -41,6 +41,10 @@ pub struct DemoArgs {
     /// With --kubernetes: where etcd, kube-* and kubectl are.
     #[arg(long)]
     pub k8s_bin_dir: Option<PathBuf>,
+    /// With --kubernetes: install vpc-cni from `deploy/` (`manifests`) or
+    /// with its Helm chart (`helm`).
+    #[arg(long, value_enum, default_value = "manifests")]
+    pub install: super::up::Installer,
 }
 
 struct Pod {
@@ -104,6 +108,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         e2e_images: false,
         eni_mtu: 1500,
         ip_family: super::up::IpFamily::Ipv4,
+        install: super::up::Installer::Manifests,
     };
     say(&format!(
         "==> vpc-sim up: 2 nodes, agents with the netlink data path ({})",

@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use proto::wire::{Request, Response};
@@ -15,7 +15,7 @@ use vpc_sim::world::SharedWorld;
 
 use super::demo::say;
 use super::sibling_binary;
-use super::up::{Sim, UpArgs, world_file};
+use super::up::{Installer, Sim, UpArgs, world_file};
 
 /// vpc-cni's namespace in `deploy/`.
 pub const NAMESPACE: &str = "vpc-cni-system";
@@ -225,7 +225,7 @@ pub fn start(dir: &Path, sim: &mut Sim, args: &UpArgs) -> Result<(), String> {
         api_types: vec![deploy_dir().join("05-crds.yaml")],
     };
     let installed = k8s::up(dir, &sim.tag, &nodes, &opts, &say)
-        .and_then(|cluster| install(dir, sim, &cluster, &opts, &args.api_limits));
+        .and_then(|cluster| install(dir, sim, &cluster, &opts, args));
     if let Err(e) = installed {
         // `up` removes the state directory on failure: keep the logs.
         let kept = std::env::temp_dir().join(format!("vpc-sim-{}-logs", sim.tag));
@@ -266,8 +266,9 @@ fn install(
     sim: &mut Sim,
     cluster: &k8s::Cluster,
     opts: &Options,
-    api_limits: &str,
+    args: &UpArgs,
 ) -> Result<(), String> {
+    let api_limits = args.api_limits.as_str();
     let host_ip = cluster
         .host_ip
         .clone()
@@ -312,9 +313,13 @@ fn install(
     let kubectl = Kubectl::new(&opts.bin_dir, dir);
     let deploy = deploy_dir();
     let started = Instant::now();
+    let how = match args.install {
+        Installer::Manifests => "kubectl apply -f deploy/",
+        Installer::Helm => "helm install deploy/helm/vpc-cni",
+    };
     say(&format!(
         "==> installing vpc-cni from {}: namespace, the cloud gateway's Secret, ConfigMap values, \
-         kubectl apply -f deploy/ (the nodes' own CAM role reads only)",
+         {how} (the nodes' own CAM role reads only)",
         deploy.display()
     ));
     kubectl.run(&[
@@ -336,32 +341,19 @@ fn install(
             super::up::credentials_file(dir).display()
         ),
     ])?;
-    // The copy a user would edit: the ConfigMap's values for this cluster.
-    let edited = k8s::cluster_dir(dir).join("deploy");
-    fs::create_dir_all(&edited).map_err(|e| e.to_string())?;
-    for entry in fs::read_dir(&deploy).map_err(|e| format!("{}: {e}", deploy.display()))? {
-        let path = entry.map_err(|e| e.to_string())?.path();
-        if path.extension().is_some_and(|x| x == "yaml") {
-            fs::copy(&path, edited.join(path.file_name().expect("file name")))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-    }
-    let config = edited.join("02-config.yaml");
-    let text = fs::read_to_string(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+    // The values of this cluster, as a user would set them.
     let endpoint = format!("http://{address}");
-    let text = edit_config(
-        &text,
-        &[
-            ("cloud-endpoint", endpoint.clone()),
-            ("metadata-url", endpoint),
-            ("cluster-name", format!("vpcsim-{}", sim.tag)),
-            ("kubernetes-service-host", host_ip.clone()),
-            ("kubernetes-service-port", k8s::APISERVER_PORT.to_string()),
-        ],
-    )
-    .map_err(|e| format!("{}: {e}", config.display()))?;
-    fs::write(&config, text).map_err(|e| e.to_string())?;
-    kubectl.run(&["apply", "-f", &edited.to_string_lossy()])?;
+    let values = [
+        ("cloud-endpoint", endpoint.clone()),
+        ("metadata-url", endpoint),
+        ("cluster-name", format!("vpcsim-{}", sim.tag)),
+        ("kubernetes-service-host", host_ip.clone()),
+        ("kubernetes-service-port", k8s::APISERVER_PORT.to_string()),
+    ];
+    match args.install {
+        Installer::Manifests => apply_manifests(dir, &kubectl, &deploy, &values)?,
+        Installer::Helm => helm_install(dir, &opts.bin_dir, &kubectl, &deploy, &values)?,
+    }
 
     say("==> waiting for the DaemonSet to be ready on every node");
     let n = sim.nodes.len() as u64;
@@ -400,11 +392,106 @@ fn install(
         }
     }
     say(&format!(
-        "==> vpc-cni ready on {} nodes {:.1} s after kubectl apply",
+        "==> vpc-cni ready on {} nodes {:.1} s after {how}",
         sim.nodes.len(),
         started.elapsed().as_secs_f64()
     ));
     install_dns(dir, &kubectl)
+}
+
+/// `kubectl apply -f` of a copy of `deploy/` whose ConfigMap carries
+/// `values` (the copy a user would edit).
+fn apply_manifests(
+    dir: &Path,
+    kubectl: &Kubectl,
+    deploy: &Path,
+    values: &[(&str, String)],
+) -> Result<(), String> {
+    let edited = k8s::cluster_dir(dir).join("deploy");
+    fs::create_dir_all(&edited).map_err(|e| e.to_string())?;
+    for entry in fs::read_dir(deploy).map_err(|e| format!("{}: {e}", deploy.display()))? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.extension().is_some_and(|x| x == "yaml") {
+            fs::copy(&path, edited.join(path.file_name().expect("file name")))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let config = edited.join("02-config.yaml");
+    let text = fs::read_to_string(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let text = edit_config(&text, values).map_err(|e| format!("{}: {e}", config.display()))?;
+    fs::write(&config, text).map_err(|e| e.to_string())?;
+    kubectl.run(&["apply", "-f", &edited.to_string_lossy()])?;
+    Ok(())
+}
+
+/// `helm install vpc-cni deploy/helm/vpc-cni` into the namespace made
+/// before, with a values file holding `values` under `config`; helm's own
+/// state (cache, config) stays in the simulation's directory.
+fn helm_install(
+    dir: &Path,
+    bin_dir: &Path,
+    kubectl: &Kubectl,
+    deploy: &Path,
+    values: &[(&str, String)],
+) -> Result<(), String> {
+    let helm = bin_dir.join("helm");
+    if !helm.is_file() {
+        return Err(format!(
+            "{} is missing: build it with `K8S_BINS=helm bash scripts/k8s-bins.sh`",
+            helm.display()
+        ));
+    }
+    // The CRDs were applied before kube-controller-manager started (see
+    // `Options::api_types`): marked as the release's, Helm adopts them
+    // instead of refusing to install over them.
+    let crds = [
+        "crd/vpcipclaims.vpc-cni.io",
+        "crd/vpcips.vpc-cni.io",
+        "crd/nodeeniconfigs.vpc-cni.io",
+    ];
+    let mut label = vec!["label", "--overwrite"];
+    label.extend(crds);
+    label.push("app.kubernetes.io/managed-by=Helm");
+    kubectl.run(&label)?;
+    let release_namespace = format!("meta.helm.sh/release-namespace={NAMESPACE}");
+    let mut annotate = vec!["annotate", "--overwrite"];
+    annotate.extend(crds);
+    annotate.extend(["meta.helm.sh/release-name=vpc-cni", &release_namespace]);
+    kubectl.run(&annotate)?;
+    let home = k8s::cluster_dir(dir).join("helm");
+    fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+    let file = home.join("values.yaml");
+    fs::write(&file, helm_values(values)).map_err(|e| format!("{}: {e}", file.display()))?;
+    let out = Command::new(&helm)
+        .args(["install", "vpc-cni"])
+        .arg(deploy.join("helm/vpc-cni"))
+        .args(["--namespace", NAMESPACE, "--kubeconfig"])
+        .arg(&kubectl.kubeconfig)
+        .arg("--values")
+        .arg(&file)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", helm.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "helm install: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// A values file setting these ConfigMap keys (`config:` of the chart).
+fn helm_values(values: &[(&str, String)]) -> String {
+    let mut out = String::from("config:\n");
+    for (key, value) in values {
+        out.push_str(&format!("  {key}: {}\n", serde_json::json!(value)));
+    }
+    out
 }
 
 /// CoreDNS behind `kube-dns`, once pods can get addresses; returns when

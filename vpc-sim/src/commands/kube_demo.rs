@@ -174,6 +174,7 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
         e2e_images: false,
         eni_mtu: 1500,
         ip_family: super::up::IpFamily::Ipv4,
+        install: args.install,
     };
     say(&format!(
         "==> vpc-sim up --kubernetes: 2 nodes ({})",

@@ -84,6 +84,20 @@ pub struct UpArgs {
     /// alone, routed to the VPC's gateway `fe80::1`).
     #[arg(long, value_enum, default_value = "ipv4")]
     pub ip_family: IpFamily,
+    /// With `--kubernetes`: how vpc-cni is installed, from the plain
+    /// manifests of `deploy/` (`kubectl apply`) or with its Helm chart
+    /// (`deploy/helm/vpc-cni`, helm built by scripts/k8s-bins.sh).
+    #[arg(long, value_enum, default_value = "manifests")]
+    pub install: Installer,
+}
+
+/// How `up --kubernetes` installs vpc-cni.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Installer {
+    /// `kubectl apply -f deploy/` with the ConfigMap's values edited.
+    Manifests,
+    /// `helm install` of `deploy/helm/vpc-cni` with a values file.
+    Helm,
 }
 
 /// The address families of a simulated VPC.
