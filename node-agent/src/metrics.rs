@@ -1,9 +1,13 @@
 //! Prometheus metrics in the text exposition format, written by hand (no
-//! client library): cloud calls and errors by action and code, throttled
-//! calls, how long asynchronous tasks took to confirm, the pool's IPs by
-//! state, and each pod's time to network by phase. Served on
-//! `--metrics-address` (off by default) at any path, one request per
-//! connection.
+//! client library): cloud calls and errors by action and code (calls that
+//! got no answer as code `Unreachable`), throttled calls, how long
+//! asynchronous tasks took to confirm, the pool's IPs by state, each pod's
+//! time to network by phase, the free addresses of the subnets the node may
+//! take ENIs from, and ENI creations refused for the VPC's ENI quota (the
+//! `ENILimit` condition). Served on `--metrics-address` (off by default) at
+//! any path, one request per connection, by the agent and by the cluster
+//! component (its sweeps' and its gateway's calls; no pool of its own).
+//! `deploy/monitoring/` has a dashboard and alerts built on these names.
 //!
 //! The counters are process-wide (one agent per process; a simulation of
 //! many agents in one process sums them).
@@ -52,6 +56,26 @@ impl Histogram {
     }
 }
 
+/// The code of a call that got no answer (not sent, no connection, no
+/// response in time): the VPC API, or the cloud gateway in front of it,
+/// could not be reached. An alert on it (`rate(...{code="Unreachable"})`
+/// with no other answer) only fires while calls are being made, so an idle
+/// node does not look cut off.
+pub const UNREACHABLE: &str = "Unreachable";
+
+/// Every metric family the exposition has, sample names (the `_bucket`,
+/// `_sum` and `_count` of histograms) not included: what dashboards and
+/// alerts may name.
+pub const FAMILIES: &[&str] = &[
+    "vpc_cni_pool_ips",
+    "vpc_cni_subnet_free_ips",
+    "vpc_cni_eni_limit_total",
+    "vpc_cni_cloud_calls_total",
+    "vpc_cni_cloud_throttled_total",
+    "vpc_cni_cloud_task_seconds",
+    "vpc_cni_add_seconds",
+];
+
 #[derive(Debug, Default)]
 struct Registry {
     /// (action, code) → calls; code `OK` for an answer without error.
@@ -62,9 +86,21 @@ struct Registry {
     task_wait: BTreeMap<String, Histogram>,
     /// phase → time to network of pods.
     add: BTreeMap<&'static str, Histogram>,
+    /// (subnet, zone) → free addresses, as `DescribeSubnets` last said.
+    subnet_free: BTreeMap<(String, String), u64>,
+    /// ENI creations refused for the VPC's ENI quota.
+    eni_limit: u64,
 }
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+
+/// `value` as a label value: backslash, double quote and line feed escaped.
+fn escaped(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
 
 fn with<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
     let mut guard = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
@@ -93,6 +129,21 @@ pub fn task_confirmed(action: &str, waited: Duration) {
     });
 }
 
+/// `DescribeSubnets` said `subnet` (of `zone`), one the node may take ENIs
+/// from, has `free` addresses left.
+pub fn subnet_free_ips(subnet: &str, zone: &str, free: u64) {
+    with(|r| {
+        r.subnet_free
+            .insert((subnet.to_string(), zone.to_string()), free)
+    });
+}
+
+/// The cloud refused to create an ENI: the VPC's ENI quota is used up (the
+/// node's `ENILimit` condition and event).
+pub fn eni_limit() {
+    with(|r| r.eni_limit += 1);
+}
+
 /// A pod's ADD by phase: `queue` (until it may take an IP: the GC lock,
 /// the pod's annotations, its claim checked), `ip` (until its IP was
 /// reserved, growth of the pool included), `cloud` (of which growing the
@@ -117,12 +168,31 @@ pub fn render(pool: &BTreeMap<&'static str, usize>) -> String {
     with(|r| {
         let _ = writeln!(
             out,
-            "# HELP vpc_cni_cloud_calls_total VPC API calls by action and answer code (OK: no error).\n# TYPE vpc_cni_cloud_calls_total counter"
+            "# HELP vpc_cni_subnet_free_ips Free addresses of the subnets the node may take ENIs from, as DescribeSubnets last said (at start and every reconcile).\n# TYPE vpc_cni_subnet_free_ips gauge"
+        );
+        for ((subnet, zone), n) in &r.subnet_free {
+            let _ = writeln!(
+                out,
+                "vpc_cni_subnet_free_ips{{subnet=\"{}\",zone=\"{}\"}} {n}",
+                escaped(subnet),
+                escaped(zone)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP vpc_cni_eni_limit_total ENI creations refused because the VPC's ENI quota is used up (the ENILimit condition).\n# TYPE vpc_cni_eni_limit_total counter\nvpc_cni_eni_limit_total {}",
+            r.eni_limit
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vpc_cni_cloud_calls_total VPC API calls by action and answer code (OK: no error; Unreachable: no answer came).\n# TYPE vpc_cni_cloud_calls_total counter"
         );
         for ((action, code), n) in &r.calls {
             let _ = writeln!(
                 out,
-                "vpc_cni_cloud_calls_total{{action=\"{action}\",code=\"{code}\"}} {n}"
+                "vpc_cni_cloud_calls_total{{action=\"{}\",code=\"{}\"}} {n}",
+                escaped(action),
+                escaped(code)
             );
         }
         let _ = writeln!(
@@ -132,7 +202,8 @@ pub fn render(pool: &BTreeMap<&'static str, usize>) -> String {
         for (action, n) in &r.throttled {
             let _ = writeln!(
                 out,
-                "vpc_cni_cloud_throttled_total{{action=\"{action}\"}} {n}"
+                "vpc_cni_cloud_throttled_total{{action=\"{}\"}} {n}",
+                escaped(action)
             );
         }
         let _ = writeln!(
@@ -143,7 +214,7 @@ pub fn render(pool: &BTreeMap<&'static str, usize>) -> String {
             h.render(
                 &mut out,
                 "vpc_cni_cloud_task_seconds",
-                &format!("action=\"{action}\""),
+                &format!("action=\"{}\"", escaped(action)),
             );
         }
         let _ = writeln!(
@@ -243,5 +314,81 @@ mod tests {
             let value = line.rsplit(' ').next().expect("value");
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    /// The value of the sample line starting with `series` (`name{labels}`).
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn a_subnets_free_addresses_are_a_gauge_of_its_last_answer() {
+        subnet_free_ips("subnet-metrics-test", "ap-test-1", 250);
+        subnet_free_ips("subnet-metrics-test", "ap-test-1", 249);
+        let text = render(&BTreeMap::new());
+        assert!(
+            text.contains("# TYPE vpc_cni_subnet_free_ips gauge\n"),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "vpc_cni_subnet_free_ips{subnet=\"subnet-metrics-test\",zone=\"ap-test-1\"}"
+            ),
+            Some(249.0),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn eni_limit_refusals_are_counted_from_zero() {
+        let text = render(&BTreeMap::new());
+        assert!(
+            text.contains("# TYPE vpc_cni_eni_limit_total counter\n"),
+            "{text}"
+        );
+        // Process-wide: other tests may count meanwhile.
+        let before = sample(&text, "vpc_cni_eni_limit_total").expect("always shown");
+        eni_limit();
+        let after = sample(&render(&BTreeMap::new()), "vpc_cni_eni_limit_total").expect("shown");
+        assert!(after >= before + 1.0, "{before} → {after}");
+    }
+
+    #[test]
+    fn a_call_without_an_answer_is_counted_unreachable_not_ok() {
+        let series =
+            "vpc_cni_cloud_calls_total{action=\"DescribeMetricsTest\",code=\"Unreachable\"}";
+        cloud_call("DescribeMetricsTest", Some(UNREACHABLE));
+        cloud_call("DescribeMetricsTest", Some(UNREACHABLE));
+        let text = render(&BTreeMap::new());
+        assert_eq!(sample(&text, series), Some(2.0), "{text}");
+        assert!(
+            !text.contains("vpc_cni_cloud_throttled_total{action=\"DescribeMetricsTest\"}"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn label_values_from_the_cloud_are_escaped() {
+        subnet_free_ips("subnet-\"odd\"\\", "zone\nx", 1);
+        let text = render(&BTreeMap::new());
+        assert!(
+            text.contains(
+                "vpc_cni_subnet_free_ips{subnet=\"subnet-\\\"odd\\\"\\\\\",zone=\"zone\\nx\"} 1\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_families_listed_are_exactly_those_rendered() {
+        let text = render(&BTreeMap::new());
+        let typed: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        assert_eq!(typed, FAMILIES, "{text}");
     }
 }

@@ -496,6 +496,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             Ok(eni) => eni,
             Err(e) => {
                 if matches!(e, CloudError::EniQuota(_)) {
+                    crate::metrics::eni_limit();
                     self.conditions
                         .set(ENI_LIMIT, &e.to_string(), self.txn.now());
                 }

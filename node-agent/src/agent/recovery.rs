@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::conditions::{CLOUD_UNREACHABLE, Conditions};
 use super::eni::pool_record;
@@ -158,13 +158,22 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         Ok(agent)
     }
 
-    /// Asks the VPC API for the node's details (once) and its ENIs, and
-    /// brings the pool in line. Programs ENIs it adopts. Sets or clears
-    /// the `CloudUnreachable` condition.
+    /// Asks the VPC API for the node's details (once; later only its
+    /// subnets' free addresses, for the metrics) and its ENIs, and brings
+    /// the pool in line. Programs ENIs it adopts. Sets or clears the
+    /// `CloudUnreachable` condition.
     pub(super) async fn connect_cloud(&self) -> Result<(), proto::wire::AgentError> {
         self.txn.ensure_healthy()?;
         let node = match self.node() {
-            Some(node) => node,
+            Some(node) => {
+                // The subnet runway of the metrics stays as fresh as the
+                // reconcile (one read per node and interval; shared by the
+                // gateway). Not worth failing the reconcile for.
+                if let Err(e) = self.cloud.refresh_subnets(&self.overrides().subnets).await {
+                    debug!(error = %e, "could not look at the subnets' free addresses");
+                }
+                node
+            }
             None => {
                 let subnets = self.overrides().subnets;
                 let node = self

@@ -137,6 +137,17 @@ pub trait Cloud: Send + Sync + 'static {
         let _ = subnets;
         self.node()
     }
+    /// Looks again at the free addresses of the subnets
+    /// [`node_in`](Self::node_in) chooses among (same `subnets`), for the
+    /// metrics (`vpc_cni_subnet_free_ips`): the choice itself is kept. A
+    /// cloud that cannot tell does nothing.
+    fn refresh_subnets(
+        &self,
+        subnets: &[String],
+    ) -> impl Future<Output = Result<(), CloudError>> + Send {
+        let _ = subnets;
+        async { Ok(()) }
+    }
     /// Creates an ENI (with its primary IP) in `subnet_id` with `ips`
     /// secondary IPs.
     fn create_eni(

@@ -91,6 +91,11 @@ pub struct ClusterArgs {
     /// console, other tools of the account).
     #[arg(long, default_value_t = crate::gateway::budget::DEFAULT_SHARE)]
     gateway_rate_share: f64,
+    /// Serve Prometheus metrics on this address (the cloud calls of the
+    /// sweeps and of the gateway, as the agents' `--metrics-address`
+    /// shows theirs); off unless given.
+    #[arg(long)]
+    metrics_address: Option<std::net::SocketAddr>,
     /// Kubeconfig (default: `KUBECONFIG`, else the in-cluster service account).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -115,6 +120,14 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     runtime.block_on(async move {
+        if let Some(address) = args.metrics_address {
+            let metrics = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| format!("--metrics-address {address}: {e}"))?;
+            info!(%address, "metrics");
+            // No pool here: the counters are the process's cloud calls.
+            tokio::spawn(crate::metrics::serve(metrics, std::collections::BTreeMap::new));
+        }
         let client = crate::kube::connect(args.kubeconfig.as_deref()).await?;
         let credentials =
             tencent::credential_source(args.credentials_file.as_deref(), &args.metadata_url)

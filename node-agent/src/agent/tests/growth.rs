@@ -557,6 +557,39 @@ async fn a_waiting_add_gets_the_ips_of_a_round_whose_other_step_failed() {
     }
 }
 
+/// The VPC's ENI quota used up: the ADD is refused `ENILimit`, the node
+/// shows the condition (its event follows) and the metrics count it.
+#[tokio::test]
+async fn an_eni_refused_for_the_quota_sets_enilimit_and_is_counted() {
+    let count = || {
+        crate::metrics::render(&std::collections::BTreeMap::new())
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("vpc_cni_eni_limit_total ")?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .expect("always shown")
+    };
+    let h = harness().await;
+    h.agent.cloud.set_eni_quota(0);
+    let before = count();
+    let e = h
+        .agent
+        .handle(add_req("no-eni"), None)
+        .await
+        .expect_err("no ENI to take an IP from");
+    assert_eq!(e.kind, ErrorKind::EniLimit, "{e:?}");
+    assert!(
+        h.agent
+            .conditions
+            .get(super::super::conditions::ENI_LIMIT)
+            .is_some()
+    );
+    // Process-wide: other tests may count meanwhile.
+    assert!(count() >= before + 1.0, "{before}");
+}
+
 /// The test configuration with these pool targets (no warm ENI, a release
 /// batch of 5).
 fn with_targets(warm_ip: usize, min_ip: usize, max_eni: Option<u32>) -> AgentConfig {

@@ -48,23 +48,7 @@ pub fn best_subnet(
     zone: &str,
     wanted: &[String],
 ) -> Result<Option<Subnet>, CloudError> {
-    let best = answer
-        .get("SubnetSet")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|s| s.get("Zone").and_then(Value::as_str) == Some(zone))
-        .filter(|s| {
-            wanted.is_empty()
-                || s.get("SubnetId")
-                    .and_then(Value::as_str)
-                    .is_some_and(|i| wanted.iter().any(|w| w == i))
-        })
-        .max_by_key(|s| {
-            s.get("AvailableIpAddressCount")
-                .and_then(Value::as_u64)
-                .unwrap_or(0)
-        });
+    let best = candidates(answer, zone, wanted).max_by_key(|s| free_ips(s));
     let Some(best) = best else {
         return Ok(None);
     };
@@ -90,6 +74,47 @@ pub fn best_subnet(
         network,
         prefix_len,
     }))
+}
+
+/// The subnets of `zone` (among `wanted`, when not empty) of a
+/// `DescribeSubnets` answer, each with its free addresses
+/// (`AvailableIpAddressCount`): those [`best_subnet`] chooses among.
+pub fn subnets_free(answer: &Value, zone: &str, wanted: &[String]) -> Vec<(String, u64)> {
+    candidates(answer, zone, wanted)
+        .filter_map(|s| {
+            let id = s.get("SubnetId").and_then(Value::as_str)?;
+            Some((id.to_string(), free_ips(s)))
+        })
+        .collect()
+}
+
+/// The subnets of a `DescribeSubnets` answer a node of `zone` may take
+/// ENIs from (only `wanted`, when not empty).
+fn candidates<'a>(
+    answer: &'a Value,
+    zone: &'a str,
+    wanted: &'a [String],
+) -> impl Iterator<Item = &'a Value> {
+    answer
+        .get("SubnetSet")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(move |s| s.get("Zone").and_then(Value::as_str) == Some(zone))
+        .filter(move |s| {
+            wanted.is_empty()
+                || s.get("SubnetId")
+                    .and_then(Value::as_str)
+                    .is_some_and(|i| wanted.iter().any(|w| w == i))
+        })
+}
+
+/// A subnet's `AvailableIpAddressCount` (0 when missing).
+fn free_ips(subnet: &Value) -> u64 {
+    subnet
+        .get("AvailableIpAddressCount")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
 }
 
 /// The instance's limits from `DescribeNetworkInterfaceLimit`. A missing
@@ -260,6 +285,30 @@ mod tests {
             .expect("a subnet");
         assert_eq!(s.gateway, Ipv4Addr::new(10, 0, 16, 1));
         assert_eq!(best_subnet(&subnets("10.0.16.0/20"), "z2", &[]), Ok(None));
+    }
+
+    #[test]
+    fn the_free_addresses_are_those_of_the_subnets_the_node_may_use() {
+        let answer = serde_json::json!({"SubnetSet": [
+            {"SubnetId": "subnet-1", "Zone": "z1", "CidrBlock": "10.0.0.0/24", "AvailableIpAddressCount": 5},
+            {"SubnetId": "subnet-2", "Zone": "z1", "CidrBlock": "10.0.1.0/24", "AvailableIpAddressCount": 200},
+            {"SubnetId": "subnet-3", "Zone": "z2", "CidrBlock": "10.0.2.0/24", "AvailableIpAddressCount": 9},
+            {"SubnetId": "subnet-4", "Zone": "z1", "CidrBlock": "10.0.3.0/24"}
+        ]});
+        assert_eq!(
+            subnets_free(&answer, "z1", &[]),
+            vec![
+                ("subnet-1".to_string(), 5),
+                ("subnet-2".to_string(), 200),
+                ("subnet-4".to_string(), 0)
+            ]
+        );
+        assert_eq!(
+            subnets_free(&answer, "z1", &["subnet-1".to_string()]),
+            vec![("subnet-1".to_string(), 5)]
+        );
+        let best = best_subnet(&answer, "z1", &[]).expect("ok").expect("one");
+        assert_eq!(best.id, "subnet-2");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The Tencent Cloud VPC API (2017-03-12) as the pool's [`Cloud`]: node
 //! identity from the instance metadata service (or flags), limits from
 //! `DescribeNetworkInterfaceLimit`, the subnet of the node's zone with the
-//! most free addresses from `DescribeSubnets`, and ENI and IP changes that
+//! most free addresses from `DescribeSubnets` (whose free addresses are
+//! also the metrics' subnet runway), and ENI and IP changes that
 //! are safe to retry: a create carries a `ClientToken`, and an assign or
 //! attach whose answer was lost looks at the ENI before it is sent again.
 
@@ -250,15 +251,7 @@ impl Cloud for TencentCloud {
                 Ok(limits)
             })
             .await?;
-        let subnets = self
-            .call(
-                "DescribeSubnets",
-                json!({ "Filters": [
-                    {"Name": "vpc-id", "Values": [id.vpc_id]},
-                    {"Name": "zone", "Values": [id.zone]},
-                ]}),
-            )
-            .await?;
+        let subnets = self.zone_subnets(allowed).await?;
         let subnet = decode::best_subnet(&subnets, &id.zone, allowed)?;
         Ok(NodeInfo {
             instance_id: id.instance_id.clone(),
@@ -268,6 +261,15 @@ impl Cloud for TencentCloud {
             limits,
             mtu: MTU,
         })
+    }
+
+    async fn refresh_subnets(&self, allowed: &[String]) -> Result<(), CloudError> {
+        let allowed = if allowed.is_empty() {
+            &self.settings.subnets
+        } else {
+            allowed
+        };
+        self.zone_subnets(allowed).await.map(|_| ())
     }
 
     async fn create_eni(&self, subnet_id: &str, ips: u32) -> Result<Eni, CloudError> {
@@ -393,6 +395,25 @@ impl Cloud for TencentCloud {
 const MAX_NAMED_PER_CALL: usize = 10;
 
 impl TencentCloud {
+    /// `DescribeSubnets` of the node's zone, the free addresses of those
+    /// among `allowed` (any, when empty) recorded for the metrics.
+    async fn zone_subnets(&self, allowed: &[String]) -> Result<Value, CloudError> {
+        let id = &self.settings.identity;
+        let answer = self
+            .call(
+                "DescribeSubnets",
+                json!({ "Filters": [
+                    {"Name": "vpc-id", "Values": [id.vpc_id]},
+                    {"Name": "zone", "Values": [id.zone]},
+                ]}),
+            )
+            .await?;
+        for (subnet, free) in decode::subnets_free(&answer, &id.zone, allowed) {
+            crate::metrics::subnet_free_ips(&subnet, &id.zone, free);
+        }
+        Ok(answer)
+    }
+
     /// `DescribeNetworkInterfaces` with one filter, every page.
     async fn describe_enis(&self, filter: Value) -> Result<Vec<Eni>, CloudError> {
         let mut enis = Vec::new();

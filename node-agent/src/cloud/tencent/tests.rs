@@ -655,3 +655,43 @@ async fn an_unreachable_endpoint_is_left_for_the_next() {
         started.elapsed()
     );
 }
+
+/// The value of the metrics' sample `series` (`name{labels}`), 0 if absent.
+fn metric(series: &str) -> f64 {
+    crate::metrics::render(&std::collections::BTreeMap::new())
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A call that gets no answer (nothing listens) is counted `Unreachable`,
+/// each attempt, by the client and by the gateway's relay alike: what the
+/// cloud-unreachable alert looks at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_without_an_answer_is_counted_unreachable() {
+    let e = emulator(&[]);
+    let cloud = client(&e, "ins-sim0001", "client-secret");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gone = format!("http://{}", dead.local_addr().expect("address"));
+    drop(dead);
+    cloud.set_endpoints(&[gone]);
+    let series =
+        r#"vpc_cni_cloud_calls_total{action="DescribeNetworkInterfaces",code="Unreachable"}"#;
+    // Process-wide counters: other tests may add to them meanwhile.
+    let before = metric(series);
+    assert!(cloud.list_enis().await.is_err());
+    assert!(metric(series) >= before + 1.0, "{before}");
+
+    let relayed =
+        r#"vpc_cni_cloud_calls_total{action="DescribeRelayMetricsTest",code="Unreachable"}"#;
+    let answer = cloud
+        .transport()
+        .relay("DescribeRelayMetricsTest", &serde_json::json!({}));
+    assert!(answer.is_err(), "{answer:?}");
+    assert_eq!(metric(relayed), 1.0);
+    assert_eq!(
+        metric(r#"vpc_cni_cloud_calls_total{action="DescribeRelayMetricsTest",code="OK"}"#),
+        0.0,
+        "no answer is not an answer without error"
+    );
+}

@@ -432,7 +432,6 @@ impl Transport {
         if matches!(outcome, Err((Kind::TokenFailure, _))) && self.keyring.refused() {
             outcome = self.send(action, params);
         }
-        crate::metrics::cloud_call(action, outcome.as_ref().err().map(|(kind, _)| kind.code()));
         match &outcome {
             Err((Kind::Throttled, _)) => self.rate_of(action, |r| r.on_throttle(Instant::now())),
             _ => self.rate_of(action, AdaptiveRate::on_success),
@@ -449,9 +448,15 @@ impl Transport {
         f(rate)
     }
 
+    /// One request, counted in the metrics by its answer's code, or as
+    /// [`UNREACHABLE`](crate::metrics::UNREACHABLE) when none came.
     fn send(&self, action: &str, params: &Value) -> Result<Value, (Kind, CloudError)> {
-        let (status, text) = self.send_raw(action, params)?;
-        let answer = super::decode::response(action, status, &text)?;
+        let (status, text) = self.send_raw(action, params).inspect_err(|_| {
+            crate::metrics::cloud_call(action, Some(crate::metrics::UNREACHABLE));
+        })?;
+        let answer = super::decode::response(action, status, &text);
+        crate::metrics::cloud_call(action, answer.as_ref().err().map(|(kind, _)| kind.code()));
+        let answer = answer?;
         debug!(action, "cloud call done");
         Ok(answer)
     }
@@ -539,7 +544,11 @@ impl Transport {
                     .map(|(kind, _)| kind),
                 Err(_) => None,
             };
-            crate::metrics::cloud_call(action, kind.map(Kind::code));
+            let code = match &outcome {
+                Ok(_) => kind.map(Kind::code),
+                Err(_) => Some(crate::metrics::UNREACHABLE),
+            };
+            crate::metrics::cloud_call(action, code);
             match kind {
                 Some(Kind::TokenFailure) if !resent && self.keyring.refused() => resent = true,
                 _ => return outcome,
