@@ -42,6 +42,9 @@ bash scripts/k8s-bins.sh
 echo "==> fuzz targets, briefly, from their seed corpora (scripts/fuzz.sh for a campaign)"
 bash scripts/fuzz.sh --smoke
 
+echo "==> the previous release, for the upgrade and rollback test (built only when missing)"
+bash scripts/prev-release.sh
+
 echo "==> tests"
 cargo build --workspace --bins --quiet
 # The image the k8s_ tests install vpc-cni from (vpc-sim would make it too).

@@ -32,9 +32,16 @@ impl Cluster {
     /// [`up`](Self::up) with more flags of `vpc-sim up`, such as
     /// `--eni-quota`.
     pub fn up_with(nodes: usize, flags: &[&str]) -> Cluster {
+        Cluster::up_with_env(nodes, flags, &[])
+    }
+
+    /// [`up_with`](Self::up_with) with `vpc-sim`'s environment added to,
+    /// such as `VPC_CNI_DEPLOY_DIR` (another release's manifests).
+    pub fn up_with_env(nodes: usize, flags: &[&str], env: &[(&str, &std::path::Path)]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().join("sim");
         let out = Command::new(bin("vpc-sim"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .args([
                 "up",
                 "--kubernetes",

@@ -102,6 +102,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         kubernetes: false,
         k8s_bin_dir: None,
         image: None,
+        extra_images: Vec::new(),
         api_limits: "documented".into(),
         source_check: super::source_check::Switch::On,
         proxy_mode: Default::default(),

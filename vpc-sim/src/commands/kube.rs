@@ -207,6 +207,7 @@ pub fn start(dir: &Path, sim: &mut Sim, args: &UpArgs) -> Result<(), String> {
         })
         .collect();
     let mut extra_images = vec![image, images_dir.join("coredns.tar")];
+    extra_images.extend(args.extra_images.iter().cloned());
     if args.e2e_images {
         extra_images.push(images_dir.join("agnhost.tar"));
     }

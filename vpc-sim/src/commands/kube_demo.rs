@@ -168,6 +168,7 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
         kubernetes: true,
         k8s_bin_dir: args.k8s_bin_dir.clone(),
         image: None,
+        extra_images: Vec::new(),
         api_limits: "documented".into(),
         source_check: super::source_check::Switch::On,
         proxy_mode: Default::default(),

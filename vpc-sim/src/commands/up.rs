@@ -67,6 +67,10 @@ pub struct UpArgs {
     /// to the agent).
     #[arg(long)]
     pub image: Option<PathBuf>,
+    /// With `--kubernetes`: more image archives every node imports (such
+    /// as another release of vpc-cni under another tag, for an upgrade).
+    #[arg(long = "extra-image")]
+    pub extra_images: Vec<PathBuf>,
     /// The VPC API's limits the emulator enforces (see `serve --api-limits`).
     #[arg(long, default_value = "documented")]
     pub api_limits: String,
