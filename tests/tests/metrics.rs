@@ -355,7 +355,14 @@ fn a_running_agents_exposition_passes_promtool_and_serves_the_dashboard_and_aler
     let address = free_address();
     // A reconcile every second: the subnet's free addresses are looked at
     // again soon after the ADD grew the pool.
-    let agent = Agent::start(&["--metrics-address", &address, "--reconcile-interval", "1s"]);
+    let agent = Agent::start(&[
+        "--metrics-address",
+        &address,
+        "--reconcile-interval",
+        "1s",
+        "--subnet-metrics-interval",
+        "1s",
+    ]);
     let netns = agent.netns("metrics");
     let conf = serde_json::to_vec(&agent.conf("1.0.0")).expect("json");
     let add = cni(&CniEnv::pod("ADD", "metrics", &netns), &conf);

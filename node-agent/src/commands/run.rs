@@ -147,6 +147,11 @@ pub struct RunArgs {
     /// ENIs are looked for (jittered by up to a fifth).
     #[arg(long, default_value = "5m", value_parser = proto::duration::parse)]
     reconcile_interval: Duration,
+    /// How often, at most, a reconcile looks again at the free addresses of
+    /// the node's subnets for the metrics (`vpc_cni_subnet_free_ips`; one
+    /// `DescribeSubnets` each time).
+    #[arg(long, default_value = "30m", value_parser = proto::duration::parse)]
+    subnet_metrics_interval: Duration,
     /// Period of the maintenance tick (pool targets, claim expiry, the
     /// cloud coming back). Tests shorten it.
     #[arg(long, default_value = "30s", value_parser = proto::duration::parse, hide = true)]
@@ -344,7 +349,8 @@ async fn cloud(args: &RunArgs) -> Result<TencentCloud, String> {
         identity,
         subnets: args.subnet_ids.clone(),
         cluster: args.cluster_name.clone(),
-    });
+    })
+    .with_subnet_refresh(args.subnet_metrics_interval);
     if gateway == GatewayAt::Service {
         follow_gateway(args, &cloud).await?;
     }

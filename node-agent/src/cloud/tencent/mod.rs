@@ -89,6 +89,10 @@ pub struct TencentCloud {
     /// (the agent's start waits 5 s) is kept, and a second caller waits for
     /// the first instead of asking again.
     limits: Arc<std::sync::Mutex<Option<super::Limits>>>,
+    /// When the subnets were last read, and how often, at most, a reconcile
+    /// reads them again for the metrics.
+    subnets_read: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    subnet_refresh: Duration,
 }
 
 impl TencentCloud {
@@ -105,7 +109,16 @@ impl TencentCloud {
             transport: Arc::new(transport),
             settings: Arc::new(settings),
             limits: Arc::default(),
+            subnets_read: Arc::default(),
+            subnet_refresh: DEFAULT_SUBNET_REFRESH,
         }
+    }
+
+    /// Reads the subnets' free addresses again (`refresh_subnets`) only
+    /// when the last read is at least `every` old.
+    pub fn with_subnet_refresh(mut self, every: Duration) -> TencentCloud {
+        self.subnet_refresh = every;
+        self
     }
 
     /// Sends the calls from now on to the first of `endpoints` reachable
@@ -264,6 +277,10 @@ impl Cloud for TencentCloud {
     }
 
     async fn refresh_subnets(&self, allowed: &[String]) -> Result<(), CloudError> {
+        let last = *self.subnets_read.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < self.subnet_refresh) {
+            return Ok(());
+        }
         let allowed = if allowed.is_empty() {
             &self.settings.subnets
         } else {
@@ -394,6 +411,11 @@ impl Cloud for TencentCloud {
 /// `PrivateIpAddresses`, "单次最多指定10个").
 const MAX_NAMED_PER_CALL: usize = 10;
 
+/// How often, by default, the subnets' free addresses are read again for
+/// the metrics: the runway they show moves over hours, and a read per
+/// node and reconcile (5 min) would be most of a quiet cluster's calls.
+const DEFAULT_SUBNET_REFRESH: Duration = Duration::from_secs(30 * 60);
+
 impl TencentCloud {
     /// `DescribeSubnets` of the node's zone, the free addresses of those
     /// among `allowed` (any, when empty) recorded for the metrics.
@@ -411,6 +433,8 @@ impl TencentCloud {
         for (subnet, free) in decode::subnets_free(&answer, &id.zone, allowed) {
             crate::metrics::subnet_free_ips(&subnet, &id.zone, free);
         }
+        *self.subnets_read.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now());
         Ok(answer)
     }
 
