@@ -11,6 +11,29 @@ use std::time::{Duration, Instant};
 use proto::wire::{PoolView, Request, Response};
 use serde_json::Value;
 
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A tool `scripts/k8s-bins.sh` builds into its cache (helm, promtool, the
+/// Kubernetes binaries); the suite builds them before the tests, so a
+/// missing one fails.
+pub fn k8s_tool(name: &str) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/k8s-bins.sh"))
+        .arg("--print")
+        .output()
+        .expect("run scripts/k8s-bins.sh --print");
+    let tool = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join(name);
+    assert!(
+        tool.is_file(),
+        "{} is missing: run `K8S_BINS={name} bash scripts/k8s-bins.sh`",
+        tool.display()
+    );
+    tool
+}
+
 /// Path of a workspace binary. `scripts/test.sh` builds them all first
 /// (`cargo build --workspace --bins`); only when one is missing are they
 /// built here, once: building again from inside a test run could rebuild

@@ -8,38 +8,20 @@
 //! runs it first); a missing helm fails these tests.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use vpc_cni_tests::{k8s_tool, repo_root};
 
 fn chart() -> PathBuf {
-    root().join("deploy/helm/vpc-cni")
-}
-
-fn helm() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(root().join("scripts/k8s-bins.sh"))
-        .arg("--print")
-        .output()
-        .expect("run scripts/k8s-bins.sh --print");
-    let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("helm");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `K8S_BINS=helm bash scripts/k8s-bins.sh`",
-        bin.display()
-    );
-    bin
+    repo_root().join("deploy/helm/vpc-cni")
 }
 
 /// `helm template` with these extra arguments: its stdout, or its stderr
 /// as the error.
 fn template(namespace: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(helm())
+    let out = Command::new(k8s_tool("helm"))
         .args(["template", "vpc-cni"])
         .arg(chart())
         .args(["--namespace", namespace])
@@ -80,7 +62,7 @@ fn rendered(args: &[&str]) -> Objects {
 /// What `kubectl apply -f deploy/` creates, the Namespace aside.
 fn manifests() -> Objects {
     let mut all = Objects::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("deploy"))
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("deploy"))
         .expect("deploy/")
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
@@ -120,7 +102,7 @@ fn without_chart_additions(mut objects: Objects) -> Objects {
 
 #[test]
 fn the_chart_lints_clean() {
-    let out = Command::new(helm())
+    let out = Command::new(k8s_tool("helm"))
         .args(["lint", "--strict", "--namespace", "vpc-cni-system"])
         .arg(chart())
         .output()

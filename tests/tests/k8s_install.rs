@@ -9,25 +9,26 @@ use std::time::Duration;
 
 use serde_json::Value;
 use vpc_cni_tests::k8s::{Cluster, STATIC, cloud_enis, pod, sts};
-use vpc_cni_tests::require_root;
+use vpc_cni_tests::{repo_root, require_root};
 use vpc_sim::k8s::node_private_dir;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn helm_bin(c: &Cluster) -> PathBuf {
     PathBuf::from(c.get("KUBECTL")).with_file_name("helm")
 }
 
-fn helm(c: &Cluster, args: &[&str]) -> String {
-    let out = Command::new(helm_bin(c))
-        .env("KUBECONFIG", c.get("KUBECONFIG"))
+/// The cluster's kubeconfig, and helm's own state in the simulation's
+/// directory.
+fn with_helm_env<'a>(cmd: &'a mut Command, c: &Cluster) -> &'a mut Command {
+    cmd.env("KUBECONFIG", c.get("KUBECONFIG"))
         .env("HELM_CACHE_HOME", c.state().join("helm-cache"))
         .env("HELM_CONFIG_HOME", c.state().join("helm-config"))
         .env("HELM_DATA_HOME", c.state().join("helm-data"))
+}
+
+fn helm(c: &Cluster, args: &[&str]) -> String {
+    let out = with_helm_env(&mut Command::new(helm_bin(c)), c)
         .args(args)
         .output()
         .expect("run helm");
@@ -91,21 +92,24 @@ fn k8s_helm_install_upgrade_and_uninstall_leave_nothing_behind() {
     // An upgrade with a changed value rolls the agents (the pods carry the
     // ConfigMap's checksum); the pods keep their addresses and new pods
     // get theirs.
-    let before = c.kubectl(&[
-        "-n",
-        "vpc-cni-system",
-        "get",
-        "daemonset",
-        "vpc-cni-agent",
-        "-o",
-        "jsonpath={.metadata.generation}",
-    ]);
+    let generation = || {
+        c.kubectl(&[
+            "-n",
+            "vpc-cni-system",
+            "get",
+            "daemonset",
+            "vpc-cni-agent",
+            "-o",
+            "jsonpath={.metadata.generation}",
+        ])
+    };
+    let before = generation();
     helm(
         &c,
         &[
             "upgrade",
             "vpc-cni",
-            &root().join("deploy/helm/vpc-cni").to_string_lossy(),
+            &repo_root().join("deploy/helm/vpc-cni").to_string_lossy(),
             "-n",
             "vpc-cni-system",
             "--reuse-values",
@@ -113,15 +117,7 @@ fn k8s_helm_install_upgrade_and_uninstall_leave_nothing_behind() {
             "config.warm-ip-target=5",
         ],
     );
-    let after = c.kubectl(&[
-        "-n",
-        "vpc-cni-system",
-        "get",
-        "daemonset",
-        "vpc-cni-agent",
-        "-o",
-        "jsonpath={.metadata.generation}",
-    ]);
+    let after = generation();
     assert_ne!(before, after, "the upgrade changed the agents' pods");
     c.kubectl(&[
         "-n",
@@ -149,18 +145,14 @@ fn k8s_helm_install_upgrade_and_uninstall_leave_nothing_behind() {
     }
 
     // The uninstall refuses while pods are on the network.
-    let script = root().join("deploy/uninstall/uninstall.sh");
+    let script = repo_root().join("deploy/uninstall/uninstall.sh");
     let uninstall_with = |extra: &[&str]| {
-        Command::new("bash")
+        with_helm_env(&mut Command::new("bash"), &c)
             .arg(&script)
             .args(["--timeout", "180"])
             .args(extra)
             .env("KUBECTL", c.get("KUBECTL"))
-            .env("KUBECONFIG", c.get("KUBECONFIG"))
             .env("HELM", helm_bin(&c))
-            .env("HELM_CACHE_HOME", c.state().join("helm-cache"))
-            .env("HELM_CONFIG_HOME", c.state().join("helm-config"))
-            .env("HELM_DATA_HOME", c.state().join("helm-data"))
             .output()
             .expect("run uninstall.sh")
     };
@@ -252,7 +244,7 @@ fn k8s_helm_install_upgrade_and_uninstall_leave_nothing_behind() {
         &[
             "install",
             "vpc-cni",
-            &root().join("deploy/helm/vpc-cni").to_string_lossy(),
+            &repo_root().join("deploy/helm/vpc-cni").to_string_lossy(),
             "-n",
             "vpc-cni-system",
             "--values",

@@ -14,19 +14,15 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vpc_cni_tests::k8s::{Cluster, pod};
-use vpc_cni_tests::{bin, require_root};
+use vpc_cni_tests::{bin, repo_root, require_root};
 
 const WAIT: Duration = Duration::from_secs(120);
 const NS: &str = "vpc-cni-system";
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// The previous release's directory (built by the suite before the tests).
 fn prev_release() -> PathBuf {
     let out = Command::new("bash")
-        .arg(root().join("scripts/prev-release.sh"))
+        .arg(repo_root().join("scripts/prev-release.sh"))
         .arg("--print")
         .output()
         .expect("scripts/prev-release.sh --print");
@@ -47,7 +43,7 @@ fn next_image(dir: &Path) -> PathBuf {
         .expect("bin dir")
         .to_path_buf();
     let status = Command::new("bash")
-        .arg(root().join("scripts/vpc-cni-image.sh"))
+        .arg(repo_root().join("scripts/vpc-cni-image.sh"))
         .arg(&bin_dir)
         .arg(&out)
         .env("VPC_CNI_IMAGE", "localhost/vpc-cni:next")
@@ -303,7 +299,7 @@ fn k8s_upgrade_and_rollback_under_traffic_lose_nothing() {
     status_by(&bin("vpc-cni"), sockets[0]).expect("new plugin, previous agent");
 
     // Upgrade.
-    let up = roll_to(&c, &root().join("deploy"), "localhost/vpc-cni:next");
+    let up = roll_to(&c, &repo_root().join("deploy"), "localhost/vpc-cni:next");
     pods.unchanged(&c, "after the upgrade");
     assert_eq!(
         [veths(netns[0]), veths(netns[1])],

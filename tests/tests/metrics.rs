@@ -13,35 +13,16 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use vpc_cni_tests::{Agent, CniEnv, bin, cni};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn promtool() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(root().join("scripts/k8s-bins.sh"))
-        .arg("--print")
-        .output()
-        .expect("run scripts/k8s-bins.sh --print");
-    let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("promtool");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `K8S_BINS=promtool bash scripts/k8s-bins.sh`",
-        bin.display()
-    );
-    bin
-}
+use vpc_cni_tests::{Agent, CniEnv, bin, cni, k8s_tool, repo_root};
 
 /// Runs promtool with `args` and `stdin`: (success, stdout, stderr).
 fn run_promtool(args: &[&str], stdin: &str, dir: Option<&Path>) -> (bool, String, String) {
-    let mut cmd = Command::new(promtool());
+    let mut cmd = Command::new(k8s_tool("promtool"));
     cmd.args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -317,13 +298,13 @@ fn dashboard_expressions(dashboard: &Value) -> Vec<String> {
 }
 
 fn dashboard() -> Value {
-    let path = root().join("deploy/monitoring/grafana-dashboard.json");
+    let path = repo_root().join("deploy/monitoring/grafana-dashboard.json");
     serde_json::from_slice(&std::fs::read(&path).expect("read the dashboard"))
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn prometheus_rule() -> Value {
-    let path = root().join("deploy/monitoring/prometheusrule.yaml");
+    let path = repo_root().join("deploy/monitoring/prometheusrule.yaml");
     let text = std::fs::read_to_string(&path).expect("read the PrometheusRule");
     serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -351,7 +332,7 @@ fn alerts(rule: &Value) -> Vec<(String, String)> {
 #[test]
 fn a_running_agents_exposition_passes_promtool_and_serves_the_dashboard_and_alerts() {
     // Fails first when promtool is missing.
-    promtool();
+    k8s_tool("promtool");
     let address = free_address();
     // A reconcile every second: the subnet's free addresses are looked at
     // again soon after the ADD grew the pool.
