@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod ipam;
 #[cfg(feature = "kubernetes")]
 pub mod kube;
+pub mod listen;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

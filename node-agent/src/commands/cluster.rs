@@ -121,7 +121,7 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
         .map_err(|e| format!("tokio runtime: {e}"))?;
     runtime.block_on(async move {
         if let Some(address) = args.metrics_address {
-            let metrics = tokio::net::TcpListener::bind(address)
+            let metrics = crate::listen::bind_when_free(address, "metrics")
                 .await
                 .map_err(|e| format!("--metrics-address {address}: {e}"))?;
             info!(%address, "metrics");

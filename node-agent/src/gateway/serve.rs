@@ -221,7 +221,7 @@ pub async fn serve(
         &options.cluster,
         claim_index(claims),
     ));
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", options.port))
+    let listener = crate::listen::bind_when_free(("0.0.0.0", options.port), "cloud gateway")
         .await
         .map_err(|e| format!("gateway port {}: {e}", options.port))?;
     info!(port = options.port, cluster = %options.cluster, share = options.rate_share, "cloud gateway serving");

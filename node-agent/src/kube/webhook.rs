@@ -427,7 +427,7 @@ pub async fn serve(client: Client, options: Options) -> Result<(), String> {
         .wait_until_ready()
         .await
         .map_err(|e| format!("nodes cache: {e}"))?;
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", options.port))
+    let listener = crate::listen::bind_when_free(("0.0.0.0", options.port), "zone webhook")
         .await
         .map_err(|e| format!("webhook port {}: {e}", options.port))?;
     info!(port = options.port, service = %options.service, "zone webhook serving");
