@@ -34,6 +34,9 @@ use vpc_cni_tests::k8s::{
     sts,
 };
 
+/// The cluster component's pods.
+const CLUSTER: &str = "app.kubernetes.io/name=vpc-cni-cluster";
+
 const WAIT: Duration = Duration::from_secs(90);
 
 fn main() {
@@ -178,7 +181,7 @@ fn moves(
             );
             let gateway = scope.spawn(|| {
                 std::thread::sleep(Duration::from_millis(gateway_at));
-                c.crash_delete("app.kubernetes.io/name=vpc-cni-cluster");
+                c.crash_delete(CLUSTER);
             });
             std::thread::sleep(Duration::from_millis(agents_at));
             c.crash_delete("app.kubernetes.io/name=vpc-cni-agent");
@@ -241,7 +244,8 @@ fn moves(
                 let show = |args: &[&str]| c.try_kubectl(args, None).unwrap_or_else(|e| e);
                 panic!(
                     "mover-0 not Ready on {to} within 240 s (move {round})\n\
-                     pod: {}\nStatefulSet: {}\nclaim: {}\nVpcIP: {}\nevents:\n{}\nagent 1:\n{}\nagent 2:\n{}",
+                     pod: {}\nStatefulSet: {}\nclaim: {}\nVpcIP: {}\nevents:\n{}\nagent 1:\n{}\nagent 2:\n{}\n\
+                     the cluster component's pods:\n{}\ntheir logs (the previous container's first):\n{}\n{}",
                     show(&["get", "pod", "mover-0", "-o", "wide"]),
                     show(&["get", "sts", "mover", "-o", "jsonpath={.status}"]),
                     show(&["get", "vipc", "mover-0", "-o", "yaml"]),
@@ -249,6 +253,41 @@ fn moves(
                     c.events(),
                     tail(&c.agent_log(1), 40),
                     tail(&c.agent_log(2), 40),
+                    show(&[
+                        "-n",
+                        "vpc-cni-system",
+                        "get",
+                        "pods",
+                        "-l",
+                        CLUSTER,
+                        "-o",
+                        "wide"
+                    ]),
+                    tail(
+                        &show(&[
+                            "-n",
+                            "vpc-cni-system",
+                            "logs",
+                            "-l",
+                            CLUSTER,
+                            "--previous",
+                            "--tail=30",
+                            "--prefix",
+                        ]),
+                        60
+                    ),
+                    tail(
+                        &show(&[
+                            "-n",
+                            "vpc-cni-system",
+                            "logs",
+                            "-l",
+                            CLUSTER,
+                            "--tail=30",
+                            "--prefix",
+                        ]),
+                        60
+                    ),
                 );
             }
             std::thread::sleep(Duration::from_millis(500));
