@@ -79,8 +79,11 @@ fn run(rounds: usize) {
     let violations = std::sync::Mutex::new(Vec::<String>::new());
     std::thread::scope(|outer| {
         outer.spawn(|| watch(&c, &stop, &violations));
+        // Set when the moves end, a failed one (a panic) included: the
+        // scope waits for the watcher, and the simulation is taken down
+        // only after it.
+        let _stop = StopOnDrop(&stop);
         moves(&c, &nodes, rounds, &ip, &mut rng, &apply);
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
     });
     let seen = violations.into_inner().unwrap_or_else(|p| p.into_inner());
     assert!(
@@ -93,6 +96,15 @@ fn run(rounds: usize) {
         Duration::from_secs(120),
         || disagreements(&c).is_empty(),
     );
+}
+
+/// Raises its flag when dropped, also while a panic unwinds.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Twice a second until `stop`: no address on two ENIs, no two running
