@@ -602,7 +602,7 @@ fn the_cluster_components_exposition_passes_promtool() {
             let _ = self.0.wait();
         }
     }
-    let _child = Killed(
+    let mut child = Killed(
         Command::new(bin("vpc-cni-agent"))
             .arg("cluster")
             .args(["--metrics-address", &address])
@@ -647,4 +647,20 @@ fn the_cluster_components_exposition_passes_promtool() {
         ],
         "{text}"
     );
+    // SIGTERM ends it at once (as its container's PID 1 it gets no
+    // default action: it asks for the signal).
+    let pid = i32::try_from(child.0.id()).expect("pid");
+    // SAFETY: kill(2) on the child's pid, which this test still owns.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if child.0.try_wait().expect("wait").is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster component did not stop within 5 s of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -207,7 +207,7 @@ pub fn run(args: ClusterArgs) -> Result<(), String> {
             () = cluster::run(client, cloud, options) => Ok(()),
             served = serving => served.map_err(|e| format!("zone webhook: {e}")),
             relayed = relaying => relayed.map_err(|e| format!("cloud gateway: {e}")),
-            _ = tokio::signal::ctrl_c() => Ok(()),
+            () = super::run::shutdown_signal() => Ok(()),
         }
     })
 }

@@ -578,7 +578,10 @@ async fn listen<C: Cloud, D: Dataplane>(
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT. A process that is its container's PID 1 must ask for
+/// SIGTERM: the kernel does not deliver it to PID 1 with the default
+/// action, and the kubelet then kills it only when the grace period ends.
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
