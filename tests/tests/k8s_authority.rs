@@ -104,18 +104,18 @@ fn k8s_a_compromised_node_cannot_change_another_nodes_enis() {
         .to_string()
     };
     let stolen = token("vpc-cni-agent", &ns, &agent_pod, "vpc-cni-gateway");
-    // Its ready endpoint, as the agents dial it.
+    // A ready replica, as the agents dial it.
     let gateway = format!(
         "http://{}:9444/",
         c.kubectl(&[
             "-n",
             &ns,
             "get",
-            "endpointslices",
+            "pods",
             "-l",
-            "kubernetes.io/service-name=vpc-cni-gateway",
+            "app.kubernetes.io/name=vpc-cni-cluster",
             "-o",
-            "jsonpath={.items[0].endpoints[0].addresses[0]}",
+            "jsonpath={.items[0].status.podIP}",
         ])
         .trim()
     );

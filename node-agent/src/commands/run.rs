@@ -364,7 +364,7 @@ enum GatewayAt {
     Nowhere,
     /// To this URL.
     Url(String),
-    /// To the ready endpoint of the `vpc-cni-gateway` Service, followed.
+    /// To the cluster component's Ready replicas, followed.
     Service,
 }
 
@@ -390,7 +390,7 @@ fn gateway_at(flag: &str) -> Result<GatewayAt, String> {
     }
 }
 
-/// Keeps `cloud` sent to the gateway Service's ready endpoint.
+/// Keeps `cloud` sent to the cloud gateway's Ready replicas.
 #[cfg_attr(not(feature = "kubernetes"), allow(clippy::unused_async))]
 async fn follow_gateway(args: &RunArgs, cloud: &TencentCloud) -> Result<(), String> {
     #[cfg(feature = "kubernetes")]

@@ -1,42 +1,55 @@
-//! Where the cluster's cloud gateway is, for the agents: the ready
-//! endpoints of its Service (`vpc-cni-gateway`), watched, so an agent
-//! follows the gateway when it moves to another node. The agent dials the
-//! endpoint itself rather than the Service's cluster IP: its VPC calls then
-//! do not depend on kube-proxy, and a host-network client's address is the
-//! node's own on every path.
+//! Where the cluster's cloud gateway is, for the agents: the ready pods of
+//! the cluster component (`app.kubernetes.io/name=vpc-cni-cluster` in the
+//! agents' namespace), watched, so an agent follows the gateway when it
+//! moves to another node. The agent dials the replica itself rather than
+//! the Service's cluster IP: its VPC calls then depend on no kube-proxy,
+//! and a host-network client's address is the node's own on every path.
+//! It reads the pods, not the Service's EndpointSlices: a pod's readiness
+//! is written by its kubelet, while the EndpointSlices wait on
+//! kube-controller-manager, whose caches were seen minutes behind after an
+//! API server restart with both replicas ready and serving.
 
 use std::sync::Arc;
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use tracing::{info, warn};
 
-/// The gateway's Service.
-pub const SERVICE: &str = "vpc-cni-gateway";
-/// The name of its port.
+/// The cluster component's pods.
+pub const SELECTOR: &str = "app.kubernetes.io/name=vpc-cni-cluster";
+/// The name of the gateway's container port.
 pub const PORT_NAME: &str = "gateway";
 
-/// The URLs of the gateway's ready replicas among `slices`, lowest
-/// address first (every agent uses the same one while it answers).
-pub fn urls_of(slices: &[Arc<EndpointSlice>]) -> Vec<String> {
-    let mut found: Vec<(String, i32)> = slices
+/// The gateway URL of one pod: its address and the port named
+/// [`PORT_NAME`] (the host port when one is set), when it is Ready and not
+/// being deleted.
+fn url_of(pod: &Pod) -> Option<(String, i32)> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    let ready = status
+        .conditions
+        .as_ref()?
         .iter()
-        .filter_map(|slice| {
-            let port = slice
-                .ports
-                .as_ref()?
-                .iter()
-                .find(|p| p.name.as_deref() == Some(PORT_NAME))?
-                .port?;
-            Some(slice.endpoints.iter().filter_map(move |e| {
-                let ready = e.conditions.as_ref().and_then(|c| c.ready) != Some(false);
-                let address = e.addresses.first()?;
-                ready.then(|| (address.clone(), port))
-            }))
-        })
-        .flatten()
-        .collect();
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let address = status.pod_ip.as_ref().filter(|a| !a.is_empty())?;
+    let port = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some(PORT_NAME))
+        .map(|p| p.host_port.unwrap_or(p.container_port))?;
+    ready.then(|| (address.clone(), port))
+}
+
+/// The URLs of the gateway's ready replicas among `pods`, lowest address
+/// first (every agent uses the same one while it answers).
+pub fn urls_of(pods: &[Arc<Pod>]) -> Vec<String> {
+    let mut found: Vec<(String, i32)> = pods.iter().filter_map(|p| url_of(p)).collect();
     found.sort();
     found.dedup();
     found
@@ -51,24 +64,25 @@ pub fn urls_of(slices: &[Arc<EndpointSlice>]) -> Vec<String> {
         .collect()
 }
 
-/// Watches the gateway's endpoints in `namespace`, calling `moved` with
-/// the ready replicas' URLs at first and whenever they change (not when
-/// none is ready: the last ones are kept). Runs until the process ends.
+/// Watches the cluster component's pods in `namespace`, calling `moved`
+/// with the ready replicas' URLs at first and whenever they change (not
+/// when none is ready: the last ones are kept). Runs until the process
+/// ends.
 pub fn follow(client: Client, namespace: &str, moved: impl Fn(&[String]) + Send + 'static) {
-    let (slices, changed) = super::cache(
-        Api::<EndpointSlice>::namespaced(client, namespace),
-        watcher::Config::default().labels(&format!("kubernetes.io/service-name={SERVICE}")),
-        "cloud gateway endpoints",
+    let (pods, changed) = super::cache(
+        Api::<Pod>::namespaced(client, namespace),
+        watcher::Config::default().labels(SELECTOR),
+        "cloud gateway pods",
     );
     let namespace = namespace.to_string();
     tokio::spawn(async move {
         let mut current: Vec<String> = Vec::new();
         loop {
-            let urls = urls_of(&slices.state());
+            let urls = urls_of(&pods.state());
             if urls.is_empty() && !current.is_empty() {
-                warn!(%namespace, service = SERVICE, "the cloud gateway has no ready endpoint; the last ones are kept");
+                warn!(%namespace, selector = SELECTOR, "the cloud gateway has no ready replica; the last ones are kept");
             } else if urls != current {
-                info!(?urls, "cloud gateway endpoints");
+                info!(?urls, "cloud gateway replicas");
                 moved(&urls);
                 current = urls;
             }
@@ -80,50 +94,88 @@ pub fn follow(client: Client, namespace: &str, moved: impl Fn(&[String]) + Send 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use k8s_openapi::api::core::v1::{Container, ContainerPort, PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-    fn slice(endpoints: &[(&str, Option<bool>)], port: &str) -> Arc<EndpointSlice> {
-        Arc::new(EndpointSlice {
-            address_type: "IPv4".into(),
-            endpoints: endpoints
-                .iter()
-                .map(|(a, ready)| Endpoint {
-                    addresses: vec![a.to_string()],
-                    conditions: Some(EndpointConditions {
-                        ready: *ready,
-                        ..Default::default()
-                    }),
+    fn pod(ip: &str, ready: &str, port: &str) -> Pod {
+        Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "cluster".into(),
+                    ports: Some(vec![
+                        ContainerPort {
+                            name: Some("webhook".into()),
+                            container_port: 9443,
+                            ..Default::default()
+                        },
+                        ContainerPort {
+                            name: Some(port.into()),
+                            container_port: 9444,
+                            ..Default::default()
+                        },
+                    ]),
                     ..Default::default()
-                })
-                .collect(),
-            ports: Some(vec![EndpointPort {
-                name: Some(port.into()),
-                port: Some(9444),
+                }],
                 ..Default::default()
-            }]),
+            }),
+            status: Some(PodStatus {
+                pod_ip: Some(ip.into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: ready.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
             ..Default::default()
-        })
+        }
+    }
+
+    fn urls(pods: Vec<Pod>) -> Vec<String> {
+        urls_of(&pods.into_iter().map(Arc::new).collect::<Vec<_>>())
     }
 
     #[test]
-    fn the_gateways_are_the_ready_endpoints_of_its_port_lowest_first() {
-        assert!(urls_of(&[]).is_empty());
-        let one = slice(
-            &[
-                ("10.0.0.9", Some(true)),
-                ("10.0.0.5", Some(false)),
-                ("10.0.0.7", Some(true)),
-            ],
-            "gateway",
-        );
+    fn the_gateways_are_the_ready_pods_gateway_ports_lowest_first() {
+        assert!(urls(vec![]).is_empty());
         assert_eq!(
-            urls_of(&[one]),
+            urls(vec![
+                pod("10.0.0.9", "True", "gateway"),
+                pod("10.0.0.5", "False", "gateway"),
+                pod("10.0.0.7", "True", "gateway"),
+                pod("10.0.0.7", "True", "gateway"),
+            ]),
             ["http://10.0.0.7:9444", "http://10.0.0.9:9444"]
         );
-        let two = slice(&[("10.0.0.8", None), ("10.0.0.7", Some(false))], "gateway");
-        assert_eq!(urls_of(&[two]), ["http://10.0.0.8:9444"]);
-        assert!(urls_of(&[slice(&[("10.0.0.7", Some(true))], "other")]).is_empty());
-        let v6 = slice(&[("fd00::7", Some(true))], "gateway");
-        assert_eq!(urls_of(&[v6]), ["http://[fd00::7]:9444"]);
+        assert!(urls(vec![pod("10.0.0.7", "True", "other")]).is_empty());
+        assert_eq!(
+            urls(vec![pod("fd00::7", "True", "gateway")]),
+            ["http://[fd00::7]:9444"]
+        );
+    }
+
+    #[test]
+    fn a_pod_being_deleted_unready_or_without_an_address_is_no_gateway() {
+        let mut deleting = pod("10.0.0.7", "True", "gateway");
+        deleting.metadata.deletion_timestamp = Some(Time(Default::default()));
+        let mut no_ip = pod("10.0.0.8", "True", "gateway");
+        no_ip.status.as_mut().unwrap().pod_ip = None;
+        let mut no_status = pod("10.0.0.9", "True", "gateway");
+        no_status.status = None;
+        let mut no_conditions = pod("10.0.0.10", "True", "gateway");
+        no_conditions.status.as_mut().unwrap().conditions = None;
+        assert!(urls(vec![deleting, no_ip, no_status, no_conditions]).is_empty());
+        assert!(urls(vec![pod("10.0.0.7", "Unknown", "gateway")]).is_empty());
+    }
+
+    #[test]
+    fn a_host_port_is_the_port_dialled() {
+        let mut p = pod("10.0.0.7", "True", "gateway");
+        p.spec.as_mut().unwrap().containers[0]
+            .ports
+            .as_mut()
+            .unwrap()[1]
+            .host_port = Some(19444);
+        assert_eq!(urls(vec![p]), ["http://10.0.0.7:19444"]);
     }
 }

@@ -490,7 +490,7 @@ impl Transport {
             return Err((
                 Kind::Internal,
                 CloudError::Other(format!(
-                    "{action}: the cloud gateway has no ready endpoint yet"
+                    "{action}: the cloud gateway has no ready replica yet"
                 )),
             ));
         };
