@@ -113,6 +113,7 @@ fn kernel(tag: &str, n: usize) -> Result<(Vec<f64>, Vec<f64>), String> {
                 },
                 netns: PodNetns::at(&format!("/var/run/netns/{}", p.0)),
                 ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 254, 1, 0)) + i as u32),
+                ipv6: None,
                 eni: eni.clone(),
             })
             .collect();

@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -152,6 +152,11 @@ fn static_ip(inv: &Invocation, conf: &NetConf) -> Option<StaticIpRequest> {
 
 fn add_result(reply: &AddReply, inv: &Invocation, netns: &str, conf: &NetConf) -> CniResult {
     let gateway = reply.gateway.to_string();
+    // A dual-stack pod's IPv6 address and gateway, when the agent gave one.
+    let v6 = reply
+        .ipv6
+        .zip(reply.gateway_v6)
+        .map(|(ip, gw)| (ip, gw.to_string()));
     CniResult {
         interfaces: vec![
             Interface {
@@ -167,15 +172,26 @@ fn add_result(reply: &AddReply, inv: &Invocation, netns: &str, conf: &NetConf) -
                 sandbox: Some(netns.to_string()),
             },
         ],
-        ips: vec![IpConfig {
+        ips: std::iter::once(IpConfig {
             address: format!("{}/32", reply.ip),
             gateway: Some(gateway.clone()),
             interface: Some(1),
-        }],
-        routes: vec![Route {
+        })
+        .chain(v6.as_ref().map(|(ip, gw)| IpConfig {
+            address: format!("{ip}/128"),
+            gateway: Some(gw.clone()),
+            interface: Some(1),
+        }))
+        .collect(),
+        routes: std::iter::once(Route {
             dst: Ipv4Addr::UNSPECIFIED.to_string() + "/0",
             gw: Some(gateway),
-        }],
+        })
+        .chain(v6.map(|(_, gw)| Route {
+            dst: Ipv6Addr::UNSPECIFIED.to_string() + "/0",
+            gw: Some(gw),
+        }))
+        .collect(),
         dns: conf.dns.clone().unwrap_or_default(),
     }
 }
@@ -405,6 +421,43 @@ mod tests {
         let o = run(&env, Exploding);
         assert!(o.failed);
         assert_eq!(code(&o), 999);
+    }
+
+    #[test]
+    fn a_dual_stack_reply_reports_both_families_and_their_default_routes() {
+        let inv = Invocation {
+            command: crate::env::Command::Add,
+            container_id: "c1".into(),
+            netns: Some("/var/run/netns/p".into()),
+            ifname: "eth0".into(),
+            args: proto::cni::args::CniArgs::default(),
+        };
+        let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"vpc","type":"vpc-cni"}"#)
+            .expect("conf");
+        let mut reply = AddReply {
+            ip: "10.0.1.5".parse().expect("an address"),
+            gateway: "169.254.1.1".parse().expect("an address"),
+            host_ifname: "vpc0123456789a".into(),
+            host_mac: "02:00:00:00:00:01".into(),
+            pod_mac: "02:00:00:00:00:02".into(),
+            mtu: 1500,
+            eni_id: "eni-1".into(),
+            ipv6: None,
+            gateway_v6: None,
+        };
+        let v4 = add_result(&reply, &inv, "/var/run/netns/p", &conf);
+        assert_eq!(v4.ips.len(), 1);
+        assert_eq!(v4.routes.len(), 1);
+        reply.ipv6 = Some("fd00::5".parse().expect("an address"));
+        reply.gateway_v6 = Some("fe80::1".parse().expect("an address"));
+        let dual = add_result(&reply, &inv, "/var/run/netns/p", &conf);
+        let json = dual.to_json(conf.cni_version, None);
+        assert_eq!(json["ips"][0]["address"], "10.0.1.5/32");
+        assert_eq!(json["ips"][1]["address"], "fd00::5/128");
+        assert_eq!(json["ips"][1]["gateway"], "fe80::1");
+        assert_eq!(json["ips"][1]["interface"], 1);
+        assert_eq!(json["routes"][1]["dst"], "::/0");
+        assert_eq!(json["routes"][1]["gw"], "fe80::1");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::recovery::missing_eni;
 use super::{Agent, MIN_CLAIM_EXPIRY};
 use crate::cloud::Cloud;
 use crate::committer::Pending;
-use crate::dataplane::{Dataplane, POD_GATEWAY, PodNetns, PodSpec};
+use crate::dataplane::{Dataplane, POD_GATEWAY, POD_GATEWAY_V6, PodNetns, PodSpec};
 use crate::ipam::{AddPlan, Allocation, AttachmentKey, IpamError, StaticIp};
 use crate::server::after_reply;
 use crate::sizing;
@@ -157,6 +157,8 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     pod_mac: links.pod_mac,
                     mtu: spec.eni.mtu,
                     eni_id: spec.eni.id.clone(),
+                    ipv6: spec.ipv6,
+                    gateway_v6: spec.ipv6.map(|_| POD_GATEWAY_V6),
                 }))
             }
             (wired, committed) => {
@@ -386,6 +388,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             key: a.key.clone(),
             netns: PodNetns::at(&a.netns),
             ip: a.ip,
+            ipv6: None,
             eni,
         }
     }

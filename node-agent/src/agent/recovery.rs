@@ -314,6 +314,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     key: a.key.clone(),
                     netns: PodNetns::at(&a.netns),
                     ip: a.ip,
+                    ipv6: None,
                     eni: ipam
                         .eni(&a.eni_id)
                         .cloned()

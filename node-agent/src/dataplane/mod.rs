@@ -16,7 +16,7 @@ pub use fake::Recorded;
 pub use netlink::{NetlinkDataplane, remove_egress};
 
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -27,6 +27,14 @@ pub const HOST_VETH_PREFIX: &str = "vpc";
 
 /// The pod's default gateway: link-local, answered by the host veth.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// The pod's IPv6 default gateway: link-local, answered by the host veth
+/// (a permanent neighbour in the pod names its MAC).
+pub const POD_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// Every ENI's IPv6 gateway: the VPC's router, at a link-local address it
+/// answers neighbour discovery for.
+pub const ENI_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
 /// How the data path reaches a pod's network namespace: the descriptor the
 /// caller passed along, or else its path as the agent sees it.
@@ -78,8 +86,17 @@ pub struct PodSpec {
     pub netns: PodNetns,
     /// The pod's address.
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address, on the same ENI, when it has one.
+    pub ipv6: Option<Ipv6Addr>,
     /// The ENI carrying it.
     pub eni: EniRecord,
+}
+
+impl PodSpec {
+    /// The pod's addresses: IPv4, then IPv6 when it has one.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + use<> {
+        std::iter::once(IpAddr::V4(self.ip)).chain(self.ipv6.map(IpAddr::V6))
+    }
 }
 
 /// Names and addresses of what was created for a pod.

@@ -159,11 +159,11 @@ mod tests {
         let mut deleting = pod("10.0.0.7", "True", "gateway");
         deleting.metadata.deletion_timestamp = Some(Time(Default::default()));
         let mut no_ip = pod("10.0.0.8", "True", "gateway");
-        no_ip.status.as_mut().unwrap().pod_ip = None;
+        no_ip.status.as_mut().expect("set").pod_ip = None;
         let mut no_status = pod("10.0.0.9", "True", "gateway");
         no_status.status = None;
         let mut no_conditions = pod("10.0.0.10", "True", "gateway");
-        no_conditions.status.as_mut().unwrap().conditions = None;
+        no_conditions.status.as_mut().expect("set").conditions = None;
         assert!(urls(vec![deleting, no_ip, no_status, no_conditions]).is_empty());
         assert!(urls(vec![pod("10.0.0.7", "Unknown", "gateway")]).is_empty());
     }
@@ -171,10 +171,10 @@ mod tests {
     #[test]
     fn a_host_port_is_the_port_dialled() {
         let mut p = pod("10.0.0.7", "True", "gateway");
-        p.spec.as_mut().unwrap().containers[0]
+        p.spec.as_mut().expect("set").containers[0]
             .ports
             .as_mut()
-            .unwrap()[1]
+            .expect("set")[1]
             .host_port = Some(19444);
         assert_eq!(urls(vec![p]), ["http://10.0.0.7:19444"]);
     }

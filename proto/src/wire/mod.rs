@@ -13,7 +13,7 @@
 //! 2; protocol 1 refused them, so replies to it carry none).
 
 use std::io::{Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -260,6 +260,15 @@ pub struct AddReply {
     pub mtu: u32,
     /// The ENI the address belongs to.
     pub eni_id: String,
+    /// The pod's IPv6 address (a /128, on the same ENI), when the pod is
+    /// dual-stack. Optional: a plugin that does not know it reports the
+    /// IPv4 address alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
+    /// The pod's IPv6 default gateway (link-local, reached on-link), with
+    /// [`ipv6`](Self::ipv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_v6: Option<Ipv6Addr>,
 }
 
 /// STATUS: whether ADD can be served.

@@ -89,6 +89,19 @@ fn replies_round_trip() {
             pod_mac: "02:00:00:00:00:02".into(),
             mtu: 1500,
             eni_id: "eni-1".into(),
+            ipv6: None,
+            gateway_v6: None,
+        })),
+        Ok(Response::Added(AddReply {
+            ip: Ipv4Addr::new(10, 0, 1, 6),
+            gateway: Ipv4Addr::new(169, 254, 1, 1),
+            host_ifname: "vpc0123456789b".into(),
+            host_mac: "02:00:00:00:00:03".into(),
+            pod_mac: "02:00:00:00:00:04".into(),
+            mtu: 1500,
+            eni_id: "eni-1".into(),
+            ipv6: Some("fd00::6".parse().expect("an address")),
+            gateway_v6: Some("fe80::1".parse().expect("an address")),
         })),
         Ok(Response::Deleted),
         Ok(Response::Collected { released: 3 }),
@@ -237,6 +250,8 @@ fn v1_replies() -> Vec<Reply> {
             pod_mac: "02:00:00:00:00:02".into(),
             mtu: 1500,
             eni_id: "eni-1".into(),
+            ipv6: None,
+            gateway_v6: None,
         })),
         Ok(Response::Deleted),
         Ok(Response::Checked),
@@ -292,7 +307,7 @@ fn replies_to_protocol_1_are_exactly_what_a_protocol_1_plugin_reads() {
 #[test]
 fn a_reply_of_the_next_version_is_read() {
     let reply = decode_reply(
-        br#"{"version":3,"ok":{"kind":"added","ip":"10.0.1.5","gateway":"169.254.1.1","host_ifname":"vpc0123456789a","host_mac":"m1","pod_mac":"m2","mtu":1500,"eni_id":"eni-1","ipv6":"fd00::5"}}"#,
+        br#"{"version":3,"ok":{"kind":"added","ip":"10.0.1.5","gateway":"169.254.1.1","host_ifname":"vpc0123456789a","host_mac":"m1","pod_mac":"m2","mtu":1500,"eni_id":"eni-1","next_field":"fd00::5"}}"#,
     )
     .expect("N+1 is accepted");
     assert!(matches!(reply, Ok(Response::Added(a)) if a.eni_id == "eni-1"));

@@ -3,7 +3,10 @@
 //! filtering and no ARP flux; its MTU read from the link.
 //! `ip link set ethN up; ip addr add IP/32 dev ethN; ip route replace GW
 //! dev ethN table T; ip route replace default via GW dev ethN table T;
-//! sysctl net.ipv4.conf.ethN.{rp_filter=2,arp_announce=2,arp_ignore=1}`.
+//! sysctl net.ipv4.conf.ethN.{rp_filter=2,arp_announce=2,arp_ignore=1}`;
+//! with IPv6, also `sysctl net.ipv6.conf.all.forwarding=1
+//! net.ipv6.conf.ethN.{disable_ipv6=0,accept_ra=0}; ip -6 route replace
+//! default via fe80::1 dev ethN table T`.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -86,8 +89,35 @@ impl NetlinkDataplane {
             .await
             .map_err(io_err("sysctl (ENI rp_filter, arp_announce, arp_ignore)"))?;
         }
-        debug!(eni = %eni.id, link = %name, table = eni.table, mtu, "ENI programmed");
+        if self.ipv6 {
+            self.program_v6(index, &name, eni.table).await?;
+        }
+        debug!(eni = %eni.id, link = %name, table = eni.table, mtu, ipv6 = self.ipv6, "ENI programmed");
         Ok(mtu)
+    }
+}
+
+impl NetlinkDataplane {
+    /// The ENI's IPv6 part: the node forwards IPv6, the ENI has IPv6 on
+    /// and takes no router advertisements (its table's default route is
+    /// ours), and its table sends IPv6 to the VPC's router at `fe80::1`.
+    async fn program_v6(&self, index: u32, name: &str, table: u32) -> Result<(), DataplaneError> {
+        for (path, value) in [
+            ("net/ipv6/conf/all/forwarding".to_string(), "1"),
+            (format!("net/ipv6/conf/{name}/disable_ipv6"), "0"),
+            (format!("net/ipv6/conf/{name}/accept_ra"), "0"),
+        ] {
+            netns::write_sysctl(open_path(self.node_netns.as_deref())?, &path, value)
+                .await
+                .map_err(io_err("sysctl (IPv6 forwarding, ENI IPv6 on, no RA)"))?;
+        }
+        self.node
+            .route()
+            .add(messages::eni_default_route_v6(index, table))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| kernel("ip -6 route replace (ENI default)", e))
     }
 }
 

@@ -2,11 +2,13 @@
 //! its `ip` equivalent. Kept apart from sending so they are tested without
 //! root.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::AddressMessage;
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
@@ -15,7 +17,7 @@ use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleHeader, RuleMessage};
 use rtnetlink::{AddressMessageBuilder, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
-use crate::dataplane::POD_GATEWAY;
+use crate::dataplane::{ENI_GATEWAY_V6, POD_GATEWAY, POD_GATEWAY_V6};
 
 /// Route protocol number tagging every route this agent adds, so GC can
 /// tell ours from anyone else's (`ip route show proto 175`).
@@ -98,41 +100,101 @@ pub fn link_named(name: &str) -> LinkMessage {
     LinkMessageBuilder::<LinkUnspec>::new().name(name).build()
 }
 
-/// `ip addr add IP/32 dev INDEX` (in the pod).
-pub fn pod_address(ip: Ipv4Addr, ifindex: u32) -> AddressMessage {
-    AddressMessageBuilder::<Ipv4Addr>::new()
-        .index(ifindex)
-        .address(ip, 32)
-        .build()
+/// The prefix length of one host: 32 or 128.
+pub fn host_len(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() { 32 } else { 128 }
 }
 
-/// `ip neigh replace 169.254.1.1 lladdr HOSTMAC dev INDEX nud permanent`
-/// (in the pod): the gateway answers without ARP.
-pub fn gateway_neighbour(ifindex: u32, host_mac: &str) -> NeighbourMessage {
+fn family(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+/// The pod's gateway of `ip`'s family: `169.254.1.1` or `fe80::1`.
+pub fn pod_gateway(ip: IpAddr) -> IpAddr {
+    if ip.is_ipv4() {
+        IpAddr::V4(POD_GATEWAY)
+    } else {
+        IpAddr::V6(POD_GATEWAY_V6)
+    }
+}
+
+/// `ip addr add IP/32 dev INDEX`, or `ip -6 addr add IP/128 dev INDEX
+/// nodad` (in the pod): usable at once, with no duplicate address
+/// detection (the VPC gave the address to this pod alone).
+pub fn pod_address(ip: IpAddr, ifindex: u32) -> AddressMessage {
+    match ip {
+        IpAddr::V4(ip) => AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(ifindex)
+            .address(ip, 32)
+            .build(),
+        IpAddr::V6(ip) => {
+            let mut msg = AddressMessageBuilder::<Ipv6Addr>::new()
+                .index(ifindex)
+                .address(ip, 128)
+                .build();
+            msg.header.flags = AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            msg
+        }
+    }
+}
+
+/// `ip neigh replace ADDRESS lladdr MAC dev INDEX nud permanent`.
+fn permanent_neighbour(ifindex: u32, address: IpAddr, mac: &str) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
-    msg.header.family = AddressFamily::Inet;
+    msg.header.family = family(address);
     msg.header.ifindex = ifindex;
     msg.header.state = NeighbourState::Permanent;
+    let destination = match address {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    };
     msg.attributes = vec![
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(POD_GATEWAY)),
-        NeighbourAttribute::LinkLayerAddress(mac_bytes(host_mac)),
+        NeighbourAttribute::Destination(destination),
+        NeighbourAttribute::LinkLayerAddress(mac_bytes(mac)),
     ];
     msg
 }
 
-/// `ip route replace default via 169.254.1.1 dev IF onlink` (in the pod).
-pub fn pod_default_route(ifindex: u32) -> RouteMessage {
-    RouteMessageBuilder::<Ipv4Addr>::new()
-        .gateway(POD_GATEWAY)
+/// `ip neigh replace GW lladdr HOSTMAC dev INDEX nud permanent` (in the
+/// pod), `GW` the pod's gateway of `family`'s family: the gateway answers
+/// without ARP or neighbour discovery.
+pub fn gateway_neighbour(ifindex: u32, host_mac: &str, family: IpAddr) -> NeighbourMessage {
+    permanent_neighbour(ifindex, pod_gateway(family), host_mac)
+}
+
+/// `ip -6 neigh replace POD lladdr PODMAC dev HOSTVETH nud permanent` (on
+/// the node): replies reach an IPv6 pod without neighbour discovery, which
+/// would wait for the host end's link-local address.
+pub fn pod_neighbour(pod: Ipv6Addr, ifindex: u32, pod_mac: &str) -> NeighbourMessage {
+    permanent_neighbour(ifindex, IpAddr::V6(pod), pod_mac)
+}
+
+/// `ip route replace default via GW dev IF onlink` (in the pod), `GW` the
+/// pod's gateway of `family`'s family.
+pub fn pod_default_route(ifindex: u32, family: IpAddr) -> RouteMessage {
+    let gateway = pod_gateway(family);
+    let mut route = RouteMessageBuilder::<IpAddr>::new();
+    route.get_mut().header.address_family = self::family(gateway);
+    route
+        .gateway(gateway)
+        .expect("the gateway is of the route's family")
         .output_interface(ifindex)
         .onlink()
         .build()
 }
 
-/// `ip route replace POD/32 dev HOSTVETH scope link proto 175`.
-pub fn host_route(pod: Ipv4Addr, ifindex: u32) -> RouteMessage {
-    RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(pod, 32)
+/// `ip route replace POD/32 dev HOSTVETH scope link proto 175` (`/128`
+/// for IPv6).
+pub fn host_route(pod: IpAddr, ifindex: u32) -> RouteMessage {
+    RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(pod, host_len(pod))
+        .expect("a host prefix")
         .output_interface(ifindex)
         .scope(RouteScope::Link)
         .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
@@ -162,38 +224,46 @@ pub fn eni_default_route(gateway: Ipv4Addr, ifindex: u32, table: u32) -> RouteMe
         .build()
 }
 
-/// `ip rule add to POD/32 lookup main priority 512 protocol 175`.
-pub fn rule_to_pod(pod: Ipv4Addr) -> RuleMessage {
-    rule(
-        RuleAttribute::Destination(IpAddr::V4(pod)),
-        MAIN_TABLE,
-        RULE_TO_POD_PRIORITY,
-    )
+/// `ip -6 route replace default via fe80::1 dev ENI table T proto 175`:
+/// the VPC's router is every ENI's IPv6 gateway at a link-local address.
+pub fn eni_default_route_v6(ifindex: u32, table: u32) -> RouteMessage {
+    RouteMessageBuilder::<Ipv6Addr>::new()
+        .gateway(ENI_GATEWAY_V6)
+        .output_interface(ifindex)
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+        .table_id(table)
+        .build()
 }
 
-/// `ip rule add from POD/32 lookup T priority 1536 protocol 175`.
-pub fn rule_from_pod(pod: Ipv4Addr, table: u32) -> RuleMessage {
-    rule(
-        RuleAttribute::Source(IpAddr::V4(pod)),
-        table,
-        RULE_FROM_POD_PRIORITY,
-    )
+/// `ip rule add to POD/32 lookup main priority 512 protocol 175` (`ip -6`
+/// and `/128` for IPv6).
+pub fn rule_to_pod(pod: IpAddr) -> RuleMessage {
+    rule(pod, Selects::Destination, MAIN_TABLE, RULE_TO_POD_PRIORITY)
 }
 
-fn rule(selector: RuleAttribute, table: u32, priority: u32) -> RuleMessage {
+/// `ip rule add from POD/32 lookup T priority 1536 protocol 175` (`ip -6`
+/// and `/128` for IPv6).
+pub fn rule_from_pod(pod: IpAddr, table: u32) -> RuleMessage {
+    rule(pod, Selects::Source, table, RULE_FROM_POD_PRIORITY)
+}
+
+/// What a pod rule selects on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Selects {
+    Source,
+    Destination,
+}
+
+fn rule(ip: IpAddr, selects: Selects, table: u32, priority: u32) -> RuleMessage {
+    let (selector, src_len, dst_len) = match selects {
+        Selects::Source => (RuleAttribute::Source(ip), host_len(ip), 0),
+        Selects::Destination => (RuleAttribute::Destination(ip), 0, host_len(ip)),
+    };
     let mut msg = RuleMessage::default();
     msg.header = RuleHeader {
-        family: AddressFamily::Inet,
-        dst_len: if matches!(selector, RuleAttribute::Destination(_)) {
-            32
-        } else {
-            0
-        },
-        src_len: if matches!(selector, RuleAttribute::Source(_)) {
-            32
-        } else {
-            0
-        },
+        family: family(ip),
+        dst_len,
+        src_len,
         // Without an explicit action the kernel takes the rule as
         // "unspecified" and never looks the table up.
         action: RuleAction::ToTable,
@@ -211,7 +281,7 @@ fn rule(selector: RuleAttribute, table: u32, priority: u32) -> RuleMessage {
 
 /// The pod address a rule of ours selects, if it is one of ours (our
 /// protocol and a pod rule's priority: the egress rules are ours too).
-pub fn rule_pod(rule: &RuleMessage) -> Option<Ipv4Addr> {
+pub fn rule_pod(rule: &RuleMessage) -> Option<IpAddr> {
     let ours = rule
         .attributes
         .contains(&RuleAttribute::Protocol(RouteProtocol::Other(
@@ -224,9 +294,7 @@ pub fn rule_pod(rule: &RuleMessage) -> Option<Ipv4Addr> {
         return None;
     }
     rule.attributes.iter().find_map(|a| match a {
-        RuleAttribute::Destination(IpAddr::V4(ip)) | RuleAttribute::Source(IpAddr::V4(ip)) => {
-            Some(*ip)
-        }
+        RuleAttribute::Destination(ip) | RuleAttribute::Source(ip) => Some(*ip),
         _ => None,
     })
 }
@@ -287,7 +355,7 @@ mod tests {
 
     #[test]
     fn rules_carry_an_action_a_table_and_our_protocol() {
-        let pod = Ipv4Addr::new(10, 0, 16, 5);
+        let pod = IpAddr::V4(Ipv4Addr::new(10, 0, 16, 5));
         let r = rule_from_pod(pod, 101);
         assert_eq!(r.header.action, RuleAction::ToTable);
         assert_eq!(r.header.src_len, 32);
@@ -305,17 +373,66 @@ mod tests {
 
     #[test]
     fn routes_are_tagged_and_pod_default_is_onlink() {
-        let r = host_route(Ipv4Addr::new(10, 0, 16, 5), 9);
+        let r = host_route(IpAddr::V4(Ipv4Addr::new(10, 0, 16, 5)), 9);
         assert_eq!(r.header.protocol, RouteProtocol::Other(ROUTE_PROTOCOL));
         assert_eq!(r.header.scope, RouteScope::Link);
         assert_eq!(r.header.destination_prefix_length, 32);
-        let d = pod_default_route(3);
+        let d = pod_default_route(3, IpAddr::V4(Ipv4Addr::new(10, 0, 16, 5)));
         assert!(d.header.flags.contains(RouteFlags::Onlink));
         assert!(
             d.attributes
                 .contains(&RouteAttribute::Gateway(RouteAddress::Inet(POD_GATEWAY)))
         );
         let e = eni_default_route(Ipv4Addr::new(10, 0, 16, 1), 4, 101);
+        assert_eq!(e.header.table, 101);
+    }
+
+    #[test]
+    fn ipv6_messages_are_of_their_family_at_host_length() {
+        let pod: IpAddr = "fd00::5".parse().expect("an address");
+        let r = rule_from_pod(pod, 101);
+        assert_eq!(r.header.family, AddressFamily::Inet6);
+        assert_eq!((r.header.src_len, r.header.dst_len), (128, 0));
+        assert_eq!(rule_pod(&r), Some(pod));
+        let t = rule_to_pod(pod);
+        assert_eq!((t.header.src_len, t.header.dst_len), (0, 128));
+        let h = host_route(pod, 9);
+        assert_eq!(h.header.address_family, AddressFamily::Inet6);
+        assert_eq!(h.header.destination_prefix_length, 128);
+        assert_eq!(h.header.protocol, RouteProtocol::Other(ROUTE_PROTOCOL));
+        let d = pod_default_route(3, pod);
+        assert_eq!(d.header.address_family, AddressFamily::Inet6);
+        assert!(
+            d.attributes
+                .contains(&RouteAttribute::Gateway(RouteAddress::Inet6(
+                    POD_GATEWAY_V6
+                )))
+        );
+        let a = pod_address(pod, 3);
+        assert_eq!(a.header.prefix_len, 128);
+        assert!(a.header.flags.contains(AddressHeaderFlags::Nodad));
+        assert!(
+            a.attributes
+                .contains(&AddressAttribute::Flags(AddressFlags::Nodad))
+        );
+        let v4 = pod_address("10.0.0.5".parse().expect("an address"), 3);
+        assert_eq!(v4.header.prefix_len, 32);
+        assert!(!v4.header.flags.contains(AddressHeaderFlags::Nodad));
+        let n = gateway_neighbour(3, "02:00:00:00:00:01", pod);
+        assert_eq!(n.header.family, AddressFamily::Inet6);
+        assert!(
+            n.attributes
+                .contains(&NeighbourAttribute::Destination(NeighbourAddress::Inet6(
+                    POD_GATEWAY_V6
+                )))
+        );
+        let e = eni_default_route_v6(4, 101);
+        assert!(
+            e.attributes
+                .contains(&RouteAttribute::Gateway(RouteAddress::Inet6(
+                    ENI_GATEWAY_V6
+                )))
+        );
         assert_eq!(e.header.table, 101);
     }
 }

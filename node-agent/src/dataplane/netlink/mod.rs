@@ -39,10 +39,7 @@ use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 use tracing::warn;
 
 use super::connmark::Connmark;
-use super::{
-    Dataplane, DataplaneError, Egress, HOST_VETH_PREFIX, POD_GATEWAY, PodLinks, PodSpec,
-    host_ifname,
-};
+use super::{Dataplane, DataplaneError, Egress, HOST_VETH_PREFIX, PodLinks, PodSpec, host_ifname};
 use crate::ipam::EniRecord;
 
 const EEXIST: i32 = 17;
@@ -60,6 +57,8 @@ pub struct NetlinkDataplane {
     workers: workers::Workers,
     egress: Egress,
     connmark: Option<Connmark>,
+    /// Pods may have IPv6 addresses: ENIs get their IPv6 part.
+    ipv6: bool,
 }
 
 impl NetlinkDataplane {
@@ -88,6 +87,7 @@ impl NetlinkDataplane {
             node_netns: node_netns.map(Path::to_path_buf),
             egress: Egress::Off,
             connmark: None,
+            ipv6: false,
         })
     }
 
@@ -101,6 +101,14 @@ impl NetlinkDataplane {
     /// egress, and CHECK verifies; without it, both fail.
     pub fn with_connmark(mut self, connmark: Connmark) -> NetlinkDataplane {
         self.connmark = Some(connmark);
+        self
+    }
+
+    /// Dual stack: every ENI programmed gets its IPv6 part (forwarding, a
+    /// default route to the VPC's router in its table), so its pods' IPv6
+    /// addresses route as their IPv4 ones do.
+    pub fn with_ipv6(mut self, ipv6: bool) -> NetlinkDataplane {
+        self.ipv6 = ipv6;
         self
     }
 
@@ -148,36 +156,39 @@ impl Dataplane for NetlinkDataplane {
         if !link_is_up(&host_link) {
             return Err(missing("host veth", format!("{host} is down")));
         }
-        let routes = main_routes(&self.node).await?;
-        let has_route = routes.iter().any(|r| {
-            r.header.destination_prefix_length == 32
-                && r.attributes
-                    .contains(&RouteAttribute::Destination(RouteAddress::Inet(pod.ip)))
-                && r.attributes
-                    .contains(&RouteAttribute::Oif(host_link.header.index))
-        });
-        if !has_route {
-            return Err(missing(
-                "host route",
-                format!("no route {}/32 dev {host}", pod.ip),
-            ));
-        }
-        let rules = our_rules(&self.node).await?;
-        for (priority, what) in [
-            (RULE_TO_POD_PRIORITY, "rule to pod"),
-            (RULE_FROM_POD_PRIORITY, "rule from pod"),
-        ] {
-            let found = rules.iter().any(|r| {
-                messages::rule_pod(r) == Some(pod.ip)
-                    && r.attributes.contains(
-                        &rtnetlink::packet_route::rule::RuleAttribute::Priority(priority),
-                    )
+        for ip in pod.addresses() {
+            let len = messages::host_len(ip);
+            let routes = main_routes(&self.node, version(ip)).await?;
+            let has_route = routes.iter().any(|r| {
+                r.header.destination_prefix_length == len
+                    && r.attributes
+                        .contains(&RouteAttribute::Destination(ip.into()))
+                    && r.attributes
+                        .contains(&RouteAttribute::Oif(host_link.header.index))
             });
-            if !found {
+            if !has_route {
                 return Err(missing(
-                    what,
-                    format!("no rule for {} at priority {priority}", pod.ip),
+                    "host route",
+                    format!("no route {ip}/{len} dev {host}"),
                 ));
+            }
+            let rules = our_rules(&self.node, version(ip)).await?;
+            for (priority, what) in [
+                (RULE_TO_POD_PRIORITY, "rule to pod"),
+                (RULE_FROM_POD_PRIORITY, "rule from pod"),
+            ] {
+                let found = rules.iter().any(|r| {
+                    messages::rule_pod(r) == Some(ip)
+                        && r.attributes.contains(
+                            &rtnetlink::packet_route::rule::RuleAttribute::Priority(priority),
+                        )
+                });
+                if !found {
+                    return Err(missing(
+                        what,
+                        format!("no rule for {ip} at priority {priority}"),
+                    ));
+                }
             }
         }
         let inside = netns::connect(Some(pod.netns.open()?))
@@ -197,31 +208,35 @@ impl Dataplane for NetlinkDataplane {
             .try_collect()
             .await
             .map_err(|e| kernel("ip addr show (pod)", e))?;
-        let has_addr = addrs.iter().any(|a| {
-            a.header.prefix_len == 32
-                && a.attributes.iter().any(|x| {
-                    matches!(x, rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) if *ip == pod.ip)
-                })
-        });
-        if !has_addr {
-            return Err(missing(
-                "pod address",
-                format!("{}/32 not on {}", pod.ip, pod.key.ifname),
-            ));
-        }
-        let pod_routes = main_routes(&inside).await?;
-        let has_default = pod_routes.iter().any(|r| {
-            r.header.destination_prefix_length == 0
-                && r.attributes
-                    .contains(&RouteAttribute::Gateway(RouteAddress::Inet(POD_GATEWAY)))
-                && r.attributes
-                    .contains(&RouteAttribute::Oif(pod_link.header.index))
-        });
-        if !has_default {
-            return Err(missing(
-                "pod default route",
-                format!("no default via {POD_GATEWAY} dev {}", pod.key.ifname),
-            ));
+        for ip in pod.addresses() {
+            let len = messages::host_len(ip);
+            let has_addr = addrs.iter().any(|a| {
+                a.header.prefix_len == len
+                    && a.attributes.iter().any(|x| {
+                        matches!(x, rtnetlink::packet_route::address::AddressAttribute::Address(a) if *a == ip)
+                    })
+            });
+            if !has_addr {
+                return Err(missing(
+                    "pod address",
+                    format!("{ip}/{len} not on {}", pod.key.ifname),
+                ));
+            }
+            let gateway = messages::pod_gateway(ip);
+            let pod_routes = main_routes(&inside, version(ip)).await?;
+            let has_default = pod_routes.iter().any(|r| {
+                r.header.destination_prefix_length == 0
+                    && r.attributes
+                        .contains(&RouteAttribute::Gateway(gateway.into()))
+                    && r.attributes
+                        .contains(&RouteAttribute::Oif(pod_link.header.index))
+            });
+            if !has_default {
+                return Err(missing(
+                    "pod default route",
+                    format!("no default via {gateway} dev {}", pod.key.ifname),
+                ));
+            }
         }
         Ok(())
     }
@@ -283,7 +298,7 @@ impl Dataplane for NetlinkDataplane {
             .iter()
             .map(|p| host_ifname(&p.key.container_id, &p.key.ifname))
             .collect();
-        let ips: HashSet<Ipv4Addr> = keep.iter().map(|p| p.ip).collect();
+        let ips: HashSet<IpAddr> = keep.iter().flat_map(PodSpec::addresses).collect();
         let mut removed = 0;
         // One object that cannot be removed is logged and skipped: GC (and
         // so start-up) never stops on it.
@@ -316,7 +331,15 @@ impl Dataplane for NetlinkDataplane {
                 Err(e) => skip("link", name, e),
             }
         }
-        for rule in our_rules(&self.node).await? {
+        // IPv6 only when the node has it: a node without IPv6 has nothing
+        // of ours there.
+        let mut rules = our_rules(&self.node, IpVersion::V4).await?;
+        rules.extend(
+            our_rules(&self.node, IpVersion::V6)
+                .await
+                .unwrap_or_default(),
+        );
+        for rule in rules {
             if let Some(ip) = messages::rule_pod(&rule).filter(|ip| !ips.contains(ip)) {
                 match tolerate(self.node.rule().del(rule).execute().await, &[ENOENT]) {
                     Ok(()) => removed += 1,
@@ -324,14 +347,22 @@ impl Dataplane for NetlinkDataplane {
                 }
             }
         }
-        let routes = main_routes(&self.node).await?;
+        let mut routes = main_routes(&self.node, IpVersion::V4).await?;
+        routes.extend(
+            main_routes(&self.node, IpVersion::V6)
+                .await
+                .unwrap_or_default(),
+        );
         for route in routes {
-            let ours = route.header.protocol == RouteProtocol::Other(messages::ROUTE_PROTOCOL)
-                && route.header.destination_prefix_length == 32;
             let dst = route.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
                 _ => None,
             });
+            let ours = route.header.protocol == RouteProtocol::Other(messages::ROUTE_PROTOCOL)
+                && dst.is_some_and(|ip| {
+                    route.header.destination_prefix_length == messages::host_len(ip)
+                });
             if let Some(ip) = dst.filter(|ip| ours && !ips.contains(ip)) {
                 match tolerate(
                     self.node.route().del(route).execute().await,
@@ -358,25 +389,62 @@ async fn delete_link_named(handle: &Handle, name: &str) -> Result<(), DataplaneE
     .map_err(|e| kernel("ip link del", e))
 }
 
-/// `ip route show table main`.
-async fn main_routes(handle: &Handle) -> Result<Vec<RouteMessage>, DataplaneError> {
-    handle
+/// The `ip` version of `ip`'s family.
+fn version(ip: IpAddr) -> IpVersion {
+    if ip.is_ipv4() {
+        IpVersion::V4
+    } else {
+        IpVersion::V6
+    }
+}
+
+/// `ip route show table main` (`ip -6` for [`IpVersion::V6`]).
+async fn main_routes(
+    handle: &Handle,
+    version: IpVersion,
+) -> Result<Vec<RouteMessage>, DataplaneError> {
+    let mut query = RouteMessageBuilder::<Ipv4Addr>::new()
+        .table_id(messages::MAIN_TABLE)
+        .build();
+    if version == IpVersion::V6 {
+        query.header.address_family = rtnetlink::packet_route::AddressFamily::Inet6;
+    }
+    let routes: Vec<RouteMessage> = handle
         .route()
-        .get(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .table_id(messages::MAIN_TABLE)
-                .build(),
-        )
+        .get(query)
         .execute()
         .try_collect()
         .await
-        .map_err(|e| kernel("ip route show", e))
+        .map_err(|e| kernel("ip route show", e))?;
+    // The kernel dumps every table whatever the query names (without
+    // strict checking): keep the main table's, so GC never touches an
+    // ENI's table.
+    Ok(routes
+        .into_iter()
+        .filter(|r| route_table(r) == messages::MAIN_TABLE)
+        .collect())
 }
 
-async fn our_rules(handle: &Handle) -> Result<Vec<RuleMessage>, DataplaneError> {
+/// A route's table: its attribute when it has one (tables above 255),
+/// else its header's.
+fn route_table(route: &RouteMessage) -> u32 {
+    route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(route.header.table))
+}
+
+async fn our_rules(
+    handle: &Handle,
+    version: IpVersion,
+) -> Result<Vec<RuleMessage>, DataplaneError> {
     let rules: Vec<RuleMessage> = handle
         .rule()
-        .get(IpVersion::V4)
+        .get(version)
         .execute()
         .try_collect()
         .await

@@ -11,6 +11,7 @@
 //! request it answers. DEL: the route and both rules in one send; the veth
 //! goes later, off the reply path (the reaper).
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
@@ -44,6 +45,7 @@ struct Wiring {
     netns_path: String,
     mtu: u32,
     ip: std::net::Ipv4Addr,
+    ipv6: Option<std::net::Ipv6Addr>,
     table: u32,
     host_mac: String,
     pod_mac: String,
@@ -80,6 +82,7 @@ impl NetlinkDataplane {
             netns_path: pod.netns.path.clone(),
             mtu: pod.eni.mtu,
             ip: pod.ip,
+            ipv6: pod.ipv6,
             table: pod.eni.table,
             pod_ns: Arc::new(pod.netns.open()?),
         };
@@ -146,29 +149,35 @@ impl NetlinkDataplane {
         Ok(())
     }
 
-    /// `ip rule del to POD`, `ip rule del from POD`, `ip route del POD/32`,
-    /// in one send; what is already gone is fine.
+    /// `ip rule del to POD`, `ip rule del from POD`, `ip route del POD/32`
+    /// (and their IPv6 twins), in one send; what is already gone is fine.
+    /// The pod's IPv6 neighbour goes with its veth.
     pub(super) async fn remove_host_side(&self, pod: &PodSpec) -> Result<(), DataplaneError> {
-        let mut route = messages::host_route(pod.ip, 0);
-        route
-            .attributes
-            .retain(|a| !matches!(a, RouteAttribute::Oif(_)));
-        let requests = vec![
-            Request::new(
-                RouteNetlinkMessage::DelRule(messages::rule_to_pod(pod.ip)),
-                0,
-                "ip rule del",
-            )
-            .tolerating(&[ENOENT]),
-            Request::new(
-                RouteNetlinkMessage::DelRule(messages::rule_from_pod(pod.ip, pod.eni.table)),
-                0,
-                "ip rule del",
-            )
-            .tolerating(&[ENOENT]),
-            Request::new(RouteNetlinkMessage::DelRoute(route), 0, "ip route del")
-                .tolerating(&[ESRCH, ENOENT]),
-        ];
+        let requests: Vec<Request> = pod
+            .addresses()
+            .flat_map(|ip| {
+                let mut route = messages::host_route(ip, 0);
+                route
+                    .attributes
+                    .retain(|a| !matches!(a, RouteAttribute::Oif(_)));
+                [
+                    Request::new(
+                        RouteNetlinkMessage::DelRule(messages::rule_to_pod(ip)),
+                        0,
+                        "ip rule del",
+                    )
+                    .tolerating(&[ENOENT]),
+                    Request::new(
+                        RouteNetlinkMessage::DelRule(messages::rule_from_pod(ip, pod.eni.table)),
+                        0,
+                        "ip rule del",
+                    )
+                    .tolerating(&[ENOENT]),
+                    Request::new(RouteNetlinkMessage::DelRoute(route), 0, "ip route del")
+                        .tolerating(&[ESRCH, ENOENT]),
+                ]
+            })
+            .collect();
         self.workers
             .run(move |worker| worker.node.run(requests).map(drop))
             .await?
@@ -191,47 +200,75 @@ impl Wiring {
     /// Everything after the pair exists: the node's route and rules and the
     /// pod's side, two batches in flight together.
     fn wire(&self, worker: &mut Worker, veth: Veth) -> Result<PodLinks, DataplaneError> {
-        let node = worker.node.send(self.node_side(veth.host_index))?;
+        // The pod end's MAC is the derived one unless the pair is older
+        // than them (then the pod side looks it up).
+        let known_mac = veth.pod_index.map(|_| self.pod_mac.as_str());
+        let node = worker
+            .node
+            .send(self.node_side(veth.host_index, known_mac))?;
         let pod = self.pod_side(worker, &veth);
         // Read the node's answers whatever the pod side did.
         worker.node.collect(node)?;
         let looked_up_mac = pod?;
+        let pod_mac = looked_up_mac.unwrap_or_else(|| self.pod_mac.clone());
+        if let (Some(ip), None) = (self.ipv6, known_mac) {
+            worker
+                .node
+                .run(vec![pod_neighbour(ip, veth.host_index, &pod_mac)])?;
+        }
         Ok(PodLinks {
             host_ifname: self.host.clone(),
             host_mac: veth.host_mac,
-            pod_mac: looked_up_mac.unwrap_or_else(|| self.pod_mac.clone()),
+            pod_mac,
         })
     }
 
+    /// The pod's addresses: IPv4, then IPv6 when it has one.
+    fn addresses(&self) -> impl Iterator<Item = IpAddr> + use<> {
+        std::iter::once(IpAddr::V4(self.ip)).chain(self.ipv6.map(IpAddr::V6))
+    }
+
     /// `ip route replace POD/32 dev HOST`, `ip rule add to POD lookup
-    /// main`, `ip rule add from POD lookup TABLE`.
-    fn node_side(&self, host_index: u32) -> Vec<Request> {
-        vec![
-            Request::new(
-                RouteNetlinkMessage::NewRoute(messages::host_route(self.ip, host_index)),
-                NLM_F_CREATE | NLM_F_REPLACE,
-                "ip route replace (host)",
-            ),
-            Request::new(
-                RouteNetlinkMessage::NewRule(messages::rule_to_pod(self.ip)),
-                NLM_F_CREATE | NLM_F_EXCL,
-                "ip rule add",
-            )
-            .tolerating(&[EEXIST]),
-            Request::new(
-                RouteNetlinkMessage::NewRule(messages::rule_from_pod(self.ip, self.table)),
-                NLM_F_CREATE | NLM_F_EXCL,
-                "ip rule add",
-            )
-            .tolerating(&[EEXIST]),
-        ]
+    /// main`, `ip rule add from POD lookup TABLE`; for an IPv6 address the
+    /// same at /128, and `ip -6 neigh replace POD lladdr PODMAC dev HOST
+    /// nud permanent`.
+    fn node_side(&self, host_index: u32, pod_mac: Option<&str>) -> Vec<Request> {
+        let mut requests: Vec<Request> = self
+            .addresses()
+            .flat_map(|ip| {
+                [
+                    Request::new(
+                        RouteNetlinkMessage::NewRoute(messages::host_route(ip, host_index)),
+                        NLM_F_CREATE | NLM_F_REPLACE,
+                        "ip route replace (host)",
+                    ),
+                    Request::new(
+                        RouteNetlinkMessage::NewRule(messages::rule_to_pod(ip)),
+                        NLM_F_CREATE | NLM_F_EXCL,
+                        "ip rule add",
+                    )
+                    .tolerating(&[EEXIST]),
+                    Request::new(
+                        RouteNetlinkMessage::NewRule(messages::rule_from_pod(ip, self.table)),
+                        NLM_F_CREATE | NLM_F_EXCL,
+                        "ip rule add",
+                    )
+                    .tolerating(&[EEXIST]),
+                ]
+            })
+            .collect();
+        if let (Some(ip), Some(mac)) = (self.ipv6, pod_mac) {
+            requests.push(pod_neighbour(ip, host_index, mac));
+        }
+        requests
     }
 
     /// In the pod: `ip link set IF up`, `ip addr add POD/32 dev IF`, `ip
     /// neigh replace 169.254.1.1 lladdr HOSTMAC dev IF nud permanent`, `ip
-    /// route replace default via 169.254.1.1 dev IF onlink`, in one send
-    /// (the kernel handles them in that order). Returns the pod end's MAC
-    /// when it had to be looked up (a pair made by an older agent).
+    /// route replace default via 169.254.1.1 dev IF onlink`, and for an
+    /// IPv6 address the same with `POD/128 nodad` and `fe80::1`, in one
+    /// send (the kernel handles them in that order). Returns the pod end's
+    /// MAC when it had to be looked up (a pair made by an older agent).
     fn pod_side(&self, worker: &mut Worker, veth: &Veth) -> Result<Option<String>, DataplaneError> {
         let mut inside = worker.socket_in(&*self.pod_ns)?;
         let (idx, looked_up_mac) = match veth.pod_index {
@@ -241,29 +278,36 @@ impl Wiring {
                 (link.header.index, link_mac(&link))
             }
         };
-        inside.run(vec![
-            Request::new(
-                RouteNetlinkMessage::SetLink(messages::link_up(idx)),
-                0,
-                "ip link set up (pod)",
-            ),
-            Request::new(
-                RouteNetlinkMessage::NewAddress(messages::pod_address(self.ip, idx)),
-                NLM_F_CREATE | NLM_F_EXCL,
-                "ip addr add (pod)",
-            )
-            .tolerating(&[EEXIST]),
-            Request::new(
-                RouteNetlinkMessage::NewNeighbour(messages::gateway_neighbour(idx, &veth.host_mac)),
-                NLM_F_CREATE | NLM_F_REPLACE,
-                "ip neigh replace (pod gateway)",
-            ),
-            Request::new(
-                RouteNetlinkMessage::NewRoute(messages::pod_default_route(idx)),
-                NLM_F_CREATE | NLM_F_REPLACE,
-                "ip route replace default (pod)",
-            ),
-        ])?;
+        let mut requests = vec![Request::new(
+            RouteNetlinkMessage::SetLink(messages::link_up(idx)),
+            0,
+            "ip link set up (pod)",
+        )];
+        for ip in self.addresses() {
+            requests.extend([
+                Request::new(
+                    RouteNetlinkMessage::NewAddress(messages::pod_address(ip, idx)),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                    "ip addr add (pod)",
+                )
+                .tolerating(&[EEXIST]),
+                Request::new(
+                    RouteNetlinkMessage::NewNeighbour(messages::gateway_neighbour(
+                        idx,
+                        &veth.host_mac,
+                        ip,
+                    )),
+                    NLM_F_CREATE | NLM_F_REPLACE,
+                    "ip neigh replace (pod gateway)",
+                ),
+                Request::new(
+                    RouteNetlinkMessage::NewRoute(messages::pod_default_route(idx, ip)),
+                    NLM_F_CREATE | NLM_F_REPLACE,
+                    "ip route replace default (pod)",
+                ),
+            ]);
+        }
+        inside.run(requests)?;
         Ok(looked_up_mac)
     }
 
@@ -349,4 +393,13 @@ fn veth_of(link: &LinkMessage) -> Veth {
             _ => None,
         }),
     }
+}
+
+/// `ip -6 neigh replace POD lladdr PODMAC dev HOST nud permanent`.
+fn pod_neighbour(ip: Ipv6Addr, host_index: u32, pod_mac: &str) -> Request {
+    Request::new(
+        RouteNetlinkMessage::NewNeighbour(messages::pod_neighbour(ip, host_index, pod_mac)),
+        NLM_F_CREATE | NLM_F_REPLACE,
+        "ip -6 neigh replace (pod)",
+    )
 }

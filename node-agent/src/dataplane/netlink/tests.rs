@@ -127,6 +127,7 @@ fn spec(bed: &Bed, pod: &Netns, container: &str, ip: Ipv4Addr) -> PodSpec {
         },
         netns: PodNetns::at(&pod.path().display().to_string()),
         ip,
+        ipv6: None,
         eni: bed.eni.clone(),
     }
 }
@@ -311,6 +312,194 @@ async fn privileged_attach_check_detach_a_pod() {
     not(privileged),
     ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
 )]
+async fn privileged_a_dual_stack_pod_reaches_the_vpc_by_its_eni_in_both_families() {
+    require_root();
+    let bed = bed();
+    let pod = Netns::new("pod");
+    // The wire plays the VPC's router: `fe80::1` on the ENI's link (no
+    // duplicate address detection, as the simulation's router), an
+    // address of its own, and the pod's address delivered to the ENI's
+    // MAC, as the VPC delivers an address to the ENI holding it.
+    let pod6 = "fd00:9::10";
+    let wire = &bed._wire;
+    wire.ip(&["-6", "addr", "add", "fe80::1/64", "dev", "f1", "nodad"]);
+    wire.ip(&["-6", "addr", "add", "fd00:99::1/128", "dev", "f1", "nodad"]);
+    wire.ip(&["-6", "route", "add", pod6, "dev", "f1"]);
+    wire.ip(&[
+        "-6",
+        "neigh",
+        "add",
+        pod6,
+        "lladdr",
+        &bed.eni.mac,
+        "dev",
+        "f1",
+        "nud",
+        "permanent",
+    ]);
+    let dp = NetlinkDataplane::new(Some(&bed.node.path()))
+        .await
+        .expect("dataplane")
+        .with_ipv6(true);
+    dp.program_eni(&bed.eni).await.expect("program");
+    let table = bed.node.ip(&["-6", "route", "show", "table", "101"]);
+    assert!(
+        table.contains("default via fe80::1 dev eth1 proto 175"),
+        "{table}"
+    );
+    assert_eq!(sysctl(&bed.node, "net/ipv6/conf/all/forwarding"), "1");
+    assert_eq!(sysctl(&bed.node, "net/ipv6/conf/eth1/accept_ra"), "0");
+
+    let mut s = spec(&bed, &pod, "d1", bed.eni.ips[0]);
+    s.ipv6 = Some(pod6.parse().expect("an address"));
+    let links = dp.attach_pod(&s).await.expect("attach");
+    assert_eq!(
+        dp.attach_pod(&s).await.expect("attach is idempotent"),
+        links
+    );
+    let inside = pod.ip(&["-6", "addr", "show", "eth0", "scope", "global"]);
+    assert!(inside.contains("fd00:9::10/128"), "{inside}");
+    assert!(inside.contains("nodad"), "{inside}");
+    assert!(!inside.contains("tentative"), "usable at once: {inside}");
+    let routes = pod.ip(&["-6", "route"]);
+    assert!(routes.contains("default via fe80::1 dev eth0"), "{routes}");
+    let neigh = pod.ip(&["-6", "neigh"]);
+    assert!(
+        neigh.contains(&format!(
+            "fe80::1 dev eth0 lladdr {} PERMANENT",
+            links.host_mac
+        )),
+        "{neigh}"
+    );
+    let host = bed
+        .node
+        .ip(&["-6", "neigh", "show", "dev", &links.host_ifname]);
+    assert!(
+        host.contains(&format!("{pod6} lladdr {} PERMANENT", links.pod_mac)),
+        "{host}"
+    );
+    let rules = bed.node.ip(&["-6", "rule"]);
+    assert!(
+        rules.contains(&format!("512:\tfrom all to {pod6} lookup main proto 175")),
+        "{rules}"
+    );
+    assert!(
+        rules.contains(&format!("1536:\tfrom {pod6} lookup 101 proto 175")),
+        "{rules}"
+    );
+    dp.check_pod(&s).await.expect("check");
+
+    // Both families leave by the ENI and their replies come back.
+    let ping = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &pod.name, "ping", "-c", "1", "-W", "1"])
+            .args(args)
+            .output()
+            .expect("ping")
+            .status
+            .success()
+    };
+    wire.ip(&["addr", "add", "10.9.0.1/24", "dev", "f1"]);
+    wire.ip(&[
+        "neigh",
+        "add",
+        "10.9.0.10",
+        "lladdr",
+        &bed.eni.mac,
+        "dev",
+        "f1",
+        "nud",
+        "permanent",
+    ]);
+    let mut reached = (false, false);
+    for _ in 0..10 {
+        reached = (
+            reached.0 || ping(&["10.9.0.1"]),
+            reached.1 || ping(&["-6", "fd00:99::1"]),
+        );
+        if reached == (true, true) {
+            break;
+        }
+    }
+    assert_eq!(
+        reached,
+        (true, true),
+        "IPv4 and IPv6 reach the VPC's router"
+    );
+
+    // CHECK names what is missing of the IPv6 part too.
+    bed.node.ip(&["-6", "route", "del", &format!("{pod6}/128")]);
+    match dp.check_pod(&s).await {
+        Err(DataplaneError::Mismatch {
+            what: "host route",
+            detail,
+            ..
+        }) => assert!(detail.contains(pod6), "{detail}"),
+        other => panic!("CHECK should name the missing IPv6 route: {other:?}"),
+    }
+    dp.attach_pod(&s).await.expect("re-attach repairs");
+    pod.ip(&["-6", "route", "del", "default"]);
+    assert!(matches!(
+        dp.check_pod(&s).await,
+        Err(DataplaneError::Mismatch {
+            what: "pod default route",
+            ..
+        })
+    ));
+    dp.attach_pod(&s).await.expect("re-attach repairs");
+    dp.check_pod(&s).await.expect("check after repair");
+
+    // GC keeps a pod's IPv6 part while the pod is kept, and removes it
+    // when it is not.
+    assert_eq!(
+        dp.collect_garbage(std::slice::from_ref(&s))
+            .await
+            .expect("gc"),
+        0
+    );
+    dp.check_pod(&s).await.expect("kept by GC");
+    let other = Netns::new("pod");
+    let mut leftover = spec(&bed, &other, "d2", bed.eni.ips[1]);
+    leftover.ipv6 = Some("fd00:9::11".parse().expect("an address"));
+    dp.attach_pod(&leftover).await.expect("attach another");
+    assert_eq!(
+        dp.collect_garbage(std::slice::from_ref(&s))
+            .await
+            .expect("gc"),
+        5,
+        "one veth (its routes go with it), four rules"
+    );
+    let table = bed.node.ip(&["route", "show", "table", "101"]);
+    assert!(table.contains("10.9.0.1 dev eth1"), "{table}");
+    let rules = bed.node.ip(&["-6", "rule"]);
+    assert!(!rules.contains("fd00:9::11"), "{rules}");
+    assert!(rules.contains(pod6), "{rules}");
+    assert!(
+        bed.node
+            .ip(&["-6", "route", "show", "fd00:9::11"])
+            .trim()
+            .is_empty()
+    );
+
+    dp.detach_pod(&s).await.expect("detach");
+    assert!(
+        !bed.node.ip(&["-6", "rule"]).contains(pod6),
+        "rules go before DEL answers"
+    );
+    assert!(
+        bed.node
+            .ip(&["-6", "route", "show", pod6])
+            .trim()
+            .is_empty(),
+        "the route goes before DEL answers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
 async fn privileged_detach_tolerates_a_vanished_pod_namespace() {
     require_root();
     let (bed, dp) = programmed_bed().await;
@@ -384,7 +573,11 @@ async fn privileged_gc_removes_only_what_no_pod_owns() {
         .collect_garbage(std::slice::from_ref(&keep))
         .await
         .expect("gc");
-    assert_eq!(removed, 4, "one veth, two rules, one route");
+    // The stale pod's route went with its veth; the ENI's table is not
+    // GC's to touch (its gateway's /32 is ours too, and was once taken).
+    assert_eq!(removed, 3, "one veth, two rules");
+    let table = bed.node.ip(&["route", "show", "table", "101"]);
+    assert!(table.contains("10.9.0.1 dev eth1"), "{table}");
     let links = bed.node.ip(&["-o", "link", "show"]);
     assert!(
         links.contains(&kept.host_ifname) && !links.contains(&gone.host_ifname),
