@@ -476,6 +476,7 @@ mod tests {
             subnet_id: "subnet-1".into(),
             primary_ip: ip(99),
             secondary_ips: ips.iter().map(|b| ip(*b)).collect(),
+            ipv6s: Vec::new(),
             primary: false,
             attached_to: Some("ins-1".into()),
             created_unix: None,

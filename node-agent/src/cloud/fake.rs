@@ -1,7 +1,7 @@
 //! An in-memory cloud for the agent's unit tests: the `vpc-sim` model
 //! without files, fabric or HTTP, seen as its first instance.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 use vpc_sim::model::{Cidr, ModelError, Vpc};
@@ -123,6 +123,7 @@ fn to_eni(e: &vpc_sim::model::Eni) -> Eni {
         subnet_id: e.subnet_id.clone(),
         primary_ip: e.primary_ip,
         secondary_ips: e.secondary_ips.clone(),
+        ipv6s: e.ipv6_addresses.clone(),
         primary: e.primary,
         attached_to: e.attached_to.clone(),
         created_unix: Some(e.created_unix),
@@ -205,6 +206,23 @@ impl Cloud for FakeCloud {
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
         self.with(|v| v.unassign_ips(eni_id, ips))
+    }
+
+    async fn assign_ipv6s(
+        &self,
+        eni_id: &str,
+        count: u32,
+        _held: &[Ipv6Addr],
+    ) -> Result<Vec<Ipv6Addr>, CloudError> {
+        self.with(|v| v.assign_ipv6(eni_id, &[], count))
+    }
+
+    async fn assign_named_ipv6s(&self, eni_id: &str, ips: &[Ipv6Addr]) -> Result<(), CloudError> {
+        self.with(|v| v.assign_ipv6(eni_id, ips, 0).map(drop))
+    }
+
+    async fn unassign_ipv6s(&self, eni_id: &str, ips: &[Ipv6Addr]) -> Result<(), CloudError> {
+        self.with(|v| v.unassign_ipv6(eni_id, ips))
     }
 
     async fn migrate_ip(&self, from: &str, to: &str, ip: Ipv4Addr) -> Result<(), CloudError> {

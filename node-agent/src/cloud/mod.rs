@@ -9,7 +9,7 @@ pub mod tencent;
 pub use tencent::TencentCloud;
 
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// A subnet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +66,8 @@ pub struct Eni {
     pub primary_ip: Ipv4Addr,
     /// Secondary IPs.
     pub secondary_ips: Vec<Ipv4Addr>,
+    /// IPv6 addresses (`Ipv6AddressSet`), from its subnet's /64.
+    pub ipv6s: Vec<Ipv6Addr>,
     /// Whether it is the instance's primary ENI.
     pub primary: bool,
     /// The instance it is attached to, if any.
@@ -190,6 +192,30 @@ pub trait Cloud: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), CloudError>> + Send;
     /// Moves a secondary IP to another ENI of the same subnet, on this node
     /// or another (how a static IP follows its pod to another node).
+    /// `AssignIpv6Addresses` by count: `count` more IPv6 addresses on the
+    /// ENI from its subnet's /64 (at most as many as it may hold private
+    /// IPv4 addresses); `held` are its IPv6 addresses before, to tell what
+    /// an attempt whose answer was lost assigned. Returns the new ones.
+    fn assign_ipv6s(
+        &self,
+        eni_id: &str,
+        count: u32,
+        held: &[Ipv6Addr],
+    ) -> impl Future<Output = Result<Vec<Ipv6Addr>, CloudError>> + Send;
+    /// `AssignIpv6Addresses` by name (a static pod's IPv6 address on the
+    /// ENI of the node it moved to: the API has no migrate for IPv6);
+    /// done when all are on the ENI.
+    fn assign_named_ipv6s(
+        &self,
+        eni_id: &str,
+        ips: &[Ipv6Addr],
+    ) -> impl Future<Output = Result<(), CloudError>> + Send;
+    /// `UnassignIpv6Addresses`: done when none of `ips` is on the ENI.
+    fn unassign_ipv6s(
+        &self,
+        eni_id: &str,
+        ips: &[Ipv6Addr],
+    ) -> impl Future<Output = Result<(), CloudError>> + Send;
     fn migrate_ip(
         &self,
         from: &str,

@@ -490,6 +490,7 @@ mod tests {
             subnet_id: "subnet-1".into(),
             primary_ip: Ipv4Addr::new(10, 0, 1, 1),
             secondary_ips: vec![],
+            ipv6s: vec![],
             primary: false,
             attached_to: attached.map(Into::into),
             created_unix: Some(created),

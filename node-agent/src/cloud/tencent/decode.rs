@@ -2,7 +2,7 @@
 //! typed error) and an ENI of `DescribeNetworkInterfaces`. Pure functions
 //! of the text, fuzzed from outside (`fuzz/fuzz_targets/tencent_responses.rs`).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde_json::Value;
 use tencent_api::errors::Kind;
@@ -191,6 +191,7 @@ pub fn eni(v: &Value) -> Result<Eni, CloudError> {
         subnet_id: text("SubnetId"),
         primary_ip,
         secondary_ips: ips.iter().filter(|(_, p)| !p).map(|(ip, _)| *ip).collect(),
+        ipv6s: ipv6_addresses(v.get("Ipv6AddressSet")),
         primary: v.get("Primary").and_then(Value::as_bool).unwrap_or(false),
         attached_to: v
             .get("Attachment")
@@ -203,6 +204,15 @@ pub fn eni(v: &Value) -> Result<Eni, CloudError> {
             .and_then(tencent_api::time::parse_api_datetime),
         id,
     })
+}
+
+/// The `Address` of each entry of an `Ipv6AddressSet`.
+pub(super) fn ipv6_addresses(set: Option<&Value>) -> Vec<Ipv6Addr> {
+    set.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.get("Address")?.as_str()?.parse().ok())
+        .collect()
 }
 
 pub(super) fn addresses(set: Option<&Value>) -> Vec<(Ipv4Addr, bool)> {

@@ -20,7 +20,7 @@ pub use decode::{
     instance_limits as decode_instance_limits, response as decode_response,
 };
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -375,6 +375,44 @@ impl Cloud for TencentCloud {
     async fn list_enis(&self) -> Result<Vec<Eni>, CloudError> {
         let filter = json!({"Name": "attachment.instance-id", "Values": [self.settings.identity.instance_id]});
         self.describe_enis(filter).await
+    }
+
+    async fn assign_ipv6s(
+        &self,
+        eni_id: &str,
+        count: u32,
+        held: &[Ipv6Addr],
+    ) -> Result<Vec<Ipv6Addr>, CloudError> {
+        let eni = eni_id.to_string();
+        let held = held.to_vec();
+        self.blocking("AssignIpv6Addresses", move |t| {
+            once::assign_ipv6_count(t, &eni, count, &held)
+        })
+        .await
+    }
+
+    async fn assign_named_ipv6s(&self, eni_id: &str, ips: &[Ipv6Addr]) -> Result<(), CloudError> {
+        for batch in ips.chunks(MAX_NAMED_PER_CALL) {
+            let eni = eni_id.to_string();
+            let batch = batch.to_vec();
+            self.blocking("AssignIpv6Addresses", move |t| {
+                once::assign_ipv6_named(t, &eni, &batch)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn unassign_ipv6s(&self, eni_id: &str, ips: &[Ipv6Addr]) -> Result<(), CloudError> {
+        for batch in ips.chunks(MAX_NAMED_PER_CALL) {
+            let eni = eni_id.to_string();
+            let batch = batch.to_vec();
+            self.blocking("UnassignIpv6Addresses", move |t| {
+                once::unassign_ipv6(t, &eni, &batch)
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     async fn migrate_ip(&self, from: &str, to: &str, ip: Ipv4Addr) -> Result<(), CloudError> {

@@ -4,11 +4,11 @@
 //! most of them when the API refuses a resent request as already done.
 //! Blocking, like the transport.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde_json::{Value, json};
 
-use super::decode::{addresses, eni as to_eni};
+use super::decode::{addresses, eni as to_eni, ipv6_addresses};
 use super::transport::{Confirm, Transport};
 use crate::cloud::{CloudError, Eni};
 
@@ -68,6 +68,63 @@ pub fn unassign(t: &Transport, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), Clo
         Ok(ips.iter().all(|ip| !on.contains(ip)).then_some(()))
     };
     done_unless_refused(t, "UnassignPrivateIpAddresses", &params, none_there, true)
+}
+
+/// `AssignIpv6Addresses` by count: the IPv6 addresses the ENI has beyond
+/// `held` are what a lost attempt assigned.
+pub fn assign_ipv6_count(
+    t: &Transport,
+    eni_id: &str,
+    count: u32,
+    held: &[Ipv6Addr],
+) -> Result<Vec<Ipv6Addr>, CloudError> {
+    let params = json!({ "NetworkInterfaceId": eni_id, "Ipv6AddressCount": count });
+    t.call_once_only(
+        "AssignIpv6Addresses",
+        &params,
+        |out| Ok(ipv6_addresses(out.get("Ipv6AddressSet"))),
+        |t| {
+            let new: Vec<Ipv6Addr> = ipv6s(t, eni_id)?
+                .into_iter()
+                .filter(|ip| !held.contains(ip))
+                .collect();
+            Ok((!new.is_empty()).then_some(new))
+        },
+    )
+}
+
+/// `AssignIpv6Addresses` by name (at most 10): done when all are on the
+/// ENI, also when refused as in use.
+pub fn assign_ipv6_named(t: &Transport, eni_id: &str, ips: &[Ipv6Addr]) -> Result<(), CloudError> {
+    let params = json!({ "NetworkInterfaceId": eni_id, "Ipv6Addresses": ipv6_list(ips) });
+    let all_there = |t: &Transport| {
+        let on = ipv6s(t, eni_id)?;
+        Ok(ips.iter().all(|ip| on.contains(ip)).then_some(()))
+    };
+    done_unless_refused(t, "AssignIpv6Addresses", &params, all_there, true)
+}
+
+/// `UnassignIpv6Addresses` (at most 10): done when none is on the ENI any
+/// more, also when refused (as not on it).
+pub fn unassign_ipv6(t: &Transport, eni_id: &str, ips: &[Ipv6Addr]) -> Result<(), CloudError> {
+    let params = json!({ "NetworkInterfaceId": eni_id, "Ipv6Addresses": ipv6_list(ips) });
+    let none_there = |t: &Transport| {
+        let on = ipv6s(t, eni_id)?;
+        Ok(ips.iter().all(|ip| !on.contains(ip)).then_some(()))
+    };
+    done_unless_refused(t, "UnassignIpv6Addresses", &params, none_there, true)
+}
+
+fn ipv6_list(ips: &[Ipv6Addr]) -> Vec<Value> {
+    ips.iter()
+        .map(|ip| json!({ "Address": ip.to_string() }))
+        .collect()
+}
+
+fn ipv6s(t: &Transport, eni_id: &str) -> Result<Vec<Ipv6Addr>, CloudError> {
+    Ok(describe_eni(t, eni_id)?
+        .map(|e| e.ipv6s)
+        .unwrap_or_default())
 }
 
 /// `AttachNetworkInterface`: done when the ENI is on `instance`, also when

@@ -180,6 +180,65 @@ async fn every_action_round_trips_through_the_emulator() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_addresses_are_assigned_listed_and_unassigned_through_the_emulator() {
+    let e = emulator(&[]);
+    let one = client(&e, "ins-sim0001", "client-secret");
+    let node = one.node().await.expect("node");
+    let subnet = node.subnet.expect("a subnet in the zone");
+    let a = one.create_eni(&subnet.id, 2).await.expect("create");
+    one.attach_eni(&a.id).await.expect("attach");
+    assert!(a.ipv6s.is_empty());
+    // Without an IPv6 block the API refuses, typed, nothing assigned.
+    assert!(one.assign_ipv6s(&a.id, 2, &[]).await.is_err());
+    // The operator's part: the VPC's /56 and the subnet's /64.
+    let block = one
+        .call(
+            "AssignIpv6CidrBlock",
+            serde_json::json!({ "VpcId": node.vpc_id }),
+        )
+        .await
+        .expect("VPC block");
+    let block = block["Ipv6CidrBlock"].as_str().expect("block").to_string();
+    let slash64 = block.replace("::/56", "::/64");
+    one.call(
+        "AssignIpv6SubnetCidrBlock",
+        serde_json::json!({ "VpcId": node.vpc_id,
+            "Ipv6SubnetCidrBlocks": [{ "SubnetId": subnet.id, "Ipv6CidrBlock": slash64 }] }),
+    )
+    .await
+    .expect("subnet block");
+
+    let got = one.assign_ipv6s(&a.id, 2, &[]).await.expect("assign");
+    assert_eq!(got.len(), 2);
+    let listed = eni_now(&one, &a.id).await;
+    assert_eq!(listed.ipv6s, got, "Ipv6AddressSet is read");
+    // A static pod's address coming back by name, and a name in use is
+    // refused (or found there already when it is this ENI's).
+    one.unassign_ipv6s(&a.id, &got[..1])
+        .await
+        .expect("unassign");
+    assert_eq!(eni_now(&one, &a.id).await.ipv6s, got[1..]);
+    one.assign_named_ipv6s(&a.id, &got[..1])
+        .await
+        .expect("assign by name");
+    let mut now = eni_now(&one, &a.id).await.ipv6s;
+    now.sort();
+    let mut want = got.clone();
+    want.sort();
+    assert_eq!(now, want);
+    one.assign_named_ipv6s(&a.id, &got[..1])
+        .await
+        .expect("already there is done");
+    one.unassign_ipv6s(&a.id, &got)
+        .await
+        .expect("unassign both");
+    one.unassign_ipv6s(&a.id, &got)
+        .await
+        .expect("already gone is done");
+    assert!(eni_now(&one, &a.id).await.ipv6s.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_primary_enis_mac_comes_from_the_metadata_service() {
     let e = emulator(&[]);
     let mac = primary_mac_from_metadata(
