@@ -90,6 +90,7 @@ fn kernel(tag: &str, n: usize) -> Result<(Vec<f64>, Vec<f64>), String> {
         mtu: 1500,
         table: 101,
         ips: Vec::new(),
+        ipv6: Vec::new(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

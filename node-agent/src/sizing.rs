@@ -204,6 +204,7 @@ mod tests {
             mtu: 1500,
             table,
             ips: (0..n).map(|i| Ipv4Addr::new(10, 0, 1, i as u8)).collect(),
+            ipv6: Vec::new(),
         }
     }
 

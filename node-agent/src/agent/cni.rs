@@ -388,7 +388,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             key: a.key.clone(),
             netns: PodNetns::at(&a.netns),
             ip: a.ip,
-            ipv6: None,
+            ipv6: a.ipv6,
             eni,
         }
     }

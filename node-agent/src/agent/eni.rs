@@ -560,6 +560,7 @@ pub(super) fn pool_record(eni: &Eni, subnet: &Subnet, mtu: u32, table: u32) -> E
         mtu,
         table,
         ips: eni.secondary_ips.clone(),
+        ipv6: Vec::new(),
     }
 }
 

@@ -314,7 +314,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     key: a.key.clone(),
                     netns: PodNetns::at(&a.netns),
                     ip: a.ip,
-                    ipv6: None,
+                    ipv6: a.ipv6,
                     eni: ipam
                         .eni(&a.eni_id)
                         .cloned()
@@ -352,6 +352,7 @@ pub(super) fn missing_eni(id: &str) -> EniRecord {
         mtu: 1500,
         table: 0,
         ips: Vec::new(),
+        ipv6: Vec::new(),
     }
 }
 
@@ -418,9 +419,20 @@ pub fn reconcile(ipam: &Ipam, cloud_enis: &[Eni], node: &NodeInfo) -> Vec<Change
                 ips.sort();
                 let mut before = known.ips.clone();
                 before.sort();
-                if ips != before {
+                // An IPv6 partner stays while the cloud shows it on the
+                // ENI, or while a pod holds its IPv4 address.
+                let ipv6: Vec<_> = known
+                    .ipv6
+                    .iter()
+                    .filter(|(v4, v6)| {
+                        ips.contains(v4) && (eni.ipv6s.contains(v6) || held.contains(v4))
+                    })
+                    .copied()
+                    .collect();
+                if ips != before || ipv6 != known.ipv6 {
                     changes.push(Change::PutEni(EniRecord {
                         ips,
+                        ipv6,
                         ..known.clone()
                     }));
                 }
@@ -537,6 +549,25 @@ mod tests {
             changes,
             vec![Change::PutEni(record("eni-a", 101, &[10, 12, 13]))]
         );
+    }
+
+    #[test]
+    fn an_ipv6_partner_stays_while_the_cloud_shows_it_or_a_pod_holds_its_ip() {
+        let v6 = |n: u16| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n);
+        let mut eni = record("eni-a", 101, &[10, 11, 12]);
+        eni.pair_ipv6(&[v6(2), v6(3), v6(4)]);
+        let ipam = pool(&[eni.clone()], &[10]);
+        // The cloud lost fd00::2 (held: kept) and fd00::3 (free: dropped).
+        let mut there = cloud("eni-a", &[10, 11, 12]);
+        there.ipv6s = vec![v6(4)];
+        let mut want = eni.clone();
+        want.ipv6.retain(|(_, p)| *p != v6(3));
+        assert_eq!(
+            reconcile(&ipam, &[there.clone()], &node()),
+            vec![Change::PutEni(want)]
+        );
+        there.ipv6s = vec![v6(2), v6(3), v6(4)];
+        assert!(reconcile(&ipam, &[there], &node()).is_empty());
     }
 
     #[test]

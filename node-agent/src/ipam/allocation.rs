@@ -95,6 +95,8 @@ impl Ipam {
         let allocation = Allocation {
             key: key.clone(),
             ip,
+            // A dual-stack pod's IPv6 address: its IPv4 address's partner.
+            ipv6: self.eni(&eni_id).and_then(|e| e.ipv6_of(ip)),
             eni_id: eni_id.clone(),
             netns: netns.to_string(),
             pod: pod.cloned(),

@@ -4,7 +4,7 @@
 //! them at the edges.
 
 use crate::phase::ClaimPhase;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Milliseconds since the Unix epoch; the clock survives restarts.
 pub type UnixMillis = u64;
@@ -67,6 +67,52 @@ pub struct EniRecord {
     pub table: u32,
     /// Secondary IPs, each handed to at most one pod.
     pub ips: Vec<Ipv4Addr>,
+    /// The IPv6 partner of each secondary IP that has one (dual stack):
+    /// the pod holding the IPv4 address holds its partner too, so cooling,
+    /// claims and hand-overs of the IPv4 address decide both.
+    pub ipv6: Vec<(Ipv4Addr, Ipv6Addr)>,
+}
+
+impl EniRecord {
+    /// The IPv6 partner of `ip`, if it has one.
+    pub fn ipv6_of(&self, ip: Ipv4Addr) -> Option<Ipv6Addr> {
+        self.ipv6
+            .iter()
+            .find(|(v4, _)| *v4 == ip)
+            .map(|(_, v6)| *v6)
+    }
+
+    /// The secondary IPs without an IPv6 partner, lowest first.
+    pub fn unpaired(&self) -> Vec<Ipv4Addr> {
+        let mut ips: Vec<Ipv4Addr> = self
+            .ips
+            .iter()
+            .filter(|ip| self.ipv6_of(**ip).is_none())
+            .copied()
+            .collect();
+        ips.sort();
+        ips
+    }
+
+    /// Pairs the unpaired secondary IPs, lowest first, with `new` (IPv6
+    /// addresses just assigned to the ENI), in order; drops pairs whose
+    /// IPv4 address the ENI no longer has. Returns the IPv6 addresses left
+    /// without a partner (to give back).
+    pub fn pair_ipv6(&mut self, new: &[Ipv6Addr]) -> Vec<Ipv6Addr> {
+        let ips = self.ips.clone();
+        self.ipv6.retain(|(v4, _)| ips.contains(v4));
+        let unpaired = self.unpaired();
+        let fresh: Vec<Ipv6Addr> = new
+            .iter()
+            .filter(|v6| !self.ipv6.iter().any(|(_, p)| p == *v6))
+            .copied()
+            .collect();
+        let paired = unpaired.len().min(fresh.len());
+        self.ipv6
+            .extend(unpaired.into_iter().zip(fresh.iter().copied()));
+        self.ipv6.sort();
+        fresh[paired..].to_vec()
+    }
 }
 
 /// One pod's hold on one IP.
@@ -76,6 +122,8 @@ pub struct Allocation {
     pub key: AttachmentKey,
     /// The address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 partner on the ENI, for a dual-stack pod.
+    pub ipv6: Option<Ipv6Addr>,
     /// The ENI that carries the address.
     pub eni_id: String,
     /// The pod's netns path at ADD.

@@ -30,6 +30,7 @@ pub fn eni(id: &str, table: u32, ips: &[u8]) -> EniRecord {
         mtu: 1500,
         table,
         ips: ips.iter().map(|b| ip(*b)).collect(),
+        ipv6: Vec::new(),
     }
 }
 
@@ -38,6 +39,7 @@ pub fn allocation(c: &str, b: u8, eni: &str) -> Allocation {
     Allocation {
         key: key(c),
         ip: ip(b),
+        ipv6: None,
         eni_id: eni.into(),
         netns: "/n".into(),
         pod: None,

@@ -148,6 +148,7 @@ fn restore_refuses_double_allocation() {
     let a = Allocation {
         key: key("c1"),
         ip: Ipv4Addr::new(10, 0, 0, 10),
+        ipv6: None,
         eni_id: "eni-1".into(),
         netns: "/n".into(),
         pod: None,
@@ -375,4 +376,47 @@ fn hole_4_a_workload_recreated_over_an_orphaned_claim_adopts_it() {
         uid: "u-old".into(),
     };
     assert!(p.plan_owner_deleted(&old, 3).0.is_empty());
+}
+
+fn v6(n: u16) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n)
+}
+
+#[test]
+fn ipv6_addresses_pair_with_unpaired_ips_lowest_first_and_the_rest_is_given_back() {
+    let mut e = eni("eni-1", &[12, 10, 11]);
+    assert_eq!(e.unpaired().len(), 3);
+    let left = e.pair_ipv6(&[v6(2), v6(3)]);
+    assert!(left.is_empty());
+    assert_eq!(e.ipv6_of(Ipv4Addr::new(10, 0, 0, 10)), Some(v6(2)));
+    assert_eq!(e.ipv6_of(Ipv4Addr::new(10, 0, 0, 11)), Some(v6(3)));
+    assert_eq!(e.unpaired(), [Ipv4Addr::new(10, 0, 0, 12)]);
+    // An address already paired is not paired twice; more than the
+    // unpaired IPs need is given back.
+    let left = e.pair_ipv6(&[v6(3), v6(4), v6(5)]);
+    assert_eq!(left, [v6(5)]);
+    assert_eq!(e.ipv6_of(Ipv4Addr::new(10, 0, 0, 12)), Some(v6(4)));
+    assert!(e.unpaired().is_empty());
+    // A pair whose IPv4 address left the ENI goes with it.
+    e.ips.retain(|ip| *ip != Ipv4Addr::new(10, 0, 0, 10));
+    assert!(e.pair_ipv6(&[]).is_empty());
+    assert_eq!(e.ipv6.len(), 2);
+    assert_eq!(e.ipv6_of(Ipv4Addr::new(10, 0, 0, 10)), None);
+}
+
+#[test]
+fn a_pod_gets_its_ips_ipv6_partner_and_none_without_one() {
+    let mut e = eni("eni-1", &[10, 11]);
+    e.pair_ipv6(&[v6(2)]);
+    let mut p = Ipam::new(0);
+    p.apply(&[Change::PutEni(e)]);
+    let plan = p.plan_add(&key("c1"), "/n", None, None, 0).expect("plan");
+    assert_eq!(plan.allocation.ip, Ipv4Addr::new(10, 0, 0, 10));
+    assert_eq!(plan.allocation.ipv6, Some(v6(2)));
+    p.apply(&plan.changes);
+    let plan = p.plan_add(&key("c2"), "/n", None, None, 0).expect("plan");
+    assert_eq!(plan.allocation.ipv6, None, "an IP without a partner");
+    // The pair survives the store.
+    let q = Ipam::restore(0, p.snapshot()).expect("restore");
+    assert_eq!(q.allocation(&key("c1")).and_then(|a| a.ipv6), Some(v6(2)));
 }

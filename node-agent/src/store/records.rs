@@ -10,7 +10,7 @@
 //! - 2: claims carry `subnet_id` and `lost`; the `claims` table always
 //!   exists. A format-1 store is migrated in place when opened.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,10 @@ pub struct EniRow {
     table: u32,
     #[serde(default)]
     ips: Vec<Ipv4Addr>,
+    /// Format 2, later: dual stack's IPv6 partners; left out when none,
+    /// so an IPv4-only pool's records stay as they were.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ipv6: Vec<(Ipv4Addr, Ipv6Addr)>,
 }
 
 /// An attachment key as stored.
@@ -69,6 +73,9 @@ pub struct OwnerRow {
 pub struct AllocationRow {
     key: KeyRow,
     ip: Ipv4Addr,
+    /// Format 2, later: a dual-stack pod's IPv6 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ipv6: Option<Ipv6Addr>,
     eni_id: String,
     #[serde(default)]
     netns: String,
@@ -184,6 +191,7 @@ impl From<&EniRecord> for EniRow {
             mtu: e.mtu,
             table: e.table,
             ips: e.ips.clone(),
+            ipv6: e.ipv6.clone(),
         }
     }
 }
@@ -199,6 +207,7 @@ impl From<EniRow> for EniRecord {
             mtu: e.mtu,
             table: e.table,
             ips: e.ips,
+            ipv6: e.ipv6,
         }
     }
 }
@@ -228,6 +237,7 @@ impl From<&Allocation> for AllocationRow {
         AllocationRow {
             key: (&a.key).into(),
             ip: a.ip,
+            ipv6: a.ipv6,
             eni_id: a.eni_id.clone(),
             netns: a.netns.clone(),
             pod: a.pod.as_ref().map(|p| PodRow {
@@ -245,6 +255,7 @@ impl From<AllocationRow> for Allocation {
         Allocation {
             key: a.key.into(),
             ip: a.ip,
+            ipv6: a.ipv6,
             eni_id: a.eni_id,
             netns: a.netns,
             pod: a.pod.map(|p| PodRef {
@@ -308,6 +319,26 @@ impl From<ClaimRow> for Claim {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_partners_are_kept_and_left_out_when_there_are_none() {
+        let mut eni = crate::ipam::testing::eni("eni-1", 101, &[10, 11]);
+        let v4_only = serde_json::to_string(&EniRow::from(&eni)).expect("encode");
+        assert!(!v4_only.contains("ipv6"), "{v4_only}");
+        let older: EniRow = serde_json::from_str(&v4_only).expect("decode");
+        assert!(EniRecord::from(older).ipv6.is_empty());
+        eni.pair_ipv6(&["fd00::2".parse().expect("an address")]);
+        let json = serde_json::to_string(&EniRow::from(&eni)).expect("encode");
+        let back = EniRecord::from(serde_json::from_str::<EniRow>(&json).expect("decode"));
+        assert_eq!(back, eni);
+        let mut a = crate::ipam::testing::allocation("c1", 10, "eni-1");
+        let v4_only = serde_json::to_string(&AllocationRow::from(&a)).expect("encode");
+        assert!(!v4_only.contains("ipv6"), "{v4_only}");
+        a.ipv6 = Some("fd00::2".parse().expect("an address"));
+        let json = serde_json::to_string(&AllocationRow::from(&a)).expect("encode");
+        let back = Allocation::from(serde_json::from_str::<AllocationRow>(&json).expect("decode"));
+        assert_eq!(back, a);
+    }
 
     #[test]
     fn records_tolerate_fields_they_do_not_know() {

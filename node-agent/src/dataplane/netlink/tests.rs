@@ -100,6 +100,7 @@ fn bed() -> Bed {
         mtu: 1500,
         table: 101,
         ips: vec![Ipv4Addr::new(10, 9, 0, 10), Ipv4Addr::new(10, 9, 0, 11)],
+        ipv6: Vec::new(),
     };
     Bed {
         node,
