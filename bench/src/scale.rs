@@ -339,6 +339,7 @@ async fn run(
         enable_ownerref: false,
         maintenance_interval: Duration::from_secs(30),
         reconcile_interval: Duration::from_secs(300),
+        ipv6: false,
     };
     let t0 = Instant::now();
     let mut starting = tokio::task::JoinSet::new();

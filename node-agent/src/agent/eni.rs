@@ -64,6 +64,11 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             if let Err(e) = &grown {
                 warn!(error = %e.message, waiting, "could not grow the pool");
             }
+            if self.node().is_some()
+                && let Err(e) = self.pair_ipv6().await
+            {
+                warn!(error = %e.message, "could not give IPs their IPv6 partners");
+            }
             self.growth_rounds.send_modify(|r| {
                 r.count += 1;
                 r.error = grown.err();
@@ -374,14 +379,23 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     }
                     return Err(e);
                 }
+                // Partners before the IPs are announced, so a waiting ADD
+                // finds both families.
+                if let Err(e) = self.pair_eni_ipv6(&eni_id).await {
+                    warn!(eni = %eni_id, error = %e.message, "could not give the new IPs IPv6 partners; retried every round");
+                }
                 self.ips_added.notify_waiters();
                 info!(eni = %eni_id, count, "assigned IPs");
             }
             Action::CreateEni { table, count } => {
                 let record = self.create_eni(table, count).await?;
+                let eni_id = record.id.clone();
                 self.txn
                     .commit(move |_, _| Ok((vec![Change::PutEni(record)], ())))
                     .await?;
+                if let Err(e) = self.pair_eni_ipv6(&eni_id).await {
+                    warn!(eni = %eni_id, error = %e.message, "could not give the new ENI's IPs IPv6 partners; retried every round");
+                }
                 self.ips_added.notify_waiters();
             }
         }
@@ -407,11 +421,21 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     targets.want_free(limits, c.total, c.free),
                 );
                 let mut changes = Vec::new();
+                // The IPv6 partners of the IPs given back go with them.
+                let mut partners: Vec<Vec<std::net::Ipv6Addr>> = Vec::new();
                 for step in &plan {
+                    let mut gone = Vec::new();
                     match step {
                         sizing::Release::Ips { eni_id, ips } => {
                             if let Some(mut record) = ipam.eni(eni_id).cloned() {
                                 record.ips.retain(|ip| !ips.contains(ip));
+                                record.ipv6.retain(|(v4, v6)| {
+                                    let keep = !ips.contains(v4);
+                                    if !keep {
+                                        gone.push(*v6);
+                                    }
+                                    keep
+                                });
                                 changes.push(Change::PutEni(record));
                             }
                         }
@@ -419,11 +443,12 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                             changes.push(Change::RemoveEni(eni_id.clone()))
                         }
                     }
+                    partners.push(gone);
                 }
-                Ok((changes, plan))
+                Ok((changes, plan.into_iter().zip(partners).collect::<Vec<_>>()))
             })
             .await?;
-        for step in plan {
+        for (step, partners) in plan {
             self.txn.ensure_healthy()?;
             match step {
                 sizing::Release::Ips { eni_id, ips } => {
@@ -433,6 +458,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                             warn!(eni = %eni_id, error = %e, "could not unassign spare IPs; adopted again at next reconciliation")
                         }
                     }
+                    self.give_back_ipv6(&eni_id, &partners).await;
                 }
                 sizing::Release::Eni { eni_id } => {
                     self.discard_eni(&eni_id).await;

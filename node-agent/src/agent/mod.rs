@@ -19,6 +19,7 @@ mod eni;
 mod errors;
 mod feed;
 mod handover;
+mod ipv6;
 mod recovery;
 pub(crate) mod requested;
 mod txn;
@@ -67,6 +68,9 @@ pub struct AgentConfig {
     /// How often the pool is compared with the cloud's list of this node's
     /// ENIs, and leaked ENIs are looked for (each jittered by up to a fifth).
     pub reconcile_interval: Duration,
+    /// Dual stack: every secondary IP gets an IPv6 partner, and a pod on
+    /// it gets both.
+    pub ipv6: bool,
 }
 
 /// The shortest time a released static claim may be kept for, by flag or

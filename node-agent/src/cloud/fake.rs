@@ -86,6 +86,24 @@ impl FakeCloud {
         Ok(())
     }
 
+    /// Gives the VPC its IPv6 block and the subnet a /64 of it, as an
+    /// operator does for dual stack.
+    pub fn give_ipv6_blocks(&self) {
+        let mut v = self.vpc.lock().unwrap_or_else(|p| p.into_inner());
+        let block = v.assign_ipv6_block().expect("the VPC's block");
+        v.assign_subnet_ipv6_blocks(&[(SUBNET.into(), format!("{}/64", block.network))])
+            .expect("the subnet's /64");
+    }
+
+    /// The IPv6 addresses of ENI `id` as the cloud has them.
+    pub fn ipv6_of(&self, id: &str) -> Vec<std::net::Ipv6Addr> {
+        let v = self.vpc.lock().unwrap_or_else(|p| p.into_inner());
+        v.enis
+            .get(id)
+            .map(|e| e.ipv6_addresses.clone())
+            .unwrap_or_default()
+    }
+
     /// Sets the VPC's ENI quota: every ENI created beyond it is refused.
     pub fn set_eni_quota(&self, quota: u32) {
         self.vpc.lock().unwrap_or_else(|p| p.into_inner()).eni_quota = quota;

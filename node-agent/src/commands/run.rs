@@ -29,9 +29,23 @@ pub enum DataplaneKind {
     Fake,
 }
 
+/// Which address families pods get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IpFamily {
+    /// IPv4 only.
+    Ipv4,
+    /// IPv4 and IPv6: every secondary IP gets an IPv6 partner from its
+    /// ENI's subnet's /64 (the VPC and subnet need their IPv6 blocks).
+    Dual,
+}
+
 /// Flags of `run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// The address families of pods: `ipv4`, or `dual` (each pod also
+    /// gets an IPv6 address on the same ENI).
+    #[arg(long, value_enum, default_value_t = IpFamily::Ipv4)]
+    ip_family: IpFamily,
     /// Unix socket the CNI plugin talks to.
     #[arg(long, default_value = proto::cni::config::DEFAULT_AGENT_SOCKET)]
     socket: PathBuf,
@@ -226,6 +240,7 @@ async fn serve(args: RunArgs) -> Result<(), String> {
         enable_ownerref: args.enable_ownerref,
         maintenance_interval: args.maintenance_interval,
         reconcile_interval: args.reconcile_interval,
+        ipv6: args.ip_family == IpFamily::Dual,
     };
     let clock: Clock = match &args.test_clock_offset_file {
         Some(file) => clock::offset_clock(file.clone()),
@@ -248,7 +263,8 @@ async fn serve(args: RunArgs) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?
                 .with_egress(egress(&args, &cloud).await?)
-                .with_connmark(connmark);
+                .with_connmark(connmark)
+                .with_ipv6(args.ip_family == IpFamily::Dual);
             let claims = cluster.cluster_claims();
             listen(
                 args,

@@ -213,11 +213,17 @@ impl Ipam {
     }
 
     fn first_free(&self, now: UnixMillis) -> Option<(Ipv4Addr, &EniRecord)> {
-        self.enis.iter().find_map(|eni| {
-            eni.ips
-                .iter()
-                .find(|ip| self.is_free(ip, now))
-                .map(|ip| (*ip, eni))
-        })
+        let free = |paired: bool| {
+            self.enis.iter().find_map(|eni| {
+                eni.ips
+                    .iter()
+                    .find(|ip| self.is_free(ip, now) && (!paired || eni.ipv6_of(**ip).is_some()))
+                    .map(|ip| (*ip, eni))
+            })
+        };
+        // Dual stack: an IP with its IPv6 partner first, so a pod gets
+        // both families while any such IP is free.
+        let dual = self.enis.iter().any(|e| !e.ipv6.is_empty());
+        dual.then(|| free(true)).flatten().or_else(|| free(false))
     }
 }

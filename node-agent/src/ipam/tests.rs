@@ -420,3 +420,16 @@ fn a_pod_gets_its_ips_ipv6_partner_and_none_without_one() {
     let q = Ipam::restore(0, p.snapshot()).expect("restore");
     assert_eq!(q.allocation(&key("c1")).and_then(|a| a.ipv6), Some(v6(2)));
 }
+
+#[test]
+fn a_free_ip_with_an_ipv6_partner_is_handed_out_first() {
+    let mut e = eni("eni-1", &[10, 11, 12]);
+    e.ips.retain(|ip| *ip != Ipv4Addr::new(10, 0, 0, 11));
+    e.pair_ipv6(&[]);
+    e.ips.push(Ipv4Addr::new(10, 0, 0, 11));
+    e.ipv6.push((Ipv4Addr::new(10, 0, 0, 11), v6(7)));
+    let mut p = Ipam::new(0);
+    p.apply(&[Change::PutEni(e)]);
+    assert_eq!(add(&mut p, "c1", 0), Ok(Ipv4Addr::new(10, 0, 0, 11)));
+    assert_eq!(add(&mut p, "c2", 0), Ok(Ipv4Addr::new(10, 0, 0, 10)));
+}

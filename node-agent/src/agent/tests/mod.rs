@@ -7,6 +7,7 @@ mod claims;
 mod cni;
 mod growth;
 mod handover;
+mod ipv6;
 mod requested;
 mod store;
 
@@ -49,6 +50,7 @@ fn config() -> AgentConfig {
         ip_cooldown: Duration::from_secs(30),
         maintenance_interval: Duration::from_secs(30),
         reconcile_interval: Duration::from_secs(300),
+        ipv6: false,
         pool: crate::sizing::Targets {
             warm_ip: 2,
             warm_eni: 0,
