@@ -17,9 +17,26 @@ fn bytes(v: &serde_json::Value) -> Vec<u8> {
     ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
 )]
 fn privileged_demo_two_nodes_ping_each_other() {
+    demo(&[], "(across nodes)");
+}
+
+#[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+fn privileged_dual_stack_demo_pods_reach_each_other_and_the_nodes_by_ipv6() {
+    // Every pod's IPv6 address from its ENI, pinged on its node, across
+    // nodes both ways and from both nodes; no leftovers of either family.
+    demo(&["--ip-family", "dual"], "==> ping IPv6");
+}
+
+/// `vpc-sim demo` with `flags` passes every check and prints `expect`.
+fn demo(flags: &[&str], expect: &str) {
     require_root();
     let out = Command::new(bin("vpc-sim"))
         .arg("demo")
+        .args(flags)
         .output()
         .expect("run vpc-sim demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -29,7 +46,7 @@ fn privileged_demo_two_nodes_ping_each_other() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("(across nodes)") && stdout.contains("PASS"),
+        stdout.contains(expect) && stdout.contains("PASS"),
         "{stdout}"
     );
     assert!(!stdout.contains("FAIL"), "{stdout}");

@@ -20,10 +20,15 @@ use crate::ipam::Change;
 impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// Gives the secondary IPs of every ENI that lack an IPv6 partner one
     /// (nothing unless the agent is dual-stack). Returns how many got one.
+    /// Also gives back what the last reconciliation found on the ENIs
+    /// beyond the partners. Serialised with growth: no assignment is in
+    /// flight while strays are told from partners.
     pub(super) async fn pair_ipv6(&self) -> Result<usize, AgentError> {
         if !self.config.ipv6 {
             return Ok(0);
         }
+        let _serialised = self.grow_lock.lock().await;
+        self.give_back_strays().await;
         let wanting: Vec<String> = self.txn.read(|ipam, _| {
             ipam.enis()
                 .iter()
@@ -88,6 +93,29 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let paired = new.len() - left.len();
         info!(eni = %eni_id, count = paired, "assigned IPv6 partners");
         Ok(paired)
+    }
+
+    /// Gives back the strays the last reconciliation found that are still
+    /// nobody's partner.
+    async fn give_back_strays(&self) {
+        let strays =
+            std::mem::take(&mut *self.stray_ipv6.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut by_eni: std::collections::BTreeMap<String, Vec<Ipv6Addr>> = Default::default();
+        self.txn.read(|ipam, _| {
+            for (eni, v6) in strays {
+                // An ENI gone from the pool meanwhile took its addresses.
+                if ipam
+                    .eni(&eni)
+                    .is_some_and(|e| !e.ipv6.iter().any(|(_, p)| *p == v6))
+                {
+                    by_eni.entry(eni).or_default().push(v6);
+                }
+            }
+        });
+        for (eni, ips) in by_eni {
+            warn!(eni = %eni, count = ips.len(), "IPv6 addresses on the ENI that no IP needs; given back");
+            self.give_back_ipv6(&eni, &ips).await;
+        }
     }
 
     /// `UnassignIpv6Addresses`; a failure is logged (the addresses stay on

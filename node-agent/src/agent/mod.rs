@@ -133,6 +133,9 @@ pub struct Agent<C, D> {
     attaching: Mutex<BTreeMap<String, (Eni, Option<String>)>>,
     /// When the pool was last compared with the cloud (Unix ms).
     last_reconcile: Mutex<u64>,
+    /// IPv6 addresses the last reconciliation found on the pool's ENIs
+    /// that no IP has as its partner; given back by the next pairing.
+    stray_ipv6: Mutex<Vec<(String, std::net::Ipv6Addr)>>,
 }
 
 impl<C, D> std::fmt::Debug for Agent<C, D> {

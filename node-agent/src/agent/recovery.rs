@@ -5,7 +5,7 @@
 //! CHECK, GC, STATUS, and ADD from the IPs it holds.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -108,6 +108,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             conditions: Conditions::default(),
             attaching: Mutex::default(),
             last_reconcile: Mutex::new(0),
+            stray_ipv6: Mutex::new(Vec::new()),
         };
         match tokio::time::timeout(CLOUD_AT_START, agent.connect_cloud()).await {
             Ok(Ok(())) => {}
@@ -209,7 +210,7 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
         let adopted = self
             .txn
             .commit(|ipam, _| {
-                let changes = reconcile(ipam, listed, node);
+                let changes = reconcile(ipam, listed, node, self.config.ipv6);
                 let adopted: Vec<EniRecord> = changes
                     .iter()
                     .filter_map(|c| match c {
@@ -225,6 +226,10 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             .await?;
         self.program_enis(&adopted, "cannot program an adopted ENI")
             .await;
+        if self.config.ipv6 {
+            let strays = self.txn.read(|ipam, _| stray_ipv6(ipam, listed));
+            *self.stray_ipv6.lock().unwrap_or_else(|p| p.into_inner()) = strays;
+        }
         Ok(())
     }
 
@@ -363,7 +368,10 @@ pub(super) fn missing_eni(id: &str) -> EniRecord {
 /// logged) until the pod goes, so DEL still finds them. A vanished ENI
 /// keeps only those. A static claim is never dropped here: its address is
 /// got back, or the claim marked lost, when its pod next starts.
-pub fn reconcile(ipam: &Ipam, cloud_enis: &[Eni], node: &NodeInfo) -> Vec<Change> {
+/// `ipv6` (a dual-stack agent): IPv6 addresses on a pooled ENI that no
+/// IP has as its partner (an agent that died between the cloud call and
+/// the commit) become the partners of the IPs that lack one.
+pub fn reconcile(ipam: &Ipam, cloud_enis: &[Eni], node: &NodeInfo, ipv6_mode: bool) -> Vec<Change> {
     let held: HashSet<Ipv4Addr> = ipam.allocations().map(|a| a.ip).collect();
     let mut next_table = ipam
         .enis()
@@ -429,12 +437,19 @@ pub fn reconcile(ipam: &Ipam, cloud_enis: &[Eni], node: &NodeInfo) -> Vec<Change
                     })
                     .copied()
                     .collect();
-                if ips != before || ipv6 != known.ipv6 {
-                    changes.push(Change::PutEni(EniRecord {
-                        ips,
-                        ipv6,
-                        ..known.clone()
-                    }));
+                let mut record = EniRecord {
+                    ips,
+                    ipv6,
+                    ..known.clone()
+                };
+                if ipv6_mode {
+                    record.pair_ipv6(&eni.ipv6s);
+                }
+                record.ipv6.sort();
+                let mut known_ipv6 = known.ipv6.clone();
+                known_ipv6.sort();
+                if record.ips != before || record.ipv6 != known_ipv6 {
+                    changes.push(Change::PutEni(record));
                 }
             }
             None => {
@@ -443,14 +458,33 @@ pub fn reconcile(ipam: &Ipam, cloud_enis: &[Eni], node: &NodeInfo) -> Vec<Change
                     warn!(eni = %eni.id, subnet = %eni.subnet_id, "not adopting an ENI of another subnet");
                     continue;
                 };
-                changes.push(Change::PutEni(pool_record(
-                    eni, subnet, node.mtu, next_table,
-                )));
+                let mut record = pool_record(eni, subnet, node.mtu, next_table);
+                if ipv6_mode {
+                    record.pair_ipv6(&eni.ipv6s);
+                }
+                changes.push(Change::PutEni(record));
                 next_table += 1;
             }
         }
     }
     changes
+}
+
+/// The IPv6 addresses the cloud shows on the pool's ENIs that no IP of
+/// the pool has as its partner: more than its IPs needed (a dual-stack
+/// agent gives them back).
+pub fn stray_ipv6(ipam: &Ipam, cloud_enis: &[Eni]) -> Vec<(String, Ipv6Addr)> {
+    cloud_enis
+        .iter()
+        .filter_map(|eni| ipam.eni(&eni.id).map(|known| (eni, known)))
+        .flat_map(|(eni, known)| {
+            eni.ipv6s
+                .iter()
+                .filter(|v6| !known.ipv6.iter().any(|(_, p)| p == *v6))
+                .map(|v6| (eni.id.clone(), *v6))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -515,6 +549,7 @@ mod tests {
             &ipam,
             &[cloud("eni-a", &[10]), cloud("eni-b", &[20, 21])],
             &node(),
+            false,
         );
         assert_eq!(changes.len(), 1);
         match &changes[0] {
@@ -528,7 +563,7 @@ mod tests {
     #[test]
     fn a_vanished_eni_keeps_only_what_pods_hold() {
         let ipam = pool(&[record("eni-a", 101, &[10, 11, 12])], &[11]);
-        let changes = reconcile(&ipam, &[], &node());
+        let changes = reconcile(&ipam, &[], &node(), false);
         assert_eq!(
             changes,
             vec![Change::PutEni(record("eni-a", 101, &[11]))],
@@ -536,7 +571,7 @@ mod tests {
         );
         let empty = pool(&[record("eni-a", 101, &[10])], &[]);
         assert_eq!(
-            reconcile(&empty, &[], &node()),
+            reconcile(&empty, &[], &node(), false),
             vec![Change::RemoveEni("eni-a".into())]
         );
     }
@@ -544,7 +579,7 @@ mod tests {
     #[test]
     fn vanished_ips_are_dropped_unless_held_and_new_ones_adopted() {
         let ipam = pool(&[record("eni-a", 101, &[10, 11, 12])], &[10]);
-        let changes = reconcile(&ipam, &[cloud("eni-a", &[12, 13])], &node());
+        let changes = reconcile(&ipam, &[cloud("eni-a", &[12, 13])], &node(), false);
         assert_eq!(
             changes,
             vec![Change::PutEni(record("eni-a", 101, &[10, 12, 13]))]
@@ -563,11 +598,57 @@ mod tests {
         let mut want = eni.clone();
         want.ipv6.retain(|(_, p)| *p != v6(3));
         assert_eq!(
-            reconcile(&ipam, &[there.clone()], &node()),
+            reconcile(&ipam, &[there.clone()], &node(), false),
             vec![Change::PutEni(want)]
         );
         there.ipv6s = vec![v6(2), v6(3), v6(4)];
-        assert!(reconcile(&ipam, &[there], &node()).is_empty());
+        assert!(reconcile(&ipam, &[there], &node(), false).is_empty());
+    }
+
+    #[test]
+    fn ipv6_addresses_assigned_before_a_crash_become_partners_and_the_rest_strays() {
+        let v6 = |n: u16| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n);
+        let mut eni = record("eni-a", 101, &[10, 11, 12]);
+        eni.pair_ipv6(&[v6(2)]);
+        let ipam = pool(&[eni.clone()], &[]);
+        // The agent died after AssignIpv6Addresses answered fd00::3 and
+        // fd00::4 for 11 and 12; fd00::5 is more than any IP needs.
+        let mut there = cloud("eni-a", &[10, 11, 12]);
+        there.ipv6s = vec![v6(2), v6(3), v6(4), v6(5)];
+        assert!(
+            reconcile(&ipam, std::slice::from_ref(&there), &node(), false).is_empty(),
+            "an IPv4-only agent leaves the ENI's IPv6 addresses alone"
+        );
+        let mut after = ipam.clone();
+        after.apply(&reconcile(
+            &ipam,
+            std::slice::from_ref(&there),
+            &node(),
+            true,
+        ));
+        let got = after.eni("eni-a").expect("still pooled");
+        assert_eq!(got.ipv6_of(ip(11)), Some(v6(3)));
+        assert_eq!(got.ipv6_of(ip(12)), Some(v6(4)));
+        assert_eq!(got.ipv6_of(ip(10)), Some(v6(2)));
+        assert_eq!(
+            stray_ipv6(&after, &[there]),
+            vec![("eni-a".to_string(), v6(5))]
+        );
+    }
+
+    #[test]
+    fn an_adopted_enis_ipv6_addresses_are_its_ips_partners() {
+        let ipam = pool(&[], &[]);
+        let v6 = |n: u16| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n);
+        let mut there = cloud("eni-b", &[20, 21]);
+        there.ipv6s = vec![v6(7)];
+        let changes = reconcile(&ipam, &[there], &node(), true);
+        match &changes[..] {
+            [Change::PutEni(e)] => {
+                assert_eq!(e.ipv6, vec![(ip(20), v6(7))]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -588,7 +669,7 @@ mod tests {
             requested: false,
             handover: None,
         })]);
-        let changes = reconcile(&ipam, &[], &node());
+        let changes = reconcile(&ipam, &[], &node(), false);
         ipam.apply(&changes);
         let claim = ipam.claim("ns", "web-0").expect("the claim stays");
         assert!(

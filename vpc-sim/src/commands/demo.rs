@@ -45,6 +45,10 @@ pub struct DemoArgs {
     /// with its Helm chart (`helm`).
     #[arg(long, value_enum, default_value = "manifests")]
     pub install: super::up::Installer,
+    /// `dual`: a dual-stack VPC and agents (`up --ip-family dual`); every
+    /// pod gets an IPv6 address too, and IPv6 is pinged as IPv4 is.
+    #[arg(long, value_enum, default_value = "ipv4")]
+    pub ip_family: super::up::IpFamily,
 }
 
 struct Pod {
@@ -52,6 +56,8 @@ struct Pod {
     node: usize,
     netns: String,
     ip: String,
+    /// Its IPv6 address (dual stack), else empty.
+    ip6: String,
     result: Value,
 }
 
@@ -81,6 +87,9 @@ impl Checks {
 /// Runs the demo; fails if any check failed.
 pub fn run(args: DemoArgs) -> Result<(), String> {
     if args.kubernetes {
+        if args.ip_family == super::up::IpFamily::Dual {
+            return Err("--ip-family dual runs without --kubernetes only (a dual-stack Kubernetes on the simulation is not built yet)".into());
+        }
         return super::kube_demo::run(&args);
     }
     if args.pods_per_node < 2 {
@@ -108,11 +117,15 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         proxy_mode: Default::default(),
         e2e_images: false,
         eni_mtu: 1500,
-        ip_family: super::up::IpFamily::Ipv4,
+        ip_family: args.ip_family,
         install: super::up::Installer::Manifests,
     };
     say(&format!(
-        "==> vpc-sim up: 2 nodes, agents with the netlink data path ({})",
+        "==> vpc-sim up: 2 nodes, agents with the netlink data path, {} ({})",
+        match args.ip_family {
+            super::up::IpFamily::Ipv4 => "IPv4",
+            super::up::IpFamily::Dual => "dual stack",
+        },
         dir.display()
     ));
     let sim = up(&up_args)?;
@@ -154,6 +167,7 @@ fn exercise(
     let mut checks = Checks {
         results: Vec::new(),
     };
+    let dual = args.ip_family == super::up::IpFamily::Dual;
     say(&format!(
         "==> ADD {} pods per node through {}",
         args.pods_per_node,
@@ -171,25 +185,25 @@ fn exercise(
                 node: n,
                 netns: netns.clone(),
                 ip: String::new(),
+                ip6: String::new(),
                 result: Value::Null,
             });
             let added = plugin(cni, "ADD", &name, &netns, &conf).and_then(|out| {
-                let ip = out["ips"][0]["address"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .trim_end_matches("/32")
-                    .to_string();
+                let [ip, ip6] = [false, true].map(|v6| result_address(&out, v6));
                 if ip.is_empty() {
                     Err(format!("no address in {out}"))
+                } else if dual && ip6.is_empty() {
+                    Err(format!("no IPv6 address in {out}"))
                 } else {
-                    Ok((ip, out))
+                    Ok((ip, ip6, out))
                 }
             });
             let pod = pods.last_mut().expect("just pushed");
             checks.record(
                 format!("ADD {name} on node{}", n + 1),
-                added.map(|(ip, out)| {
+                added.map(|(ip, ip6, out)| {
                     pod.ip = ip;
+                    pod.ip6 = ip6;
                     pod.result = out;
                 }),
             );
@@ -201,12 +215,12 @@ fn exercise(
     let mut table = vec![["POD".to_string(), "NODE".into(), "IP".into(), "ENI".into()]];
     for p in pods.iter() {
         let eni = enis.get(&p.name).cloned().unwrap_or_else(|| "?".into());
-        table.push([
-            p.name.clone(),
-            format!("node{}", p.node + 1),
-            p.ip.clone(),
-            eni,
-        ]);
+        let ip = if p.ip6.is_empty() {
+            p.ip.clone()
+        } else {
+            format!("{} {}", p.ip, p.ip6)
+        };
+        table.push([p.name.clone(), format!("node{}", p.node + 1), ip, eni]);
     }
     say(&render(&table));
 
@@ -255,6 +269,10 @@ fn exercise(
         );
     }
 
+    if dual {
+        ping6(nodes, pods, &mut checks);
+    }
+
     say(&format!(
         "==> egress: to the outside host {OUTSIDE_HOST} as the node, inside the VPC as the pod"
     ));
@@ -283,6 +301,58 @@ fn exercise(
         );
     }
     Ok(checks)
+}
+
+/// IPv6 as IPv4 is pinged: pods on one node, across nodes both ways, and
+/// each node to each pod (its own through the host route, the other's
+/// through the VPC).
+fn ping6(nodes: &[Node], pods: &[Pod], checks: &mut Checks) {
+    say("==> ping IPv6");
+    let by_node = |n: usize| {
+        pods.iter()
+            .filter(move |p| p.node == n && !p.ip6.is_empty())
+    };
+    for n in 0..nodes.len() {
+        let local: Vec<&Pod> = by_node(n).collect();
+        if let [a, b, ..] = local.as_slice() {
+            checks.record(
+                format!("{} -> {} {} (same node)", a.name, b.name, b.ip6),
+                ping(&a.netns, &b.ip6),
+            );
+        }
+    }
+    for (a, b) in by_node(0).zip(by_node(1)) {
+        checks.record(
+            format!("{} -> {} {} (across nodes)", a.name, b.name, b.ip6),
+            ping(&a.netns, &b.ip6),
+        );
+        checks.record(
+            format!("{} -> {} {} (across nodes)", b.name, a.name, a.ip6),
+            ping(&b.netns, &a.ip6),
+        );
+    }
+    for (n, node) in nodes.iter().enumerate() {
+        for p in pods.iter().filter(|p| !p.ip6.is_empty()) {
+            checks.record(
+                format!("node{} -> {} {}", n + 1, p.name, p.ip6),
+                ping(&node.netns, &p.ip6),
+            );
+        }
+    }
+}
+
+/// The address of one family in a CNI result, without its prefix length
+/// (empty when the result has none).
+fn result_address(result: &Value, v6: bool) -> String {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str())
+        .find(|a| a.contains(':') == v6)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Per node, its first pod pings the outside host and the outside host
@@ -476,7 +546,10 @@ pub(super) fn no_leftovers(netns: &str, keep: &[String]) -> Result<(), String> {
             .any(|ip| line.split_whitespace().any(|w| w == ip.as_str()))
     };
     loop {
-        let all_routes = ip_output(&["-n", netns, "route", "show", "proto", "175"])?;
+        let mut all_routes = ip_output(&["-n", netns, "route", "show", "proto", "175"])?;
+        all_routes.push_str(&ip_output(&[
+            "-n", netns, "-6", "route", "show", "proto", "175",
+        ])?);
         let (kept_routes, routes): (Vec<&str>, Vec<&str>) =
             all_routes.lines().partition(|l| kept(l));
         let kept_veths: Vec<&str> = kept_routes
@@ -491,7 +564,9 @@ pub(super) fn no_leftovers(netns: &str, keep: &[String]) -> Result<(), String> {
             .filter(|n| n.starts_with("vpc") && !kept_veths.contains(n))
             .collect();
         // Pods' rules; the node's egress rules (1000 to 1026) stay.
-        let rules: Vec<String> = ip_output(&["-n", netns, "rule", "show"])?
+        let mut all_rules = ip_output(&["-n", netns, "rule", "show"])?;
+        all_rules.push_str(&ip_output(&["-n", netns, "-6", "rule", "show"])?);
+        let rules: Vec<String> = all_rules
             .lines()
             .filter(|l| {
                 l.contains("proto 175")

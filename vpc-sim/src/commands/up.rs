@@ -85,7 +85,8 @@ pub struct UpArgs {
     /// `dual`: the VPC gets an IPv6 block, every subnet a /64 of it, and
     /// every node's primary ENI an IPv6 address besides its IPv4 one
     /// (configured in the node as a booted instance has it: the address
-    /// alone, routed to the VPC's gateway `fe80::1`).
+    /// alone, routed to the VPC's gateway `fe80::1`); the agents run with
+    /// `--ip-family dual`, so pods get both families.
     #[arg(long, value_enum, default_value = "ipv4")]
     pub ip_family: IpFamily,
     /// With `--kubernetes`: how vpc-cni is installed, from the plain
@@ -306,6 +307,10 @@ fn build(args: &UpArgs) -> Result<Sim, String> {
             .arg("--credentials-file")
             .arg(credentials_file(&dir))
             .args(["--log-format", "json"])
+            .args(match args.ip_family {
+                IpFamily::Ipv4 => ["--ip-family", "ipv4"],
+                IpFamily::Dual => ["--ip-family", "dual"],
+            })
             .args(&args.agent_flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
