@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// One CNI network to measure: how to call it and where its plugin is.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Network {
     /// Name in the tables.
     pub label: &'static str,
@@ -28,6 +28,16 @@ pub struct Network {
 /// Starts a one-node `vpc-sim` in `state` (8 ENIs of 50 IPs) with extra
 /// agent flags, for the benchmarks to measure against.
 pub fn up_one_node(bin_dir: &Path, state: &Path, agent_flags: &[&str]) -> Result<(), String> {
+    up_one_node_with(bin_dir, state, &[], agent_flags)
+}
+
+/// [`up_one_node`] with extra flags for `vpc-sim up` (`--ip-family dual`).
+pub fn up_one_node_with(
+    bin_dir: &Path,
+    state: &Path,
+    sim_flags: &[&str],
+    agent_flags: &[&str],
+) -> Result<(), String> {
     let mut cmd = Command::new(bin_dir.join("vpc-sim"));
     cmd.args([
         "up",
@@ -39,7 +49,8 @@ pub fn up_one_node(bin_dir: &Path, state: &Path, agent_flags: &[&str]) -> Result
         "50",
         "--state",
     ])
-    .arg(state);
+    .arg(state)
+    .args(sim_flags);
     for f in agent_flags {
         cmd.arg(format!("--agent-flag={f}"));
     }
@@ -89,6 +100,11 @@ impl Drop for Pod {
 
 /// Runs the plugin for `verb` on `pod` as kubelet does; how long it took.
 pub fn call(net: &Network, verb: &str, pod: &Pod) -> Result<Duration, String> {
+    call_output(net, verb, pod).map(|(took, _)| took)
+}
+
+/// [`call`], with what the plugin printed.
+pub fn call_output(net: &Network, verb: &str, pod: &Pod) -> Result<(Duration, String), String> {
     let started = Instant::now();
     let mut child = Command::new(&net.plugin)
         .env_clear()
@@ -125,7 +141,10 @@ pub fn call(net: &Network, verb: &str, pod: &Pod) -> Result<Duration, String> {
             String::from_utf8_lossy(&output.stdout)
         ));
     }
-    Ok(elapsed)
+    Ok((
+        elapsed,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    ))
 }
 
 /// The `p`th percentile of `samples`.

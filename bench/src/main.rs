@@ -2,7 +2,9 @@
 //! a one-node `vpc-sim`) and of the reference `ptp` + `host-local` plugins,
 //! every call a separate process with kubelet's environment, in one run on
 //! one machine, next to the floor (process start, and the kernel work alone
-//! driven in-process); then 110 pods added 8 at a time with each.
+//! driven in-process); then 110 pods added 8 at a time with each. With
+//! `--dual`, also vpc-cni on a dual-stack node (every pod gets an IPv6
+//! address too) in the same run.
 
 use std::fs::File;
 use std::io::Write;
@@ -11,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bench::{
-    Network, Pod, agent_pid, call, floor, ip, make_pods, pct, rss_kib, up_one_node, wait_warm,
+    Network, Pod, agent_pid, call, floor, ip, make_pods, pct, rss_kib, up_one_node_with, wait_warm,
 };
 use nix::sched::{CloneFlags, setns};
 use serde_json::json;
@@ -23,6 +25,8 @@ struct Options {
     burst_pods: usize,
     parallel: usize,
     bin_dir: PathBuf,
+    /// Also vpc-cni on a dual-stack node.
+    dual: bool,
 }
 
 fn main() {
@@ -38,10 +42,15 @@ fn parse_args() -> Options {
         burst_pods: 110,
         parallel: 8,
         bin_dir: PathBuf::from("target/release"),
+        dual: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--dual" {
+            o.dual = true;
+            continue;
+        }
         let value = it
             .next()
             .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
@@ -73,7 +82,7 @@ fn parse_args() -> Options {
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "cni-latency: {msg}\nusage: cni-latency [--pods N] [--burst-pods N] [--parallel N] [--bin-dir DIR]"
+        "cni-latency: {msg}\nusage: cni-latency [--pods N] [--burst-pods N] [--parallel N] [--bin-dir DIR] [--dual]"
     );
     std::process::exit(2)
 }
@@ -88,11 +97,13 @@ fn run(o: Options) -> Result<(), String> {
     ip(&["netns", "add", &host_ns])?;
     let result = measure(&o, &work, &host_ns);
     let _ = ip(&["netns", "del", &host_ns]);
-    let _ = Command::new(o.bin_dir.join("vpc-sim"))
-        .arg("down")
-        .arg("--state")
-        .arg(work.join("sim"))
-        .output();
+    for sim in ["sim", "sim-dual"] {
+        let _ = Command::new(o.bin_dir.join("vpc-sim"))
+            .arg("down")
+            .arg("--state")
+            .arg(work.join(sim))
+            .output();
+    }
     let _ = std::fs::remove_dir_all(&work);
     result
 }
@@ -100,14 +111,21 @@ fn run(o: Options) -> Result<(), String> {
 fn measure(o: &Options, work: &Path, host_ns: &str) -> Result<(), String> {
     let state = work.join("sim");
     let capacity = o.pods + o.burst_pods + 10;
-    up_one_node(
-        &o.bin_dir,
-        &state,
-        &[&format!("--min-ip-target={capacity}")],
-    )?;
+    let target = format!("--min-ip-target={capacity}");
+    up_one_node_with(&o.bin_dir, &state, &[], &[&target])?;
     let socket = state.join("node1/agent.sock");
     wait_warm(&socket, capacity)?;
     let agent_pid = agent_pid(&state);
+    let dual_state = work.join("sim-dual");
+    if o.dual {
+        up_one_node_with(
+            &o.bin_dir,
+            &dual_state,
+            &["--ip-family", "dual"],
+            &[&target],
+        )?;
+        wait_warm(&dual_state.join("node1/agent.sock"), capacity)?;
+    }
 
     let own = File::open(format!("/var/run/netns/{host_ns}")).map_err(|e| e.to_string())?;
     setns(&own, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
@@ -117,6 +135,11 @@ fn measure(o: &Options, work: &Path, host_ns: &str) -> Result<(), String> {
         plugin: o.bin_dir.join("vpc-cni"),
         cni_path: o.bin_dir.display().to_string(),
         conf: json!({"cniVersion": "1.0.0", "name": "vpc-cni", "type": "vpc-cni", "agentSocket": socket}),
+    };
+    let dual = Network {
+        label: "vpc-cni dual",
+        conf: json!({"cniVersion": "1.0.0", "name": "vpc-cni", "type": "vpc-cni", "agentSocket": dual_state.join("node1/agent.sock")}),
+        ..vpc.clone()
     };
     let reference = Network {
         label: "ptp+host-local",
@@ -160,8 +183,22 @@ fn measure(o: &Options, work: &Path, host_ns: &str) -> Result<(), String> {
         "{:<16} {:>5} {:>11} {:>11}",
         "plugin", "verb", "median ms", "p99 ms"
     );
+    let mut nets = vec![&vpc];
+    if o.dual {
+        nets.push(&dual);
+    }
+    nets.push(&reference);
     let mut medians = Vec::new();
-    for net in [&vpc, &reference] {
+    for net in &nets {
+        if net.label == dual.label {
+            // What is timed is a pod with both families.
+            let probe = make_pods(host_ns, 1)?;
+            let (_, added) = bench::call_output(net, "ADD", &probe[0])?;
+            call(net, "DEL", &probe[0])?;
+            if added.matches("\"address\"").count() != 2 {
+                return Err(format!("a dual-stack ADD answered {added}"));
+            }
+        }
         let pods = make_pods(host_ns, o.pods)?;
         let adds = time_each(net, "ADD", &pods)?;
         let dels = time_each(net, "DEL", &pods)?;
@@ -180,8 +217,8 @@ fn measure(o: &Options, work: &Path, host_ns: &str) -> Result<(), String> {
         }
         medians.push((pct(&adds, 50.0), pct(&dels, 50.0)));
     }
-    let inside = |message: &str| {
-        let took = agent_took_ms(&state, message);
+    let inside = |state: &Path, message: &str| {
+        let took = agent_took_ms(state, message);
         if took.is_empty() {
             f64::NAN
         } else {
@@ -193,17 +230,33 @@ fn measure(o: &Options, work: &Path, host_ns: &str) -> Result<(), String> {
         "{:<16} {:>5} {:>11.2}   (the agent's own time, from its log)\n{:<16} {:>5} {:>11.2}",
         "  in the agent",
         "ADD",
-        inside("pod added"),
+        inside(&state, "pod added"),
         "  in the agent",
         "DEL",
-        inside("pod deleted")
+        inside(&state, "pod deleted")
     );
-    let _ = writeln!(
-        out,
-        "\nvpc-cni / ptp+host-local at the median: ADD {:.3}x, DEL {:.3}x",
-        medians[0].0 / medians[1].0,
-        medians[0].1 / medians[1].1
-    );
+    if o.dual {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>5} {:>11.2}   (the dual-stack agent's)\n{:<16} {:>5} {:>11.2}",
+            "  in the agent",
+            "ADD",
+            inside(&dual_state, "pod added"),
+            "  in the agent",
+            "DEL",
+            inside(&dual_state, "pod deleted")
+        );
+    }
+    let reference_medians = medians[medians.len() - 1];
+    for (net, (add, del)) in nets.iter().zip(&medians).take(nets.len() - 1) {
+        let _ = writeln!(
+            out,
+            "\n{} / ptp+host-local at the median: ADD {:.3}x, DEL {:.3}x",
+            net.label,
+            add / reference_medians.0,
+            del / reference_medians.1
+        );
+    }
     let floor_add = floor.plugin_start.0 + floor.kernel_add.0;
     let floor_del = floor.plugin_start.0 + floor.kernel_del.0;
     let _ = writeln!(
@@ -220,7 +273,7 @@ fn measure(o: &Options, work: &Path, host_ns: &str) -> Result<(), String> {
         "\n{} pods added {} at a time (wall time):",
         o.burst_pods, o.parallel
     );
-    for net in [&vpc, &reference] {
+    for net in &nets {
         let pods = make_pods(host_ns, o.burst_pods)?;
         let started = Instant::now();
         burst(net, "ADD", &pods, o.parallel)?;
