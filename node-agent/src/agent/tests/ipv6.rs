@@ -71,3 +71,61 @@ async fn a_dual_stack_pod_gets_its_ips_partner_and_the_pool_keeps_them_paired() 
     let left: usize = h.agent.pool().enis().iter().map(|e| e.ips.len()).sum();
     assert!(left < 30, "the pool shrank: {left}");
 }
+
+/// A static pod's two addresses come back together after its agent dies
+/// without a word (kill -9: no DEL, nothing flushed by hand) and a new one
+/// starts on the same store, and after the pod's own restart.
+#[tokio::test]
+async fn a_static_pod_gets_both_addresses_back_after_a_crash_and_its_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("state.redb");
+    let cloud = FakeCloud::new(DEFAULT_LIMITS);
+    cloud.give_ipv6_blocks();
+    let start = |cloud: FakeCloud| {
+        let db = db.clone();
+        async move {
+            Agent::start(
+                cloud,
+                FakeDataplane::default(),
+                Box::new(RedbStore::open(&db).expect("store")),
+                dual(),
+                system_clock(),
+            )
+            .await
+            .expect("start")
+        }
+    };
+    let added = |r: Result<Response, proto::wire::AgentError>| match r {
+        Ok(Response::Added(r)) => (r.ip, r.ipv6.expect("an IPv6 address")),
+        other => panic!("ADD: {other:?}"),
+    };
+    let a = start(cloud.clone()).await;
+    let first = added(a.handle(claims::static_add_req("s1", "web-0"), None).await);
+    // Other pods come and go around it.
+    for i in 0..5 {
+        add(&a, &format!("p{i}")).await;
+    }
+    drop(a);
+
+    let b = start(cloud.clone()).await;
+    b.handle(del_req("s1"), None).await.expect("DEL");
+    for i in 0..5 {
+        b.handle(del_req(&format!("p{i}")), None)
+            .await
+            .expect("DEL");
+        add(&b, &format!("q{i}")).await;
+    }
+    let again = added(b.handle(claims::static_add_req("s2", "web-0"), None).await);
+    assert_eq!(again, first, "the same IPv4 and IPv6 addresses");
+    let eni = b
+        .pool()
+        .enis()
+        .iter()
+        .find(|e| e.ips.contains(&first.0))
+        .cloned()
+        .expect("its ENI");
+    assert!(
+        cloud.ipv6_of(&eni.id).contains(&first.1),
+        "still on the ENI in the cloud"
+    );
+}
