@@ -30,7 +30,7 @@ pub enum DataplaneKind {
 }
 
 /// Which address families pods get.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IpFamily {
     /// IPv4 only.
     Ipv4,
@@ -39,12 +39,24 @@ pub enum IpFamily {
     Dual,
 }
 
+/// `--ip-family`: `ipv4`, `dual`, or an unset variable (`ipv4`).
+fn parse_ip_family(flag: &str) -> Result<IpFamily, String> {
+    match flag.trim() {
+        "ipv4" => Ok(IpFamily::Ipv4),
+        "dual" => Ok(IpFamily::Dual),
+        f if f.starts_with("$(") => Ok(IpFamily::Ipv4),
+        other => Err(format!("{other}: expected ipv4 or dual")),
+    }
+}
+
 /// Flags of `run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The address families of pods: `ipv4`, or `dual` (each pod also
     /// gets an IPv6 address on the same ENI).
-    #[arg(long, value_enum, default_value_t = IpFamily::Ipv4)]
+    /// An unset variable (`$(VPC_CNI_IP_FAMILY)`, a ConfigMap without the
+    /// key) is `ipv4`.
+    #[arg(long, default_value = "ipv4", value_parser = parse_ip_family)]
     ip_family: IpFamily,
     /// Unix socket the CNI plugin talks to.
     #[arg(long, default_value = proto::cni::config::DEFAULT_AGENT_SOCKET)]
@@ -684,7 +696,15 @@ impl Cluster {
 
 #[cfg(test)]
 mod tests {
-    use super::{GatewayAt, gateway_at};
+    use super::{GatewayAt, IpFamily, gateway_at, parse_ip_family};
+
+    #[test]
+    fn the_ip_family_is_ipv4_unless_dual_and_an_unset_configmap_key_is_ipv4() {
+        assert_eq!(parse_ip_family("dual"), Ok(IpFamily::Dual));
+        assert_eq!(parse_ip_family("ipv4"), Ok(IpFamily::Ipv4));
+        assert_eq!(parse_ip_family("$(VPC_CNI_IP_FAMILY)"), Ok(IpFamily::Ipv4));
+        assert!(parse_ip_family("ipv6").is_err());
+    }
 
     #[test]
     fn the_gateway_is_a_url_the_service_or_none() {
