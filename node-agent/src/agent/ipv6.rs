@@ -73,12 +73,21 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                     .eni(&id)
                     .cloned()
                     .ok_or_else(|| internal(format!("ENI {id} left the pool")))?;
+                let had_own = record.own_ipv6().is_some();
                 let left = record.pair_ipv6(&got);
-                Ok((vec![Change::PutEni(record)], left))
+                let own_now = (!had_own && record.own_ipv6().is_some()).then(|| record.clone());
+                Ok((vec![Change::PutEni(record)], (left, own_now)))
             })
             .await;
         let left = match committed {
-            Ok(left) => left,
+            Ok((left, own_now)) => {
+                if let Some(record) = own_now
+                    && let Err(e) = self.dataplane.program_eni(&record).await
+                {
+                    warn!(eni = %eni_id, error = %e, "cannot put the ENI's own IPv6 address on its link; tried again at the next start");
+                }
+                left
+            }
             Err(e) => {
                 // Unknown to the store: given back rather than leaked
                 // (unless poisoned: the restart finds them on the ENI).

@@ -211,10 +211,18 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             .txn
             .commit(|ipam, _| {
                 let changes = reconcile(ipam, listed, node, self.config.ipv6);
+                // Programmed: ENIs adopted, and ENIs that got their own
+                // IPv6 address (found on the ENI after a crash).
                 let adopted: Vec<EniRecord> = changes
                     .iter()
                     .filter_map(|c| match c {
-                        Change::PutEni(e) if ipam.eni(&e.id).is_none() => Some(e.clone()),
+                        Change::PutEni(e)
+                            if ipam.eni(&e.id).is_none_or(|known| {
+                                known.own_ipv6().is_none() && e.own_ipv6().is_some()
+                            }) =>
+                        {
+                            Some(e.clone())
+                        }
                         _ => None,
                     })
                     .collect();
@@ -433,7 +441,8 @@ pub fn reconcile(ipam: &Ipam, cloud_enis: &[Eni], node: &NodeInfo, ipv6_mode: bo
                     .ipv6
                     .iter()
                     .filter(|(v4, v6)| {
-                        ips.contains(v4) && (eni.ipv6s.contains(v6) || held.contains(v4))
+                        (ips.contains(v4) || *v4 == known.primary_ip)
+                            && (eni.ipv6s.contains(v6) || held.contains(v4))
                     })
                     .copied()
                     .collect();
@@ -590,18 +599,19 @@ mod tests {
     fn an_ipv6_partner_stays_while_the_cloud_shows_it_or_a_pod_holds_its_ip() {
         let v6 = |n: u16| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n);
         let mut eni = record("eni-a", 101, &[10, 11, 12]);
-        eni.pair_ipv6(&[v6(2), v6(3), v6(4)]);
+        // fd00::1 is the ENI's own.
+        eni.pair_ipv6(&[v6(1), v6(2), v6(3), v6(4)]);
         let ipam = pool(&[eni.clone()], &[10]);
         // The cloud lost fd00::2 (held: kept) and fd00::3 (free: dropped).
         let mut there = cloud("eni-a", &[10, 11, 12]);
-        there.ipv6s = vec![v6(4)];
+        there.ipv6s = vec![v6(1), v6(4)];
         let mut want = eni.clone();
         want.ipv6.retain(|(_, p)| *p != v6(3));
         assert_eq!(
             reconcile(&ipam, &[there.clone()], &node(), false),
             vec![Change::PutEni(want)]
         );
-        there.ipv6s = vec![v6(2), v6(3), v6(4)];
+        there.ipv6s = vec![v6(1), v6(2), v6(3), v6(4)];
         assert!(reconcile(&ipam, &[there], &node(), false).is_empty());
     }
 
@@ -609,12 +619,12 @@ mod tests {
     fn ipv6_addresses_assigned_before_a_crash_become_partners_and_the_rest_strays() {
         let v6 = |n: u16| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n);
         let mut eni = record("eni-a", 101, &[10, 11, 12]);
-        eni.pair_ipv6(&[v6(2)]);
+        eni.pair_ipv6(&[v6(1), v6(2)]);
         let ipam = pool(&[eni.clone()], &[]);
         // The agent died after AssignIpv6Addresses answered fd00::3 and
         // fd00::4 for 11 and 12; fd00::5 is more than any IP needs.
         let mut there = cloud("eni-a", &[10, 11, 12]);
-        there.ipv6s = vec![v6(2), v6(3), v6(4), v6(5)];
+        there.ipv6s = vec![v6(1), v6(2), v6(3), v6(4), v6(5)];
         assert!(
             reconcile(&ipam, std::slice::from_ref(&there), &node(), false).is_empty(),
             "an IPv4-only agent leaves the ENI's IPv6 addresses alone"
@@ -641,11 +651,13 @@ mod tests {
         let ipam = pool(&[], &[]);
         let v6 = |n: u16| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n);
         let mut there = cloud("eni-b", &[20, 21]);
-        there.ipv6s = vec![v6(7)];
+        there.ipv6s = vec![v6(7), v6(8)];
         let changes = reconcile(&ipam, &[there], &node(), true);
         match &changes[..] {
             [Change::PutEni(e)] => {
-                assert_eq!(e.ipv6, vec![(ip(20), v6(7))]);
+                assert_eq!(e.own_ipv6(), Some(v6(7)), "the ENI's own first");
+                assert_eq!(e.ipv6_of(ip(20)), Some(v6(8)));
+                assert_eq!(e.ipv6.len(), 2);
             }
             other => panic!("{other:?}"),
         }

@@ -69,7 +69,10 @@ pub struct EniRecord {
     pub ips: Vec<Ipv4Addr>,
     /// The IPv6 partner of each secondary IP that has one (dual stack):
     /// the pod holding the IPv4 address holds its partner too, so cooling,
-    /// claims and hand-overs of the IPv4 address decide both.
+    /// claims and hand-overs of the IPv4 address decide both. The partner
+    /// of `primary_ip` is the ENI's own IPv6 address, on its link: what
+    /// the node sends out of the ENI (masqueraded, say) has a source the
+    /// ENI holds.
     pub ipv6: Vec<(Ipv4Addr, Ipv6Addr)>,
 }
 
@@ -82,7 +85,13 @@ impl EniRecord {
             .map(|(_, v6)| *v6)
     }
 
-    /// The secondary IPs without an IPv6 partner, lowest first.
+    /// The ENI's own IPv6 address (the partner of its primary address).
+    pub fn own_ipv6(&self) -> Option<Ipv6Addr> {
+        self.ipv6_of(self.primary_ip)
+    }
+
+    /// The addresses without an IPv6 partner: the ENI's primary address
+    /// first, then the secondary IPs, lowest first.
     pub fn unpaired(&self) -> Vec<Ipv4Addr> {
         let mut ips: Vec<Ipv4Addr> = self
             .ips
@@ -91,7 +100,16 @@ impl EniRecord {
             .copied()
             .collect();
         ips.sort();
+        if self.own_ipv6().is_none() {
+            ips.insert(0, self.primary_ip);
+        }
         ips
+    }
+
+    /// Whether `v4` may have a partner: the primary address or a
+    /// secondary IP of the ENI.
+    pub fn pairs_with(&self, v4: Ipv4Addr) -> bool {
+        v4 == self.primary_ip || self.ips.contains(&v4)
     }
 
     /// Pairs the unpaired secondary IPs, lowest first, with `new` (IPv6
@@ -99,8 +117,13 @@ impl EniRecord {
     /// IPv4 address the ENI no longer has. Returns the IPv6 addresses left
     /// without a partner (to give back).
     pub fn pair_ipv6(&mut self, new: &[Ipv6Addr]) -> Vec<Ipv6Addr> {
-        let ips = self.ips.clone();
-        self.ipv6.retain(|(v4, _)| ips.contains(v4));
+        let kept: Vec<_> = self
+            .ipv6
+            .iter()
+            .filter(|(v4, _)| self.pairs_with(*v4))
+            .copied()
+            .collect();
+        self.ipv6 = kept;
         let unpaired = self.unpaired();
         let fresh: Vec<Ipv6Addr> = new
             .iter()

@@ -385,9 +385,11 @@ fn v6(n: u16) -> std::net::Ipv6Addr {
 #[test]
 fn ipv6_addresses_pair_with_unpaired_ips_lowest_first_and_the_rest_is_given_back() {
     let mut e = eni("eni-1", &[12, 10, 11]);
-    assert_eq!(e.unpaired().len(), 3);
-    let left = e.pair_ipv6(&[v6(2), v6(3)]);
+    assert_eq!(e.unpaired().len(), 4, "the ENI's own address and its 3 IPs");
+    assert_eq!(e.unpaired()[0], e.primary_ip, "the ENI's own first");
+    let left = e.pair_ipv6(&[v6(1), v6(2), v6(3)]);
     assert!(left.is_empty());
+    assert_eq!(e.own_ipv6(), Some(v6(1)));
     assert_eq!(e.ipv6_of(Ipv4Addr::new(10, 0, 0, 10)), Some(v6(2)));
     assert_eq!(e.ipv6_of(Ipv4Addr::new(10, 0, 0, 11)), Some(v6(3)));
     assert_eq!(e.unpaired(), [Ipv4Addr::new(10, 0, 0, 12)]);
@@ -397,17 +399,20 @@ fn ipv6_addresses_pair_with_unpaired_ips_lowest_first_and_the_rest_is_given_back
     assert_eq!(left, [v6(5)]);
     assert_eq!(e.ipv6_of(Ipv4Addr::new(10, 0, 0, 12)), Some(v6(4)));
     assert!(e.unpaired().is_empty());
-    // A pair whose IPv4 address left the ENI goes with it.
+    // A pair whose IPv4 address left the ENI goes with it; the ENI's own
+    // stays.
     e.ips.retain(|ip| *ip != Ipv4Addr::new(10, 0, 0, 10));
     assert!(e.pair_ipv6(&[]).is_empty());
-    assert_eq!(e.ipv6.len(), 2);
+    assert_eq!(e.ipv6.len(), 3);
     assert_eq!(e.ipv6_of(Ipv4Addr::new(10, 0, 0, 10)), None);
+    assert_eq!(e.own_ipv6(), Some(v6(1)));
 }
 
 #[test]
 fn a_pod_gets_its_ips_ipv6_partner_and_none_without_one() {
     let mut e = eni("eni-1", &[10, 11]);
-    e.pair_ipv6(&[v6(2)]);
+    // The ENI's own first, then 10.0.0.10.
+    e.pair_ipv6(&[v6(1), v6(2)]);
     let mut p = Ipam::new(0);
     p.apply(&[Change::PutEni(e)]);
     let plan = p.plan_add(&key("c1"), "/n", None, None, 0).expect("plan");

@@ -33,9 +33,24 @@ async fn a_dual_stack_pod_gets_its_ips_partner_and_the_pool_keeps_them_paired() 
     assert!(h.agent.pair_ipv6().await.is_err(), "the subnet has no /64");
 
     h.agent.cloud.give_ipv6_blocks();
+    let programmed = |h: &Harness| {
+        h.agent
+            .dataplane
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Recorded::ProgramEni(_)))
+            .count()
+    };
+    let before = programmed(&h);
     let paired = h.agent.pair_ipv6().await.expect("pair");
     assert!(paired > 0);
     all_paired(&h);
+    // Each ENI has its own IPv6 address (its primary address's partner),
+    // put on its link at once.
+    for eni in h.agent.pool().enis() {
+        assert!(eni.own_ipv6().is_some(), "{eni:?}");
+    }
+    assert_eq!(programmed(&h), before + h.agent.pool().enis().len());
     let r = add(&h.agent, "c1").await;
     let v6 = r.ipv6.expect("an IPv6 address");
     assert_eq!(r.gateway_v6, Some(crate::dataplane::POD_GATEWAY_V6));

@@ -6,7 +6,8 @@
 //! sysctl net.ipv4.conf.ethN.{rp_filter=2,arp_announce=2,arp_ignore=1}`;
 //! with IPv6, also `sysctl net.ipv6.conf.all.forwarding=1
 //! net.ipv6.conf.ethN.{disable_ipv6=0,accept_ra=0}; ip -6 route replace
-//! default via fe80::1 dev ethN table T`.
+//! default via fe80::1 dev ethN table T`, and the ENI's own IPv6 address
+//! once it has one (`ip -6 addr add IP/128 dev ethN nodad`).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -91,6 +92,15 @@ impl NetlinkDataplane {
         }
         if self.ipv6 {
             self.program_v6(index, &name, eni.table).await?;
+            if let Some(own) = eni.own_ipv6() {
+                // What the node sends out of the ENI (a NodePort's
+                // masqueraded traffic to another node's pod) takes an
+                // address the ENI holds, not the primary ENI's.
+                let mut add = self.node.address().add(index, IpAddr::V6(own), 128);
+                *add.message_mut() = messages::pod_address(IpAddr::V6(own), index);
+                tolerate(add.execute().await, &[EEXIST])
+                    .map_err(|e| kernel("ip -6 addr add (ENI's own)", e))?;
+            }
         }
         debug!(eni = %eni.id, link = %name, table = eni.table, mtu, ipv6 = self.ipv6, "ENI programmed");
         Ok(mtu)

@@ -342,7 +342,17 @@ async fn privileged_a_dual_stack_pod_reaches_the_vpc_by_its_eni_in_both_families
         .await
         .expect("dataplane")
         .with_ipv6(true);
-    dp.program_eni(&bed.eni).await.expect("program");
+    // The ENI's own IPv6 address (its primary address's partner) goes on
+    // its link, again without harm.
+    let mut eni = bed.eni.clone();
+    eni.ipv6 = vec![(eni.primary_ip, "fd00:9::2".parse().expect("an address"))];
+    dp.program_eni(&eni).await.expect("program");
+    dp.program_eni(&eni).await.expect("program again");
+    let own = bed
+        .node
+        .ip(&["-6", "addr", "show", "eth1", "scope", "global"]);
+    assert!(own.contains("fd00:9::2/128"), "{own}");
+    assert!(!own.contains("tentative"), "usable at once: {own}");
     let table = bed.node.ip(&["-6", "route", "show", "table", "101"]);
     assert!(
         table.contains("default via fe80::1 dev eth1 proto 175"),
