@@ -3,7 +3,9 @@
 //! sent through [`super::nfnl`]) and our policy rules (over rtnetlink),
 //! with loose reverse-path filtering on the primary ENI. Programming is
 //! idempotent: the table is replaced in one transaction and the rules are
-//! brought in line with a plan.
+//! brought in line with a plan. A dual-stack node has the connmark in IPv6
+//! too: `table ip6 vpc-cni` with the same `prerouting` chain and `ip -6
+//! rule 1000 fwmark BIT/BIT lookup main` (IPv6 is never masqueraded).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -34,17 +36,30 @@ pub async fn program(
     node_netns: Option<&Path>,
     egress: &Egress,
     connmark: &Connmark,
+    ipv6: bool,
 ) -> Result<(), DataplaneError> {
     let primary = primary_link(node, connmark).await?;
     let spec = table(&primary, egress, connmark);
     nfnl::transaction(open_path(node_netns)?, move |seq| {
-        nft::replace_batch(seq, &spec)
+        nft::replace_batch(seq, &spec, nft::FAMILY_IP)
     })
     .await
     .map_err(|detail| DataplaneError::Kernel {
         op: "nft replace table ip vpc-cni",
         detail,
     })?;
+    if ipv6 {
+        let spec6 = table6(&primary, connmark);
+        nfnl::transaction(open_path(node_netns)?, move |seq| {
+            nft::replace_batch(seq, &spec6, nft::FAMILY_IP6)
+        })
+        .await
+        .map_err(|detail| DataplaneError::Kernel {
+            op: "nft replace table ip6 vpc-cni",
+            detail,
+        })?;
+        sync_rules(node, IpVersion::V6, &rules6(connmark)).await?;
+    }
     netns::write_sysctl(
         open_path(node_netns)?,
         &format!("net/ipv4/conf/{primary}/rp_filter"),
@@ -52,20 +67,26 @@ pub async fn program(
     )
     .await
     .map_err(io_err("sysctl rp_filter (primary ENI)"))?;
-    let changed = sync_rules(node, &egress::rules(egress, connmark.bit)).await?;
+    let changed = sync_rules(node, IpVersion::V4, &egress::rules(egress, connmark.bit)).await?;
     info!(%egress, connmark = %connmark.bit, %primary, rules_changed = changed, "egress and connmark programmed");
     Ok(())
 }
 
 /// Removes the rules and the table; what is already gone is fine.
+/// (Both families: a node that ran dual-stack has the IPv6 connmark too.)
 pub async fn remove(node: &Handle, node_netns: Option<&Path>) -> Result<(), DataplaneError> {
-    let removed = sync_rules(node, &[]).await?;
-    nfnl::transaction(open_path(node_netns)?, nft::remove_batch)
+    let mut removed = sync_rules(node, IpVersion::V4, &[]).await?;
+    removed += sync_rules(node, IpVersion::V6, &[]).await?;
+    for (family, op) in [
+        (nft::FAMILY_IP, "nft delete table ip vpc-cni"),
+        (nft::FAMILY_IP6, "nft delete table ip6 vpc-cni"),
+    ] {
+        nfnl::transaction(open_path(node_netns)?, move |seq| {
+            nft::remove_batch(seq, family)
+        })
         .await
-        .map_err(|detail| DataplaneError::Kernel {
-            op: "nft delete table ip vpc-cni",
-            detail,
-        })?;
+        .map_err(|detail| DataplaneError::Kernel { op, detail })?;
+    }
     debug!(rules_removed = removed, "egress and connmark removed");
     Ok(())
 }
@@ -77,19 +98,40 @@ pub async fn check(
     node_netns: Option<&Path>,
     egress: &Egress,
     connmark: &Connmark,
+    ipv6: bool,
 ) -> Result<(), String> {
     let primary = primary_link(node, connmark)
         .await
         .map_err(|e| e.to_string())?;
-    let state = nfnl::read_table(open_path(node_netns).map_err(|e| e.to_string())?).await?;
+    let netns = || open_path(node_netns).map_err(|e| e.to_string());
+    let state = nfnl::read_table(netns()?, nft::FAMILY_IP).await?;
     nft::compare(&table(&primary, egress, connmark), state.as_ref())?;
-    let present: Vec<EgressRule> = egress_rules(node)
+    check_rules(node, IpVersion::V4, &egress::rules(egress, connmark.bit)).await?;
+    if ipv6 {
+        let state = nfnl::read_table(netns()?, nft::FAMILY_IP6).await?;
+        nft::compare(&table6(&primary, connmark), state.as_ref())
+            .map_err(|e| format!("ip6: {e}"))?;
+        check_rules(node, IpVersion::V6, &rules6(connmark))
+            .await
+            .map_err(|e| format!("ip6: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Whether our rules of `version` are exactly `wanted`, naming the first
+/// difference.
+async fn check_rules(
+    node: &Handle,
+    version: IpVersion,
+    wanted: &[EgressRule],
+) -> Result<(), String> {
+    let present: Vec<EgressRule> = egress_rules(node, version)
         .await
         .map_err(|e| e.to_string())?
         .into_iter()
         .map(|(r, _)| r)
         .collect();
-    let (extra, missing) = egress::plan_rules(&present, &egress::rules(egress, connmark.bit));
+    let (extra, missing) = egress::plan_rules(&present, wanted);
     if let Some(r) = missing.first() {
         return Err(format!("policy rule \"{r}\" is missing"));
     }
@@ -97,6 +139,16 @@ pub async fn check(
         return Err(format!("stray policy rule \"{r}\""));
     }
     Ok(())
+}
+
+/// The IPv6 table: the connmark chain alone.
+fn table6(primary: &str, connmark: &Connmark) -> nft::TableSpec {
+    nft::TableSpec::new(primary, connmark.bit.get(), None)
+}
+
+/// The IPv6 policy rules: the connmark's alone.
+fn rules6(connmark: &Connmark) -> Vec<EgressRule> {
+    vec![EgressRule::Connmark(connmark.bit)]
 }
 
 /// What our table holds on this node.
@@ -120,24 +172,34 @@ async fn primary_link(node: &Handle, connmark: &Connmark) -> Result<String, Data
 }
 
 /// Our egress rules in the node, each with its message (for deletion).
-async fn egress_rules(node: &Handle) -> Result<Vec<(EgressRule, RuleMessage)>, DataplaneError> {
+async fn egress_rules(
+    node: &Handle,
+    version: IpVersion,
+) -> Result<Vec<(EgressRule, RuleMessage)>, DataplaneError> {
+    let v6 = version == IpVersion::V6;
     let rules: Vec<RuleMessage> = node
         .rule()
-        .get(IpVersion::V4)
+        .get(version)
         .execute()
         .try_collect()
         .await
         .map_err(|e| super::kernel("ip rule show", e))?;
     Ok(rules
         .into_iter()
+        .filter(|m| (m.header.family == Family::Inet6) == v6)
         .filter_map(|m| parse_rule(&m).map(|r| (r, m)))
         .collect())
 }
 
 /// Deletes and adds rules until ours are exactly `wanted`; returns how
 /// many changed.
-async fn sync_rules(node: &Handle, wanted: &[EgressRule]) -> Result<usize, DataplaneError> {
-    let present = egress_rules(node).await?;
+async fn sync_rules(
+    node: &Handle,
+    version: IpVersion,
+    wanted: &[EgressRule],
+) -> Result<usize, DataplaneError> {
+    let v6 = version == IpVersion::V6;
+    let present = egress_rules(node, version).await?;
     let kinds: Vec<EgressRule> = present.iter().map(|(r, _)| r.clone()).collect();
     let (delete, add) = egress::plan_rules(&kinds, wanted);
     let mut left = delete.clone();
@@ -150,7 +212,11 @@ async fn sync_rules(node: &Handle, wanted: &[EgressRule]) -> Result<usize, Datap
     }
     for rule in &add {
         let mut req = node.rule().add();
-        *req.message_mut() = rule_message(rule);
+        let mut msg = rule_message(rule);
+        if v6 {
+            msg.header.family = Family::Inet6;
+        }
+        *req.message_mut() = msg;
         req.execute()
             .await
             .map_err(|e| super::kernel("ip rule add (egress)", e))?;

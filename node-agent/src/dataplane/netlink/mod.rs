@@ -251,6 +251,7 @@ impl Dataplane for NetlinkDataplane {
             self.node_netns.as_deref(),
             &self.egress,
             self.connmark()?,
+            self.ipv6,
         )
         .await
     }
@@ -262,6 +263,7 @@ impl Dataplane for NetlinkDataplane {
             self.node_netns.as_deref(),
             &self.egress,
             connmark,
+            self.ipv6,
         )
         .await
         .map_err(|detail| DataplaneError::Mismatch {

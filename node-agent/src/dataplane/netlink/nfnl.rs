@@ -19,13 +19,16 @@ const NFT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads our table back in the namespace `netns_fd`: `None` when it does
 /// not exist.
-pub async fn read_table(netns_fd: Option<OwnedFd>) -> Result<Option<TableState>, String> {
-    netns::run_in(netns_fd, read_table_here)
+pub async fn read_table(
+    netns_fd: Option<OwnedFd>,
+    family: u8,
+) -> Result<Option<TableState>, String> {
+    netns::run_in(netns_fd, move || read_table_here(family))
         .await
         .map_err(|e| format!("cannot read nftables: {e}"))?
 }
 
-fn read_table_here() -> std::io::Result<Result<Option<TableState>, String>> {
+fn read_table_here(family: u8) -> std::io::Result<Result<Option<TableState>, String>> {
     let sock = open()?;
     let fd = sock.as_raw_fd();
     let mut seq = 1;
@@ -33,14 +36,14 @@ fn read_table_here() -> std::io::Result<Result<Option<TableState>, String>> {
         seq += 1;
         seq
     };
-    match request(fd, &nft::get_table(next()))? {
+    match request(fd, &nft::get_table(next(), family))? {
         Err(e) if e == ENOENT => return Ok(Ok(None)),
         Err(e) => return Ok(Err(format!("reading table: errno {e}"))),
         Ok(_) => {}
     }
     let mut state = TableState::default();
     for name in nft::CHAINS {
-        let info = match request(fd, &nft::get_chain(next(), name))? {
+        let info = match request(fd, &nft::get_chain(next(), name, family))? {
             Err(e) if e == ENOENT => None,
             Err(e) => return Ok(Err(format!("reading chain {name}: errno {e}"))),
             Ok(msgs) => msgs
@@ -50,7 +53,7 @@ fn read_table_here() -> std::io::Result<Result<Option<TableState>, String>> {
         };
         let rules = match info {
             None => Vec::new(),
-            Some(_) => match request(fd, &nft::dump_rules(next(), name))? {
+            Some(_) => match request(fd, &nft::dump_rules(next(), name, family))? {
                 Err(e) if e == ENOENT => Vec::new(),
                 Err(e) => return Ok(Err(format!("reading rules of {name}: errno {e}"))),
                 Ok(msgs) => msgs
@@ -62,7 +65,7 @@ fn read_table_here() -> std::io::Result<Result<Option<TableState>, String>> {
         };
         state.chains.push((name, ChainState { info, rules }));
     }
-    state.elements = match request(fd, &nft::dump_elements(next()))? {
+    state.elements = match request(fd, &nft::dump_elements(next(), family))? {
         Err(e) if e == ENOENT => None,
         Err(e) => return Ok(Err(format!("reading set: errno {e}"))),
         Ok(msgs) => Some(

@@ -74,15 +74,18 @@ pub(super) fn nft(msg: u16) -> u16 {
 pub struct Batch {
     bytes: Vec<u8>,
     seq: u32,
+    /// `NFPROTO_*` of the table.
+    family: u8,
     /// Sequence numbers of the messages that will be acknowledged.
     pub acked: Vec<u32>,
 }
 
 impl Batch {
-    fn new(seq: u32) -> Batch {
+    fn new(seq: u32, family: u8) -> Batch {
         let mut b = Batch {
             bytes: Vec::new(),
             seq,
+            family,
             acked: Vec::new(),
         };
         let begin = message(
@@ -110,7 +113,7 @@ impl Batch {
             nft(msg),
             NLM_F_REQUEST | NLM_F_ACK | flags,
             seq,
-            FAMILY_IP,
+            self.family,
             0,
             attrs,
         );
@@ -149,8 +152,10 @@ impl Batch {
 /// `spec` says (chains, set and elements, then the rules, since a rule
 /// names its chain and set): a second start replaces, never duplicates,
 /// and no packet sees a half-made table.
-pub fn replace_batch(seq: u32, spec: &TableSpec) -> Batch {
-    let mut b = Batch::new(seq);
+/// `family`: `FAMILY_IP`, or `FAMILY_IP6` for the IPv6 table (the
+/// connmark chain alone).
+pub fn replace_batch(seq: u32, spec: &TableSpec, family: u8) -> Batch {
+    let mut b = Batch::new(seq, family);
     b.drop_table();
     let mut t = Attrs::default();
     t.str(NFTA_TABLE_NAME, TABLE);
@@ -227,56 +232,56 @@ impl Batch {
 }
 
 /// One transaction that removes our table; nothing to remove is fine.
-pub fn remove_batch(seq: u32) -> Batch {
-    let mut b = Batch::new(seq);
+pub fn remove_batch(seq: u32, family: u8) -> Batch {
+    let mut b = Batch::new(seq, family);
     b.drop_table();
     b.finish()
 }
 
 /// `GET` of our table (no dump): answered by the table or `ENOENT`.
-pub fn get_table(seq: u32) -> Vec<u8> {
+pub fn get_table(seq: u32, family: u8) -> Vec<u8> {
     let mut a = Attrs::default();
     a.str(NFTA_TABLE_NAME, TABLE);
     message(
         nft(NFT_MSG_GETTABLE),
         NLM_F_REQUEST | NLM_F_ACK,
         seq,
-        FAMILY_IP,
+        family,
         0,
         &a,
     )
 }
 
 /// `GET` of our chain `chain` (no dump).
-pub fn get_chain(seq: u32, chain: &str) -> Vec<u8> {
+pub fn get_chain(seq: u32, chain: &str, family: u8) -> Vec<u8> {
     let mut a = Attrs::default();
     a.str(NFTA_CHAIN_TABLE, TABLE).str(NFTA_CHAIN_NAME, chain);
     message(
         nft(NFT_MSG_GETCHAIN),
         NLM_F_REQUEST | NLM_F_ACK,
         seq,
-        FAMILY_IP,
+        family,
         0,
         &a,
     )
 }
 
 /// Dump of the rules of our chain `chain`.
-pub fn dump_rules(seq: u32, chain: &str) -> Vec<u8> {
+pub fn dump_rules(seq: u32, chain: &str, family: u8) -> Vec<u8> {
     let mut a = Attrs::default();
     a.str(NFTA_RULE_TABLE, TABLE).str(NFTA_RULE_CHAIN, chain);
     message(
         nft(NFT_MSG_GETRULE),
         NLM_F_REQUEST | NLM_F_DUMP,
         seq,
-        FAMILY_IP,
+        family,
         0,
         &a,
     )
 }
 
 /// Dump of the elements of our set.
-pub fn dump_elements(seq: u32) -> Vec<u8> {
+pub fn dump_elements(seq: u32, family: u8) -> Vec<u8> {
     let mut a = Attrs::default();
     a.str(NFTA_SET_ELEM_LIST_TABLE, TABLE)
         .str(NFTA_SET_ELEM_LIST_SET, SET);
@@ -284,7 +289,7 @@ pub fn dump_elements(seq: u32) -> Vec<u8> {
         nft(NFT_MSG_GETSETELEM),
         NLM_F_REQUEST | NLM_F_DUMP,
         seq,
-        FAMILY_IP,
+        family,
         0,
         &a,
     )

@@ -53,6 +53,8 @@ pub const SET: &str = "non-masquerade";
 
 /// `NFPROTO_IPV4`: the `ip` family.
 pub const FAMILY_IP: u8 = 2;
+/// `NFPROTO_IPV6`: the `ip6` family (a dual-stack node's connmark).
+pub const FAMILY_IP6: u8 = 10;
 const FAMILY_UNSPEC: u8 = 0;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;

@@ -25,7 +25,7 @@ fn masquerading() -> TableSpec {
 #[test]
 fn a_replacement_is_one_transaction_that_drops_then_builds_the_table() {
     let spec = masquerading();
-    let b = replace_batch(100, &spec);
+    let b = replace_batch(100, &spec, FAMILY_IP);
     let m = messages(&b);
     let kinds: Vec<u16> = m.iter().map(|(k, _, _)| *k).collect();
     assert_eq!(
@@ -90,7 +90,7 @@ fn a_replacement_is_one_transaction_that_drops_then_builds_the_table() {
 #[test]
 fn without_masquerade_the_table_holds_only_the_connmark_chain() {
     let spec = TableSpec::new("eth0", 0x80, None);
-    let m = messages(&replace_batch(1, &spec));
+    let m = messages(&replace_batch(1, &spec, FAMILY_IP));
     let kinds: Vec<u16> = m.iter().map(|(k, _, _)| *k).collect();
     assert_eq!(
         kinds,
@@ -316,7 +316,7 @@ fn the_check_names_a_missing_or_altered_rule_and_a_chain_that_should_not_be() {
 
 #[test]
 fn removal_tolerates_a_missing_table() {
-    let m = messages(&remove_batch(1));
+    let m = messages(&remove_batch(1, FAMILY_IP));
     let kinds: Vec<u16> = m.iter().map(|(k, _, _)| *k).collect();
     assert_eq!(
         kinds,

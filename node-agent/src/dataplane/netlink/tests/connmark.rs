@@ -173,6 +173,80 @@ async fn privileged_the_connmark_is_programmed_without_masquerade_and_check_name
     assert!(!tables.contains("vpc-cni"), "{tables}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+async fn privileged_a_dual_stack_node_has_the_connmark_in_ipv6_too_checked_and_removed() {
+    require_root();
+    let bed = bed();
+    let (_outside, connmark) = primary(&bed);
+    let dp = NetlinkDataplane::new(Some(&bed.node.path()))
+        .await
+        .expect("dataplane")
+        .with_connmark(connmark)
+        .with_ipv6(true);
+    dp.program_egress().await.expect("program");
+    dp.program_egress()
+        .await
+        .expect("program again: replaced, not doubled");
+    dp.check_egress().await.expect("check");
+    let listing = nft(&bed.node, &["list", "table", "ip6", "vpc-cni"]);
+    assert_eq!(
+        listing.trim(),
+        "table ip6 vpc-cni {
+\tchain prerouting {
+\t\ttype filter hook prerouting priority mangle - 5; policy accept;
+\t\tiifname \"eth0\" ct state new fib daddr type local ct mark set ct mark | 0x00000080
+\t\tiifgroup 1987076914 ct mark & 0x00000080 == 0x00000080 meta mark set meta mark | 0x00000080
+\t}
+}",
+        "the IPv4 table's connmark chain, in IPv6"
+    );
+    let rules6 = || -> Vec<String> {
+        bed.node
+            .ip(&["-6", "rule", "show"])
+            .lines()
+            .filter(|l| l.starts_with("1000:"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    assert_eq!(
+        rules6(),
+        vec!["1000: from all fwmark 0x80/0x80 lookup main proto 175"]
+    );
+    assert_eq!(
+        node_rules(&bed.node),
+        vec!["1000: from all fwmark 0x80/0x80 lookup main proto 175"],
+        "the IPv4 rule beside it, untouched"
+    );
+
+    // Deleted by hand: CHECK names the family and what; programming
+    // brings it back.
+    bed.node.ip(&["-6", "rule", "del", "priority", "1000"]);
+    let e = dp.check_egress().await.expect_err("IPv6 rule deleted");
+    assert!(
+        e.to_string()
+            .contains("ip6: policy rule \"1000: fwmark 0x80/0x80 lookup main\" is missing"),
+        "{e}"
+    );
+    dp.program_egress().await.expect("program again");
+    nft(&bed.node, &["delete", "table", "ip6", "vpc-cni"]);
+    let e = dp.check_egress().await.expect_err("IPv6 table deleted");
+    assert!(e.to_string().contains("ip6:"), "{e}");
+    dp.program_egress().await.expect("program again");
+    dp.check_egress().await.expect("repaired");
+
+    remove_egress(Some(&bed.node.path()))
+        .await
+        .expect("uninstall");
+    assert!(rules6().is_empty());
+    assert!(node_rules(&bed.node).is_empty());
+    let tables = nft(&bed.node, &["list", "tables"]);
+    assert!(!tables.contains("vpc-cni"), "{tables}");
+}
+
 /// A UDP echo server inside `ns` at `at`: answers every datagram for 5 s.
 fn echo_udp(ns: &Netns, at: &str) -> std::thread::JoinHandle<usize> {
     let at: SocketAddr = at.parse().expect("addr");
