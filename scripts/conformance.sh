@@ -11,6 +11,8 @@
 #   MODES=iptables scripts/conformance.sh       one mode
 #   FOCUS='DNS' scripts/conformance.sh          only the specs matching FOCUS too
 #   SHARDS=3 scripts/conformance.sh             e2e.test processes side by side (default 3)
+#   IP_FAMILY=dual scripts/conformance.sh       a dual-stack cluster (vpc-sim up --ip-family dual),
+#                                               the [Feature:IPv6DualStack] specs too
 #
 # Reports (Ginkgo JSON, the e2e logs, the table) in $OUT (default
 # target/conformance). Needs root; builds what is missing like the README's
@@ -39,12 +41,18 @@ SPECS='\[sig-network\].*\[Conformance\]|\[sig-network\] HostPort'
 # Specs Ginkgo lists under the focus but that cannot run here, with the
 # reason (none today).
 SKIP='^$'
+IP_FAMILY="${IP_FAMILY:-ipv4}"
+if [ "$IP_FAMILY" = dual ]; then
+    SPECS="$SPECS|\[Feature:IPv6DualStack\]"
+    # SCTP: the kernel here has no sctp module.
+    SKIP='SCTP'
+fi
 
 failed=0
 for mode in $MODES; do
     state="$(mktemp -d)/sim"
     echo "==> kube-proxy $mode: vpc-sim up --kubernetes --nodes 2 --proxy-mode $mode ($state)"
-    if ! "$SIM" up --kubernetes --nodes 2 --proxy-mode "$mode" --e2e-images --state "$state" \
+    if ! "$SIM" up --kubernetes --nodes 2 --proxy-mode "$mode" --e2e-images --ip-family "$IP_FAMILY" --state "$state" \
         >"$OUT/$mode-up.log" 2>&1; then
         tail -n 30 "$OUT/$mode-up.log" >&2
         failed=1

@@ -203,6 +203,7 @@ pub fn start(dir: &Path, sim: &mut Sim, args: &UpArgs) -> Result<(), String> {
                 netns: n.netns.clone(),
                 zone: instance.map(|i| i.zone.clone()).unwrap_or_default(),
                 instance_type: instance.map(|i| i.type_name()).unwrap_or_default(),
+                ipv6: n.ipv6.clone(),
             }
         })
         .collect();
@@ -218,6 +219,10 @@ pub fn start(dir: &Path, sim: &mut Sim, args: &UpArgs) -> Result<(), String> {
         loopback_bin: PathBuf::from("/usr/lib/cni/loopback"),
         proxy_mode: args.proxy_mode,
         cluster_cidr: world.vpc.cidr.to_string(),
+        cluster_cidr6: match args.ip_family {
+            super::up::IpFamily::Dual => world.vpc.ipv6_block.map(|b| b.to_string()),
+            super::up::IpFamily::Ipv4 => None,
+        },
         router_netns: world
             .fabric
             .as_ref()
@@ -350,6 +355,14 @@ fn install(
         ("cluster-name", format!("vpcsim-{}", sim.tag)),
         ("kubernetes-service-host", host_ip.clone()),
         ("kubernetes-service-port", k8s::APISERVER_PORT.to_string()),
+        (
+            "ip-family",
+            match args.ip_family {
+                super::up::IpFamily::Dual => "dual",
+                super::up::IpFamily::Ipv4 => "ipv4",
+            }
+            .to_string(),
+        ),
     ];
     match args.install {
         Installer::Manifests => apply_manifests(dir, &kubectl, &deploy, &values)?,

@@ -47,6 +47,9 @@ pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
 pub const BUSYBOX_IMAGE: &str = "localhost/busybox:1.35";
 /// The cluster's service range (outside the VPC's 10.0.0.0/16).
 pub const SERVICE_CIDR: &str = "172.20.0.0/16";
+/// A dual-stack cluster's IPv6 service range (unique local, outside the
+/// VPC's block).
+pub const SERVICE_CIDR6: &str = "fd00:172:20::/112";
 /// The apiserver's port on the management bridge.
 pub const APISERVER_PORT: u16 = 6443;
 
@@ -72,6 +75,17 @@ pub struct NodeSpec {
     pub zone: String,
     /// Its instance type (`Instance::type_name`).
     pub instance_type: String,
+    /// Its primary ENI's IPv6 address, in a dual-stack VPC: the Node's
+    /// IPv6 InternalIP in a dual-stack cluster.
+    pub ipv6: Option<String>,
+}
+
+/// The service range, both families' in a dual-stack cluster.
+pub fn service_cidrs(opts: &Options) -> String {
+    match opts.cluster_cidr6 {
+        Some(_) => format!("{SERVICE_CIDR},{SERVICE_CIDR6}"),
+        None => SERVICE_CIDR.to_string(),
+    }
 }
 
 /// The audit log of writes of vpc-cni's objects, in the cluster's
@@ -108,6 +122,9 @@ pub struct Options {
     pub proxy_mode: ProxyMode,
     /// The block pods' addresses come from (the VPC's), for kube-proxy.
     pub cluster_cidr: String,
+    /// The VPC's IPv6 block: the cluster is dual-stack (a second service
+    /// range, the nodes' IPv6 addresses, kube-proxy in both families).
+    pub cluster_cidr6: Option<String>,
     /// The VPC router's namespace, which the control plane is linked to.
     pub router_netns: String,
     /// Manifests of API types (CRDs) applied once the API server answers
@@ -492,7 +509,7 @@ pub fn up(
             "--service-account-issuer=https://kubernetes.default.svc".into(),
             format!("--service-account-key-file={}", pki.path("sa.pub")),
             format!("--service-account-signing-key-file={}", pki.path("sa.key")),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--service-cluster-ip-range={}", service_cidrs(opts)),
             "--authorization-mode=Node,RBAC".into(),
             "--enable-admission-plugins=NodeRestriction".into(),
             "--allow-privileged=true".into(),
@@ -552,7 +569,7 @@ pub fn up(
             format!("--root-ca-file={}", pki.path("ca.crt")),
             format!("--cluster-signing-cert-file={}", pki.path("ca.crt")),
             format!("--cluster-signing-key-file={}", pki.path("ca.key")),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--service-cluster-ip-range={}", service_cidrs(opts)),
             "--controllers=*".into(),
             "--profiling=false".into(),
         ],
@@ -669,8 +686,11 @@ fn start_node(
     // containerd makes the node's mount namespace (a slave of the host's:
     // the host's mounts reach it, its own never reach the host) and binds
     // the node's directories in it before it execs; the kubelet joins that
-    // namespace, so runc sees the kubelet's volume mounts.
-    let mut script = String::from("set -e\n");
+    // namespace, so runc sees the kubelet's volume mounts. It makes the
+    // node's UTS namespace too, named as the node: a hostNetwork pod's
+    // hostname is its node's, as on a real node (upstream specs ask
+    // hostNetwork endpoints their hostname and expect the nodes' names).
+    let mut script = format!("set -e\nhostname {}\n", shell_quote(&node.name));
     for (own, path) in &binds {
         script.push_str(&format!(
             "mount --bind {} {}\n",
@@ -682,6 +702,7 @@ fn start_node(
     let wrapper = vec![
         "unshare".to_string(),
         "--mount".into(),
+        "--uts".into(),
         "--propagation".into(),
         "slave".into(),
         "--".into(),
@@ -776,6 +797,7 @@ fn start_node(
     let wrapper = vec![
         "nsenter".to_string(),
         format!("--mount=/proc/{holder}/ns/mnt"),
+        format!("--uts=/proc/{holder}/ns/uts"),
         format!("--net={}", netns.display()),
         "--".into(),
     ];
@@ -790,7 +812,10 @@ fn start_node(
             format!("--config={}", config.display()),
             format!("--kubeconfig={}", kc.display()),
             format!("--hostname-override={name}"),
-            format!("--node-ip={}", cn.ip),
+            match &node.ipv6 {
+                Some(v6) if opts.cluster_cidr6.is_some() => format!("--node-ip={},{v6}", cn.ip),
+                _ => format!("--node-ip={}", cn.ip),
+            },
             format!("--root-dir={}", cn.kubelet_dir.display()),
             format!("--cert-dir={}", node_dir.join("kubelet-pki").display()),
             format!(

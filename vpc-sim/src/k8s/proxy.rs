@@ -69,8 +69,9 @@ impl FromStr for ProxyMode {
 ///   node's primary ENI address (its address in the VPC) and on its
 ///   management address (the Node's InternalIP here), where nftables mode
 ///   would otherwise take only the Node's IPs.
-/// - `clusterCIDR` the VPC's block: pods have VPC addresses, so traffic to
-///   a Service from outside it is masqueraded and from pods it is not.
+/// - `clusterCIDR` the VPC's block (its IPv6 one too, dual stack): pods
+///   have VPC addresses, so traffic to a Service from outside it is
+///   masqueraded and from pods it is not.
 /// - conntrack limits and timeouts left as the kernel has them: they are
 ///   global settings a node process in a namespace may not write.
 pub fn config(
@@ -88,7 +89,11 @@ pub fn config(
         "mode": mode.as_str(),
         "clusterCIDR": cluster_cidr,
         "detectLocalMode": "ClusterCIDR",
-        "nodePortAddresses": ["0.0.0.0/0"],
+        "nodePortAddresses": if cluster_cidr.contains(':') {
+            json!(["0.0.0.0/0", "::/0"])
+        } else {
+            json!(["0.0.0.0/0"])
+        },
         "healthzBindAddress": format!("{healthz}:10256"),
         "metricsBindAddress": "127.0.0.1:10249",
         "conntrack": {
@@ -119,7 +124,11 @@ pub(super) fn start_proxy(
     let kc = node_dir.join("kube-proxy.kubeconfig");
     pki.kubeconfig(&kc, server, &name)?;
     let config_path = node_dir.join("kube-proxy.yaml");
-    let text = config(&node.name, opts.proxy_mode, &opts.cluster_cidr, &kc, &cn.ip);
+    let cidrs = match &opts.cluster_cidr6 {
+        Some(v6) => format!("{},{v6}", opts.cluster_cidr),
+        None => opts.cluster_cidr.clone(),
+    };
+    let text = config(&node.name, opts.proxy_mode, &cidrs, &kc, &cn.ip);
     fs::write(
         &config_path,
         serde_json::to_vec_pretty(&text).expect("json"),
