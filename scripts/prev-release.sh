@@ -48,6 +48,16 @@ cp "$ROOT/target/debug/vpc-cni-agent" "$ROOT/target/debug/vpc-cni" "$CACHE/bin/"
 cp -r "$src/deploy" "$CACHE/deploy"
 VPC_CNI_IMAGE="localhost/vpc-cni:dev" bash "$src/scripts/vpc-cni-image.sh" "$CACHE/bin" "$CACHE/vpc-cni-image.tar" >/dev/null
 rm -rf "$src"
+# The release's workspace crates went into target/debug under the names
+# and hashes of this clone's, and newer than this clone's sources, so cargo
+# would take them as fresh (this clone's node-agent then failed to build
+# against the release's proto): their debug artifacts go and are built
+# again from this clone; the registry's crates stay shared.
+members=$(sed -n 's/^members = \[\(.*\)\]/\1/p' "$ROOT/Cargo.toml" | tr -d '",')
+for m in $members; do
+    name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$ROOT/$m/Cargo.toml" | head -1)
+    (cd "$ROOT" && cargo clean --quiet --profile dev -p "$name")
+done
 # This clone's binaries back in target/debug.
 (cd "$ROOT" && cargo build --quiet -p node-agent -p cni-plugin --bins)
 echo "==> prev-release: built in $(( $(date +%s) - start ))s"
