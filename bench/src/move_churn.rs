@@ -22,9 +22,9 @@
 //! server's restart), on the node it left, is deleted again and the move
 //! goes on: that is the controller's doing, and the agents' state is
 //! right for it (the pod runs there with its IP). Likewise a node left
-//! without its agent pod for 30 s (the DaemonSet controller stalled, or
-//! kube-scheduler exited, after the API server's restart) gets both
-//! started again.
+//! without its agent pod, or a cluster component pod left on no node, for
+//! 30 s (the DaemonSet controller stalled, or kube-scheduler exited, after
+//! the API server's restart) gets both started again.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -233,8 +233,11 @@ fn moves(
             // seen to exit ("Scheduler cache is corrupted"), which nothing
             // in the simulation restarts: a node left without its agent
             // for 30 s gets both started again, as a node's supervisor
-            // would. Kubernetes' doing too, not a stuck move.
-            if (1..=2).any(|n| c.try_agent_pod(n).is_err()) {
+            // would. Kubernetes' doing too, not a stuck move. So does a
+            // cluster component pod left unscheduled for 30 s (a 50-move
+            // run stuck at move 29 with both replicas Pending on no node
+            // for 3 minutes, no gateway serving, the scheduler gone).
+            if (1..=2).any(|n| c.try_agent_pod(n).is_err()) || unscheduled(c) {
                 let since = *agentless_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > Duration::from_secs(30)
                     && kcm_restarted.is_none_or(|at| at.elapsed() > Duration::from_secs(60))
@@ -244,7 +247,7 @@ fn moves(
                         let said = c.restart(component, Duration::ZERO);
                         let _ = writeln!(
                             std::io::stdout(),
-                            "move {round}: a node without its agent pod for 30 s; {}",
+                            "move {round}: a node without its agent pod, or a cluster component pod unscheduled, for 30 s; {}",
                             said.trim()
                         );
                     }
@@ -338,4 +341,22 @@ fn force_delete_mover(c: &Cluster) {
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Whether a pod of the cluster component has no node yet.
+fn unscheduled(c: &Cluster) -> bool {
+    c.try_kubectl(
+        &[
+            "-n",
+            "vpc-cni-system",
+            "get",
+            "pods",
+            "-l",
+            CLUSTER,
+            "-o",
+            "jsonpath={range .items[*]}[{.spec.nodeName}]{end}",
+        ],
+        None,
+    )
+    .is_ok_and(|nodes| nodes.contains("[]"))
 }
