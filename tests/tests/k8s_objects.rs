@@ -454,15 +454,17 @@ fn k8s_an_eni_that_cannot_attach_shows_its_ips_attaching_with_the_error() {
         })
     };
     c.wait_until("a VpcIP Attaching with the attach's error", WAIT, attaching);
-    let nec = c.object("nec", &node).expect("nec");
-    assert!(
-        nec["status"]["enis"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|e| e["state"] == "Attaching"),
-        "{nec}"
-    );
+    // The node's object is written after the VpcIPs, in the same round:
+    // looked at until it says so too (it failed once read at once).
+    c.wait_until("the NodeEniConfig showing an ENI Attaching", WAIT, || {
+        c.object("nec", &node).is_some_and(|nec| {
+            nec["status"]["enis"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["state"] == "Attaching")
+        })
+    });
     // The cloud attaches again: the ENI joins the pool and nothing is
     // left attaching.
     emulator_post(&c, "/_sim/fail-actions", "[]");
