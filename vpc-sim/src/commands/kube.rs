@@ -349,21 +349,18 @@ fn install(
     ])?;
     // The values of this cluster, as a user would set them.
     let endpoint = format!("http://{address}");
-    let values = [
+    let mut values = vec![
         ("cloud-endpoint", endpoint.clone()),
         ("metadata-url", endpoint),
         ("cluster-name", format!("vpcsim-{}", sim.tag)),
         ("kubernetes-service-host", host_ip.clone()),
         ("kubernetes-service-port", k8s::APISERVER_PORT.to_string()),
-        (
-            "ip-family",
-            match args.ip_family {
-                super::up::IpFamily::Dual => "dual",
-                super::up::IpFamily::Ipv4 => "ipv4",
-            }
-            .to_string(),
-        ),
     ];
+    // Set only for dual stack: an earlier release's ConfigMap (the upgrade
+    // test installs one) has no such key, and without it agents serve IPv4.
+    if args.ip_family == super::up::IpFamily::Dual {
+        values.push(("ip-family", "dual".to_string()));
+    }
     match args.install {
         Installer::Manifests => apply_manifests(dir, &kubectl, &deploy, &values)?,
         Installer::Helm => helm_install(dir, &opts.bin_dir, &kubectl, &deploy, &values)?,
