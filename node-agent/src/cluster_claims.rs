@@ -40,6 +40,8 @@ pub struct HeldElsewhere {
     pub node: String,
     /// The claimed address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, if the claim has one (dual stack): it follows.
+    pub ipv6: Option<std::net::Ipv6Addr>,
     /// Its subnet: only within one subnet can an IP move between nodes.
     pub subnet_id: String,
     /// The zone of that subnet, if the cluster says (empty while it moves).

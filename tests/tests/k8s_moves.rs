@@ -275,3 +275,104 @@ fn k8s_a_statefulset_scaled_down_and_up_gets_its_ips_back_and_its_deletion_frees
         || disagreements(&c).is_empty() && ips.iter().all(|ip| enis_holding(&c, ip).len() <= 1),
     );
 }
+
+/// The addresses of pod `p` (`status.podIPs`).
+fn pod_ips(p: &serde_json::Value) -> Vec<String> {
+    p["status"]["podIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["ip"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The ENIs, anywhere in the VPC, carrying the IPv6 address `ip`.
+fn enis_holding_v6(c: &Cluster, ip: &str) -> Vec<String> {
+    cloud_enis(c)
+        .into_iter()
+        .filter(|(_, e)| {
+            e["ipv6_addresses"]
+                .as_array()
+                .is_some_and(|ips| ips.iter().any(|i| i == ip))
+        })
+        .map(|(id, _)| id)
+        .collect()
+}
+
+#[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+fn k8s_a_dual_stack_static_pod_moves_to_another_node_with_both_its_addresses() {
+    require_root();
+    let c = Cluster::up_with(2, &["--ip-family", "dual"]);
+    c.apply(PINGER);
+    c.apply(&sts("web", 1, STATIC));
+    let first = c.wait_ready("web-0", WAIT);
+    let ips = pod_ips(&first);
+    let [v4, v6] = &ips[..] else {
+        panic!("web-0 has an address of each family: {ips:?}")
+    };
+    assert!(v6.contains(':'), "{ips:?}");
+    let a = s(&first, &["spec", "nodeName"]).to_string();
+    // Both shown on its claim and on its address's VpcIP.
+    c.wait_until(
+        "the claim and the VpcIP show the IPv6 address",
+        WAIT,
+        || {
+            c.object("vipc", "web-0")
+                .is_some_and(|o| s(&o, &["status", "ipv6"]) == v6)
+                && c.object("vip", v4)
+                    .is_some_and(|o| s(&o, &["spec", "ipv6"]) == v6)
+        },
+    );
+    let shown = c.kubectl(&["get", "vipc", "web-0"]);
+    assert!(
+        shown.contains("IPV6") && shown.contains(v6.as_str()),
+        "{shown}"
+    );
+    c.kubectl(&["rollout", "status", "daemonset/pinger", "--timeout=90s"]);
+
+    c.kubectl(&[
+        "drain",
+        &a,
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        "--timeout=120s",
+    ]);
+    c.wait_until("web-0 Running on the other node", WAIT, || {
+        c.pod("web-0")
+            .is_some_and(|p| s(&p, &["spec", "nodeName"]) != a && ready(&p))
+    });
+    let moved = c.pod("web-0").expect("web-0");
+    let b = s(&moved, &["spec", "nodeName"]).to_string();
+    assert_eq!(pod_ips(&moved), ips, "the same two addresses on {b}");
+    c.wait_until("the claim Bound on the new node", WAIT, || {
+        c.object("vipc", "web-0").is_some_and(|o| {
+            s(&o, &["status", "phase"]) == "Bound"
+                && s(&o, &["status", "node"]) == b
+                && s(&o, &["status", "ipv6"]) == v6
+        })
+    });
+    wait_on_one_eni_of(&c, v4, &b);
+    c.wait_until(&format!("{v6} on exactly one ENI, {b}'s"), WAIT, || {
+        let holders = enis_holding_v6(&c, v6);
+        holders.len() == 1 && cloud_enis(&c)[&holders[0]]["attached_to"] == b.as_str()
+    });
+    // Reachable by both addresses from pods on both nodes.
+    for node in [&a, &b] {
+        let from = pinger_on(&c, node);
+        wait_ping(&c, &from, "web-0", v4);
+        c.wait_until(&format!("{from} pings web-0 at {v6}"), WAIT, || {
+            c.try_kubectl(
+                &["exec", &from, "--", "ping", "-6", "-c", "1", "-W", "2", v6],
+                None,
+            )
+            .is_ok()
+        });
+    }
+    c.wait_until("the objects match the cloud and the pods", WAIT, || {
+        disagreements(&c).is_empty()
+    });
+}

@@ -14,6 +14,7 @@
 //! lock no longer than its caller's deadline.
 
 use std::collections::HashMap;
+use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use proto::wire::{AddRequest, AgentError, ErrorKind};
@@ -27,6 +28,11 @@ use crate::cloud::{Cloud, CloudError, Eni};
 use crate::cluster_claims::HeldElsewhere;
 use crate::dataplane::Dataplane;
 use crate::ipam::{Claim, Handover, Ipam, Seen, Source, Step, Word, step};
+
+/// How often a refused take-off of a static IPv6 address from its old ENI
+/// is asked again, and how long apart.
+const DENIED_RETRIES: usize = 3;
+const DENIED_PAUSE: Duration = Duration::from_millis(500);
 
 impl<C: Cloud, D: Dataplane> Agent<C, D> {
     /// The cluster names node `to` as the holder of pod `namespace/name`'s
@@ -105,13 +111,18 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             requested: req.static_ip.as_ref().and_then(|s| s.requested_ip) == Some(held.ip),
             handover: None,
         };
+        let from = Source::Node {
+            node: held.node.clone(),
+            eni_id: held.eni_id.clone(),
+            ipv6: held.ipv6.filter(|_| self.config.ipv6),
+        };
         if let Seen::Here(eni) = Ipam::seen(held.ip, &listed) {
             // Moved already (a crash after the call): recorded as arrived.
             claim.eni_id = eni;
             if let Some(node) = self.node() {
                 self.reconcile_with(&listed, &node).await?;
             }
-            return self.commit_arrival(&claim).await;
+            return self.arrive(&claim, &from, &listed).await;
         }
         let target = match self.target_in(&held.subnet_id, &listed) {
             Some(t) => Some(t),
@@ -131,10 +142,6 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             return Err(self.give_back(&claim, held, &why).await);
         };
         claim.eni_id = target;
-        let from = Source::Node {
-            node: held.node.clone(),
-            eni_id: held.eni_id.clone(),
-        };
         let intent = claim.clone();
         self.txn
             .commit(move |ipam, _| {
@@ -292,9 +299,97 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             eni_id: target,
             ..claim.clone()
         };
-        self.commit_arrival(&arrived).await?;
+        self.arrive(&arrived, from, &listed).await?;
         info!(ip = %claim.ip, eni = %arrived.eni_id, namespace = ns, name, ?from, "static IP arrived here");
         Ok(())
+    }
+
+    /// The IPv4 address of `claim` (coming `from` another node) is on its
+    /// ENI: its IPv6 address follows (see [`follow_ipv6`](Self::follow_ipv6)),
+    /// then the claim is committed as arrived, with the IPv6 address as its
+    /// IPv4 address's partner. A dual-stack claim whose IPv6 address could
+    /// not follow gets a new partner at once, so its pod has both. The grow
+    /// lock is held.
+    async fn arrive(&self, claim: &Claim, from: &Source, listed: &[Eni]) -> Result<(), AgentError> {
+        let ipv6 = self.follow_ipv6(claim, from, listed).await?;
+        if let Some(displaced) = self.commit_arrival(claim, ipv6).await? {
+            // Paired meanwhile (a restart's first round) with another.
+            self.give_back_ipv6(&claim.eni_id, &[displaced]).await;
+        }
+        let unpaired = self.config.ipv6
+            && self.txn.read(|ipam, _| {
+                ipam.eni(&claim.eni_id)
+                    .is_some_and(|e| e.ipv6_of(claim.ip).is_none())
+            });
+        if unpaired && let Err(e) = self.pair_eni_ipv6(&claim.eni_id).await {
+            warn!(ip = %claim.ip, eni = %claim.eni_id, error = %e.message, "no IPv6 partner for an arrived static IP yet; the next round pairs it");
+        }
+        Ok(())
+    }
+
+    /// Brings the IPv6 address of a claim that moved here from another
+    /// node to the claim's ENI, once its IPv4 address arrived: the VPC API
+    /// moves no IPv6 address, so it is taken off the source ENI (the
+    /// gateway lets the claim's new holder do that) and assigned here by
+    /// name. Not atomic: an address someone took meanwhile stays theirs and
+    /// the claim gets a new one (`Ok(None)`, logged). An error worth
+    /// retrying is returned; the claim stays incoming and the next step
+    /// comes here again.
+    async fn follow_ipv6(
+        &self,
+        claim: &Claim,
+        from: &Source,
+        listed: &[Eni],
+    ) -> Result<Option<Ipv6Addr>, AgentError> {
+        let Source::Node {
+            eni_id: source,
+            ipv6: Some(v6),
+            ..
+        } = from
+        else {
+            return Ok(None);
+        };
+        if !self.config.ipv6 {
+            return Ok(None);
+        }
+        let (ns, name, v6) = (claim.namespace.as_str(), claim.name.as_str(), *v6);
+        if listed
+            .iter()
+            .any(|e| e.id == claim.eni_id && e.ipv6s.contains(&v6))
+        {
+            return Ok(Some(v6));
+        }
+        let retried = |e: &CloudError| matches!(e, CloudError::Throttled(_) | CloudError::Other(_));
+        let mut taken_off = self.cloud.unassign_ipv6s(source, &[v6]).await;
+        // A gateway replica whose cache has not seen the take-over yet
+        // refuses: asked again a moment later, a few times.
+        for _ in 0..DENIED_RETRIES {
+            if !matches!(taken_off, Err(CloudError::Auth(_))) {
+                break;
+            }
+            tokio::time::sleep(DENIED_PAUSE).await;
+            taken_off = self.cloud.unassign_ipv6s(source, &[v6]).await;
+        }
+        match taken_off {
+            Ok(()) => {}
+            Err(e) if retried(&e) => return Err(cloud_error(e)),
+            // Gone with its ENI, given back by its node, or not ours to
+            // take off: asked for by name all the same.
+            Err(e) => {
+                info!(ipv6 = %v6, eni = %source, namespace = ns, name, error = %e, "the static IPv6 address was not taken off its old ENI; asked for by name")
+            }
+        }
+        match self.cloud.assign_named_ipv6s(&claim.eni_id, &[v6]).await {
+            Ok(()) => {
+                info!(ipv6 = %v6, eni = %claim.eni_id, namespace = ns, name, "static IPv6 address followed its IPv4 address here");
+                Ok(Some(v6))
+            }
+            Err(e) if retried(&e) => Err(cloud_error(e)),
+            Err(e) => {
+                warn!(ipv6 = %v6, eni = %claim.eni_id, namespace = ns, name, error = %e, "the static IPv6 address cannot follow its IPv4 address (taken meanwhile, or refused); the claim gets a new one");
+                Ok(None)
+            }
+        }
     }
 
     /// The cloud call that brings `claim`'s address to ENI `target`.
@@ -394,8 +489,14 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             .await
     }
 
-    /// Commits `claim` as arrived on its ENI: held, reserved.
-    async fn commit_arrival(&self, claim: &Claim) -> Result<(), AgentError> {
+    /// Commits `claim` as arrived on its ENI: held, reserved; `ipv6`, on
+    /// the ENI too, is its address's partner (no other address's). Returns
+    /// the partner it replaced, if any.
+    async fn commit_arrival(
+        &self,
+        claim: &Claim,
+        ipv6: Option<Ipv6Addr>,
+    ) -> Result<Option<Ipv6Addr>, AgentError> {
         let claim = claim.clone();
         self.txn
             .commit(move |ipam, _| {
@@ -415,7 +516,21 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
                         holder: Box::new(a.key.clone()),
                     }));
                 }
-                Ok((ipam.plan_arrived(&claim, &eni), ()))
+                let mut changes = ipam.plan_arrived(&claim, &eni);
+                // Never a second pod's address (it cannot be: the address
+                // was asked for by name; but the store decides).
+                let ipv6 = ipv6.filter(|v6| !ipam.allocations().any(|a| a.ipv6 == Some(*v6)));
+                let mut displaced = None;
+                if let Some(v6) = ipv6 {
+                    for change in &mut changes {
+                        if let crate::ipam::Change::PutEni(record) = change
+                            && record.id == claim.eni_id
+                        {
+                            displaced = record.partner(claim.ip, v6);
+                        }
+                    }
+                }
+                Ok((changes, displaced))
             })
             .await
     }
@@ -531,13 +646,16 @@ impl<C: Cloud, D: Dataplane> Agent<C, D> {
             let result = match &next {
                 Step::Stay => Ok(()),
                 Step::Call => self.bring_here_with(claim, Some(word.clone())).await,
-                Step::Finish { eni } => {
-                    self.commit_arrival(&Claim {
-                        eni_id: eni.clone(),
-                        ..claim.clone()
-                    })
-                    .await
-                }
+                Step::Finish { eni } => match &claim.handover {
+                    Some(Handover::Incoming { from }) => {
+                        let arrived = Claim {
+                            eni_id: eni.clone(),
+                            ..claim.clone()
+                        };
+                        self.arrive(&arrived, from, &listed).await
+                    }
+                    _ => Ok(()),
+                },
                 step => self.commit_step(claim, step).await,
             };
             match result {

@@ -23,7 +23,7 @@ use crate::cloud::{Cloud, CloudError, Eni, NodeInfo};
 use crate::cluster_claims::{self, ClusterClaims, LocalClaims};
 use crate::committer::Committer;
 use crate::dataplane::{Dataplane, PodNetns, PodSpec};
-use crate::ipam::{Change, EniRecord, Ipam, IpamError};
+use crate::ipam::{Change, EniRecord, Handover, Ipam, IpamError, Source};
 use crate::outbox::Outbox;
 use crate::sizing;
 use crate::store::{Store, StoreError};
@@ -381,6 +381,7 @@ pub(super) fn missing_eni(id: &str) -> EniRecord {
 /// the commit) become the partners of the IPs that lack one.
 pub fn reconcile(ipam: &Ipam, cloud_enis: &[Eni], node: &NodeInfo, ipv6_mode: bool) -> Vec<Change> {
     let held: HashSet<Ipv4Addr> = ipam.allocations().map(|a| a.ip).collect();
+    let wanted = incoming_ipv6(ipam);
     let mut next_table = ipam
         .enis()
         .iter()
@@ -446,13 +447,25 @@ pub fn reconcile(ipam: &Ipam, cloud_enis: &[Eni], node: &NodeInfo, ipv6_mode: bo
                     })
                     .copied()
                     .collect();
+                // What the cloud shows beyond the partners becomes a
+                // partner only if it never was one (an answer lost in a
+                // crash): the partner of an address that left (a static
+                // IP moved to another node, whose new holder takes it) or
+                // an address on its way to an incoming claim is no
+                // address for another pod here.
+                let adoptable: Vec<Ipv6Addr> = eni
+                    .ipv6s
+                    .iter()
+                    .filter(|v6| !known.ipv6.iter().any(|(_, p)| p == *v6) && !wanted.contains(v6))
+                    .copied()
+                    .collect();
                 let mut record = EniRecord {
                     ips,
                     ipv6,
                     ..known.clone()
                 };
                 if ipv6_mode {
-                    record.pair_ipv6(&eni.ipv6s);
+                    record.pair_ipv6(&adoptable);
                 }
                 record.ipv6.sort();
                 let mut known_ipv6 = known.ipv6.clone();
@@ -469,7 +482,13 @@ pub fn reconcile(ipam: &Ipam, cloud_enis: &[Eni], node: &NodeInfo, ipv6_mode: bo
                 };
                 let mut record = pool_record(eni, subnet, node.mtu, next_table);
                 if ipv6_mode {
-                    record.pair_ipv6(&eni.ipv6s);
+                    let adoptable: Vec<Ipv6Addr> = eni
+                        .ipv6s
+                        .iter()
+                        .filter(|v6| !wanted.contains(v6))
+                        .copied()
+                        .collect();
+                    record.pair_ipv6(&adoptable);
                 }
                 changes.push(Change::PutEni(record));
                 next_table += 1;
@@ -479,17 +498,31 @@ pub fn reconcile(ipam: &Ipam, cloud_enis: &[Eni], node: &NodeInfo, ipv6_mode: bo
     changes
 }
 
+/// The IPv6 addresses following incoming static claims (moved from
+/// another node): neither partners of other addresses nor strays.
+fn incoming_ipv6(ipam: &Ipam) -> HashSet<Ipv6Addr> {
+    ipam.claims()
+        .filter_map(|c| match &c.handover {
+            Some(Handover::Incoming {
+                from: Source::Node { ipv6, .. },
+            }) => *ipv6,
+            _ => None,
+        })
+        .collect()
+}
+
 /// The IPv6 addresses the cloud shows on the pool's ENIs that no IP of
 /// the pool has as its partner: more than its IPs needed (a dual-stack
 /// agent gives them back).
 pub fn stray_ipv6(ipam: &Ipam, cloud_enis: &[Eni]) -> Vec<(String, Ipv6Addr)> {
+    let wanted = incoming_ipv6(ipam);
     cloud_enis
         .iter()
         .filter_map(|eni| ipam.eni(&eni.id).map(|known| (eni, known)))
         .flat_map(|(eni, known)| {
             eni.ipv6s
                 .iter()
-                .filter(|v6| !known.ipv6.iter().any(|(_, p)| p == *v6))
+                .filter(|v6| !known.ipv6.iter().any(|(_, p)| p == *v6) && !wanted.contains(v6))
                 .map(|v6| (eni.id.clone(), *v6))
                 .collect::<Vec<_>>()
         })
@@ -644,6 +677,83 @@ mod tests {
             stray_ipv6(&after, &[there]),
             vec![("eni-a".to_string(), v6(5))]
         );
+    }
+
+    #[test]
+    fn the_partner_of_an_address_that_left_is_given_back_never_paired_again() {
+        let v6 = |n: u16| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n);
+        // 11's partner fd00::3; 11 moved to another node (a static IP taken
+        // over there), whose new holder takes fd00::3 off this ENI. 12
+        // arrived meanwhile, without a partner yet.
+        let mut eni = record("eni-a", 101, &[10, 11]);
+        eni.pair_ipv6(&[v6(1), v6(2), v6(3)]);
+        let ipam = pool(&[eni], &[]);
+        let mut there = cloud("eni-a", &[10, 12]);
+        there.ipv6s = vec![v6(1), v6(2), v6(3)];
+        let mut after = ipam.clone();
+        after.apply(&reconcile(
+            &ipam,
+            std::slice::from_ref(&there),
+            &node(),
+            true,
+        ));
+        let got = after.eni("eni-a").expect("pooled");
+        assert_eq!(got.ipv6_of(ip(11)), None);
+        assert_eq!(
+            got.ipv6_of(ip(12)),
+            None,
+            "another pod here would hold an address the claim's new node takes"
+        );
+        assert_eq!(
+            stray_ipv6(&after, &[there]),
+            vec![("eni-a".to_string(), v6(3))]
+        );
+    }
+
+    #[test]
+    fn an_incoming_claims_ipv6_address_is_neither_another_ips_partner_nor_a_stray() {
+        let v6 = |n: u16| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n);
+        let mut eni = record("eni-a", 101, &[10]);
+        eni.pair_ipv6(&[v6(1), v6(2)]);
+        let mut ipam = pool(&[eni], &[]);
+        // web-0's IPv4 address 11 arrived and its IPv6 address fd00::9 was
+        // assigned here by name, then the agent died before the commit.
+        ipam.apply(&[Change::PutClaim(Claim {
+            namespace: "ns".into(),
+            name: "web-0".into(),
+            ip: ip(11),
+            eni_id: "eni-a".into(),
+            subnet_id: "subnet-1".into(),
+            created_ms: 0,
+            last_bound_ms: 0,
+            released_ms: Some(1),
+            expire_after_ms: None,
+            owner: None,
+            lost: None,
+            requested: false,
+            handover: Some(Handover::Incoming {
+                from: Source::Node {
+                    node: "ins-2".into(),
+                    eni_id: "eni-z".into(),
+                    ipv6: Some(v6(9)),
+                },
+            }),
+        })]);
+        let mut there = cloud("eni-a", &[10, 11, 12]);
+        there.ipv6s = vec![v6(1), v6(2), v6(9)];
+        let mut after = ipam.clone();
+        after.apply(&reconcile(
+            &ipam,
+            std::slice::from_ref(&there),
+            &node(),
+            true,
+        ));
+        let got = after.eni("eni-a").expect("pooled");
+        assert!(
+            got.ipv6.iter().all(|(_, p)| *p != v6(9)),
+            "the claim's own, for its arrival: {got:?}"
+        );
+        assert!(stray_ipv6(&after, &[there]).is_empty());
     }
 
     #[test]

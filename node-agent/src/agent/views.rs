@@ -8,7 +8,8 @@ use proto::wire::{ClaimView, ConditionView, EniView, IpState, IpView, PoolView};
 
 use super::convert::{wire_key, wire_owner, wire_pod};
 use crate::cloud::Eni;
-use crate::ipam::{IpUse, Ipam, UnixMillis};
+use crate::ipam::{Claim, Handover, IpUse, Ipam, Source, UnixMillis};
+use std::net::Ipv6Addr;
 
 /// The pool, with the ENIs still attaching (and the error if their attach
 /// failed) and the node's conditions.
@@ -30,6 +31,7 @@ pub fn pool(
                 .iter()
                 .map(|ip| IpView {
                     ip: *ip,
+                    ipv6: e.ipv6_of(*ip),
                     state: ip_state(ipam.ip_use(ip, now)),
                 })
                 .collect(),
@@ -45,6 +47,7 @@ pub fn pool(
                 .iter()
                 .map(|ip| IpView {
                     ip: *ip,
+                    ipv6: None,
                     state: IpState::Attaching {
                         error: error.clone(),
                     },
@@ -64,6 +67,21 @@ pub fn pool(
             .collect(),
         maintenance: None,
     }
+}
+
+/// A static claim's IPv6 address: its pod's while one holds it, else the
+/// partner of its address on its ENI; on its way here, the one that
+/// follows it from the node it left.
+fn claim_ipv6(ipam: &Ipam, c: &Claim) -> Option<Ipv6Addr> {
+    if let Some(Handover::Incoming {
+        from: Source::Node { ipv6, .. },
+    }) = &c.handover
+    {
+        return *ipv6;
+    }
+    ipam.holder_of(&c.ip)
+        .and_then(|a| a.ipv6)
+        .or_else(|| ipam.eni(&c.eni_id).and_then(|e| e.ipv6_of(c.ip)))
 }
 
 fn ip_state(u: IpUse<'_>) -> IpState {
@@ -95,6 +113,7 @@ pub fn claims(ipam: &Ipam, node: &str, default_expiry_ms: Option<u64>) -> Vec<Cl
             namespace: c.namespace.clone(),
             name: c.name.clone(),
             ip: c.ip,
+            ipv6: claim_ipv6(ipam, c),
             status: c.phase().into(),
             node: node.to_string(),
             subnet_id: if c.subnet_id.is_empty() {
@@ -127,6 +146,7 @@ pub fn claims(ipam: &Ipam, node: &str, default_expiry_ms: Option<u64>) -> Vec<Cl
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),
             ip: a.ip,
+            ipv6: a.ipv6,
             status: ClaimPhase::Bound.into(),
             node: node.to_string(),
             subnet_id: subnet_of(&a.eni_id),

@@ -23,6 +23,9 @@ pub struct FakeCloud {
     pub lose_next_reply: Arc<std::sync::atomic::AtomicBool>,
     /// The next migrate or assign by address fails without effect.
     pub fail_next_move: Arc<std::sync::atomic::AtomicBool>,
+    /// The next `AssignIpv6Addresses` by name takes effect but its reply
+    /// is lost.
+    pub lose_next_ipv6_reply: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeCloud {
@@ -44,6 +47,7 @@ impl FakeCloud {
             growth_calls: Arc::default(),
             lose_next_reply: Arc::default(),
             fail_next_move: Arc::default(),
+            lose_next_ipv6_reply: Arc::default(),
         }
     }
 
@@ -236,7 +240,16 @@ impl Cloud for FakeCloud {
     }
 
     async fn assign_named_ipv6s(&self, eni_id: &str, ips: &[Ipv6Addr]) -> Result<(), CloudError> {
-        self.with(|v| v.assign_ipv6(eni_id, ips, 0).map(drop))
+        self.with(|v| v.assign_ipv6(eni_id, ips, 0).map(drop))?;
+        if self
+            .lose_next_ipv6_reply
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(CloudError::Other(
+                "the VPC API did not answer in time (the call took effect)".into(),
+            ));
+        }
+        Ok(())
     }
 
     async fn unassign_ipv6s(&self, eni_id: &str, ips: &[Ipv6Addr]) -> Result<(), CloudError> {

@@ -22,7 +22,7 @@ pub struct ClaimsArgs {
 /// What to do with claims.
 #[derive(Debug, Subcommand)]
 enum ClaimsCommand {
-    /// List every claim: NAMESPACE, NAME, IP, STATUS, NODE, ENI, POLICY, AGE, EXPIRES.
+    /// List every claim: NAMESPACE, NAME, IP, (IPV6,) STATUS, NODE, ENI, POLICY, AGE, EXPIRES.
     List {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value = "table")]
@@ -141,27 +141,22 @@ fn age(ms: u64) -> String {
     }
 }
 
+/// The claims as a table; an `IPV6` column after `IP` when any claim has
+/// an IPv6 address (a dual-stack node).
 fn table(claims: &[ClaimView], now: u64) -> String {
-    let mut rows = vec![
-        [
-            "NAMESPACE",
-            "NAME",
-            "IP",
-            "STATUS",
-            "NODE",
-            "ENI",
-            "POLICY",
-            "AGE",
-            "EXPIRES",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
+    let dual = claims.iter().any(|c| c.ipv6.is_some());
+    let mut header = vec!["NAMESPACE", "NAME", "IP"];
+    if dual {
+        header.push("IPV6");
+    }
+    header.extend(["STATUS", "NODE", "ENI", "POLICY", "AGE", "EXPIRES"]);
+    let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
     for c in claims {
-        rows.push(vec![
-            c.namespace.clone(),
-            c.name.clone(),
-            c.ip.to_string(),
+        let mut row = vec![c.namespace.clone(), c.name.clone(), c.ip.to_string()];
+        if dual {
+            row.push(c.ipv6.map_or_else(|| "<none>".into(), |v6| v6.to_string()));
+        }
+        row.extend([
             c.status.clone(),
             c.node.clone(),
             c.eni_id.clone(),
@@ -173,6 +168,7 @@ fn table(claims: &[ClaimView], now: u64) -> String {
                 None => "<never>".into(),
             },
         ]);
+        rows.push(row);
     }
     super::table(&rows)
 }
@@ -188,6 +184,7 @@ mod tests {
             namespace: "default".into(),
             name: "web-0".into(),
             ip: Ipv4Addr::new(10, 0, 16, 5),
+            ipv6: None,
             status: "Reserved".into(),
             node: "ins-1".into(),
             subnet_id: "subnet-1".into(),
@@ -203,7 +200,7 @@ mod tests {
             message: None,
             requested: false,
         };
-        let t = table(&[c], 3_600_000);
+        let t = table(std::slice::from_ref(&c), 3_600_000);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("NAMESPACE"));
         for word in [
@@ -217,5 +214,21 @@ mod tests {
         ] {
             assert!(lines[1].contains(word), "{word} in {}", lines[1]);
         }
+        assert!(!lines[0].contains("IPV6"), "an IPv4-only table as before");
+        let dual = ClaimView {
+            ipv6: Some("fd00::5".parse().expect("v6")),
+            ..c
+        };
+        let t = table(&[dual], 3_600_000);
+        let lines: Vec<&str> = t.lines().collect();
+        let columns: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(columns[2..4], ["IP", "IPV6"], "{}", lines[0]);
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            cells[2..5],
+            ["10.0.16.5", "fd00::5", "Reserved"],
+            "{}",
+            lines[1]
+        );
     }
 }

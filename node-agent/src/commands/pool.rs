@@ -64,14 +64,19 @@ fn maintenance_line(m: MaintenanceView) -> String {
     }
 }
 
+/// The pool as a table; an `IPV6` column after `IP` when any address has
+/// an IPv6 partner (a dual-stack node).
 fn table(view: &PoolView) -> String {
-    let mut rows = vec![[
-        "ENI".to_string(),
-        "IP".into(),
-        "STATE".into(),
-        "POD".into(),
-        "ATTACHMENT".into(),
-    ]];
+    let dual = view
+        .enis
+        .iter()
+        .any(|e| e.ips.iter().any(|ip| ip.ipv6.is_some()));
+    let mut header = vec!["ENI".to_string(), "IP".into()];
+    if dual {
+        header.push("IPV6".into());
+    }
+    header.extend(["STATE".into(), "POD".into(), "ATTACHMENT".into()]);
+    let mut rows = vec![header];
     for eni in &view.enis {
         for ip in &eni.ips {
             let (state, pod, attachment) = match &ip.state {
@@ -96,13 +101,12 @@ fn table(view: &PoolView) -> String {
                     key.to_string(),
                 ),
             };
-            rows.push([
-                eni.id.clone(),
-                ip.ip.to_string(),
-                state.into(),
-                pod,
-                attachment,
-            ]);
+            let mut row = vec![eni.id.clone(), ip.ip.to_string()];
+            if dual {
+                row.push(ip.ipv6.map_or_else(String::new, |v6| v6.to_string()));
+            }
+            row.extend([state.into(), pod, attachment]);
+            rows.push(row);
         }
     }
     super::table(&rows)
@@ -144,6 +148,7 @@ mod tests {
                 ips: vec![
                     IpView {
                         ip: Ipv4Addr::new(10, 0, 0, 5),
+                        ipv6: None,
                         state: IpState::Allocated {
                             key: AttachmentKey {
                                 network: "vpc".into(),
@@ -159,6 +164,7 @@ mod tests {
                     },
                     IpView {
                         ip: Ipv4Addr::new(10, 0, 0, 6),
+                        ipv6: None,
                         state: IpState::Free,
                     },
                 ],
@@ -175,5 +181,14 @@ mod tests {
                 && lines[1].contains("vpc/c1/eth0")
         );
         assert!(lines[2].contains("free"));
+        assert!(!lines[0].contains("IPV6"), "an IPv4-only table as before");
+        let mut dual = view;
+        dual.enis[0].ips[0].ipv6 = Some("fd00::5".parse().expect("v6"));
+        let t = table(&dual);
+        let lines: Vec<&str> = t.lines().collect();
+        let columns: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(columns[..4], ["ENI", "IP", "IPV6", "STATE"], "{}", lines[0]);
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(cells[..4], ["eni-1", "10.0.0.5", "fd00::5", "allocated"]);
     }
 }

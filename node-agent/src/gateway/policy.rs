@@ -42,6 +42,15 @@ pub enum Need {
         /// The address.
         ip: String,
     },
+    /// IPv6 addresses leave ENI `eni`: it is the caller's, or each of
+    /// `ips` is the IPv6 address of a claim naming the caller's node (a
+    /// static IP's IPv6 address following it to its new holder).
+    TakeOff {
+        /// The ENI.
+        eni: String,
+        /// The addresses.
+        ips: Vec<String>,
+    },
 }
 
 /// What the gateway knows of the cloud and the cluster.
@@ -50,7 +59,8 @@ pub trait Facts: Send + Sync {
     /// when there is no such ENI or it carries no such tag.
     fn eni_node(&self, id: &str)
     -> impl Future<Output = Result<Option<String>, CloudError>> + Send;
-    /// The node the `VpcIPClaim` holding `ip` names, if one does.
+    /// The node the `VpcIPClaim` holding `ip` (its address, or its IPv6
+    /// address) names, if one does.
     fn claim_holder(&self, ip: &str) -> Option<String>;
 }
 
@@ -108,8 +118,21 @@ pub fn needs(caller: &Caller, cluster: &str, action: &str, params: &Value) -> Re
         "DeleteNetworkInterface"
         | "AssignPrivateIpAddresses"
         | "UnassignPrivateIpAddresses"
-        | "AssignIpv6Addresses"
-        | "UnassignIpv6Addresses" => Ok(Need::OwnEni(field("NetworkInterfaceId")?)),
+        | "AssignIpv6Addresses" => Ok(Need::OwnEni(field("NetworkInterfaceId")?)),
+        "UnassignIpv6Addresses" => {
+            let ips: Vec<String> = params
+                .get("Ipv6Addresses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.get("Address").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect();
+            Ok(Need::TakeOff {
+                eni: field("NetworkInterfaceId")?,
+                ips,
+            })
+        }
         "MigratePrivateIpAddress" => Ok(Need::Move {
             from: field("SourceNetworkInterfaceId")?,
             to: field("DestinationNetworkInterfaceId")?,
@@ -153,6 +176,32 @@ pub async fn judge(caller: &Caller, need: &Need, facts: &impl Facts) -> Result<(
                 ))),
             }
         }
+        Need::TakeOff { eni, ips } => {
+            let Err(not_own) = own(eni.clone()).await else {
+                return Ok(());
+            };
+            if ips.is_empty() {
+                return Err(not_own);
+            }
+            for ip in ips {
+                match facts.claim_holder(ip) {
+                    Some(node) if node == caller.node => {}
+                    Some(node) => {
+                        return Err(Refusal::Denied(format!(
+                            "address {ip} is claimed by node {node}, not {}",
+                            caller.node
+                        )));
+                    }
+                    None => {
+                        return Err(Refusal::Denied(format!(
+                            "address {ip} of ENI {eni} is not the caller's and no claim brings it to node {}",
+                            caller.node
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -188,7 +237,12 @@ mod tests {
     fn world() -> World {
         World {
             enis: HashMap::from([("eni-a", "ins-a"), ("eni-a2", "ins-a"), ("eni-b", "ins-b")]),
-            claims: HashMap::from([("10.0.0.7", "node-a"), ("10.0.0.8", "node-b")]),
+            claims: HashMap::from([
+                ("10.0.0.7", "node-a"),
+                ("10.0.0.8", "node-b"),
+                ("fd00::7", "node-a"),
+                ("fd00::8", "node-b"),
+            ]),
         }
     }
 
@@ -337,6 +391,30 @@ mod tests {
             )
             .await
             .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn another_nodes_ipv6_address_comes_off_its_eni_only_with_its_claim() {
+        let take_off = |eni: &str, ips: &[&str]| json!({"NetworkInterfaceId": eni, "Ipv6Addresses": ips.iter().map(|a| json!({"Address": a})).collect::<Vec<_>>()});
+        // The claim of the address names this node: it follows its pod.
+        assert_eq!(
+            verdict("UnassignIpv6Addresses", take_off("eni-b", &["fd00::7"])).await,
+            Ok(())
+        );
+        // Claimed by the other node, by nobody, or one of several not ours.
+        for ips in [&["fd00::8"][..], &["fd00::9"], &["fd00::7", "fd00::8"], &[]] {
+            assert!(
+                verdict("UnassignIpv6Addresses", take_off("eni-b", ips))
+                    .await
+                    .is_err(),
+                "{ips:?}"
+            );
+        }
+        // Its own ENI's, whatever the claims say.
+        assert_eq!(
+            verdict("UnassignIpv6Addresses", take_off("eni-a", &["fd00::8"])).await,
+            Ok(())
         );
     }
 }

@@ -176,13 +176,14 @@ impl Authenticate for Reviews {
     }
 }
 
-/// The holder of each claimed address, from a cache of the claims.
+/// The holder of each claimed address (or a claim's IPv6 address), from a
+/// cache of the claims.
 pub fn claim_index(claims: Store<VpcIPClaim>) -> ClaimIndex {
     Arc::new(move |ip: &str| {
         claims.state().iter().find_map(|c| {
             c.status
                 .as_ref()
-                .filter(|s| s.ip == ip && !s.node.is_empty())
+                .filter(|s| (s.ip == ip || s.ipv6.as_deref() == Some(ip)) && !s.node.is_empty())
                 .map(|s| s.node.clone())
         })
     })

@@ -60,6 +60,10 @@ pub enum Source {
         node: String,
         /// Its ENI carrying the address.
         eni_id: String,
+        /// The claim's IPv6 address there (dual stack): it follows the
+        /// IPv4 address once that arrived, taken off the source ENI and
+        /// assigned here by name (the API moves no IPv6 address).
+        ipv6: Option<std::net::Ipv6Addr>,
     },
     /// Assigned by address from the subnet: the claim's own address,
     /// which the cloud lost from this node. Refused, the claim is lost.
@@ -322,6 +326,7 @@ mod tests {
             from: Source::Node {
                 node: "a".into(),
                 eni_id: "eni-x".into(),
+                ipv6: None,
             },
         })
     }
@@ -483,6 +488,7 @@ mod tests {
                 Source::Node {
                     node: "a".into(),
                     eni_id: "eni-x".into(),
+                    ipv6: None,
                 },
             )
             .expect("plan");

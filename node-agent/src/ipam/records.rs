@@ -112,6 +112,17 @@ impl EniRecord {
         v4 == self.primary_ip || self.ips.contains(&v4)
     }
 
+    /// Makes `v6` the partner of `v4`, and of no other address: a static
+    /// IP's IPv6 address that followed it here. Returns the partner `v4`
+    /// had before, if another (to give back).
+    pub fn partner(&mut self, v4: Ipv4Addr, v6: Ipv6Addr) -> Option<Ipv6Addr> {
+        let before = self.ipv6_of(v4).filter(|old| *old != v6);
+        self.ipv6.retain(|(a, b)| *a != v4 && *b != v6);
+        self.ipv6.push((v4, v6));
+        self.ipv6.sort();
+        before
+    }
+
     /// Pairs the unpaired secondary IPs, lowest first, with `new` (IPv6
     /// addresses just assigned to the ENI), in order; drops pairs whose
     /// IPv4 address the ENI no longer has. Returns the IPv6 addresses left

@@ -92,6 +92,8 @@ fn held(
             .ip
             .parse()
             .map_err(|e| unavailable(format!("claim {namespace}/{name}: {e}")))?,
+        // An address that does not parse is not followed.
+        ipv6: status.ipv6.as_deref().and_then(|v6| v6.parse().ok()),
         subnet_id: status.subnet_id.clone(),
         zone: status.zone.clone(),
         eni_id: status.eni_id.clone(),
@@ -368,6 +370,7 @@ impl ClusterClaims for KubeClaims {
                     eni_id: String::new(),
                     subnet_id: subnet_id.to_string(),
                     claim: Some(format!("{namespace}/{name}")),
+                    ipv6: None,
                     error: None,
                 },
             );
@@ -427,6 +430,8 @@ impl ClusterClaims for KubeClaims {
                 namespace: claim.namespace.clone(),
                 name: claim.name.clone(),
                 ip: claim.ip,
+                // The publisher writes it with the pool's next pass.
+                ipv6: None,
                 status: claim.phase().into(),
                 node: self.node.clone(),
                 subnet_id: claim.subnet_id.clone(),
@@ -488,6 +493,7 @@ impl ClusterClaims for KubeClaims {
                 eni_id: claim.eni_id.clone(),
                 subnet_id: claim.subnet_id.clone(),
                 claim: Some(format!("{}/{}", claim.namespace, claim.name)),
+                ipv6: None,
                 error: None,
             };
             let name = claim.ip.to_string();
@@ -581,6 +587,7 @@ mod tests {
             node: node.into(),
             eni_id: eni.into(),
             subnet_id: "subnet-1".into(),
+            ipv6: None,
             claim: Some("default/web-0".into()),
             error: None,
         };

@@ -58,6 +58,7 @@ impl DeletePolicy {
     derive = "Default",
     doc = "A pod's claim on a VPC IP, named like the pod.",
     printcolumn(name = "IP", type_ = "string", json_path = ".status.ip"),
+    printcolumn(name = "IPv6", type_ = "string", json_path = ".status.ipv6"),
     printcolumn(name = "Status", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Node", type_ = "string", json_path = ".status.node"),
     printcolumn(name = "ENI", type_ = "string", json_path = ".status.eniId"),
@@ -101,6 +102,10 @@ pub struct VpcIPClaimStatus {
     /// The address.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ip: String,
+    /// Its IPv6 address (a dual-stack pod's), which a static IP keeps with
+    /// it, on restarts and moves to another node alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
     /// The `VpcIP` object of the address.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub vpc_ip: String,
@@ -159,6 +164,7 @@ pub struct Owner {
     derive = "PartialEq",
     derive = "Default",
     printcolumn(name = "Phase", type_ = "string", json_path = ".spec.phase"),
+    printcolumn(name = "IPv6", type_ = "string", json_path = ".spec.ipv6"),
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
     printcolumn(name = "ENI", type_ = "string", json_path = ".spec.eniId"),
     printcolumn(name = "Subnet", type_ = "string", json_path = ".spec.subnetId"),
@@ -192,6 +198,9 @@ pub struct VpcIPSpec {
     /// The claim it belongs to, `namespace/name`, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<String>,
+    /// Its IPv6 partner on the ENI (a dual-stack node), held with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
     /// Why its ENI is not attached yet, if the attach failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -121,6 +121,7 @@ pub fn claim_from_object(o: &super::crd::VpcIPClaim, node: &str) -> Option<crate
                 from: crate::ipam::Source::Node {
                     node: String::new(),
                     eni_id: status.eni_id.clone(),
+                    ipv6: status.ipv6.as_deref().and_then(|v6| v6.parse().ok()),
                 },
             }
         }),
@@ -145,6 +146,7 @@ pub fn claim_object(c: &ClaimView, node: &str, zone: &str) -> ClaimObject {
         status: VpcIPClaimStatus {
             phase: c.status.clone(),
             ip: c.ip.to_string(),
+            ipv6: c.ipv6.map(|v6| v6.to_string()),
             vpc_ip: c.ip.to_string(),
             node: node.to_string(),
             eni_id: c.eni_id.clone(),
@@ -251,6 +253,7 @@ pub fn desired(
                     eni_id: eni.id.clone(),
                     subnet_id: eni.subnet_id.clone(),
                     claim,
+                    ipv6: ip.ipv6.map(|v6| v6.to_string()),
                     error,
                 },
             );
@@ -348,6 +351,7 @@ mod tests {
     fn ip(last: u8, state: IpState) -> IpView {
         IpView {
             ip: Ipv4Addr::new(10, 0, 1, last),
+            ipv6: None,
             state,
         }
     }
@@ -357,6 +361,7 @@ mod tests {
             namespace: "default".into(),
             name: name.into(),
             ip: Ipv4Addr::new(10, 0, 1, 5),
+            ipv6: None,
             status: status.into(),
             node: "ins-1".into(),
             subnet_id: "subnet-1".into(),

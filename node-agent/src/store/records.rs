@@ -133,6 +133,9 @@ enum HandoverRow {
         from_eni: Option<String>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         requested: bool,
+        /// The claim's IPv6 address, which follows it (dual stack).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_ipv6: Option<Ipv6Addr>,
     },
 }
 
@@ -143,16 +146,18 @@ impl From<&Handover> for HandoverRow {
                 to_node: to_node.clone(),
             },
             Handover::Incoming {
-                from: Source::Node { node, eni_id },
+                from: Source::Node { node, eni_id, ipv6 },
             } => HandoverRow::Incoming {
                 from_node: Some(node.clone()),
                 from_eni: Some(eni_id.clone()),
                 requested: false,
+                from_ipv6: *ipv6,
             },
             Handover::Incoming { from } => HandoverRow::Incoming {
                 from_node: None,
                 from_eni: None,
                 requested: *from == Source::Request,
+                from_ipv6: None,
             },
         }
     }
@@ -165,9 +170,14 @@ impl From<HandoverRow> for Handover {
             HandoverRow::Incoming {
                 from_node: Some(node),
                 from_eni: Some(eni_id),
+                from_ipv6,
                 ..
             } => Handover::Incoming {
-                from: Source::Node { node, eni_id },
+                from: Source::Node {
+                    node,
+                    eni_id,
+                    ipv6: from_ipv6,
+                },
             },
             HandoverRow::Incoming { requested, .. } => Handover::Incoming {
                 from: if requested {
@@ -390,6 +400,14 @@ mod tests {
                 from: Source::Node {
                     node: "ins-a".into(),
                     eni_id: "eni-a".into(),
+                    ipv6: None,
+                },
+            },
+            Handover::Incoming {
+                from: Source::Node {
+                    node: "ins-a".into(),
+                    eni_id: "eni-a".into(),
+                    ipv6: Some("fd00::7".parse().expect("v6")),
                 },
             },
             Handover::Incoming {

@@ -321,6 +321,9 @@ pub enum IpState {
 pub struct IpView {
     /// The address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 partner on the ENI (a dual-stack agent), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// Its state.
     #[serde(flatten)]
     pub state: IpState,
@@ -429,6 +432,10 @@ pub struct ClaimView {
     pub name: String,
     /// The IP.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address (a dual-stack pod's, or a static IP's kept for its
+    /// pod), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// `Bound` while a sandbox holds it, `Reserved` while a static IP waits
     /// for its pod.
     pub status: String,
@@ -645,7 +652,8 @@ pub fn answer_version(request_payload: &[u8]) -> u32 {
 /// Serialises a reply into a frame payload, in the protocol `version` the
 /// request came in (see [`answer_version`]). Protocol 1 and 2 replies have
 /// the same fields; a field added later must be left out for older ones
-/// (`ClaimView::requested`: a protocol-1 client refuses unknown fields).
+/// (`ClaimView::requested` and `ipv6`: a protocol-1 client refuses unknown
+/// fields).
 pub fn encode_reply(reply: &Reply, version: u32) -> Result<Vec<u8>, WireError> {
     let outcome = match reply {
         Ok(Response::Claims { claims }) if version < 2 => Outcome::Ok(Response::Claims {
@@ -653,6 +661,7 @@ pub fn encode_reply(reply: &Reply, version: u32) -> Result<Vec<u8>, WireError> {
                 .iter()
                 .map(|c| ClaimView {
                     requested: false,
+                    ipv6: None,
                     ..c.clone()
                 })
                 .collect(),

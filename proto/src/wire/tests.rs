@@ -117,10 +117,12 @@ fn replies_round_trip() {
                 ips: vec![
                     IpView {
                         ip: Ipv4Addr::new(10, 0, 0, 1),
+                        ipv6: None,
                         state: IpState::Free,
                     },
                     IpView {
                         ip: Ipv4Addr::new(10, 0, 0, 2),
+                        ipv6: Some("fd00::2".parse().expect("v6")),
                         state: IpState::Allocated {
                             key: key(),
                             pod: None,
@@ -128,6 +130,7 @@ fn replies_round_trip() {
                     },
                     IpView {
                         ip: Ipv4Addr::new(10, 0, 0, 3),
+                        ipv6: None,
                         state: IpState::Cooling { until_ms: 5 },
                     },
                 ],
@@ -415,6 +418,7 @@ fn a_requested_claim_is_shown_to_protocol_1_without_the_field_it_does_not_know()
         namespace: "default".into(),
         name: "web-0".into(),
         ip: Ipv4Addr::new(10, 0, 20, 7),
+        ipv6: Some("fd00::7".parse().expect("v6")),
         status: "Bound".into(),
         node: "ins-1".into(),
         subnet_id: "subnet-1".into(),
@@ -436,6 +440,7 @@ fn a_requested_claim_is_shown_to_protocol_1_without_the_field_it_does_not_know()
     let v1: serde_json::Value =
         serde_json::from_slice(&encode_reply(&reply, 1).expect("encode")).expect("json");
     assert!(v1["ok"]["claims"][0].get("requested").is_none(), "{v1}");
+    assert!(v1["ok"]["claims"][0].get("ipv6").is_none(), "{v1}");
     assert_eq!(v1["ok"]["claims"][0]["ip"], "10.0.20.7");
     let v2 = encode_reply(&reply, 2).expect("encode");
     assert_eq!(decode_reply(&v2).expect("decode"), reply);

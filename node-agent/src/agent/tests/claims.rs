@@ -306,6 +306,7 @@ async fn a_static_pod_held_on_another_node_or_unlocatable_gets_no_new_ip() {
     *claims.answer.lock().expect("lock") = Some(Ok(Some(crate::cluster_claims::HeldElsewhere {
         node: "ins-other".into(),
         ip: std::net::Ipv4Addr::new(10, 0, 9, 9),
+        ipv6: None,
         subnet_id: "subnet-1".into(),
         zone: String::new(),
         eni_id: "eni-9".into(),
@@ -525,6 +526,7 @@ pub(super) async fn held_on_another_node(a: &TestAgent) -> crate::cluster_claims
     crate::cluster_claims::HeldElsewhere {
         node: "ins-other".into(),
         ip: theirs.secondary_ips[0],
+        ipv6: None,
         subnet_id: subnet,
         zone: String::new(),
         eni_id: theirs.id,
@@ -748,6 +750,7 @@ async fn a_node_forgets_a_reserved_claim_another_node_took_and_never_marks_it_lo
     *claims.answer.lock().expect("lock") = Some(Ok(Some(crate::cluster_claims::HeldElsewhere {
         node: "ins-other".into(),
         ip,
+        ipv6: None,
         subnet_id: subnet,
         zone: String::new(),
         eni_id: theirs.id.clone(),

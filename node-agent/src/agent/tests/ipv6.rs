@@ -13,14 +13,7 @@ fn dual() -> AgentConfig {
 /// Every IP of the pool's ENIs has a partner, and the cloud's IPv6
 /// addresses of each ENI are exactly its partners.
 fn all_paired(h: &Harness) {
-    for eni in h.agent.pool().enis() {
-        assert!(eni.unpaired().is_empty(), "{eni:?}");
-        let mut ours: Vec<_> = eni.ipv6.iter().map(|(_, v6)| *v6).collect();
-        let mut cloud = h.agent.cloud.ipv6_of(&eni.id);
-        ours.sort();
-        cloud.sort();
-        assert_eq!(ours, cloud, "the cloud's IPv6 addresses of {}", eni.id);
-    }
+    all_paired_on(&h.agent);
 }
 
 #[tokio::test]
@@ -143,4 +136,172 @@ async fn a_static_pod_gets_both_addresses_back_after_a_crash_and_its_restart() {
         cloud.ipv6_of(&eni.id).contains(&first.1),
         "still on the ENI in the cloud"
     );
+}
+
+/// A dual-stack agent with `claims` as the cluster's, and the other node's
+/// static claim web-0 (its IPv4 address and, on the same ENI of that node,
+/// its IPv6 address) taken over by this node.
+async fn taking_over_web_0(
+    claims: &Arc<claims::RecordingClaims>,
+) -> (TestAgent, crate::cluster_claims::HeldElsewhere) {
+    let cloud = FakeCloud::new(DEFAULT_LIMITS);
+    cloud.give_ipv6_blocks();
+    let a = dual_with_claims(cloud, Box::new(MemoryStore::default()), claims).await;
+    take_over_web_0(a, claims).await
+}
+
+async fn dual_with_claims(
+    cloud: FakeCloud,
+    store: Box<dyn Store>,
+    claims: &Arc<claims::RecordingClaims>,
+) -> TestAgent {
+    Agent::start_with_claims(
+        cloud,
+        FakeDataplane::default(),
+        store,
+        dual(),
+        system_clock(),
+        Arc::clone(claims) as Arc<dyn crate::cluster_claims::ClusterClaims>,
+    )
+    .await
+    .expect("start")
+}
+
+async fn take_over_web_0(
+    a: TestAgent,
+    claims: &Arc<claims::RecordingClaims>,
+) -> (TestAgent, crate::cluster_claims::HeldElsewhere) {
+    let mut held = claims::held_on_another_node(&a).await;
+    let v6 = a
+        .cloud
+        .assign_ipv6s(&held.eni_id, 1, &[])
+        .await
+        .expect("its IPv6 address there");
+    held.ipv6 = Some(v6[0]);
+    *claims.answer.lock().expect("lock") = Some(Ok(Some(held.clone())));
+    *claims.take.lock().expect("lock") = Some(Ok(crate::cluster_claims::TakeOver::Taken(
+        crate::cluster_claims::HeldElsewhere {
+            moving_here: true,
+            ..held.clone()
+        },
+    )));
+    (a, held)
+}
+
+#[tokio::test]
+async fn a_static_pods_ipv6_address_follows_it_to_another_node() {
+    let claims = Arc::new(claims::RecordingClaims::default());
+    let (a, held) = taking_over_web_0(&claims).await;
+    let v6 = held.ipv6.expect("v6");
+    let r = match a.handle(claims::static_add_req("s1", "web-0"), None).await {
+        Ok(Response::Added(r)) => r,
+        other => panic!("ADD of a pod whose claim moves here: {other:?}"),
+    };
+    assert_eq!((r.ip, r.ipv6), (held.ip, Some(v6)), "both addresses moved");
+    assert!(a.cloud.ipv6_of(&held.eni_id).is_empty(), "off the old ENI");
+    assert!(a.cloud.ipv6_of(&r.eni_id).contains(&v6), "on the new one");
+    let eni = a.pool().eni(&r.eni_id).cloned().expect("its ENI");
+    assert_eq!(eni.ipv6_of(r.ip), Some(v6), "the partner of its address");
+    // What operators see, and the cluster's objects are made of.
+    let view = super::super::views::claims(&a.pool(), "ins-test", None);
+    let web = view.iter().find(|c| c.name == "web-0").expect("claim");
+    assert_eq!((web.ip, web.ipv6), (held.ip, Some(v6)));
+    // Its next sandbox, after the first ends, has both again.
+    a.handle(del_req("s1"), None).await.expect("DEL");
+    let again = match a.handle(claims::static_add_req("s2", "web-0"), None).await {
+        Ok(Response::Added(r)) => r,
+        other => panic!("ADD: {other:?}"),
+    };
+    assert_eq!((again.ip, again.ipv6), (held.ip, Some(v6)));
+}
+
+#[tokio::test]
+async fn a_static_ipv6_address_taken_meanwhile_is_replaced_and_the_pod_has_both() {
+    let claims = Arc::new(claims::RecordingClaims::default());
+    let (a, held) = taking_over_web_0(&claims).await;
+    let v6 = held.ipv6.expect("v6");
+    // Its old node let it go, and someone else in the VPC took it before
+    // it could follow.
+    a.cloud
+        .unassign_ipv6s(&held.eni_id, &[v6])
+        .await
+        .expect("let go");
+    let subnet = a.node().and_then(|n| n.subnet).expect("subnet").id;
+    let stranger = a.cloud.create_eni(&subnet, 0).await.expect("create");
+    a.cloud
+        .assign_named_ipv6s(&stranger.id, &[v6])
+        .await
+        .expect("taken");
+    let r = match a.handle(claims::static_add_req("s1", "web-0"), None).await {
+        Ok(Response::Added(r)) => r,
+        other => panic!("ADD: {other:?}"),
+    };
+    assert_eq!(r.ip, held.ip, "the IPv4 address moved");
+    let new = r.ipv6.expect("an IPv6 address all the same");
+    assert_ne!(new, v6);
+    assert_eq!(a.cloud.ipv6_of(&stranger.id), [v6], "never taken from them");
+    all_paired_on(&a);
+}
+
+/// [`all_paired`] for an agent outside a harness.
+fn all_paired_on(a: &TestAgent) {
+    for eni in a.pool().enis() {
+        assert!(eni.unpaired().is_empty(), "{eni:?}");
+        let mut ours: Vec<_> = eni.ipv6.iter().map(|(_, v6)| *v6).collect();
+        let mut cloud = a.cloud.ipv6_of(&eni.id);
+        ours.sort();
+        cloud.sort();
+        assert_eq!(ours, cloud, "the cloud's IPv6 addresses of {}", eni.id);
+    }
+}
+
+#[tokio::test]
+async fn a_static_ipv6_address_assigned_here_before_a_crash_is_the_claims_after_the_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let cloud = FakeCloud::new(DEFAULT_LIMITS);
+    cloud.give_ipv6_blocks();
+    let claims = Arc::new(claims::RecordingClaims::default());
+    let store = || Box::new(RedbStore::open(&path).expect("store"));
+    let a = dual_with_claims(cloud.clone(), store(), &claims).await;
+    let (a, held) = take_over_web_0(a, &claims).await;
+    let v6 = held.ipv6.expect("v6");
+    // Both addresses arrive; the reply of the IPv6 assignment is lost, and
+    // the agent dies before anything is committed.
+    cloud
+        .lose_next_ipv6_reply
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    a.handle(claims::static_add_req("s1", "web-0"), None)
+        .await
+        .expect_err("the reply was lost");
+    drop(a);
+    let here: Vec<String> = cloud
+        .list_cluster_enis()
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|e| e.ipv6s.contains(&v6))
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(here.len(), 1, "on one ENI: {here:?}");
+    assert_ne!(here[0], held.eni_id, "the new one");
+
+    *claims.word.lock().expect("lock") = Some(crate::ipam::Word::Here);
+    let b = dual_with_claims(cloud.clone(), store(), &claims).await;
+    // Other pods first: none gets the claim's IPv6 address.
+    for i in 0..5 {
+        let r = add(&b, &format!("p{i}")).await;
+        assert_ne!(
+            r.ipv6,
+            Some(v6),
+            "pod p{i} got the static pod's IPv6 address"
+        );
+    }
+    b.drive_handovers().await.expect("drive");
+    let r = match b.handle(claims::static_add_req("s2", "web-0"), None).await {
+        Ok(Response::Added(r)) => r,
+        other => panic!("ADD after the restart: {other:?}"),
+    };
+    assert_eq!((r.ip, r.ipv6), (held.ip, Some(v6)));
+    all_paired_on(&b);
 }
