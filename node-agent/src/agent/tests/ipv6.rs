@@ -305,3 +305,90 @@ async fn a_static_ipv6_address_assigned_here_before_a_crash_is_the_claims_after_
     assert_eq!((r.ip, r.ipv6), (held.ip, Some(v6)));
     all_paired_on(&b);
 }
+
+#[tokio::test]
+async fn a_reclaimed_static_ip_frees_its_ipv6_address_with_it() {
+    let h = harness_configured(
+        DEFAULT_LIMITS,
+        Box::new(MemoryStore::default()),
+        AgentConfig {
+            claim_expiry: Some(Duration::from_secs(3600)),
+            ..dual()
+        },
+    )
+    .await;
+    h.agent.cloud.give_ipv6_blocks();
+    h.agent.pair_ipv6().await.expect("pair");
+    let owner = proto::wire::OwnerRef {
+        kind: "StatefulSet".into(),
+        name: "web".into(),
+        uid: "u1".into(),
+    };
+    // web-0 for a reclaim by hand, web-1 owned by a workload that goes,
+    // web-2 expiring ten minutes after its release.
+    let static_add = |c: &str, pod: &str| {
+        let Request::Add(mut req) = claims::static_add_req(c, pod) else {
+            unreachable!()
+        };
+        let asked = req.static_ip.as_mut().expect("static");
+        match pod {
+            "web-1" => asked.owner = Some(owner.clone()),
+            "web-2" => asked.expire_after_ms = Some(600_000),
+            _ => {}
+        }
+        Request::Add(req)
+    };
+    let mut held = Vec::new();
+    for (c, pod) in [("s0", "web-0"), ("s1", "web-1"), ("s2", "web-2")] {
+        match h.agent.handle(static_add(c, pod), None).await {
+            Ok(Response::Added(r)) => held.push((r.ip, r.ipv6.expect("both"))),
+            other => panic!("ADD {pod}: {other:?}"),
+        }
+        h.agent.handle(del_req(c), None).await.expect("DEL");
+    }
+    let by_hand = Request::DeleteClaim {
+        namespace: "default".into(),
+        name: "web-0".into(),
+        force: false,
+    };
+    h.agent.handle(by_hand, None).await.expect("delete");
+    h.agent
+        .handle(Request::OwnerDeleted(owner.clone()), None)
+        .await
+        .expect("owner deleted");
+    h.now.fetch_add(
+        Duration::from_secs(601).as_millis() as u64,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    h.agent
+        .handle(Request::Reclaim { dry_run: false }, None)
+        .await
+        .expect("reclaim");
+    let gone = |name: &str| h.agent.pool().claim("default", name).is_none();
+    assert!(
+        gone("web-0") && gone("web-1") && gone("web-2"),
+        "every claim ended"
+    );
+    let pool = h.agent.pool();
+    for (v4, v6) in held {
+        let eni = pool
+            .enis()
+            .iter()
+            .find(|e| e.ips.contains(&v4))
+            .cloned()
+            .expect("still pooled");
+        assert_eq!(
+            eni.ipv6_of(v4),
+            Some(v6),
+            "the partner stays with its address"
+        );
+        assert!(
+            !matches!(
+                pool.ip_use(&v4, u64::MAX),
+                crate::ipam::IpUse::Reserved(_) | crate::ipam::IpUse::Allocated(_)
+            ),
+            "{v4} is free again (after its cooldown)"
+        );
+        assert!(pool.allocations().all(|a| a.ipv6 != Some(v6)));
+    }
+}
