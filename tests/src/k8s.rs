@@ -742,10 +742,20 @@ pub fn cloud_enis(c: &Cluster) -> serde_json::Map<String, Value> {
 
 /// The ENIs whose secondary addresses include `ip`.
 pub fn enis_holding(c: &Cluster, ip: &str) -> Vec<String> {
+    enis_listing(c, "secondary_ips", ip)
+}
+
+/// The ENIs whose IPv6 addresses include `ip`.
+pub fn enis_holding_v6(c: &Cluster, ip: &str) -> Vec<String> {
+    enis_listing(c, "ipv6_addresses", ip)
+}
+
+/// The ENIs whose list `field` (in the VPC's state) includes `ip`.
+fn enis_listing(c: &Cluster, field: &str, ip: &str) -> Vec<String> {
     cloud_enis(c)
         .into_iter()
         .filter(|(_, e)| {
-            e["secondary_ips"]
+            e[field]
                 .as_array()
                 .is_some_and(|ips| ips.iter().any(|i| i == ip))
         })

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use vpc_cni_tests::k8s::{
-    Cluster, STATIC, cloud_enis, disagreements, enis_holding, field as s, items, ready, sts,
+    Cluster, STATIC, cloud_enis, disagreements, enis_holding, enis_holding_v6, field as s, items,
+    ready, sts,
 };
 use vpc_cni_tests::require_root;
 
@@ -283,19 +284,6 @@ fn pod_ips(p: &serde_json::Value) -> Vec<String> {
         .into_iter()
         .flatten()
         .filter_map(|i| i["ip"].as_str().map(str::to_string))
-        .collect()
-}
-
-/// The ENIs, anywhere in the VPC, carrying the IPv6 address `ip`.
-fn enis_holding_v6(c: &Cluster, ip: &str) -> Vec<String> {
-    cloud_enis(c)
-        .into_iter()
-        .filter(|(_, e)| {
-            e["ipv6_addresses"]
-                .as_array()
-                .is_some_and(|ips| ips.iter().any(|i| i == ip))
-        })
-        .map(|(id, _)| id)
         .collect()
 }
 

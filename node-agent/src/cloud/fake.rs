@@ -68,10 +68,13 @@ impl FakeCloud {
 impl FakeCloud {
     /// The reply of a call that took effect: lost when so set.
     fn reply(&self) -> Result<(), CloudError> {
-        if self
-            .lose_next_reply
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
+        Self::reply_unless(&self.lose_next_reply)
+    }
+
+    /// The reply of a call that took effect: lost when `lose` is set
+    /// (which it clears).
+    fn reply_unless(lose: &std::sync::atomic::AtomicBool) -> Result<(), CloudError> {
+        if lose.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Err(CloudError::Other(
                 "the VPC API did not answer in time (the call took effect)".into(),
             ));
@@ -241,15 +244,7 @@ impl Cloud for FakeCloud {
 
     async fn assign_named_ipv6s(&self, eni_id: &str, ips: &[Ipv6Addr]) -> Result<(), CloudError> {
         self.with(|v| v.assign_ipv6(eni_id, ips, 0).map(drop))?;
-        if self
-            .lose_next_ipv6_reply
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(CloudError::Other(
-                "the VPC API did not answer in time (the call took effect)".into(),
-            ));
-        }
-        Ok(())
+        Self::reply_unless(&self.lose_next_ipv6_reply)
     }
 
     async fn unassign_ipv6s(&self, eni_id: &str, ips: &[Ipv6Addr]) -> Result<(), CloudError> {
