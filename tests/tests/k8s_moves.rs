@@ -1,8 +1,10 @@
 //! Privileged: a static pod leaving its node on a real cluster
 //! (`vpc-sim up --kubernetes`, vpc-cni from `deploy/`): `kubectl drain`,
 //! then its node's agent pod and Node object deleted during the move; the
-//! same IP each time, reachable from other pods, on exactly one ENI; and a
-//! StatefulSet scaled down and up, its pods back with their IPs.
+//! same IP each time, reachable from other pods, on exactly one ENI; a
+//! dual-stack static pod moved there and back (its old node's agent
+//! killed) with both its addresses; and a StatefulSet scaled down and up,
+//! its pods back with their IPs.
 
 use std::time::Duration;
 
@@ -336,30 +338,69 @@ fn k8s_a_dual_stack_static_pod_moves_to_another_node_with_both_its_addresses() {
     let moved = c.pod("web-0").expect("web-0");
     let b = s(&moved, &["spec", "nodeName"]).to_string();
     assert_eq!(pod_ips(&moved), ips, "the same two addresses on {b}");
-    c.wait_until("the claim Bound on the new node", WAIT, || {
-        c.object("vipc", "web-0").is_some_and(|o| {
-            s(&o, &["status", "phase"]) == "Bound"
-                && s(&o, &["status", "node"]) == b
-                && s(&o, &["status", "ipv6"]) == v6
-        })
-    });
-    wait_on_one_eni_of(&c, v4, &b);
-    c.wait_until(&format!("{v6} on exactly one ENI, {b}'s"), WAIT, || {
-        let holders = enis_holding_v6(&c, v6);
-        holders.len() == 1 && cloud_enis(&c)[&holders[0]]["attached_to"] == b.as_str()
-    });
-    // Reachable by both addresses from pods on both nodes.
-    for node in [&a, &b] {
-        let from = pinger_on(&c, node);
-        wait_ping(&c, &from, "web-0", v4);
-        c.wait_until(&format!("{from} pings web-0 at {v6}"), WAIT, || {
-            c.try_kubectl(
-                &["exec", &from, "--", "ping", "-6", "-c", "1", "-W", "2", v6],
-                None,
-            )
-            .is_ok()
+    // Held by `node`: on one ENI of it each, reachable by both from pods
+    // on both nodes.
+    let settled_on = |node: &str| {
+        c.wait_until(&format!("the claim Bound on {node}"), WAIT, || {
+            c.object("vipc", "web-0").is_some_and(|o| {
+                s(&o, &["status", "phase"]) == "Bound"
+                    && s(&o, &["status", "node"]) == node
+                    && s(&o, &["status", "ipv6"]) == v6
+            })
         });
+        wait_on_one_eni_of(&c, v4, node);
+        c.wait_until(&format!("{v6} on exactly one ENI, {node}'s"), WAIT, || {
+            let holders = enis_holding_v6(&c, v6);
+            holders.len() == 1 && cloud_enis(&c)[&holders[0]]["attached_to"] == node
+        });
+        for from_node in [&a, &b] {
+            let from = pinger_on(&c, from_node);
+            wait_ping(&c, &from, "web-0", v4);
+            c.wait_until(&format!("{from} pings web-0 at {v6}"), WAIT, || {
+                c.try_kubectl(
+                    &["exec", &from, "--", "ping", "-6", "-c", "1", "-W", "2", v6],
+                    None,
+                )
+                .is_ok()
+            });
+        }
+    };
+    settled_on(&b);
+
+    // Back to the first node while the second one's agent is killed: the
+    // taker moves both addresses without it.
+    let nodes = [
+        c.get("NODE1_INSTANCE").to_string(),
+        c.get("NODE2_INSTANCE").to_string(),
+    ];
+    let index_b = 1 + nodes.iter().position(|n| *n == b).expect("a node");
+    let ns = c.get("VPC_CNI_NAMESPACE").to_string();
+    c.kubectl(&["uncordon", &a]);
+    c.kubectl(&["cordon", &b]);
+    let agent_b = c.agent_pod(index_b);
+    for (namespace, pod) in [("default", "web-0"), (ns.as_str(), agent_b.as_str())] {
+        c.kubectl(&[
+            "-n",
+            namespace,
+            "delete",
+            "pod",
+            pod,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ]);
     }
+    c.wait_until(
+        "web-0 Running on the first node again",
+        Duration::from_secs(180),
+        || {
+            c.pod("web-0")
+                .is_some_and(|p| s(&p, &["spec", "nodeName"]) == a && ready(&p))
+        },
+    );
+    let back = c.pod("web-0").expect("web-0");
+    assert_eq!(pod_ips(&back), ips, "the same two addresses back on {a}");
+    settled_on(&a);
     c.wait_until("the objects match the cloud and the pods", WAIT, || {
         disagreements(&c).is_empty()
     });
