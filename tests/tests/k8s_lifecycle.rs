@@ -388,3 +388,69 @@ fn k8s_the_cluster_component_sweeps_up_after_a_node_that_is_gone() {
         );
     }
 }
+
+/// The pid `vpc-sim` records for the cluster's process `name`.
+fn recorded_pid(c: &Cluster, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(c.state().join("k8s").join("cluster.json")).ok()?;
+    let cluster: Value = serde_json::from_str(&text).ok()?;
+    cluster["procs"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["pid"].as_u64())
+        .map(|p| p as u32)
+}
+
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next())
+        })
+        .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+}
+
+#[test]
+#[cfg_attr(
+    not(privileged),
+    ignore = "needs root (or VPC_CNI_PRIVILEGED=1 at build)"
+)]
+fn k8s_an_exited_scheduler_and_controller_manager_are_started_again() {
+    require_root();
+    let c = Cluster::up(1);
+    // As a real control-plane node's kubelet restarts its static pods: the
+    // scheduler exits on its own after API-server restarts ("Scheduler
+    // cache is corrupted"), and nothing would be scheduled again.
+    for name in ["kube-scheduler", "kube-controller-manager"] {
+        let old = recorded_pid(&c, name).expect("recorded");
+        assert!(running(old), "{name} runs");
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &old.to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success(), "kill -9 {old}");
+        c.wait_until(&format!("{name} started again"), WAIT, || {
+            recorded_pid(&c, name).is_some_and(|new| new != old && running(new))
+        });
+    }
+    // Both work: a pod is scheduled and becomes Ready; a Deployment (the
+    // controller manager's) makes its pod.
+    c.apply(&pod("after", ""));
+    c.wait_ready("after", WAIT);
+    c.kubectl(&[
+        "create",
+        "deployment",
+        "made",
+        "--image=localhost/busybox:1.35",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    c.wait_until("the Deployment's pod exists", WAIT, || {
+        items(&c, "pods")
+            .iter()
+            .any(|p| s(p, &["metadata", "name"]).starts_with("made-"))
+    });
+}

@@ -35,6 +35,9 @@ enum Command {
     Restart(commands::faults::RestartArgs),
     /// Kubernetes mode: switch a node off (its kubelet, containerd and every pod killed at once).
     PowerOff(commands::faults::PowerOffArgs),
+    /// Kubernetes mode: start kube-controller-manager and kube-scheduler again when they exit (run by `up`).
+    #[command(hide = true)]
+    Supervise(commands::faults::SuperviseArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::SourceCheck(args) => commands::source_check::run(args),
         Command::Restart(args) => commands::faults::restart(args),
         Command::PowerOff(args) => commands::faults::power_off(args),
+        Command::Supervise(args) => commands::faults::supervise(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -57,3 +57,16 @@ pub fn power_off(args: PowerOffArgs) -> Result<(), String> {
     ));
     Ok(())
 }
+
+/// Flags of `supervise`.
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    /// The directory given to `up`.
+    #[arg(long)]
+    pub state: PathBuf,
+}
+
+/// Runs `supervise` (started by `up --kubernetes`; stopped by `down`).
+pub fn supervise(args: SuperviseArgs) -> Result<(), String> {
+    vpc_sim::k8s::supervise::run(&args.state, &say)
+}

@@ -50,6 +50,9 @@ pub fn restart(state: &Path, name: &str, down_for: Duration) -> Result<Restarted
         ));
     }
     let state = &fs::canonicalize(state).unwrap_or_else(|_| state.to_path_buf());
+    // Held until the new process is recorded: the supervisor does not
+    // start the killed one meanwhile.
+    let _held = super::supervise::lock(state)?;
     let mut cluster = Cluster::load(state)
         .ok_or_else(|| format!("no cluster is recorded in {}", state.display()))?;
     let index = cluster

@@ -25,6 +25,7 @@ pub mod faults;
 pub mod host;
 pub mod pki;
 mod proxy;
+pub mod supervise;
 
 use std::fs;
 use std::net::SocketAddr;
@@ -243,9 +244,17 @@ impl Cluster {
     }
 
     /// The first process of the cluster that is no longer running, as an
-    /// error naming it and its log.
+    /// error naming it and its log; not one the supervisor starts again
+    /// while it runs ([`supervise`]).
     pub fn check_running(&self) -> Result<(), String> {
+        let supervised = self
+            .procs
+            .iter()
+            .any(|p| p.name == supervise::SUPERVISOR && alive(p.pid));
         for p in &self.procs {
+            if supervised && supervise::SUPERVISED.contains(&p.name.as_str()) {
+                continue;
+            }
             if !alive(p.pid) {
                 return Err(failure(p, "exited"));
             }
@@ -634,6 +643,8 @@ pub fn up(
         Duration::from_secs(60),
         || kubectl.run(&["get", "serviceaccount", "default"]).is_ok(),
     )?;
+    // Last: nothing but the supervisor writes the record from now on.
+    supervise::spawn(state, &mut cluster, &control)?;
     say(&format!(
         "==> cluster up in {:.1} s: {} nodes (no CNI yet), kubeconfig {}",
         started.elapsed().as_secs_f64(),
@@ -1157,6 +1168,21 @@ pub fn down(state: &Path) -> Vec<String> {
     // The pods' namespaces are known by the processes in them: note them
     // before those go.
     let inodes = host::netns_inodes(&cluster.cgroup);
+    // The supervisor first, while no start of its is under way: nothing
+    // is started again behind the stops below.
+    let held = supervise::lock(state);
+    let cluster = Cluster::load(state).unwrap_or(cluster);
+    for p in cluster
+        .procs
+        .iter()
+        .filter(|p| p.name == supervise::SUPERVISOR && runs(p))
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    drop(held);
     // A process that never made it into the tree is stopped by pid (if the
     // pid is still that program).
     for p in &cluster.procs {
