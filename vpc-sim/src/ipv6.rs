@@ -70,8 +70,12 @@ fn mask(prefix: u8) -> u128 {
 }
 
 /// The addresses of a subnet's /64: handed out in order from `::2` (`::`
-/// and `::1`, the subnet router and the gateway, are never), given-back
-/// ones first.
+/// and `::1`, the subnet router and the gateway, are never). A given-back
+/// address is free to be taken by name but never handed out by count
+/// again: a /64 does not run out, and a cloud picking addresses in one does
+/// not hand the address just given back to the next caller (a static
+/// pod's IPv6 address, given back by one node for another to take by name,
+/// relies on no more than that).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pool6 {
     /// The subnet's block.
@@ -101,11 +105,8 @@ impl Pool6 {
         u128::from(ip) - u128::from(self.cidr.network)
     }
 
-    /// The next free address.
+    /// The next address never handed out.
     fn take(&mut self) -> Ipv6Addr {
-        if let Some(ip) = self.released.pop() {
-            return ip;
-        }
         loop {
             let ip = self.cidr.host(u128::from(self.next_host));
             self.next_host += 1;
@@ -421,10 +422,12 @@ mod tests {
             .expect("unassigned");
         let other = v.create_eni("subnet-1").expect("eni").id;
         assert_eq!(
-            v.assign_ipv6(&other, &[], 1).expect("reused"),
-            [ip("2402:4e00:1c00:9a01::2")],
-            "a given-back address is handed out again"
+            v.assign_ipv6(&other, &[], 1).expect("a new one"),
+            [ip("2402:4e00:1c00:9a01::6")],
+            "a given-back address is not the next one handed out"
         );
+        v.assign_ipv6(&other, &[ip("2402:4e00:1c00:9a01::2")], 0)
+            .expect("a given-back address can be had by name");
         // Deleting an ENI gives its addresses back.
         v.delete_eni(&eni).expect("deleted");
         v.assign_ipv6(&other, &[ip("2402:4e00:1c00:9a01::3")], 0)
