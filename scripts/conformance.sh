@@ -66,7 +66,7 @@ for mode in $MODES; do
         list="$OUT/$mode-$shard.focus"
         "$BIN/e2e.test" --ginkgo.dry-run --ginkgo.no-color --ginkgo.v \
             --ginkgo.focus="$SPECS" --ginkgo.skip="$SKIP" 2>/dev/null \
-            | grep -E '^\[sig-network\]' | sed -E 's/ \[sig-network(, [A-Za-z]+)*\]$//' | sort \
+            | grep -E '^\[sig-network\]' | sed -E 's/ \[sig-network(, [A-Za-z0-9:]+)*\]$//' | sort \
             | awk -v n="$SHARDS" -v s="$shard" 'NR % n == s % n' >"$list"
         [ -s "$list" ] || continue
         focus="$(sed -E 's/[][().*+?^$|\\{}]/\\&/g' "$list" | paste -sd'|')"
